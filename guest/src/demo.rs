@@ -1,0 +1,28 @@
+//! The classroom demo guests' main loop (Neo and Morpheus): CPU-bound work with a
+//! themed progress line now and then.
+
+use crate::{args, print, work};
+
+/// Iterations of [`work::spin`] in one unit (argument 0): about 1 ms here.
+pub const DEFAULT_UNIT: u64 = 1_000;
+/// Units between two progress lines (argument 1): a few lines a second at a
+/// full CPU share.
+pub const DEFAULT_UNITS_PER_LINE: u64 = 250;
+
+/// Works forever, printing `[step] name: phrase (N units)` every few hundred
+/// units, cycling through `phrases`.
+pub fn run(name: &str, phrases: &[&str]) -> ! {
+    let unit = args::get_or(0, DEFAULT_UNIT);
+    let units_per_line = args::get_or(1, DEFAULT_UNITS_PER_LINE);
+    let mut units: u64 = 0;
+    let mut step: u64 = 0;
+    loop {
+        for _ in 0..units_per_line {
+            work::spin(unit);
+        }
+        units += units_per_line;
+        step += 1;
+        let phrase = phrases[(step as usize - 1) % phrases.len()];
+        print!("[{step:04}] {name}: {phrase} ({units} units)\n");
+    }
+}

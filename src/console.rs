@@ -1,0 +1,150 @@
+//! Console text: what the hypercalls produce for a VM, how it is shown safely,
+//! and how a byte stream is cut into lines.
+
+use std::fmt::Write as _;
+
+/// Prefix of the lines the hypervisor itself adds to a VM's console.
+pub const NOTE_PREFIX: &str = "[matrix] ";
+
+/// Console bytes a VM produced since they were last taken.
+#[derive(Debug, Default)]
+pub struct ConsoleOut {
+    pending: Vec<u8>,
+    mid_line: bool,
+}
+
+impl ConsoleOut {
+    /// Appends guest output as it is.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let Some(&last) = bytes.last() {
+            self.mid_line = last != b'\n';
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Adds a line from the hypervisor (on a line of its own).
+    pub fn note(&mut self, text: std::fmt::Arguments<'_>) {
+        let mut line = String::new();
+        if self.mid_line {
+            line.push('\n');
+        }
+        let _ = write!(line, "{NOTE_PREFIX}{text}\n");
+        self.write(line.as_bytes());
+    }
+
+    /// Takes the pending bytes.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Returns bytes that were taken but could not be delivered; they go before
+    /// anything written since.
+    pub fn put_back(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.pending);
+        self.pending = bytes;
+    }
+
+    /// Bytes waiting to be taken.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The pending bytes, without taking them.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+}
+
+/// Renders guest bytes as text that cannot control a terminal: invalid UTF-8
+/// and control characters other than newline and tab become `\xNN` (or
+/// `\u{NNNN}` for C1 controls and other non-ASCII controls).
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\n' | '\t' => out.push(ch),
+                c if (c as u32) < 0x80 && c.is_control() => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// Cuts a byte stream into lines, keeping the unfinished tail for later.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Feeds bytes; calls `line` with each completed line (without its `\n`).
+    pub fn push(&mut self, bytes: &[u8], mut line: impl FnMut(&[u8])) {
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                line(&rest[..newline]);
+            } else {
+                self.partial.extend_from_slice(&rest[..newline]);
+                line(&self.partial);
+                self.partial.clear();
+            }
+            rest = &rest[newline + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+    }
+
+    /// Takes the unfinished line, if any.
+    pub fn take_partial(&mut self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_neutralises_terminal_control() {
+        assert_eq!(escape(b"plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            escape(b"\x1b[2J\x07\r\x08\x7f"),
+            "\\x1b[2J\\x07\\x0d\\x08\\x7f"
+        );
+        assert_eq!(escape("caf\u{e9} \u{9b}".as_bytes()), "caf\u{e9} \\u{009b}");
+        assert_eq!(escape(b"bad \xff\xfe utf8"), "bad \\xff\\xfe utf8");
+    }
+
+    #[test]
+    fn notes_start_on_a_line_of_their_own() {
+        let mut out = ConsoleOut::default();
+        out.write(b"partial");
+        out.note(format_args!("something {}", 1));
+        out.note(format_args!("again"));
+        assert_eq!(
+            out.take(),
+            b"partial\n[matrix] something 1\n[matrix] again\n"
+        );
+        assert_eq!(out.pending_len(), 0);
+    }
+
+    #[test]
+    fn lines_are_cut_across_chunks() {
+        let mut buffer = LineBuffer::default();
+        let mut lines = Vec::new();
+        buffer.push(b"ab", |l| lines.push(l.to_vec()));
+        buffer.push(b"c\nde\n\nf", |l| lines.push(l.to_vec()));
+        assert_eq!(lines, [b"abc".to_vec(), b"de".to_vec(), b"".to_vec()]);
+        assert_eq!(buffer.take_partial(), Some(b"f".to_vec()));
+        assert_eq!(buffer.take_partial(), None);
+    }
+}

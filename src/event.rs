@@ -1,0 +1,94 @@
+//! The messages between the scheduler core and the front ends: the only coupling
+//! between them. Plain data; no KVM type crosses a channel.
+
+use serde::Serialize;
+
+use crate::report::RunReport;
+use crate::stats::VmCounters;
+use crate::vm::RegisterDump;
+
+/// Index of a VM in the run, in the order the scenario lists them.
+pub type VmId = usize;
+
+/// What a front end asks of the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// End the run; the core answers with [`Event::Finished`].
+    Quit,
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum VmState {
+    /// Runnable (scheduled in turn).
+    Running,
+    /// Held by the user; not scheduled.
+    Paused,
+    /// Ended with HLT.
+    Halted,
+    /// Ended by a fault KVM reported.
+    Crashed {
+        /// What happened.
+        reason: String,
+        /// Registers at the crash.
+        registers: RegisterDump,
+    },
+}
+
+impl VmState {
+    /// The state's name as the JSON report spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Halted => "halted",
+            Self::Crashed { .. } => "crashed",
+        }
+    }
+
+    /// Whether the VM is done for good (halted or crashed).
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Halted | Self::Crashed { .. })
+    }
+}
+
+/// One VM's figures at a moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSample {
+    /// Counters so far.
+    pub counters: VmCounters,
+    /// Nanoseconds spent in KVM_RUN so far.
+    pub cpu_ns: u64,
+}
+
+/// What the core tells the front ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Console output of one VM, in order. `dropped` bytes before these were
+    /// lost because the front end fell behind.
+    Console {
+        /// The VM.
+        vm: VmId,
+        /// The bytes, raw (escape them before showing).
+        bytes: Vec<u8>,
+        /// Bytes dropped just before these.
+        dropped: u64,
+    },
+    /// A VM changed state.
+    State {
+        /// The VM.
+        vm: VmId,
+        /// Its new state.
+        state: VmState,
+    },
+    /// Counters of every VM, a few times a second.
+    Sample {
+        /// Nanoseconds since the run started.
+        elapsed_ns: u64,
+        /// One per VM, in VM order.
+        vms: Vec<VmSample>,
+    },
+    /// The run is over; the last event.
+    Finished(Box<RunReport>),
+}

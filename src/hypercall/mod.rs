@@ -1,0 +1,322 @@
+//! The hypercalls of the guest ABI, as plain functions over guest memory, the
+//! VM's counters and its console. The core calls [`handle_out`] / [`handle_in`]
+//! for each port exit after counting it; nothing here needs a real VM.
+
+pub mod decode;
+pub mod guest;
+
+use vm_memory::{Bytes, GuestAddress};
+
+pub use decode::{Direction, Hypercall, Misuse, decode};
+pub use guest::{GuestView, PointerError, Translate};
+
+use crate::console::ConsoleOut;
+use crate::stats::VmCounters;
+use crate::vm::layout::{MAILBOX, MAILBOX_SLOT_SIZE, MAILBOX_SLOTS};
+use crate::vm::{GuestMemory, PortAccess};
+
+/// Longest string HC_printStr reads, NUL included.
+pub const PRINT_STR_LIMIT: usize = 4096;
+
+/// What the scheduler should do after a hypercall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Go on running the VM.
+    Continue,
+    /// The guest gave up the rest of its slice (HC_yield).
+    Yield,
+}
+
+/// Hypercall state that lives between exits.
+#[derive(Debug, Default, Clone)]
+pub struct HypercallState {
+    /// Calls of HC_numExitsByType so far: picks the next mailbox slot.
+    mailbox_calls: u64,
+    /// The result of the last HC_gvaToHva `out`, for its `in`.
+    gva_result: Option<u32>,
+}
+
+/// The per-VM things a hypercall may change.
+pub struct VmIo<'a> {
+    /// Exit, fault and preemption counters (this exit already counted).
+    pub counters: &'a mut VmCounters,
+    /// State kept between hypercalls.
+    pub state: &'a mut HypercallState,
+    /// Where console output goes.
+    pub console: &'a mut ConsoleOut,
+}
+
+/// Handles an `out` of `value` to `port`.
+pub fn handle_out<T: Translate + ?Sized>(
+    guest: &GuestView<'_, T>,
+    io: &mut VmIo<'_>,
+    port: u16,
+    access: PortAccess,
+    value: u32,
+) -> Outcome {
+    let call = match decode(port, Direction::Out, access) {
+        Ok(call) => call,
+        Err(misuse) => {
+            refuse(io, &misuse, &format!("value 0x{value:x} ignored"));
+            return Outcome::Continue;
+        }
+    };
+    match call {
+        Hypercall::Print8 => io.console.write(&[value as u8]),
+        Hypercall::Print32 => io.console.write(format!("{value}\n").as_bytes()),
+        Hypercall::PrintStr => match guest.c_string(u64::from(value), PRINT_STR_LIMIT) {
+            Ok(text) => io.console.write(&text),
+            Err(error) => {
+                io.counters.faults += 1;
+                io.console.note(format_args!(
+                    "HC_printStr(0x{value:x}) refused: {error}; nothing printed"
+                ));
+            }
+        },
+        Hypercall::GvaToHvaRequest => {
+            let result = match guest.host_address(u64::from(value)) {
+                Ok(host) => host as u32,
+                Err(_) => {
+                    io.console.write(b"Invalid GVA\n");
+                    0
+                }
+            };
+            io.state.gva_result = Some(result);
+        }
+        Hypercall::Yield => return Outcome::Yield,
+        Hypercall::NumExits | Hypercall::NumExitsByType | Hypercall::GvaToHvaResult => {
+            unreachable!("decode returns only `out` hypercalls for an out")
+        }
+    }
+    Outcome::Continue
+}
+
+/// Handles an `in` from `port`, filling `data` with the value the guest reads.
+pub fn handle_in(
+    memory: &GuestMemory,
+    io: &mut VmIo<'_>,
+    port: u16,
+    access: PortAccess,
+    data: &mut [u8],
+) {
+    let call = match decode(port, Direction::In, access) {
+        Ok(call) => call,
+        Err(misuse) => {
+            data.fill(0xff);
+            refuse(io, &misuse, "it reads all ones");
+            return;
+        }
+    };
+    let value: u32 = match call {
+        Hypercall::NumExits => io.counters.exits.total() as u32,
+        Hypercall::NumExitsByType => write_exit_counts(memory, io),
+        Hypercall::GvaToHvaResult => io.state.gva_result.take().unwrap_or(0),
+        Hypercall::Print8
+        | Hypercall::Print32
+        | Hypercall::PrintStr
+        | Hypercall::GvaToHvaRequest
+        | Hypercall::Yield => unreachable!("decode returns only `in` hypercalls for an in"),
+    };
+    data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+}
+
+/// Writes `IO in: X\nIO out: Y\n` into the next mailbox slot; returns its address.
+fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> u32 {
+    let slot = io.state.mailbox_calls % MAILBOX_SLOTS;
+    io.state.mailbox_calls += 1;
+    let exits = io.counters.exits;
+    let text = format!("IO in: {}\nIO out: {}\n\0", exits.io_in, exits.io_out);
+    debug_assert!(
+        text.len() as u64 <= MAILBOX_SLOT_SIZE,
+        "two u64 counts fit a slot"
+    );
+    let address = MAILBOX + slot * MAILBOX_SLOT_SIZE;
+    memory
+        .write_slice(text.as_bytes(), GuestAddress(address))
+        .expect("the mailbox lies inside the smallest guest memory");
+    address as u32
+}
+
+fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) {
+    io.counters.exits.unknown_port += 1;
+    io.console.note(format_args!("{misuse}; {consequence}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest::tests::FakeTables;
+    use super::*;
+    use crate::vm::memory;
+    use vm_memory::GuestMemoryBackend as _;
+
+    const SIZE: u64 = 2 << 20;
+
+    struct Rig {
+        memory: GuestMemory,
+        tables: FakeTables,
+        counters: VmCounters,
+        state: HypercallState,
+        console: ConsoleOut,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self {
+                memory: memory::allocate(SIZE).unwrap(),
+                tables: FakeTables {
+                    mapped: SIZE,
+                    remap: vec![],
+                },
+                counters: VmCounters::default(),
+                state: HypercallState::default(),
+                console: ConsoleOut::default(),
+            }
+        }
+
+        fn out(&mut self, port: u16, size: u8, value: u32) -> Outcome {
+            self.counters.exits.io_out += 1;
+            let view = GuestView {
+                memory: &self.memory,
+                memory_size: SIZE,
+                translator: &self.tables,
+            };
+            let mut io = VmIo {
+                counters: &mut self.counters,
+                state: &mut self.state,
+                console: &mut self.console,
+            };
+            handle_out(&view, &mut io, port, PortAccess { size, count: 1 }, value)
+        }
+
+        fn inp(&mut self, port: u16, size: u8) -> u64 {
+            self.counters.exits.io_in += 1;
+            let mut data = vec![0u8; usize::from(size)];
+            let mut io = VmIo {
+                counters: &mut self.counters,
+                state: &mut self.state,
+                console: &mut self.console,
+            };
+            handle_in(
+                &self.memory,
+                &mut io,
+                port,
+                PortAccess { size, count: 1 },
+                &mut data,
+            );
+            data.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b))
+        }
+
+        fn console(&mut self) -> String {
+            String::from_utf8(self.console.take()).unwrap()
+        }
+    }
+
+    #[test]
+    fn prints_bytes_numbers_and_strings() {
+        let mut rig = Rig::new();
+        rig.out(0xE9, 1, u32::from(b'H'));
+        rig.out(0xEA, 4, 4_294_967_295);
+        rig.memory
+            .write_slice(b"str\n\0", GuestAddress(0x9000))
+            .unwrap();
+        rig.out(0xEC, 4, 0x9000);
+        assert_eq!(rig.console(), "H4294967295\nstr\n");
+        assert_eq!(rig.counters.faults, 0);
+    }
+
+    #[test]
+    fn exit_counts_include_the_current_exit() {
+        let mut rig = Rig::new();
+        rig.out(0xE9, 1, 0);
+        assert_eq!(rig.inp(0xEB, 4), 2);
+        let address = rig.inp(0xED, 4);
+        assert_eq!(address, MAILBOX);
+        let view = GuestView {
+            memory: &rig.memory,
+            memory_size: SIZE,
+            translator: &rig.tables,
+        };
+        assert_eq!(
+            view.c_string(address, 128).unwrap(),
+            b"IO in: 2\nIO out: 1\n"
+        );
+    }
+
+    #[test]
+    fn the_mailbox_is_used_round_robin() {
+        let mut rig = Rig::new();
+        let addresses: Vec<u64> = (0..33).map(|_| rig.inp(0xED, 4)).collect();
+        assert_eq!(addresses[1], MAILBOX + 128);
+        assert_eq!(addresses[31], MAILBOX + 31 * 128);
+        assert_eq!(addresses[32], MAILBOX);
+    }
+
+    #[test]
+    fn gva_to_hva_returns_the_low_host_bits_or_zero() {
+        let mut rig = Rig::new();
+        rig.out(0xEE, 4, 0x400);
+        let expected =
+            rig.memory.get_host_address(GuestAddress(0x400)).unwrap() as u64 & 0xffff_ffff;
+        assert_eq!(rig.inp(0xEE, 4), expected);
+        rig.out(0xEE, 4, 0xffff_ffff);
+        assert_eq!(rig.inp(0xEE, 4), 0);
+        assert_eq!(rig.console(), "Invalid GVA\n");
+        // An `in` with no `out` before it reads 0.
+        assert_eq!(rig.inp(0xEE, 4), 0);
+    }
+
+    #[test]
+    fn gva_to_hva_refuses_addresses_mapped_past_memory() {
+        let mut rig = Rig::new();
+        rig.tables.remap.push((0x20_0000, 1 << 30));
+        rig.out(0xEE, 4, 0x20_0000);
+        assert_eq!(rig.inp(0xEE, 4), 0);
+        assert_eq!(rig.console(), "Invalid GVA\n");
+    }
+
+    #[test]
+    fn bad_print_str_pointers_fault_and_say_so() {
+        let mut rig = Rig::new();
+        rig.out(0xEC, 4, 0x8000_0000);
+        assert_eq!(rig.counters.faults, 1);
+        assert_eq!(
+            rig.console(),
+            "[matrix] HC_printStr(0x80000000) refused: 0x80000000 is not mapped by the guest's page tables; nothing printed\n"
+        );
+        rig.memory
+            .write_slice(&[b'x'; 5000], GuestAddress(0x9000))
+            .unwrap();
+        rig.out(0xEC, 4, 0x9000);
+        assert_eq!(rig.counters.faults, 2);
+        assert!(rig.console().contains("no NUL within 4096 bytes"));
+    }
+
+    #[test]
+    fn misused_ports_count_as_unknown_and_read_all_ones() {
+        let mut rig = Rig::new();
+        rig.out(0x80, 1, 0x42);
+        assert_eq!(rig.inp(0x1234, 4), 0xffff_ffff);
+        rig.out(0xE9, 2, 0x4141);
+        assert_eq!(rig.inp(0xEB, 1), 0xff);
+        rig.out(0xEB, 4, 7);
+        assert_eq!(rig.inp(0xEA, 4), 0xffff_ffff);
+        assert_eq!(rig.counters.exits.unknown_port, 6);
+        let console = rig.console();
+        assert_eq!(console.lines().count(), 6, "{console}");
+        assert!(
+            console.lines().all(|line| line.starts_with("[matrix] ")),
+            "{console}"
+        );
+        assert!(console.contains("unknown port 0x80: a 1-byte out; value 0x42 ignored"));
+        assert!(console.contains(
+            "HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"
+        ));
+    }
+
+    #[test]
+    fn yield_ends_the_slice() {
+        let mut rig = Rig::new();
+        assert_eq!(rig.out(0xEF, 1, 0), Outcome::Yield);
+        assert_eq!(rig.out(0xE9, 1, 0), Outcome::Continue);
+    }
+}

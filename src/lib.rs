@@ -1,0 +1,13 @@
+//! matrix-tui: a KVM hypervisor that runs many small VMs on one host thread with
+//! a scheduler of its own, and front ends to watch and steer them.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod console;
+pub mod event;
+pub mod guests;
+pub mod hypercall;
+pub mod report;
+pub mod sched;
+pub mod stats;
+pub mod vm;

@@ -1,0 +1,80 @@
+//! The end-of-run report (`run --json`), built by the core when a run ends.
+
+use serde::Serialize;
+
+use crate::stats::ExitCounts;
+use crate::vm::RegisterDump;
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Wall time of the run.
+    pub wall_ns: u64,
+    /// Scheduling policy.
+    pub policy: String,
+    /// Quantum in microseconds (null for `io`, which has none).
+    pub quantum_us: Option<u64>,
+    /// Timer backend (null for `io`).
+    pub timer: Option<String>,
+    /// One entry per VM, in scenario order.
+    pub vms: Vec<VmReport>,
+}
+
+/// One VM at the end of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmReport {
+    /// Its name.
+    pub name: String,
+    /// The guest it ran (built-in name or image path).
+    pub guest: String,
+    /// `halted`, `crashed`, `running` or `paused`.
+    pub state: String,
+    /// Why it crashed, if it did.
+    pub crash_reason: Option<String>,
+    /// Registers at the crash, if it crashed.
+    pub registers: Option<RegisterDump>,
+    /// Scheduling weight.
+    pub weight: f64,
+    /// weight / sum of weights.
+    pub target_share: f64,
+    /// Measured fraction of the time spent in guests.
+    pub share: f64,
+    /// Nanoseconds inside KVM_RUN.
+    pub cpu_ns: u64,
+    /// Guest-caused exits.
+    pub exits: ExitReport,
+    /// Timer kicks (not guest exits).
+    pub preemptions: u64,
+    /// Refused hypercalls (bad pointers).
+    pub faults: u64,
+    /// Console output (the last 64 KiB at most), as text.
+    pub console: String,
+    /// Console bytes the front end never received (it fell behind).
+    pub console_dropped: u64,
+}
+
+/// Exit counts with their total.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ExitReport {
+    /// All guest-caused exits.
+    pub total: u64,
+    /// By type.
+    #[serde(flatten)]
+    pub counts: ExitCounts,
+}
+
+impl From<ExitCounts> for ExitReport {
+    fn from(counts: ExitCounts) -> Self {
+        Self {
+            total: counts.total(),
+            counts,
+        }
+    }
+}
+
+impl RunReport {
+    /// Whether any VM crashed (exit status 3).
+    pub fn any_crashed(&self) -> bool {
+        self.vms.iter().any(|vm| vm.state == "crashed")
+    }
+}

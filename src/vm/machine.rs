@@ -1,0 +1,384 @@
+//! One guest: a KVM VM with one vCPU in long mode, its memory and its image.
+//! This is the only place that calls KVM ioctls; [`Vcpu::run`] turns what
+//! KVM_RUN returns into our own [`Exit`], so nothing else sees KVM types.
+
+use std::ptr;
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_run, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
+
+use super::kick::KickTarget;
+use super::layout::{ARGS, MAX_GUEST_ARGS};
+use super::loader::{self, LoadError, LoadedImage};
+use super::longmode;
+use super::memory::{self, GuestMemory, MemorySizeError};
+
+/// Setting up a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The memory size breaks the guest ABI.
+    #[error(transparent)]
+    MemorySize(#[from] MemorySizeError),
+    /// The image cannot be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Too many guest arguments.
+    #[error("a guest takes at most {MAX_GUEST_ARGS} arguments, got {0}")]
+    TooManyArgs(usize),
+    /// The host could not map guest memory.
+    #[error("{0}")]
+    Memory(std::io::Error),
+    /// A KVM ioctl failed while creating the VM.
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        /// The step that failed.
+        what: &'static str,
+        /// The error KVM returned.
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm_step(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SetupError {
+    move |source| SetupError::Kvm { what, source }
+}
+
+/// What a guest needs to start: its image, memory size and arguments.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// The guest image (ELF or flat).
+    pub image: Arc<[u8]>,
+    /// Guest memory in bytes.
+    pub memory_size: u64,
+    /// Guest arguments written at 0x500.
+    pub args: Vec<u64>,
+}
+
+/// A port access width and count, as the vCPU made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortAccess {
+    /// Bytes per access: 1, 2 or 4.
+    pub size: u8,
+    /// Repetitions (more than 1 for string I/O such as `rep outsb`).
+    pub count: u32,
+}
+
+/// Why a VM crashed, as KVM reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrashKind {
+    /// KVM_EXIT_SHUTDOWN: a triple fault.
+    TripleFault,
+    /// KVM_EXIT_FAIL_ENTRY with the hardware's reason.
+    FailedEntry(u64),
+    /// KVM_EXIT_INTERNAL_ERROR with its suberror (1 is an emulation failure).
+    InternalError(u32),
+    /// An exit this hypervisor has no use for.
+    UnexpectedExit(String),
+    /// KVM_RUN itself failed.
+    RunFailed(String),
+}
+
+impl std::fmt::Display for CrashKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TripleFault => write!(f, "triple fault (KVM_EXIT_SHUTDOWN)"),
+            Self::FailedEntry(reason) => {
+                write!(f, "VM entry failed (hardware reason 0x{reason:x})")
+            }
+            Self::InternalError(1) => {
+                write!(f, "KVM internal error: emulation failure (suberror 1)")
+            }
+            Self::InternalError(sub) => write!(f, "KVM internal error (suberror {sub})"),
+            Self::UnexpectedExit(what) => write!(f, "unexpected exit: {what}"),
+            Self::RunFailed(what) => write!(f, "KVM_RUN failed: {what}"),
+        }
+    }
+}
+
+/// What the vCPU did that needs the hypervisor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit<'a> {
+    /// `out` to `port`; `value` holds the first access's bytes (little-endian).
+    Out {
+        /// The port.
+        port: u16,
+        /// Width and count.
+        access: PortAccess,
+        /// The value written (the first one, for string I/O).
+        value: u32,
+    },
+    /// `in` from `port`: fill `data` before the next run.
+    In {
+        /// The port.
+        port: u16,
+        /// Width and count.
+        access: PortAccess,
+        /// Where the value read goes.
+        data: &'a mut [u8],
+    },
+    /// HLT.
+    Hlt,
+    /// MMIO outside guest memory; reads get `data` filled (all ones by default).
+    Mmio {
+        /// Guest physical address.
+        address: u64,
+        /// Whether it was a write.
+        write: bool,
+        /// For reads, the bytes returned to the guest.
+        data: Option<&'a mut [u8]>,
+    },
+    /// KVM_RUN returned EINTR: a kick, or a signal for another reason.
+    Interrupted,
+    /// The VM cannot go on.
+    Crash(CrashKind),
+}
+
+/// The registers worth showing when a VM crashed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct RegisterDump {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+}
+
+/// A VM's vCPU: the half of a [`Machine`] that runs.
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+/// A guest ready to run: the VM, its vCPU and its memory.
+///
+/// Fields drop in order: the vCPU and VM fds close before guest memory is unmapped.
+pub struct Machine {
+    /// The vCPU (run it with [`Vcpu::run`]).
+    pub vcpu: Vcpu,
+    _vm: VmFd,
+    /// Guest memory.
+    pub memory: GuestMemory,
+    memory_size: u64,
+    image: LoadedImage,
+}
+
+impl Machine {
+    /// Creates the VM, maps memory, loads the image, writes the arguments and
+    /// puts the vCPU in long mode at the image's entry point.
+    pub fn new(kvm: &Kvm, spec: &MachineSpec) -> Result<Self, SetupError> {
+        let memory_size = memory::check_size(spec.memory_size)?;
+        if spec.args.len() > MAX_GUEST_ARGS {
+            return Err(SetupError::TooManyArgs(spec.args.len()));
+        }
+        let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
+        let image = loader::load(&memory, memory_size, &spec.image)?;
+        longmode::write_page_tables(&memory, memory_size)
+            .expect("page tables lie inside the smallest memory");
+        longmode::write_gdt(&memory).expect("the GDT lies inside the smallest memory");
+        write_args(&memory, &spec.args);
+
+        let vm = kvm
+            .create_vm()
+            .map_err(kvm_step("to create a VM (KVM_CREATE_VM)"))?;
+        let region = memory.iter().next().expect("one region");
+        let slot = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size,
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+        // `memory`, which the Machine keeps until after the VM fd has closed
+        // (see the field order of Machine).
+        unsafe { vm.set_user_memory_region(slot) }
+            .map_err(kvm_step("to map guest memory (KVM_SET_USER_MEMORY_REGION)"))?;
+        let fd = vm
+            .create_vcpu(0)
+            .map_err(kvm_step("to create a vCPU (KVM_CREATE_VCPU)"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_step("to report CPUID (KVM_GET_SUPPORTED_CPUID)"))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(kvm_step("to set CPUID (KVM_SET_CPUID2)"))?;
+        let sregs = fd
+            .get_sregs()
+            .map_err(kvm_step("to read special registers (KVM_GET_SREGS)"))?;
+        fd.set_sregs(&longmode::special_registers(sregs))
+            .map_err(kvm_step("to enter long mode (KVM_SET_SREGS)"))?;
+        fd.set_regs(&longmode::initial_registers(image.entry, memory_size))
+            .map_err(kvm_step("to set registers (KVM_SET_REGS)"))?;
+        Ok(Self {
+            vcpu: Vcpu { fd },
+            _vm: vm,
+            memory,
+            memory_size,
+            image,
+        })
+    }
+
+    /// Guest memory size in bytes.
+    pub fn memory_size(&self) -> u64 {
+        self.memory_size
+    }
+
+    /// How the image was loaded.
+    pub fn image(&self) -> LoadedImage {
+        self.image
+    }
+
+    /// The host virtual address backing guest physical address `gpa`, if it is
+    /// inside guest memory.
+    pub fn host_address(&self, gpa: u64) -> Option<u64> {
+        self.memory
+            .get_host_address(GuestAddress(gpa))
+            .ok()
+            .map(|ptr| ptr as u64)
+    }
+}
+
+fn write_args(memory: &GuestMemory, args: &[u64]) {
+    memory
+        .write_obj(args.len() as u64, GuestAddress(ARGS))
+        .expect("the argument block is in memory");
+    for (index, value) in args.iter().enumerate() {
+        memory
+            .write_obj(*value, GuestAddress(ARGS + 8 + index as u64 * 8))
+            .expect("the argument block is in memory");
+    }
+}
+
+impl Vcpu {
+    /// Runs the vCPU until it exits, unless a kick is already due (then
+    /// [`Exit::Interrupted`] at once). The core thread must be attached to `kick`.
+    pub fn run(&mut self, kick: &KickTarget) -> Exit<'_> {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        // SAFETY: `run` is this vCPU's kvm_run mapping, alive as long as `self`;
+        // the caller runs on the thread attached to `kick` and re-arms (or the
+        // Machine disarms) before the mapping could go away.
+        if unsafe { kick.arm(run) } {
+            return Exit::Interrupted;
+        }
+        let result = self.fd.run();
+        // SAFETY: KVM_RUN has returned, so the kernel is done writing kvm_run;
+        // the union members read are plain integers, meaningful for the exits
+        // that use them (IO, INTERNAL_ERROR) and ignored for the others.
+        let details = unsafe { ExitDetails::read(run) };
+        match result {
+            Ok(exit) => translate_exit(exit, details),
+            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+                Exit::Interrupted
+            }
+            Err(error) => Exit::Crash(CrashKind::RunFailed(error.to_string())),
+        }
+    }
+
+    /// KVM_TRANSLATE: the guest physical address that `gva` maps to, or None
+    /// when the guest's page tables do not map it.
+    pub fn translate(&self, gva: u64) -> Option<u64> {
+        match self.fd.translate_gva(gva) {
+            Ok(translation) if translation.valid != 0 => Some(translation.physical_address),
+            _ => None,
+        }
+    }
+
+    /// The registers to show for a crash (zeros for what cannot be read).
+    pub fn registers(&self) -> RegisterDump {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        RegisterDump {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            rax: regs.rax,
+            rbx: regs.rbx,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            rsi: regs.rsi,
+            rdi: regs.rdi,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+        }
+    }
+}
+
+/// The parts of kvm_run that kvm-ioctls does not pass on.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExitDetails {
+    io_size: u8,
+    io_count: u32,
+    internal_suberror: u32,
+}
+
+impl ExitDetails {
+    /// # Safety
+    /// `run` must point at a live kvm_run that the kernel is not writing.
+    unsafe fn read(run: *const kvm_run) -> Self {
+        // SAFETY: per the contract; every member read is a plain integer.
+        unsafe {
+            let exit = ptr::addr_of!((*run).__bindgen_anon_1);
+            Self {
+                io_size: (*exit).io.size,
+                io_count: (*exit).io.count,
+                internal_suberror: (*exit).internal.suberror,
+            }
+        }
+    }
+}
+
+/// Turns KVM's exit into ours.
+fn translate_exit(exit: VcpuExit<'_>, details: ExitDetails) -> Exit<'_> {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            let access = PortAccess {
+                size: details.io_size,
+                count: details.io_count,
+            };
+            let mut value = [0u8; 4];
+            let first = usize::from(access.size).min(data.len()).min(4);
+            value[..first].copy_from_slice(&data[..first]);
+            Exit::Out {
+                port,
+                access,
+                value: u32::from_le_bytes(value),
+            }
+        }
+        VcpuExit::IoIn(port, data) => Exit::In {
+            port,
+            access: PortAccess {
+                size: details.io_size,
+                count: details.io_count,
+            },
+            data,
+        },
+        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::MmioWrite(address, _) => Exit::Mmio {
+            address,
+            write: true,
+            data: None,
+        },
+        VcpuExit::MmioRead(address, data) => Exit::Mmio {
+            address,
+            write: false,
+            data: Some(data),
+        },
+        VcpuExit::Intr => Exit::Interrupted,
+        VcpuExit::Shutdown => Exit::Crash(CrashKind::TripleFault),
+        VcpuExit::FailEntry(reason, _) => Exit::Crash(CrashKind::FailedEntry(reason)),
+        VcpuExit::InternalError => Exit::Crash(CrashKind::InternalError(details.internal_suberror)),
+        other => Exit::Crash(CrashKind::UnexpectedExit(format!("{other:?}"))),
+    }
+}

@@ -1,0 +1,48 @@
+//! Everything that touches KVM: one module per concern, and the only `unsafe`
+//! in the host.
+
+/// Signal + immediate_exit kicks out of KVM_RUN.
+pub mod kick;
+/// The guest physical memory map.
+pub mod layout;
+/// ELF and flat image loading.
+pub mod loader;
+/// Page tables, GDT and registers for long mode.
+pub mod longmode;
+/// One VM: create, run, translate.
+pub mod machine;
+/// Guest memory allocation and size rules.
+pub mod memory;
+
+pub use kick::KickTarget;
+pub use machine::{
+    CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu,
+};
+pub use memory::GuestMemory;
+
+/// Opens /dev/kvm, or says why it cannot and what to do.
+pub fn open_kvm() -> Result<kvm_ioctls::Kvm, KvmUnavailable> {
+    kvm_ioctls::Kvm::new().map_err(|error| match error.errno() {
+        libc::ENOENT => KvmUnavailable::Missing,
+        libc::EACCES | libc::EPERM => KvmUnavailable::NoPermission,
+        _ => KvmUnavailable::Other(error.to_string()),
+    })
+}
+
+/// /dev/kvm cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmUnavailable {
+    /// No device node.
+    #[error(
+        "/dev/kvm does not exist: this machine has no KVM; load the kvm module (kvm_intel, kvm_amd) or run on a host with virtualization enabled"
+    )]
+    Missing,
+    /// Not allowed to open it.
+    #[error(
+        "no permission to open /dev/kvm: add yourself to its group (sudo usermod -aG kvm $USER, then log in again) or run as root"
+    )]
+    NoPermission,
+    /// Anything else.
+    #[error("cannot open /dev/kvm: {0}")]
+    Other(String),
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: run VMs through the real core and
+//! collect what the front ends would see.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use matrix_tui::config::{Policy, RunConfig, VmConfig};
+use matrix_tui::event::{Command, Event};
+use matrix_tui::report::RunReport;
+use matrix_tui::{guests, sched, vm};
+
+/// Opens /dev/kvm. Without it the test fails (never skips) when CI=true.
+pub fn kvm() -> kvm_ioctls::Kvm {
+    match vm::open_kvm() {
+        Ok(kvm) => kvm,
+        Err(error) => panic!("these tests need /dev/kvm: {error}"),
+    }
+}
+
+/// A VM running a built-in guest.
+pub fn builtin(name: &str, guest: &str) -> VmConfig {
+    VmConfig::new(name, guest, guests::resolve(guest).expect("built-in guest"))
+}
+
+/// What a run produced.
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub report: RunReport,
+}
+
+impl Outcome {
+    /// All console bytes of VM `vm`, in order.
+    pub fn console(&self, vm: usize) -> String {
+        let mut bytes = Vec::new();
+        for event in &self.events {
+            if let Event::Console {
+                vm: from,
+                bytes: chunk,
+                ..
+            } = event
+            {
+                if *from == vm {
+                    bytes.extend_from_slice(chunk);
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Runs `vms` until they all finish, or quits them after `limit`.
+pub fn run(vms: Vec<VmConfig>, policy: Policy, limit: Duration) -> Outcome {
+    let core = sched::spawn(kvm(), RunConfig { vms, policy }).expect("VMs set up");
+    let deadline = Instant::now() + limit;
+    let mut quit_sent = false;
+    let mut events = Vec::new();
+    loop {
+        let event = if quit_sent {
+            core.events()
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the core finishes after quit")
+        } else {
+            match core.events().recv_deadline(deadline) {
+                Ok(event) => event,
+                Err(_) => {
+                    core.send(Command::Quit);
+                    quit_sent = true;
+                    continue;
+                }
+            }
+        };
+        if let Event::Finished(report) = event {
+            core.join();
+            return Outcome {
+                events,
+                report: *report,
+            };
+        }
+        events.push(event);
+    }
+}
