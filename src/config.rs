@@ -5,9 +5,10 @@ use std::sync::Arc;
 use crate::vm::layout::DEFAULT_MEMORY;
 
 /// How the core picks the next VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Policy {
     /// One at a time: switch to the next VM on every guest I/O exit (no timer).
+    #[default]
     Io,
 }
 

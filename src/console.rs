@@ -6,10 +6,15 @@ use std::fmt::Write as _;
 /// Prefix of the lines the hypervisor itself adds to a VM's console.
 pub const NOTE_PREFIX: &str = "[matrix] ";
 
-/// Console bytes a VM produced since they were last taken.
+/// Bytes of history a console keeps (for the end-of-run report).
+pub const HISTORY_BYTES: usize = 64 * 1024;
+
+/// A VM's console output: the bytes not yet sent to front ends, and the last
+/// [`HISTORY_BYTES`] of everything it printed.
 #[derive(Debug, Default)]
 pub struct ConsoleOut {
     pending: Vec<u8>,
+    history: Vec<u8>,
     mid_line: bool,
 }
 
@@ -20,6 +25,16 @@ impl ConsoleOut {
             self.mid_line = last != b'\n';
         }
         self.pending.extend_from_slice(bytes);
+        self.history.extend_from_slice(bytes);
+        // Trimmed in halves so that the copy is paid once per HISTORY_BYTES.
+        if self.history.len() > 2 * HISTORY_BYTES {
+            self.history.drain(..self.history.len() - HISTORY_BYTES);
+        }
+    }
+
+    /// The last [`HISTORY_BYTES`] (at most) of everything written.
+    pub fn history(&self) -> &[u8] {
+        &self.history[self.history.len().saturating_sub(HISTORY_BYTES)..]
     }
 
     /// Adds a line from the hypervisor (on a line of its own).

@@ -2,12 +2,15 @@
 //! a scheduler of its own, and front ends to watch and steer them.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod event;
 pub mod guests;
+pub mod headless;
 pub mod hypercall;
 pub mod report;
 pub mod sched;
 pub mod stats;
+pub mod units;
 pub mod vm;

@@ -10,21 +10,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
+use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{Policy, RunConfig, VmConfig};
-use crate::console::ConsoleOut;
 use crate::event::{Command, Event, VmId, VmSample, VmState};
-use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
 use crate::report::{RunReport, VmReport};
-use crate::stats::VmCounters;
-use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, SetupError};
+use crate::vm::{KickTarget, MachineSpec, SetupError};
 
 /// Events waiting in the channel before the core starts coalescing.
 const EVENT_CAPACITY: usize = 1024;
 /// Console bytes one VM may have waiting for a slow front end; older ones are
 /// dropped (and counted) past this.
 pub const CONSOLE_BACKLOG_CAP: usize = 256 * 1024;
-/// Console bytes kept per VM for the final report.
-const CONSOLE_TAIL: usize = 64 * 1024;
 /// How often counters are sampled for the front ends.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -108,17 +104,12 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, VmSetupError> {
     })
 }
 
-/// One VM and everything the core keeps about it.
+/// One VM as the core schedules it.
 struct Slot {
     config: VmConfig,
-    machine: Machine,
-    counters: VmCounters,
-    hypercalls: HypercallState,
-    console: ConsoleOut,
-    console_tail: Vec<u8>,
+    runtime: VmRuntime,
     console_dropped: u64,
     state: VmState,
-    cpu_ns: u64,
 }
 
 impl Slot {
@@ -128,21 +119,16 @@ impl Slot {
             memory_size: config.memory_size,
             args: config.args.clone(),
         };
-        let machine = Machine::new(kvm, &spec).map_err(|source| VmSetupError {
+        let runtime = VmRuntime::new(kvm, &spec).map_err(|source| VmSetupError {
             name: config.name.clone(),
             guest: config.guest.clone(),
             source,
         })?;
         Ok(Self {
             config,
-            machine,
-            counters: VmCounters::default(),
-            hypercalls: HypercallState::default(),
-            console: ConsoleOut::default(),
-            console_tail: Vec::new(),
+            runtime,
             console_dropped: 0,
             state: VmState::Running,
-            cpu_ns: 0,
         })
     }
 }
@@ -220,71 +206,16 @@ impl Core {
         }
     }
 
-    /// One KVM_RUN of `vm` and the handling of its exit. Returns how the slice
-    /// ends, or None to keep running the same VM.
+    /// One step of `vm`. Returns how the slice ends, or None to keep running
+    /// the same VM.
     fn run_once(&mut self, vm: VmId) -> Option<SliceEnd> {
-        let kick = &self.kick;
-        let slot = &mut self.slots[vm];
-        let entered = Instant::now();
-        let exit = slot.machine.vcpu.run(kick);
-        slot.cpu_ns += entered.elapsed().as_nanos() as u64;
-        let mut io = VmIo {
-            counters: &mut slot.counters,
-            state: &mut slot.hypercalls,
-            console: &mut slot.console,
-        };
-        match exit {
-            Exit::Out {
-                port,
-                access,
-                value,
-            } => {
-                io.counters.exits.io_out += 1;
-                let view = GuestView {
-                    memory: &slot.machine.memory,
-                    memory_size: slot.machine.memory_size(),
-                    translator: &slot.machine.vcpu,
-                };
-                match hypercall::handle_out(&view, &mut io, port, access, value) {
-                    Outcome::Continue | Outcome::Yield => Some(SliceEnd::Switch),
-                }
-            }
-            Exit::In { port, access, data } => {
-                io.counters.exits.io_in += 1;
-                hypercall::handle_in(&slot.machine.memory, &mut io, port, access, data);
-                Some(SliceEnd::Switch)
-            }
-            Exit::Mmio {
-                address,
-                write,
-                data,
-            } => {
-                io.counters.exits.mmio += 1;
-                io.counters.faults += 1;
-                let what = if write { "write to" } else { "read from" };
-                if let Some(data) = data {
-                    data.fill(0xff);
-                }
-                io.console.note(format_args!(
-                    "MMIO {what} 0x{address:x}, outside guest memory; ignored"
-                ));
-                Some(SliceEnd::Switch)
-            }
-            Exit::Hlt => {
-                io.counters.exits.hlt += 1;
+        match self.slots[vm].runtime.step(&self.kick) {
+            Step::Io | Step::Yielded => Some(SliceEnd::Switch),
+            Step::Halted => {
                 self.set_state(vm, VmState::Halted);
                 Some(SliceEnd::Finished)
             }
-            Exit::Crash(kind) => {
-                match kind {
-                    CrashKind::TripleFault => io.counters.exits.shutdown += 1,
-                    _ => io.counters.exits.other += 1,
-                }
-                let registers = slot.machine.vcpu.registers();
-                slot.console.note(format_args!(
-                    "VM crashed: {kind}; rip=0x{:x} rsp=0x{:x} cr2=0x{:x}",
-                    registers.rip, registers.rsp, registers.cr2
-                ));
+            Step::Crashed { kind, registers } => {
                 self.set_state(
                     vm,
                     VmState::Crashed {
@@ -294,7 +225,7 @@ impl Core {
                 );
                 Some(SliceEnd::Finished)
             }
-            Exit::Interrupted => {
+            Step::Interrupted => {
                 if self.kick.take_request() {
                     // Put it back for the main loop, which applies commands.
                     self.kick.request();
@@ -307,38 +238,48 @@ impl Core {
         }
     }
 
+    /// Records a state change. A VM that finishes has its last console bytes
+    /// queued first, so that front ends see them before the new state.
     fn set_state(&mut self, vm: VmId, state: VmState) {
+        if state.is_finished() {
+            if let Some(event) = self.take_console(vm) {
+                self.outbox.push_back(event);
+            }
+        }
         self.slots[vm].state = state.clone();
         self.outbox.push_back(Event::State { vm, state });
     }
 
-    /// Sends `vm`'s new console bytes, or keeps them (bounded) if the front end
-    /// is behind.
-    fn flush_console(&mut self, vm: VmId) {
+    /// Takes `vm`'s pending console bytes (and drop count) as an event.
+    fn take_console(&mut self, vm: VmId) -> Option<Event> {
         let slot = &mut self.slots[vm];
-        if slot.console.pending_len() == 0 {
+        if slot.runtime.console.pending_len() == 0 && slot.console_dropped == 0 {
+            return None;
+        }
+        let bytes = slot.runtime.console.take();
+        let dropped = std::mem::take(&mut slot.console_dropped);
+        Some(Event::Console { vm, bytes, dropped })
+    }
+
+    /// Sends `vm`'s new console bytes, or keeps them (bounded, oldest dropped
+    /// first and counted) while the front end is behind.
+    fn flush_console(&mut self, vm: VmId) {
+        let Some(event) = self.take_console(vm) else {
             return;
-        }
-        let bytes = slot.console.take();
-        slot.console_tail.extend_from_slice(&bytes);
-        if slot.console_tail.len() > 2 * CONSOLE_TAIL {
-            slot.console_tail
-                .drain(..slot.console_tail.len() - CONSOLE_TAIL);
-        }
-        let event = Event::Console {
-            vm,
-            bytes,
-            dropped: slot.console_dropped,
         };
         match self.events.try_send(event) {
-            Ok(()) => slot.console_dropped = 0,
-            Err(TrySendError::Full(Event::Console { mut bytes, .. })) => {
+            Ok(()) => {}
+            Err(TrySendError::Full(Event::Console {
+                mut bytes, dropped, ..
+            })) => {
+                let slot = &mut self.slots[vm];
+                slot.console_dropped += dropped;
                 if bytes.len() > CONSOLE_BACKLOG_CAP {
                     let excess = bytes.len() - CONSOLE_BACKLOG_CAP;
                     bytes.drain(..excess);
                     slot.console_dropped += excess as u64;
                 }
-                slot.console.put_back(bytes);
+                slot.runtime.console.put_back(bytes);
             }
             Err(_) => {}
         }
@@ -366,8 +307,8 @@ impl Core {
             .slots
             .iter()
             .map(|slot| VmSample {
-                counters: slot.counters,
-                cpu_ns: slot.cpu_ns,
+                counters: slot.runtime.counters,
+                cpu_ns: slot.runtime.cpu_ns,
             })
             .collect();
         // A sample the front end has no room for is simply skipped: the next
@@ -381,17 +322,13 @@ impl Core {
     /// Delivers what is left and the final report, then returns (the thread ends).
     fn finish(mut self) {
         let wall_ns = self.started.elapsed().as_nanos() as u64;
+        // Waiting is fine now: the run is over and the front end is reading.
+        for event in std::mem::take(&mut self.outbox) {
+            let _ = self.events.send(event);
+        }
         for vm in 0..self.slots.len() {
-            // Waiting is fine now: the run is over and the front end is reading.
-            let slot = &mut self.slots[vm];
-            let bytes = slot.console.take();
-            slot.console_tail.extend_from_slice(&bytes);
-            if !bytes.is_empty() || slot.console_dropped > 0 {
-                let _ = self.events.send(Event::Console {
-                    vm,
-                    bytes,
-                    dropped: slot.console_dropped,
-                });
+            if let Some(event) = self.take_console(vm) {
+                let _ = self.events.send(event);
             }
         }
         for event in self.outbox.drain(..) {
@@ -403,7 +340,7 @@ impl Core {
 
     fn report(&self, wall_ns: u64) -> RunReport {
         let total_weight: f64 = self.slots.iter().map(|slot| slot.config.weight).sum();
-        let total_cpu: u64 = self.slots.iter().map(|slot| slot.cpu_ns).sum();
+        let total_cpu: u64 = self.slots.iter().map(|slot| slot.runtime.cpu_ns).sum();
         let vms = self
             .slots
             .iter()
@@ -414,7 +351,6 @@ impl Core {
                     }
                     _ => (None, None),
                 };
-                let tail_start = slot.console_tail.len().saturating_sub(CONSOLE_TAIL);
                 VmReport {
                     name: slot.config.name.clone(),
                     guest: slot.config.guest.clone(),
@@ -423,12 +359,12 @@ impl Core {
                     registers,
                     weight: slot.config.weight,
                     target_share: ratio(slot.config.weight, total_weight),
-                    share: ratio(slot.cpu_ns as f64, total_cpu as f64),
-                    cpu_ns: slot.cpu_ns,
-                    exits: slot.counters.exits.into(),
-                    preemptions: slot.counters.preemptions,
-                    faults: slot.counters.faults,
-                    console: String::from_utf8_lossy(&slot.console_tail[tail_start..]).into_owned(),
+                    share: ratio(slot.runtime.cpu_ns as f64, total_cpu as f64),
+                    cpu_ns: slot.runtime.cpu_ns,
+                    exits: slot.runtime.counters.exits.into(),
+                    preemptions: slot.runtime.counters.preemptions,
+                    faults: slot.runtime.counters.faults,
+                    console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
                     console_dropped: slot.console_dropped,
                 }
             })

@@ -36,7 +36,7 @@ fn main() {
     marker(c"evil: 4 printStr of a string running into the end of memory\n");
     let tail = (memory_end - 8) as *mut u8;
     // SAFETY: the last 8 bytes of memory hold only _start's return address,
-    // which this guest never returns to (it halts at the end of main).
+    // which this guest never returns to (main ends in halt_forever).
     unsafe { core::ptr::write_bytes(tail, b'Z', 8) };
     hc::print_str_at(tail as u64 as u32);
 
@@ -68,6 +68,8 @@ fn main() {
     hc::print32(hc::gva_to_hva(past_memory_gva));
 
     marker(c"evil: done, halting\n");
+    // Never return: step 4 wrote over the return address in _start's frame.
+    matrix_guest::halt_forever()
 }
 
 /// Points the first unused page-directory entry at guest physical memory that

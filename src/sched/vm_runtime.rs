@@ -1,0 +1,126 @@
+//! One VM at run time: its machine, counters, hypercall state and console, and
+//! [`VmRuntime::step`], which runs it once and handles the exit. The core
+//! decides *when* to step which VM; this module decides what an exit means.
+
+use std::time::Instant;
+
+use kvm_ioctls::Kvm;
+
+use crate::console::ConsoleOut;
+use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
+use crate::stats::VmCounters;
+use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
+
+/// What one step of a VM came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A guest I/O exit (port or MMIO) was handled; the VM can go on.
+    Io,
+    /// The guest asked to give up its slice (HC_yield).
+    Yielded,
+    /// The guest halted.
+    Halted,
+    /// The VM crashed.
+    Crashed {
+        /// Why.
+        kind: CrashKind,
+        /// Registers at the crash.
+        registers: RegisterDump,
+    },
+    /// KVM_RUN was interrupted (a kick or a stray signal); nothing was counted.
+    Interrupted,
+}
+
+/// A VM and everything kept about it while it runs.
+pub struct VmRuntime {
+    /// The machine.
+    pub machine: Machine,
+    /// Its counters.
+    pub counters: VmCounters,
+    /// Its console output.
+    pub console: ConsoleOut,
+    /// Nanoseconds spent inside KVM_RUN.
+    pub cpu_ns: u64,
+    hypercalls: HypercallState,
+}
+
+impl VmRuntime {
+    /// Creates the machine for `spec`.
+    pub fn new(kvm: &Kvm, spec: &MachineSpec) -> Result<Self, SetupError> {
+        Ok(Self {
+            machine: Machine::new(kvm, spec)?,
+            counters: VmCounters::default(),
+            console: ConsoleOut::default(),
+            cpu_ns: 0,
+            hypercalls: HypercallState::default(),
+        })
+    }
+
+    /// Runs the vCPU once (until its next exit) and handles that exit.
+    pub fn step(&mut self, kick: &KickTarget) -> Step {
+        let entered = Instant::now();
+        let exit = self.machine.vcpu.run(kick);
+        self.cpu_ns += entered.elapsed().as_nanos() as u64;
+        let mut io = VmIo {
+            counters: &mut self.counters,
+            state: &mut self.hypercalls,
+            console: &mut self.console,
+        };
+        match exit {
+            Exit::Out {
+                port,
+                access,
+                value,
+            } => {
+                io.counters.exits.io_out += 1;
+                let view = GuestView {
+                    memory: &self.machine.memory,
+                    memory_size: self.machine.memory_size(),
+                    translator: &self.machine.vcpu,
+                };
+                match hypercall::handle_out(&view, &mut io, port, access, value) {
+                    Outcome::Continue => Step::Io,
+                    Outcome::Yield => Step::Yielded,
+                }
+            }
+            Exit::In { port, access, data } => {
+                io.counters.exits.io_in += 1;
+                hypercall::handle_in(&self.machine.memory, &mut io, port, access, data);
+                Step::Io
+            }
+            Exit::Mmio {
+                address,
+                write,
+                data,
+            } => {
+                io.counters.exits.mmio += 1;
+                io.counters.faults += 1;
+                let what = if write { "write to" } else { "read from" };
+                if let Some(data) = data {
+                    data.fill(0xff);
+                }
+                io.console.note(format_args!(
+                    "MMIO {what} 0x{address:x}, outside guest memory; ignored"
+                ));
+                Step::Io
+            }
+            Exit::Hlt => {
+                io.counters.exits.hlt += 1;
+                Step::Halted
+            }
+            Exit::Crash(kind) => {
+                match kind {
+                    CrashKind::TripleFault => io.counters.exits.shutdown += 1,
+                    _ => io.counters.exits.other += 1,
+                }
+                let registers = self.machine.vcpu.registers();
+                self.console.note(format_args!(
+                    "VM crashed: {kind}; rip=0x{:x} rsp=0x{:x} cr2=0x{:x}",
+                    registers.rip, registers.rsp, registers.cr2
+                ));
+                Step::Crashed { kind, registers }
+            }
+            Exit::Interrupted => Step::Interrupted,
+        }
+    }
+}
