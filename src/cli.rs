@@ -91,15 +91,9 @@ struct VmArg {
 
 fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     let (name, rest) = match text.split_once('=') {
-        Some((name, rest)) => (name.to_string(), rest),
-        None => (
-            std::path::Path::new(text)
-                .file_stem()
-                .map_or(text.into(), |s| s.to_string_lossy().into()),
-            text,
-        ),
+        Some((name, rest)) => (Some(name.to_string()), rest),
+        None => (None, text),
     };
-    check_name(&name)?;
     let (guest, weight) = match rest.rsplit_once(':') {
         Some((guest, weight)) => {
             let weight: f64 = weight
@@ -115,6 +109,13 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     if guest.is_empty() {
         return Err("GUEST is empty (NAME=GUEST[:WEIGHT])".into());
     }
+    // A lone GUEST names its VM: `part1`, or `my-guest` for `./build/my-guest.elf`.
+    let name = name.unwrap_or_else(|| {
+        std::path::Path::new(&guest)
+            .file_stem()
+            .map_or(guest.clone(), |stem| stem.to_string_lossy().into_owned())
+    });
+    check_name(&name)?;
     Ok(VmArg {
         name,
         guest,

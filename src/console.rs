@@ -43,7 +43,7 @@ impl ConsoleOut {
         if self.mid_line {
             line.push('\n');
         }
-        let _ = write!(line, "{NOTE_PREFIX}{text}\n");
+        let _ = writeln!(line, "{NOTE_PREFIX}{text}");
         self.write(line.as_bytes());
     }
 

@@ -34,15 +34,15 @@ pub struct LinePrinter<W: Write> {
 }
 
 impl<W: Write> LinePrinter<W> {
-    /// A printer for VMs called `names`.
-    pub fn new(out: W, names: Vec<String>, options: HeadlessOptions) -> Self {
+    /// A printer for VMs called `names`, timing lines from `started`.
+    pub fn new(out: W, names: Vec<String>, options: HeadlessOptions, started: Instant) -> Self {
         let buffers = names.iter().map(|_| LineBuffer::default()).collect();
         Self {
             out,
             names,
             buffers,
             options,
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -104,8 +104,8 @@ pub fn run<W: Write>(
     out: W,
     stop: &Receiver<()>,
 ) -> RunReport {
-    let mut printer = LinePrinter::new(out, names, options);
-    let deadline = options.duration.map(|duration| Instant::now() + duration);
+    let mut printer = LinePrinter::new(out, names, options, core.started());
+    let deadline = options.duration.map(|duration| core.started() + duration);
     let never = crossbeam_channel::never();
     let mut quitting = false;
     let report = loop {
@@ -161,7 +161,12 @@ mod tests {
     use super::*;
 
     fn printer(options: HeadlessOptions) -> LinePrinter<Vec<u8>> {
-        LinePrinter::new(Vec::new(), vec!["neo".into(), "morpheus".into()], options)
+        LinePrinter::new(
+            Vec::new(),
+            vec!["neo".into(), "morpheus".into()],
+            options,
+            Instant::now(),
+        )
     }
 
     #[test]

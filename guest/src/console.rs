@@ -14,7 +14,10 @@ pub struct Console {
 impl Console {
     /// An empty console buffer (lives on the stack).
     pub const fn new() -> Self {
-        Self { buf: [0; CAPACITY], len: 0 }
+        Self {
+            buf: [0; CAPACITY],
+            len: 0,
+        }
     }
 
     /// Prints what is buffered, if anything.
@@ -72,5 +75,15 @@ macro_rules! print {
     ($($arg:tt)*) => {{
         let mut console = $crate::Console::new();
         let _ = core::fmt::Write::write_fmt(&mut console, format_args!($($arg)*));
+    }};
+}
+
+/// Like [`print!`], with a newline at the end.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        let mut console = $crate::Console::new();
+        let _ = core::fmt::Write::write_fmt(&mut console, format_args!($($arg)*));
+        console.write_bytes(b"\n");
     }};
 }

@@ -1,7 +1,7 @@
 //! The classroom demo guests' main loop (Neo and Morpheus): CPU-bound work with a
 //! themed progress line now and then.
 
-use crate::{args, print, work};
+use crate::{args, println, work};
 
 /// Iterations of [`work::spin`] in one unit (argument 0): about 1 ms here.
 pub const DEFAULT_UNIT: u64 = 1_000;
@@ -23,6 +23,6 @@ pub fn run(name: &str, phrases: &[&str]) -> ! {
         units += units_per_line;
         step += 1;
         let phrase = phrases[(step as usize - 1) % phrases.len()];
-        print!("[{step:04}] {name}: {phrase} ({units} units)\n");
+        println!("[{step:04}] {name}: {phrase} ({units} units)");
     }
 }

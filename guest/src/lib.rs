@@ -75,9 +75,9 @@ macro_rules! entry {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::fmt::Write;
     let mut out = Console::new();
-    let _ = write!(out, "guest panic: {}\n", info.message());
+    let _ = writeln!(out, "guest panic: {}", info.message());
     if let Some(location) = info.location() {
-        let _ = write!(out, "  at {}:{}\n", location.file(), location.line());
+        let _ = writeln!(out, "  at {}:{}", location.file(), location.line());
     }
     out.flush();
     halt_forever()

@@ -42,9 +42,15 @@ pub struct CoreHandle {
     events: Receiver<Event>,
     kick: Arc<KickTarget>,
     thread: JoinHandle<()>,
+    started: Instant,
 }
 
 impl CoreHandle {
+    /// When the run started: the zero of timestamps, durations and `wall_ns`.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Sends a command and kicks the core out of KVM_RUN to read it.
     pub fn send(&self, command: Command) {
         // The core holds the receiver until it finishes; after that there is
@@ -81,6 +87,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, VmSetupError> {
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
     let kick = KickTarget::new();
+    let started = Instant::now();
     let core = Core {
         slots,
         policy: config.policy,
@@ -88,8 +95,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, VmSetupError> {
         commands: command_rx,
         events: event_tx,
         outbox: VecDeque::new(),
-        started: Instant::now(),
-        last_sample: Instant::now(),
+        started,
+        last_sample: started,
         quit: false,
     };
     let thread = std::thread::Builder::new()
@@ -101,6 +108,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, VmSetupError> {
         events: event_rx,
         kick,
         thread,
+        started,
     })
 }
 
@@ -160,7 +168,6 @@ struct Core {
 impl Core {
     fn run(mut self) {
         let _attached = self.kick.attach();
-        self.started = Instant::now();
         let mut next = 0;
         while !self.quit {
             if self.kick.take_request() {

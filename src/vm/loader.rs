@@ -129,10 +129,10 @@ fn load_elf(
 ) -> Result<LoadedImage, LoadError> {
     let header = read_struct::<Elf64_Ehdr>(image, 0)
         .ok_or(LoadError::BadElf("the ELF header is cut short"))?;
-    if header.e_ident[EI_CLASS as usize] != ELFCLASS64 {
+    if header.e_ident[EI_CLASS] != ELFCLASS64 {
         return Err(LoadError::WrongElfKind("not 64-bit"));
     }
-    if header.e_ident[EI_DATA as usize] != ELFDATA2LSB {
+    if header.e_ident[EI_DATA] != ELFDATA2LSB {
         return Err(LoadError::WrongElfKind("not little-endian"));
     }
     if header.e_machine != EM_X86_64 {
@@ -249,8 +249,8 @@ mod tests {
         let mut data_offset = ehdr_size + phdr_size * segments.len();
         let mut header = Elf64_Ehdr::default();
         header.e_ident[..4].copy_from_slice(ELF_MAGIC);
-        header.e_ident[EI_CLASS as usize] = ELFCLASS64;
-        header.e_ident[EI_DATA as usize] = ELFDATA2LSB;
+        header.e_ident[EI_CLASS] = ELFCLASS64;
+        header.e_ident[EI_DATA] = ELFDATA2LSB;
         header.e_type = e_type;
         header.e_machine = EM_X86_64;
         header.e_entry = entry;

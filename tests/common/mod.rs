@@ -79,3 +79,30 @@ pub fn run(vms: Vec<VmConfig>, policy: Policy, limit: Duration) -> Outcome {
         events.push(event);
     }
 }
+
+/// The console `part1` must print (HYPERCALLS.md), given its `<hva>`.
+pub fn part1_expected(hva: u32) -> String {
+    format!(
+        "Hello 695!\n2048\n4294967295\nCS695 Assignment 2\n14\n16\n{hva}\nInvalid GVA\n0\n\
+         IO in: 3\nIO out: 16\nIO in: 6\nIO out: 20\n"
+    )
+}
+
+/// Checks `part1`'s console when the host address is not known to the test:
+/// everything but line 7 exactly, and line 7 a non-zero u32.
+pub fn assert_part1_console(console: &str) {
+    let hva_line = console
+        .lines()
+        .nth(6)
+        .unwrap_or_else(|| panic!("part1 printed too little:\n{console}"));
+    let hva: u32 = hva_line
+        .parse()
+        .unwrap_or_else(|_| panic!("line 7 is not a u32: {hva_line:?}"));
+    assert_ne!(hva, 0);
+    assert_eq!(console, part1_expected(hva));
+}
+
+/// The release or debug binary under test.
+pub fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_matrix-tui"))
+}

@@ -1,0 +1,124 @@
+//! The `io` policy ("one at a time") on real KVM: VMs alternate exit by exit, a
+//! VM that halts or crashes leaves the rotation, and a guest that never exits is
+//! still stopped when the run ends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use matrix_tui::config::Policy;
+use matrix_tui::event::{Command, Event};
+
+#[test]
+fn two_printing_guests_interleave_exit_by_exit() {
+    let outcome = common::run(
+        vec![common::builtin("a", "part1"), common::builtin("b", "part1")],
+        Policy::Io,
+        Duration::from_secs(20),
+    );
+    // The first 11 exits of each are HC_print8bit of "Hello 695!\n": with a switch
+    // on every exit, the console events must go a, b, a, b... one byte each.
+    let console: Vec<(usize, Vec<u8>)> = outcome
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Console { vm, bytes, .. } => Some((*vm, bytes.clone())),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(usize, Vec<u8>)> = b"Hello 695!\n"
+        .iter()
+        .flat_map(|&byte| [(0, vec![byte]), (1, vec![byte])])
+        .collect();
+    assert_eq!(console[..22], expected[..]);
+    common::assert_part1_console(&outcome.console(0));
+    common::assert_part1_console(&outcome.console(1));
+}
+
+#[test]
+fn a_crash_leaves_the_rotation_and_the_others_finish_exactly() {
+    let outcome = common::run(
+        vec![
+            common::builtin("crash", "crash"),
+            common::builtin("part1", "part1"),
+        ],
+        Policy::Io,
+        Duration::from_secs(20),
+    );
+    let crash = &outcome.report.vms[0];
+    assert_eq!(crash.state, "crashed");
+    assert_eq!(
+        crash.crash_reason.as_deref(),
+        Some("triple fault (KVM_EXIT_SHUTDOWN)")
+    );
+    assert_eq!(crash.exits.counts.shutdown, 1);
+    assert!(
+        crash.registers.is_some_and(|r| r.rip >= 0x10000),
+        "{:?}",
+        crash.registers
+    );
+    assert!(
+        outcome
+            .console(0)
+            .contains("[matrix] VM crashed: triple fault")
+    );
+    assert_eq!(outcome.report.vms[1].state, "halted");
+    common::assert_part1_console(&outcome.console(1));
+    assert!(outcome.report.any_crashed());
+}
+
+#[test]
+fn quit_stops_a_guest_that_never_exits() {
+    let core = matrix_tui::sched::spawn(
+        common::kvm(),
+        matrix_tui::config::RunConfig {
+            vms: vec![common::builtin("spin", "spin")],
+            policy: Policy::Io,
+        },
+    )
+    .unwrap();
+    // Give it time to be inside KVM_RUN, where only a kick can reach it (the
+    // assertions hold wherever the quit finds it).
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    core.send(Command::Quit);
+    let report = loop {
+        match core
+            .events()
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the core answers a quit")
+        {
+            Event::Finished(report) => break report,
+            _ => continue,
+        }
+    };
+    let took = asked.elapsed();
+    core.join();
+    assert!(took < Duration::from_millis(50), "quit took {took:?}");
+    assert_eq!(report.vms[0].state, "running");
+    assert!(report.vms[0].cpu_ns > 0);
+}
+
+#[test]
+fn the_core_thread_is_named_matrix_core() {
+    let core = matrix_tui::sched::spawn(
+        common::kvm(),
+        matrix_tui::config::RunConfig {
+            vms: vec![common::builtin("spin", "spin")],
+            policy: Policy::Io,
+        },
+    )
+    .unwrap();
+    let tid = loop {
+        // The tid is published when the core thread attaches, right at its start.
+        match core.core_tid() {
+            0 => std::thread::yield_now(),
+            tid => break tid,
+        }
+    };
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
+    core.send(Command::Quit);
+    while !matches!(core.events().recv().unwrap(), Event::Finished(_)) {}
+    core.join();
+    assert_eq!(comm.trim(), "matrix-core");
+}
