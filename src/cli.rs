@@ -10,12 +10,15 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Policy, RunConfig, VmConfig};
+use std::path::PathBuf;
+
+use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::headless::{self, HeadlessOptions};
-use crate::sched::{self, VmSetupError};
+use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
+use crate::sched::{self, SpawnError, VmSetupError};
 use crate::units::{parse_duration, parse_size};
-use crate::vm::SetupError;
 use crate::vm::layout::DEFAULT_MEMORY;
+use crate::vm::{SetupError, TimerKind};
 use crate::{guests, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
@@ -40,22 +43,38 @@ enum Command {
 /// Options of `matrix-tui run`.
 #[derive(Debug, Args, Default)]
 struct RunArgs {
+    /// A scenario file (TOML; see assets/). The options below override it.
+    /// Without it and without --vm: the built-in Neo/Morpheus scenario.
+    #[arg(value_name = "SCENARIO.toml")]
+    scenario: Option<PathBuf>,
+
     /// A VM: NAME=GUEST[:WEIGHT]. GUEST is a built-in guest (see `matrix-tui
     /// guests`) or a path to an image; a lone GUEST is also its NAME. Repeat for
     /// more VMs.
     #[arg(long = "vm", value_name = "NAME=GUEST[:WEIGHT]", value_parser = parse_vm_arg)]
     vms: Vec<VmArg>,
 
-    /// Scheduling policy.
-    #[arg(long, value_enum, default_value = "io")]
-    policy: Policy,
+    /// Scheduling policy [default: the scenario's, else fair].
+    #[arg(long, value_enum)]
+    policy: Option<Policy>,
+
+    /// The quantum: each VM's slice under rr, the period split by weight under
+    /// fair (100us to 1s) [default: the scenario's, else 1ms].
+    #[arg(long, value_parser = parse_quantum)]
+    quantum: Option<Duration>,
+
+    /// What ends a slice: posix (a POSIX timer signals the core thread) or
+    /// timerfd (a kicker thread reads a timerfd) [default: the scenario's, else posix].
+    #[arg(long, value_enum)]
+    timer: Option<TimerKind>,
 
     /// End the run after this long (e.g. 5s, 500ms); without it the run ends
     /// when every VM has halted or crashed, or on Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
 
-    /// Guest memory of every VM (multiple of 2 MiB, at most 1 GiB).
+    /// Guest memory of every VM (multiple of 2 MiB, at most 1 GiB) [default:
+    /// the scenario's, else 2M].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     mem: Option<u64>,
 
@@ -115,7 +134,7 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
             .file_stem()
             .map_or(guest.clone(), |stem| stem.to_string_lossy().into_owned())
     });
-    check_name(&name)?;
+    scenario::check_vm_name(&name)?;
     Ok(VmArg {
         name,
         guest,
@@ -123,17 +142,13 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     })
 }
 
-fn check_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
-        Ok(())
+fn parse_quantum(text: &str) -> Result<Duration, String> {
+    let quantum = parse_duration(text)?;
+    if (MIN_QUANTUM..=MAX_QUANTUM).contains(&quantum) {
+        Ok(quantum)
     } else {
         Err(format!(
-            "VM name '{name}' must be 1-32 letters, digits, '-', '_' or '.'"
+            "the quantum must be between 100us and 1s, got {text}"
         ))
     }
 }
@@ -164,12 +179,22 @@ enum Failure {
     Host(anyhow::Error),
 }
 
-impl From<VmSetupError> for Failure {
-    fn from(error: VmSetupError) -> Self {
-        match error.source {
-            SetupError::Kvm { .. } | SetupError::Memory(_) => Failure::Host(error.into()),
-            _ => Failure::Usage(error.into()),
+impl From<SpawnError> for Failure {
+    fn from(error: SpawnError) -> Self {
+        match error {
+            SpawnError::Vm(VmSetupError {
+                source: SetupError::Kvm { .. } | SetupError::Memory(_),
+                ..
+            })
+            | SpawnError::Timer { .. } => Failure::Host(error.into()),
+            SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
+    }
+}
+
+impl From<ScenarioError> for Failure {
+    fn from(error: ScenarioError) -> Self {
+        Failure::Usage(error.into())
     }
 }
 
@@ -208,44 +233,52 @@ fn list_guests() -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo when no VM is named: Neo and Morpheus.
-fn default_vms() -> Vec<VmArg> {
-    vec![
-        VmArg {
-            name: "neo".into(),
-            guest: "neo".into(),
-            weight: Some(70.0),
+/// The run `args` describe: the scenario (or the built-in one) with the
+/// command line's VMs and settings on top. Also returns the run's duration.
+fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> {
+    let scenario = match &args.scenario {
+        Some(path) => scenario::load(path)?,
+        None if args.vms.is_empty() => scenario::default_scenario(),
+        None => Scenario {
+            policy: None,
+            quantum: None,
+            timer: None,
+            duration: None,
+            vms: Vec::new(),
         },
-        VmArg {
-            name: "morpheus".into(),
-            guest: "morpheus".into(),
-            weight: Some(30.0),
-        },
-    ]
-}
-
-fn run_config(args: &RunArgs) -> Result<RunConfig, Failure> {
-    let vm_args = if args.vms.is_empty() {
-        default_vms()
-    } else {
-        args.vms.clone()
     };
-    let memory_size = args.mem.unwrap_or(DEFAULT_MEMORY);
-    vm::memory::check_size(memory_size)
-        .map_err(|error| Failure::Usage(anyhow!("--mem: {error}")))?;
-    let mut vms: Vec<VmConfig> = Vec::new();
-    for arg in vm_args {
-        if vms.iter().any(|vm| vm.name == arg.name) {
-            return Err(Failure::Usage(anyhow!(
-                "two VMs are called '{}'; give each --vm a NAME=",
-                arg.name
-            )));
+    let mut vms = scenario.vms;
+    for arg in &args.vms {
+        match vms.iter_mut().find(|vm| vm.name == arg.name) {
+            Some(_) if args.scenario.is_none() => {
+                return Err(Failure::Usage(anyhow!(
+                    "two VMs are called '{}'; give each --vm a NAME=",
+                    arg.name
+                )));
+            }
+            // A --vm with a scenario VM's name replaces its guest (and weight, if given).
+            Some(vm) => {
+                vm.guest = arg.guest.clone();
+                vm.weight = arg.weight.unwrap_or(vm.weight);
+            }
+            None => vms.push(ScenarioVm {
+                name: arg.name.clone(),
+                guest: arg.guest.clone(),
+                weight: arg.weight.unwrap_or(1.0),
+                memory: DEFAULT_MEMORY,
+                args: Vec::new(),
+            }),
         }
-        let image = guests::resolve(&arg.guest).map_err(|error| Failure::Usage(error.into()))?;
-        let mut config = VmConfig::new(arg.name, arg.guest, image);
-        config.weight = arg.weight.unwrap_or(1.0);
-        config.memory_size = memory_size;
-        vms.push(config);
+    }
+    if vms.is_empty() {
+        return Err(Failure::Usage(anyhow!(
+            "the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST"
+        )));
+    }
+    if let Some(memory) = args.mem {
+        vm::memory::check_size(memory)
+            .map_err(|error| Failure::Usage(anyhow!("--mem: {error}")))?;
+        vms.iter_mut().for_each(|vm| vm.memory = memory);
     }
     for (name, values) in &args.guest_args {
         let vm = vms.iter_mut().find(|vm| &vm.name == name).ok_or_else(|| {
@@ -253,16 +286,34 @@ fn run_config(args: &RunArgs) -> Result<RunConfig, Failure> {
                 "--args names VM '{name}', which is not in this run"
             ))
         })?;
+        if values.len() > vm::layout::MAX_GUEST_ARGS {
+            return Err(Failure::Usage(anyhow!(
+                "--args: a guest takes at most 31 arguments"
+            )));
+        }
         vm.args = values.clone();
     }
-    Ok(RunConfig {
-        vms,
-        policy: args.policy,
-    })
+    let mut configs = Vec::with_capacity(vms.len());
+    for vm in vms {
+        let image = guests::resolve(&vm.guest).map_err(|error| Failure::Usage(error.into()))?;
+        let mut config = VmConfig::new(vm.name, vm.guest, image);
+        config.weight = vm.weight;
+        config.memory_size = vm.memory;
+        config.args = vm.args;
+        configs.push(config);
+    }
+    let config = RunConfig {
+        vms: configs,
+        policy: args.policy.or(scenario.policy).unwrap_or_default(),
+        quantum: args.quantum.or(scenario.quantum).unwrap_or(DEFAULT_QUANTUM),
+        timer: args.timer.or(scenario.timer).unwrap_or(TimerKind::Posix),
+        stay_open: false,
+    };
+    Ok((config, args.duration.or(scenario.duration)))
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let config = run_config(&args)?;
+    let (config, duration) = run_config(&args)?;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
     let names = config.vms.iter().map(|vm| vm.name.clone()).collect();
     let stop = stop_signals().map_err(Failure::Host)?;
@@ -271,7 +322,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         timestamps: args.timestamps,
         json: args.json,
         raw: args.raw,
-        duration: args.duration,
+        duration,
     };
     let report = headless::run(core, names, options, std::io::stdout().lock(), &stop);
     for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
@@ -374,13 +425,65 @@ mod tests {
     }
 
     #[test]
-    fn the_default_run_is_neo_and_morpheus_70_30() {
-        let config = run_config(&RunArgs::default()).unwrap();
+    fn the_default_run_is_neo_and_morpheus_70_30_fair() {
+        let (config, duration) = run_config(&RunArgs::default()).unwrap();
         let vms: Vec<_> = config
             .vms
             .iter()
             .map(|vm| (vm.name.as_str(), vm.weight))
             .collect();
         assert_eq!(vms, [("neo", 70.0), ("morpheus", 30.0)]);
+        assert_eq!(
+            (config.policy, config.quantum, config.timer),
+            (Policy::Fair, DEFAULT_QUANTUM, TimerKind::Posix)
+        );
+        assert_eq!(duration, None);
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_scenario() {
+        let args = RunArgs {
+            scenario: Some(PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/assets/matrix.toml"
+            ))),
+            vms: vec![
+                parse_vm_arg("neo=ticker").unwrap(),
+                parse_vm_arg("extra=spin:5").unwrap(),
+            ],
+            policy: Some(Policy::Rr),
+            quantum: Some(Duration::from_millis(3)),
+            timer: Some(TimerKind::Timerfd),
+            mem: Some(4 << 20),
+            duration: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let (config, duration) = run_config(&args).unwrap();
+        let vms: Vec<_> = config
+            .vms
+            .iter()
+            .map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight))
+            .collect();
+        assert_eq!(
+            vms,
+            [
+                ("neo", "ticker", 70.0),
+                ("morpheus", "morpheus", 30.0),
+                ("extra", "spin", 5.0)
+            ]
+        );
+        assert!(config.vms.iter().all(|vm| vm.memory_size == 4 << 20));
+        assert_eq!(
+            (config.policy, config.quantum, config.timer),
+            (Policy::Rr, Duration::from_millis(3), TimerKind::Timerfd)
+        );
+        assert_eq!(duration, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn quanta_outside_100us_to_1s_are_refused() {
+        assert!(parse_quantum("50us").is_err());
+        assert!(parse_quantum("2s").is_err());
+        assert_eq!(parse_quantum("100us"), Ok(Duration::from_micros(100)));
     }
 }

@@ -1,15 +1,23 @@
 //! A run's configuration: the VMs and how to schedule them, validated.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::vm::TimerKind;
 
 use crate::vm::layout::DEFAULT_MEMORY;
 
 /// How the core picks the next VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// One at a time: switch to the next VM on every guest I/O exit (no timer).
-    #[default]
     Io,
+    /// Round robin: one quantum each, ended by the timer or a halt/yield.
+    Rr,
+    /// Weighted fair: each quantum split by weight, measured time repaid.
+    #[default]
+    Fair,
 }
 
 impl Policy {
@@ -17,6 +25,17 @@ impl Policy {
     pub fn name(self) -> &'static str {
         match self {
             Self::Io => "io",
+            Self::Rr => "rr",
+            Self::Fair => "fair",
+        }
+    }
+
+    /// The next policy, for front ends that cycle through them.
+    pub fn next(self) -> Self {
+        match self {
+            Self::Io => Self::Rr,
+            Self::Rr => Self::Fair,
+            Self::Fair => Self::Io,
         }
     }
 }
@@ -52,6 +71,13 @@ impl VmConfig {
     }
 }
 
+/// Shortest quantum.
+pub const MIN_QUANTUM: Duration = Duration::from_micros(100);
+/// Longest quantum.
+pub const MAX_QUANTUM: Duration = Duration::from_secs(1);
+/// Default quantum.
+pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(1);
+
 /// Everything the core needs to start a run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -59,4 +85,31 @@ pub struct RunConfig {
     pub vms: Vec<VmConfig>,
     /// The scheduling policy.
     pub policy: Policy,
+    /// The quantum (the period under `fair`), within [MIN_QUANTUM, MAX_QUANTUM].
+    pub quantum: Duration,
+    /// The timer that ends slices.
+    pub timer: TimerKind,
+    /// Keep the core alive when every VM has finished (a UI may restart them);
+    /// otherwise the run ends then.
+    pub stay_open: bool,
+}
+
+impl RunConfig {
+    /// A run of `vms` with the defaults: fair, 1 ms, POSIX timer, ending when
+    /// every VM has finished.
+    pub fn new(vms: Vec<VmConfig>) -> Self {
+        Self {
+            vms,
+            policy: Policy::Fair,
+            quantum: DEFAULT_QUANTUM,
+            timer: TimerKind::Posix,
+            stay_open: false,
+        }
+    }
+
+    /// The same run under another policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
 }

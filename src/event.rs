@@ -3,18 +3,53 @@
 
 use serde::Serialize;
 
+use std::time::Duration;
+
+use crate::config::Policy;
 use crate::report::RunReport;
 use crate::stats::VmCounters;
 use crate::vm::RegisterDump;
+use crate::vm::TimerKind;
 
 /// Index of a VM in the run, in the order the scenario lists them.
 pub type VmId = usize;
 
-/// What a front end asks of the core.
+/// What a front end asks of the core. Each is applied within one quantum
+/// (and within 50 ms under `io`, even with a guest that never exits).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// End the run; the core answers with [`Event::Finished`].
     Quit,
+    /// Change a VM's scheduling weight (> 0; others are ignored).
+    SetWeight {
+        /// The VM.
+        vm: VmId,
+        /// Its new weight.
+        weight: f64,
+    },
+    /// Stop scheduling a running VM.
+    Pause(VmId),
+    /// Schedule a paused VM again.
+    Resume(VmId),
+    /// Start a VM afresh: new memory, image loaded again, counters reset.
+    Restart(VmId),
+    /// Change the scheduling policy.
+    SetPolicy(Policy),
+    /// Change the quantum (clamped to 100 us ..= 1 s).
+    SetQuantum(Duration),
+}
+
+/// How the core is scheduling, sent at the start and after every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The policy.
+    pub policy: Policy,
+    /// The quantum (the period under `fair`).
+    pub quantum: Duration,
+    /// The timer backend.
+    pub timer: TimerKind,
+    /// Every VM's weight, in VM order.
+    pub weights: Vec<f64>,
 }
 
 /// Where a VM is in its life.
@@ -53,13 +88,15 @@ impl VmState {
     }
 }
 
-/// One VM's figures at a moment.
+/// One VM's figures at a moment (cumulative; front ends take differences).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSample {
     /// Counters so far.
     pub counters: VmCounters,
     /// Nanoseconds spent in KVM_RUN so far.
     pub cpu_ns: u64,
+    /// Nanoseconds the scheduler charged it (KVM_RUN time up to each deadline).
+    pub charged_ns: u64,
 }
 
 /// What the core tells the front ends.
@@ -82,6 +119,8 @@ pub enum Event {
         /// Its new state.
         state: VmState,
     },
+    /// The scheduling settings changed (and once at the start).
+    Settings(Settings),
     /// Counters of every VM, a few times a second.
     Sample {
         /// Nanoseconds since the run started.

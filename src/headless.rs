@@ -132,7 +132,7 @@ pub fn run<W: Write>(
         let written = match event {
             Event::Console { vm, bytes, dropped } => printer.console(vm, &bytes, dropped),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
-            Event::State { .. } | Event::Sample { .. } => Ok(()),
+            Event::State { .. } | Event::Sample { .. } | Event::Settings(_) => Ok(()),
             Event::Finished(report) => break *report,
         };
         if written.and_then(|()| printer.flush()).is_err() && !quitting {

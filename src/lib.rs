@@ -10,6 +10,7 @@ pub mod guests;
 pub mod headless;
 pub mod hypercall;
 pub mod report;
+pub mod scenario;
 pub mod sched;
 pub mod stats;
 pub mod units;

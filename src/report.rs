@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::stats::ExitCounts;
+use crate::stats::{ExitCounts, Percentiles};
 use crate::vm::RegisterDump;
 
 /// The whole run.
@@ -16,6 +16,11 @@ pub struct RunReport {
     pub quantum_us: Option<u64>,
     /// Timer backend (null for `io`).
     pub timer: Option<String>,
+    /// Percent of wall time the core spent outside KVM_RUN.
+    pub outside_kvm_run_pct: f64,
+    /// How long after a slice's deadline the preempted guest was out of KVM_RUN
+    /// (null when nothing was preempted).
+    pub preempt_overrun_us: Option<Percentiles>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
 }
@@ -37,10 +42,14 @@ pub struct VmReport {
     pub weight: f64,
     /// weight / sum of weights.
     pub target_share: f64,
-    /// Measured fraction of the time spent in guests.
+    /// Measured fraction of the time spent in guests (KVM_RUN).
     pub share: f64,
+    /// Fraction of the time the scheduler charged (KVM_RUN up to deadlines).
+    pub charged_share: f64,
     /// Nanoseconds inside KVM_RUN.
     pub cpu_ns: u64,
+    /// Nanoseconds charged by the scheduler.
+    pub charged_ns: u64,
     /// Guest-caused exits.
     pub exits: ExitReport,
     /// Timer kicks (not guest exits).

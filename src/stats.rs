@@ -58,3 +58,74 @@ mod tests {
         assert_eq!(counts.total(), 20);
     }
 }
+
+/// p50 / p99 / max of a set of samples, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// How many samples.
+    pub samples: usize,
+}
+
+impl Percentiles {
+    /// Percentiles of `values_ns` (nearest rank), in microseconds; None if empty.
+    pub fn of_ns(values_ns: &[u64]) -> Option<Self> {
+        if values_ns.is_empty() {
+            return None;
+        }
+        let mut sorted = values_ns.to_vec();
+        sorted.sort_unstable();
+        let rank =
+            |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Some(Self {
+            p50: us(rank(0.50)),
+            p99: us(rank(0.99)),
+            max: us(sorted[sorted.len() - 1]),
+            samples: sorted.len(),
+        })
+    }
+}
+
+/// A bounded record of latencies (the first [`LatencyLog::CAPACITY`] kept).
+#[derive(Debug, Default, Clone)]
+pub struct LatencyLog {
+    samples_ns: Vec<u64>,
+}
+
+impl LatencyLog {
+    /// Samples kept at most (a 1 ms quantum fills it in about 100 s).
+    pub const CAPACITY: usize = 100_000;
+
+    /// Adds one latency.
+    pub fn record(&mut self, ns: u64) {
+        if self.samples_ns.len() < Self::CAPACITY {
+            self.samples_ns.push(ns);
+        }
+    }
+
+    /// Their percentiles, if any were recorded.
+    pub fn summary(&self) -> Option<Percentiles> {
+        Percentiles::of_ns(&self.samples_ns)
+    }
+}
+
+#[cfg(test)]
+mod percentile_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=100).map(|us| us * 1000).collect();
+        let p = Percentiles::of_ns(&values).unwrap();
+        assert_eq!((p.p50, p.p99, p.max, p.samples), (50.0, 99.0, 100.0, 100));
+        assert_eq!(Percentiles::of_ns(&[]), None);
+        let one = Percentiles::of_ns(&[7000]).unwrap();
+        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+    }
+}

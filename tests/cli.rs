@@ -83,7 +83,9 @@ fn the_json_report_has_every_field() {
     for key in ["wall_ns", "policy", "quantum_us", "timer", "vms"] {
         assert!(report.get(key).is_some(), "no {key}");
     }
-    assert_eq!(report["policy"], "io");
+    assert_eq!(report["policy"], "fair");
+    assert_eq!(report["quantum_us"], 1000);
+    assert_eq!(report["timer"], "posix");
     let vm = &report["vms"][0];
     for key in [
         "name",

@@ -71,10 +71,8 @@ fn a_crash_leaves_the_rotation_and_the_others_finish_exactly() {
 fn quit_stops_a_guest_that_never_exits() {
     let core = matrix_tui::sched::spawn(
         common::kvm(),
-        matrix_tui::config::RunConfig {
-            vms: vec![common::builtin("spin", "spin")],
-            policy: Policy::Io,
-        },
+        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")])
+            .with_policy(Policy::Io),
     )
     .unwrap();
     // Give it time to be inside KVM_RUN, where only a kick can reach it (the
@@ -103,10 +101,8 @@ fn quit_stops_a_guest_that_never_exits() {
 fn the_core_thread_is_named_matrix_core() {
     let core = matrix_tui::sched::spawn(
         common::kvm(),
-        matrix_tui::config::RunConfig {
-            vms: vec![common::builtin("spin", "spin")],
-            policy: Policy::Io,
-        },
+        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")])
+            .with_policy(Policy::Io),
     )
     .unwrap();
     let tid = loop {

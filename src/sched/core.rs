@@ -1,20 +1,23 @@
 //! The scheduler core: one thread (`matrix-core`) that owns every VM and runs
-//! them one at a time. Front ends talk to it only through [`CoreHandle`]:
-//! commands in, events out.
+//! them one at a time, slice by slice, as the [`Planner`] decides. Front ends
+//! talk to it only through [`CoreHandle`]: commands in, events out.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
+use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
-use crate::config::{Policy, RunConfig, VmConfig};
-use crate::event::{Command, Event, VmId, VmSample, VmState};
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
+use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
 use crate::report::{RunReport, VmReport};
-use crate::vm::{KickTarget, MachineSpec, SetupError};
+use crate::stats::LatencyLog;
+use crate::vm::kick::monotonic_ns;
+use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer};
 
 /// Events waiting in the channel before the core starts coalescing.
 const EVENT_CAPACITY: usize = 1024;
@@ -22,7 +25,9 @@ const EVENT_CAPACITY: usize = 1024;
 /// dropped (and counted) past this.
 pub const CONSOLE_BACKLOG_CAP: usize = 256 * 1024;
 /// How often counters are sampled for the front ends.
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How long the core sleeps between checks when no VM can run.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 /// A VM that could not be set up, with its name.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,24 @@ pub struct VmSetupError {
     pub guest: String,
     /// What went wrong.
     pub source: SetupError,
+}
+
+/// Starting a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A VM could not be set up.
+    #[error(transparent)]
+    Vm(#[from] VmSetupError),
+    /// The quantum timer could not be created.
+    #[error("cannot create the {kind} quantum timer: {source}; try --timer {other}", kind = .kind.name(), other = .other.name())]
+    Timer {
+        /// The backend asked for.
+        kind: TimerKind,
+        /// The other backend, to suggest.
+        other: TimerKind,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The front end's side of a running core.
@@ -64,7 +87,7 @@ impl CoreHandle {
         &self.events
     }
 
-    /// Kernel thread id of the core thread (for tests and /proc lookups).
+    /// Kernel thread id of the core thread (for /proc lookups).
     pub fn core_tid(&self) -> libc::pid_t {
         self.kick.tid()
     }
@@ -79,30 +102,56 @@ impl CoreHandle {
 
 /// Sets up every VM of `config` (on the calling thread, so that errors come back
 /// at once) and starts the core thread running them.
-pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, VmSetupError> {
+pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
         slots.push(Slot::new(&kvm, vm)?);
     }
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let kick = KickTarget::new();
     let started = Instant::now();
+    let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
     let core = Core {
+        planner: Planner::new(config.policy, quantum.as_nanos() as u64, slots.len()),
+        kvm,
         slots,
-        policy: config.policy,
+        timer_kind: config.timer,
         kick: Arc::clone(&kick),
         commands: command_rx,
         events: event_tx,
         outbox: VecDeque::new(),
         started,
         last_sample: started,
+        stay_open: config.stay_open,
         quit: false,
+        overruns: LatencyLog::default(),
     };
+    let timer_kind = config.timer;
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
-        .spawn(move || core.run())
+        .spawn(move || core.run(ready_tx))
         .expect("spawning the core thread");
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            let _ = thread.join();
+            let other = match timer_kind {
+                TimerKind::Posix => TimerKind::Timerfd,
+                TimerKind::Timerfd => TimerKind::Posix,
+            };
+            return Err(SpawnError::Timer {
+                kind: timer_kind,
+                other,
+                source,
+            });
+        }
+        Err(_) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the core thread reports readiness before it returns"),
+        },
+    }
     Ok(CoreHandle {
         commands: command_tx,
         events: event_rx,
@@ -118,34 +167,42 @@ struct Slot {
     runtime: VmRuntime,
     console_dropped: u64,
     state: VmState,
+    charged_ns: u64,
 }
 
 impl Slot {
     fn new(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
-        let spec = MachineSpec {
-            image: Arc::clone(&config.image),
-            memory_size: config.memory_size,
-            args: config.args.clone(),
-        };
-        let runtime = VmRuntime::new(kvm, &spec).map_err(|source| VmSetupError {
-            name: config.name.clone(),
-            guest: config.guest.clone(),
-            source,
-        })?;
+        let runtime =
+            VmRuntime::new(kvm, &machine_spec(&config)).map_err(|source| VmSetupError {
+                name: config.name.clone(),
+                guest: config.guest.clone(),
+                source,
+            })?;
         Ok(Self {
             config,
             runtime,
             console_dropped: 0,
             state: VmState::Running,
+            charged_ns: 0,
         })
+    }
+}
+
+fn machine_spec(config: &VmConfig) -> MachineSpec {
+    MachineSpec {
+        image: Arc::clone(&config.image),
+        memory_size: config.memory_size,
+        args: config.args.clone(),
     }
 }
 
 /// How a slice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SliceEnd {
-    /// The policy switches VMs here (under `io`: any guest I/O).
-    Switch,
+    /// The policy moves on (I/O under `io`, or the slice used up).
+    Done,
+    /// The guest gave up the rest of its slice (HC_yield).
+    Yielded,
     /// The VM halted or crashed.
     Finished,
     /// A front end asked for attention.
@@ -153,8 +210,10 @@ enum SliceEnd {
 }
 
 struct Core {
+    kvm: Kvm,
     slots: Vec<Slot>,
-    policy: Policy,
+    planner: Planner,
+    timer_kind: TimerKind,
     kick: Arc<KickTarget>,
     commands: Receiver<Command>,
     events: Sender<Event>,
@@ -162,86 +221,222 @@ struct Core {
     outbox: VecDeque<Event>,
     started: Instant,
     last_sample: Instant,
+    stay_open: bool,
     quit: bool,
+    /// How long after each deadline a preempted guest was out of KVM_RUN.
+    overruns: LatencyLog,
 }
 
 impl Core {
-    fn run(mut self) {
+    fn run(mut self, ready: Sender<std::io::Result<()>>) {
         let _attached = self.kick.attach();
-        let mut next = 0;
+        let mut timer = match quantum_timer::create(self.timer_kind, &self.kick) {
+            Ok(timer) => timer,
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        self.outbox.push_back(Event::Settings(self.settings()));
         while !self.quit {
             if self.kick.take_request() {
                 self.apply_commands();
                 continue;
             }
-            let Some(vm) = self.next_runnable(next) else {
-                break;
-            };
-            self.run_slice(vm);
-            self.flush_console(vm);
+            let candidates: Vec<Candidate> = self
+                .slots
+                .iter()
+                .map(|slot| Candidate {
+                    weight: slot.config.weight,
+                    runnable: slot.state == VmState::Running,
+                })
+                .collect();
+            match self.planner.next_slice(&candidates) {
+                Some(slice) => {
+                    self.run_slice(slice, timer.as_mut());
+                    self.flush_console(slice.vm);
+                }
+                None if self.stay_open
+                    || self.slots.iter().any(|slot| slot.state == VmState::Paused) =>
+                {
+                    timer.disarm();
+                    self.idle();
+                }
+                None => break,
+            }
             self.deliver_outbox();
             self.sample_if_due();
-            next = vm + 1;
         }
+        timer.disarm();
+        drop(timer);
         self.finish();
     }
 
-    /// The first runnable VM at or after `from`, round robin.
-    fn next_runnable(&self, from: VmId) -> Option<VmId> {
-        let count = self.slots.len();
-        (0..count)
-            .map(|offset| (from + offset) % count)
-            .find(|&vm| self.slots[vm].state == VmState::Running)
+    /// Runs one slice of `slice.vm`: until its next I/O exit under `io`, else
+    /// until its deadline, a yield, its end, or a command.
+    fn run_slice(&mut self, slice: Slice, timer: &mut dyn QuantumTimer) -> SliceEnd {
+        let vm = slice.vm;
+        let deadline = match slice.length_ns {
+            Some(length) => {
+                let deadline = monotonic_ns() + length;
+                self.kick.set_deadline(deadline);
+                timer.arm(deadline);
+                deadline
+            }
+            None => u64::MAX,
+        };
+        let mut charged = 0;
+        let end = loop {
+            let (step, span) = self.slots[vm].runtime.step(&self.kick);
+            charged += span.charged_until(deadline);
+            match step {
+                Step::Io if slice.length_ns.is_none() || span.exited_ns >= deadline => {
+                    break SliceEnd::Done;
+                }
+                Step::Io => continue,
+                Step::Yielded => break SliceEnd::Yielded,
+                Step::Halted => {
+                    self.set_state(vm, VmState::Halted);
+                    break SliceEnd::Finished;
+                }
+                Step::Crashed { kind, registers } => {
+                    self.set_state(
+                        vm,
+                        VmState::Crashed {
+                            reason: kind.to_string(),
+                            registers,
+                        },
+                    );
+                    break SliceEnd::Finished;
+                }
+                Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
+                Step::Interrupted if span.exited_ns >= deadline => {
+                    self.slots[vm].runtime.counters.preemptions += 1;
+                    self.overruns.record(span.exited_ns - deadline);
+                    break SliceEnd::Done;
+                }
+                // A signal for an earlier slice (or not for us): carry on.
+                Step::Interrupted => continue,
+            }
+        };
+        self.kick.set_deadline(u64::MAX);
+        self.slots[vm].charged_ns += charged;
+        self.planner.charge(
+            vm,
+            charged,
+            matches!(end, SliceEnd::Yielded | SliceEnd::Finished),
+        );
+        end
+    }
+
+    /// Nothing can run: wait for a command (a resume, a restart or a quit).
+    fn idle(&mut self) {
+        match self.commands.recv_timeout(IDLE_WAIT) {
+            Ok(command) => {
+                self.kick.take_request();
+                self.apply(command);
+                self.apply_commands();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.quit = true,
+        }
     }
 
     fn apply_commands(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
-            match command {
-                Command::Quit => self.quit = true,
+            self.apply(command);
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Quit => self.quit = true,
+            Command::SetWeight { vm, weight } => {
+                if let Some(slot) = self
+                    .slots
+                    .get_mut(vm)
+                    .filter(|_| weight > 0.0 && weight.is_finite())
+                {
+                    slot.config.weight = weight;
+                    self.planner.reset(vm);
+                    self.outbox.push_back(Event::Settings(self.settings()));
+                }
+            }
+            Command::Pause(vm) => {
+                if self
+                    .slots
+                    .get(vm)
+                    .is_some_and(|slot| slot.state == VmState::Running)
+                {
+                    self.set_state(vm, VmState::Paused);
+                }
+            }
+            Command::Resume(vm) => {
+                if self
+                    .slots
+                    .get(vm)
+                    .is_some_and(|slot| slot.state == VmState::Paused)
+                {
+                    self.planner.reset(vm);
+                    self.set_state(vm, VmState::Running);
+                }
+            }
+            Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
+            Command::Restart(_) => {}
+            Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
+            Command::SetQuantum(quantum) => {
+                let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
+                self.set_planner(self.planner.policy(), quantum);
             }
         }
     }
 
-    /// Runs `vm` until the policy ends its slice.
-    fn run_slice(&mut self, vm: VmId) -> SliceEnd {
-        loop {
-            let end = self.run_once(vm);
-            match (end, self.policy) {
-                (None, _) => continue,
-                (Some(end), Policy::Io) => return end,
-            }
+    fn set_planner(&mut self, policy: Policy, quantum_ns: u64) {
+        if policy == self.planner.policy() {
+            self.planner.set_quantum(quantum_ns);
+        } else {
+            self.planner = Planner::new(policy, quantum_ns, self.slots.len());
         }
+        self.outbox.push_back(Event::Settings(self.settings()));
     }
 
-    /// One step of `vm`. Returns how the slice ends, or None to keep running
-    /// the same VM.
-    fn run_once(&mut self, vm: VmId) -> Option<SliceEnd> {
-        match self.slots[vm].runtime.step(&self.kick) {
-            Step::Io | Step::Yielded => Some(SliceEnd::Switch),
-            Step::Halted => {
-                self.set_state(vm, VmState::Halted);
-                Some(SliceEnd::Finished)
+    fn restart(&mut self, vm: VmId) {
+        // What the old VM printed still goes out, before its new life starts.
+        if let Some(event) = self.take_console(vm) {
+            self.outbox.push_back(event);
+        }
+        let slot = &mut self.slots[vm];
+        match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
+            Ok(runtime) => {
+                slot.runtime = runtime;
+                slot.charged_ns = 0;
+                slot.runtime.console.note(format_args!("VM restarted"));
+                self.planner.reset(vm);
+                self.set_state(vm, VmState::Running);
             }
-            Step::Crashed { kind, registers } => {
+            Err(error) => {
+                let registers = slot.runtime.machine.vcpu.registers();
+                slot.runtime
+                    .console
+                    .note(format_args!("restart failed: {error}"));
                 self.set_state(
                     vm,
                     VmState::Crashed {
-                        reason: kind.to_string(),
+                        reason: format!("restart failed: {error}"),
                         registers,
                     },
                 );
-                Some(SliceEnd::Finished)
             }
-            Step::Interrupted => {
-                if self.kick.take_request() {
-                    // Put it back for the main loop, which applies commands.
-                    self.kick.request();
-                    Some(SliceEnd::Command)
-                } else {
-                    // A signal that was not for us (or a stale one): go on.
-                    None
-                }
-            }
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            policy: self.planner.policy(),
+            quantum: Duration::from_nanos(self.planner.quantum_ns()),
+            timer: self.timer_kind,
+            weights: self.slots.iter().map(|slot| slot.config.weight).collect(),
         }
     }
 
@@ -310,12 +505,18 @@ impl Core {
             return;
         }
         self.last_sample = Instant::now();
+        // Consoles of VMs that had no slice lately (paused, or starved under
+        // `io`) go out here too.
+        for vm in 0..self.slots.len() {
+            self.flush_console(vm);
+        }
         let vms = self
             .slots
             .iter()
             .map(|slot| VmSample {
                 counters: slot.runtime.counters,
                 cpu_ns: slot.runtime.cpu_ns,
+                charged_ns: slot.charged_ns,
             })
             .collect();
         // A sample the front end has no room for is simply skipped: the next
@@ -338,9 +539,6 @@ impl Core {
                 let _ = self.events.send(event);
             }
         }
-        for event in self.outbox.drain(..) {
-            let _ = self.events.send(event);
-        }
         let report = self.report(wall_ns);
         let _ = self.events.send(Event::Finished(Box::new(report)));
     }
@@ -348,6 +546,7 @@ impl Core {
     fn report(&self, wall_ns: u64) -> RunReport {
         let total_weight: f64 = self.slots.iter().map(|slot| slot.config.weight).sum();
         let total_cpu: u64 = self.slots.iter().map(|slot| slot.runtime.cpu_ns).sum();
+        let total_charged: u64 = self.slots.iter().map(|slot| slot.charged_ns).sum();
         let vms = self
             .slots
             .iter()
@@ -358,6 +557,7 @@ impl Core {
                     }
                     _ => (None, None),
                 };
+                let counters = &slot.runtime.counters;
                 VmReport {
                     name: slot.config.name.clone(),
                     guest: slot.config.guest.clone(),
@@ -367,20 +567,25 @@ impl Core {
                     weight: slot.config.weight,
                     target_share: ratio(slot.config.weight, total_weight),
                     share: ratio(slot.runtime.cpu_ns as f64, total_cpu as f64),
+                    charged_share: ratio(slot.charged_ns as f64, total_charged as f64),
                     cpu_ns: slot.runtime.cpu_ns,
-                    exits: slot.runtime.counters.exits.into(),
-                    preemptions: slot.runtime.counters.preemptions,
-                    faults: slot.runtime.counters.faults,
+                    charged_ns: slot.charged_ns,
+                    exits: counters.exits.into(),
+                    preemptions: counters.preemptions,
+                    faults: counters.faults,
                     console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
                     console_dropped: slot.console_dropped,
                 }
             })
             .collect();
+        let timed = self.planner.policy() != Policy::Io;
         RunReport {
             wall_ns,
-            policy: self.policy.name().into(),
-            quantum_us: None,
-            timer: None,
+            policy: self.planner.policy().name().into(),
+            quantum_us: timed.then(|| self.planner.quantum_ns() / 1000),
+            timer: timed.then(|| self.timer_kind.name().into()),
+            outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
+            preempt_overrun_us: self.overruns.summary(),
             vms,
         }
     }

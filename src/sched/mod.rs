@@ -2,8 +2,10 @@
 
 /// The core thread and its loop.
 pub mod core;
+/// Which VM runs next, and for how long.
+pub mod policy;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 
-pub use self::core::{CoreHandle, VmSetupError, spawn};
-pub use vm_runtime::{Step, VmRuntime};
+pub use self::core::{CoreHandle, SpawnError, VmSetupError, spawn};
+pub use vm_runtime::{RunSpan, Step, VmRuntime};

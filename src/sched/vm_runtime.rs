@@ -2,13 +2,12 @@
 //! [`VmRuntime::step`], which runs it once and handles the exit. The core
 //! decides *when* to step which VM; this module decides what an exit means.
 
-use std::time::Instant;
-
 use kvm_ioctls::Kvm;
 
 use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
 use crate::stats::VmCounters;
+use crate::vm::kick::monotonic_ns;
 use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
 
 /// What one step of a VM came to.
@@ -29,6 +28,25 @@ pub enum Step {
     },
     /// KVM_RUN was interrupted (a kick or a stray signal); nothing was counted.
     Interrupted,
+}
+
+/// When one KVM_RUN entered and returned (monotonic ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSpan {
+    /// Just before KVM_RUN.
+    pub entered_ns: u64,
+    /// Just after it returned.
+    pub exited_ns: u64,
+}
+
+impl RunSpan {
+    /// The part of this span before `deadline_ns`: what a slice is charged.
+    /// Time past the deadline is host latency, not the guest's.
+    pub fn charged_until(&self, deadline_ns: u64) -> u64 {
+        self.exited_ns
+            .min(deadline_ns)
+            .saturating_sub(self.entered_ns)
+    }
 }
 
 /// A VM and everything kept about it while it runs.
@@ -57,16 +75,21 @@ impl VmRuntime {
     }
 
     /// Runs the vCPU once (until its next exit) and handles that exit.
-    pub fn step(&mut self, kick: &KickTarget) -> Step {
-        let entered = Instant::now();
+    pub fn step(&mut self, kick: &KickTarget) -> (Step, RunSpan) {
+        let entered_ns = monotonic_ns();
         let exit = self.machine.vcpu.run(kick);
-        self.cpu_ns += entered.elapsed().as_nanos() as u64;
+        let exited_ns = monotonic_ns();
+        self.cpu_ns += exited_ns - entered_ns;
+        let span = RunSpan {
+            entered_ns,
+            exited_ns,
+        };
         let mut io = VmIo {
             counters: &mut self.counters,
             state: &mut self.hypercalls,
             console: &mut self.console,
         };
-        match exit {
+        let step = match exit {
             Exit::Out {
                 port,
                 access,
@@ -121,6 +144,7 @@ impl VmRuntime {
                 Step::Crashed { kind, registers }
             }
             Exit::Interrupted => Step::Interrupted,
-        }
+        };
+        (step, span)
     }
 }

@@ -112,6 +112,11 @@ impl KickTarget {
         }
     }
 
+    /// Whether a [`request`](Self::request) is pending (without taking it).
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
     /// Takes a pending [`request`](Self::request), clearing it.
     pub fn take_request(&self) -> bool {
         self.requested.swap(false, Ordering::SeqCst)

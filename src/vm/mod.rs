@@ -13,12 +13,15 @@ pub mod longmode;
 pub mod machine;
 /// Guest memory allocation and size rules.
 pub mod memory;
+/// Timers that end slices by kicking the core thread.
+pub mod quantum_timer;
 
 pub use kick::KickTarget;
 pub use machine::{
     CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu,
 };
 pub use memory::GuestMemory;
+pub use quantum_timer::{QuantumTimer, TimerKind};
 
 /// Opens /dev/kvm, or says why it cannot and what to do.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, KvmUnavailable> {

@@ -48,9 +48,14 @@ impl Outcome {
     }
 }
 
-/// Runs `vms` until they all finish, or quits them after `limit`.
+/// Runs `vms` under `policy` until they all finish, or quits them after `limit`.
 pub fn run(vms: Vec<VmConfig>, policy: Policy, limit: Duration) -> Outcome {
-    let core = sched::spawn(kvm(), RunConfig { vms, policy }).expect("VMs set up");
+    run_config(RunConfig::new(vms).with_policy(policy), limit)
+}
+
+/// Runs `config` until every VM finishes, or quits it after `limit`.
+pub fn run_config(config: RunConfig, limit: Duration) -> Outcome {
+    let core = sched::spawn(kvm(), config).expect("VMs set up");
     let deadline = Instant::now() + limit;
     let mut quit_sent = false;
     let mut events = Vec::new();

@@ -1,0 +1,392 @@
+//! Scenario files: a TOML list of VMs and how to schedule them.
+//!
+//! ```toml
+//! policy = "fair"      # io | rr | fair
+//! quantum = "1ms"      # 100us ..= 1s
+//! timer = "posix"      # posix | timerfd
+//!
+//! [[vm]]
+//! name = "neo"
+//! guest = "neo"        # a built-in guest, or a path (relative to this file)
+//! weight = 70
+//! memory = "2M"
+//! args = [1000, 250]
+//! ```
+//!
+//! Every mistake is reported with the file, line and key: unknown keys, weights
+//! that are not positive, duplicate names, bad sizes and durations.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy};
+use crate::units::{parse_duration, parse_size};
+use crate::vm::TimerKind;
+use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};
+use crate::vm::memory::check_size;
+
+/// The default scenario (Neo 70 / Morpheus 30), built into the binary.
+pub const DEFAULT_SCENARIO: &str = include_str!("../assets/matrix.toml");
+/// Name shown for the built-in default scenario in messages.
+pub const DEFAULT_SCENARIO_NAME: &str = "assets/matrix.toml (built in)";
+/// Largest scenario file read.
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+/// Most VMs a run may have.
+pub const MAX_VMS: usize = 1024;
+
+/// A validated scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// The policy, if the file sets one.
+    pub policy: Option<Policy>,
+    /// The quantum, if set.
+    pub quantum: Option<Duration>,
+    /// The timer, if set.
+    pub timer: Option<TimerKind>,
+    /// How long to run, if set.
+    pub duration: Option<Duration>,
+    /// The VMs, in file order.
+    pub vms: Vec<ScenarioVm>,
+}
+
+/// One VM of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioVm {
+    /// Unique name.
+    pub name: String,
+    /// Built-in guest name, or a path already resolved against the file's folder.
+    pub guest: String,
+    /// Weight (> 0; default 1).
+    pub weight: f64,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Guest arguments.
+    pub args: Vec<u64>,
+}
+
+/// A scenario that cannot be used, located in its file.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ScenarioError {
+    /// The file (as given).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// The key at fault (or `file` when it is about the whole file).
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    policy: Option<Policy>,
+    quantum: Option<Spanned<String>>,
+    timer: Option<TimerKind>,
+    duration: Option<Spanned<String>>,
+    #[serde(default)]
+    vm: Vec<Spanned<VmSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmSpec {
+    name: Spanned<String>,
+    guest: Spanned<String>,
+    weight: Option<Spanned<f64>>,
+    memory: Option<Spanned<SizeSpec>>,
+    args: Option<Spanned<Vec<u64>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Reads and validates the scenario at `path`.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let file = path.display().to_string();
+    let whole_file = |message: String| ScenarioError {
+        file: file.clone(),
+        line: 1,
+        key: "file".into(),
+        message,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|error| whole_file(format!("cannot read it: {error}")))?
+        .len();
+    if size > MAX_SCENARIO_BYTES {
+        return Err(whole_file(format!(
+            "it is {size} bytes; scenario files are at most 1 MiB"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| whole_file(format!("cannot read it: {error}")))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &file, &base)
+}
+
+/// The built-in default scenario.
+pub fn default_scenario() -> Scenario {
+    parse(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, Path::new(""))
+        .expect("the built-in scenario is valid")
+}
+
+/// Parses scenario `text` (named `file` in errors; paths relative to `base`).
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioError> {
+    let at = |span: Range<usize>, key: &str, message: String| ScenarioError {
+        file: file.to_string(),
+        line: line_of(text, span.start),
+        key: key.to_string(),
+        message,
+    };
+    let spec: FileSpec = toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        let key = text
+            .get(span.clone())
+            .filter(|k| !k.is_empty() && k.len() < 40)
+            .unwrap_or("file");
+        at(span, key, error.message().trim().to_string())
+    })?;
+
+    let quantum = match &spec.quantum {
+        Some(text) => {
+            let quantum =
+                parse_duration(text.get_ref()).map_err(|m| at(text.span(), "quantum", m))?;
+            if !(MIN_QUANTUM..=MAX_QUANTUM).contains(&quantum) {
+                return Err(at(
+                    text.span(),
+                    "quantum",
+                    "must be between 100us and 1s".into(),
+                ));
+            }
+            Some(quantum)
+        }
+        None => None,
+    };
+    let duration = match &spec.duration {
+        Some(text) => {
+            Some(parse_duration(text.get_ref()).map_err(|m| at(text.span(), "duration", m))?)
+        }
+        None => None,
+    };
+    if spec.vm.len() > MAX_VMS {
+        return Err(at(
+            0..0,
+            "vm",
+            format!("{} VMs; a run has at most {MAX_VMS}", spec.vm.len()),
+        ));
+    }
+
+    let mut vms: Vec<ScenarioVm> = Vec::with_capacity(spec.vm.len());
+    for entry in &spec.vm {
+        let vm = entry.get_ref();
+        let name = vm.name.get_ref();
+        if let Err(message) = check_vm_name(name) {
+            return Err(at(vm.name.span(), "name", message));
+        }
+        if vms.iter().any(|other| &other.name == name) {
+            return Err(at(
+                vm.name.span(),
+                "name",
+                format!("a second VM is called '{name}'; names must be unique"),
+            ));
+        }
+        let weight = match &vm.weight {
+            Some(weight) if !(*weight.get_ref() > 0.0 && weight.get_ref().is_finite()) => {
+                return Err(at(
+                    weight.span(),
+                    "weight",
+                    format!("{} is not a positive number", weight.get_ref()),
+                ));
+            }
+            Some(weight) => *weight.get_ref(),
+            None => 1.0,
+        };
+        let memory = match &vm.memory {
+            Some(memory) => {
+                let bytes = match memory.get_ref() {
+                    SizeSpec::Bytes(bytes) => Ok(*bytes),
+                    SizeSpec::Text(text) => parse_size(text),
+                }
+                .map_err(|m| at(memory.span(), "memory", m))?;
+                check_size(bytes).map_err(|error| at(memory.span(), "memory", error.to_string()))?
+            }
+            None => DEFAULT_MEMORY,
+        };
+        let args = match &vm.args {
+            Some(args) if args.get_ref().len() > MAX_GUEST_ARGS => {
+                return Err(at(
+                    args.span(),
+                    "args",
+                    format!("at most {MAX_GUEST_ARGS} guest arguments"),
+                ));
+            }
+            Some(args) => args.get_ref().clone(),
+            None => Vec::new(),
+        };
+        let guest = resolve_guest_path(vm.guest.get_ref(), base);
+        vms.push(ScenarioVm {
+            name: name.clone(),
+            guest,
+            weight,
+            memory,
+            args,
+        });
+    }
+    Ok(Scenario {
+        policy: spec.policy,
+        quantum,
+        timer: spec.timer,
+        duration,
+        vms,
+    })
+}
+
+/// Checks a VM name: 1-32 letters, digits, '-', '_' or '.'.
+pub fn check_vm_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "VM name '{name}' must be 1-32 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// A guest that is not built in is a path, taken relative to the scenario's folder.
+fn resolve_guest_path(guest: &str, base: &Path) -> String {
+    if crate::guests::builtin(guest).is_some()
+        || Path::new(guest).is_absolute()
+        || base.as_os_str().is_empty()
+    {
+        return guest.to_string();
+    }
+    let path: PathBuf = base.join(guest);
+    path.display().to_string()
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Scenario, ScenarioError> {
+        parse(text, "test.toml", Path::new("/scenarios"))
+    }
+
+    #[test]
+    fn a_full_scenario_parses() {
+        let scenario = parse_str(
+            "policy = \"rr\"\nquantum = \"2ms\"\ntimer = \"timerfd\"\nduration = \"3s\"\n\
+             [[vm]]\nname = \"a\"\nguest = \"ticker\"\nweight = 70\nmemory = \"4M\"\nargs = [500]\n\
+             [[vm]]\nname = \"b\"\nguest = \"my/guest.elf\"\nmemory = 2097152\n",
+        )
+        .unwrap();
+        assert_eq!(scenario.policy, Some(Policy::Rr));
+        assert_eq!(scenario.quantum, Some(Duration::from_millis(2)));
+        assert_eq!(scenario.timer, Some(TimerKind::Timerfd));
+        assert_eq!(scenario.duration, Some(Duration::from_secs(3)));
+        assert_eq!(
+            scenario.vms[0],
+            ScenarioVm {
+                name: "a".into(),
+                guest: "ticker".into(),
+                weight: 70.0,
+                memory: 4 << 20,
+                args: vec![500]
+            }
+        );
+        assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
+        assert_eq!(
+            (scenario.vms[1].weight, scenario.vms[1].memory),
+            (1.0, 2 << 20)
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_file_line_and_key() {
+        let unknown = parse_str(
+            "policy = \"fair\"\n[[vm]]\nname = \"a\"\nguest = \"spin\"\ncolour = \"red\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (unknown.file.as_str(), unknown.line, unknown.key.as_str()),
+            ("test.toml", 5, "colour")
+        );
+        assert!(unknown.message.contains("unknown field"), "{unknown}");
+
+        let weight = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = 0\n").unwrap_err();
+        assert_eq!((weight.line, weight.key.as_str()), (4, "weight"));
+        assert_eq!(
+            weight.to_string(),
+            "test.toml:4: weight: 0 is not a positive number"
+        );
+
+        let negative =
+            parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = -3.5\n").unwrap_err();
+        assert_eq!(negative.key, "weight");
+
+        let duplicate = parse_str(
+            "[[vm]]\nname = \"a\"\nguest = \"spin\"\n[[vm]]\nname = \"a\"\nguest = \"part1\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((duplicate.line, duplicate.key.as_str()), (5, "name"));
+        assert!(duplicate.message.contains("second VM is called 'a'"));
+
+        let memory =
+            parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nmemory = \"3M\"\n").unwrap_err();
+        assert_eq!((memory.line, memory.key.as_str()), (4, "memory"));
+
+        let quantum = parse_str("quantum = \"10us\"\n").unwrap_err();
+        assert_eq!((quantum.line, quantum.key.as_str()), (1, "quantum"));
+
+        let policy = parse_str("\n\npolicy = \"lottery\"\n").unwrap_err();
+        assert_eq!(policy.line, 3);
+        assert!(policy.message.contains("unknown variant"), "{policy}");
+
+        let syntax = parse_str("[[vm]\n").unwrap_err();
+        assert_eq!(syntax.line, 1);
+    }
+
+    #[test]
+    fn the_built_in_scenario_is_neo_70_morpheus_30_fair() {
+        let scenario = default_scenario();
+        assert_eq!(scenario.policy, Some(Policy::Fair));
+        let vms: Vec<_> = scenario
+            .vms
+            .iter()
+            .map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight))
+            .collect();
+        assert_eq!(vms, [("neo", "neo", 70.0), ("morpheus", "morpheus", 30.0)]);
+    }
+
+    #[test]
+    fn every_shipped_scenario_is_valid() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(assets).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                load(&path).unwrap_or_else(|error| panic!("{error}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "only {seen} scenarios in assets/");
+    }
+}
