@@ -15,35 +15,14 @@ use std::process::Command;
 
 /// The built-in guests: the binary's name in guest/src/bin and a line about it.
 const GUESTS: &[(&str, &str)] = &[
-    (
-        "part1",
-        "the reference hypercall sequence of HYPERCALLS.md, byte for byte, then halts",
-    ),
-    (
-        "neo",
-        "classroom demo: CPU-bound work, a themed progress line a few times a second",
-    ),
-    (
-        "morpheus",
-        "classroom demo: like neo, with Morpheus's lines",
-    ),
-    (
-        "ticker",
-        "fixed units of busy work (about 1 ms each), prints the count after each unit",
-    ),
-    (
-        "spin",
-        "a loop that never exits to the host: only a timer can preempt it",
-    ),
+    ("part1", "the reference hypercall sequence of HYPERCALLS.md, byte for byte, then halts"),
+    ("neo", "classroom demo: CPU-bound work, a themed progress line a few times a second"),
+    ("morpheus", "classroom demo: like neo, with Morpheus's lines"),
+    ("ticker", "fixed units of busy work (about 1 ms each), prints the count after each unit"),
+    ("spin", "a loop that never exits to the host: only a timer can preempt it"),
     ("chatty", "prints lines as fast as it can, forever"),
-    (
-        "evil",
-        "breaks every rule of the guest ABI once, with a marker line each, then halts",
-    ),
-    (
-        "crash",
-        "triple-faults (ud2 with no IDT): the VM ends as crashed",
-    ),
+    ("evil", "breaks every rule of the guest ABI once, with a marker line each, then halts"),
+    ("crash", "triple-faults (ud2 with no IDT): the VM ends as crashed"),
 ];
 
 fn main() {
@@ -68,19 +47,12 @@ fn main() {
         .env_remove("RUSTC_WRAPPER")
         .status()
         .expect("could not run cargo to build the guests in guest/");
-    assert!(
-        status.success(),
-        "building the guests in guest/ failed (see the errors above)"
-    );
+    assert!(status.success(), "building the guests in guest/ failed (see the errors above)");
 
     let mut table = String::from("&[\n");
     for (name, summary) in GUESTS {
         let image = target_dir.join("release").join(name);
-        assert!(
-            image.is_file(),
-            "guest image {} was not built",
-            image.display()
-        );
+        assert!(image.is_file(), "guest image {} was not built", image.display());
         writeln!(
             table,
             "    BuiltinGuest {{ name: {name:?}, summary: {summary:?}, image: include_bytes!({:?}) }},",

@@ -115,9 +115,8 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     };
     let (guest, weight) = match rest.rsplit_once(':') {
         Some((guest, weight)) => {
-            let weight: f64 = weight
-                .parse()
-                .map_err(|_| format!("weight '{weight}' is not a number (NAME=GUEST[:WEIGHT])"))?;
+            let weight: f64 =
+                weight.parse().map_err(|_| format!("weight '{weight}' is not a number (NAME=GUEST[:WEIGHT])"))?;
             if !(weight > 0.0 && weight.is_finite()) {
                 return Err(format!("weight {weight} must be a positive number"));
             }
@@ -130,16 +129,10 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     }
     // A lone GUEST names its VM: `part1`, or `my-guest` for `./build/my-guest.elf`.
     let name = name.unwrap_or_else(|| {
-        std::path::Path::new(&guest)
-            .file_stem()
-            .map_or(guest.clone(), |stem| stem.to_string_lossy().into_owned())
+        std::path::Path::new(&guest).file_stem().map_or(guest.clone(), |stem| stem.to_string_lossy().into_owned())
     });
     scenario::check_vm_name(&name)?;
-    Ok(VmArg {
-        name,
-        guest,
-        weight,
-    })
+    Ok(VmArg { name, guest, weight })
 }
 
 fn parse_quantum(text: &str) -> Result<Duration, String> {
@@ -147,9 +140,7 @@ fn parse_quantum(text: &str) -> Result<Duration, String> {
     if (MIN_QUANTUM..=MAX_QUANTUM).contains(&quantum) {
         Ok(quantum)
     } else {
-        Err(format!(
-            "the quantum must be between 100us and 1s, got {text}"
-        ))
+        Err(format!("the quantum must be between 100us and 1s, got {text}"))
     }
 }
 
@@ -182,10 +173,7 @@ enum Failure {
 impl From<SpawnError> for Failure {
     fn from(error: SpawnError) -> Self {
         match error {
-            SpawnError::Vm(VmSetupError {
-                source: SetupError::Kvm { .. } | SetupError::Memory(_),
-                ..
-            })
+            SpawnError::Vm(VmSetupError { source: SetupError::Kvm { .. } | SetupError::Memory(_), .. })
             | SpawnError::Timer { .. } => Failure::Host(error.into()),
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
@@ -239,22 +227,13 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     let scenario = match &args.scenario {
         Some(path) => scenario::load(path)?,
         None if args.vms.is_empty() => scenario::default_scenario(),
-        None => Scenario {
-            policy: None,
-            quantum: None,
-            timer: None,
-            duration: None,
-            vms: Vec::new(),
-        },
+        None => Scenario { policy: None, quantum: None, timer: None, duration: None, vms: Vec::new() },
     };
     let mut vms = scenario.vms;
     for arg in &args.vms {
         match vms.iter_mut().find(|vm| vm.name == arg.name) {
             Some(_) if args.scenario.is_none() => {
-                return Err(Failure::Usage(anyhow!(
-                    "two VMs are called '{}'; give each --vm a NAME=",
-                    arg.name
-                )));
+                return Err(Failure::Usage(anyhow!("two VMs are called '{}'; give each --vm a NAME=", arg.name)));
             }
             // A --vm with a scenario VM's name replaces its guest (and weight, if given).
             Some(vm) => {
@@ -271,25 +250,19 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         }
     }
     if vms.is_empty() {
-        return Err(Failure::Usage(anyhow!(
-            "the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST"
-        )));
+        return Err(Failure::Usage(anyhow!("the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST")));
     }
     if let Some(memory) = args.mem {
-        vm::memory::check_size(memory)
-            .map_err(|error| Failure::Usage(anyhow!("--mem: {error}")))?;
+        vm::memory::check_size(memory).map_err(|error| Failure::Usage(anyhow!("--mem: {error}")))?;
         vms.iter_mut().for_each(|vm| vm.memory = memory);
     }
     for (name, values) in &args.guest_args {
-        let vm = vms.iter_mut().find(|vm| &vm.name == name).ok_or_else(|| {
-            Failure::Usage(anyhow!(
-                "--args names VM '{name}', which is not in this run"
-            ))
-        })?;
+        let vm = vms
+            .iter_mut()
+            .find(|vm| &vm.name == name)
+            .ok_or_else(|| Failure::Usage(anyhow!("--args names VM '{name}', which is not in this run")))?;
         if values.len() > vm::layout::MAX_GUEST_ARGS {
-            return Err(Failure::Usage(anyhow!(
-                "--args: a guest takes at most 31 arguments"
-            )));
+            return Err(Failure::Usage(anyhow!("--args: a guest takes at most 31 arguments")));
         }
         vm.args = values.clone();
     }
@@ -318,25 +291,12 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let names = config.vms.iter().map(|vm| vm.name.clone()).collect();
     let stop = stop_signals().map_err(Failure::Host)?;
     let core = sched::spawn(kvm, config)?;
-    let options = HeadlessOptions {
-        timestamps: args.timestamps,
-        json: args.json,
-        raw: args.raw,
-        duration,
-    };
+    let options = HeadlessOptions { timestamps: args.timestamps, json: args.json, raw: args.raw, duration };
     let report = headless::run(core, names, options, std::io::stdout().lock(), &stop);
     for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
-        eprintln!(
-            "matrix-tui: VM '{}' crashed: {}",
-            vm.name,
-            vm.crash_reason.as_deref().unwrap_or("unknown reason")
-        );
+        eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
     }
-    Ok(if report.any_crashed() {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if report.any_crashed() { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
 
 /// A channel that receives a message on SIGINT, SIGTERM or SIGHUP.
@@ -344,13 +304,11 @@ fn stop_signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("matrix-signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                let _ = tx.try_send(());
-            }
-        })?;
+    std::thread::Builder::new().name("matrix-signals".into()).spawn(move || {
+        for _ in signals.forever() {
+            let _ = tx.try_send(());
+        }
+    })?;
     Ok(rx)
 }
 
@@ -361,39 +319,22 @@ mod tests {
     #[test]
     fn vm_arguments_parse() {
         let vm = parse_vm_arg("neo=ticker:70").unwrap();
-        assert_eq!(
-            (vm.name.as_str(), vm.guest.as_str(), vm.weight),
-            ("neo", "ticker", Some(70.0))
-        );
+        assert_eq!((vm.name.as_str(), vm.guest.as_str(), vm.weight), ("neo", "ticker", Some(70.0)));
         let vm = parse_vm_arg("part1").unwrap();
-        assert_eq!(
-            (vm.name.as_str(), vm.guest.as_str(), vm.weight),
-            ("part1", "part1", None)
-        );
+        assert_eq!((vm.name.as_str(), vm.guest.as_str(), vm.weight), ("part1", "part1", None));
         let vm = parse_vm_arg("c=./guest/examples/c/hello.elf").unwrap();
         assert_eq!(vm.guest, "./guest/examples/c/hello.elf");
         let vm = parse_vm_arg("./build/my-guest.bin").unwrap();
         assert_eq!((vm.name.as_str(), vm.weight), ("my-guest", None));
         assert!(parse_vm_arg("a=ticker:0").unwrap_err().contains("positive"));
-        assert!(
-            parse_vm_arg("a=ticker:x")
-                .unwrap_err()
-                .contains("not a number")
-        );
-        assert!(
-            parse_vm_arg("bad name=spin")
-                .unwrap_err()
-                .contains("VM name")
-        );
+        assert!(parse_vm_arg("a=ticker:x").unwrap_err().contains("not a number"));
+        assert!(parse_vm_arg("bad name=spin").unwrap_err().contains("VM name"));
         assert!(parse_vm_arg("a=").is_err());
     }
 
     #[test]
     fn guest_arguments_parse() {
-        assert_eq!(
-            parse_args_arg("t=1000,0x10"),
-            Ok(("t".into(), vec![1000, 16]))
-        );
+        assert_eq!(parse_args_arg("t=1000,0x10"), Ok(("t".into(), vec![1000, 16])));
         assert!(parse_args_arg("t=abc").is_err());
         assert!(parse_args_arg("t").is_err());
     }
@@ -401,56 +342,32 @@ mod tests {
     #[test]
     fn duplicate_names_and_unknown_guests_are_usage_errors() {
         let args = RunArgs {
-            vms: vec![
-                parse_vm_arg("a=spin").unwrap(),
-                parse_vm_arg("a=part1").unwrap(),
-            ],
+            vms: vec![parse_vm_arg("a=spin").unwrap(), parse_vm_arg("a=part1").unwrap()],
             ..Default::default()
         };
         assert!(
             matches!(run_config(&args), Err(Failure::Usage(e)) if e.to_string().contains("two VMs are called 'a'"))
         );
-        let args = RunArgs {
-            vms: vec![parse_vm_arg("a=nope").unwrap()],
-            ..Default::default()
-        };
-        assert!(
-            matches!(run_config(&args), Err(Failure::Usage(e)) if e.to_string().contains("unknown guest"))
-        );
-        let args = RunArgs {
-            mem: Some(3 << 20),
-            ..Default::default()
-        };
+        let args = RunArgs { vms: vec![parse_vm_arg("a=nope").unwrap()], ..Default::default() };
+        assert!(matches!(run_config(&args), Err(Failure::Usage(e)) if e.to_string().contains("unknown guest")));
+        let args = RunArgs { mem: Some(3 << 20), ..Default::default() };
         assert!(matches!(run_config(&args), Err(Failure::Usage(_))));
     }
 
     #[test]
     fn the_default_run_is_neo_and_morpheus_70_30_fair() {
         let (config, duration) = run_config(&RunArgs::default()).unwrap();
-        let vms: Vec<_> = config
-            .vms
-            .iter()
-            .map(|vm| (vm.name.as_str(), vm.weight))
-            .collect();
+        let vms: Vec<_> = config.vms.iter().map(|vm| (vm.name.as_str(), vm.weight)).collect();
         assert_eq!(vms, [("neo", 70.0), ("morpheus", 30.0)]);
-        assert_eq!(
-            (config.policy, config.quantum, config.timer),
-            (Policy::Fair, DEFAULT_QUANTUM, TimerKind::Posix)
-        );
+        assert_eq!((config.policy, config.quantum, config.timer), (Policy::Fair, DEFAULT_QUANTUM, TimerKind::Posix));
         assert_eq!(duration, None);
     }
 
     #[test]
     fn the_command_line_overrides_the_scenario() {
         let args = RunArgs {
-            scenario: Some(PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/assets/matrix.toml"
-            ))),
-            vms: vec![
-                parse_vm_arg("neo=ticker").unwrap(),
-                parse_vm_arg("extra=spin:5").unwrap(),
-            ],
+            scenario: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/matrix.toml"))),
+            vms: vec![parse_vm_arg("neo=ticker").unwrap(), parse_vm_arg("extra=spin:5").unwrap()],
             policy: Some(Policy::Rr),
             quantum: Some(Duration::from_millis(3)),
             timer: Some(TimerKind::Timerfd),
@@ -459,19 +376,8 @@ mod tests {
             ..Default::default()
         };
         let (config, duration) = run_config(&args).unwrap();
-        let vms: Vec<_> = config
-            .vms
-            .iter()
-            .map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight))
-            .collect();
-        assert_eq!(
-            vms,
-            [
-                ("neo", "ticker", 70.0),
-                ("morpheus", "morpheus", 30.0),
-                ("extra", "spin", 5.0)
-            ]
-        );
+        let vms: Vec<_> = config.vms.iter().map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight)).collect();
+        assert_eq!(vms, [("neo", "ticker", 70.0), ("morpheus", "morpheus", 30.0), ("extra", "spin", 5.0)]);
         assert!(config.vms.iter().all(|vm| vm.memory_size == 4 << 20));
         assert_eq!(
             (config.policy, config.quantum, config.timer),

@@ -98,13 +98,7 @@ impl RunConfig {
     /// A run of `vms` with the defaults: fair, 1 ms, POSIX timer, ending when
     /// every VM has finished.
     pub fn new(vms: Vec<VmConfig>) -> Self {
-        Self {
-            vms,
-            policy: Policy::Fair,
-            quantum: DEFAULT_QUANTUM,
-            timer: TimerKind::Posix,
-            stay_open: false,
-        }
+        Self { vms, policy: Policy::Fair, quantum: DEFAULT_QUANTUM, timer: TimerKind::Posix, stay_open: false }
     }
 
     /// The same run under another policy.

@@ -131,10 +131,7 @@ mod tests {
     #[test]
     fn escape_neutralises_terminal_control() {
         assert_eq!(escape(b"plain\ttext\n"), "plain\ttext\n");
-        assert_eq!(
-            escape(b"\x1b[2J\x07\r\x08\x7f"),
-            "\\x1b[2J\\x07\\x0d\\x08\\x7f"
-        );
+        assert_eq!(escape(b"\x1b[2J\x07\r\x08\x7f"), "\\x1b[2J\\x07\\x0d\\x08\\x7f");
         assert_eq!(escape("caf\u{e9} \u{9b}".as_bytes()), "caf\u{e9} \\u{009b}");
         assert_eq!(escape(b"bad \xff\xfe utf8"), "bad \\xff\\xfe utf8");
     }
@@ -145,10 +142,7 @@ mod tests {
         out.write(b"partial");
         out.note(format_args!("something {}", 1));
         out.note(format_args!("again"));
-        assert_eq!(
-            out.take(),
-            b"partial\n[matrix] something 1\n[matrix] again\n"
-        );
+        assert_eq!(out.take(), b"partial\n[matrix] something 1\n[matrix] again\n");
         assert_eq!(out.pending_len(), 0);
     }
 

@@ -27,11 +27,7 @@ pub fn builtin(name: &str) -> Option<&'static BuiltinGuest> {
 
 /// The names of the built-in guests, comma-separated.
 pub fn builtin_names() -> String {
-    BUILTIN
-        .iter()
-        .map(|guest| guest.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    BUILTIN.iter().map(|guest| guest.name).collect::<Vec<_>>().join(", ")
 }
 
 /// A GUEST argument that names no usable image.
@@ -64,10 +60,7 @@ pub fn resolve(guest: &str) -> Result<Arc<[u8]>, GuestError> {
         return Ok(Arc::from(builtin.image));
     }
     let path = Path::new(guest);
-    let unreadable = |source| GuestError::Unreadable {
-        path: guest.to_string(),
-        source,
-    };
+    let unreadable = |source| GuestError::Unreadable { path: guest.to_string(), source };
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -76,10 +69,7 @@ pub fn resolve(guest: &str) -> Result<Arc<[u8]>, GuestError> {
         Err(error) => return Err(unreadable(error)),
     };
     if metadata.len() > MAX_MEMORY {
-        return Err(GuestError::TooLarge {
-            path: guest.to_string(),
-            size: metadata.len(),
-        });
+        return Err(GuestError::TooLarge { path: guest.to_string(), size: metadata.len() });
     }
     std::fs::read(path).map(Arc::from).map_err(unreadable)
 }
@@ -92,11 +82,7 @@ mod tests {
     fn every_builtin_is_an_elf_image() {
         assert!(BUILTIN.len() >= 8);
         for guest in BUILTIN {
-            assert!(
-                guest.image.starts_with(b"\x7fELF"),
-                "{} is not ELF",
-                guest.name
-            );
+            assert!(guest.image.starts_with(b"\x7fELF"), "{} is not ELF", guest.name);
         }
     }
 

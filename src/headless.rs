@@ -37,13 +37,7 @@ impl<W: Write> LinePrinter<W> {
     /// A printer for VMs called `names`, timing lines from `started`.
     pub fn new(out: W, names: Vec<String>, options: HeadlessOptions, started: Instant) -> Self {
         let buffers = names.iter().map(|_| LineBuffer::default()).collect();
-        Self {
-            out,
-            names,
-            buffers,
-            options,
-            started,
-        }
+        Self { out, names, buffers, options, started }
     }
 
     /// Prints the complete lines in `bytes`; keeps the rest for later.
@@ -161,12 +155,7 @@ mod tests {
     use super::*;
 
     fn printer(options: HeadlessOptions) -> LinePrinter<Vec<u8>> {
-        LinePrinter::new(
-            Vec::new(),
-            vec!["neo".into(), "morpheus".into()],
-            options,
-            Instant::now(),
-        )
+        LinePrinter::new(Vec::new(), vec!["neo".into(), "morpheus".into()], options, Instant::now())
     }
 
     #[test]
@@ -187,20 +176,14 @@ mod tests {
 
     #[test]
     fn raw_mode_passes_bytes_through() {
-        let mut p = printer(HeadlessOptions {
-            raw: true,
-            ..Default::default()
-        });
+        let mut p = printer(HeadlessOptions { raw: true, ..Default::default() });
         p.console(0, b"\x1b[31mred\n", 0).unwrap();
         assert_eq!(p.into_inner(), b"neo| \x1b[31mred\n");
     }
 
     #[test]
     fn timestamps_have_six_decimals() {
-        let mut p = printer(HeadlessOptions {
-            timestamps: true,
-            ..Default::default()
-        });
+        let mut p = printer(HeadlessOptions { timestamps: true, ..Default::default() });
         p.console(1, b"hi\n", 0).unwrap();
         let text = String::from_utf8(p.into_inner()).unwrap();
         let (stamp, rest) = text.split_once(' ').unwrap();

@@ -50,6 +50,9 @@ pub struct VmReport {
     pub cpu_ns: u64,
     /// Nanoseconds charged by the scheduler.
     pub charged_ns: u64,
+    /// Nanoseconds the host took the CPU away from the core thread during this
+    /// VM's slices (not charged).
+    pub stolen_ns: u64,
     /// Guest-caused exits.
     pub exits: ExitReport,
     /// Timer kicks (not guest exits).
@@ -74,10 +77,7 @@ pub struct ExitReport {
 
 impl From<ExitCounts> for ExitReport {
     fn from(counts: ExitCounts) -> Self {
-        Self {
-            total: counts.total(),
-            counts,
-        }
+        Self { total: counts.total(), counts }
     }
 }
 

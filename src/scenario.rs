@@ -113,30 +113,19 @@ enum SizeSpec {
 /// Reads and validates the scenario at `path`.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let file = path.display().to_string();
-    let whole_file = |message: String| ScenarioError {
-        file: file.clone(),
-        line: 1,
-        key: "file".into(),
-        message,
-    };
-    let size = std::fs::metadata(path)
-        .map_err(|error| whole_file(format!("cannot read it: {error}")))?
-        .len();
+    let whole_file = |message: String| ScenarioError { file: file.clone(), line: 1, key: "file".into(), message };
+    let size = std::fs::metadata(path).map_err(|error| whole_file(format!("cannot read it: {error}")))?.len();
     if size > MAX_SCENARIO_BYTES {
-        return Err(whole_file(format!(
-            "it is {size} bytes; scenario files are at most 1 MiB"
-        )));
+        return Err(whole_file(format!("it is {size} bytes; scenario files are at most 1 MiB")));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| whole_file(format!("cannot read it: {error}")))?;
+    let text = std::fs::read_to_string(path).map_err(|error| whole_file(format!("cannot read it: {error}")))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &file, &base)
 }
 
 /// The built-in default scenario.
 pub fn default_scenario() -> Scenario {
-    parse(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, Path::new(""))
-        .expect("the built-in scenario is valid")
+    parse(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, Path::new("")).expect("the built-in scenario is valid")
 }
 
 /// Parses scenario `text` (named `file` in errors; paths relative to `base`).
@@ -149,40 +138,26 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioEr
     };
     let spec: FileSpec = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
-        let key = text
-            .get(span.clone())
-            .filter(|k| !k.is_empty() && k.len() < 40)
-            .unwrap_or("file");
+        let key = text.get(span.clone()).filter(|k| !k.is_empty() && k.len() < 40).unwrap_or("file");
         at(span, key, error.message().trim().to_string())
     })?;
 
     let quantum = match &spec.quantum {
         Some(text) => {
-            let quantum =
-                parse_duration(text.get_ref()).map_err(|m| at(text.span(), "quantum", m))?;
+            let quantum = parse_duration(text.get_ref()).map_err(|m| at(text.span(), "quantum", m))?;
             if !(MIN_QUANTUM..=MAX_QUANTUM).contains(&quantum) {
-                return Err(at(
-                    text.span(),
-                    "quantum",
-                    "must be between 100us and 1s".into(),
-                ));
+                return Err(at(text.span(), "quantum", "must be between 100us and 1s".into()));
             }
             Some(quantum)
         }
         None => None,
     };
     let duration = match &spec.duration {
-        Some(text) => {
-            Some(parse_duration(text.get_ref()).map_err(|m| at(text.span(), "duration", m))?)
-        }
+        Some(text) => Some(parse_duration(text.get_ref()).map_err(|m| at(text.span(), "duration", m))?),
         None => None,
     };
     if spec.vm.len() > MAX_VMS {
-        return Err(at(
-            0..0,
-            "vm",
-            format!("{} VMs; a run has at most {MAX_VMS}", spec.vm.len()),
-        ));
+        return Err(at(0..0, "vm", format!("{} VMs; a run has at most {MAX_VMS}", spec.vm.len())));
     }
 
     let mut vms: Vec<ScenarioVm> = Vec::with_capacity(spec.vm.len());
@@ -193,19 +168,11 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioEr
             return Err(at(vm.name.span(), "name", message));
         }
         if vms.iter().any(|other| &other.name == name) {
-            return Err(at(
-                vm.name.span(),
-                "name",
-                format!("a second VM is called '{name}'; names must be unique"),
-            ));
+            return Err(at(vm.name.span(), "name", format!("a second VM is called '{name}'; names must be unique")));
         }
         let weight = match &vm.weight {
             Some(weight) if !(*weight.get_ref() > 0.0 && weight.get_ref().is_finite()) => {
-                return Err(at(
-                    weight.span(),
-                    "weight",
-                    format!("{} is not a positive number", weight.get_ref()),
-                ));
+                return Err(at(weight.span(), "weight", format!("{} is not a positive number", weight.get_ref())));
             }
             Some(weight) => *weight.get_ref(),
             None => 1.0,
@@ -223,55 +190,28 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioEr
         };
         let args = match &vm.args {
             Some(args) if args.get_ref().len() > MAX_GUEST_ARGS => {
-                return Err(at(
-                    args.span(),
-                    "args",
-                    format!("at most {MAX_GUEST_ARGS} guest arguments"),
-                ));
+                return Err(at(args.span(), "args", format!("at most {MAX_GUEST_ARGS} guest arguments")));
             }
             Some(args) => args.get_ref().clone(),
             None => Vec::new(),
         };
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
-        vms.push(ScenarioVm {
-            name: name.clone(),
-            guest,
-            weight,
-            memory,
-            args,
-        });
+        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args });
     }
-    Ok(Scenario {
-        policy: spec.policy,
-        quantum,
-        timer: spec.timer,
-        duration,
-        vms,
-    })
+    Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
 }
 
 /// Checks a VM name: 1-32 letters, digits, '-', '_' or '.'.
 pub fn check_vm_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "VM name '{name}' must be 1-32 letters, digits, '-', '_' or '.'"
-        ))
-    }
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid { Ok(()) } else { Err(format!("VM name '{name}' must be 1-32 letters, digits, '-', '_' or '.'")) }
 }
 
 /// A guest that is not built in is a path, taken relative to the scenario's folder.
 fn resolve_guest_path(guest: &str, base: &Path) -> String {
-    if crate::guests::builtin(guest).is_some()
-        || Path::new(guest).is_absolute()
-        || base.as_os_str().is_empty()
-    {
+    if crate::guests::builtin(guest).is_some() || Path::new(guest).is_absolute() || base.as_os_str().is_empty() {
         return guest.to_string();
     }
     let path: PathBuf = base.join(guest);
@@ -304,53 +244,32 @@ mod tests {
         assert_eq!(scenario.duration, Some(Duration::from_secs(3)));
         assert_eq!(
             scenario.vms[0],
-            ScenarioVm {
-                name: "a".into(),
-                guest: "ticker".into(),
-                weight: 70.0,
-                memory: 4 << 20,
-                args: vec![500]
-            }
+            ScenarioVm { name: "a".into(), guest: "ticker".into(), weight: 70.0, memory: 4 << 20, args: vec![500] }
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
-        assert_eq!(
-            (scenario.vms[1].weight, scenario.vms[1].memory),
-            (1.0, 2 << 20)
-        );
+        assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));
     }
 
     #[test]
     fn mistakes_name_the_file_line_and_key() {
-        let unknown = parse_str(
-            "policy = \"fair\"\n[[vm]]\nname = \"a\"\nguest = \"spin\"\ncolour = \"red\"\n",
-        )
-        .unwrap_err();
-        assert_eq!(
-            (unknown.file.as_str(), unknown.line, unknown.key.as_str()),
-            ("test.toml", 5, "colour")
-        );
+        let unknown =
+            parse_str("policy = \"fair\"\n[[vm]]\nname = \"a\"\nguest = \"spin\"\ncolour = \"red\"\n").unwrap_err();
+        assert_eq!((unknown.file.as_str(), unknown.line, unknown.key.as_str()), ("test.toml", 5, "colour"));
         assert!(unknown.message.contains("unknown field"), "{unknown}");
 
         let weight = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = 0\n").unwrap_err();
         assert_eq!((weight.line, weight.key.as_str()), (4, "weight"));
-        assert_eq!(
-            weight.to_string(),
-            "test.toml:4: weight: 0 is not a positive number"
-        );
+        assert_eq!(weight.to_string(), "test.toml:4: weight: 0 is not a positive number");
 
-        let negative =
-            parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = -3.5\n").unwrap_err();
+        let negative = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = -3.5\n").unwrap_err();
         assert_eq!(negative.key, "weight");
 
-        let duplicate = parse_str(
-            "[[vm]]\nname = \"a\"\nguest = \"spin\"\n[[vm]]\nname = \"a\"\nguest = \"part1\"\n",
-        )
-        .unwrap_err();
+        let duplicate =
+            parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\n[[vm]]\nname = \"a\"\nguest = \"part1\"\n").unwrap_err();
         assert_eq!((duplicate.line, duplicate.key.as_str()), (5, "name"));
         assert!(duplicate.message.contains("second VM is called 'a'"));
 
-        let memory =
-            parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nmemory = \"3M\"\n").unwrap_err();
+        let memory = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nmemory = \"3M\"\n").unwrap_err();
         assert_eq!((memory.line, memory.key.as_str()), (4, "memory"));
 
         let quantum = parse_str("quantum = \"10us\"\n").unwrap_err();
@@ -368,11 +287,7 @@ mod tests {
     fn the_built_in_scenario_is_neo_70_morpheus_30_fair() {
         let scenario = default_scenario();
         assert_eq!(scenario.policy, Some(Policy::Fair));
-        let vms: Vec<_> = scenario
-            .vms
-            .iter()
-            .map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight))
-            .collect();
+        let vms: Vec<_> = scenario.vms.iter().map(|vm| (vm.name.as_str(), vm.guest.as_str(), vm.weight)).collect();
         assert_eq!(vms, [("neo", "neo", 70.0), ("morpheus", "morpheus", 30.0)]);
     }
 

@@ -48,13 +48,7 @@ mod tests {
 
     #[test]
     fn total_counts_unknown_ports_once() {
-        let counts = ExitCounts {
-            io_in: 3,
-            io_out: 16,
-            hlt: 1,
-            unknown_port: 2,
-            ..Default::default()
-        };
+        let counts = ExitCounts { io_in: 3, io_out: 16, hlt: 1, unknown_port: 2, ..Default::default() };
         assert_eq!(counts.total(), 20);
     }
 }
@@ -80,8 +74,7 @@ impl Percentiles {
         }
         let mut sorted = values_ns.to_vec();
         sorted.sort_unstable();
-        let rank =
-            |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let rank = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
         let us = |ns: u64| ns as f64 / 1000.0;
         Some(Self {
             p50: us(rank(0.50)),

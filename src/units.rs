@@ -5,13 +5,9 @@ use std::time::Duration;
 /// Parses `1.5s`, `250ms`, `100us`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration; try 5s, 250ms or 100us"))?;
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration; try 5s, 250ms or 100us"))?;
     let seconds_per_unit = match unit.trim() {
         "" | "s" | "sec" => 1.0,
         "ms" => 1e-3,
@@ -20,40 +16,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         other => {
-            return Err(format!(
-                "unknown time unit '{other}' in '{text}'; use h, m, s, ms, us or ns"
-            ));
+            return Err(format!("unknown time unit '{other}' in '{text}'; use h, m, s, ms, us or ns"));
         }
     };
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| format!("'{text}' is out of range"))
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| format!("'{text}' is out of range"))
 }
 
 /// Parses a byte size: `2M`, `2MiB`, `512K`, `1G`, or plain bytes. K, M and G
 /// are binary (1024-based), as memory sizes usually are.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size; try 2M, 64MiB or 1G"))?;
+    let value: u64 = number.parse().map_err(|_| format!("'{text}' is not a size; try 2M, 64MiB or 1G"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         other => {
-            return Err(format!(
-                "unknown size unit '{other}' in '{text}'; use K, M or G"
-            ));
+            return Err(format!("unknown size unit '{other}' in '{text}'; use K, M or G"));
         }
     };
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    value.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[cfg(test)]
@@ -68,11 +53,7 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
-        assert!(
-            parse_duration("5 fortnights")
-                .unwrap_err()
-                .contains("unknown time unit")
-        );
+        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown time unit"));
     }
 
     #[test]
@@ -82,10 +63,6 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("2X").is_err());
-        assert!(
-            parse_size("99999999999999999G")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_size("99999999999999999G").unwrap_err().contains("too large"));
     }
 }

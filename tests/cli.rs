@@ -7,10 +7,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 fn run(args: &[&str]) -> Output {
-    common::binary()
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    common::binary().args(args).output().expect("the binary runs")
 }
 
 fn stderr(output: &Output) -> String {
@@ -26,13 +23,8 @@ fn guests_lists_every_builtin() {
     let output = run(&["guests"]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    for name in [
-        "part1", "neo", "morpheus", "ticker", "spin", "chatty", "evil", "crash",
-    ] {
-        assert!(
-            text.lines().any(|line| line.starts_with(name)),
-            "{name} missing from:\n{text}"
-        );
+    for name in ["part1", "neo", "morpheus", "ticker", "spin", "chatty", "evil", "crash"] {
+        assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing from:\n{text}");
     }
 }
 
@@ -41,10 +33,7 @@ fn part1_headless_prints_prefixed_lines() {
     let output = run(&["run", "--vm", "part1"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let console: String = stdout
-        .lines()
-        .map(|line| format!("{}\n", line.strip_prefix("part1| ").unwrap()))
-        .collect();
+    let console: String = stdout.lines().map(|line| format!("{}\n", line.strip_prefix("part1| ").unwrap())).collect();
     common::assert_part1_console(&console);
 }
 
@@ -68,11 +57,7 @@ fn a_crash_beside_part1_exits_3_and_the_report_says_why() {
     assert_eq!(vms[0]["crash_reason"], "triple fault (KVM_EXIT_SHUTDOWN)");
     assert_eq!(vms[1]["state"], "halted");
     common::assert_part1_console(vms[1]["console"].as_str().unwrap());
-    assert!(
-        stderr(&output).contains("VM 'c' crashed: triple fault"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("VM 'c' crashed: triple fault"), "{}", stderr(&output));
 }
 
 #[test]
@@ -103,16 +88,7 @@ fn the_json_report_has_every_field() {
     ] {
         assert!(vm.get(key).is_some(), "no vms[0].{key}");
     }
-    for key in [
-        "total",
-        "io_in",
-        "io_out",
-        "hlt",
-        "mmio",
-        "unknown_port",
-        "shutdown",
-        "other",
-    ] {
+    for key in ["total", "io_in", "io_out", "hlt", "mmio", "unknown_port", "shutdown", "other"] {
         assert!(vm["exits"].get(key).is_some(), "no exits.{key}");
     }
     assert_eq!(vm["weight"], 3.0);
@@ -138,11 +114,7 @@ fn flat_images_load_at_0x10000() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("flat.bin");
     // mov al, 'F'; out 0xe9, al; mov al, '\n'; out 0xe9, al; hlt
-    std::fs::write(
-        &image,
-        [0xb0, b'F', 0xe6, 0xe9, 0xb0, b'\n', 0xe6, 0xe9, 0xf4],
-    )
-    .unwrap();
+    std::fs::write(&image, [0xb0, b'F', 0xe6, 0xe9, 0xb0, b'\n', 0xe6, 0xe9, 0xf4]).unwrap();
     let output = run(&["run", "--vm", &format!("flat={}", image.display())]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(String::from_utf8(output.stdout).unwrap(), "flat| F\n");
@@ -152,10 +124,7 @@ fn assert_usage_error(args: &[&str], message: &str) {
     let output = run(args);
     assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
     let text = stderr(&output);
-    assert!(
-        text.contains(message),
-        "{args:?}: expected {message:?} in {text:?}"
-    );
+    assert!(text.contains(message), "{args:?}: expected {message:?} in {text:?}");
     assert!(!text.contains("panicked"), "{text}");
 }
 
@@ -164,52 +133,28 @@ fn bad_images_and_flags_are_one_line_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.bin");
     std::fs::write(&empty, []).unwrap();
-    assert_usage_error(
-        &["run", "--vm", &format!("e={}", empty.display())],
-        "the image is empty",
-    );
+    assert_usage_error(&["run", "--vm", &format!("e={}", empty.display())], "the image is empty");
 
     let big = dir.path().join("big.bin");
     std::fs::write(&big, vec![0x90; 3 << 20]).unwrap();
-    assert_usage_error(
-        &["run", "--vm", &format!("b={}", big.display())],
-        "give the VM more memory (--mem)",
-    );
+    assert_usage_error(&["run", "--vm", &format!("b={}", big.display())], "give the VM more memory (--mem)");
 
     let elf = std::fs::read(matrix_elf("part1")).unwrap();
     let mut pie = elf.clone();
     pie[16] = 3; // e_type = ET_DYN
     let pie_path = dir.path().join("pie.elf");
     std::fs::write(&pie_path, pie).unwrap();
-    assert_usage_error(
-        &["run", "--vm", &format!("p={}", pie_path.display())],
-        "position-independent",
-    );
+    assert_usage_error(&["run", "--vm", &format!("p={}", pie_path.display())], "position-independent");
 
-    assert_usage_error(
-        &["run", "--vm", "x=no-such-guest"],
-        "unknown guest 'no-such-guest'",
-    );
+    assert_usage_error(&["run", "--vm", "x=no-such-guest"], "unknown guest 'no-such-guest'");
     assert_usage_error(&["run", "--vm", "x=no-such-guest"], "part1, neo, morpheus");
-    assert_usage_error(
-        &["run", "--vm", "a=spin", "--vm", "a=spin"],
-        "two VMs are called 'a'",
-    );
-    assert_usage_error(
-        &["run", "--vm", "part1", "--mem", "3M"],
-        "multiple of 2 MiB",
-    );
-    assert_usage_error(
-        &["run", "--vm", "part1", "--mem", "2G"],
-        "between 2 MiB and 1 GiB",
-    );
+    assert_usage_error(&["run", "--vm", "a=spin", "--vm", "a=spin"], "two VMs are called 'a'");
+    assert_usage_error(&["run", "--vm", "part1", "--mem", "3M"], "multiple of 2 MiB");
+    assert_usage_error(&["run", "--vm", "part1", "--mem", "2G"], "between 2 MiB and 1 GiB");
     assert_usage_error(&["run", "--policy", "nope"], "invalid value 'nope'");
     assert_usage_error(&["run", "--duration", "soon"], "not a duration");
     assert_usage_error(&["run", "--vm", "a=spin:-1"], "positive");
-    assert_usage_error(
-        &["run", "--vm", "part1", "--args", "other=1"],
-        "not in this run",
-    );
+    assert_usage_error(&["run", "--vm", "part1", "--args", "other=1"], "not in this run");
 }
 
 #[test]
@@ -221,10 +166,7 @@ fn an_elf_segment_outside_memory_is_refused_with_its_range() {
     elf[phoff + 24..phoff + 32].copy_from_slice(&(4u64 << 20).to_le_bytes());
     let path = dir.path().join("far.elf");
     std::fs::write(&path, elf).unwrap();
-    assert_usage_error(
-        &["run", "--vm", &format!("far={}", path.display())],
-        "ELF segment 0 spans 0x400000",
-    );
+    assert_usage_error(&["run", "--vm", &format!("far={}", path.display())], "ELF segment 0 spans 0x400000");
 }
 
 /// Writes a built-in guest's image to a file (via the library's embedded copy).
@@ -245,19 +187,9 @@ fn the_example_c_guest_builds_with_gcc_and_runs() {
         .arg(format!("OUT={}", dir.path().display()))
         .output()
         .expect("make runs");
-    assert!(
-        make.status.success(),
-        "make failed: {}",
-        String::from_utf8_lossy(&make.stderr)
-    );
+    assert!(make.status.success(), "make failed: {}", String::from_utf8_lossy(&make.stderr));
     let image = dir.path().join("hello.elf");
-    let output = run(&[
-        "run",
-        "--vm",
-        &format!("c={}", image.display()),
-        "--args",
-        "c=7,0x10",
-    ]);
+    let output = run(&["run", "--vm", &format!("c={}", image.display()), "--args", "c=7,0x10"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
@@ -270,16 +202,7 @@ fn help_explains_the_cli() {
     let output = run(&["run", "--help"]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    for flag in [
-        "--vm",
-        "--policy",
-        "--duration",
-        "--json",
-        "--timestamps",
-        "--raw",
-        "--mem",
-        "--args",
-    ] {
+    for flag in ["--vm", "--policy", "--duration", "--json", "--timestamps", "--raw", "--mem", "--args"] {
         assert!(text.contains(flag), "{flag} missing from help");
     }
 }

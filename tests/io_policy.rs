@@ -26,10 +26,8 @@ fn two_printing_guests_interleave_exit_by_exit() {
             _ => None,
         })
         .collect();
-    let expected: Vec<(usize, Vec<u8>)> = b"Hello 695!\n"
-        .iter()
-        .flat_map(|&byte| [(0, vec![byte]), (1, vec![byte])])
-        .collect();
+    let expected: Vec<(usize, Vec<u8>)> =
+        b"Hello 695!\n".iter().flat_map(|&byte| [(0, vec![byte]), (1, vec![byte])]).collect();
     assert_eq!(console[..22], expected[..]);
     common::assert_part1_console(&outcome.console(0));
     common::assert_part1_console(&outcome.console(1));
@@ -38,30 +36,16 @@ fn two_printing_guests_interleave_exit_by_exit() {
 #[test]
 fn a_crash_leaves_the_rotation_and_the_others_finish_exactly() {
     let outcome = common::run(
-        vec![
-            common::builtin("crash", "crash"),
-            common::builtin("part1", "part1"),
-        ],
+        vec![common::builtin("crash", "crash"), common::builtin("part1", "part1")],
         Policy::Io,
         Duration::from_secs(20),
     );
     let crash = &outcome.report.vms[0];
     assert_eq!(crash.state, "crashed");
-    assert_eq!(
-        crash.crash_reason.as_deref(),
-        Some("triple fault (KVM_EXIT_SHUTDOWN)")
-    );
+    assert_eq!(crash.crash_reason.as_deref(), Some("triple fault (KVM_EXIT_SHUTDOWN)"));
     assert_eq!(crash.exits.counts.shutdown, 1);
-    assert!(
-        crash.registers.is_some_and(|r| r.rip >= 0x10000),
-        "{:?}",
-        crash.registers
-    );
-    assert!(
-        outcome
-            .console(0)
-            .contains("[matrix] VM crashed: triple fault")
-    );
+    assert!(crash.registers.is_some_and(|r| r.rip >= 0x10000), "{:?}", crash.registers);
+    assert!(outcome.console(0).contains("[matrix] VM crashed: triple fault"));
     assert_eq!(outcome.report.vms[1].state, "halted");
     common::assert_part1_console(&outcome.console(1));
     assert!(outcome.report.any_crashed());
@@ -71,8 +55,7 @@ fn a_crash_leaves_the_rotation_and_the_others_finish_exactly() {
 fn quit_stops_a_guest_that_never_exits() {
     let core = matrix_tui::sched::spawn(
         common::kvm(),
-        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")])
-            .with_policy(Policy::Io),
+        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io),
     )
     .unwrap();
     // Give it time to be inside KVM_RUN, where only a kick can reach it (the
@@ -81,11 +64,7 @@ fn quit_stops_a_guest_that_never_exits() {
     let asked = Instant::now();
     core.send(Command::Quit);
     let report = loop {
-        match core
-            .events()
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the core answers a quit")
-        {
+        match core.events().recv_timeout(Duration::from_secs(5)).expect("the core answers a quit") {
             Event::Finished(report) => break report,
             _ => continue,
         }
@@ -101,8 +80,7 @@ fn quit_stops_a_guest_that_never_exits() {
 fn the_core_thread_is_named_matrix_core() {
     let core = matrix_tui::sched::spawn(
         common::kvm(),
-        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")])
-            .with_policy(Policy::Io),
+        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io),
     )
     .unwrap();
     let tid = loop {

@@ -46,11 +46,7 @@ fn part1_is_byte_exact_with_the_real_host_address_and_leaves_42() {
 
 #[test]
 fn part1_through_the_core_reports_halted_with_its_console() {
-    let outcome = common::run(
-        vec![common::builtin("part1", "part1")],
-        Policy::Io,
-        Duration::from_secs(20),
-    );
+    let outcome = common::run(vec![common::builtin("part1", "part1")], Policy::Io, Duration::from_secs(20));
     common::assert_part1_console(&outcome.console(0));
     let vm = &outcome.report.vms[0];
     assert_eq!(vm.state, "halted");

@@ -14,10 +14,7 @@ pub struct Console {
 impl Console {
     /// An empty console buffer (lives on the stack).
     pub const fn new() -> Self {
-        Self {
-            buf: [0; CAPACITY],
-            len: 0,
-        }
+        Self { buf: [0; CAPACITY], len: 0 }
     }
 
     /// Prints what is buffered, if anything.

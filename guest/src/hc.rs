@@ -50,9 +50,7 @@ pub fn print_str(text: &CStr) {
 pub fn print_str_at(gva: u32) {
     // SAFETY: the hypervisor only reads guest memory here. The asm is not `nomem`
     // so that the string is in memory before the exit.
-    unsafe {
-        asm!("out dx, eax", in("dx") PORT_PRINT_STR, in("eax") gva, options(nostack, preserves_flags))
-    }
+    unsafe { asm!("out dx, eax", in("dx") PORT_PRINT_STR, in("eax") gva, options(nostack, preserves_flags)) }
 }
 
 /// HC_numExitsByType: the text `IO in: X\nIO out: Y\n` (counts include this exit).
@@ -72,9 +70,7 @@ pub fn num_exits_by_type_gva() -> u32 {
     let gva: u32;
     // SAFETY: the hypervisor writes the mailbox during this exit, so the asm is
     // not `nomem`: later reads of the text must not be hoisted above it.
-    unsafe {
-        asm!("in eax, dx", in("dx") PORT_NUM_EXITS_BY_TYPE, out("eax") gva, options(nostack, preserves_flags))
-    }
+    unsafe { asm!("in eax, dx", in("dx") PORT_NUM_EXITS_BY_TYPE, out("eax") gva, options(nostack, preserves_flags)) }
     gva
 }
 

@@ -74,20 +74,12 @@ impl std::fmt::Display for Misuse {
         let did = if self.access.count == 1 {
             format!("a {}-byte {}", self.access.size, self.direction.name())
         } else {
-            format!(
-                "a string {} of {} x {} bytes",
-                self.direction.name(),
-                self.access.count,
-                self.access.size
-            )
+            format!("a string {} of {} x {} bytes", self.direction.name(), self.access.count, self.access.size)
         };
         match self.expected {
-            Some((name, direction, size)) => write!(
-                f,
-                "{name} (port 0x{:x}) takes a {size}-byte {}, got {did}",
-                self.port,
-                direction.name()
-            ),
+            Some((name, direction, size)) => {
+                write!(f, "{name} (port 0x{:x}) takes a {size}-byte {}, got {did}", self.port, direction.name())
+            }
             None => write!(f, "unknown port 0x{:x}: {did}", self.port),
         }
     }
@@ -95,63 +87,20 @@ impl std::fmt::Display for Misuse {
 
 /// Every hypercall with its port, direction and access size.
 const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
-    (
-        PORT_PRINT8,
-        Direction::Out,
-        1,
-        Hypercall::Print8,
-        "HC_print8bit",
-    ),
-    (
-        PORT_PRINT32,
-        Direction::Out,
-        4,
-        Hypercall::Print32,
-        "HC_print32bit",
-    ),
-    (
-        PORT_NUM_EXITS,
-        Direction::In,
-        4,
-        Hypercall::NumExits,
-        "HC_numExits",
-    ),
-    (
-        PORT_PRINT_STR,
-        Direction::Out,
-        4,
-        Hypercall::PrintStr,
-        "HC_printStr",
-    ),
-    (
-        PORT_NUM_EXITS_BY_TYPE,
-        Direction::In,
-        4,
-        Hypercall::NumExitsByType,
-        "HC_numExitsByType",
-    ),
-    (
-        PORT_GVA_TO_HVA,
-        Direction::Out,
-        4,
-        Hypercall::GvaToHvaRequest,
-        "HC_gvaToHva",
-    ),
-    (
-        PORT_GVA_TO_HVA,
-        Direction::In,
-        4,
-        Hypercall::GvaToHvaResult,
-        "HC_gvaToHva",
-    ),
+    (PORT_PRINT8, Direction::Out, 1, Hypercall::Print8, "HC_print8bit"),
+    (PORT_PRINT32, Direction::Out, 4, Hypercall::Print32, "HC_print32bit"),
+    (PORT_NUM_EXITS, Direction::In, 4, Hypercall::NumExits, "HC_numExits"),
+    (PORT_PRINT_STR, Direction::Out, 4, Hypercall::PrintStr, "HC_printStr"),
+    (PORT_NUM_EXITS_BY_TYPE, Direction::In, 4, Hypercall::NumExitsByType, "HC_numExitsByType"),
+    (PORT_GVA_TO_HVA, Direction::Out, 4, Hypercall::GvaToHvaRequest, "HC_gvaToHva"),
+    (PORT_GVA_TO_HVA, Direction::In, 4, Hypercall::GvaToHvaResult, "HC_gvaToHva"),
     (PORT_YIELD, Direction::Out, 1, Hypercall::Yield, "HC_yield"),
 ];
 
 /// Decodes a port access: the hypercall it makes, or why it makes none.
 pub fn decode(port: u16, direction: Direction, access: PortAccess) -> Result<Hypercall, Misuse> {
     let on_port = || TABLE.iter().filter(move |entry| entry.0 == port);
-    let exact =
-        on_port().find(|entry| entry.1 == direction && entry.2 == access.size && access.count == 1);
+    let exact = on_port().find(|entry| entry.1 == direction && entry.2 == access.size && access.count == 1);
     if let Some(entry) = exact {
         return Ok(entry.3);
     }
@@ -160,12 +109,7 @@ pub fn decode(port: u16, direction: Direction, access: PortAccess) -> Result<Hyp
         .find(|entry| entry.1 == direction)
         .or_else(|| on_port().next())
         .map(|entry| (entry.4, entry.1, entry.2));
-    Err(Misuse {
-        port,
-        direction,
-        access,
-        expected,
-    })
+    Err(Misuse { port, direction, access, expected })
 }
 
 #[cfg(test)]
@@ -190,26 +134,16 @@ mod tests {
             (0xEF, Out, 1, Hypercall::Yield),
         ];
         for (port, direction, size, call) in cases {
-            assert_eq!(
-                decode(port, direction, one(size)),
-                Ok(call),
-                "port 0x{port:x}"
-            );
+            assert_eq!(decode(port, direction, one(size)), Ok(call), "port 0x{port:x}");
         }
     }
 
     #[test]
     fn misuse_is_refused_and_explained() {
         let wrong_size = decode(0xE9, Out, one(2)).unwrap_err();
-        assert_eq!(
-            wrong_size.to_string(),
-            "HC_print8bit (port 0xe9) takes a 1-byte out, got a 2-byte out"
-        );
+        assert_eq!(wrong_size.to_string(), "HC_print8bit (port 0xe9) takes a 1-byte out, got a 2-byte out");
         let wrong_direction = decode(0xEB, Out, one(4)).unwrap_err();
-        assert_eq!(
-            wrong_direction.to_string(),
-            "HC_numExits (port 0xeb) takes a 4-byte in, got a 4-byte out"
-        );
+        assert_eq!(wrong_direction.to_string(), "HC_numExits (port 0xeb) takes a 4-byte in, got a 4-byte out");
         let unknown = decode(0x80, Out, one(1)).unwrap_err();
         assert_eq!(unknown.to_string(), "unknown port 0x80: a 1-byte out");
         let string_io = decode(0xE9, Out, PortAccess { size: 1, count: 3 }).unwrap_err();

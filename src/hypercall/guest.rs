@@ -51,10 +51,7 @@ impl std::fmt::Display for PointerError {
         match self {
             Self::NotMapped(gva) => write!(f, "0x{gva:x} is not mapped by the guest's page tables"),
             Self::OutsideMemory { gva, gpa } => {
-                write!(
-                    f,
-                    "0x{gva:x} maps to 0x{gpa:x}, past the end of guest memory"
-                )
+                write!(f, "0x{gva:x} maps to 0x{gpa:x}, past the end of guest memory")
             }
             Self::NoNulWithin(limit) => write!(f, "no NUL within {limit} bytes"),
             Self::NoNulBeforeEndOfMemory => write!(f, "no NUL before the end of guest memory"),
@@ -67,10 +64,7 @@ const PAGE_4K: u64 = 4096;
 impl<T: Translate + ?Sized> GuestView<'_, T> {
     /// Translates `gva` to a guest physical address inside guest memory.
     pub fn physical(&self, gva: u64) -> Result<u64, PointerError> {
-        let gpa = self
-            .translator
-            .translate(gva)
-            .ok_or(PointerError::NotMapped(gva))?;
+        let gpa = self.translator.translate(gva).ok_or(PointerError::NotMapped(gva))?;
         if gpa >= self.memory_size {
             return Err(PointerError::OutsideMemory { gva, gpa });
         }
@@ -81,8 +75,7 @@ impl<T: Translate + ?Sized> GuestView<'_, T> {
     pub fn host_address(&self, gva: u64) -> Result<u64, PointerError> {
         let gpa = self.physical(gva)?;
         let host = self.memory.get_host_address(GuestAddress(gpa));
-        host.map(|ptr| ptr as u64)
-            .map_err(|_| PointerError::OutsideMemory { gva, gpa })
+        host.map(|ptr| ptr as u64).map_err(|_| PointerError::OutsideMemory { gva, gpa })
     }
 
     /// Reads the NUL-terminated string at `gva` (without its NUL), reading at
@@ -97,10 +90,7 @@ impl<T: Translate + ?Sized> GuestView<'_, T> {
             let gpa = match self.physical(address) {
                 Ok(gpa) => gpa,
                 // The page after the last one of memory is never usable.
-                Err(_)
-                    if !text.is_empty()
-                        && self.physical(address - 1) == Ok(self.memory_size - 1) =>
-                {
+                Err(_) if !text.is_empty() && self.physical(address - 1) == Ok(self.memory_size - 1) => {
                     return Err(PointerError::NoNulBeforeEndOfMemory);
                 }
                 Err(error) => return Err(error),
@@ -118,9 +108,7 @@ impl<T: Translate + ?Sized> GuestView<'_, T> {
             if available < want {
                 return Err(PointerError::NoNulBeforeEndOfMemory);
             }
-            address = address
-                .checked_add(want)
-                .ok_or(PointerError::NotMapped(u64::MAX))?;
+            address = address.checked_add(want).ok_or(PointerError::NotMapped(u64::MAX))?;
         }
         Err(PointerError::NoNulWithin(limit))
     }
@@ -151,109 +139,56 @@ pub(crate) mod tests {
     const SIZE: u64 = 2 << 20;
 
     fn view<'a>(mem: &'a GuestMemory, tables: &'a FakeTables) -> GuestView<'a, FakeTables> {
-        GuestView {
-            memory: mem,
-            memory_size: SIZE,
-            translator: tables,
-        }
+        GuestView { memory: mem, memory_size: SIZE, translator: tables }
     }
 
     #[test]
     fn strings_are_read_up_to_their_nul() {
         let mem = memory::allocate(SIZE).unwrap();
-        let tables = FakeTables {
-            mapped: SIZE,
-            remap: vec![],
-        };
-        mem.write_slice(b"hello\0world", GuestAddress(0x8000))
-            .unwrap();
-        assert_eq!(
-            view(&mem, &tables).c_string(0x8000, 4096),
-            Ok(b"hello".to_vec())
-        );
+        let tables = FakeTables { mapped: SIZE, remap: vec![] };
+        mem.write_slice(b"hello\0world", GuestAddress(0x8000)).unwrap();
+        assert_eq!(view(&mem, &tables).c_string(0x8000, 4096), Ok(b"hello".to_vec()));
     }
 
     #[test]
     fn the_limit_counts_the_nul() {
         let mem = memory::allocate(SIZE).unwrap();
-        let tables = FakeTables {
-            mapped: SIZE,
-            remap: vec![],
-        };
-        mem.write_slice(&[b'a'; 4095], GuestAddress(0x8000))
-            .unwrap();
-        assert_eq!(
-            view(&mem, &tables).c_string(0x8000, 4096).unwrap().len(),
-            4095
-        );
-        mem.write_slice(&[b'a'; 4096], GuestAddress(0x8000))
-            .unwrap();
-        assert_eq!(
-            view(&mem, &tables).c_string(0x8000, 4096),
-            Err(PointerError::NoNulWithin(4096))
-        );
+        let tables = FakeTables { mapped: SIZE, remap: vec![] };
+        mem.write_slice(&[b'a'; 4095], GuestAddress(0x8000)).unwrap();
+        assert_eq!(view(&mem, &tables).c_string(0x8000, 4096).unwrap().len(), 4095);
+        mem.write_slice(&[b'a'; 4096], GuestAddress(0x8000)).unwrap();
+        assert_eq!(view(&mem, &tables).c_string(0x8000, 4096), Err(PointerError::NoNulWithin(4096)));
     }
 
     #[test]
     fn strings_follow_the_page_tables_across_pages() {
         let mem = memory::allocate(SIZE).unwrap();
-        let tables = FakeTables {
-            mapped: SIZE,
-            remap: vec![(0x9000, 0x20000)],
-        };
+        let tables = FakeTables { mapped: SIZE, remap: vec![(0x9000, 0x20000)] };
         mem.write_slice(b"ab", GuestAddress(0x8ffe)).unwrap();
         mem.write_slice(b"cd\0", GuestAddress(0x20000)).unwrap();
-        assert_eq!(
-            view(&mem, &tables).c_string(0x8ffe, 4096),
-            Ok(b"abcd".to_vec())
-        );
+        assert_eq!(view(&mem, &tables).c_string(0x8ffe, 4096), Ok(b"abcd".to_vec()));
     }
 
     #[test]
     fn bad_pointers_are_refused() {
         let mem = memory::allocate(SIZE).unwrap();
-        let tables = FakeTables {
-            mapped: SIZE,
-            remap: vec![(0x30_0000, 1 << 30)],
-        };
+        let tables = FakeTables { mapped: SIZE, remap: vec![(0x30_0000, 1 << 30)] };
         let v = view(&mem, &tables);
-        assert_eq!(
-            v.c_string(0x8000_0000, 4096),
-            Err(PointerError::NotMapped(0x8000_0000))
-        );
-        assert_eq!(
-            v.c_string(0x30_0000, 4096),
-            Err(PointerError::OutsideMemory {
-                gva: 0x30_0000,
-                gpa: 1 << 30
-            })
-        );
+        assert_eq!(v.c_string(0x8000_0000, 4096), Err(PointerError::NotMapped(0x8000_0000)));
+        assert_eq!(v.c_string(0x30_0000, 4096), Err(PointerError::OutsideMemory { gva: 0x30_0000, gpa: 1 << 30 }));
         mem.write_slice(&[b'z'; 8], GuestAddress(SIZE - 8)).unwrap();
-        assert_eq!(
-            v.c_string(SIZE - 8, 4096),
-            Err(PointerError::NoNulBeforeEndOfMemory)
-        );
+        assert_eq!(v.c_string(SIZE - 8, 4096), Err(PointerError::NoNulBeforeEndOfMemory));
         // A string whose second page is unmapped.
-        mem.write_slice(&[b'y'; 16], GuestAddress(SIZE - 4096 - 16))
-            .unwrap();
-        let short = FakeTables {
-            mapped: SIZE - 4096,
-            remap: vec![],
-        };
+        mem.write_slice(&[b'y'; 16], GuestAddress(SIZE - 4096 - 16)).unwrap();
+        let short = FakeTables { mapped: SIZE - 4096, remap: vec![] };
         let v = view(&mem, &short);
-        assert_eq!(
-            v.c_string(SIZE - 4096 - 16, 4096),
-            Err(PointerError::NotMapped(SIZE - 4096))
-        );
+        assert_eq!(v.c_string(SIZE - 4096 - 16, 4096), Err(PointerError::NotMapped(SIZE - 4096)));
     }
 
     #[test]
     fn addresses_at_the_u32_and_u64_limits_do_not_overflow() {
         let mem = memory::allocate(SIZE).unwrap();
-        let everything = FakeTables {
-            mapped: u64::MAX,
-            remap: vec![],
-        };
+        let everything = FakeTables { mapped: u64::MAX, remap: vec![] };
         let v = view(&mem, &everything);
         assert!(v.c_string(u64::from(u32::MAX), 4096).is_err());
         assert!(v.c_string(u64::MAX, 4096).is_err());

@@ -68,9 +68,7 @@ pub fn handle_out<T: Translate + ?Sized>(
             Ok(text) => io.console.write(&text),
             Err(error) => {
                 io.counters.faults += 1;
-                io.console.note(format_args!(
-                    "HC_printStr(0x{value:x}) refused: {error}; nothing printed"
-                ));
+                io.console.note(format_args!("HC_printStr(0x{value:x}) refused: {error}; nothing printed"));
             }
         },
         Hypercall::GvaToHvaRequest => {
@@ -92,13 +90,7 @@ pub fn handle_out<T: Translate + ?Sized>(
 }
 
 /// Handles an `in` from `port`, filling `data` with the value the guest reads.
-pub fn handle_in(
-    memory: &GuestMemory,
-    io: &mut VmIo<'_>,
-    port: u16,
-    access: PortAccess,
-    data: &mut [u8],
-) {
+pub fn handle_in(memory: &GuestMemory, io: &mut VmIo<'_>, port: u16, access: PortAccess, data: &mut [u8]) {
     let call = match decode(port, Direction::In, access) {
         Ok(call) => call,
         Err(misuse) => {
@@ -126,10 +118,7 @@ fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> u32 {
     io.state.mailbox_calls += 1;
     let exits = io.counters.exits;
     let text = format!("IO in: {}\nIO out: {}\n\0", exits.io_in, exits.io_out);
-    debug_assert!(
-        text.len() as u64 <= MAILBOX_SLOT_SIZE,
-        "two u64 counts fit a slot"
-    );
+    debug_assert!(text.len() as u64 <= MAILBOX_SLOT_SIZE, "two u64 counts fit a slot");
     let address = MAILBOX + slot * MAILBOX_SLOT_SIZE;
     memory
         .write_slice(text.as_bytes(), GuestAddress(address))
@@ -163,10 +152,7 @@ mod tests {
         fn new() -> Self {
             Self {
                 memory: memory::allocate(SIZE).unwrap(),
-                tables: FakeTables {
-                    mapped: SIZE,
-                    remap: vec![],
-                },
+                tables: FakeTables { mapped: SIZE, remap: vec![] },
                 counters: VmCounters::default(),
                 state: HypercallState::default(),
                 console: ConsoleOut::default(),
@@ -175,34 +161,16 @@ mod tests {
 
         fn out(&mut self, port: u16, size: u8, value: u32) -> Outcome {
             self.counters.exits.io_out += 1;
-            let view = GuestView {
-                memory: &self.memory,
-                memory_size: SIZE,
-                translator: &self.tables,
-            };
-            let mut io = VmIo {
-                counters: &mut self.counters,
-                state: &mut self.state,
-                console: &mut self.console,
-            };
+            let view = GuestView { memory: &self.memory, memory_size: SIZE, translator: &self.tables };
+            let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
             handle_out(&view, &mut io, port, PortAccess { size, count: 1 }, value)
         }
 
         fn inp(&mut self, port: u16, size: u8) -> u64 {
             self.counters.exits.io_in += 1;
             let mut data = vec![0u8; usize::from(size)];
-            let mut io = VmIo {
-                counters: &mut self.counters,
-                state: &mut self.state,
-                console: &mut self.console,
-            };
-            handle_in(
-                &self.memory,
-                &mut io,
-                port,
-                PortAccess { size, count: 1 },
-                &mut data,
-            );
+            let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
+            handle_in(&self.memory, &mut io, port, PortAccess { size, count: 1 }, &mut data);
             data.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b))
         }
 
@@ -216,9 +184,7 @@ mod tests {
         let mut rig = Rig::new();
         rig.out(0xE9, 1, u32::from(b'H'));
         rig.out(0xEA, 4, 4_294_967_295);
-        rig.memory
-            .write_slice(b"str\n\0", GuestAddress(0x9000))
-            .unwrap();
+        rig.memory.write_slice(b"str\n\0", GuestAddress(0x9000)).unwrap();
         rig.out(0xEC, 4, 0x9000);
         assert_eq!(rig.console(), "H4294967295\nstr\n");
         assert_eq!(rig.counters.faults, 0);
@@ -231,15 +197,8 @@ mod tests {
         assert_eq!(rig.inp(0xEB, 4), 2);
         let address = rig.inp(0xED, 4);
         assert_eq!(address, MAILBOX);
-        let view = GuestView {
-            memory: &rig.memory,
-            memory_size: SIZE,
-            translator: &rig.tables,
-        };
-        assert_eq!(
-            view.c_string(address, 128).unwrap(),
-            b"IO in: 2\nIO out: 1\n"
-        );
+        let view = GuestView { memory: &rig.memory, memory_size: SIZE, translator: &rig.tables };
+        assert_eq!(view.c_string(address, 128).unwrap(), b"IO in: 2\nIO out: 1\n");
     }
 
     #[test]
@@ -255,8 +214,7 @@ mod tests {
     fn gva_to_hva_returns_the_low_host_bits_or_zero() {
         let mut rig = Rig::new();
         rig.out(0xEE, 4, 0x400);
-        let expected =
-            rig.memory.get_host_address(GuestAddress(0x400)).unwrap() as u64 & 0xffff_ffff;
+        let expected = rig.memory.get_host_address(GuestAddress(0x400)).unwrap() as u64 & 0xffff_ffff;
         assert_eq!(rig.inp(0xEE, 4), expected);
         rig.out(0xEE, 4, 0xffff_ffff);
         assert_eq!(rig.inp(0xEE, 4), 0);
@@ -283,9 +241,7 @@ mod tests {
             rig.console(),
             "[matrix] HC_printStr(0x80000000) refused: 0x80000000 is not mapped by the guest's page tables; nothing printed\n"
         );
-        rig.memory
-            .write_slice(&[b'x'; 5000], GuestAddress(0x9000))
-            .unwrap();
+        rig.memory.write_slice(&[b'x'; 5000], GuestAddress(0x9000)).unwrap();
         rig.out(0xEC, 4, 0x9000);
         assert_eq!(rig.counters.faults, 2);
         assert!(rig.console().contains("no NUL within 4096 bytes"));
@@ -303,14 +259,9 @@ mod tests {
         assert_eq!(rig.counters.exits.unknown_port, 6);
         let console = rig.console();
         assert_eq!(console.lines().count(), 6, "{console}");
-        assert!(
-            console.lines().all(|line| line.starts_with("[matrix] ")),
-            "{console}"
-        );
+        assert!(console.lines().all(|line| line.starts_with("[matrix] ")), "{console}");
         assert!(console.contains("unknown port 0x80: a 1-byte out; value 0x42 ignored"));
-        assert!(console.contains(
-            "HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"
-        ));
+        assert!(console.contains("HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"));
     }
 
     #[test]

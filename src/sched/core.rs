@@ -16,7 +16,7 @@ use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
 use crate::report::{RunReport, VmReport};
 use crate::stats::LatencyLog;
-use crate::vm::kick::monotonic_ns;
+use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer};
 
 /// Events waiting in the channel before the core starts coalescing.
@@ -141,24 +141,14 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
                 TimerKind::Posix => TimerKind::Timerfd,
                 TimerKind::Timerfd => TimerKind::Posix,
             };
-            return Err(SpawnError::Timer {
-                kind: timer_kind,
-                other,
-                source,
-            });
+            return Err(SpawnError::Timer { kind: timer_kind, other, source });
         }
         Err(_) => match thread.join() {
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(()) => unreachable!("the core thread reports readiness before it returns"),
         },
     }
-    Ok(CoreHandle {
-        commands: command_tx,
-        events: event_rx,
-        kick,
-        thread,
-        started,
-    })
+    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started })
 }
 
 /// One VM as the core schedules it.
@@ -167,33 +157,25 @@ struct Slot {
     runtime: VmRuntime,
     console_dropped: u64,
     state: VmState,
+    /// KVM_RUN time the scheduler charged (up to deadlines, less stolen time).
     charged_ns: u64,
+    /// Time the host took the CPU away during this VM's slices.
+    stolen_ns: u64,
 }
 
 impl Slot {
     fn new(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
-        let runtime =
-            VmRuntime::new(kvm, &machine_spec(&config)).map_err(|source| VmSetupError {
-                name: config.name.clone(),
-                guest: config.guest.clone(),
-                source,
-            })?;
-        Ok(Self {
-            config,
-            runtime,
-            console_dropped: 0,
-            state: VmState::Running,
-            charged_ns: 0,
-        })
+        let runtime = VmRuntime::new(kvm, &machine_spec(&config)).map_err(|source| VmSetupError {
+            name: config.name.clone(),
+            guest: config.guest.clone(),
+            source,
+        })?;
+        Ok(Self { config, runtime, console_dropped: 0, state: VmState::Running, charged_ns: 0, stolen_ns: 0 })
     }
 }
 
 fn machine_spec(config: &VmConfig) -> MachineSpec {
-    MachineSpec {
-        image: Arc::clone(&config.image),
-        memory_size: config.memory_size,
-        args: config.args.clone(),
-    }
+    MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
 }
 
 /// How a slice ended.
@@ -247,19 +229,14 @@ impl Core {
             let candidates: Vec<Candidate> = self
                 .slots
                 .iter()
-                .map(|slot| Candidate {
-                    weight: slot.config.weight,
-                    runnable: slot.state == VmState::Running,
-                })
+                .map(|slot| Candidate { weight: slot.config.weight, runnable: slot.state == VmState::Running })
                 .collect();
             match self.planner.next_slice(&candidates) {
                 Some(slice) => {
                     self.run_slice(slice, timer.as_mut());
                     self.flush_console(slice.vm);
                 }
-                None if self.stay_open
-                    || self.slots.iter().any(|slot| slot.state == VmState::Paused) =>
-                {
+                None if self.stay_open || self.slots.iter().any(|slot| slot.state == VmState::Paused) => {
                     timer.disarm();
                     self.idle();
                 }
@@ -275,25 +252,28 @@ impl Core {
 
     /// Runs one slice of `slice.vm`: until its next I/O exit under `io`, else
     /// until its deadline, a yield, its end, or a command.
+    ///
+    /// The slice is charged its time in KVM_RUN up to the deadline, less the
+    /// time the host took the CPU away from this thread before the deadline
+    /// (a guest does no work while its thread waits for a CPU).
     fn run_slice(&mut self, slice: Slice, timer: &mut dyn QuantumTimer) -> SliceEnd {
         let vm = slice.vm;
+        let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
         let deadline = match slice.length_ns {
             Some(length) => {
-                let deadline = monotonic_ns() + length;
+                let deadline = wall_start + length;
                 self.kick.set_deadline(deadline);
                 timer.arm(deadline);
                 deadline
             }
             None => u64::MAX,
         };
-        let mut charged = 0;
+        let mut in_guest = 0;
         let end = loop {
             let (step, span) = self.slots[vm].runtime.step(&self.kick);
-            charged += span.charged_until(deadline);
+            in_guest += span.charged_until(deadline);
             match step {
-                Step::Io if slice.length_ns.is_none() || span.exited_ns >= deadline => {
-                    break SliceEnd::Done;
-                }
+                Step::Io if slice.length_ns.is_none() || span.exited_ns >= deadline => break SliceEnd::Done,
                 Step::Io => continue,
                 Step::Yielded => break SliceEnd::Yielded,
                 Step::Halted => {
@@ -301,13 +281,7 @@ impl Core {
                     break SliceEnd::Finished;
                 }
                 Step::Crashed { kind, registers } => {
-                    self.set_state(
-                        vm,
-                        VmState::Crashed {
-                            reason: kind.to_string(),
-                            registers,
-                        },
-                    );
+                    self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
                     break SliceEnd::Finished;
                 }
                 Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
@@ -321,12 +295,15 @@ impl Core {
             }
         };
         self.kick.set_deadline(u64::MAX);
-        self.slots[vm].charged_ns += charged;
-        self.planner.charge(
-            vm,
-            charged,
-            matches!(end, SliceEnd::Yielded | SliceEnd::Finished),
-        );
+        let (wall_end, cpu_end) = (monotonic_ns(), thread_cpu_ns());
+        let stolen = (wall_end - wall_start).saturating_sub(cpu_end - cpu_start);
+        // Off-CPU time after the deadline was never charged; count only the rest.
+        let stolen_before_deadline = stolen.saturating_sub(wall_end.saturating_sub(deadline));
+        let charged = in_guest.saturating_sub(stolen_before_deadline);
+        let slot = &mut self.slots[vm];
+        slot.charged_ns += charged;
+        slot.stolen_ns += stolen_before_deadline;
+        self.planner.charge(vm, charged, matches!(end, SliceEnd::Yielded | SliceEnd::Finished));
         end
     }
 
@@ -353,31 +330,19 @@ impl Core {
         match command {
             Command::Quit => self.quit = true,
             Command::SetWeight { vm, weight } => {
-                if let Some(slot) = self
-                    .slots
-                    .get_mut(vm)
-                    .filter(|_| weight > 0.0 && weight.is_finite())
-                {
+                if let Some(slot) = self.slots.get_mut(vm).filter(|_| weight > 0.0 && weight.is_finite()) {
                     slot.config.weight = weight;
                     self.planner.reset(vm);
                     self.outbox.push_back(Event::Settings(self.settings()));
                 }
             }
             Command::Pause(vm) => {
-                if self
-                    .slots
-                    .get(vm)
-                    .is_some_and(|slot| slot.state == VmState::Running)
-                {
+                if self.slots.get(vm).is_some_and(|slot| slot.state == VmState::Running) {
                     self.set_state(vm, VmState::Paused);
                 }
             }
             Command::Resume(vm) => {
-                if self
-                    .slots
-                    .get(vm)
-                    .is_some_and(|slot| slot.state == VmState::Paused)
-                {
+                if self.slots.get(vm).is_some_and(|slot| slot.state == VmState::Paused) {
                     self.planner.reset(vm);
                     self.set_state(vm, VmState::Running);
                 }
@@ -411,22 +376,15 @@ impl Core {
             Ok(runtime) => {
                 slot.runtime = runtime;
                 slot.charged_ns = 0;
+                slot.stolen_ns = 0;
                 slot.runtime.console.note(format_args!("VM restarted"));
                 self.planner.reset(vm);
                 self.set_state(vm, VmState::Running);
             }
             Err(error) => {
                 let registers = slot.runtime.machine.vcpu.registers();
-                slot.runtime
-                    .console
-                    .note(format_args!("restart failed: {error}"));
-                self.set_state(
-                    vm,
-                    VmState::Crashed {
-                        reason: format!("restart failed: {error}"),
-                        registers,
-                    },
-                );
+                slot.runtime.console.note(format_args!("restart failed: {error}"));
+                self.set_state(vm, VmState::Crashed { reason: format!("restart failed: {error}"), registers });
             }
         }
     }
@@ -471,9 +429,7 @@ impl Core {
         };
         match self.events.try_send(event) {
             Ok(()) => {}
-            Err(TrySendError::Full(Event::Console {
-                mut bytes, dropped, ..
-            })) => {
+            Err(TrySendError::Full(Event::Console { mut bytes, dropped, .. })) => {
                 let slot = &mut self.slots[vm];
                 slot.console_dropped += dropped;
                 if bytes.len() > CONSOLE_BACKLOG_CAP {
@@ -521,10 +477,7 @@ impl Core {
             .collect();
         // A sample the front end has no room for is simply skipped: the next
         // one carries the same counters, newer.
-        let _ = self.events.try_send(Event::Sample {
-            elapsed_ns: self.started.elapsed().as_nanos() as u64,
-            vms,
-        });
+        let _ = self.events.try_send(Event::Sample { elapsed_ns: self.started.elapsed().as_nanos() as u64, vms });
     }
 
     /// Delivers what is left and the final report, then returns (the thread ends).
@@ -552,9 +505,7 @@ impl Core {
             .iter()
             .map(|slot| {
                 let (crash_reason, registers) = match &slot.state {
-                    VmState::Crashed { reason, registers } => {
-                        (Some(reason.clone()), Some(*registers))
-                    }
+                    VmState::Crashed { reason, registers } => (Some(reason.clone()), Some(*registers)),
                     _ => (None, None),
                 };
                 let counters = &slot.runtime.counters;
@@ -570,6 +521,7 @@ impl Core {
                     charged_share: ratio(slot.charged_ns as f64, total_charged as f64),
                     cpu_ns: slot.runtime.cpu_ns,
                     charged_ns: slot.charged_ns,
+                    stolen_ns: slot.stolen_ns,
                     exits: counters.exits.into(),
                     preemptions: counters.preemptions,
                     faults: counters.faults,

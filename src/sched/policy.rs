@@ -59,13 +59,7 @@ pub struct Planner {
 impl Planner {
     /// A planner for `vms` VMs.
     pub fn new(policy: Policy, quantum_ns: u64, vms: usize) -> Self {
-        Self {
-            policy,
-            quantum_ns,
-            credit_ns: vec![0; vms],
-            visiting: None,
-            next: 0,
-        }
+        Self { policy, quantum_ns, credit_ns: vec![0; vms], visiting: None, next: 0 }
     }
 
     /// The policy it plans for.
@@ -93,14 +87,10 @@ impl Planner {
         let (count, start) = (vms.len(), self.next);
         let order = (0..count).map(move |offset| (start + offset) % count);
         let slice = match self.policy {
-            Policy::Io => order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice {
-                vm,
-                length_ns: None,
-            }),
-            Policy::Rr => order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice {
-                vm,
-                length_ns: Some(self.quantum_ns),
-            }),
+            Policy::Io => order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice { vm, length_ns: None }),
+            Policy::Rr => {
+                order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice { vm, length_ns: Some(self.quantum_ns) })
+            }
             Policy::Fair => self.next_fair_slice(vms, order),
         }?;
         self.next = slice.vm + 1;
@@ -110,28 +100,14 @@ impl Planner {
     /// Deficit round robin from `self.next`: the VM being visited goes on while
     /// its credit covers a unit; otherwise every VM visited earns its
     /// entitlement and the first whose credit covers a unit runs.
-    fn next_fair_slice(
-        &mut self,
-        vms: &[Candidate],
-        order: impl Iterator<Item = usize> + Clone,
-    ) -> Option<Slice> {
+    fn next_fair_slice(&mut self, vms: &[Candidate], order: impl Iterator<Item = usize> + Clone) -> Option<Slice> {
         let runnable: Vec<usize> = order.filter(|&vm| vms[vm].runnable).collect();
         let total: f64 = runnable.iter().map(|&vm| vms[vm].weight).sum();
-        let entitled =
-            |vm: usize| ((self.quantum_ns as f64 * vms[vm].weight / total) as i64).max(1);
-        let (lightest, heaviest) = runnable.iter().fold((i64::MAX, 0), |(low, high), &vm| {
-            (low.min(entitled(vm)), high.max(entitled(vm)))
-        });
-        let unit = lightest
-            .max(MIN_SLICE_NS as i64)
-            .max(heaviest / 4)
-            .min(self.quantum_ns as i64);
-        let slice = |vm| {
-            Some(Slice {
-                vm,
-                length_ns: Some(unit as u64),
-            })
-        };
+        let entitled = |vm: usize| ((self.quantum_ns as f64 * vms[vm].weight / total) as i64).max(1);
+        let (lightest, heaviest) =
+            runnable.iter().fold((i64::MAX, 0), |(low, high), &vm| (low.min(entitled(vm)), high.max(entitled(vm))));
+        let unit = lightest.max(MIN_SLICE_NS as i64).max(heaviest / 4).min(self.quantum_ns as i64);
+        let slice = |vm| Some(Slice { vm, length_ns: Some(unit as u64) });
 
         if let Some(vm) = self.visiting.take() {
             if vms[vm].runnable && self.credit_ns[vm] >= unit {
@@ -150,13 +126,10 @@ impl Planner {
             }
             // Nobody's credit covers a unit yet (many light VMs): skip ahead the
             // whole passes it takes until the first one's does.
-            let passes = runnable
-                .iter()
-                .map(|&vm| (unit - self.credit_ns[vm] + entitled(vm) - 1) / entitled(vm))
-                .min()?;
+            let passes =
+                runnable.iter().map(|&vm| (unit - self.credit_ns[vm] + entitled(vm) - 1) / entitled(vm)).min()?;
             for &vm in &runnable {
-                self.credit_ns[vm] =
-                    (self.credit_ns[vm] + (passes - 1).max(0) * entitled(vm)).min(bound);
+                self.credit_ns[vm] = (self.credit_ns[vm] + (passes - 1).max(0) * entitled(vm)).min(bound);
             }
         }
         unreachable!("after skipping ahead, the next pass finds a VM whose credit covers a unit")
@@ -182,13 +155,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn candidates(weights: &[f64]) -> Vec<Candidate> {
-        weights
-            .iter()
-            .map(|&weight| Candidate {
-                weight,
-                runnable: true,
-            })
-            .collect()
+        weights.iter().map(|&weight| Candidate { weight, runnable: true }).collect()
     }
 
     /// Runs the planner for `total_ns` of simulated time. `use_of` says how much
@@ -240,11 +207,7 @@ mod tests {
         let got = simulate(&mut planner, &vms, 1000 * MS, |_, length| length);
         let total: f64 = weights.iter().sum();
         for (share, weight) in shares(&got).iter().zip(weights) {
-            assert!(
-                (share - weight / total).abs() < 0.002,
-                "{share} vs {}",
-                weight / total
-            );
+            assert!((share - weight / total).abs() < 0.002, "{share} vs {}", weight / total);
         }
     }
 
@@ -256,11 +219,7 @@ mod tests {
         let mut calls = 0;
         let got = simulate(&mut planner, &vms, 2000 * MS, |vm, length| {
             calls += 1;
-            if vm == 0 && calls % 4 == 1 {
-                length / 2
-            } else {
-                length
-            }
+            if vm == 0 && calls % 4 == 1 { length / 2 } else { length }
         });
         let share = shares(&got)[0];
         assert!((share - 0.7).abs() < 0.005, "{share}");
@@ -272,11 +231,7 @@ mod tests {
         let mut planner = Planner::new(Policy::Fair, MS, 2);
         for _ in 0..100 {
             let slice = planner.next_slice(&vms).unwrap();
-            let used = if slice.vm == 0 {
-                0
-            } else {
-                slice.length_ns.unwrap()
-            };
+            let used = if slice.vm == 0 { 0 } else { slice.length_ns.unwrap() };
             planner.charge(slice.vm, used, used == 0);
         }
         let slice = planner.next_slice(&vms).unwrap();
@@ -303,10 +258,7 @@ mod tests {
             // Weight 1 in 1002 earns 1 us per 1 ms period, so under `fair` its
             // 0.25 ms slice comes once every 250 periods: within 300 ms.
             let got = simulate(&mut planner, &vms, 300 * MS, |_, length| length);
-            assert!(
-                got.iter().all(|&ns| ns >= MIN_SLICE_NS),
-                "{policy:?}: {got:?}"
-            );
+            assert!(got.iter().all(|&ns| ns >= MIN_SLICE_NS), "{policy:?}: {got:?}");
         }
     }
 
@@ -327,20 +279,8 @@ mod tests {
         let got = simulate(&mut rr, &vms, 100 * MS, |_, length| length);
         assert_eq!(got[0], got[1]);
         let mut io = Planner::new(Policy::Io, MS, 2);
-        assert_eq!(
-            io.next_slice(&vms),
-            Some(Slice {
-                vm: 0,
-                length_ns: None
-            })
-        );
-        assert_eq!(
-            io.next_slice(&vms),
-            Some(Slice {
-                vm: 1,
-                length_ns: None
-            })
-        );
+        assert_eq!(io.next_slice(&vms), Some(Slice { vm: 0, length_ns: None }));
+        assert_eq!(io.next_slice(&vms), Some(Slice { vm: 1, length_ns: None }));
     }
 
     #[test]

@@ -43,9 +43,7 @@ impl RunSpan {
     /// The part of this span before `deadline_ns`: what a slice is charged.
     /// Time past the deadline is host latency, not the guest's.
     pub fn charged_until(&self, deadline_ns: u64) -> u64 {
-        self.exited_ns
-            .min(deadline_ns)
-            .saturating_sub(self.entered_ns)
+        self.exited_ns.min(deadline_ns).saturating_sub(self.entered_ns)
     }
 }
 
@@ -80,21 +78,10 @@ impl VmRuntime {
         let exit = self.machine.vcpu.run(kick);
         let exited_ns = monotonic_ns();
         self.cpu_ns += exited_ns - entered_ns;
-        let span = RunSpan {
-            entered_ns,
-            exited_ns,
-        };
-        let mut io = VmIo {
-            counters: &mut self.counters,
-            state: &mut self.hypercalls,
-            console: &mut self.console,
-        };
+        let span = RunSpan { entered_ns, exited_ns };
+        let mut io = VmIo { counters: &mut self.counters, state: &mut self.hypercalls, console: &mut self.console };
         let step = match exit {
-            Exit::Out {
-                port,
-                access,
-                value,
-            } => {
+            Exit::Out { port, access, value } => {
                 io.counters.exits.io_out += 1;
                 let view = GuestView {
                     memory: &self.machine.memory,
@@ -111,20 +98,14 @@ impl VmRuntime {
                 hypercall::handle_in(&self.machine.memory, &mut io, port, access, data);
                 Step::Io
             }
-            Exit::Mmio {
-                address,
-                write,
-                data,
-            } => {
+            Exit::Mmio { address, write, data } => {
                 io.counters.exits.mmio += 1;
                 io.counters.faults += 1;
                 let what = if write { "write to" } else { "read from" };
                 if let Some(data) = data {
                     data.fill(0xff);
                 }
-                io.console.note(format_args!(
-                    "MMIO {what} 0x{address:x}, outside guest memory; ignored"
-                ));
+                io.console.note(format_args!("MMIO {what} 0x{address:x}, outside guest memory; ignored"));
                 Step::Io
             }
             Exit::Hlt => {

@@ -40,12 +40,18 @@ thread_local! {
 
 /// Monotonic nanoseconds since boot: the clock slice deadlines are in.
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; it is async-signal-safe.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// CPU time of the calling thread, in ns: what it really ran, without the time
+/// the host scheduler gave its CPU to someone else.
+pub fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
@@ -82,9 +88,7 @@ impl KickTarget {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         self.tid.store(tid, Ordering::SeqCst);
-        Attachment {
-            target: Arc::clone(self),
-        }
+        Attachment { target: Arc::clone(self) }
     }
 
     /// Kernel thread id of the attached thread, or 0.
@@ -134,8 +138,7 @@ impl KickTarget {
 
     /// Whether the core thread should not (or no longer) be in KVM_RUN.
     fn should_stop(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
-            || monotonic_ns() >= self.deadline_ns.load(Ordering::SeqCst)
+        self.requested.load(Ordering::SeqCst) || monotonic_ns() >= self.deadline_ns.load(Ordering::SeqCst)
     }
 
     /// Called on the core thread right before KVM_RUN of the vCPU owning `run`:
@@ -219,24 +222,15 @@ mod tests {
     fn a_due_kick_is_reported_by_arm_and_sets_immediate_exit_in_the_handler() {
         let target = KickTarget::new();
         let _attached = target.attach();
-        let mut run = kvm_run {
-            immediate_exit: 1,
-            ..Default::default()
-        };
+        let mut run = kvm_run { immediate_exit: 1, ..Default::default() };
         // SAFETY: `run` lives on this stack frame for the whole test.
         let due = unsafe { target.arm(&mut run) };
         assert!(!due);
-        assert_eq!(
-            run.immediate_exit, 0,
-            "arm clears a left-over immediate_exit"
-        );
+        assert_eq!(run.immediate_exit, 0, "arm clears a left-over immediate_exit");
 
         target.request();
         // The signal was delivered to this thread synchronously (tgkill to self).
-        assert_eq!(
-            unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() },
-            1
-        );
+        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 1);
         // SAFETY: as above.
         assert!(unsafe { target.arm(&mut run) }, "arm reports the request");
         assert!(target.take_request());
@@ -254,17 +248,11 @@ mod tests {
         // SAFETY: `run` outlives its use here.
         assert!(!unsafe { target.arm(&mut run) });
         target.signal();
-        assert_eq!(
-            unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() },
-            0
-        );
+        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 0);
 
         target.set_deadline(monotonic_ns());
         target.signal();
-        assert_eq!(
-            unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() },
-            1
-        );
+        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 1);
         target.disarm();
     }
 }

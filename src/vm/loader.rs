@@ -4,8 +4,7 @@
 //! each error says what was wrong and how to fix the image.
 
 use linux_loader::elf::{
-    EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN, ET_EXEC, Elf64_Ehdr, Elf64_Phdr,
-    PT_LOAD,
+    EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN, ET_EXEC, Elf64_Ehdr, Elf64_Phdr, PT_LOAD,
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
@@ -71,9 +70,7 @@ pub enum LoadError {
         memory_end: u64,
     },
     /// The entry point is not inside guest memory.
-    #[error(
-        "the ELF entry point 0x{entry:x} is outside guest memory (0x10000 to 0x{memory_end:x})"
-    )]
+    #[error("the ELF entry point 0x{entry:x} is outside guest memory (0x10000 to 0x{memory_end:x})")]
     EntryOutsideMemory {
         /// The entry point from the header.
         entry: u64,
@@ -83,11 +80,7 @@ pub enum LoadError {
 }
 
 /// Loads `image` into `memory` (whose size is `memory_size`).
-pub fn load(
-    memory: &GuestMemory,
-    memory_size: u64,
-    image: &[u8],
-) -> Result<LoadedImage, LoadError> {
+pub fn load(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -98,21 +91,14 @@ pub fn load(
     }
 }
 
-fn load_flat(
-    memory: &GuestMemory,
-    memory_size: u64,
-    image: &[u8],
-) -> Result<LoadedImage, LoadError> {
+fn load_flat(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
     let room = memory_size.saturating_sub(IMAGE_BASE);
     let size = image.len() as u64;
     if size > room {
         return Err(LoadError::FlatTooLarge { size, room });
     }
     write(memory, IMAGE_BASE, image);
-    Ok(LoadedImage {
-        entry: IMAGE_BASE,
-        kind: ImageKind::Flat,
-    })
+    Ok(LoadedImage { entry: IMAGE_BASE, kind: ImageKind::Flat })
 }
 
 /// One PT_LOAD segment, checked against the file and guest memory.
@@ -122,13 +108,8 @@ struct Segment<'a> {
     zeroed: u64,
 }
 
-fn load_elf(
-    memory: &GuestMemory,
-    memory_size: u64,
-    image: &[u8],
-) -> Result<LoadedImage, LoadError> {
-    let header = read_struct::<Elf64_Ehdr>(image, 0)
-        .ok_or(LoadError::BadElf("the ELF header is cut short"))?;
+fn load_elf(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
+    let header = read_struct::<Elf64_Ehdr>(image, 0).ok_or(LoadError::BadElf("the ELF header is cut short"))?;
     if header.e_ident[EI_CLASS] != ELFCLASS64 {
         return Err(LoadError::WrongElfKind("not 64-bit"));
     }
@@ -141,9 +122,7 @@ fn load_elf(
     match header.e_type {
         ET_EXEC => {}
         ET_DYN => {
-            return Err(LoadError::WrongElfKind(
-                "position-independent (PIE or shared object)",
-            ));
+            return Err(LoadError::WrongElfKind("position-independent (PIE or shared object)"));
         }
         _ => return Err(LoadError::WrongElfKind("not an executable")),
     }
@@ -158,19 +137,14 @@ fn load_elf(
             .e_phoff
             .checked_add(offset)
             .and_then(|at| read_struct::<Elf64_Phdr>(image, at))
-            .ok_or(LoadError::BadElf(
-                "a program header lies past the end of the file",
-            ))?;
+            .ok_or(LoadError::BadElf("a program header lies past the end of the file"))?;
         if phdr.p_type != PT_LOAD || phdr.p_memsz == 0 {
             continue;
         }
         segments.push(check_segment(index, &phdr, image, memory_size)?);
     }
     if !(IMAGE_BASE..memory_size).contains(&header.e_entry) {
-        return Err(LoadError::EntryOutsideMemory {
-            entry: header.e_entry,
-            memory_end: memory_size,
-        });
+        return Err(LoadError::EntryOutsideMemory { entry: header.e_entry, memory_end: memory_size });
     }
 
     for segment in &segments {
@@ -178,10 +152,7 @@ fn load_elf(
         let zero_from = segment.start + segment.bytes.len() as u64;
         write(memory, zero_from, &vec![0; segment.zeroed as usize]);
     }
-    Ok(LoadedImage {
-        entry: header.e_entry,
-        kind: ImageKind::Elf,
-    })
+    Ok(LoadedImage { entry: header.e_entry, kind: ImageKind::Elf })
 }
 
 fn check_segment<'a>(
@@ -191,31 +162,22 @@ fn check_segment<'a>(
     memory_size: u64,
 ) -> Result<Segment<'a>, LoadError> {
     if phdr.p_filesz > phdr.p_memsz {
-        return Err(LoadError::BadElf(
-            "a segment has more bytes in the file than in memory",
-        ));
+        return Err(LoadError::BadElf("a segment has more bytes in the file than in memory"));
     }
     let bytes = usize::try_from(phdr.p_offset)
         .ok()
         .zip(usize::try_from(phdr.p_filesz).ok())
         .and_then(|(offset, len)| image.get(offset..offset.checked_add(len)?))
-        .ok_or(LoadError::BadElf(
-            "a segment's bytes lie past the end of the file",
-        ))?;
+        .ok_or(LoadError::BadElf("a segment's bytes lie past the end of the file"))?;
     let start = phdr.p_paddr;
     let end = start.checked_add(phdr.p_memsz);
     match end {
-        Some(end) if start >= IMAGE_BASE && end <= memory_size => Ok(Segment {
-            start,
-            bytes,
-            zeroed: phdr.p_memsz - phdr.p_filesz,
-        }),
-        _ => Err(LoadError::SegmentOutsideMemory {
-            index,
-            start,
-            end: end.unwrap_or(u64::MAX),
-            memory_end: memory_size,
-        }),
+        Some(end) if start >= IMAGE_BASE && end <= memory_size => {
+            Ok(Segment { start, bytes, zeroed: phdr.p_memsz - phdr.p_filesz })
+        }
+        _ => {
+            Err(LoadError::SegmentOutsideMemory { index, start, end: end.unwrap_or(u64::MAX), memory_end: memory_size })
+        }
     }
 }
 
@@ -230,9 +192,7 @@ fn read_struct<T: ByteValued + Default>(image: &[u8], offset: u64) -> Option<T> 
 
 /// Writes bytes whose range was checked against memory just before.
 fn write(memory: &GuestMemory, at: u64, bytes: &[u8]) {
-    memory
-        .write_slice(bytes, GuestAddress(at))
-        .expect("range checked against guest memory before writing");
+    memory.write_slice(bytes, GuestAddress(at)).expect("range checked against guest memory before writing");
 }
 
 #[cfg(test)]
@@ -287,13 +247,7 @@ mod tests {
     fn flat_images_load_at_the_base() {
         let mem = memory::allocate(MIB2).unwrap();
         let loaded = load(&mem, MIB2, &[0xf4, 0x90]).unwrap();
-        assert_eq!(
-            loaded,
-            LoadedImage {
-                entry: 0x10000,
-                kind: ImageKind::Flat
-            }
-        );
+        assert_eq!(loaded, LoadedImage { entry: 0x10000, kind: ImageKind::Flat });
         assert_eq!(read(&mem, 0x10000, 3), [0xf4, 0x90, 0]);
     }
 
@@ -301,24 +255,11 @@ mod tests {
     fn elf_segments_load_where_they_say_and_bss_is_zero() {
         let mem = memory::allocate(MIB2).unwrap();
         mem.write_slice(&[0xaa; 8], GuestAddress(0x20004)).unwrap();
-        let image = elf(
-            0x10010,
-            ET_EXEC,
-            &[(0x10000, &[1, 2, 3], 3), (0x20000, &[9; 4], 12)],
-        );
+        let image = elf(0x10010, ET_EXEC, &[(0x10000, &[1, 2, 3], 3), (0x20000, &[9; 4], 12)]);
         let loaded = load(&mem, MIB2, &image).unwrap();
-        assert_eq!(
-            loaded,
-            LoadedImage {
-                entry: 0x10010,
-                kind: ImageKind::Elf
-            }
-        );
+        assert_eq!(loaded, LoadedImage { entry: 0x10010, kind: ImageKind::Elf });
         assert_eq!(read(&mem, 0x10000, 3), [1, 2, 3]);
-        assert_eq!(
-            read(&mem, 0x20000, 12),
-            [9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(read(&mem, 0x20000, 12), [9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -327,49 +268,22 @@ mod tests {
         assert_eq!(load(&mem, MIB2, &[]), Err(LoadError::Empty));
         assert_eq!(
             load(&mem, MIB2, &vec![0x90; MIB2 as usize]),
-            Err(LoadError::FlatTooLarge {
-                size: MIB2,
-                room: MIB2 - 0x10000
-            })
+            Err(LoadError::FlatTooLarge { size: MIB2, room: MIB2 - 0x10000 })
         );
-        assert!(matches!(
-            load(&mem, MIB2, b"\x7fELF\x02\x01"),
-            Err(LoadError::BadElf(_))
-        ));
+        assert!(matches!(load(&mem, MIB2, b"\x7fELF\x02\x01"), Err(LoadError::BadElf(_))));
         let pie = elf(0x10000, ET_DYN, &[(0x10000, &[0xf4], 1)]);
-        assert!(matches!(
-            load(&mem, MIB2, &pie),
-            Err(LoadError::WrongElfKind(_))
-        ));
-        let past_end = elf(
-            0x10000,
-            ET_EXEC,
-            &[(0x10000, &[0xf4], 1), (MIB2 - 4, &[0; 8], 8)],
-        );
+        assert!(matches!(load(&mem, MIB2, &pie), Err(LoadError::WrongElfKind(_))));
+        let past_end = elf(0x10000, ET_EXEC, &[(0x10000, &[0xf4], 1), (MIB2 - 4, &[0; 8], 8)]);
         assert_eq!(
             load(&mem, MIB2, &past_end),
-            Err(LoadError::SegmentOutsideMemory {
-                index: 1,
-                start: MIB2 - 4,
-                end: MIB2 + 4,
-                memory_end: MIB2
-            })
+            Err(LoadError::SegmentOutsideMemory { index: 1, start: MIB2 - 4, end: MIB2 + 4, memory_end: MIB2 })
         );
         let over_tables = elf(0x10000, ET_EXEC, &[(0x2000, &[0; 8], 8)]);
-        assert!(matches!(
-            load(&mem, MIB2, &over_tables),
-            Err(LoadError::SegmentOutsideMemory { .. })
-        ));
+        assert!(matches!(load(&mem, MIB2, &over_tables), Err(LoadError::SegmentOutsideMemory { .. })));
         let wrapping = elf(0x10000, ET_EXEC, &[(u64::MAX - 2, &[0; 8], 8)]);
-        assert!(matches!(
-            load(&mem, MIB2, &wrapping),
-            Err(LoadError::SegmentOutsideMemory { end: u64::MAX, .. })
-        ));
+        assert!(matches!(load(&mem, MIB2, &wrapping), Err(LoadError::SegmentOutsideMemory { end: u64::MAX, .. })));
         let bad_entry = elf(0x5000, ET_EXEC, &[(0x10000, &[0xf4], 1)]);
-        assert!(matches!(
-            load(&mem, MIB2, &bad_entry),
-            Err(LoadError::EntryOutsideMemory { .. })
-        ));
+        assert!(matches!(load(&mem, MIB2, &bad_entry), Err(LoadError::EntryOutsideMemory { .. })));
         // Nothing was written by the refused images.
         assert_eq!(read(&mem, 0x10000, 2), [0, 0]);
     }
@@ -379,9 +293,6 @@ mod tests {
         let mem = memory::allocate(MIB2).unwrap();
         let mut image = elf(0x10000, ET_EXEC, &[(0x10000, &[0xf4], 1)]);
         image.truncate(size_of::<Elf64_Ehdr>() + 10);
-        assert!(matches!(
-            load(&mem, MIB2, &image),
-            Err(LoadError::BadElf(_))
-        ));
+        assert!(matches!(load(&mem, MIB2, &image), Err(LoadError::BadElf(_))));
     }
 }

@@ -28,15 +28,9 @@ const RFLAGS: u64 = 0x2;
 
 /// Writes the PML4, PDPT and page directory that identity-map `memory_size`
 /// bytes with 2 MiB pages (read/write, supervisor). Nothing past memory is mapped.
-pub fn write_page_tables(
-    memory: &GuestMemory,
-    memory_size: u64,
-) -> Result<(), vm_memory::GuestMemoryError> {
+pub fn write_page_tables(memory: &GuestMemory, memory_size: u64) -> Result<(), vm_memory::GuestMemoryError> {
     memory.write_obj(PDPT | PAGE_PRESENT | PAGE_WRITABLE, GuestAddress(PML4))?;
-    memory.write_obj(
-        PAGE_DIRECTORY | PAGE_PRESENT | PAGE_WRITABLE,
-        GuestAddress(PDPT),
-    )?;
+    memory.write_obj(PAGE_DIRECTORY | PAGE_PRESENT | PAGE_WRITABLE, GuestAddress(PDPT))?;
     for page in 0..memory_size / PAGE_2M {
         let entry = (page * PAGE_2M) | PAGE_PRESENT | PAGE_WRITABLE | PAGE_HUGE;
         memory.write_obj(entry, GuestAddress(PAGE_DIRECTORY + page * 8))?;
@@ -80,20 +74,14 @@ pub fn data_segment() -> kvm_segment {
 
 /// Encodes a segment as an 8-byte GDT descriptor.
 pub fn gdt_entry(segment: &kvm_segment) -> u64 {
-    let limit = if segment.g != 0 {
-        segment.limit >> 12
-    } else {
-        segment.limit
-    };
+    let limit = if segment.g != 0 { segment.limit >> 12 } else { segment.limit };
     let base = segment.base;
     let access = u64::from(segment.type_)
         | u64::from(segment.s) << 4
         | u64::from(segment.dpl) << 5
         | u64::from(segment.present) << 7;
-    let flags = u64::from(segment.avl)
-        | u64::from(segment.l) << 1
-        | u64::from(segment.db) << 2
-        | u64::from(segment.g) << 3;
+    let flags =
+        u64::from(segment.avl) | u64::from(segment.l) << 1 | u64::from(segment.db) << 2 | u64::from(segment.g) << 3;
     (u64::from(limit) & 0xffff)
         | (base & 0xff_ffff) << 16
         | access << 40
@@ -135,12 +123,7 @@ pub fn special_registers(mut sregs: kvm_sregs) -> kvm_sregs {
 /// The general registers at entry: RIP at the image's entry point, RSP at the
 /// top of memory, interrupts off.
 pub fn initial_registers(entry: u64, memory_size: u64) -> kvm_regs {
-    kvm_regs {
-        rip: entry,
-        rsp: memory_size,
-        rflags: RFLAGS,
-        ..Default::default()
-    }
+    kvm_regs { rip: entry, rsp: memory_size, rflags: RFLAGS, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -163,23 +146,15 @@ mod tests {
         assert_eq!(pml4, PDPT | 3);
         let pdpt: u64 = mem.read_obj(GuestAddress(PDPT)).unwrap();
         assert_eq!(pdpt, PAGE_DIRECTORY | 3);
-        let entries: Vec<u64> = (0..4)
-            .map(|i| mem.read_obj(GuestAddress(PAGE_DIRECTORY + i * 8)).unwrap())
-            .collect();
+        let entries: Vec<u64> = (0..4).map(|i| mem.read_obj(GuestAddress(PAGE_DIRECTORY + i * 8)).unwrap()).collect();
         assert_eq!(entries, [0x83, 0x20_0083, 0x40_0083, 0]);
     }
 
     #[test]
     fn registers_match_the_abi() {
         let sregs = special_registers(kvm_sregs::default());
-        assert_eq!(
-            (sregs.cr0, sregs.cr4, sregs.efer, sregs.cr3),
-            (0x8005_0033, 0x620, 0x500, 0x2000)
-        );
-        assert_eq!(
-            (sregs.cs.selector, sregs.cs.l, sregs.ss.selector),
-            (0x8, 1, 0x10)
-        );
+        assert_eq!((sregs.cr0, sregs.cr4, sregs.efer, sregs.cr3), (0x8005_0033, 0x620, 0x500, 0x2000));
+        assert_eq!((sregs.cs.selector, sregs.cs.l, sregs.ss.selector), (0x8, 1, 0x10));
         let regs = initial_registers(0x10000, 2 << 20);
         assert_eq!((regs.rip, regs.rsp, regs.rflags), (0x10000, 0x20_0000, 2));
     }

@@ -40,8 +40,18 @@ pub enum SetupError {
     },
 }
 
-fn kvm_step(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SetupError {
-    move |source| SetupError::Kvm { what, source }
+/// Runs one setup ioctl. VMs are also created on the core thread (restarts),
+/// where kick signals arrive and interrupt ioctls with EINTR: those are retried.
+fn setup_ioctl<T>(
+    what: &'static str,
+    mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>,
+) -> Result<T, SetupError> {
+    loop {
+        match call() {
+            Err(error) if error.errno() == libc::EINTR => continue,
+            result => return result.map_err(|source| SetupError::Kvm { what, source }),
+        }
+    }
 }
 
 /// What a guest needs to start: its image, memory size and arguments.
@@ -182,14 +192,11 @@ impl Machine {
         }
         let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
         let image = loader::load(&memory, memory_size, &spec.image)?;
-        longmode::write_page_tables(&memory, memory_size)
-            .expect("page tables lie inside the smallest memory");
+        longmode::write_page_tables(&memory, memory_size).expect("page tables lie inside the smallest memory");
         longmode::write_gdt(&memory).expect("the GDT lies inside the smallest memory");
         write_args(&memory, &spec.args);
 
-        let vm = kvm
-            .create_vm()
-            .map_err(kvm_step("to create a VM (KVM_CREATE_VM)"))?;
+        let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
         let region = memory.iter().next().expect("one region");
         let slot = kvm_userspace_memory_region {
             slot: 0,
@@ -198,33 +205,22 @@ impl Machine {
             userspace_addr: region.as_ptr() as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mapping of `memory_size` bytes owned by
-        // `memory`, which the Machine keeps until after the VM fd has closed
-        // (see the field order of Machine).
-        unsafe { vm.set_user_memory_region(slot) }
-            .map_err(kvm_step("to map guest memory (KVM_SET_USER_MEMORY_REGION)"))?;
-        let fd = vm
-            .create_vcpu(0)
-            .map_err(kvm_step("to create a vCPU (KVM_CREATE_VCPU)"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_step("to report CPUID (KVM_GET_SUPPORTED_CPUID)"))?;
-        fd.set_cpuid2(&cpuid)
-            .map_err(kvm_step("to set CPUID (KVM_SET_CPUID2)"))?;
-        let sregs = fd
-            .get_sregs()
-            .map_err(kvm_step("to read special registers (KVM_GET_SREGS)"))?;
-        fd.set_sregs(&longmode::special_registers(sregs))
-            .map_err(kvm_step("to enter long mode (KVM_SET_SREGS)"))?;
-        fd.set_regs(&longmode::initial_registers(image.entry, memory_size))
-            .map_err(kvm_step("to set registers (KVM_SET_REGS)"))?;
-        Ok(Self {
-            vcpu: Vcpu { fd },
-            _vm: vm,
-            memory,
-            memory_size,
-            image,
-        })
+        setup_ioctl("to map guest memory (KVM_SET_USER_MEMORY_REGION)", || {
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+            // `memory`, which the Machine keeps until after the VM fd has closed
+            // (see the field order of Machine).
+            unsafe { vm.set_user_memory_region(slot) }
+        })?;
+        let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
+        let cpuid =
+            setup_ioctl("to report CPUID (KVM_GET_SUPPORTED_CPUID)", || kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))?;
+        setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&cpuid))?;
+        let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
+        let sregs = longmode::special_registers(sregs);
+        setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
+        let regs = longmode::initial_registers(image.entry, memory_size);
+        setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
+        Ok(Self { vcpu: Vcpu { fd }, _vm: vm, memory, memory_size, image })
     }
 
     /// Guest memory size in bytes.
@@ -240,21 +236,14 @@ impl Machine {
     /// The host virtual address backing guest physical address `gpa`, if it is
     /// inside guest memory.
     pub fn host_address(&self, gpa: u64) -> Option<u64> {
-        self.memory
-            .get_host_address(GuestAddress(gpa))
-            .ok()
-            .map(|ptr| ptr as u64)
+        self.memory.get_host_address(GuestAddress(gpa)).ok().map(|ptr| ptr as u64)
     }
 }
 
 fn write_args(memory: &GuestMemory, args: &[u64]) {
-    memory
-        .write_obj(args.len() as u64, GuestAddress(ARGS))
-        .expect("the argument block is in memory");
+    memory.write_obj(args.len() as u64, GuestAddress(ARGS)).expect("the argument block is in memory");
     for (index, value) in args.iter().enumerate() {
-        memory
-            .write_obj(*value, GuestAddress(ARGS + 8 + index as u64 * 8))
-            .expect("the argument block is in memory");
+        memory.write_obj(*value, GuestAddress(ARGS + 8 + index as u64 * 8)).expect("the argument block is in memory");
     }
 }
 
@@ -276,9 +265,7 @@ impl Vcpu {
         let details = unsafe { ExitDetails::read(run) };
         match result {
             Ok(exit) => translate_exit(exit, details),
-            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
-                Exit::Interrupted
-            }
+            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(error) => Exit::Crash(CrashKind::RunFailed(error.to_string())),
         }
     }
@@ -330,11 +317,7 @@ impl ExitDetails {
         // SAFETY: per the contract; every member read is a plain integer.
         unsafe {
             let exit = ptr::addr_of!((*run).__bindgen_anon_1);
-            Self {
-                io_size: (*exit).io.size,
-                io_count: (*exit).io.count,
-                internal_suberror: (*exit).internal.suberror,
-            }
+            Self { io_size: (*exit).io.size, io_count: (*exit).io.count, internal_suberror: (*exit).internal.suberror }
         }
     }
 }
@@ -343,38 +326,18 @@ impl ExitDetails {
 fn translate_exit(exit: VcpuExit<'_>, details: ExitDetails) -> Exit<'_> {
     match exit {
         VcpuExit::IoOut(port, data) => {
-            let access = PortAccess {
-                size: details.io_size,
-                count: details.io_count,
-            };
+            let access = PortAccess { size: details.io_size, count: details.io_count };
             let mut value = [0u8; 4];
             let first = usize::from(access.size).min(data.len()).min(4);
             value[..first].copy_from_slice(&data[..first]);
-            Exit::Out {
-                port,
-                access,
-                value: u32::from_le_bytes(value),
-            }
+            Exit::Out { port, access, value: u32::from_le_bytes(value) }
         }
-        VcpuExit::IoIn(port, data) => Exit::In {
-            port,
-            access: PortAccess {
-                size: details.io_size,
-                count: details.io_count,
-            },
-            data,
-        },
+        VcpuExit::IoIn(port, data) => {
+            Exit::In { port, access: PortAccess { size: details.io_size, count: details.io_count }, data }
+        }
         VcpuExit::Hlt => Exit::Hlt,
-        VcpuExit::MmioWrite(address, _) => Exit::Mmio {
-            address,
-            write: true,
-            data: None,
-        },
-        VcpuExit::MmioRead(address, data) => Exit::Mmio {
-            address,
-            write: false,
-            data: Some(data),
-        },
+        VcpuExit::MmioWrite(address, _) => Exit::Mmio { address, write: true, data: None },
+        VcpuExit::MmioRead(address, data) => Exit::Mmio { address, write: false, data: Some(data) },
         VcpuExit::Intr => Exit::Interrupted,
         VcpuExit::Shutdown => Exit::Crash(CrashKind::TripleFault),
         VcpuExit::FailEntry(reason, _) => Exit::Crash(CrashKind::FailedEntry(reason)),

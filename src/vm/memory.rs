@@ -36,9 +36,8 @@ pub fn check_size(bytes: u64) -> Result<u64, MemorySizeError> {
 
 /// Allocates zeroed guest memory of `bytes` (already checked) at guest address 0.
 pub fn allocate(bytes: u64) -> std::io::Result<GuestMemory> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).map_err(|error| {
-        std::io::Error::other(format!("cannot map {bytes} bytes of guest memory: {error}"))
-    })
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])
+        .map_err(|error| std::io::Error::other(format!("cannot map {bytes} bytes of guest memory: {error}")))
 }
 
 #[cfg(test)]
@@ -50,19 +49,8 @@ mod tests {
         assert_eq!(check_size(2 << 20), Ok(2 << 20));
         assert_eq!(check_size(1 << 30), Ok(1 << 30));
         assert_eq!(check_size(0), Err(MemorySizeError::OutOfRange(0)));
-        assert_eq!(
-            check_size((1 << 30) + PAGE_2M),
-            Err(MemorySizeError::OutOfRange((1 << 30) + PAGE_2M))
-        );
-        assert_eq!(
-            check_size(3 << 20),
-            Err(MemorySizeError::NotMultipleOf2M(3 << 20))
-        );
-        assert!(
-            check_size(3 << 20)
-                .unwrap_err()
-                .to_string()
-                .contains("try 4 MiB")
-        );
+        assert_eq!(check_size((1 << 30) + PAGE_2M), Err(MemorySizeError::OutOfRange((1 << 30) + PAGE_2M)));
+        assert_eq!(check_size(3 << 20), Err(MemorySizeError::NotMultipleOf2M(3 << 20)));
+        assert!(check_size(3 << 20).unwrap_err().to_string().contains("try 4 MiB"));
     }
 }

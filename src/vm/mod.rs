@@ -17,9 +17,7 @@ pub mod memory;
 pub mod quantum_timer;
 
 pub use kick::KickTarget;
-pub use machine::{
-    CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu,
-};
+pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu};
 pub use memory::GuestMemory;
 pub use quantum_timer::{QuantumTimer, TimerKind};
 

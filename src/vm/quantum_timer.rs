@@ -22,9 +22,7 @@ use timerfd::{ClockId, SetTimeFlags, TimerFd, TimerState};
 use super::kick::{KickTarget, kick_signal};
 
 /// Which timer ends slices.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimerKind {
     /// POSIX timer signalling the core thread directly (SIGEV_THREAD_ID).
@@ -61,10 +59,7 @@ pub fn create(kind: TimerKind, target: &Arc<KickTarget>) -> io::Result<Box<dyn Q
 }
 
 fn timespec(ns: u64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-    }
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long }
 }
 
 /// `timer_create(CLOCK_MONOTONIC)` delivering the kick signal to one thread.
@@ -76,9 +71,7 @@ impl PosixTimer {
     fn new(target: &KickTarget) -> io::Result<Self> {
         let tid = target.tid();
         if tid == 0 {
-            return Err(io::Error::other(
-                "the core thread must attach to its kick target before timers exist",
-            ));
+            return Err(io::Error::other("the core thread must attach to its kick target before timers exist"));
         }
         // SAFETY: a zeroed sigevent is valid; the fields set are the ones
         // SIGEV_THREAD_ID reads. timer_create writes the id we own.
@@ -96,14 +89,9 @@ impl PosixTimer {
     }
 
     fn set(&mut self, deadline_ns: u64) {
-        let spec = libc::itimerspec {
-            it_interval: timespec(0),
-            it_value: timespec(deadline_ns),
-        };
+        let spec = libc::itimerspec { it_interval: timespec(0), it_value: timespec(deadline_ns) };
         // SAFETY: `id` is a live timer of ours; the specs are valid values.
-        let result = unsafe {
-            libc::timer_settime(self.id, libc::TIMER_ABSTIME, &spec, std::ptr::null_mut())
-        };
+        let result = unsafe { libc::timer_settime(self.id, libc::TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
         debug_assert_eq!(result, 0, "timer_settime: {}", io::Error::last_os_error());
     }
 }
@@ -144,37 +132,27 @@ impl TimerfdKicker {
         let kicker = {
             let stop = Arc::clone(&stop);
             let target = Arc::clone(target);
-            std::thread::Builder::new()
-                .name("matrix-kicker".into())
-                .spawn(move || {
-                    loop {
-                        reader.read();
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        target.signal();
+            std::thread::Builder::new().name("matrix-kicker".into()).spawn(move || {
+                loop {
+                    reader.read();
+                    if stop.load(Ordering::SeqCst) {
+                        return;
                     }
-                })?
+                    target.signal();
+                }
+            })?
         };
-        Ok(Self {
-            timer,
-            stop,
-            kicker: Some(kicker),
-        })
+        Ok(Self { timer, stop, kicker: Some(kicker) })
     }
 }
 
 impl QuantumTimer for TimerfdKicker {
     fn arm(&mut self, deadline_ns: u64) {
-        self.timer.set_state(
-            TimerState::Oneshot(Duration::from_nanos(deadline_ns.max(1))),
-            SetTimeFlags::Abstime,
-        );
+        self.timer.set_state(TimerState::Oneshot(Duration::from_nanos(deadline_ns.max(1))), SetTimeFlags::Abstime);
     }
 
     fn disarm(&mut self) {
-        self.timer
-            .set_state(TimerState::Disarmed, SetTimeFlags::Default);
+        self.timer.set_state(TimerState::Disarmed, SetTimeFlags::Default);
     }
 }
 
@@ -182,10 +160,7 @@ impl Drop for TimerfdKicker {
     fn drop(&mut self) {
         // Wake the kicker with an expiry it will see as the signal to stop.
         self.stop.store(true, Ordering::SeqCst);
-        self.timer.set_state(
-            TimerState::Oneshot(Duration::from_nanos(1)),
-            SetTimeFlags::Default,
-        );
+        self.timer.set_state(TimerState::Oneshot(Duration::from_nanos(1)), SetTimeFlags::Default);
         if let Some(kicker) = self.kicker.take() {
             let _ = kicker.join();
         }

@@ -33,12 +33,7 @@ impl Outcome {
     pub fn console(&self, vm: usize) -> String {
         let mut bytes = Vec::new();
         for event in &self.events {
-            if let Event::Console {
-                vm: from,
-                bytes: chunk,
-                ..
-            } = event
-            {
+            if let Event::Console { vm: from, bytes: chunk, .. } = event {
                 if *from == vm {
                     bytes.extend_from_slice(chunk);
                 }
@@ -61,9 +56,7 @@ pub fn run_config(config: RunConfig, limit: Duration) -> Outcome {
     let mut events = Vec::new();
     loop {
         let event = if quit_sent {
-            core.events()
-                .recv_timeout(Duration::from_secs(10))
-                .expect("the core finishes after quit")
+            core.events().recv_timeout(Duration::from_secs(10)).expect("the core finishes after quit")
         } else {
             match core.events().recv_deadline(deadline) {
                 Ok(event) => event,
@@ -76,10 +69,7 @@ pub fn run_config(config: RunConfig, limit: Duration) -> Outcome {
         };
         if let Event::Finished(report) = event {
             core.join();
-            return Outcome {
-                events,
-                report: *report,
-            };
+            return Outcome { events, report: *report };
         }
         events.push(event);
     }
@@ -96,13 +86,8 @@ pub fn part1_expected(hva: u32) -> String {
 /// Checks `part1`'s console when the host address is not known to the test:
 /// everything but line 7 exactly, and line 7 a non-zero u32.
 pub fn assert_part1_console(console: &str) {
-    let hva_line = console
-        .lines()
-        .nth(6)
-        .unwrap_or_else(|| panic!("part1 printed too little:\n{console}"));
-    let hva: u32 = hva_line
-        .parse()
-        .unwrap_or_else(|_| panic!("line 7 is not a u32: {hva_line:?}"));
+    let hva_line = console.lines().nth(6).unwrap_or_else(|| panic!("part1 printed too little:\n{console}"));
+    let hva: u32 = hva_line.parse().unwrap_or_else(|_| panic!("line 7 is not a u32: {hva_line:?}"));
     assert_ne!(hva, 0);
     assert_eq!(console, part1_expected(hva));
 }
@@ -110,4 +95,69 @@ pub fn assert_part1_console(console: &str) {
 /// The release or debug binary under test.
 pub fn binary() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_matrix-tui"))
+}
+
+/// A VM running a built-in guest with a weight and guest arguments.
+pub fn weighted(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
+    let mut vm = builtin(name, guest);
+    vm.weight = weight;
+    vm.args = args.to_vec();
+    vm
+}
+
+/// Starts a run and hands back the core, for tests that steer it.
+pub fn start(config: RunConfig) -> sched::CoreHandle {
+    sched::spawn(kvm(), config).expect("VMs set up")
+}
+
+/// Quits a run and collects everything it still sends.
+pub fn quit(core: sched::CoreHandle, mut events: Vec<Event>) -> Outcome {
+    core.send(Command::Quit);
+    loop {
+        match core.events().recv_timeout(Duration::from_secs(10)).expect("the core finishes after quit") {
+            Event::Finished(report) => {
+                core.join();
+                return Outcome { events, report: *report };
+            }
+            event => events.push(event),
+        }
+    }
+}
+
+/// Receives events until `pick` returns Some for one (keeping all of them);
+/// fails after 15 s, showing the state changes and settings seen meanwhile.
+pub fn wait_for<T>(core: &sched::CoreHandle, events: &mut Vec<Event>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    let first = events.len();
+    loop {
+        let Ok(event) = core.events().recv_deadline(give_up) else {
+            let seen: Vec<&Event> =
+                events[first..].iter().filter(|e| matches!(e, Event::State { .. } | Event::Settings(_))).collect();
+            panic!("the awaited event did not come in 15 s; meanwhile: {seen:#?}");
+        };
+        let found = pick(&event);
+        events.push(event);
+        if let Some(found) = found {
+            return found;
+        }
+    }
+}
+
+/// The first counter sample at or after `elapsed` since the start (events kept).
+pub fn sample_after(
+    core: &sched::CoreHandle,
+    events: &mut Vec<Event>,
+    elapsed: Duration,
+) -> Vec<matrix_tui::event::VmSample> {
+    wait_for(core, events, |event| match event {
+        Event::Sample { elapsed_ns, vms } if *elapsed_ns >= elapsed.as_nanos() as u64 => Some(vms.clone()),
+        _ => None,
+    })
+}
+
+/// Each VM's share of the KVM_RUN time between two samples.
+pub fn shares_between(before: &[matrix_tui::event::VmSample], after: &[matrix_tui::event::VmSample]) -> Vec<f64> {
+    let deltas: Vec<u64> = before.iter().zip(after).map(|(b, a)| a.cpu_ns - b.cpu_ns).collect();
+    let total: u64 = deltas.iter().sum();
+    deltas.iter().map(|&d| d as f64 / total as f64).collect()
 }

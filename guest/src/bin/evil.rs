@@ -88,9 +88,7 @@ fn map_page_past_memory() -> (u32, u64) {
             // 1 GiB of memory: no free entry below 4 GiB to play with.
             return (UNMAPPED_GVA, memory_end);
         }
-        directory
-            .add(used)
-            .write_volatile(PAST_MEMORY_GPA | PAGE_PRESENT_RW_HUGE);
+        directory.add(used).write_volatile(PAST_MEMORY_GPA | PAGE_PRESENT_RW_HUGE);
         core::arch::asm!("invlpg [{}]", in(reg) memory_end, options(nostack));
         (memory_end as u32, memory_end)
     }

@@ -1,0 +1,226 @@
+//! The `rr` and `fair` policies, the quantum timers and the live commands, on
+//! real KVM. Correctness with slack; precision is `matrix-tui bench`'s job.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use matrix_tui::config::{Policy, RunConfig};
+use matrix_tui::event::{Command, Event, VmState};
+use matrix_tui::sched::{Step, VmRuntime};
+use matrix_tui::vm::kick::monotonic_ns;
+use matrix_tui::vm::{KickTarget, MachineSpec, TimerKind, quantum_timer};
+
+/// Units of ticker work in a run's report (one HC_print32bit per unit).
+fn units(outcome: &common::Outcome, vm: usize) -> u64 {
+    outcome.report.vms[vm].exits.total
+}
+
+#[test]
+fn rr_preempts_guests_that_never_exit_and_both_progress() {
+    for timer in [TimerKind::Posix, TimerKind::Timerfd] {
+        let mut config = RunConfig::new(vec![common::builtin("a", "spin"), common::builtin("b", "spin")]);
+        config.policy = Policy::Rr;
+        config.timer = timer;
+        let outcome = common::run_config(config, Duration::from_secs(1));
+        for vm in &outcome.report.vms {
+            assert_eq!(vm.state, "running");
+            assert!(vm.preemptions > 100, "{timer:?}: {} was preempted {} times", vm.name, vm.preemptions);
+            assert!((vm.share - 0.5).abs() < 0.05, "{timer:?}: {} got {}", vm.name, vm.share);
+        }
+        assert_eq!(outcome.report.policy, "rr");
+        assert_eq!(outcome.report.timer.as_deref(), Some(timer.name()));
+        assert!(outcome.report.preempt_overrun_us.is_some_and(|p| p.samples > 100));
+    }
+}
+
+#[test]
+fn fair_70_30_tickers_do_70_30_of_the_work() {
+    let vms = vec![common::weighted("neo", "ticker", 70.0, &[]), common::weighted("morpheus", "ticker", 30.0, &[])];
+    let outcome = common::run_config(RunConfig::new(vms), Duration::from_secs(3));
+    let (neo, morpheus) = (units(&outcome, 0), units(&outcome, 1));
+    let work_share = neo as f64 / (neo + morpheus) as f64;
+    assert!((work_share - 0.7).abs() < 0.02, "Neo did {work_share:.4} of the work ({neo} vs {morpheus} units)");
+    let report = &outcome.report.vms[0];
+    assert!((report.share - 0.7).abs() < 0.02, "Neo's KVM_RUN share {}", report.share);
+    assert!((report.target_share - 0.7).abs() < 1e-9);
+    assert!(report.preemptions > 0 && report.cpu_ns > 0);
+}
+
+#[test]
+fn fair_gives_any_number_of_vms_their_weights() {
+    let weights = [1.0, 2.0, 3.0, 4.0];
+    let vms = weights.iter().enumerate().map(|(i, &w)| common::weighted(&format!("t{i}"), "ticker", w, &[])).collect();
+    let outcome = common::run_config(RunConfig::new(vms), Duration::from_secs(3));
+    let total: u64 = (0..4).map(|vm| units(&outcome, vm)).sum();
+    for (vm, weight) in weights.iter().enumerate() {
+        let share = units(&outcome, vm) as f64 / total as f64;
+        assert!((share - weight / 10.0).abs() < 0.02, "VM {vm}: {share:.4} of the work, weight {weight}/10");
+    }
+}
+
+#[test]
+fn a_weight_change_shows_in_the_shares_within_200ms() {
+    let vms = vec![common::weighted("a", "ticker", 70.0, &[100]), common::weighted("b", "ticker", 30.0, &[100])];
+    let core = common::start(RunConfig::new(vms));
+    let mut events = Vec::new();
+    let before = common::sample_after(&core, &mut events, Duration::from_millis(600));
+    let after = common::sample_after(&core, &mut events, Duration::from_millis(1100));
+    let shares = common::shares_between(&before, &after);
+    assert!((shares[0] - 0.7).abs() < 0.03, "before the change: {shares:?}");
+
+    let changed_at = core.started().elapsed();
+    core.send(Command::SetWeight { vm: 0, weight: 25.0 });
+    core.send(Command::SetWeight { vm: 1, weight: 75.0 });
+    let start = common::sample_after(&core, &mut events, changed_at + Duration::from_millis(200));
+    let end = common::sample_after(&core, &mut events, changed_at + Duration::from_millis(700));
+    let shares = common::shares_between(&start, &end);
+    assert!((shares[0] - 0.25).abs() < 0.03, "from 200 ms after the change: {shares:?}");
+    let outcome = common::quit(core, events);
+    assert!(outcome.events.iter().any(|e| matches!(e, Event::Settings(s) if s.weights == [25.0, 75.0])));
+    assert_eq!(outcome.report.vms[1].weight, 75.0);
+}
+
+#[test]
+fn pause_resume_and_restart() {
+    let vms = vec![common::weighted("a", "ticker", 1.0, &[100]), common::weighted("b", "ticker", 1.0, &[100])];
+    let core = common::start(RunConfig::new(vms));
+    let mut events = Vec::new();
+    common::sample_after(&core, &mut events, Duration::from_millis(300));
+
+    core.send(Command::Pause(0));
+    common::wait_for(&core, &mut events, |e| matches!(e, Event::State { vm: 0, state: VmState::Paused }).then_some(()));
+    let paused_at = core.started().elapsed();
+    let first = common::sample_after(&core, &mut events, paused_at + Duration::from_millis(50));
+    let second = common::sample_after(&core, &mut events, paused_at + Duration::from_millis(450));
+    assert_eq!(first[0].counters, second[0].counters, "a paused VM does not run");
+    assert!(second[1].cpu_ns > first[1].cpu_ns);
+    assert!(common::shares_between(&first, &second)[1] > 0.99);
+
+    core.send(Command::Resume(0));
+    common::wait_for(&core, &mut events, |e| {
+        matches!(e, Event::State { vm: 0, state: VmState::Running }).then_some(())
+    });
+    let resumed_at = core.started().elapsed();
+    let third = common::sample_after(&core, &mut events, resumed_at + Duration::from_millis(300));
+    assert!(third[0].counters.exits.total() > second[0].counters.exits.total(), "a resumed VM runs again");
+
+    let exits_before_restart = third[1].counters.exits.total();
+    core.send(Command::Restart(1));
+    common::wait_for(&core, &mut events, |e| {
+        matches!(e, Event::State { vm: 1, state: VmState::Running }).then_some(())
+    });
+    let restarted_at = core.started().elapsed();
+    let fourth = common::sample_after(&core, &mut events, restarted_at + Duration::from_millis(10));
+    assert!(fourth[1].counters.exits.total() < exits_before_restart, "counters start again from zero");
+    let outcome = common::quit(core, events);
+    let console = outcome.console(1);
+    let (old_life, new_life) = console.split_once("[matrix] VM restarted\n").expect("a restart note");
+    assert!(old_life.starts_with("1\n2\n3\n"));
+    assert!(new_life.starts_with("1\n2\n3\n"), "the ticker counts from 1 again: {:?}", &new_life[..20]);
+}
+
+#[test]
+fn a_halted_vm_can_be_restarted_and_runs_its_image_again() {
+    let mut config = RunConfig::new(vec![common::builtin("p", "part1"), common::builtin("s", "spin")]);
+    config.stay_open = true;
+    let core = common::start(config);
+    let mut events = Vec::new();
+    common::wait_for(&core, &mut events, |e| matches!(e, Event::State { vm: 0, state: VmState::Halted }).then_some(()));
+    core.send(Command::Restart(0));
+    common::wait_for(&core, &mut events, |e| matches!(e, Event::State { vm: 0, state: VmState::Halted }).then_some(()));
+    let outcome = common::quit(core, events);
+    let console = outcome.console(0);
+    let (first, second) = console.split_once("[matrix] VM restarted\n").unwrap();
+    common::assert_part1_console(first);
+    common::assert_part1_console(second);
+}
+
+#[test]
+fn policy_and_quantum_change_while_running() {
+    let vms = vec![common::builtin("a", "spin"), common::builtin("b", "spin")];
+    let core = common::start(RunConfig::new(vms).with_policy(Policy::Io));
+    let mut events = Vec::new();
+    core.send(Command::SetPolicy(Policy::Rr));
+    core.send(Command::SetQuantum(Duration::from_millis(2)));
+    common::wait_for(&core, &mut events, |e| match e {
+        Event::Settings(s) if s.policy == Policy::Rr && s.quantum == Duration::from_millis(2) => Some(()),
+        _ => None,
+    });
+    let changed_at = core.started().elapsed();
+    let first = common::sample_after(&core, &mut events, changed_at + Duration::from_millis(100));
+    let second = common::sample_after(&core, &mut events, changed_at + Duration::from_millis(600));
+    let shares = common::shares_between(&first, &second);
+    assert!((shares[0] - 0.5).abs() < 0.05, "under rr two spinners share: {shares:?}");
+    core.send(Command::SetQuantum(Duration::from_secs(60)));
+    let outcome = common::quit(core, events);
+    assert_eq!(outcome.report.quantum_us, Some(1_000_000), "the quantum is clamped to 1 s");
+}
+
+#[test]
+fn a_stale_timer_kick_does_not_cut_the_next_slice() {
+    let kvm = common::kvm();
+    let spec = MachineSpec {
+        image: Arc::from(matrix_tui::guests::builtin("spin").unwrap().image),
+        memory_size: 2 << 20,
+        args: vec![],
+    };
+    let mut vm = VmRuntime::new(&kvm, &spec).unwrap();
+    let kick = KickTarget::new();
+    let _attached = kick.attach();
+    let mut timer = quantum_timer::create(TimerKind::Posix, &kick).unwrap();
+    // The previous slice's timer fires 2 ms into this 30 ms slice.
+    let start = monotonic_ns();
+    let deadline = start + 30_000_000;
+    kick.set_deadline(deadline);
+    timer.arm(start + 2_000_000);
+    let mut stale_interrupts = 0;
+    let mut charged = 0;
+    loop {
+        let (step, span) = vm.step(&kick);
+        charged += span.charged_until(deadline);
+        assert_eq!(step, Step::Interrupted, "spin only stops for signals");
+        if span.exited_ns >= deadline {
+            break;
+        }
+        stale_interrupts += 1;
+        assert!(stale_interrupts < 10, "KVM_RUN keeps returning early: immediate_exit stuck");
+        if stale_interrupts == 1 {
+            // Now the real timer for this slice.
+            timer.arm(deadline);
+        }
+    }
+    assert_eq!(stale_interrupts, 1, "the stale signal costs one re-entry");
+    assert!(charged > 29_000_000, "the slice ran to its deadline: {charged} ns in KVM_RUN");
+}
+
+#[test]
+fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
+    let vms = vec![common::builtin("chatty", "chatty"), common::builtin("t", "ticker")];
+    let core = common::start(RunConfig::new(vms));
+    // Nobody reads events for 3 s: the channel fills and the core must coalesce.
+    let rss = |at: Duration| {
+        while core.started().elapsed() < at {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", core.core_tid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let early_kib = rss(Duration::from_secs(1));
+    let late_kib = rss(Duration::from_secs(3));
+    let outcome = common::quit(core, Vec::new());
+    assert!(late_kib < early_kib + 5 * 1024, "RSS grew from {early_kib} KiB to {late_kib} KiB");
+    let dropped: u64 = outcome
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Console { vm: 0, dropped, .. } => Some(*dropped),
+            _ => None,
+        })
+        .sum();
+    let report = &outcome.report.vms[0];
+    assert!(dropped + report.console_dropped > 0, "the flood was bounded by dropping");
+    assert!(outcome.report.vms[1].exits.total > 100, "the ticker kept running beside the flood");
+}
