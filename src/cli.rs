@@ -19,7 +19,7 @@ use crate::sched::{self, SpawnError, VmSetupError};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::layout::DEFAULT_MEMORY;
 use crate::vm::{SetupError, TimerKind};
-use crate::{guests, vm};
+use crate::{control, guests, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
 #[derive(Debug, Parser)]
@@ -99,6 +99,11 @@ struct RunArgs {
     /// Write guest output as it is, control bytes included (headless only).
     #[arg(long)]
     raw: bool,
+
+    /// Read commands from stdin while running, one per line: weight NAME W,
+    /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
+    #[arg(long)]
+    control: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -288,11 +293,17 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let (config, duration) = run_config(&args)?;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
-    let names = config.vms.iter().map(|vm| vm.name.clone()).collect();
+    let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
     let stop = stop_signals().map_err(Failure::Host)?;
     let core = sched::spawn(kvm, config)?;
     let options = HeadlessOptions { timestamps: args.timestamps, json: args.json, raw: args.raw, duration };
-    let report = headless::run(core, names, options, std::io::stdout().lock(), &stop);
+    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    if args.control {
+        control::spawn_stdin_reader(names.clone(), control_tx).map_err(|error| Failure::Host(error.into()))?;
+    } else {
+        drop(control_tx);
+    }
+    let report = headless::run(core, names, options, std::io::stdout().lock(), &stop, &control_rx);
     for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
         eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
     }

@@ -89,24 +89,29 @@ impl<W: Write> LinePrinter<W> {
 }
 
 /// Runs the front end until the core finishes. `stop` delivers a message when
-/// the user asks to stop (SIGINT, SIGTERM). Output errors (a closed pipe) end
-/// the run early; the report is still returned.
+/// the user asks to stop (SIGINT, SIGTERM); `control` carries commands to pass
+/// on (`run --control`). Output errors (a closed pipe) end the run early; the
+/// report is still returned.
 pub fn run<W: Write>(
     core: CoreHandle,
     names: Vec<String>,
     options: HeadlessOptions,
     out: W,
     stop: &Receiver<()>,
+    control: &Receiver<Command>,
 ) -> RunReport {
     let mut printer = LinePrinter::new(out, names, options, core.started());
     let deadline = options.duration.map(|duration| core.started() + duration);
     let never = crossbeam_channel::never();
     let mut quitting = false;
+    let mut control_closed = false;
     let report = loop {
         let timeout = match (deadline, quitting) {
             (Some(deadline), false) => crossbeam_channel::at(deadline),
             _ => never.clone(),
         };
+        let never_commands = crossbeam_channel::never();
+        let control = if control_closed { &never_commands } else { control };
         let event = select! {
             recv(core.events()) -> event => match event {
                 Ok(event) => event,
@@ -120,6 +125,14 @@ pub fn run<W: Write>(
             recv(stop) -> _ => {
                 core.send(Command::Quit);
                 quitting = true;
+                continue;
+            }
+            recv(control) -> command => {
+                match command {
+                    Ok(command) => core.send(command),
+                    // End of input: nothing more will come.
+                    Err(_) => control_closed = true,
+                }
                 continue;
             }
         };

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod event;
 pub mod guests;
 pub mod headless;

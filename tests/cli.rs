@@ -206,3 +206,112 @@ fn help_explains_the_cli() {
         assert!(text.contains(flag), "{flag} missing from help");
     }
 }
+
+fn asset(name: &str) -> String {
+    format!("{}/assets/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_default_run_is_neo_70_morpheus_30_under_fair() {
+    let output = run(&["run", "--duration", "1s", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!((report["policy"].as_str(), report["quantum_us"].as_u64()), (Some("fair"), Some(1000)));
+    let vms = report["vms"].as_array().unwrap();
+    assert_eq!((vms[0]["name"].as_str(), vms[0]["target_share"].as_f64()), (Some("neo"), Some(0.7)));
+    assert_eq!((vms[1]["name"].as_str(), vms[1]["target_share"].as_f64()), (Some("morpheus"), Some(0.3)));
+    assert!((vms[0]["share"].as_f64().unwrap() - 0.7).abs() < 0.05, "{report}");
+}
+
+#[test]
+fn shipped_scenarios_run() {
+    let output = run(&["run", &asset("preempt.toml"), "--duration", "1s", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!((report["policy"].as_str(), report["quantum_us"].as_u64()), (Some("rr"), Some(5000)));
+    for vm in report["vms"].as_array().unwrap() {
+        assert_eq!(vm["state"], "running");
+        assert!(vm["preemptions"].as_u64().unwrap() > 10, "{vm}");
+    }
+
+    let output = run(&["run", &asset("one-at-a-time.toml"), "--duration", "1s", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["policy"], "io");
+
+    // Six VMs; crash crashes (status 3), evil halts, the rest run.
+    let output = run(&["run", &asset("classroom.toml"), "--duration", "2s", "--json"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let report = json(&output);
+    let states: Vec<&str> = report["vms"].as_array().unwrap().iter().map(|vm| vm["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["running", "running", "running", "running", "halted", "crashed"]);
+}
+
+#[test]
+fn the_command_line_overrides_a_scenario() {
+    let output = run(&[
+        "run",
+        &asset("matrix.toml"),
+        "--policy",
+        "rr",
+        "--quantum",
+        "2ms",
+        "--timer",
+        "timerfd",
+        "--vm",
+        "extra=spin",
+        "--duration",
+        "500ms",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!((report["policy"].as_str(), report["quantum_us"].as_u64()), (Some("rr"), Some(2000)));
+    assert_eq!(report["timer"], "timerfd");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn scenario_mistakes_name_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "policy = \"fair\"\n\n[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = 0\n").unwrap();
+    let message = format!("{}:6: weight: 0 is not a positive number", path.display());
+    assert_usage_error(&["run", path.to_str().unwrap()], &message);
+
+    std::fs::write(&path, "[[vm]]\nname = \"a\"\nguest = \"spin\"\nspeed = 11\n").unwrap();
+    assert_usage_error(&["run", path.to_str().unwrap()], &format!("{}:4: speed: unknown field", path.display()));
+
+    std::fs::write(&path, "[[vm]]\nname = \"a\"\nguest = \"spin\"\n[[vm]]\nname = \"a\"\nguest = \"spin\"\n").unwrap();
+    assert_usage_error(
+        &["run", path.to_str().unwrap()],
+        &format!("{}:5: name: a second VM is called 'a'", path.display()),
+    );
+
+    std::fs::write(&path, "[[vm]]\nname = \"a\"\nguest = \"missing.elf\"\n").unwrap();
+    assert_usage_error(&["run", path.to_str().unwrap()], "unknown guest");
+
+    assert_usage_error(&["run", "/no/such/scenario.toml"], "cannot read it");
+}
+
+#[test]
+fn control_commands_on_stdin_steer_a_headless_run() {
+    use std::io::Write as _;
+    let mut child = common::binary()
+        .args(["run", "--control", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "weight neo 25\nweight morpheus 75\npolicy rr\nquantum 2ms\nnonsense\npause neo\nquit").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("control: cannot read 'nonsense'"), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!((report["policy"].as_str(), report["quantum_us"].as_u64()), (Some("rr"), Some(2000)));
+    let vms = report["vms"].as_array().unwrap();
+    assert_eq!((vms[0]["weight"].as_f64(), vms[0]["state"].as_str()), (Some(25.0), Some("paused")));
+    assert_eq!(vms[1]["target_share"], 0.75);
+}

@@ -42,10 +42,7 @@ pub enum SetupError {
 
 /// Runs one setup ioctl. VMs are also created on the core thread (restarts),
 /// where kick signals arrive and interrupt ioctls with EINTR: those are retried.
-fn setup_ioctl<T>(
-    what: &'static str,
-    mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>,
-) -> Result<T, SetupError> {
+fn setup_ioctl<T>(what: &'static str, mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>) -> Result<T, SetupError> {
     loop {
         match call() {
             Err(error) if error.errno() == libc::EINTR => continue,
@@ -212,8 +209,9 @@ impl Machine {
             unsafe { vm.set_user_memory_region(slot) }
         })?;
         let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
-        let cpuid =
-            setup_ioctl("to report CPUID (KVM_GET_SUPPORTED_CPUID)", || kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))?;
+        let cpuid = setup_ioctl("to report CPUID (KVM_GET_SUPPORTED_CPUID)", || {
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        })?;
         setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&cpuid))?;
         let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
         let sregs = longmode::special_registers(sregs);
