@@ -23,6 +23,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("chatty", "prints lines as fast as it can, forever"),
     ("evil", "breaks every rule of the guest ABI once, with a marker line each, then halts"),
     ("crash", "triple-faults (ud2 with no IDT): the VM ends as crashed"),
+    ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
 ];
 
 fn main() {

@@ -19,7 +19,7 @@ use crate::sched::{self, SpawnError, VmSetupError};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::layout::DEFAULT_MEMORY;
 use crate::vm::{SetupError, TimerKind};
-use crate::{control, guests, vm};
+use crate::{bench, control, guests, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
 #[derive(Debug, Parser)]
@@ -38,6 +38,24 @@ enum Command {
     Run(RunArgs),
     /// List the built-in guests.
     Guests,
+    /// Measure exit costs, preemption, fairness, overhead, scale and floods on
+    /// this machine (about 60 s; --quick about 15 s).
+    Bench(BenchArgs),
+}
+
+/// Options of `matrix-tui bench`.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Shorter runs.
+    #[arg(long)]
+    quick: bool,
+    /// Only these measurements (repeat): exit, hypercalls, preempt, share,
+    /// overhead, scale, flood, ui.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::MEASUREMENTS))]
+    only: Vec<String>,
 }
 
 /// Options of `matrix-tui run`.
@@ -203,6 +221,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     let result = match cli.command {
         Some(Command::Guests) => list_guests(),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Bench(args)) => run_bench(args),
         None => run(RunArgs::default()),
     };
     match result {
@@ -222,6 +241,21 @@ fn list_guests() -> Result<ExitCode, Failure> {
     let mut out = std::io::stdout().lock();
     for guest in guests::BUILTIN {
         let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
+    let options = bench::BenchOptions { quick: args.quick, only: args.only };
+    let report = bench::run(&options, |step| eprintln!("bench: {step}...")).map_err(|error| match error {
+        bench::BenchError::Kvm(_) | bench::BenchError::Setup(_) | bench::BenchError::Spawn(_) => {
+            Failure::Host(error.into())
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("JSON values serialize"));
+    } else {
+        print!("{}", bench::table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -286,6 +320,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         quantum: args.quantum.or(scenario.quantum).unwrap_or(DEFAULT_QUANTUM),
         timer: args.timer.or(scenario.timer).unwrap_or(TimerKind::Posix),
         stay_open: false,
+        trace: false,
     };
     Ok((config, args.duration.or(scenario.duration)))
 }

@@ -92,13 +92,22 @@ pub struct RunConfig {
     /// Keep the core alive when every VM has finished (a UI may restart them);
     /// otherwise the run ends then.
     pub stay_open: bool,
+    /// Record every I/O exit's time and every slice's charge (for `bench`).
+    pub trace: bool,
 }
 
 impl RunConfig {
     /// A run of `vms` with the defaults: fair, 1 ms, POSIX timer, ending when
     /// every VM has finished.
     pub fn new(vms: Vec<VmConfig>) -> Self {
-        Self { vms, policy: Policy::Fair, quantum: DEFAULT_QUANTUM, timer: TimerKind::Posix, stay_open: false }
+        Self {
+            vms,
+            policy: Policy::Fair,
+            quantum: DEFAULT_QUANTUM,
+            timer: TimerKind::Posix,
+            stay_open: false,
+            trace: false,
+        }
     }
 
     /// The same run under another policy.

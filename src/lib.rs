@@ -2,6 +2,7 @@
 //! a scheduler of its own, and front ends to watch and steer them.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod console;

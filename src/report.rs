@@ -23,6 +23,19 @@ pub struct RunReport {
     pub preempt_overrun_us: Option<Percentiles>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
+    /// Per VM, when traced (`RunConfig::trace`): not part of the JSON.
+    #[serde(skip)]
+    pub traces: Vec<VmTrace>,
+}
+
+/// What a traced run recorded of one VM (monotonic ns).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmTrace {
+    /// When each guest I/O exit returned from KVM_RUN (a `ticker` prints once
+    /// per unit of work, so these time its work).
+    pub io_exit_ns: Vec<u64>,
+    /// Each slice: when it ended, and what it was charged.
+    pub slices: Vec<(u64, u64)>,
 }
 
 /// One VM at the end of the run.

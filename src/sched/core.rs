@@ -14,7 +14,7 @@ use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
-use crate::report::{RunReport, VmReport};
+use crate::report::{RunReport, VmReport, VmTrace};
 use crate::stats::LatencyLog;
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer};
@@ -105,7 +105,9 @@ impl CoreHandle {
 pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
-        slots.push(Slot::new(&kvm, vm)?);
+        let mut slot = Slot::new(&kvm, vm)?;
+        slot.trace = config.trace.then(VmTrace::default);
+        slots.push(slot);
     }
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
@@ -161,6 +163,8 @@ struct Slot {
     charged_ns: u64,
     /// Time the host took the CPU away during this VM's slices.
     stolen_ns: u64,
+    /// What a traced run records.
+    trace: Option<VmTrace>,
 }
 
 impl Slot {
@@ -170,7 +174,15 @@ impl Slot {
             guest: config.guest.clone(),
             source,
         })?;
-        Ok(Self { config, runtime, console_dropped: 0, state: VmState::Running, charged_ns: 0, stolen_ns: 0 })
+        Ok(Self {
+            config,
+            runtime,
+            console_dropped: 0,
+            state: VmState::Running,
+            charged_ns: 0,
+            stolen_ns: 0,
+            trace: None,
+        })
     }
 }
 
@@ -272,6 +284,9 @@ impl Core {
         let end = loop {
             let (step, span) = self.slots[vm].runtime.step(&self.kick);
             in_guest += span.charged_until(deadline);
+            if let (Step::Io, Some(trace)) = (&step, &mut self.slots[vm].trace) {
+                trace.io_exit_ns.push(span.exited_ns);
+            }
             match step {
                 Step::Io if slice.length_ns.is_none() || span.exited_ns >= deadline => break SliceEnd::Done,
                 Step::Io => continue,
@@ -303,6 +318,9 @@ impl Core {
         let slot = &mut self.slots[vm];
         slot.charged_ns += charged;
         slot.stolen_ns += stolen_before_deadline;
+        if let Some(trace) = &mut slot.trace {
+            trace.slices.push((wall_end, charged));
+        }
         self.planner.charge(vm, charged, matches!(end, SliceEnd::Yielded | SliceEnd::Finished));
         end
     }
@@ -539,6 +557,7 @@ impl Core {
             outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
             preempt_overrun_us: self.overruns.summary(),
             vms,
+            traces: self.slots.iter().map(|slot| slot.trace.clone().unwrap_or_default()).collect(),
         }
     }
 }

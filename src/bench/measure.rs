@@ -1,0 +1,315 @@
+//! The measurements of `matrix-tui bench`, one function each. Every one runs
+//! real VMs on this machine and returns its figure with the parameters used.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::windows::{self, ErrorStats};
+use crate::config::{Policy, RunConfig, VmConfig};
+use crate::event::{Command, Event};
+use crate::report::RunReport;
+use crate::sched::{self, SpawnError, Step, VmRuntime};
+use crate::stats::Percentiles;
+use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError, TimerKind};
+use crate::{guests, vm};
+
+/// A measurement that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// No usable /dev/kvm.
+    #[error(transparent)]
+    Kvm(#[from] KvmUnavailable),
+    /// A run could not start.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A VM could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
+/// Nanosecond percentiles of per-exit times.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NsPercentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// How many exits were timed.
+    pub samples: usize,
+}
+
+/// The hypercalls `hammer` can loop on, by its argument.
+pub const HYPERCALLS: &[(&str, u64, u64)] = &[
+    // (name, hammer argument, exits per call)
+    ("print8bit", 0, 1),
+    ("print32bit", 1, 1),
+    ("numExits", 2, 1),
+    ("printStr64", 3, 1),
+    ("numExitsByType", 4, 1),
+    ("gvaToHva", 5, 2),
+];
+
+fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
+    let mut vm = VmConfig::new(name, guest, guests::resolve(guest).expect("built-in guest"));
+    vm.weight = weight;
+    vm.args = args.to_vec();
+    vm
+}
+
+/// Runs `config` for `duration` (traced), discarding console output, and
+/// returns the report.
+fn run_for(mut config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
+    config.trace = true;
+    let core = sched::spawn(vm::open_kvm()?, config)?;
+    let deadline = core.started() + duration;
+    let mut quit_sent = false;
+    loop {
+        let event = if quit_sent {
+            core.events().recv().expect("the core reports before it ends")
+        } else {
+            match core.events().recv_deadline(deadline) {
+                Ok(event) => event,
+                Err(_) => {
+                    core.send(Command::Quit);
+                    quit_sent = true;
+                    continue;
+                }
+            }
+        };
+        if let Event::Finished(report) = event {
+            core.join();
+            return Ok(*report);
+        }
+    }
+}
+
+/// Per-exit round trip of one hypercall, host handling included: `hammer`
+/// looping on it, its console discarded, timed exit to exit on this thread.
+pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) -> Result<NsPercentiles, BenchError> {
+    let spec = MachineSpec {
+        image: Arc::from(guests::builtin("hammer").expect("built in").image),
+        memory_size: vm::layout::DEFAULT_MEMORY,
+        args: vec![hammer_arg],
+    };
+    let mut runtime = VmRuntime::new(&vm::open_kvm()?, &spec)?;
+    let kick = KickTarget::new();
+    let _attached = kick.attach();
+    let exits = calls * exits_per_call as usize;
+    let mut times = Vec::with_capacity(exits + 1);
+    // Warm up (first entry, page faults) before timing.
+    for _ in 0..100 {
+        runtime.step(&kick);
+    }
+    while times.len() <= exits {
+        let (step, span) = runtime.step(&kick);
+        if step == Step::Io {
+            times.push(span.exited_ns);
+        }
+        if runtime.console.pending_len() > 64 * 1024 {
+            runtime.console.take();
+        }
+    }
+    let per_call: Vec<u64> = times
+        .windows(exits_per_call as usize + 1)
+        .step_by(exits_per_call as usize)
+        .map(|pair| (pair[pair.len() - 1] - pair[0]) / exits_per_call)
+        .collect();
+    let p = Percentiles::of_ns(&per_call).expect("samples");
+    Ok(NsPercentiles { p50: p.p50 * 1000.0, p99: p.p99 * 1000.0, samples: p.samples })
+}
+
+/// Every hypercall's per-exit round trip.
+pub fn hypercall_round_trips(calls: usize) -> Result<BTreeMap<String, NsPercentiles>, BenchError> {
+    HYPERCALLS
+        .iter()
+        .map(|&(name, arg, exits)| Ok((name.to_string(), hypercall_round_trip(arg, exits, calls)?)))
+        .collect()
+}
+
+/// Preemption overrun of two `spin` guests under `rr` with `timer`.
+pub fn preempt_overrun(
+    timer: TimerKind,
+    quantum: Duration,
+    duration: Duration,
+) -> Result<Option<Percentiles>, BenchError> {
+    let mut config = RunConfig::new(vec![builtin("a", "spin", 1.0, &[]), builtin("b", "spin", 1.0, &[])]);
+    config.policy = Policy::Rr;
+    config.timer = timer;
+    config.quantum = quantum;
+    Ok(run_for(config, duration)?.preempt_overrun_us)
+}
+
+/// Share errors of two tickers at 70/30 under `fair`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareErrors {
+    /// From the work the guests did (their ticker output).
+    pub work: BTreeMap<String, ErrorStats>,
+    /// From the time the scheduler charged.
+    pub accounting: BTreeMap<String, ErrorStats>,
+    /// Work share of the heavier VM over the whole run.
+    pub overall_work_share: f64,
+}
+
+/// Windows for the share errors: (name, length).
+pub const SHARE_WINDOWS: &[(&str, u64)] = &[("w20ms", 20_000_000), ("w100ms", 100_000_000), ("w1s", 1_000_000_000)];
+
+/// Two `ticker` guests at `weights` under `fair`, with `unit` iterations per
+/// unit of work; errors per window, from ticker output and from charged time.
+pub fn share_errors(
+    weights: [f64; 2],
+    unit: u64,
+    quantum: Duration,
+    duration: Duration,
+) -> Result<ShareErrors, BenchError> {
+    let vms = vec![builtin("a", "ticker", weights[0], &[unit]), builtin("b", "ticker", weights[1], &[unit])];
+    let mut config = RunConfig::new(vms);
+    config.quantum = quantum;
+    let report = run_for(config, duration)?;
+    let total: f64 = weights.iter().sum();
+    let targets: Vec<f64> = weights.iter().map(|w| w / total).collect();
+    let work: Vec<Vec<(u64, f64)>> =
+        report.traces.iter().map(|trace| trace.io_exit_ns.iter().map(|&t| (t, 1.0)).collect()).collect();
+    let charged: Vec<Vec<(u64, f64)>> =
+        report.traces.iter().map(|trace| trace.slices.iter().map(|&(t, ns)| (t, ns as f64)).collect()).collect();
+    let (start, end) = settled_range(&work);
+    let stats = |series: &[Vec<(u64, f64)>]| {
+        SHARE_WINDOWS
+            .iter()
+            .map(|&(name, window)| {
+                let shares = windows::window_shares(series, start, end, window);
+                (name.to_string(), windows::absolute_error_pp(&shares, &targets))
+            })
+            .collect()
+    };
+    let units: Vec<usize> = report.traces.iter().map(|trace| trace.io_exit_ns.len()).collect();
+    Ok(ShareErrors {
+        work: stats(&work),
+        accounting: stats(&charged),
+        overall_work_share: units[0] as f64 / (units[0] + units[1]).max(1) as f64,
+    })
+}
+
+/// From 300 ms after the first unit of work (start-up settled) to the last one.
+fn settled_range(series: &[Vec<(u64, f64)>]) -> (u64, u64) {
+    let first = series.iter().filter_map(|s| s.first()).map(|p| p.0).min().unwrap_or(0);
+    let last = series.iter().filter_map(|s| s.last()).map(|p| p.0).max().unwrap_or(0);
+    (first + 300_000_000, last)
+}
+
+/// Percent of wall time outside KVM_RUN with two spinning guests under `fair`.
+pub fn overhead_pct(quantum: Duration, duration: Duration) -> Result<f64, BenchError> {
+    let mut config = RunConfig::new(vec![builtin("a", "spin", 1.0, &[]), builtin("b", "spin", 1.0, &[])]);
+    config.quantum = quantum;
+    Ok(run_for(config, duration)?.outside_kvm_run_pct)
+}
+
+/// Many `ticker` VMs at equal weights on the one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scale {
+    /// How many VMs.
+    pub vms: usize,
+    /// Setting them all up and starting the core.
+    pub startup_ms: f64,
+    /// Largest |share - target| of any VM in any 1 s window, from its work.
+    pub share_error_pp_w1s: f64,
+    /// Largest |share / target - 1| of any VM in any 1 s window, from its work.
+    pub share_error_rel_pct_w1s: f64,
+    /// The same from the time the scheduler charged: how evenly it shared.
+    pub share_error_rel_pct_w1s_charged: f64,
+    /// Largest |work / mean work - 1| of any VM over the whole run: how much
+    /// identical VMs' speeds differ on this host (a floor under the above).
+    pub speed_spread_pct: f64,
+    /// Resident memory of the process at the end.
+    pub rss_mib: f64,
+}
+
+/// `count` tickers at equal weights for `duration`.
+pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, BenchError> {
+    let vms: Vec<VmConfig> = (0..count).map(|i| builtin(&format!("t{i}"), "ticker", 1.0, &[unit])).collect();
+    let mut config = RunConfig::new(vms);
+    config.trace = true;
+    let started = Instant::now();
+    let core = sched::spawn(vm::open_kvm()?, config)?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let deadline = core.started() + duration;
+    while core.events().recv_deadline(deadline).is_ok() {}
+    let rss_mib = rss_kib() as f64 / 1024.0;
+    core.send(Command::Quit);
+    let report = loop {
+        if let Event::Finished(report) = core.events().recv().expect("a report") {
+            break report;
+        }
+    };
+    core.join();
+    let work: Vec<Vec<(u64, f64)>> =
+        report.traces.iter().map(|trace| trace.io_exit_ns.iter().map(|&t| (t, 1.0)).collect()).collect();
+    let charged: Vec<Vec<(u64, f64)>> =
+        report.traces.iter().map(|trace| trace.slices.iter().map(|&(t, ns)| (t, ns as f64)).collect()).collect();
+    let (start, end) = settled_range(&work);
+    let shares = windows::window_shares(&work, start, end, 1_000_000_000);
+    let charged_shares = windows::window_shares(&charged, start, end, 1_000_000_000);
+    let targets = vec![1.0 / count as f64; count];
+    let units: Vec<f64> = report.traces.iter().map(|trace| trace.io_exit_ns.len() as f64).collect();
+    let mean = units.iter().sum::<f64>() / count as f64;
+    let speed_spread_pct = units.iter().map(|u| (u / mean - 1.0).abs() * 100.0).fold(0.0, f64::max);
+    Ok(Scale {
+        vms: count,
+        startup_ms,
+        share_error_pp_w1s: windows::absolute_error_pp(&shares, &targets).max,
+        share_error_rel_pct_w1s: windows::relative_error_pct(&shares, &targets).max,
+        share_error_rel_pct_w1s_charged: windows::relative_error_pct(&charged_shares, &targets).max,
+        speed_spread_pct,
+        rss_mib,
+    })
+}
+
+/// A console flood (`chatty`) read by a front end that keeps up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flood {
+    /// Console bytes delivered per second.
+    pub bytes_per_s: f64,
+    /// Resident memory growth from 1 s in to the end.
+    pub rss_growth_mib: f64,
+    /// Bytes dropped because the reader fell behind.
+    pub dropped_bytes: u64,
+}
+
+/// `chatty` for `duration`, its console counted and discarded.
+pub fn console_flood(duration: Duration) -> Result<Flood, BenchError> {
+    let core = sched::spawn(vm::open_kvm()?, RunConfig::new(vec![builtin("c", "chatty", 1.0, &[])]))?;
+    let (mut bytes, mut dropped) = (0u64, 0u64);
+    let mut rss_early = None;
+    let deadline = core.started() + duration;
+    while let Ok(event) = core.events().recv_deadline(deadline) {
+        if let Event::Console { bytes: chunk, dropped: lost, .. } = event {
+            bytes += chunk.len() as u64;
+            dropped += lost;
+        }
+        if rss_early.is_none() && core.started().elapsed() >= Duration::from_secs(1) {
+            rss_early = Some(rss_kib());
+        }
+    }
+    let rss_late = rss_kib();
+    core.send(Command::Quit);
+    while !matches!(core.events().recv(), Ok(Event::Finished(_)) | Err(_)) {}
+    core.join();
+    Ok(Flood {
+        bytes_per_s: bytes as f64 / duration.as_secs_f64(),
+        rss_growth_mib: rss_late.saturating_sub(rss_early.unwrap_or(rss_late)) as f64 / 1024.0,
+        dropped_bytes: dropped,
+    })
+}
+
+/// Resident memory of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}

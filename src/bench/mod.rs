@@ -1,0 +1,264 @@
+//! `matrix-tui bench`: measures, in one run on this machine, what the project
+//! claims about speed and fairness, as percentiles and ratios with the
+//! parameters of each figure, and checks them against the targets.
+
+pub mod measure;
+pub mod windows;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::vm::TimerKind;
+pub use measure::BenchError;
+
+/// The measurements, by the names `--only` takes.
+pub const MEASUREMENTS: &[&str] = &["exit", "hypercalls", "preempt", "share", "overhead", "scale", "flood", "ui"];
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct BenchOptions {
+    /// Shorter runs (about 15 s in all instead of about 60 s).
+    pub quick: bool,
+    /// Only these measurements (all when empty).
+    pub only: Vec<String>,
+}
+
+impl BenchOptions {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|only| only == name)
+    }
+
+    fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// Runs the measurements, telling `progress` what it is doing, and returns
+/// the report (a JSON object).
+pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Value, BenchError> {
+    let started = Instant::now();
+    let mut report = json!({ "machine": machine(), "quick": options.quick });
+    let quantum = Duration::from_millis(1);
+
+    if options.wants("exit") {
+        progress("exit round trip (HC_print8bit)");
+        let calls = options.pick(20_000, 100_000);
+        let figure = measure::hypercall_round_trip(0, 1, calls)?;
+        report["exit_roundtrip_ns"] =
+            with_params(json!(figure), json!({ "guest": "hammer print8bit", "calls": calls }));
+    }
+    if options.wants("hypercalls") {
+        progress("each hypercall's round trip");
+        let calls = options.pick(5_000, 20_000);
+        let figures = measure::hypercall_round_trips(calls)?;
+        report["hypercall_ns"] = with_params(json!(figures), json!({ "guest": "hammer", "calls_each": calls }));
+    }
+    if options.wants("preempt") {
+        let seconds = options.pick(1, 4);
+        let mut figure = json!({});
+        for timer in [TimerKind::Posix, TimerKind::Timerfd] {
+            progress(&format!("preemption overrun, {} timer", timer.name()));
+            figure[timer.name()] = json!(measure::preempt_overrun(timer, quantum, Duration::from_secs(seconds))?);
+        }
+        report["preempt_overrun_us"] = with_params(
+            figure,
+            json!({ "policy": "rr", "guests": "2 x spin", "quantum_us": 1000, "duration_s": seconds }),
+        );
+    }
+    if options.wants("share") {
+        progress("share error, two tickers at 70/30");
+        let seconds = options.pick(3, 10);
+        let unit = 50;
+        let errors = measure::share_errors([70.0, 30.0], unit, quantum, Duration::from_secs(seconds))?;
+        let params = json!({ "policy": "fair", "weights": [70, 30], "quantum_us": 1000, "duration_s": seconds,
+                             "ticker_unit_iterations": unit, "overall_work_share": errors.overall_work_share });
+        report["share_error_pp"] = with_params(json!(errors.work), params.clone());
+        report["share_error_pp_accounting"] = with_params(json!(errors.accounting), params);
+    }
+    if options.wants("overhead") {
+        let seconds = options.pick(1, 3);
+        let mut figure = json!({});
+        for (name, quantum) in [("q100us", 100), ("q1ms", 1000), ("q10ms", 10_000)] {
+            progress(&format!("time outside KVM_RUN, quantum {name}"));
+            figure[name] = json!(measure::overhead_pct(Duration::from_micros(quantum), Duration::from_secs(seconds))?);
+        }
+        report["overhead_pct"] =
+            with_params(figure, json!({ "policy": "fair", "guests": "2 x spin", "duration_s": seconds }));
+    }
+    if options.wants("scale") {
+        progress("256 tickers on one thread");
+        let seconds = options.pick(3, 5);
+        let unit = 20;
+        let figure = measure::scale(256, unit, Duration::from_secs(seconds))?;
+        report["scale"] = with_params(
+            json!(figure),
+            json!({ "policy": "fair", "quantum_us": 1000, "duration_s": seconds, "ticker_unit_iterations": unit }),
+        );
+    }
+    if options.wants("flood") {
+        progress("console flood (chatty)");
+        let seconds = options.pick(2, 5);
+        let figure = measure::console_flood(Duration::from_secs(seconds))?;
+        report["console_flood"] = with_params(json!(figure), json!({ "guest": "chatty", "duration_s": seconds }));
+    }
+    if options.wants("ui") {
+        // The terminal UI does not exist yet; the figure is reported as absent.
+        report["ui_cpu_pct"] = Value::Null;
+    }
+    report["targets"] = targets(&report);
+    report["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+fn with_params(mut figure: Value, params: Value) -> Value {
+    figure["params"] = params;
+    figure
+}
+
+/// Each target the report has a figure for: the value, the target, met or not.
+fn targets(report: &Value) -> Value {
+    let checks: &[(&str, &[&str], f64)] = &[
+        ("share_error_w20ms_max_pp", &["share_error_pp", "w20ms", "max"], 2.0),
+        ("share_error_w100ms_max_pp", &["share_error_pp", "w100ms", "max"], 0.5),
+        ("share_error_w1s_max_pp", &["share_error_pp", "w1s", "max"], 0.25),
+        ("overhead_q1ms_pct", &["overhead_pct", "q1ms"], 2.0),
+        ("scale_startup_ms", &["scale", "startup_ms"], 1000.0),
+        ("scale_share_error_rel_pct_w1s", &["scale", "share_error_rel_pct_w1s"], 5.0),
+        ("scale_share_error_rel_pct_w1s_charged", &["scale", "share_error_rel_pct_w1s_charged"], 5.0),
+        ("flood_rss_growth_mib", &["console_flood", "rss_growth_mib"], 5.0),
+        ("ui_cpu_pct", &["ui_cpu_pct"], 2.0),
+    ];
+    let mut out = json!({});
+    for (name, path, limit) in checks {
+        let value = path.iter().try_fold(report, |value, key| value.get(key)).and_then(Value::as_f64);
+        if let Some(value) = value {
+            out[*name] = json!({ "value": value, "at_most": limit, "met": value <= *limit });
+        }
+    }
+    out
+}
+
+/// What machine this is: CPU, kernel, which KVM, whether it is nested.
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']));
+    let flags = cpuinfo.lines().find_map(|line| line.strip_prefix("flags")).unwrap_or("");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kvm = ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|module| std::path::Path::new(&format!("/sys/module/{module}")).exists());
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "kernel": kernel.trim(),
+        "kvm_module": kvm,
+        "nested": flags.split_whitespace().any(|flag| flag == "hypervisor"),
+        "hardware_virtualization": flags.split_whitespace().any(|flag| flag == "vmx" || flag == "svm"),
+    })
+}
+
+/// The report as a table for people.
+pub fn table(report: &Value) -> String {
+    let mut out = String::new();
+    let machine = &report["machine"];
+    out.push_str(&format!(
+        "machine: {} ({} CPUs), kernel {}, KVM {} {}\n\n",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cpus"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["kvm_module"].as_str().unwrap_or("?"),
+        if machine["nested"] == true { "(nested)" } else { "" },
+    ));
+    let row = |out: &mut String, name: &str, value: String| out.push_str(&format!("{name:<38} {value}\n"));
+    let p = |v: &Value, unit: &str| {
+        format!("p50 {:.1} {unit}, p99 {:.1} {unit} ({} samples)", num(&v["p50"]), num(&v["p99"]), v["samples"])
+    };
+    if report["exit_roundtrip_ns"].is_object() {
+        row(&mut out, "exit round trip (print8bit)", p(&report["exit_roundtrip_ns"], "ns"));
+    }
+    if let Some(calls) = report["hypercall_ns"].as_object() {
+        for (name, figure) in calls.iter().filter(|(name, _)| *name != "params") {
+            row(&mut out, &format!("  {name}, per exit"), p(figure, "ns"));
+        }
+    }
+    if report["preempt_overrun_us"].is_object() {
+        for timer in ["posix", "timerfd"] {
+            let figure = &report["preempt_overrun_us"][timer];
+            row(
+                &mut out,
+                &format!("preemption overrun, {timer}"),
+                format!("{}, max {:.1} us", p(figure, "us"), num(&figure["max"])),
+            );
+        }
+    }
+    for (key, label) in
+        [("share_error_pp", "share error (work)"), ("share_error_pp_accounting", "share error (charged time)")]
+    {
+        if report[key].is_object() {
+            let f = &report[key];
+            row(
+                &mut out,
+                &format!("{label}, 70/30"),
+                format!(
+                    "20 ms max {:.2} / mean {:.2} pp; 100 ms {:.2} / {:.2}; 1 s {:.2} / {:.2}",
+                    num(&f["w20ms"]["max"]),
+                    num(&f["w20ms"]["mean"]),
+                    num(&f["w100ms"]["max"]),
+                    num(&f["w100ms"]["mean"]),
+                    num(&f["w1s"]["max"]),
+                    num(&f["w1s"]["mean"])
+                ),
+            );
+        }
+    }
+    if report["overhead_pct"].is_object() {
+        let f = &report["overhead_pct"];
+        row(
+            &mut out,
+            "outside KVM_RUN (2 spinners)",
+            format!(
+                "{:.2} % at 100 us, {:.2} % at 1 ms, {:.2} % at 10 ms",
+                num(&f["q100us"]),
+                num(&f["q1ms"]),
+                num(&f["q10ms"])
+            ),
+        );
+    }
+    if report["scale"].is_object() {
+        let f = &report["scale"];
+        row(
+            &mut out,
+            "256 tickers",
+            format!(
+                "start-up {:.0} ms, worst 1 s window {:.2} % off target, RSS {:.1} MiB",
+                num(&f["startup_ms"]),
+                num(&f["share_error_rel_pct_w1s"]),
+                num(&f["rss_mib"])
+            ),
+        );
+    }
+    if report["console_flood"].is_object() {
+        let f = &report["console_flood"];
+        row(
+            &mut out,
+            "console flood (chatty)",
+            format!("{:.2} MB/s, RSS growth {:.2} MiB", num(&f["bytes_per_s"]) / 1e6, num(&f["rss_growth_mib"])),
+        );
+    }
+    if let Some(targets) = report["targets"].as_object() {
+        out.push_str("\ntargets:\n");
+        for (name, check) in targets {
+            let verdict = if check["met"] == true { "met" } else { "MISSED" };
+            out.push_str(&format!("  {name:<36} {:>9.3} <= {:<7} {verdict}\n", num(&check["value"]), check["at_most"]));
+        }
+    }
+    out
+}
+
+fn num(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}

@@ -1,0 +1,75 @@
+//! `matrix-tui bench --quick --json` produces a complete, sane report. It
+//! checks shape and consistency, never timings.
+
+mod common;
+
+use serde_json::Value;
+
+fn number(report: &Value, path: &[&str]) -> f64 {
+    let value = path.iter().try_fold(report, |value, key| value.get(key)).unwrap_or_else(|| panic!("no {path:?}"));
+    value.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number: {value}"))
+}
+
+fn assert_percentiles(report: &Value, path: &[&str]) {
+    let samples = number(report, &[path, &["samples"]].concat());
+    let (p50, p99) = (number(report, &[path, &["p50"]].concat()), number(report, &[path, &["p99"]].concat()));
+    assert!(samples > 0.0, "{path:?}: no samples");
+    assert!(p50 > 0.0 && p50 <= p99, "{path:?}: p50 {p50} p99 {p99}");
+}
+
+#[test]
+fn quick_bench_reports_every_figure() {
+    let output = common::binary().args(["bench", "--quick", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert!(report["machine"]["kernel"].is_string() && report["machine"]["cpus"].as_u64() > Some(0));
+    assert_percentiles(&report, &["exit_roundtrip_ns"]);
+    for call in ["print8bit", "print32bit", "numExits", "printStr64", "numExitsByType", "gvaToHva"] {
+        assert_percentiles(&report, &["hypercall_ns", call]);
+    }
+    for timer in ["posix", "timerfd"] {
+        assert_percentiles(&report, &["preempt_overrun_us", timer]);
+        assert!(
+            number(&report, &["preempt_overrun_us", timer, "max"])
+                >= number(&report, &["preempt_overrun_us", timer, "p99"])
+        );
+    }
+    for key in ["share_error_pp", "share_error_pp_accounting"] {
+        for window in ["w20ms", "w100ms", "w1s"] {
+            let (max, mean) = (number(&report, &[key, window, "max"]), number(&report, &[key, window, "mean"]));
+            assert!(mean >= 0.0 && mean <= max && max <= 100.0, "{key}.{window}: max {max} mean {mean}");
+            assert!(number(&report, &[key, window, "windows"]) > 0.0);
+        }
+    }
+    let work_share = number(&report, &["share_error_pp", "params", "overall_work_share"]);
+    assert!(work_share > 0.5 && work_share < 0.9, "the 70 VM did {work_share} of the work");
+    for quantum in ["q100us", "q1ms", "q10ms"] {
+        let pct = number(&report, &["overhead_pct", quantum]);
+        assert!((0.0..100.0).contains(&pct), "{quantum}: {pct}");
+    }
+    assert_eq!(number(&report, &["scale", "vms"]), 256.0);
+    assert!(number(&report, &["scale", "startup_ms"]) > 0.0 && number(&report, &["scale", "rss_mib"]) > 0.0);
+    assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
+    assert!(report.get("ui_cpu_pct").is_some());
+    let targets = report["targets"].as_object().unwrap();
+    assert!(targets.len() >= 7, "{targets:?}");
+    for (name, check) in targets {
+        assert!(check["met"].is_boolean() && check["value"].is_number(), "{name}: {check}");
+    }
+    // Every figure states its parameters.
+    for key in ["exit_roundtrip_ns", "preempt_overrun_us", "share_error_pp", "overhead_pct", "scale", "console_flood"] {
+        assert!(report[key]["params"].is_object(), "{key} has no params");
+    }
+}
+
+#[test]
+fn bench_can_run_one_measurement() {
+    let output = common::binary().args(["bench", "--quick", "--json", "--only", "exit"]).output().unwrap();
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_percentiles(&report, &["exit_roundtrip_ns"]);
+    assert!(report.get("share_error_pp").is_none());
+    let bad = common::binary().args(["bench", "--only", "everything"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
