@@ -34,8 +34,19 @@ pub struct VmTrace {
     /// When each guest I/O exit returned from KVM_RUN (a `ticker` prints once
     /// per unit of work, so these time its work).
     pub io_exit_ns: Vec<u64>,
-    /// Each slice: when it ended, and what it was charged.
-    pub slices: Vec<(u64, u64)>,
+    /// Each slice: when it started and ended, and what it was charged.
+    pub slices: Vec<TracedSlice>,
+}
+
+/// One slice of a traced run (monotonic ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracedSlice {
+    /// When the slice began.
+    pub start_ns: u64,
+    /// When it ended.
+    pub end_ns: u64,
+    /// What it was charged.
+    pub charged_ns: u64,
 }
 
 /// One VM at the end of the run.

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::windows::{self, ErrorStats};
+use super::windows::{self, ErrorStats, Spread};
 use crate::config::{Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event};
-use crate::report::RunReport;
+use crate::report::{RunReport, VmTrace};
 use crate::sched::{self, SpawnError, Step, VmRuntime};
 use crate::stats::Percentiles;
 use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError, TimerKind};
@@ -170,12 +170,10 @@ pub fn share_errors(
     let report = run_for(config, duration)?;
     let total: f64 = weights.iter().sum();
     let targets: Vec<f64> = weights.iter().map(|w| w / total).collect();
-    let work: Vec<Vec<(u64, f64)>> =
-        report.traces.iter().map(|trace| trace.io_exit_ns.iter().map(|&t| (t, 1.0)).collect()).collect();
-    let charged: Vec<Vec<(u64, f64)>> =
-        report.traces.iter().map(|trace| trace.slices.iter().map(|&(t, ns)| (t, ns as f64)).collect()).collect();
-    let (start, end) = settled_range(&work);
-    let stats = |series: &[Vec<(u64, f64)>]| {
+    let work: Vec<Vec<Spread>> = report.traces.iter().map(work_spreads).collect();
+    let charged: Vec<Vec<Spread>> = report.traces.iter().map(charged_spreads).collect();
+    let (start, end) = settled_range(&report.traces);
+    let stats = |series: &[Vec<Spread>]| {
         SHARE_WINDOWS
             .iter()
             .map(|&(name, window)| {
@@ -193,10 +191,37 @@ pub fn share_errors(
 }
 
 /// From 300 ms after the first unit of work (start-up settled) to the last one.
-fn settled_range(series: &[Vec<(u64, f64)>]) -> (u64, u64) {
-    let first = series.iter().filter_map(|s| s.first()).map(|p| p.0).min().unwrap_or(0);
-    let last = series.iter().filter_map(|s| s.last()).map(|p| p.0).max().unwrap_or(0);
+fn settled_range(traces: &[VmTrace]) -> (u64, u64) {
+    let first = traces.iter().filter_map(|t| t.io_exit_ns.first()).min().copied().unwrap_or(0);
+    let last = traces.iter().filter_map(|t| t.io_exit_ns.last()).max().copied().unwrap_or(0);
     (first + 300_000_000, last)
+}
+
+/// A ticker's units of work as spans of time: each from the previous unit's
+/// end (or the start of the slice it finished in, if later) to its own end, so
+/// that a unit in progress at a window's edge counts on both sides.
+fn work_spreads(trace: &VmTrace) -> Vec<Spread> {
+    let mut previous = 0;
+    trace
+        .io_exit_ns
+        .iter()
+        .map(|&end| {
+            let slice = trace.slices.partition_point(|slice| slice.start_ns <= end);
+            let slice_start = slice.checked_sub(1).map_or(end, |index| trace.slices[index].start_ns);
+            let from = previous.max(slice_start).min(end);
+            previous = end;
+            Spread { from, to: end, amount: 1.0 }
+        })
+        .collect()
+}
+
+/// Charged time, spread over each slice.
+fn charged_spreads(trace: &VmTrace) -> Vec<Spread> {
+    trace
+        .slices
+        .iter()
+        .map(|slice| Spread { from: slice.start_ns, to: slice.end_ns, amount: slice.charged_ns as f64 })
+        .collect()
 }
 
 /// Percent of wall time outside KVM_RUN with two spinning guests under `fair`.
@@ -244,11 +269,9 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
         }
     };
     core.join();
-    let work: Vec<Vec<(u64, f64)>> =
-        report.traces.iter().map(|trace| trace.io_exit_ns.iter().map(|&t| (t, 1.0)).collect()).collect();
-    let charged: Vec<Vec<(u64, f64)>> =
-        report.traces.iter().map(|trace| trace.slices.iter().map(|&(t, ns)| (t, ns as f64)).collect()).collect();
-    let (start, end) = settled_range(&work);
+    let work: Vec<Vec<Spread>> = report.traces.iter().map(work_spreads).collect();
+    let charged: Vec<Vec<Spread>> = report.traces.iter().map(charged_spreads).collect();
+    let (start, end) = settled_range(&report.traces);
     let shares = windows::window_shares(&work, start, end, 1_000_000_000);
     let charged_shares = windows::window_shares(&charged, start, end, 1_000_000_000);
     let targets = vec![1.0 / count as f64; count];

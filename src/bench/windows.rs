@@ -22,19 +22,45 @@ impl ErrorStats {
     }
 }
 
+/// An amount spread evenly over a span of time (from == to: all at one instant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Where the span starts (ns).
+    pub from: u64,
+    /// Where it ends (ns).
+    pub to: u64,
+    /// How much is spread over it.
+    pub amount: f64,
+}
+
+impl Spread {
+    /// An amount at one instant.
+    pub fn at(time: u64, amount: f64) -> Self {
+        Self { from: time, to: time, amount }
+    }
+}
+
 /// Each VM's share of the amounts in each window of `window_ns` between
-/// `start_ns` and `end_ns` (windows with nothing in them are left out).
-/// `series[vm]` holds (time, amount) pairs in time order.
-pub fn window_shares(series: &[Vec<(u64, f64)>], start_ns: u64, end_ns: u64, window_ns: u64) -> Vec<Vec<f64>> {
+/// `start_ns` and `end_ns` (windows with nothing in them are left out). Each
+/// amount counts in the windows its span overlaps, in proportion.
+pub fn window_shares(series: &[Vec<Spread>], start_ns: u64, end_ns: u64, window_ns: u64) -> Vec<Vec<f64>> {
     let windows = ((end_ns.saturating_sub(start_ns)) / window_ns) as usize;
     let mut sums = vec![vec![0.0; series.len()]; windows];
-    for (vm, points) in series.iter().enumerate() {
-        for &(at, amount) in points {
-            if at >= start_ns {
-                let index = ((at - start_ns) / window_ns) as usize;
-                if index < windows {
-                    sums[index][vm] += amount;
+    let window_of = |time: u64| time.checked_sub(start_ns).map(|offset| (offset / window_ns) as usize);
+    for (vm, spreads) in series.iter().enumerate() {
+        for spread in spreads {
+            let (Some(first), Some(last)) = (window_of(spread.from.max(start_ns)), window_of(spread.to)) else {
+                continue;
+            };
+            let length = (spread.to - spread.from).max(1) as f64;
+            for index in first..=last.min(windows.saturating_sub(1)) {
+                if spread.from == spread.to {
+                    sums[index][vm] += spread.amount;
+                    break;
                 }
+                let window_start = start_ns + index as u64 * window_ns;
+                let overlap = spread.to.min(window_start + window_ns).saturating_sub(spread.from.max(window_start));
+                sums[index][vm] += spread.amount * overlap as f64 / length;
             }
         }
     }
@@ -75,8 +101,8 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     /// One unit every `every` ns from `from` to `to`.
-    fn ticks(from: u64, to: u64, every: u64) -> Vec<(u64, f64)> {
-        (0..).map(|i| from + i * every).take_while(|&t| t < to).map(|t| (t, 1.0)).collect()
+    fn ticks(from: u64, to: u64, every: u64) -> Vec<Spread> {
+        (0..).map(|i| from + i * every).take_while(|&t| t < to).map(|t| Spread::at(t, 1.0)).collect()
     }
 
     #[test]
@@ -112,8 +138,18 @@ mod tests {
 
     #[test]
     fn amounts_outside_the_range_and_empty_windows_are_left_out() {
-        let series = vec![vec![(5, 1.0), (150, 2.0), (999, 1.0)], vec![(160, 2.0)]];
+        let series =
+            vec![vec![Spread::at(5, 1.0), Spread::at(150, 2.0), Spread::at(999, 1.0)], vec![Spread::at(160, 2.0)]];
         let shares = window_shares(&series, 100, 300, 100);
         assert_eq!(shares, vec![vec![0.5, 0.5]]);
+    }
+
+    #[test]
+    fn spans_are_shared_between_the_windows_they_cross() {
+        // A: 300 spread over 50..350 (50 in window 0, 100 in 1, 100 in 2, 50 in 3).
+        // B: 100 at 120 (window 1).
+        let series = vec![vec![Spread { from: 50, to: 350, amount: 300.0 }], vec![Spread::at(120, 100.0)]];
+        let shares = window_shares(&series, 0, 400, 100);
+        assert_eq!(shares, vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![1.0, 0.0], vec![1.0, 0.0]]);
     }
 }

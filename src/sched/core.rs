@@ -14,7 +14,7 @@ use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
-use crate::report::{RunReport, VmReport, VmTrace};
+use crate::report::{RunReport, TracedSlice, VmReport, VmTrace};
 use crate::stats::LatencyLog;
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer};
@@ -319,7 +319,7 @@ impl Core {
         slot.charged_ns += charged;
         slot.stolen_ns += stolen_before_deadline;
         if let Some(trace) = &mut slot.trace {
-            trace.slices.push((wall_end, charged));
+            trace.slices.push(TracedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
         self.planner.charge(vm, charged, matches!(end, SliceEnd::Yielded | SliceEnd::Finished));
         end
