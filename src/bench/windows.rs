@@ -53,14 +53,15 @@ pub fn window_shares(series: &[Vec<Spread>], start_ns: u64, end_ns: u64, window_
                 continue;
             };
             let length = (spread.to - spread.from).max(1) as f64;
-            for index in first..=last.min(windows.saturating_sub(1)) {
+            let last = last.min(windows.saturating_sub(1));
+            for (index, window) in sums.iter_mut().enumerate().take(last + 1).skip(first) {
                 if spread.from == spread.to {
-                    sums[index][vm] += spread.amount;
+                    window[vm] += spread.amount;
                     break;
                 }
                 let window_start = start_ns + index as u64 * window_ns;
                 let overlap = spread.to.min(window_start + window_ns).saturating_sub(spread.from.max(window_start));
-                sums[index][vm] += spread.amount * overlap as f64 / length;
+                window[vm] += spread.amount * overlap as f64 / length;
             }
         }
     }
