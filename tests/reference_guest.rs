@@ -2,23 +2,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use matrix_tui::config::Policy;
-use matrix_tui::sched::{Step, VmRuntime};
-use matrix_tui::vm::{KickTarget, MachineSpec};
+use matrix_tui::sched::Step;
+use matrix_tui::vm::KickTarget;
 use vm_memory::{Bytes, GuestAddress};
 
 #[test]
 fn part1_is_byte_exact_with_the_real_host_address_and_leaves_42() {
-    let kvm = common::kvm();
-    let spec = MachineSpec {
-        image: Arc::from(matrix_tui::guests::builtin("part1").unwrap().image),
-        memory_size: 2 << 20,
-        args: vec![],
-    };
-    let mut vm = VmRuntime::new(&kvm, &spec).unwrap();
+    let mut vm = common::runtime("part1", &[]);
     let kick = KickTarget::new();
     let _attached = kick.attach();
     let mut steps = 0;

@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use matrix_tui::config::{Policy, RunConfig};
 use matrix_tui::event::{Command, Event, VmState};
-use matrix_tui::sched::{Step, VmRuntime};
+use matrix_tui::sched::Step;
 use matrix_tui::vm::kick::monotonic_ns;
-use matrix_tui::vm::{KickTarget, MachineSpec, TimerKind, quantum_timer};
+use matrix_tui::vm::{KickTarget, TimerKind, quantum_timer};
 
 /// Units of ticker work in a run's report (one HC_print32bit per unit).
 fn units(outcome: &common::Outcome, vm: usize) -> u64 {
@@ -160,13 +159,7 @@ fn policy_and_quantum_change_while_running() {
 
 #[test]
 fn a_stale_timer_kick_does_not_cut_the_next_slice() {
-    let kvm = common::kvm();
-    let spec = MachineSpec {
-        image: Arc::from(matrix_tui::guests::builtin("spin").unwrap().image),
-        memory_size: 2 << 20,
-        args: vec![],
-    };
-    let mut vm = VmRuntime::new(&kvm, &spec).unwrap();
+    let mut vm = common::runtime("spin", &[]);
     let kick = KickTarget::new();
     let _attached = kick.attach();
     let mut timer = quantum_timer::create(TimerKind::Posix, &kick).unwrap();

@@ -65,25 +65,7 @@ fn run_for(mut config: RunConfig, duration: Duration) -> Result<RunReport, Bench
     config.trace = true;
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let deadline = core.started() + duration;
-    let mut quit_sent = false;
-    loop {
-        let event = if quit_sent {
-            core.events().recv().expect("the core reports before it ends")
-        } else {
-            match core.events().recv_deadline(deadline) {
-                Ok(event) => event,
-                Err(_) => {
-                    core.send(Command::Quit);
-                    quit_sent = true;
-                    continue;
-                }
-            }
-        };
-        if let Event::Finished(report) = event {
-            core.join();
-            return Ok(*report);
-        }
-    }
+    Ok(core.run_until(Some(deadline), |_| {}))
 }
 
 /// Per-exit round trip of one hypercall, host handling included: `hammer`
@@ -263,12 +245,7 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
     while core.events().recv_deadline(deadline).is_ok() {}
     let rss_mib = rss_kib() as f64 / 1024.0;
     core.send(Command::Quit);
-    let report = loop {
-        if let Event::Finished(report) = core.events().recv().expect("a report") {
-            break report;
-        }
-    };
-    core.join();
+    let report = core.run_until(None, |_| {});
     let work: Vec<Vec<Spread>> = report.traces.iter().map(work_spreads).collect();
     let charged: Vec<Vec<Spread>> = report.traces.iter().map(charged_spreads).collect();
     let (start, end) = settled_range(&report.traces);
@@ -317,8 +294,7 @@ pub fn console_flood(duration: Duration) -> Result<Flood, BenchError> {
     }
     let rss_late = rss_kib();
     core.send(Command::Quit);
-    while !matches!(core.events().recv(), Ok(Event::Finished(_)) | Err(_)) {}
-    core.join();
+    core.run_until(None, |_| {});
     Ok(Flood {
         bytes_per_s: bytes as f64 / duration.as_secs_f64(),
         rss_growth_mib: rss_late.saturating_sub(rss_early.unwrap_or(rss_late)) as f64 / 1024.0,

@@ -92,6 +92,31 @@ impl CoreHandle {
         self.kick.tid()
     }
 
+    /// Passes every event to `on_event` until the run finishes, asking it to
+    /// quit at `deadline` (if any); then waits for the thread and returns the
+    /// final report.
+    pub fn run_until(self, deadline: Option<Instant>, mut on_event: impl FnMut(Event)) -> RunReport {
+        let mut deadline = deadline;
+        loop {
+            let received = match deadline {
+                Some(at) => self.events.recv_deadline(at).map_err(|_| ()),
+                None => self.events.recv().map_err(|_| ()),
+            };
+            match received {
+                Ok(Event::Finished(report)) => {
+                    self.join();
+                    return *report;
+                }
+                Ok(event) => on_event(event),
+                Err(()) if deadline.is_some() => {
+                    self.send(Command::Quit);
+                    deadline = None;
+                }
+                Err(()) => panic!("the core thread ended without a report"),
+            }
+        }
+    }
+
     /// Waits for the core thread to end.
     pub fn join(self) {
         if let Err(panic) = self.thread.join() {

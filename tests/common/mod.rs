@@ -51,28 +51,20 @@ pub fn run(vms: Vec<VmConfig>, policy: Policy, limit: Duration) -> Outcome {
 /// Runs `config` until every VM finishes, or quits it after `limit`.
 pub fn run_config(config: RunConfig, limit: Duration) -> Outcome {
     let core = sched::spawn(kvm(), config).expect("VMs set up");
-    let deadline = Instant::now() + limit;
-    let mut quit_sent = false;
+    let deadline = core.started() + limit;
     let mut events = Vec::new();
-    loop {
-        let event = if quit_sent {
-            core.events().recv_timeout(Duration::from_secs(10)).expect("the core finishes after quit")
-        } else {
-            match core.events().recv_deadline(deadline) {
-                Ok(event) => event,
-                Err(_) => {
-                    core.send(Command::Quit);
-                    quit_sent = true;
-                    continue;
-                }
-            }
-        };
-        if let Event::Finished(report) = event {
-            core.join();
-            return Outcome { events, report: *report };
-        }
-        events.push(event);
-    }
+    let report = core.run_until(Some(deadline), |event| events.push(event));
+    Outcome { events, report }
+}
+
+/// A runtime for one VM of a built-in guest, driven by the test itself.
+pub fn runtime(guest: &str, args: &[u64]) -> matrix_tui::sched::VmRuntime {
+    let spec = vm::MachineSpec {
+        image: std::sync::Arc::from(guests::builtin(guest).expect("built-in guest").image),
+        memory_size: 2 << 20,
+        args: args.to_vec(),
+    };
+    matrix_tui::sched::VmRuntime::new(&kvm(), &spec).expect("the VM sets up")
 }
 
 /// The console `part1` must print (HYPERCALLS.md), given its `<hva>`.
@@ -113,15 +105,8 @@ pub fn start(config: RunConfig) -> sched::CoreHandle {
 /// Quits a run and collects everything it still sends.
 pub fn quit(core: sched::CoreHandle, mut events: Vec<Event>) -> Outcome {
     core.send(Command::Quit);
-    loop {
-        match core.events().recv_timeout(Duration::from_secs(10)).expect("the core finishes after quit") {
-            Event::Finished(report) => {
-                core.join();
-                return Outcome { events, report: *report };
-            }
-            event => events.push(event),
-        }
-    }
+    let report = core.run_until(None, |event| events.push(event));
+    Outcome { events, report }
 }
 
 /// Receives events until `pick` returns Some for one (keeping all of them);
