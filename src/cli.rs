@@ -3,7 +3,7 @@
 //! Exit status: 0 when every VM halted or the duration ended, 3 when a VM
 //! crashed, 2 for usage and configuration errors, 1 for host errors.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,12 +14,13 @@ use std::path::PathBuf;
 
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::headless::{self, HeadlessOptions};
+use crate::report::RunReport;
 use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
 use crate::sched::{self, SpawnError, VmSetupError};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::layout::DEFAULT_MEMORY;
 use crate::vm::{SetupError, TimerKind};
-use crate::{bench, control, guests, vm};
+use crate::{bench, control, guests, ui, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
 #[derive(Debug, Parser)]
@@ -102,9 +103,15 @@ struct RunArgs {
     #[arg(long = "args", value_name = "NAME=V1,V2,...", value_parser = parse_args_arg)]
     guest_args: Vec<(String, Vec<u64>)>,
 
-    /// Plain text output instead of the terminal UI (the only mode for now).
+    /// Plain text output instead of the terminal UI (also what happens when
+    /// stdout is not a terminal, and with --json or --control).
     #[arg(long)]
     headless: bool,
+
+    /// Record the terminal UI session as an asciicast v2 file (play it with
+    /// `asciinema play FILE`).
+    #[arg(long, value_name = "FILE.cast")]
+    record: Option<PathBuf>,
 
     /// Prefix each console line with seconds since the run started.
     #[arg(long)]
@@ -326,11 +333,58 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let (config, duration) = run_config(&args)?;
+    let (mut config, duration) = run_config(&args)?;
+    let wants_text = args.headless || args.json || args.control;
+    let terminal = std::io::stdout().is_terminal();
+    if args.record.is_some() && (wants_text || !terminal) {
+        return Err(Failure::Usage(anyhow!(
+            "--record records the terminal UI: run it in a terminal, without --headless, --json or --control"
+        )));
+    }
+    if !wants_text && !terminal {
+        eprintln!(
+            "matrix-tui: stdout is not a terminal, so the run is headless (--headless says so and hides this note)"
+        );
+    }
+    let tui = !wants_text && terminal;
+    // In the UI a finished VM can be restarted, so the run lasts until quit.
+    config.stay_open = tui;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
+    let settings = ui::app::initial_settings(
+        config.policy,
+        config.quantum,
+        config.timer,
+        config.vms.iter().map(|vm| vm.weight).collect(),
+    );
     let stop = stop_signals().map_err(Failure::Host)?;
     let core = sched::spawn(kvm, config)?;
+    let report = if tui {
+        let options = ui::UiOptions { record: args.record.clone(), duration };
+        let thread = std::thread::Builder::new()
+            .name("matrix-ui".into())
+            .spawn(move || ui::run(core, names, settings, &options, &stop))
+            .map_err(|error| Failure::Host(error.into()))?;
+        match thread.join() {
+            Ok(result) => result.map_err(|error| Failure::Host(anyhow!("terminal UI: {error}")))?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    } else {
+        run_headless(core, names, &args, duration, &stop)?
+    };
+    for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
+        eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
+    }
+    Ok(if report.any_crashed() { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+fn run_headless(
+    core: sched::CoreHandle,
+    names: Vec<String>,
+    args: &RunArgs,
+    duration: Option<Duration>,
+    stop: &crossbeam_channel::Receiver<()>,
+) -> Result<RunReport, Failure> {
     let options = HeadlessOptions { timestamps: args.timestamps, json: args.json, raw: args.raw, duration };
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     if args.control {
@@ -338,11 +392,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     } else {
         drop(control_tx);
     }
-    let report = headless::run(core, names, options, std::io::stdout().lock(), &stop, &control_rx);
-    for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
-        eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
-    }
-    Ok(if report.any_crashed() { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    Ok(headless::run(core, names, options, std::io::stdout().lock(), stop, &control_rx))
 }
 
 /// A channel that receives a message on SIGINT, SIGTERM or SIGHUP.

@@ -96,7 +96,7 @@ pub fn escape(bytes: &[u8]) -> String {
 }
 
 /// Cuts a byte stream into lines, keeping the unfinished tail for later.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LineBuffer {
     partial: Vec<u8>,
 }
@@ -116,6 +116,11 @@ impl LineBuffer {
             rest = &rest[newline + 1..];
         }
         self.partial.extend_from_slice(rest);
+    }
+
+    /// The unfinished line, if any, without taking it.
+    pub fn peek(&self) -> Option<&[u8]> {
+        (!self.partial.is_empty()).then_some(self.partial.as_slice())
     }
 
     /// Takes the unfinished line, if any.

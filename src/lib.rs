@@ -15,5 +15,6 @@ pub mod report;
 pub mod scenario;
 pub mod sched;
 pub mod stats;
+pub mod ui;
 pub mod units;
 pub mod vm;

@@ -1,0 +1,455 @@
+//! The terminal UI's state: what the core has told it, what the user selected,
+//! and the commands the user's actions turn into. No terminal in here, so it is
+//! tested as plain state.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy};
+use crate::console::{LineBuffer, escape};
+use crate::event::{Command, Event, Settings, VmSample, VmState};
+use crate::stats::VmCounters;
+use crate::vm::TimerKind;
+
+/// Console lines kept per VM.
+pub const CONSOLE_LINES: usize = 1000;
+/// Share samples kept per VM for the sparkline (a minute at five a second).
+pub const SHARE_HISTORY: usize = 300;
+/// How much `+` and `-` move the selected VM's target share.
+pub const SHARE_STEP: f64 = 0.05;
+
+/// One VM as the UI shows it.
+#[derive(Debug, Clone)]
+pub struct VmView {
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: VmState,
+    /// Console lines, escaped, oldest first.
+    pub lines: VecDeque<String>,
+    partial: LineBuffer,
+    /// The line being written (escaped), if any.
+    pub pending: String,
+    /// Console bytes lost because the UI fell behind.
+    pub dropped: u64,
+    /// Counters at the last sample.
+    pub counters: VmCounters,
+    /// Counters per second, between the last two samples.
+    pub rates: VmCounters,
+    /// Measured share of guest time between the last two samples.
+    pub share: f64,
+    /// Recent shares, in per mille, oldest first.
+    pub share_history: VecDeque<u64>,
+    /// Lines scrolled back from the newest.
+    pub scroll: usize,
+    cpu_ns: u64,
+}
+
+impl VmView {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            state: VmState::Running,
+            lines: VecDeque::new(),
+            partial: LineBuffer::default(),
+            pending: String::new(),
+            dropped: 0,
+            counters: VmCounters::default(),
+            rates: VmCounters::default(),
+            share: 0.0,
+            share_history: VecDeque::new(),
+            scroll: 0,
+            cpu_ns: 0,
+        }
+    }
+
+    fn push_console(&mut self, bytes: &[u8], dropped: u64) {
+        if dropped > 0 {
+            self.dropped += dropped;
+            self.push_line(format!("... {dropped} bytes dropped"));
+        }
+        let mut complete = Vec::new();
+        self.partial.push(bytes, |line| complete.push(escape(line)));
+        for line in complete {
+            self.push_line(line);
+        }
+        self.pending = self.partial.peek().map(escape).unwrap_or_default();
+    }
+
+    fn push_line(&mut self, line: String) {
+        if self.lines.len() == CONSOLE_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+        if self.scroll > 0 {
+            // Keep the view still while the user reads back.
+            self.scroll = (self.scroll + 1).min(self.lines.len());
+        }
+    }
+}
+
+/// What the user can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Select the next VM.
+    SelectNext,
+    /// Select the previous VM.
+    SelectPrevious,
+    /// Select VM n.
+    Select(usize),
+    /// Raise the selected VM's target share.
+    MoreShare,
+    /// Lower it.
+    LessShare,
+    /// Pause or resume the selected VM.
+    TogglePause,
+    /// Restart the selected VM.
+    Restart,
+    /// Next policy.
+    CyclePolicy,
+    /// Halve the quantum.
+    HalveQuantum,
+    /// Double the quantum.
+    DoubleQuantum,
+    /// Freeze or unfreeze the display.
+    ToggleFreeze,
+    /// Clear the selected console.
+    ClearConsole,
+    /// Scroll the selected console back.
+    ScrollUp,
+    /// Scroll it forward.
+    ScrollDown,
+    /// Show or hide the help.
+    ToggleHelp,
+    /// Leave.
+    Quit,
+}
+
+/// The whole UI state.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The VMs, in run order.
+    pub vms: Vec<VmView>,
+    /// The core's settings, as last reported.
+    pub settings: Settings,
+    /// The selected VM.
+    pub selected: usize,
+    /// The display is frozen (the VMs keep running).
+    pub frozen: bool,
+    /// The help overlay is shown.
+    pub help: bool,
+    /// Nanoseconds since the run started, at the last sample.
+    pub elapsed_ns: u64,
+    /// Guest exits per second over all VMs.
+    pub exits_per_s: f64,
+    /// The user asked to quit.
+    pub quitting: bool,
+    last_sample_ns: Option<u64>,
+}
+
+impl App {
+    /// A UI for VMs called `names` with `weights`, under `policy`.
+    pub fn new(names: Vec<String>, settings: Settings) -> Self {
+        Self {
+            vms: names.into_iter().map(VmView::new).collect(),
+            settings,
+            selected: 0,
+            frozen: false,
+            help: false,
+            elapsed_ns: 0,
+            exits_per_s: 0.0,
+            quitting: false,
+            last_sample_ns: None,
+        }
+    }
+
+    /// The target share of `vm`: its weight over all weights.
+    pub fn target(&self, vm: usize) -> f64 {
+        let total: f64 = self.settings.weights.iter().sum();
+        if total > 0.0 { self.settings.weights[vm] / total } else { 0.0 }
+    }
+
+    /// Takes in an event from the core; true if anything shown changed.
+    pub fn apply(&mut self, event: Event) -> bool {
+        match event {
+            Event::Console { vm, bytes, dropped } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    view.push_console(&bytes, dropped);
+                }
+            }
+            Event::State { vm, state } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    if state.is_finished() {
+                        if let Some(partial) = view.partial.take_partial() {
+                            view.push_line(escape(&partial));
+                            view.pending.clear();
+                        }
+                    }
+                    if state == VmState::Running && view.state.is_finished() {
+                        view.share_history.clear();
+                    }
+                    view.state = state;
+                }
+            }
+            Event::Settings(settings) => self.settings = settings,
+            Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, &vms),
+            Event::Finished(_) => {}
+        }
+        true
+    }
+
+    fn apply_sample(&mut self, elapsed_ns: u64, samples: &[VmSample]) {
+        let seconds = self.last_sample_ns.map(|last| (elapsed_ns.saturating_sub(last)) as f64 / 1e9);
+        self.last_sample_ns = Some(elapsed_ns);
+        self.elapsed_ns = elapsed_ns;
+        let cpu_deltas: Vec<u64> =
+            self.vms.iter().zip(samples).map(|(view, sample)| sample.cpu_ns.saturating_sub(view.cpu_ns)).collect();
+        let total_cpu: u64 = cpu_deltas.iter().sum();
+        let mut exits = 0.0;
+        for ((view, sample), cpu) in self.vms.iter_mut().zip(samples).zip(cpu_deltas) {
+            if let Some(seconds) = seconds.filter(|s| *s > 0.0) {
+                view.rates = per_second(&view.counters, &sample.counters, seconds);
+                exits += view.rates.exits.total() as f64;
+            }
+            view.share = if total_cpu > 0 { cpu as f64 / total_cpu as f64 } else { 0.0 };
+            if view.share_history.len() == SHARE_HISTORY {
+                view.share_history.pop_front();
+            }
+            view.share_history.push_back((view.share * 1000.0).round() as u64);
+            view.counters = sample.counters;
+            view.cpu_ns = sample.cpu_ns;
+        }
+        self.exits_per_s = exits;
+    }
+
+    /// Carries out a user action; returns the commands for the core.
+    pub fn act(&mut self, action: Action) -> Vec<Command> {
+        let count = self.vms.len();
+        let vm = self.selected;
+        match action {
+            Action::SelectNext => self.selected = (vm + 1) % count,
+            Action::SelectPrevious => self.selected = (vm + count - 1) % count,
+            Action::Select(index) if index < count => self.selected = index,
+            Action::Select(_) => {}
+            Action::MoreShare => return self.move_share(SHARE_STEP),
+            Action::LessShare => return self.move_share(-SHARE_STEP),
+            Action::TogglePause => match self.vms[vm].state {
+                VmState::Running => return vec![Command::Pause(vm)],
+                VmState::Paused => return vec![Command::Resume(vm)],
+                _ => {}
+            },
+            Action::Restart => return vec![Command::Restart(vm)],
+            Action::CyclePolicy => return vec![Command::SetPolicy(self.settings.policy.next())],
+            Action::HalveQuantum => return self.scale_quantum(0.5),
+            Action::DoubleQuantum => return self.scale_quantum(2.0),
+            Action::ToggleFreeze => self.frozen = !self.frozen,
+            Action::ClearConsole => {
+                let view = &mut self.vms[vm];
+                view.lines.clear();
+                view.scroll = 0;
+            }
+            Action::ScrollUp => {
+                let view = &mut self.vms[vm];
+                view.scroll = (view.scroll + 10).min(view.lines.len());
+            }
+            Action::ScrollDown => {
+                let view = &mut self.vms[vm];
+                view.scroll = view.scroll.saturating_sub(10);
+            }
+            Action::ToggleHelp => self.help = !self.help,
+            Action::Quit => {
+                self.quitting = true;
+                return vec![Command::Quit];
+            }
+        }
+        Vec::new()
+    }
+
+    /// Moves the selected VM's target share by `step` (5 points), scaling the
+    /// others so that the targets still add up; weights become percentages.
+    fn move_share(&mut self, step: f64) -> Vec<Command> {
+        if self.vms.len() < 2 {
+            return Vec::new();
+        }
+        let current = self.target(self.selected);
+        let wanted = ((current + step) * 100.0).round() / 100.0;
+        let wanted = wanted.clamp(0.01, 0.99);
+        if (wanted - current).abs() < 1e-9 {
+            return Vec::new();
+        }
+        let others = 1.0 - current;
+        let weights: Vec<f64> = (0..self.vms.len())
+            .map(|vm| {
+                let share = if vm == self.selected {
+                    wanted
+                } else if others > 0.0 {
+                    self.target(vm) / others * (1.0 - wanted)
+                } else {
+                    (1.0 - wanted) / (self.vms.len() - 1) as f64
+                };
+                (share * 1000.0).round().max(1.0) / 10.0
+            })
+            .collect();
+        // Shown at once, before the core confirms.
+        self.settings.weights = weights.clone();
+        weights.into_iter().enumerate().map(|(vm, weight)| Command::SetWeight { vm, weight }).collect()
+    }
+
+    fn scale_quantum(&mut self, factor: f64) -> Vec<Command> {
+        let quantum = self.settings.quantum.mul_f64(factor).clamp(MIN_QUANTUM, MAX_QUANTUM);
+        if quantum == self.settings.quantum {
+            return Vec::new();
+        }
+        self.settings.quantum = quantum;
+        vec![Command::SetQuantum(quantum)]
+    }
+}
+
+fn per_second(before: &VmCounters, after: &VmCounters, seconds: f64) -> VmCounters {
+    let rate = |b: u64, a: u64| (a.saturating_sub(b) as f64 / seconds).round() as u64;
+    let (b, a) = (&before.exits, &after.exits);
+    VmCounters {
+        exits: crate::stats::ExitCounts {
+            io_in: rate(b.io_in, a.io_in),
+            io_out: rate(b.io_out, a.io_out),
+            hlt: rate(b.hlt, a.hlt),
+            mmio: rate(b.mmio, a.mmio),
+            unknown_port: rate(b.unknown_port, a.unknown_port),
+            shutdown: rate(b.shutdown, a.shutdown),
+            other: rate(b.other, a.other),
+        },
+        preemptions: rate(before.preemptions, after.preemptions),
+        faults: rate(before.faults, after.faults),
+    }
+}
+
+/// Settings for a UI that has not heard from the core yet.
+pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, weights: Vec<f64>) -> Settings {
+    Settings { policy, quantum, timer, weights }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> App {
+        App::new(
+            vec!["neo".into(), "morpheus".into()],
+            initial_settings(Policy::Fair, Duration::from_millis(1), TimerKind::Posix, vec![70.0, 30.0]),
+        )
+    }
+
+    #[test]
+    fn plus_moves_the_selected_target_by_five_points() {
+        let mut app = app();
+        let commands = app.act(Action::MoreShare);
+        assert_eq!(commands, [Command::SetWeight { vm: 0, weight: 75.0 }, Command::SetWeight { vm: 1, weight: 25.0 }]);
+        assert!((app.target(0) - 0.75).abs() < 1e-9);
+        app.act(Action::SelectNext);
+        app.act(Action::LessShare);
+        assert!((app.target(1) - 0.20).abs() < 1e-9);
+        assert!((app.target(0) - 0.80).abs() < 1e-9);
+    }
+
+    #[test]
+    fn targets_stay_between_one_and_ninety_nine_percent() {
+        let mut app = app();
+        for _ in 0..30 {
+            app.act(Action::MoreShare);
+        }
+        assert!((app.target(0) - 0.99).abs() < 1e-9);
+        assert!(app.act(Action::MoreShare).is_empty());
+    }
+
+    #[test]
+    fn keys_for_one_vm_become_commands_for_it() {
+        let mut app = app();
+        app.act(Action::SelectNext);
+        assert_eq!(app.act(Action::TogglePause), [Command::Pause(1)]);
+        app.apply(Event::State { vm: 1, state: VmState::Paused });
+        assert_eq!(app.act(Action::TogglePause), [Command::Resume(1)]);
+        assert_eq!(app.act(Action::Restart), [Command::Restart(1)]);
+        assert_eq!(app.act(Action::CyclePolicy), [Command::SetPolicy(Policy::Io)]);
+        assert_eq!(app.act(Action::HalveQuantum), [Command::SetQuantum(Duration::from_micros(500))]);
+        assert_eq!(app.act(Action::DoubleQuantum), [Command::SetQuantum(Duration::from_millis(1))]);
+        assert_eq!(app.act(Action::Quit), [Command::Quit]);
+        assert!(app.quitting);
+    }
+
+    #[test]
+    fn the_quantum_stops_at_its_bounds() {
+        let mut app = app();
+        for _ in 0..10 {
+            app.act(Action::HalveQuantum);
+        }
+        assert_eq!(app.settings.quantum, MIN_QUANTUM);
+        assert!(app.act(Action::HalveQuantum).is_empty());
+    }
+
+    #[test]
+    fn selection_wraps_and_clicks_select() {
+        let mut app = app();
+        app.act(Action::SelectPrevious);
+        assert_eq!(app.selected, 1);
+        app.act(Action::SelectNext);
+        assert_eq!(app.selected, 0);
+        app.act(Action::Select(1));
+        assert_eq!(app.selected, 1);
+        app.act(Action::Select(7));
+        assert_eq!(app.selected, 1);
+    }
+
+    #[test]
+    fn console_lines_are_escaped_and_bounded() {
+        let mut app = app();
+        app.apply(Event::Console { vm: 0, bytes: b"one\n\x1b[31mtwo\nthr".to_vec(), dropped: 0 });
+        assert_eq!(app.vms[0].lines, ["one", "\\x1b[31mtwo"]);
+        assert_eq!(app.vms[0].pending, "thr");
+        app.apply(Event::Console { vm: 0, bytes: b"ee\n".to_vec(), dropped: 5 });
+        assert_eq!(app.vms[0].lines.back().unwrap(), "three");
+        assert!(app.vms[0].lines.contains(&"... 5 bytes dropped".to_string()));
+        let flood: Vec<u8> = b"x\n".repeat(CONSOLE_LINES * 2);
+        app.apply(Event::Console { vm: 0, bytes: flood, dropped: 0 });
+        assert_eq!(app.vms[0].lines.len(), CONSOLE_LINES);
+    }
+
+    #[test]
+    fn samples_give_shares_and_rates() {
+        let mut app = app();
+        let sample = |cpu: [u64; 2], exits: [u64; 2]| {
+            cpu.iter()
+                .zip(exits)
+                .map(|(&cpu_ns, io_out)| VmSample {
+                    counters: VmCounters {
+                        exits: crate::stats::ExitCounts { io_out, ..Default::default() },
+                        ..Default::default()
+                    },
+                    cpu_ns,
+                    charged_ns: cpu_ns,
+                })
+                .collect::<Vec<_>>()
+        };
+        app.apply(Event::Sample { elapsed_ns: 1_000_000_000, vms: sample([0, 0], [0, 0]) });
+        app.apply(Event::Sample { elapsed_ns: 1_500_000_000, vms: sample([350, 150], [100, 50]) });
+        assert!((app.vms[0].share - 0.7).abs() < 1e-9);
+        assert_eq!(app.vms[0].rates.exits.io_out, 200);
+        assert_eq!(app.exits_per_s, 300.0);
+        assert_eq!(app.vms[1].share_history.back(), Some(&300));
+    }
+
+    #[test]
+    fn freeze_help_clear_and_scroll() {
+        let mut app = app();
+        app.act(Action::ToggleFreeze);
+        assert!(app.frozen);
+        app.act(Action::ToggleHelp);
+        assert!(app.help);
+        app.apply(Event::Console { vm: 0, bytes: b"a\n".repeat(50), dropped: 0 });
+        app.act(Action::ScrollUp);
+        assert_eq!(app.vms[0].scroll, 10);
+        app.act(Action::ScrollDown);
+        assert_eq!(app.vms[0].scroll, 0);
+        app.act(Action::ClearConsole);
+        assert!(app.vms[0].lines.is_empty());
+    }
+}

@@ -1,0 +1,128 @@
+//! Recording what the terminal was sent as an asciicast v2 file
+//! (`--record FILE.cast`, play it with `asciinema play FILE.cast`).
+//!
+//! A header line, then one `[seconds, "o", text]` line per flush of the
+//! terminal and `[seconds, "r", "WxH"]` on resizes. Every line is flushed as it
+//! is written, so a run that is killed still leaves a playable file.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+/// An open asciicast v2 recording.
+pub struct CastWriter {
+    file: BufWriter<File>,
+    started: Instant,
+}
+
+impl CastWriter {
+    /// Creates `path` and writes the header for a `width` x `height` terminal.
+    pub fn create(path: &Path, width: u16, height: u16) -> io::Result<Self> {
+        let mut file = BufWriter::new(File::create(path)?);
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let env = json!({
+            "SHELL": std::env::var("SHELL").unwrap_or_default(),
+            "TERM": std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()),
+        });
+        let header = json!({ "version": 2, "width": width, "height": height, "timestamp": timestamp, "env": env });
+        writeln!(file, "{header}")?;
+        file.flush()?;
+        Ok(Self { file, started: Instant::now() })
+    }
+
+    fn event(&mut self, kind: &str, data: &str) -> io::Result<()> {
+        let line = json!([self.started.elapsed().as_secs_f64(), kind, data]);
+        writeln!(self.file, "{line}")?;
+        self.file.flush()
+    }
+
+    /// Records bytes sent to the terminal.
+    pub fn output(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.event("o", &String::from_utf8_lossy(bytes))
+    }
+
+    /// Records a resize.
+    pub fn resize(&mut self, width: u16, height: u16) -> io::Result<()> {
+        self.event("r", &format!("{width}x{height}"))
+    }
+}
+
+/// A recording shared by the terminal's writer and the UI loop (which adds
+/// resize events); both live on the UI thread.
+pub type SharedCast = Rc<RefCell<Option<CastWriter>>>;
+
+/// The terminal's writer: bytes are gathered until a flush, then sent to
+/// stdout and, when recording, to the cast file as one event.
+pub struct TerminalOut<W: Write> {
+    out: W,
+    pending: Vec<u8>,
+    cast: SharedCast,
+}
+
+impl<W: Write> TerminalOut<W> {
+    /// Writes to `out`, recording into `cast` if it holds a recording.
+    pub fn new(out: W, cast: SharedCast) -> Self {
+        Self { out, pending: Vec::with_capacity(64 * 1024), cast }
+    }
+}
+
+impl<W: Write> Write for TerminalOut<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.out.flush()?;
+        let mut cast = self.cast.borrow_mut();
+        // A recording that fails (disk full) must not take the UI down.
+        if cast.as_mut().is_some_and(|cast| cast.output(&self.pending).is_err()) {
+            *cast = None;
+        }
+        drop(cast);
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recording_is_a_valid_asciicast_v2_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.cast");
+        let cast: SharedCast = Rc::new(RefCell::new(Some(CastWriter::create(&path, 80, 24).unwrap())));
+        let mut out = TerminalOut::new(Vec::new(), Rc::clone(&cast));
+        out.write_all(b"\x1b[2Jhello").unwrap();
+        out.flush().unwrap();
+        cast.borrow_mut().as_mut().unwrap().resize(100, 30).unwrap();
+        out.write_all("wörld".as_bytes()).unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.out, "\x1b[2Jhellowörld".as_bytes());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(
+            (lines[0]["version"].as_u64(), lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+            (Some(2), Some(80), Some(24))
+        );
+        assert!(lines[0]["timestamp"].as_u64().unwrap() > 1_700_000_000);
+        assert_eq!(lines[1][1], "o");
+        assert_eq!(lines[1][2], "\x1b[2Jhello");
+        assert_eq!((lines[2][1].as_str(), lines[2][2].as_str()), (Some("r"), Some("100x30")));
+        assert_eq!(lines[3][2], "wörld");
+        let times: Vec<f64> = lines[1..].iter().map(|l| l[0].as_f64().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

@@ -1,0 +1,56 @@
+//! Putting the terminal into raw mode and the alternate screen, and always
+//! putting it back: when the UI returns, when it errs, and on a panic anywhere
+//! (a hook restores the terminal before the panic message is printed).
+
+use std::io::{self, Write};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture};
+use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
+use crossterm::{cursor, execute};
+
+/// Whether the terminal is in raw mode on our account.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// While alive, the terminal is set up for the UI; dropping it restores it.
+pub struct TerminalGuard(());
+
+impl TerminalGuard {
+    /// Enters raw mode, the alternate screen and mouse capture, writing the
+    /// escape sequences to `out` (the recorded terminal writer).
+    pub fn enter(out: &mut impl Write) -> io::Result<Self> {
+        install_panic_hook();
+        enable_raw_mode()?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        let guard = Self(());
+        execute!(out, EnterAlternateScreen, EnableMouseCapture, cursor::Hide)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Leaves the alternate screen and raw mode, if we entered them. Safe to call
+/// more than once, and from a panic hook.
+pub fn restore() {
+    if ACTIVE.swap(false, Ordering::SeqCst) {
+        let _ = execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, cursor::Show);
+        let _ = disable_raw_mode();
+    }
+}
+
+fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+    });
+}

@@ -1,0 +1,330 @@
+//! Drawing the UI: a header, a pane per VM (or a compact row each when there
+//! are many), a footer of keys, and the help overlay.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
+
+use super::app::{App, VmView};
+use super::keys::BINDINGS;
+use super::share_gauge::ShareGauge;
+use crate::event::VmState;
+
+/// Smallest terminal the UI draws in.
+pub const MIN_SIZE: (u16, u16) = (60, 16);
+/// Pane height below which VMs are shown as compact rows.
+const MIN_PANE_HEIGHT: u16 = 12;
+
+/// Draws the whole screen; returns where each VM's pane (or row) is, for clicks.
+pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
+    let area = frame.area();
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let message = format!(
+            "The terminal is {}x{}; matrix-tui needs at least {}x{}.\nEnlarge it, or press q to quit.",
+            area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+        );
+        frame.render_widget(Paragraph::new(message).wrap(Wrap { trim: true }), area);
+        return Vec::new();
+    }
+    let [header, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
+    frame.render_widget(header_line(app), header);
+    frame.render_widget(footer_line(), footer);
+    let panes = pane_areas(body, app.vms.len());
+    let areas = match panes {
+        Some(panes) => {
+            for (vm, pane) in panes.iter().enumerate() {
+                draw_pane(frame, app, vm, *pane);
+            }
+            panes
+        }
+        None => draw_rows(frame, app, body),
+    };
+    if app.help {
+        draw_help(frame, area);
+    }
+    areas
+}
+
+/// Pane rectangles for `count` VMs: side by side for two, a grid up to what
+/// fits, None when panes would be too small (then compact rows).
+pub fn pane_areas(area: Rect, count: usize) -> Option<Vec<Rect>> {
+    if count == 0 {
+        return Some(Vec::new());
+    }
+    let columns = if count <= 2 {
+        count
+    } else if area.width >= 150 {
+        3
+    } else {
+        2
+    };
+    let columns = columns.min((area.width / 30).max(1) as usize);
+    let rows = count.div_ceil(columns);
+    if area.height / rows as u16 <= MIN_PANE_HEIGHT - 1 && rows > 1 {
+        return None;
+    }
+    let row_areas = Layout::vertical(vec![Constraint::Ratio(1, rows as u32); rows]).split(area);
+    let mut panes = Vec::with_capacity(count);
+    for (row, row_area) in row_areas.iter().enumerate() {
+        let in_row = (count - row * columns).min(columns);
+        let cells = Layout::horizontal(vec![Constraint::Ratio(1, columns as u32); columns]).split(*row_area);
+        panes.extend(cells.iter().take(in_row).copied());
+    }
+    Some(panes)
+}
+
+fn state_color(state: &VmState) -> Color {
+    match state {
+        VmState::Running => Color::Green,
+        VmState::Paused => Color::Yellow,
+        VmState::Halted => Color::Gray,
+        VmState::Crashed { .. } => Color::Red,
+    }
+}
+
+fn header_line(app: &App) -> Line<'static> {
+    let settings = &app.settings;
+    let seconds = app.elapsed_ns / 1_000_000_000;
+    let mut spans = vec![
+        Span::styled(" matrix-tui ", Style::default().bold().reversed()),
+        Span::raw(format!(
+            " {} · {} · {} timer · up {}:{:02} · {:.0} exits/s",
+            settings.policy.name(),
+            format_quantum(settings.quantum.as_micros() as u64),
+            settings.timer.name(),
+            seconds / 60,
+            seconds % 60,
+            app.exits_per_s,
+        )),
+    ];
+    if app.frozen {
+        spans.push(Span::styled("  FROZEN ", Style::default().fg(Color::Black).bg(Color::Cyan).bold()));
+    }
+    let paused = app.vms.iter().filter(|vm| vm.state == VmState::Paused).count();
+    if paused > 0 {
+        spans.push(Span::styled(format!("  {paused} paused"), Style::default().fg(Color::Yellow)));
+    }
+    Line::from(spans)
+}
+
+fn format_quantum(micros: u64) -> String {
+    if micros >= 1000 && micros % 1000 == 0 { format!("{}ms", micros / 1000) } else { format!("{micros}us") }
+}
+
+fn footer_line() -> Line<'static> {
+    let keys = [
+        ("Tab", "select"),
+        ("+/-", "share"),
+        ("p", "pause"),
+        ("r", "restart"),
+        ("m", "policy"),
+        ("[ ]", "quantum"),
+        ("space", "freeze"),
+        ("?", "help"),
+        ("q", "quit"),
+    ];
+    let mut spans = Vec::new();
+    for (key, what) in keys {
+        spans.push(Span::styled(format!(" {key}"), Style::default().bold()));
+        spans.push(Span::styled(format!(" {what} "), Style::default().fg(Color::DarkGray)));
+    }
+    Line::from(spans)
+}
+
+fn title(app: &App, vm: usize) -> Line<'static> {
+    let view = &app.vms[vm];
+    let weight = app.settings.weights.get(vm).copied().unwrap_or(0.0);
+    Line::from(vec![
+        Span::styled(format!(" {} ", view.name), Style::default().bold()),
+        Span::styled(view.state.name(), Style::default().fg(state_color(&view.state))),
+        Span::raw(format!(" · w{} → {:.0}% ", trim_weight(weight), app.target(vm) * 100.0)),
+    ])
+}
+
+fn trim_weight(weight: f64) -> String {
+    if weight.fract() == 0.0 { format!("{weight:.0}") } else { format!("{weight:.1}") }
+}
+
+fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
+    let view = &app.vms[vm];
+    let selected = vm == app.selected;
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_type(if selected { BorderType::Thick } else { BorderType::Rounded })
+        .border_style(if selected { Style::default().fg(Color::Cyan) } else { Style::default().fg(Color::DarkGray) })
+        .title(title(app, vm));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [gauge, spark, counters, console] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(2),
+        Constraint::Length(counter_table_height(inner.width)),
+        Constraint::Min(1),
+    ])
+    .areas(inner);
+    frame.render_widget(
+        ShareGauge { share: view.share, target: app.target(vm), color: state_color(&view.state) },
+        gauge,
+    );
+    let history: Vec<u64> = view.share_history.iter().copied().collect();
+    let visible = &history[history.len().saturating_sub(usize::from(spark.width))..];
+    frame.render_widget(Sparkline::default().data(visible).max(1000).style(Style::default().fg(Color::Blue)), spark);
+    frame.render_widget(counter_table(view, counters.width), counters);
+    frame.render_widget(console_paragraph(view, console.height), console);
+}
+
+/// The kvm_stat-like counters, total and per second: two columns in a wide
+/// pane, one in a narrow one.
+fn counter_table(view: &VmView, width: u16) -> Table<'static> {
+    let (c, r) = (&view.counters, &view.rates);
+    let entries = [
+        ("I/O in", c.exits.io_in, r.exits.io_in),
+        ("I/O out", c.exits.io_out, r.exits.io_out),
+        ("HLT", c.exits.hlt, r.exits.hlt),
+        ("MMIO", c.exits.mmio, r.exits.mmio),
+        ("unknown", c.exits.unknown_port, r.exits.unknown_port),
+        ("faults", c.faults, r.faults),
+        ("preempt", c.preemptions, r.preemptions),
+        ("total", c.exits.total(), r.exits.total()),
+    ];
+    let cells = |(name, total, rate): (&str, u64, u64)| {
+        [
+            Cell::from(Span::styled(name.to_string(), Style::default().fg(Color::DarkGray))),
+            Cell::from(compact(total)),
+            Cell::from(Span::styled(format!("{}/s", compact(rate)), Style::default().fg(Color::DarkGray))),
+        ]
+    };
+    let column = [Constraint::Length(7), Constraint::Length(6), Constraint::Length(8)];
+    let underlined = Style::default().add_modifier(Modifier::UNDERLINED);
+    if width >= counter_table_width(true) {
+        let rows = (0..4).map(|i| Row::new(cells(entries[i]).into_iter().chain(cells(entries[i + 4]))));
+        Table::new(rows, [column, column].concat())
+            .header(Row::new(["exit", "total", "rate", "exit", "total", "rate"]).style(underlined))
+    } else {
+        Table::new(entries.into_iter().map(|entry| Row::new(cells(entry))), column)
+            .header(Row::new(["exit", "total", "rate"]).style(underlined))
+    }
+}
+
+/// Columns the counter table needs (with the table's one-column gaps).
+fn counter_table_width(two_columns: bool) -> u16 {
+    if two_columns { 2 * 21 + 5 } else { 21 + 2 }
+}
+
+/// Rows the counter table takes in a pane of `width` columns, header included.
+fn counter_table_height(width: u16) -> u16 {
+    if width >= counter_table_width(true) { 5 } else { 9 }
+}
+
+/// 1234 -> "1234", 12345 -> "12.3k", 1234567 -> "1.2M".
+fn compact(value: u64) -> String {
+    match value {
+        0..=9_999 => value.to_string(),
+        10_000..=999_999 => format!("{:.1}k", value as f64 / 1e3),
+        _ => format!("{:.1}M", value as f64 / 1e6),
+    }
+}
+
+fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    if let VmState::Crashed { reason, registers } = &view.state {
+        lines.push(Line::styled(format!("crashed: {reason}"), Style::default().fg(Color::Red).bold()));
+        lines.push(Line::styled(
+            format!(
+                "rip {:#x} rsp {:#x} cr2 {:#x} rflags {:#x}",
+                registers.rip, registers.rsp, registers.cr2, registers.rflags
+            ),
+            Style::default().fg(Color::Red),
+        ));
+    }
+    let room = usize::from(height).saturating_sub(lines.len());
+    let with_pending =
+        view.lines.iter().map(String::as_str).chain((!view.pending.is_empty()).then_some(view.pending.as_str()));
+    let all: Vec<&str> = with_pending.collect();
+    let end = all.len().saturating_sub(view.scroll);
+    let start = end.saturating_sub(room);
+    for line in &all[start..end] {
+        let style = if line.starts_with(crate::console::NOTE_PREFIX) {
+            Style::default().fg(Color::Magenta)
+        } else {
+            Style::default()
+        };
+        lines.push(Line::styled(line.to_string(), style));
+    }
+    if view.scroll > 0 {
+        lines.push(Line::styled(format!("-- {} lines below (PgDn) --", view.scroll), Style::default().fg(Color::Cyan)));
+    }
+    Paragraph::new(lines)
+}
+
+/// Many VMs: one line each (name, state, share bar, exits per second, last line).
+fn draw_rows(frame: &mut Frame<'_>, app: &App, area: Rect) -> Vec<Rect> {
+    let visible = usize::from(area.height);
+    let first = app.selected.saturating_sub(visible.saturating_sub(1));
+    let mut rows = Vec::new();
+    for (line, vm) in (first..app.vms.len()).take(visible).enumerate() {
+        let row = Rect::new(area.x, area.y + line as u16, area.width, 1);
+        let view = &app.vms[vm];
+        let [name, gauge, rest] =
+            Layout::horizontal([Constraint::Length(22), Constraint::Length(36), Constraint::Min(0)]).areas(row);
+        let style = if vm == app.selected { Style::default().reversed() } else { Style::default() };
+        frame.render_widget(
+            Paragraph::new(Line::from(vec![
+                Span::styled(format!("{:<12}", view.name), style.bold()),
+                Span::styled(format!(" {:<8}", view.state.name()), Style::default().fg(state_color(&view.state))),
+            ])),
+            name,
+        );
+        frame.render_widget(
+            ShareGauge { share: view.share, target: app.target(vm), color: state_color(&view.state) },
+            gauge,
+        );
+        let last = view.lines.back().map(String::as_str).unwrap_or("");
+        frame.render_widget(Paragraph::new(format!(" {:>6}/s  {last}", view.rates.exits.total())), rest);
+        rows.resize(vm, Rect::default());
+        rows.push(row);
+    }
+    rows
+}
+
+fn draw_help(frame: &mut Frame<'_>, area: Rect) {
+    let width = area.width.min(72);
+    let height = (BINDINGS.len() as u16 + 4).min(area.height);
+    let popup = Rect::new(area.x + (area.width - width) / 2, area.y + (area.height - height) / 2, width, height);
+    let rows = BINDINGS
+        .iter()
+        .map(|(keys, what, _)| Row::new([Cell::from(Span::styled(*keys, Style::default().bold())), Cell::from(*what)]));
+    let table = Table::new(rows, [Constraint::Length(15), Constraint::Min(0)]).block(
+        Block::default()
+            .borders(Borders::ALL)
+            .border_type(BorderType::Double)
+            .title(" keys (? to close) ")
+            .title_bottom(" mouse: click a pane to select it "),
+    );
+    frame.render_widget(Clear, popup);
+    frame.render_widget(table, popup);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_vms_sit_side_by_side_and_six_in_a_grid() {
+        let two = pane_areas(Rect::new(0, 1, 80, 22), 2).unwrap();
+        assert_eq!(two, [Rect::new(0, 1, 40, 22), Rect::new(40, 1, 40, 22)]);
+        let six = pane_areas(Rect::new(0, 1, 160, 46), 6).unwrap();
+        assert_eq!(six.len(), 6);
+        assert_eq!((six[0].width, six[0].height), (53, 23));
+        assert!(pane_areas(Rect::new(0, 1, 80, 22), 6).is_none(), "too small for six panes: rows instead");
+        assert_eq!(pane_areas(Rect::new(0, 0, 80, 22), 0), Some(vec![]));
+    }
+
+    #[test]
+    fn numbers_are_compact() {
+        assert_eq!((compact(42), compact(12_345), compact(2_500_000)), ("42".into(), "12.3k".into(), "2.5M".into()));
+    }
+}
