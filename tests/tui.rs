@@ -1,0 +1,137 @@
+//! The real binary in a real terminal (tmux): it starts, shows Neo and
+//! Morpheus with consoles and share bars, `+` moves Neo's target from 70 % to
+//! 75 %, `p` pauses, `q` quits, and the terminal is back in cooked mode. And
+//! `--record` leaves a valid asciicast v2 file of what the terminal showed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmux session that is killed when the test ends, however it ends.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    /// Starts `command` in an 80x24 session.
+    fn start(name: &str, command: &str) -> Self {
+        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", name, "-x", "80", "-y", "24", command])
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(status.success());
+        Self { name: name.to_string() }
+    }
+
+    fn screen(&self) -> String {
+        let output = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux").args(["send-keys", "-t", &self.name, keys]).status().unwrap();
+    }
+
+    /// Waits until the screen shows all of `texts` (10 s at most).
+    fn wait_for(&self, texts: &[&str]) -> String {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if texts.iter().all(|text| screen.contains(text)) {
+                return screen;
+            }
+            assert!(Instant::now() < give_up, "the screen never showed {texts:?}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).output();
+    }
+}
+
+/// Waits for `path` to exist and hold a line (10 s at most).
+fn wait_for_file(path: &Path) -> String {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(Instant::now() < give_up, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_matrix-tui"))
+}
+
+#[test]
+fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let after = dir.path().join("after");
+    // After the UI exits, the shell records its status and the terminal mode.
+    let command = format!(
+        "{}; echo \"status=$? $(stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon') $(stty -a | tr ' ' '\\n' | grep -x -- '-\\?echo')\" > {}; sleep 60",
+        binary().display(),
+        after.display()
+    );
+    let tmux = Tmux::start("matrix-tui-test-ui", &command);
+    let screen = tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:"]);
+    assert!(screen.contains('█'), "share bars are drawn:\n{screen}");
+    assert!(screen.contains("fair · 1ms · posix timer"), "the header shows the settings:\n{screen}");
+
+    tmux.keys("+");
+    tmux.wait_for(&["w75 → 75%", "w25 → 25%"]);
+    tmux.keys("p");
+    tmux.wait_for(&["neo paused", "1 paused"]);
+    tmux.keys("q");
+
+    let after = wait_for_file(&after);
+    assert_eq!(after.trim(), "status=0 icanon echo", "the terminal is back in cooked mode with echo");
+    let screen = tmux.screen();
+    assert!(!screen.contains("morpheus running"), "the alternate screen is gone:\n{screen}");
+}
+
+#[test]
+fn a_recording_is_asciicast_v2_and_replays_the_panes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cast = dir.path().join("session.cast");
+    let done = dir.path().join("done");
+    let command = format!(
+        "{} run --record {} --duration 2s; echo status=$? > {}; sleep 60",
+        binary().display(),
+        cast.display(),
+        done.display()
+    );
+    let _tmux = Tmux::start("matrix-tui-test-record", &command);
+    assert_eq!(wait_for_file(&done).trim(), "status=0");
+
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!((header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()), (Some(2), Some(80), Some(24)));
+    assert!(header["timestamp"].as_u64().is_some() && header["env"]["TERM"].is_string());
+    let mut replay = String::new();
+    let mut last_time = 0.0;
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let time = event[0].as_f64().unwrap();
+        assert!(time >= last_time, "events are in time order");
+        last_time = time;
+        assert!(matches!(event[1].as_str(), Some("o" | "r")), "{line}");
+        if event[1] == "o" {
+            replay.push_str(event[2].as_str().unwrap());
+        }
+    }
+    for text in ["neo", "morpheus", "running", "→ 70%", "\u{1b}[?1049h"] {
+        assert!(replay.contains(text), "the replay lacks {text:?}");
+    }
+    assert!(last_time > 1.5, "the recording spans the run ({last_time} s)");
+}
