@@ -83,7 +83,8 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
         after.display()
     );
     let tmux = Tmux::start("matrix-tui-test-ui", &command);
-    let screen = tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:"]);
+    let screen =
+        tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:"]);
     assert!(screen.contains('█'), "share bars are drawn:\n{screen}");
     assert!(screen.contains("fair · 1ms · posix timer"), "the header shows the settings:\n{screen}");
 
@@ -116,7 +117,10 @@ fn a_recording_is_asciicast_v2_and_replays_the_panes() {
     let text = std::fs::read_to_string(&cast).unwrap();
     let mut lines = text.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!((header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()), (Some(2), Some(80), Some(24)));
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()),
+        (Some(2), Some(80), Some(24))
+    );
     assert!(header["timestamp"].as_u64().is_some() && header["env"]["TERM"].is_string());
     let mut replay = String::new();
     let mut last_time = 0.0;

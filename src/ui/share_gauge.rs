@@ -56,8 +56,11 @@ mod tests {
 
     #[test]
     fn the_bar_fills_to_the_share_with_the_marker_at_the_target() {
-        assert_eq!(render(0.5, 0.7, 30), "████████░░│░░░░  50.0% → 70%");
-        assert_eq!(render(1.5, -1.0, 30), "│███████████████ 100.0% → 0%");
+        // Label "  50.0% → 70%" is 13 cells, leaving 17 for the bar: 9 filled
+        // (half of 17, rounded), the marker at 12 (0.7 x 17, rounded).
+        assert_eq!(render(0.5, 0.7, 30), "█████████░░░│░░░░  50.0% → 70%");
+        // Clamped: a full 18-cell bar, the marker over its first cell.
+        assert_eq!(render(1.5, -1.0, 30), "│█████████████████ 100.0% → 0%");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn pane_areas(area: Rect, count: usize) -> Option<Vec<Rect>> {
     };
     let columns = columns.min((area.width / 30).max(1) as usize);
     let rows = count.div_ceil(columns);
-    if area.height / rows as u16 <= MIN_PANE_HEIGHT - 1 && rows > 1 {
+    if (area.height / rows as u16) < MIN_PANE_HEIGHT && rows > 1 {
         return None;
     }
     let row_areas = Layout::vertical(vec![Constraint::Ratio(1, rows as u32); rows]).split(area);
