@@ -255,9 +255,10 @@ fn list_guests() -> Result<ExitCode, Failure> {
 fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
     let options = bench::BenchOptions { quick: args.quick, only: args.only };
     let report = bench::run(&options, |step| eprintln!("bench: {step}...")).map_err(|error| match error {
-        bench::BenchError::Kvm(_) | bench::BenchError::Setup(_) | bench::BenchError::Spawn(_) => {
-            Failure::Host(error.into())
-        }
+        bench::BenchError::Kvm(_)
+        | bench::BenchError::Setup(_)
+        | bench::BenchError::Spawn(_)
+        | bench::BenchError::Tool(_) => Failure::Host(error.into()),
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("JSON values serialize"));

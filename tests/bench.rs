@@ -51,7 +51,8 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(number(&report, &["scale", "vms"]), 256.0);
     assert!(number(&report, &["scale", "startup_ms"]) > 0.0 && number(&report, &["scale", "rss_mib"]) > 0.0);
     assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
-    assert!(report.get("ui_cpu_pct").is_some());
+    let ui = number(&report, &["ui_cpu_pct", "pct"]);
+    assert!(ui > 0.0 && ui < 100.0, "the UI thread used {ui} % of a core");
     let targets = report["targets"].as_object().unwrap();
     assert!(targets.len() >= 7, "{targets:?}");
     for (name, check) in targets {

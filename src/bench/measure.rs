@@ -28,6 +28,9 @@ pub enum BenchError {
     /// A VM could not be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// A helper program or /proc did not cooperate.
+    #[error("{0}")]
+    Tool(String),
 }
 
 /// Nanosecond percentiles of per-exit times.
@@ -311,4 +314,84 @@ pub fn rss_kib() -> u64 {
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// The terminal UI's own CPU use while it shows two busy VMs.
+#[derive(Debug, Clone, Serialize)]
+pub struct UiCpu {
+    /// CPU time of the `matrix-ui` thread, in percent of one core.
+    pub pct: f64,
+}
+
+/// Runs the default Neo/Morpheus UI in a detached tmux pseudo-terminal of
+/// 160x48 and reads its `matrix-ui` thread's CPU time over `duration`.
+/// None when tmux is not installed.
+pub fn ui_cpu(duration: Duration) -> Result<Option<UiCpu>, BenchError> {
+    use std::process::Command as Process;
+    if Process::new("tmux").arg("-V").output().is_err() {
+        return Ok(None);
+    }
+    let exe =
+        std::env::current_exe().map_err(|error| BenchError::Tool(format!("cannot find this program: {error}")))?;
+    let token = format!("{}-{}", std::process::id(), vm::kick::monotonic_ns());
+    let session = format!("matrix-bench-ui-{}", std::process::id());
+    let command = format!("MATRIX_BENCH_UI={token} TERM=xterm-256color {} run", exe.display());
+    let started = Process::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "48", &command])
+        .status()
+        .map_err(|error| BenchError::Tool(format!("tmux: {error}")))?;
+    if !started.success() {
+        return Err(BenchError::Tool("tmux could not start a session".into()));
+    }
+    let result = measure_ui_thread(&token, duration);
+    let _ = Process::new("tmux").args(["send-keys", "-t", &session, "q"]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Process::new("tmux").args(["kill-session", "-t", &session]).output();
+    result.map(|pct| Some(UiCpu { pct }))
+}
+
+fn measure_ui_thread(token: &str, duration: Duration) -> Result<f64, BenchError> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let thread = loop {
+        if let Some(thread) = find_ui_thread(token) {
+            break thread;
+        }
+        if Instant::now() > give_up {
+            return Err(BenchError::Tool("the UI under test never started its matrix-ui thread".into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let it settle (first frames, the VMs' first slices) before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let on_cpu_ns = || -> Result<u64, BenchError> {
+        let schedstat = std::fs::read_to_string(thread.join("schedstat"))
+            .map_err(|error| BenchError::Tool(format!("reading the UI thread's schedstat: {error}")))?;
+        schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .ok_or_else(|| BenchError::Tool("bad schedstat".into()))
+    };
+    let (before, start) = (on_cpu_ns()?, Instant::now());
+    std::thread::sleep(duration);
+    let (after, took) = (on_cpu_ns()?, start.elapsed());
+    Ok((after - before) as f64 / took.as_nanos() as f64 * 100.0)
+}
+
+/// /proc/PID/task/TID of the `matrix-ui` thread of the process started with
+/// MATRIX_BENCH_UI=`token` in its environment.
+fn find_ui_thread(token: &str) -> Option<std::path::PathBuf> {
+    let needle = format!("MATRIX_BENCH_UI={token}");
+    for process in std::fs::read_dir("/proc").ok()?.flatten() {
+        let environ = std::fs::read(process.path().join("environ")).unwrap_or_default();
+        if !environ.split(|&b| b == 0).any(|entry| entry == needle.as_bytes()) {
+            continue;
+        }
+        for task in std::fs::read_dir(process.path().join("task")).ok()?.flatten() {
+            if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == "matrix-ui") {
+                return Some(task.path());
+            }
+        }
+    }
+    None
 }
