@@ -35,6 +35,9 @@ fn quick_bench_reports_every_figure() {
                 >= number(&report, &["preempt_overrun_us", timer, "p99"])
         );
     }
+    assert_percentiles(&report, &["c_baseline", "exit_roundtrip_ns"]);
+    assert_percentiles(&report, &["c_baseline", "preempt_overrun_us"]);
+    assert!(number(&report, &["c_baseline", "exit_roundtrip_ratio_p50"]) > 0.0);
     for key in ["share_error_pp", "share_error_pp_accounting"] {
         for window in ["w20ms", "w100ms", "w1s"] {
             let (max, mean) = (number(&report, &[key, window, "max"]), number(&report, &[key, window, "mean"]));

@@ -13,7 +13,8 @@ use crate::vm::TimerKind;
 pub use measure::BenchError;
 
 /// The measurements, by the names `--only` takes.
-pub const MEASUREMENTS: &[&str] = &["exit", "hypercalls", "preempt", "share", "overhead", "scale", "flood", "ui"];
+pub const MEASUREMENTS: &[&str] =
+    &["exit", "hypercalls", "preempt", "baseline", "share", "overhead", "scale", "flood", "ui"];
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +66,24 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
             figure,
             json!({ "policy": "rr", "guests": "2 x spin", "quantum_us": 1000, "duration_s": seconds }),
         );
+    }
+    if options.wants("baseline") {
+        progress("the C baseline (gcc)");
+        let (exits, preemptions) = options.pick((20_000, 1_000), (100_000, 4_000));
+        report["c_baseline"] = match measure::c_baseline(exits, preemptions)? {
+            Some(figure) => {
+                let mut value =
+                    with_params(json!(figure), json!({ "source": "benches/c/baseline.c", "guest": "real mode" }));
+                if let Some(ours) = report["exit_roundtrip_ns"]["p50"].as_f64() {
+                    value["exit_roundtrip_ratio_p50"] = json!(ours / figure.exit_roundtrip_ns.p50);
+                }
+                if let Some(ours) = report["preempt_overrun_us"]["posix"]["p99"].as_f64() {
+                    value["preempt_overrun_ratio_p99"] = json!(ours / figure.preempt_overrun_us.p99);
+                }
+                value
+            }
+            None => json!({ "params": { "skipped": "gcc is not installed" } }),
+        };
     }
     if options.wants("share") {
         progress("share error, two tickers at 70/30");
@@ -126,6 +145,8 @@ fn with_params(mut figure: Value, params: Value) -> Value {
 /// Each target the report has a figure for: the value, the target, met or not.
 fn targets(report: &Value) -> Value {
     let checks: &[(&str, &[&str], f64)] = &[
+        ("exit_roundtrip_vs_c_ratio", &["c_baseline", "exit_roundtrip_ratio_p50"], 1.05),
+        ("preempt_overrun_p99_vs_c_ratio", &["c_baseline", "preempt_overrun_ratio_p99"], 1.2),
         ("share_error_w20ms_max_pp", &["share_error_pp", "w20ms", "max"], 2.0),
         ("share_error_w100ms_max_pp", &["share_error_pp", "w100ms", "max"], 0.5),
         ("share_error_w1s_max_pp", &["share_error_pp", "w1s", "max"], 0.25),
@@ -201,6 +222,11 @@ pub fn table(report: &Value) -> String {
                 format!("{}, max {:.1} us", p(figure, "us"), num(&figure["max"])),
             );
         }
+    }
+    if report["c_baseline"]["exit_roundtrip_ns"].is_object() {
+        let c = &report["c_baseline"];
+        row(&mut out, "C baseline: exit round trip", p(&c["exit_roundtrip_ns"], "ns"));
+        row(&mut out, "C baseline: preemption overrun", p(&c["preempt_overrun_us"], "us"));
     }
     for (key, label) in
         [("share_error_pp", "share error (work)"), ("share_error_pp_accounting", "share error (charged time)")]

@@ -136,9 +136,14 @@ impl KickTarget {
         self.deadline_ns.load(Ordering::SeqCst)
     }
 
-    /// Whether the core thread should not (or no longer) be in KVM_RUN.
+    /// Whether the core thread should not (or no longer) be in KVM_RUN. The
+    /// clock is read only when a deadline is set: every exit passes here.
     fn should_stop(&self) -> bool {
-        self.requested.load(Ordering::SeqCst) || monotonic_ns() >= self.deadline_ns.load(Ordering::SeqCst)
+        if self.requested.load(Ordering::SeqCst) {
+            return true;
+        }
+        let deadline = self.deadline_ns.load(Ordering::SeqCst);
+        deadline != u64::MAX && monotonic_ns() >= deadline
     }
 
     /// Called on the core thread right before KVM_RUN of the vCPU owning `run`:
