@@ -217,3 +217,25 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
     assert!(dropped + report.console_dropped > 0, "the flood was bounded by dropping");
     assert!(outcome.report.vms[1].exits.total > 100, "the ticker kept running beside the flood");
 }
+
+#[test]
+fn a_kick_after_the_vm_is_gone_is_harmless() {
+    // The kick handler must never write into a vCPU mapping that was dropped
+    // (a restart, the end of a run): a late timer signal used to do just that.
+    let kick = KickTarget::new();
+    let _attached = kick.attach();
+    for guest in ["spin", "part1"] {
+        let mut vm = common::runtime(guest, &[]);
+        kick.set_deadline(monotonic_ns() + 2_000_000);
+        let mut timer = quantum_timer::create(TimerKind::Posix, &kick).unwrap();
+        timer.arm(monotonic_ns() + 2_000_000);
+        while vm.step(&kick).0 != Step::Interrupted {}
+        drop(vm);
+        // Due kicks and requests now arrive with no vCPU behind them.
+        kick.set_deadline(0);
+        kick.signal();
+        kick.request();
+        assert!(kick.take_request());
+        kick.set_deadline(u64::MAX);
+    }
+}

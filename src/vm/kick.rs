@@ -152,8 +152,10 @@ impl KickTarget {
     ///
     /// # Safety
     /// `run` must be the live `kvm_run` mapping of a vCPU that the calling
-    /// (attached) thread is about to run, and stay mapped until the next `arm`
-    /// or the end of the attachment.
+    /// (attached) thread is about to run, and stay mapped until [`disarm`]
+    /// (which the caller must call as soon as KVM_RUN returns).
+    ///
+    /// [`disarm`]: Self::disarm
     pub(crate) unsafe fn arm(&self, run: *mut kvm_run) -> bool {
         self.run.store(run, Ordering::SeqCst);
         // SAFETY: per this function's contract, `run` is a live mapping; only
@@ -162,7 +164,8 @@ impl KickTarget {
         self.should_stop()
     }
 
-    /// Forgets a vCPU whose mapping is about to go away.
+    /// Forgets the published vCPU: from now on the handler writes nowhere.
+    /// Called as soon as KVM_RUN returns, before the mapping could go away.
     pub(crate) fn disarm(&self) {
         self.run.store(ptr::null_mut(), Ordering::SeqCst);
     }

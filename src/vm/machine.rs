@@ -251,12 +251,17 @@ impl Vcpu {
     pub fn run(&mut self, kick: &KickTarget) -> Exit<'_> {
         let run: *mut kvm_run = self.fd.get_kvm_run();
         // SAFETY: `run` is this vCPU's kvm_run mapping, alive as long as `self`;
-        // the caller runs on the thread attached to `kick` and re-arms (or the
-        // Machine disarms) before the mapping could go away.
+        // the caller runs on the thread attached to `kick`, and both ways out
+        // of this function disarm before the mapping could go away.
         if unsafe { kick.arm(run) } {
+            kick.disarm();
             return Exit::Interrupted;
         }
         let result = self.fd.run();
+        // From here on the handler must not touch this mapping: the VM may be
+        // dropped (a restart, the end of the run) before the next arm. A kick
+        // that lands after this point is caught by `arm`'s check of the flags.
+        kick.disarm();
         // SAFETY: KVM_RUN has returned, so the kernel is done writing kvm_run;
         // the union members read are plain integers, meaningful for the exits
         // that use them (IO, INTERNAL_ERROR) and ignored for the others.
