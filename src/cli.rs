@@ -60,7 +60,7 @@ struct BenchArgs {
 }
 
 /// Options of `matrix-tui run`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 struct RunArgs {
     /// A scenario file (TOML; see assets/). The options below override it.
     /// Without it and without --vm: the built-in Neo/Morpheus scenario.
@@ -97,6 +97,10 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     mem: Option<u64>,
 
+    /// Most guest memory all VMs together may have.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8G")]
+    max_total_mem: u64,
+
     /// Guest arguments of one VM: NAME=V1,V2,... (u64, decimal or 0x hex), written
     /// at 0x500. For ticker, neo and morpheus the first is the work unit in loop
     /// iterations.
@@ -129,6 +133,28 @@ struct RunArgs {
     /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
     #[arg(long)]
     control: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            scenario: None,
+            vms: Vec::new(),
+            policy: None,
+            quantum: None,
+            timer: None,
+            duration: None,
+            mem: None,
+            max_total_mem: 8 << 30,
+            guest_args: Vec::new(),
+            headless: false,
+            record: None,
+            timestamps: false,
+            json: false,
+            raw: false,
+            control: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +325,9 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     if vms.is_empty() {
         return Err(Failure::Usage(anyhow!("the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST")));
     }
+    if vms.len() > scenario::MAX_VMS {
+        return Err(Failure::Usage(anyhow!("{} VMs; a run has at most {}", vms.len(), scenario::MAX_VMS)));
+    }
     if let Some(memory) = args.mem {
         vm::memory::check_size(memory).map_err(|error| Failure::Usage(anyhow!("--mem: {error}")))?;
         vms.iter_mut().for_each(|vm| vm.memory = memory);
@@ -312,6 +341,15 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             return Err(Failure::Usage(anyhow!("--args: a guest takes at most 31 arguments")));
         }
         vm.args = values.clone();
+    }
+    let total: u64 = vms.iter().map(|vm| vm.memory).sum();
+    if total > args.max_total_mem {
+        return Err(Failure::Usage(anyhow!(
+            "the VMs need {} MiB of guest memory in all, more than --max-total-mem ({} MiB); give them less (--mem, \
+             or memory in the scenario) or raise --max-total-mem",
+            total >> 20,
+            args.max_total_mem >> 20
+        )));
     }
     let mut configs = Vec::with_capacity(vms.len());
     for vm in vms {

@@ -155,6 +155,14 @@ fn bad_images_and_flags_are_one_line_usage_errors() {
     assert_usage_error(&["run", "--duration", "soon"], "not a duration");
     assert_usage_error(&["run", "--vm", "a=spin:-1"], "positive");
     assert_usage_error(&["run", "--vm", "part1", "--args", "other=1"], "not in this run");
+    assert_usage_error(
+        &["run", "--vm", "a=spin", "--vm", "b=spin", "--mem", "512M", "--max-total-mem", "768M"],
+        "the VMs need 1024 MiB of guest memory in all, more than --max-total-mem (768 MiB)",
+    );
+    let many: Vec<String> = (0..1025).flat_map(|i| ["--vm".to_string(), format!("v{i}=spin")]).collect();
+    let mut args = vec!["run"];
+    args.extend(many.iter().map(String::as_str));
+    assert_usage_error(&args, "1025 VMs; a run has at most 1024");
 }
 
 #[test]
