@@ -129,6 +129,10 @@ struct RunArgs {
     #[arg(long)]
     raw: bool,
 
+    /// Run without the core thread's seccomp filter (for debugging).
+    #[arg(long)]
+    no_seccomp: bool,
+
     /// Read commands from stdin while running, one per line: weight NAME W,
     /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
     #[arg(long)]
@@ -153,6 +157,7 @@ impl Default for RunArgs {
             json: false,
             raw: false,
             control: false,
+            no_seccomp: false,
         }
     }
 }
@@ -230,7 +235,8 @@ impl From<SpawnError> for Failure {
     fn from(error: SpawnError) -> Self {
         match error {
             SpawnError::Vm(VmSetupError { source: SetupError::Kvm { .. } | SetupError::Memory(_), .. })
-            | SpawnError::Timer { .. } => Failure::Host(error.into()),
+            | SpawnError::Timer { .. }
+            | SpawnError::Seccomp(_) => Failure::Host(error.into()),
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
     }
@@ -367,6 +373,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         timer: args.timer.or(scenario.timer).unwrap_or(TimerKind::Posix),
         stay_open: false,
         trace: false,
+        seccomp: !args.no_seccomp,
     };
     Ok((config, args.duration.or(scenario.duration)))
 }

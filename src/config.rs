@@ -94,6 +94,8 @@ pub struct RunConfig {
     pub stay_open: bool,
     /// Record every I/O exit's time and every slice's charge (for `bench`).
     pub trace: bool,
+    /// Confine the core thread with a seccomp filter once it is set up.
+    pub seccomp: bool,
 }
 
 impl RunConfig {
@@ -107,6 +109,7 @@ impl RunConfig {
             timer: TimerKind::Posix,
             stay_open: false,
             trace: false,
+            seccomp: true,
         }
     }
 

@@ -96,3 +96,17 @@ fn the_core_thread_is_named_matrix_core() {
     core.join();
     assert_eq!(comm.trim(), "matrix-core");
 }
+
+#[test]
+fn the_core_thread_runs_under_seccomp_unless_asked_not_to() {
+    for confined in [true, false] {
+        let mut config = matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]);
+        config.seccomp = confined;
+        let core = matrix_tui::sched::spawn(common::kvm(), config).unwrap();
+        // spawn returns once the core is set up, filter included.
+        let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", core.core_tid())).unwrap();
+        let mode = status.lines().find(|line| line.starts_with("Seccomp:")).unwrap().to_string();
+        common::quit(core, Vec::new());
+        assert_eq!(mode.split_whitespace().nth(1), Some(if confined { "2" } else { "0" }), "{mode}");
+    }
+}

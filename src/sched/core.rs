@@ -17,7 +17,7 @@ use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
 use crate::report::{RunReport, TracedSlice, VmReport, VmTrace};
 use crate::stats::LatencyLog;
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
-use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer};
+use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer, seccomp};
 
 /// Events waiting in the channel before the core starts coalescing.
 const EVENT_CAPACITY: usize = 1024;
@@ -47,6 +47,9 @@ pub enum SpawnError {
     /// A VM could not be set up.
     #[error(transparent)]
     Vm(#[from] VmSetupError),
+    /// The seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The quantum timer could not be created.
     #[error("cannot create the {kind} quantum timer: {source}; try --timer {other}", kind = .kind.name(), other = .other.name())]
     Timer {
@@ -152,23 +155,19 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         started,
         last_sample: started,
         stay_open: config.stay_open,
+        seccomp: config.seccomp,
         quit: false,
         overruns: LatencyLog::default(),
     };
-    let timer_kind = config.timer;
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
         .spawn(move || core.run(ready_tx))
         .expect("spawning the core thread");
     match ready_rx.recv() {
         Ok(Ok(())) => {}
-        Ok(Err(source)) => {
+        Ok(Err(error)) => {
             let _ = thread.join();
-            let other = match timer_kind {
-                TimerKind::Posix => TimerKind::Timerfd,
-                TimerKind::Timerfd => TimerKind::Posix,
-            };
-            return Err(SpawnError::Timer { kind: timer_kind, other, source });
+            return Err(error);
         }
         Err(_) => match thread.join() {
             Err(panic) => std::panic::resume_unwind(panic),
@@ -241,21 +240,33 @@ struct Core {
     started: Instant,
     last_sample: Instant,
     stay_open: bool,
+    seccomp: bool,
     quit: bool,
     /// How long after each deadline a preempted guest was out of KVM_RUN.
     overruns: LatencyLog,
 }
 
 impl Core {
-    fn run(mut self, ready: Sender<std::io::Result<()>>) {
+    fn run(mut self, ready: Sender<Result<(), SpawnError>>) {
         let _attached = self.kick.attach();
         let mut timer = match quantum_timer::create(self.timer_kind, &self.kick) {
             Ok(timer) => timer,
-            Err(error) => {
-                let _ = ready.send(Err(error));
+            Err(source) => {
+                let other = match self.timer_kind {
+                    TimerKind::Posix => TimerKind::Timerfd,
+                    TimerKind::Timerfd => TimerKind::Posix,
+                };
+                let _ = ready.send(Err(SpawnError::Timer { kind: self.timer_kind, other, source }));
                 return;
             }
         };
+        // Everything the thread opens it has opened: from here on it runs guests.
+        if self.seccomp {
+            if let Err(error) = seccomp::confine_current_thread() {
+                let _ = ready.send(Err(error.into()));
+                return;
+            }
+        }
         let _ = ready.send(Ok(()));
         self.outbox.push_back(Event::Settings(self.settings()));
         while !self.quit {

@@ -15,6 +15,8 @@ pub mod machine;
 pub mod memory;
 /// Timers that end slices by kicking the core thread.
 pub mod quantum_timer;
+/// The core thread's seccomp filter.
+pub mod seccomp;
 
 pub use kick::KickTarget;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu};
