@@ -4,6 +4,8 @@
 //! `in` with exactly the bytes asked for, and keep their counters consistent.
 //! Seeded; `MATRIX_FUZZ_CASES` sets how many (default 200,000).
 
+mod common;
+
 use matrix_tui::console::ConsoleOut;
 use matrix_tui::hypercall::{self, GuestView, HypercallState, Translate, VmIo};
 use matrix_tui::stats::VmCounters;
@@ -29,17 +31,13 @@ impl Translate for RandomTables {
     }
 }
 
-struct Rng(u64);
+/// The shared generator, with a taste for values at the edges.
+trait EdgeValues {
+    fn value(&mut self) -> u64;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Mostly interesting values: ports near the hypercalls, limits, small numbers.
+impl EdgeValues for common::Rng {
+    /// Mostly interesting values: limits, small numbers, the end of memory.
     fn value(&mut self) -> u64 {
         match self.next() % 6 {
             0 => u64::from(u32::MAX) - self.next() % 16,
@@ -54,7 +52,7 @@ impl Rng {
 #[test]
 fn random_port_accesses_never_upset_the_handlers() {
     let cases: usize = std::env::var("MATRIX_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
-    let mut rng = Rng(0x5eed_f00d);
+    let mut rng = common::Rng(0x5eed_f00d);
     let memory = memory::allocate(MEMORY).unwrap();
     let mut counters = VmCounters::default();
     let mut state = HypercallState::default();

@@ -13,20 +13,8 @@ use std::time::{Duration, Instant};
 use matrix_tui::config::{Policy, RunConfig, VmConfig};
 use matrix_tui::event::{Event, VmState};
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Random bytes, with a bias towards the instructions that reach the host.
-fn random_image(rng: &mut Rng) -> Vec<u8> {
+fn random_image(rng: &mut common::Rng) -> Vec<u8> {
     let len = 16 + (rng.next() % 512) as usize;
     let mut image = Vec::with_capacity(len);
     while image.len() < len {
@@ -67,7 +55,7 @@ fn random_image(rng: &mut Rng) -> Vec<u8> {
 fn random_code_never_disturbs_the_host_or_part1() {
     let count: usize = std::env::var("MATRIX_RANDOM_GUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
     let seed: u64 = std::env::var("MATRIX_RANDOM_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0x6d61_7472_6978);
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng(seed | 1);
     let mut endings = std::collections::BTreeMap::<String, usize>::new();
     for case in 0..count {
         let image = random_image(&mut rng);

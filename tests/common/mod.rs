@@ -146,3 +146,16 @@ pub fn shares_between(before: &[matrix_tui::event::VmSample], after: &[matrix_tu
     let total: u64 = deltas.iter().sum();
     deltas.iter().map(|&d| d as f64 / total as f64).collect()
 }
+
+/// xorshift64*: small, seeded, reproducible random numbers for tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
