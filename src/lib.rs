@@ -1,6 +1,7 @@
 //! matrix-tui: a KVM hypervisor that runs many small VMs on one host thread with
 //! a scheduler of its own, and front ends to watch and steer them.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
 pub mod cli;

@@ -18,6 +18,7 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod console;

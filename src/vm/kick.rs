@@ -226,6 +226,13 @@ fn install_handler() {
 mod tests {
     use super::*;
 
+    /// What the signal handler left in `immediate_exit`.
+    fn immediate_exit(run: &kvm_run) -> u8 {
+        // SAFETY: a plain read of a byte in a live struct; volatile because the
+        // signal handler writes it behind the compiler's back.
+        unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }
+    }
+
     #[test]
     fn a_due_kick_is_reported_by_arm_and_sets_immediate_exit_in_the_handler() {
         let target = KickTarget::new();
@@ -238,7 +245,7 @@ mod tests {
 
         target.request();
         // The signal was delivered to this thread synchronously (tgkill to self).
-        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 1);
+        assert_eq!(immediate_exit(&run), 1);
         // SAFETY: as above.
         assert!(unsafe { target.arm(&mut run) }, "arm reports the request");
         assert!(target.take_request());
@@ -256,11 +263,11 @@ mod tests {
         // SAFETY: `run` outlives its use here.
         assert!(!unsafe { target.arm(&mut run) });
         target.signal();
-        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 0);
+        assert_eq!(immediate_exit(&run), 0);
 
         target.set_deadline(monotonic_ns());
         target.signal();
-        assert_eq!(unsafe { ptr::addr_of!(run.immediate_exit).read_volatile() }, 1);
+        assert_eq!(immediate_exit(&run), 1);
         target.disarm();
     }
 }
