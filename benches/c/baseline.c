@@ -2,10 +2,12 @@
  * The C baseline for `matrix-tui bench`: the least a KVM program can do, timed
  * the same way matrix-tui's figures are.
  *
- *   baseline exit N     a real-mode guest doing `out 0xe9, al` in a loop: the
- *                       time from one KVM_RUN return to the next, N exits;
- *                       prints "p50_ns p99_ns"
- *   baseline preempt N  a guest spinning in `jmp $`, preempted N times by a
+ *   baseline exit N     a guest doing `out 0xe9, al` in a loop, in 64-bit long
+ *                       mode set up as matrix-tui sets up its guests (identity
+ *                       2 MiB pages, flat 64-bit segments): the time from one
+ *                       KVM_RUN return to the next, N exits; prints
+ *                       "p50_ns p99_ns"
+ *   baseline preempt N  the same guest spinning in `jmp $`, preempted N times by a
  *                       POSIX timer (SIGEV_THREAD_ID + immediate_exit) 1 ms
  *                       after each entry; prints "p50_us p99_us max_us" of the
  *                       time from the deadline to KVM_RUN's return
@@ -69,14 +71,21 @@ int main(int argc, char **argv) {
     if (kvm < 0) die("/dev/kvm");
     int vm = ioctl(kvm, KVM_CREATE_VM, 0);
     if (vm < 0) die("KVM_CREATE_VM");
-    size_t memory_size = 0x10000;
+    size_t memory_size = 2 << 20;
     uint8_t *memory = mmap(NULL, memory_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED) die("mmap");
+    /* Page tables as matrix-tui writes them: PML4 0x2000 -> PDPT 0x3000 ->
+     * PD 0x4000, one 2 MiB identity page. */
+    uint64_t *pml4 = (uint64_t *)(memory + 0x2000), *pdpt = (uint64_t *)(memory + 0x3000),
+             *pd = (uint64_t *)(memory + 0x4000);
+    pml4[0] = 0x3000 | 3;
+    pdpt[0] = 0x4000 | 3;
+    pd[0] = 0x83;
     /* exit: mov al, 'x'; 1: out 0xe9, al; jmp 1b.   preempt: 1: jmp 1b */
     static const uint8_t out_loop[] = {0xb0, 'x', 0xe6, 0xe9, 0xeb, 0xfc};
     static const uint8_t spin[] = {0xeb, 0xfe};
-    if (preempt) memcpy(memory + 0x1000, spin, sizeof spin);
-    else memcpy(memory + 0x1000, out_loop, sizeof out_loop);
+    if (preempt) memcpy(memory + 0x10000, spin, sizeof spin);
+    else memcpy(memory + 0x10000, out_loop, sizeof out_loop);
     struct kvm_userspace_memory_region region = {
         .slot = 0, .guest_phys_addr = 0, .memory_size = memory_size, .userspace_addr = (uint64_t)memory};
     if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) die("KVM_SET_USER_MEMORY_REGION");
@@ -87,10 +96,18 @@ int main(int argc, char **argv) {
     if (run == MAP_FAILED) die("mmap kvm_run");
     struct kvm_sregs sregs;
     if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0) die("KVM_GET_SREGS");
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
+    struct kvm_segment code = {.base = 0, .limit = 0xffffffff, .selector = 0x8, .type = 11, .present = 1,
+                               .dpl = 0, .db = 0, .s = 1, .l = 1, .g = 1};
+    struct kvm_segment data = {.base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 3, .present = 1,
+                               .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1};
+    sregs.cs = code;
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+    sregs.cr3 = 0x2000;
+    sregs.cr4 = 0x620;
+    sregs.cr0 = 0x80050033;
+    sregs.efer = 0x500;
     if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0) die("KVM_SET_SREGS");
-    struct kvm_regs regs = {.rip = 0x1000, .rflags = 2};
+    struct kvm_regs regs = {.rip = 0x10000, .rsp = memory_size, .rflags = 2};
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
 
     uint64_t *samples = calloc(count, sizeof *samples);

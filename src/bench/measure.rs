@@ -396,48 +396,78 @@ fn find_ui_thread(token: &str) -> Option<std::path::PathBuf> {
     None
 }
 
-/// What the C baseline (benches/c/baseline.c) measured on this machine.
-#[derive(Debug, Clone, Serialize)]
-pub struct CBaseline {
-    /// Exit round trip of a real-mode `out` loop, in ns.
-    pub exit_roundtrip_ns: NsPercentiles,
-    /// Preemption overrun with a POSIX timer, in µs.
-    pub preempt_overrun_us: Percentiles,
-}
-
 /// The C baseline's source, built into the binary so `bench` works anywhere.
 const C_BASELINE: &str = include_str!("../../benches/c/baseline.c");
 
-/// Builds the C baseline with gcc and runs it; None when there is no gcc.
-pub fn c_baseline(exits: usize, preemptions: usize) -> Result<Option<CBaseline>, BenchError> {
-    use std::process::Command as Process;
-    let tool = |what: &str, error: &dyn std::fmt::Display| BenchError::Tool(format!("C baseline: {what}: {error}"));
-    let dir = std::env::temp_dir().join(format!("matrix-tui-baseline-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| tool("temporary folder", &e))?;
-    let (source, binary) = (dir.join("baseline.c"), dir.join("baseline"));
-    std::fs::write(&source, C_BASELINE).map_err(|e| tool("writing the source", &e))?;
-    let compiled = match Process::new("gcc").args(["-O2", "-o"]).arg(&binary).arg(&source).arg("-lrt").output() {
-        Ok(output) => output,
-        Err(_) => return Ok(None),
-    };
-    if !compiled.status.success() {
-        return Err(tool("gcc", &String::from_utf8_lossy(&compiled.stderr)));
+/// The C baseline (benches/c/baseline.c), built with gcc for this run.
+pub struct CBaseline {
+    dir: std::path::PathBuf,
+    binary: std::path::PathBuf,
+}
+
+impl CBaseline {
+    /// Builds it; None when there is no gcc.
+    pub fn build() -> Result<Option<Self>, BenchError> {
+        let dir = std::env::temp_dir().join(format!("matrix-tui-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| c_error("temporary folder", &e))?;
+        let (source, binary) = (dir.join("baseline.c"), dir.join("baseline"));
+        std::fs::write(&source, C_BASELINE).map_err(|e| c_error("writing the source", &e))?;
+        let compiled = match std::process::Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .arg("-lrt")
+            .output()
+        {
+            Ok(output) => output,
+            Err(_) => return Ok(None),
+        };
+        if !compiled.status.success() {
+            return Err(c_error("gcc", &String::from_utf8_lossy(&compiled.stderr)));
+        }
+        Ok(Some(Self { dir, binary }))
     }
-    let run = |mode: &str, count: usize| -> Result<Vec<f64>, BenchError> {
-        let output = Process::new(&binary).arg(mode).arg(count.to_string()).output().map_err(|e| tool(mode, &e))?;
+
+    fn run(&self, mode: &str, count: usize) -> Result<Vec<f64>, BenchError> {
+        let output = std::process::Command::new(&self.binary)
+            .arg(mode)
+            .arg(count.to_string())
+            .output()
+            .map_err(|e| c_error(mode, &e))?;
         if !output.status.success() {
-            return Err(tool(mode, &String::from_utf8_lossy(&output.stderr)));
+            return Err(c_error(mode, &String::from_utf8_lossy(&output.stderr)));
         }
         String::from_utf8_lossy(&output.stdout)
             .split_whitespace()
-            .map(|field| field.parse::<f64>().map_err(|e| tool(mode, &e)))
+            .map(|field| field.parse::<f64>().map_err(|e| c_error(mode, &e)))
             .collect()
-    };
-    let exit = run("exit", exits)?;
-    let preempt = run("preempt", preemptions)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Some(CBaseline {
-        exit_roundtrip_ns: NsPercentiles { p50: exit[0], p99: exit[1], samples: exits },
-        preempt_overrun_us: Percentiles { p50: preempt[0], p99: preempt[1], max: preempt[2], samples: preemptions },
-    }))
+    }
+
+    /// The exit round trip of its `out` loop, `exits` exits.
+    pub fn exit_round_trip(&self, exits: usize) -> Result<NsPercentiles, BenchError> {
+        let figures = self.run("exit", exits)?;
+        Ok(NsPercentiles { p50: figures[0], p99: figures[1], samples: exits })
+    }
+
+    /// The overrun of `preemptions` POSIX-timer preemptions at 1 ms.
+    pub fn preempt_overrun(&self, preemptions: usize) -> Result<Percentiles, BenchError> {
+        let figures = self.run("preempt", preemptions)?;
+        Ok(Percentiles { p50: figures[0], p99: figures[1], max: figures[2], samples: preemptions })
+    }
+}
+
+impl Drop for CBaseline {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn c_error(what: &str, error: &dyn std::fmt::Display) -> BenchError {
+    BenchError::Tool(format!("C baseline: {what}: {error}"))
+}
+
+/// The median of some figures.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
