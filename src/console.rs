@@ -63,11 +63,6 @@ impl ConsoleOut {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
-
-    /// The pending bytes, without taking them.
-    pub fn pending(&self) -> &[u8] {
-        &self.pending
-    }
 }
 
 /// Renders guest bytes as text that cannot control a terminal: invalid UTF-8

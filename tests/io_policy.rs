@@ -63,14 +63,8 @@ fn quit_stops_a_guest_that_never_exits() {
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     core.send(Command::Quit);
-    let report = loop {
-        match core.events().recv_timeout(Duration::from_secs(5)).expect("the core answers a quit") {
-            Event::Finished(report) => break report,
-            _ => continue,
-        }
-    };
+    let report = core.run_until(None, |_| {});
     let took = asked.elapsed();
-    core.join();
     assert!(took < Duration::from_millis(50), "quit took {took:?}");
     assert_eq!(report.vms[0].state, "running");
     assert!(report.vms[0].cpu_ns > 0);
@@ -83,17 +77,9 @@ fn the_core_thread_is_named_matrix_core() {
         matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io),
     )
     .unwrap();
-    let tid = loop {
-        // The tid is published when the core thread attaches, right at its start.
-        match core.core_tid() {
-            0 => std::thread::yield_now(),
-            tid => break tid,
-        }
-    };
-    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
-    core.send(Command::Quit);
-    while !matches!(core.events().recv().unwrap(), Event::Finished(_)) {}
-    core.join();
+    // spawn returns once the core thread has attached, so its tid is known.
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{}/comm", core.core_tid())).unwrap();
+    common::quit(core, Vec::new());
     assert_eq!(comm.trim(), "matrix-core");
 }
 

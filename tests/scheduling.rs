@@ -197,12 +197,11 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
         while core.started().elapsed() < at {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", core.core_tid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+        matrix_tui::bench::measure::rss_kib()
     };
     let early_kib = rss(Duration::from_secs(1));
     let late_kib = rss(Duration::from_secs(3));
+    assert!(early_kib > 0, "RSS could be read from /proc");
     let outcome = common::quit(core, Vec::new());
     assert!(late_kib < early_kib + 5 * 1024, "RSS grew from {early_kib} KiB to {late_kib} KiB");
     let dropped: u64 = outcome

@@ -131,11 +131,6 @@ impl KickTarget {
         self.deadline_ns.store(deadline_ns, Ordering::SeqCst);
     }
 
-    /// The end of the current slice.
-    pub fn deadline(&self) -> u64 {
-        self.deadline_ns.load(Ordering::SeqCst)
-    }
-
     /// Whether the core thread should not (or no longer) be in KVM_RUN. The
     /// clock is read only when a deadline is set: every exit passes here.
     fn should_stop(&self) -> bool {

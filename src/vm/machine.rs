@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::kick::KickTarget;
 use super::layout::{ARGS, MAX_GUEST_ARGS};
-use super::loader::{self, LoadError, LoadedImage};
+use super::loader::{self, LoadError};
 use super::longmode;
 use super::memory::{self, GuestMemory, MemorySizeError};
 
@@ -176,7 +176,6 @@ pub struct Machine {
     /// Guest memory.
     pub memory: GuestMemory,
     memory_size: u64,
-    image: LoadedImage,
 }
 
 impl Machine {
@@ -218,17 +217,12 @@ impl Machine {
         setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
         let regs = longmode::initial_registers(image.entry, memory_size);
         setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
-        Ok(Self { vcpu: Vcpu { fd }, _vm: vm, memory, memory_size, image })
+        Ok(Self { vcpu: Vcpu { fd }, _vm: vm, memory, memory_size })
     }
 
     /// Guest memory size in bytes.
     pub fn memory_size(&self) -> u64 {
         self.memory_size
-    }
-
-    /// How the image was loaded.
-    pub fn image(&self) -> LoadedImage {
-        self.image
     }
 
     /// The host virtual address backing guest physical address `gpa`, if it is
