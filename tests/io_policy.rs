@@ -6,29 +6,28 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use matrix_tui::config::Policy;
-use matrix_tui::event::{Command, Event};
+use matrix_tui::config::{Policy, RunConfig};
+use matrix_tui::event::Command;
 
 #[test]
 fn two_printing_guests_interleave_exit_by_exit() {
-    let outcome = common::run(
-        vec![common::builtin("a", "part1"), common::builtin("b", "part1")],
-        Policy::Io,
-        Duration::from_secs(20),
-    );
-    // The first 11 exits of each are HC_print8bit of "Hello 695!\n": with a switch
-    // on every exit, the console events must go a, b, a, b... one byte each.
-    let console: Vec<(usize, Vec<u8>)> = outcome
-        .events
-        .iter()
-        .filter_map(|event| match event {
-            Event::Console { vm, bytes, .. } => Some((*vm, bytes.clone())),
-            _ => None,
-        })
-        .collect();
-    let expected: Vec<(usize, Vec<u8>)> =
-        b"Hello 695!\n".iter().flat_map(|&byte| [(0, vec![byte]), (1, vec![byte])]).collect();
-    assert_eq!(console[..22], expected[..]);
+    let mut config =
+        RunConfig::new(vec![common::builtin("a", "part1"), common::builtin("b", "part1")]).with_policy(Policy::Io);
+    config.trace = true;
+    let outcome = common::run_config(config, Duration::from_secs(20));
+    // Under `io` every slice lasts until the VM's next I/O exit, and the next
+    // slice is the other VM's: a, b, a, b... with one I/O exit in each slice.
+    let traces = &outcome.report.traces;
+    let mut slices: Vec<(u64, u64, usize)> =
+        (0..2).flat_map(|vm| traces[vm].slices.iter().map(move |slice| (slice.start_ns, slice.end_ns, vm))).collect();
+    slices.sort();
+    let order: Vec<usize> = slices.iter().map(|&(_, _, vm)| vm).take(40).collect();
+    let alternating: Vec<usize> = (0..40).map(|i| i % 2).collect();
+    assert_eq!(order, alternating);
+    for &(start, end, vm) in &slices[..40] {
+        let exits = traces[vm].io_exit_ns.iter().filter(|&&at| (start..=end).contains(&at)).count();
+        assert_eq!(exits, 1, "VM {vm}'s slice {start}..{end}");
+    }
     common::assert_part1_console(&outcome.console(0));
     common::assert_part1_console(&outcome.console(1));
 }

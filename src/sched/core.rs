@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
 use super::policy::{Candidate, Planner, Slice};
+use super::tick_grid::TickGrid;
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
@@ -19,11 +20,20 @@ use crate::stats::LatencyLog;
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer, seccomp};
 
-/// Events waiting in the channel before the core starts coalescing.
-const EVENT_CAPACITY: usize = 1024;
+/// Events waiting in the channel before the core starts coalescing. Console
+/// events carry up to [`CONSOLE_FLUSH_EVERY`] of output each (16 KiB or so
+/// from a guest printing flat out), so this bounds the bytes in flight too.
+const EVENT_CAPACITY: usize = 128;
 /// Console bytes one VM may have waiting for a slow front end; older ones are
 /// dropped (and counted) past this.
 pub const CONSOLE_BACKLOG_CAP: usize = 256 * 1024;
+/// How often console bytes go out while VMs run: often enough for a screen
+/// (it draws at most 30 times a second), rarely enough that the core does not
+/// wake a front end after every slice (a wake-up costs several microseconds
+/// here, a tenth of a 0.1 ms slice).
+const CONSOLE_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// A VM with this many console bytes waiting has them sent after its slice.
+const CONSOLE_FLUSH_BYTES: usize = 16 * 1024;
 /// How often counters are sampled for the front ends.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// How long the core sleeps between checks when no VM can run.
@@ -154,6 +164,9 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         outbox: VecDeque::new(),
         started,
         last_sample: started,
+        last_console_flush: started,
+        console_flush_from: 0,
+        ticks: TickGrid::default(),
         stay_open: config.stay_open,
         seccomp: config.seccomp,
         quit: false,
@@ -239,6 +252,11 @@ struct Core {
     outbox: VecDeque<Event>,
     started: Instant,
     last_sample: Instant,
+    last_console_flush: Instant,
+    /// The VM the next round of console flushes starts with.
+    console_flush_from: VmId,
+    /// The ticks timed slices end on.
+    ticks: TickGrid,
     stay_open: bool,
     seccomp: bool,
     quit: bool,
@@ -282,15 +300,19 @@ impl Core {
             match self.planner.next_slice(&candidates) {
                 Some(slice) => {
                     self.run_slice(slice, timer.as_mut());
-                    self.flush_console(slice.vm);
+                    if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
+                        self.flush_console(slice.vm);
+                    }
                 }
                 None if self.stay_open || self.slots.iter().any(|slot| slot.state == VmState::Paused) => {
                     timer.disarm();
+                    self.ticks.stop();
                     self.idle();
                 }
                 None => break,
             }
             self.deliver_outbox();
+            self.flush_consoles_if_due();
             self.sample_if_due();
         }
         timer.disarm();
@@ -309,12 +331,20 @@ impl Core {
         let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
         let deadline = match slice.length_ns {
             Some(length) => {
-                let deadline = wall_start + length;
-                self.kick.set_deadline(deadline);
-                timer.arm(deadline);
-                deadline
+                let end = self.ticks.slice_end(wall_start, length);
+                self.kick.set_deadline(end.deadline_ns);
+                if end.arm {
+                    timer.arm_every(end.deadline_ns, length);
+                }
+                end.deadline_ns
             }
-            None => u64::MAX,
+            None => {
+                if self.ticks.is_running() {
+                    timer.disarm();
+                    self.ticks.stop();
+                }
+                u64::MAX
+            }
         };
         let mut in_guest = 0;
         let end = loop {
@@ -510,16 +540,25 @@ impl Core {
         }
     }
 
+    fn flush_consoles_if_due(&mut self) {
+        if self.last_console_flush.elapsed() < CONSOLE_FLUSH_EVERY {
+            return;
+        }
+        self.last_console_flush = Instant::now();
+        // Start where the last round left off, so that when the channel fills
+        // it is not always the same VMs that wait.
+        let count = self.slots.len();
+        for offset in 0..count {
+            self.flush_console((self.console_flush_from + offset) % count);
+        }
+        self.console_flush_from = (self.console_flush_from + 1) % count.max(1);
+    }
+
     fn sample_if_due(&mut self) {
         if self.last_sample.elapsed() < SAMPLE_EVERY {
             return;
         }
         self.last_sample = Instant::now();
-        // Consoles of VMs that had no slice lately (paused, or starved under
-        // `io`) go out here too.
-        for vm in 0..self.slots.len() {
-            self.flush_console(vm);
-        }
         let vms = self
             .slots
             .iter()
