@@ -11,7 +11,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
 use super::policy::{Candidate, Planner, Slice};
-use super::tick_grid::TickGrid;
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
@@ -166,7 +165,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         last_sample: started,
         last_console_flush: started,
         console_flush_from: 0,
-        ticks: TickGrid::default(),
         stay_open: config.stay_open,
         seccomp: config.seccomp,
         quit: false,
@@ -255,8 +253,6 @@ struct Core {
     last_console_flush: Instant,
     /// The VM the next round of console flushes starts with.
     console_flush_from: VmId,
-    /// The ticks timed slices end on.
-    ticks: TickGrid,
     stay_open: bool,
     seccomp: bool,
     quit: bool,
@@ -306,7 +302,6 @@ impl Core {
                 }
                 None if self.stay_open || self.slots.iter().any(|slot| slot.state == VmState::Paused) => {
                     timer.disarm();
-                    self.ticks.stop();
                     self.idle();
                 }
                 None => break,
@@ -331,20 +326,12 @@ impl Core {
         let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
         let deadline = match slice.length_ns {
             Some(length) => {
-                let end = self.ticks.slice_end(wall_start, length);
-                self.kick.set_deadline(end.deadline_ns);
-                if end.arm {
-                    timer.arm_every(end.deadline_ns, length);
-                }
-                end.deadline_ns
+                let deadline = wall_start + length;
+                self.kick.set_deadline(deadline);
+                timer.arm(deadline);
+                deadline
             }
-            None => {
-                if self.ticks.is_running() {
-                    timer.disarm();
-                    self.ticks.stop();
-                }
-                u64::MAX
-            }
+            None => u64::MAX,
         };
         let mut in_guest = 0;
         let end = loop {

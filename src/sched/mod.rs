@@ -4,8 +4,6 @@
 pub mod core;
 /// Which VM runs next, and for how long.
 pub mod policy;
-/// Where timed slices end: the ticks of a periodic timer.
-pub mod tick_grid;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 

@@ -41,15 +41,10 @@ impl TimerKind {
     }
 }
 
-/// A timer armed with absolute CLOCK_MONOTONIC times.
+/// A one-shot timer armed with absolute CLOCK_MONOTONIC deadlines.
 pub trait QuantumTimer {
     /// Fires once at `deadline_ns` (monotonic), replacing any earlier arming.
     fn arm(&mut self, deadline_ns: u64);
-    /// Fires at `first_ns` (monotonic) and every `interval_ns` after it,
-    /// replacing any earlier arming. Slices of equal length end on these
-    /// ticks without re-arming the timer for each one: re-arming reprograms
-    /// the host's timer hardware, which costs about 6 us on this machine.
-    fn arm_every(&mut self, first_ns: u64, interval_ns: u64);
     /// Cancels a pending expiry.
     fn disarm(&mut self);
 }
@@ -93,8 +88,8 @@ impl PosixTimer {
         }
     }
 
-    fn set(&mut self, deadline_ns: u64, interval_ns: u64) {
-        let spec = libc::itimerspec { it_interval: timespec(interval_ns), it_value: timespec(deadline_ns) };
+    fn set(&mut self, deadline_ns: u64) {
+        let spec = libc::itimerspec { it_interval: timespec(0), it_value: timespec(deadline_ns) };
         // SAFETY: `id` is a live timer of ours; the specs are valid values.
         let result = unsafe { libc::timer_settime(self.id, libc::TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
         debug_assert_eq!(result, 0, "timer_settime: {}", io::Error::last_os_error());
@@ -104,15 +99,11 @@ impl PosixTimer {
 impl QuantumTimer for PosixTimer {
     fn arm(&mut self, deadline_ns: u64) {
         // An absolute 0 would disarm; a deadline is never that early anyway.
-        self.set(deadline_ns.max(1), 0);
-    }
-
-    fn arm_every(&mut self, first_ns: u64, interval_ns: u64) {
-        self.set(first_ns.max(1), interval_ns);
+        self.set(deadline_ns.max(1));
     }
 
     fn disarm(&mut self) {
-        self.set(0, 0);
+        self.set(0);
     }
 }
 
@@ -158,14 +149,6 @@ impl TimerfdKicker {
 impl QuantumTimer for TimerfdKicker {
     fn arm(&mut self, deadline_ns: u64) {
         self.timer.set_state(TimerState::Oneshot(Duration::from_nanos(deadline_ns.max(1))), SetTimeFlags::Abstime);
-    }
-
-    fn arm_every(&mut self, first_ns: u64, interval_ns: u64) {
-        let state = TimerState::Periodic {
-            current: Duration::from_nanos(first_ns.max(1)),
-            interval: Duration::from_nanos(interval_ns),
-        };
-        self.timer.set_state(state, SetTimeFlags::Abstime);
     }
 
     fn disarm(&mut self) {
@@ -220,33 +203,6 @@ mod tests {
     #[test]
     fn timerfd_kicker_kicks_at_the_deadline() {
         kick_arrives(TimerKind::Timerfd);
-    }
-
-    #[test]
-    fn periodic_timers_kick_at_every_tick() {
-        for kind in [TimerKind::Posix, TimerKind::Timerfd] {
-            let target = KickTarget::new();
-            let _attached = target.attach();
-            let mut timer = create(kind, &target).unwrap();
-            let mut run = kvm_run::default();
-            let (first, interval) = (monotonic_ns() + 1_000_000, 1_000_000);
-            timer.arm_every(first, interval);
-            for tick in 0..3 {
-                let deadline = first + tick * interval;
-                target.set_deadline(deadline);
-                // SAFETY: `run` outlives the kicks in this test.
-                unsafe { target.arm(&mut run) };
-                let give_up = monotonic_ns() + 5_000_000_000;
-                // SAFETY: a volatile read of a byte the signal handler may write.
-                while unsafe { std::ptr::addr_of!(run.immediate_exit).read_volatile() } == 0 {
-                    assert!(monotonic_ns() < give_up, "{kind:?}: tick {tick} never kicked");
-                    std::hint::spin_loop();
-                }
-                assert!(monotonic_ns() >= deadline, "{kind:?}: kicked before tick {tick}");
-                target.disarm();
-            }
-            timer.disarm();
-        }
     }
 
     #[test]
