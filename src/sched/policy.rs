@@ -112,8 +112,9 @@ impl Planner {
     }
 
     /// The runnable VM with the largest lag (the first from `self.next` among
-    /// equals), for one unit.
-    fn next_fair_slice(&mut self, vms: &[Candidate], order: impl Iterator<Item = usize>) -> Option<Slice> {
+    /// equals; not the one that just gave its slice back, while another can
+    /// run), for one unit.
+    fn next_fair_slice(&mut self, vms: &[Candidate], order: impl Iterator<Item = usize> + Clone) -> Option<Slice> {
         let total: f64 = vms.iter().filter(|vm| vm.runnable).map(|vm| vm.weight).sum();
         for (share, vm) in self.shares.iter_mut().zip(vms) {
             *share = if vm.runnable { vm.weight / total } else { 0.0 };
@@ -125,19 +126,14 @@ impl Planner {
         let unit =
             lightest.min(quantum * MAX_UNIT_FRACTION).max(heaviest / 4.0).max(MIN_SLICE_NS as f64).min(quantum) as u64;
         let gave_back = self.gave_back.take();
-        let mut best: Option<usize> = None;
-        for vm in order.filter(|&vm| vms[vm].runnable) {
-            let better = match best {
-                None => true,
-                Some(best) if Some(best) == gave_back => true,
-                Some(_) if Some(vm) == gave_back => false,
-                Some(best) => self.lag_ns[vm] > self.lag_ns[best],
-            };
-            if better {
-                best = Some(vm);
-            }
-        }
-        best.map(|vm| Slice { vm, length_ns: Some(unit) })
+        let largest_lag = |skip: Option<usize>| {
+            order
+                .clone()
+                .filter(|&vm| vms[vm].runnable && Some(vm) != skip)
+                .reduce(|best, vm| if self.lag_ns[vm] > self.lag_ns[best] { vm } else { best })
+        };
+        let vm = largest_lag(gave_back).or_else(|| largest_lag(None))?;
+        Some(Slice { vm, length_ns: Some(unit) })
     }
 
     /// Records that `vm`'s slice was charged `charged_ns`: every VM that could
@@ -149,12 +145,9 @@ impl Planner {
             self.gave_back = gave_back.then_some(vm);
             let bound = self.quantum_ns as f64;
             let charged = charged_ns as f64;
-            for (lag, share) in self.lag_ns.iter_mut().zip(&self.shares) {
-                *lag += charged * share;
-            }
             self.lag_ns[vm] -= charged;
-            for lag in &mut self.lag_ns {
-                *lag = lag.clamp(-bound, bound);
+            for (lag, share) in self.lag_ns.iter_mut().zip(&self.shares) {
+                *lag = (*lag + charged * share).clamp(-bound, bound);
             }
         }
     }
