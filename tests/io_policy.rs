@@ -52,11 +52,7 @@ fn a_crash_leaves_the_rotation_and_the_others_finish_exactly() {
 
 #[test]
 fn quit_stops_a_guest_that_never_exits() {
-    let core = matrix_tui::sched::spawn(
-        common::kvm(),
-        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io),
-    )
-    .unwrap();
+    let core = common::start(RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io));
     // Give it time to be inside KVM_RUN, where only a kick can reach it (the
     // assertions hold wherever the quit finds it).
     std::thread::sleep(Duration::from_millis(100));
@@ -71,11 +67,7 @@ fn quit_stops_a_guest_that_never_exits() {
 
 #[test]
 fn the_core_thread_is_named_matrix_core() {
-    let core = matrix_tui::sched::spawn(
-        common::kvm(),
-        matrix_tui::config::RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io),
-    )
-    .unwrap();
+    let core = common::start(RunConfig::new(vec![common::builtin("spin", "spin")]).with_policy(Policy::Io));
     // spawn returns once the core thread has attached, so its tid is known.
     let comm = std::fs::read_to_string(format!("/proc/self/task/{}/comm", core.core_tid())).unwrap();
     common::quit(core, Vec::new());
