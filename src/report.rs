@@ -21,6 +21,9 @@ pub struct RunReport {
     /// How long after a slice's deadline the preempted guest was out of KVM_RUN
     /// (null when nothing was preempted).
     pub preempt_overrun_us: Option<Percentiles>,
+    /// Percent of timed slices whose deadline was armed a slice ahead (null
+    /// when no slice had a deadline); the others armed theirs when they started.
+    pub deadlines_armed_ahead_pct: Option<f64>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
     /// Per VM, when traced (`RunConfig::trace`): not part of the JSON.

@@ -31,6 +31,10 @@ fn rr_preempts_guests_that_never_exit_and_both_progress() {
         assert_eq!(outcome.report.policy, "rr");
         assert_eq!(outcome.report.timer.as_deref(), Some(timer.name()));
         assert!(outcome.report.preempt_overrun_us.is_some_and(|p| p.samples > 100));
+        // Spinners use their whole slices, so most deadlines are the ones
+        // armed while the slice before was running.
+        let ahead = outcome.report.deadlines_armed_ahead_pct.expect("timed slices");
+        assert!(ahead > 50.0, "{timer:?}: only {ahead:.1} % of deadlines were armed ahead");
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
+use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
@@ -17,7 +18,7 @@ use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
 use crate::report::{RunReport, TracedSlice, VmReport, VmTrace};
 use crate::stats::LatencyLog;
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
-use crate::vm::{KickTarget, MachineSpec, QuantumTimer, SetupError, TimerKind, quantum_timer, seccomp};
+use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, quantum_timer, seccomp};
 
 /// Events waiting in the channel before the core starts coalescing. Console
 /// events carry up to [`CONSOLE_FLUSH_EVERY`] of output each (16 KiB or so
@@ -169,6 +170,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         seccomp: config.seccomp,
         quit: false,
         overruns: LatencyLog::default(),
+        preempted_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
@@ -258,13 +260,16 @@ struct Core {
     quit: bool,
     /// How long after each deadline a preempted guest was out of KVM_RUN.
     overruns: LatencyLog,
+    /// The deadline the last slice was preempted at, if it was.
+    preempted_at: Option<u64>,
 }
 
 impl Core {
     fn run(mut self, ready: Sender<Result<(), SpawnError>>) {
         let _attached = self.kick.attach();
-        let mut timer = match quantum_timer::create(self.timer_kind, &self.kick) {
-            Ok(timer) => timer,
+        let create = || quantum_timer::create(self.timer_kind, &self.kick);
+        let mut deadlines = match create().and_then(|first| Ok(Deadlines::new(first, create()?))) {
+            Ok(deadlines) => deadlines,
             Err(source) => {
                 let other = match self.timer_kind {
                     TimerKind::Posix => TimerKind::Timerfd,
@@ -295,13 +300,13 @@ impl Core {
                 .collect();
             match self.planner.next_slice(&candidates) {
                 Some(slice) => {
-                    self.run_slice(slice, timer.as_mut());
+                    self.run_slice(slice, &mut deadlines);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
                         self.flush_console(slice.vm);
                     }
                 }
                 None if self.stay_open || self.slots.iter().any(|slot| slot.state == VmState::Paused) => {
-                    timer.disarm();
+                    deadlines.disarm();
                     self.idle();
                 }
                 None => break,
@@ -310,9 +315,10 @@ impl Core {
             self.flush_consoles_if_due();
             self.sample_if_due();
         }
-        timer.disarm();
-        drop(timer);
-        self.finish();
+        deadlines.disarm();
+        let armed = (deadlines.used_ahead, deadlines.armed_late);
+        drop(deadlines);
+        self.finish(armed);
     }
 
     /// Runs one slice of `slice.vm`: until its next I/O exit under `io`, else
@@ -321,14 +327,19 @@ impl Core {
     /// The slice is charged its time in KVM_RUN up to the deadline, less the
     /// time the host took the CPU away from this thread before the deadline
     /// (a guest does no work while its thread waits for a CPU).
-    fn run_slice(&mut self, slice: Slice, timer: &mut dyn QuantumTimer) -> SliceEnd {
+    fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines) -> SliceEnd {
         let vm = slice.vm;
         let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
+        if let Some(previous) = self.preempted_at.take() {
+            deadlines.observe_gap(previous, wall_start);
+        }
         let deadline = match slice.length_ns {
             Some(length) => {
-                let deadline = wall_start + length;
+                let deadline = deadlines.start_slice(wall_start, wall_start + length);
                 self.kick.set_deadline(deadline);
-                timer.arm(deadline);
+                if let Some(following) = self.planner.following_length_ns() {
+                    deadlines.arm_next(deadline, following);
+                }
                 deadline
             }
             None => u64::MAX,
@@ -356,6 +367,7 @@ impl Core {
                 Step::Interrupted if span.exited_ns >= deadline => {
                     self.slots[vm].runtime.counters.preemptions += 1;
                     self.overruns.record(span.exited_ns - deadline);
+                    self.preempted_at = Some(deadline);
                     break SliceEnd::Done;
                 }
                 // A signal for an earlier slice (or not for us): carry on.
@@ -560,8 +572,9 @@ impl Core {
         let _ = self.events.try_send(Event::Sample { elapsed_ns: self.started.elapsed().as_nanos() as u64, vms });
     }
 
-    /// Delivers what is left and the final report, then returns (the thread ends).
-    fn finish(mut self) {
+    /// Delivers what is left and the final report, then returns (the thread
+    /// ends). `armed`: deadlines armed ahead and armed late.
+    fn finish(mut self, armed: (u64, u64)) {
         let wall_ns = self.started.elapsed().as_nanos() as u64;
         // Waiting is fine now: the run is over and the front end is reading.
         for event in std::mem::take(&mut self.outbox) {
@@ -572,11 +585,11 @@ impl Core {
                 let _ = self.events.send(event);
             }
         }
-        let report = self.report(wall_ns);
+        let report = self.report(wall_ns, armed);
         let _ = self.events.send(Event::Finished(Box::new(report)));
     }
 
-    fn report(&self, wall_ns: u64) -> RunReport {
+    fn report(&self, wall_ns: u64, (ahead, late): (u64, u64)) -> RunReport {
         let total_weight: f64 = self.slots.iter().map(|slot| slot.config.weight).sum();
         let total_cpu: u64 = self.slots.iter().map(|slot| slot.runtime.cpu_ns).sum();
         let total_charged: u64 = self.slots.iter().map(|slot| slot.charged_ns).sum();
@@ -618,6 +631,7 @@ impl Core {
             timer: timed.then(|| self.timer_kind.name().into()),
             outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
             preempt_overrun_us: self.overruns.summary(),
+            deadlines_armed_ahead_pct: (ahead + late > 0).then(|| 100.0 * ratio(ahead as f64, (ahead + late) as f64)),
             vms,
             traces: self.slots.iter().map(|slot| slot.trace.clone().unwrap_or_default()).collect(),
         }

@@ -2,6 +2,8 @@
 
 /// The core thread and its loop.
 pub mod core;
+/// Slice deadlines armed one slice ahead.
+pub mod deadlines;
 /// Which VM runs next, and for how long.
 pub mod policy;
 /// One VM: stepping it and handling its exits.

@@ -119,12 +119,7 @@ impl Planner {
         for (share, vm) in self.shares.iter_mut().zip(vms) {
             *share = if vm.runnable { vm.weight / total } else { 0.0 };
         }
-        let quantum = self.quantum_ns as f64;
-        let runnable = || self.shares.iter().copied().filter(|&share| share > 0.0);
-        let lightest = runnable().fold(f64::INFINITY, f64::min) * quantum;
-        let heaviest = runnable().fold(0.0, f64::max) * quantum;
-        let unit =
-            lightest.min(quantum * MAX_UNIT_FRACTION).max(heaviest / 4.0).max(MIN_SLICE_NS as f64).min(quantum) as u64;
+        let unit = self.unit_ns();
         let gave_back = self.gave_back.take();
         let largest_lag = |skip: Option<usize>| {
             order
@@ -134,6 +129,26 @@ impl Planner {
         };
         let vm = largest_lag(gave_back).or_else(|| largest_lag(None))?;
         Some(Slice { vm, length_ns: Some(unit) })
+    }
+
+    /// How long the slice after the next one is likely to be (None: it ends
+    /// at an I/O exit, not a deadline), judged from the weights of the VMs
+    /// that could run at the last [`next_slice`](Self::next_slice).
+    pub fn following_length_ns(&self) -> Option<u64> {
+        match self.policy {
+            Policy::Io => None,
+            Policy::Rr => Some(self.quantum_ns),
+            Policy::Fair => Some(self.unit_ns()),
+        }
+    }
+
+    /// The length of every fair slice, from the shares set by `next_fair_slice`.
+    fn unit_ns(&self) -> u64 {
+        let quantum = self.quantum_ns as f64;
+        let runnable = || self.shares.iter().copied().filter(|&share| share > 0.0);
+        let lightest = runnable().fold(f64::INFINITY, f64::min) * quantum;
+        let heaviest = runnable().fold(0.0, f64::max) * quantum;
+        lightest.min(quantum * MAX_UNIT_FRACTION).max(heaviest / 4.0).max(MIN_SLICE_NS as f64).min(quantum) as u64
     }
 
     /// Records that `vm`'s slice was charged `charged_ns`: every VM that could
