@@ -3,9 +3,9 @@
 //! KVM_RUN returns into our own [`Exit`], so nothing else sees KVM types.
 
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_run, kvm_userspace_memory_region};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
@@ -208,10 +208,8 @@ impl Machine {
             unsafe { vm.set_user_memory_region(slot) }
         })?;
         let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
-        let cpuid = setup_ioctl("to report CPUID (KVM_GET_SUPPORTED_CPUID)", || {
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        })?;
-        setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&cpuid))?;
+        let cpuid = supported_cpuid(kvm)?;
+        setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
         let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
         let sregs = longmode::special_registers(sregs);
         setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
@@ -230,6 +228,19 @@ impl Machine {
     pub fn host_address(&self, gpa: u64) -> Option<u64> {
         self.memory.get_host_address(GuestAddress(gpa)).ok().map(|ptr| ptr as u64)
     }
+}
+
+/// The host's supported CPUID, asked of KVM once per process: it cannot
+/// change while we run, and asking costs about 0.6 ms here (every leaf is a
+/// trapped CPUID on this nested host), a third of setting up a small VM.
+fn supported_cpuid(kvm: &Kvm) -> Result<&'static CpuId, SetupError> {
+    static SUPPORTED: OnceLock<CpuId> = OnceLock::new();
+    if let Some(cpuid) = SUPPORTED.get() {
+        return Ok(cpuid);
+    }
+    let cpuid =
+        setup_ioctl("to report CPUID (KVM_GET_SUPPORTED_CPUID)", || kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))?;
+    Ok(SUPPORTED.get_or_init(|| cpuid))
 }
 
 fn write_args(memory: &GuestMemory, args: &[u64]) {
