@@ -138,6 +138,11 @@ fn a_halted_vm_can_be_restarted_and_runs_its_image_again() {
     let (first, second) = console.split_once("[matrix] VM restarted\n").unwrap();
     common::assert_part1_console(first);
     common::assert_part1_console(second);
+    // The report's console history keeps both lives too.
+    let history = &outcome.report.vms[0].console;
+    let (first, second) = history.split_once("[matrix] VM restarted\n").expect("both lives in the report");
+    common::assert_part1_console(first);
+    common::assert_part1_console(second);
 }
 
 #[test]

@@ -456,7 +456,10 @@ impl Core {
         }
         let slot = &mut self.slots[vm];
         match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
-            Ok(runtime) => {
+            Ok(mut runtime) => {
+                // The console (already flushed above) goes on, so that the
+                // report's history holds every life with a note between them.
+                runtime.console = std::mem::take(&mut slot.runtime.console);
                 slot.runtime = runtime;
                 slot.charged_ns = 0;
                 slot.stolen_ns = 0;
