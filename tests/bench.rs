@@ -41,7 +41,9 @@ fn quick_bench_reports_every_figure() {
     for key in ["share_error_pp", "share_error_pp_accounting"] {
         for window in ["w20ms", "w100ms", "w1s"] {
             let (max, mean) = (number(&report, &[key, window, "max"]), number(&report, &[key, window, "mean"]));
+            let p99 = number(&report, &[key, window, "p99"]);
             assert!(mean >= 0.0 && mean <= max && max <= 100.0, "{key}.{window}: max {max} mean {mean}");
+            assert!(p99 >= 0.0 && p99 <= max, "{key}.{window}: p99 {p99} max {max}");
             assert!(number(&report, &[key, window, "windows"]) > 0.0);
         }
     }

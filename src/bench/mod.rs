@@ -259,10 +259,12 @@ pub fn table(report: &Value) -> String {
                 &mut out,
                 &format!("{label}, 70/30"),
                 format!(
-                    "20 ms max {:.2} / mean {:.2} pp; 100 ms {:.2} / {:.2}; 1 s {:.2} / {:.2}",
+                    "20 ms max {:.2} / p99 {:.2} / mean {:.2} pp; 100 ms {:.2} / {:.2} / {:.2}; 1 s {:.2} / {:.2}",
                     num(&f["w20ms"]["max"]),
+                    num(&f["w20ms"]["p99"]),
                     num(&f["w20ms"]["mean"]),
                     num(&f["w100ms"]["max"]),
+                    num(&f["w100ms"]["p99"]),
                     num(&f["w100ms"]["mean"]),
                     num(&f["w1s"]["max"]),
                     num(&f["w1s"]["mean"])

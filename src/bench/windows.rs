@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
-/// Max and mean of an error over all windows.
+/// Max, 99th percentile and mean of an error over all windows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ErrorStats {
     /// The worst window.
     pub max: f64,
+    /// The 99th percentile (nearest rank): below the max when the worst
+    /// windows are rare events, close to it when they are the pattern.
+    pub p99: f64,
     /// The mean over windows.
     pub mean: f64,
     /// How many windows.
@@ -16,9 +19,13 @@ pub struct ErrorStats {
 
 impl ErrorStats {
     fn of(errors: &[f64]) -> Self {
-        let max = errors.iter().copied().fold(0.0, f64::max);
+        let mut sorted = errors.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let max = sorted.last().copied().unwrap_or(0.0);
+        let rank = (sorted.len() * 99).div_ceil(100);
+        let p99 = rank.checked_sub(1).map_or(0.0, |index| sorted[index]);
         let mean = if errors.is_empty() { 0.0 } else { errors.iter().sum::<f64>() / errors.len() as f64 };
-        Self { max, mean, windows: errors.len() }
+        Self { max, p99, mean, windows: errors.len() }
     }
 }
 
@@ -128,6 +135,17 @@ mod tests {
         assert!((error.max - 20.0).abs() < 0.5, "{error:?}");
         assert!((error.mean - 10.0).abs() < 0.5, "{error:?}");
         assert_eq!(error.windows, 2);
+    }
+
+    #[test]
+    fn the_99th_percentile_leaves_out_a_rare_worst_window() {
+        // 199 windows 1 pp off, one 30 pp off: max 30, p99 1.
+        let errors: Vec<f64> = (0..200).map(|i| if i == 77 { 30.0 } else { 1.0 }).collect();
+        let stats = ErrorStats::of(&errors);
+        assert_eq!((stats.max, stats.p99, stats.windows), (30.0, 1.0, 200));
+        // With 50 windows the 99th percentile is the worst one.
+        assert_eq!(ErrorStats::of(&errors[50..100]).p99, 30.0);
+        assert_eq!(ErrorStats::of(&[]).p99, 0.0);
     }
 
     #[test]
