@@ -268,7 +268,7 @@ pub fn table(report: &Value) -> String {
                     num(&f["w100ms"]["mean"]),
                     num(&f["w1s"]["max"]),
                     num(&f["w1s"]["mean"])
-                ),
+                ) + &stalled_note(f),
             );
         }
     }
@@ -324,4 +324,10 @@ pub fn table(report: &Value) -> String {
 
 fn num(value: &Value) -> f64 {
     value.as_f64().unwrap_or(f64::NAN)
+}
+
+/// "; N stalled windows left out" when the host stalled some windows.
+fn stalled_note(figure: &Value) -> String {
+    let stalled: u64 = ["w20ms", "w100ms", "w1s"].iter().filter_map(|w| figure[w]["stalled_windows"].as_u64()).sum();
+    if stalled == 0 { String::new() } else { format!("; {stalled} stalled windows left out") }
 }

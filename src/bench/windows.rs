@@ -15,17 +15,19 @@ pub struct ErrorStats {
     pub mean: f64,
     /// How many windows.
     pub windows: usize,
+    /// Windows left out as stalled (see [`STALLED_FRACTION`]).
+    pub stalled_windows: usize,
 }
 
 impl ErrorStats {
-    fn of(errors: &[f64]) -> Self {
+    fn of(errors: &[f64], stalled_windows: usize) -> Self {
         let mut sorted = errors.to_vec();
         sorted.sort_by(f64::total_cmp);
         let max = sorted.last().copied().unwrap_or(0.0);
         let rank = (sorted.len() * 99).div_ceil(100);
         let p99 = rank.checked_sub(1).map_or(0.0, |index| sorted[index]);
         let mean = if errors.is_empty() { 0.0 } else { errors.iter().sum::<f64>() / errors.len() as f64 };
-        Self { max, p99, mean, windows: errors.len() }
+        Self { max, p99, mean, windows: errors.len(), stalled_windows }
     }
 }
 
@@ -47,10 +49,25 @@ impl Spread {
     }
 }
 
+/// A window is *stalled* when it holds less than this fraction of the median
+/// window's total: the host gave the guests so little of it (a stall of the
+/// whole machine) that its split says nothing about the scheduler.
+pub const STALLED_FRACTION: f64 = 0.5;
+
+/// Each VM's share in the windows that were not stalled, and how many were.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WindowShares {
+    /// Per window, each VM's share of its total.
+    pub shares: Vec<Vec<f64>>,
+    /// Windows left out because the guests got less than
+    /// [`STALLED_FRACTION`] of the usual amount in them.
+    pub stalled: usize,
+}
+
 /// Each VM's share of the amounts in each window of `window_ns` between
-/// `start_ns` and `end_ns` (windows with nothing in them are left out). Each
-/// amount counts in the windows its span overlaps, in proportion.
-pub fn window_shares(series: &[Vec<Spread>], start_ns: u64, end_ns: u64, window_ns: u64) -> Vec<Vec<f64>> {
+/// `start_ns` and `end_ns`. Each amount counts in the windows its span
+/// overlaps, in proportion. Stalled windows are counted, not shared out.
+pub fn window_shares(series: &[Vec<Spread>], start_ns: u64, end_ns: u64, window_ns: u64) -> WindowShares {
     let windows = ((end_ns.saturating_sub(start_ns)) / window_ns) as usize;
     let mut sums = vec![vec![0.0; series.len()]; windows];
     let window_of = |time: u64| time.checked_sub(start_ns).map(|offset| (offset / window_ns) as usize);
@@ -72,34 +89,43 @@ pub fn window_shares(series: &[Vec<Spread>], start_ns: u64, end_ns: u64, window_
             }
         }
     }
-    sums.into_iter()
-        .filter_map(|window| {
-            let total: f64 = window.iter().sum();
-            (total > 0.0).then(|| window.iter().map(|amount| amount / total).collect())
-        })
-        .collect()
+    let totals: Vec<f64> = sums.iter().map(|window| window.iter().sum()).collect();
+    let mut sorted = totals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let usual = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let mut result = WindowShares::default();
+    for (window, total) in sums.into_iter().zip(totals) {
+        if total > 0.0 && total >= STALLED_FRACTION * usual {
+            result.shares.push(window.iter().map(|amount| amount / total).collect());
+        } else {
+            result.stalled += 1;
+        }
+    }
+    result
 }
 
 /// The largest |share - target| in each window, in percentage points.
-pub fn absolute_error_pp(shares: &[Vec<f64>], targets: &[f64]) -> ErrorStats {
-    let errors: Vec<f64> = shares
+pub fn absolute_error_pp(windows: &WindowShares, targets: &[f64]) -> ErrorStats {
+    let errors: Vec<f64> = windows
+        .shares
         .iter()
         .map(|window| {
             window.iter().zip(targets).map(|(share, target)| (share - target).abs() * 100.0).fold(0.0, f64::max)
         })
         .collect();
-    ErrorStats::of(&errors)
+    ErrorStats::of(&errors, windows.stalled)
 }
 
 /// The largest |share / target - 1| in each window, in percent.
-pub fn relative_error_pct(shares: &[Vec<f64>], targets: &[f64]) -> ErrorStats {
-    let errors: Vec<f64> = shares
+pub fn relative_error_pct(windows: &WindowShares, targets: &[f64]) -> ErrorStats {
+    let errors: Vec<f64> = windows
+        .shares
         .iter()
         .map(|window| {
             window.iter().zip(targets).map(|(share, target)| (share / target - 1.0).abs() * 100.0).fold(0.0, f64::max)
         })
         .collect();
-    ErrorStats::of(&errors)
+    ErrorStats::of(&errors, windows.stalled)
 }
 
 #[cfg(test)]
@@ -118,7 +144,7 @@ mod tests {
         // 7 units of A and 3 of B in every 10 ms.
         let series = vec![ticks(0, 1000 * MS, 10 * MS / 7), ticks(0, 1000 * MS, 10 * MS / 3)];
         let shares = window_shares(&series, 0, 1000 * MS, 100 * MS);
-        assert_eq!(shares.len(), 10);
+        assert_eq!((shares.shares.len(), shares.stalled), (10, 0));
         let error = absolute_error_pp(&shares, &[0.7, 0.3]);
         assert!(error.max < 0.5, "{error:?}");
     }
@@ -141,26 +167,45 @@ mod tests {
     fn the_99th_percentile_leaves_out_a_rare_worst_window() {
         // 199 windows 1 pp off, one 30 pp off: max 30, p99 1.
         let errors: Vec<f64> = (0..200).map(|i| if i == 77 { 30.0 } else { 1.0 }).collect();
-        let stats = ErrorStats::of(&errors);
+        let stats = ErrorStats::of(&errors, 0);
         assert_eq!((stats.max, stats.p99, stats.windows), (30.0, 1.0, 200));
         // With 50 windows the 99th percentile is the worst one.
-        assert_eq!(ErrorStats::of(&errors[50..100]).p99, 30.0);
-        assert_eq!(ErrorStats::of(&[]).p99, 0.0);
+        assert_eq!(ErrorStats::of(&errors[50..100], 0).p99, 30.0);
+        assert_eq!(ErrorStats::of(&[], 0).p99, 0.0);
     }
 
     #[test]
     fn relative_errors_compare_each_share_with_its_target() {
-        let shares = vec![vec![0.26, 0.74], vec![0.25, 0.75]];
+        let shares = WindowShares { shares: vec![vec![0.26, 0.74], vec![0.25, 0.75]], stalled: 0 };
         let error = relative_error_pct(&shares, &[0.25, 0.75]);
         assert!((error.max - 4.0).abs() < 1e-9, "{error:?}");
     }
 
     #[test]
-    fn amounts_outside_the_range_and_empty_windows_are_left_out() {
+    fn amounts_outside_the_range_are_left_out_and_empty_windows_count_as_stalled() {
         let series =
             vec![vec![Spread::at(5, 1.0), Spread::at(150, 2.0), Spread::at(999, 1.0)], vec![Spread::at(160, 2.0)]];
         let shares = window_shares(&series, 100, 300, 100);
-        assert_eq!(shares, vec![vec![0.5, 0.5]]);
+        assert_eq!(shares, WindowShares { shares: vec![vec![0.5, 0.5]], stalled: 1 });
+    }
+
+    #[test]
+    fn windows_with_less_than_half_the_usual_amount_are_stalled() {
+        // Ten units a window, except window 2 (a host stall: two units, both A's).
+        let a: Vec<Spread> = (0..5)
+            .flat_map(|w| (0..if w == 2 { 2 } else { 7 }).map(move |i| w * 100 + i))
+            .map(|t| Spread::at(t, 1.0))
+            .collect();
+        let b: Vec<Spread> = (0..5)
+            .filter(|&w| w != 2)
+            .flat_map(|w| (0..3).map(move |i| w * 100 + 50 + i))
+            .map(|t| Spread::at(t, 1.0))
+            .collect();
+        let shares = window_shares(&[a, b], 0, 500, 100);
+        assert_eq!(shares.stalled, 1);
+        let error = absolute_error_pp(&shares, &[0.7, 0.3]);
+        assert!(error.max < 1e-9, "{error:?}");
+        assert_eq!((error.windows, error.stalled_windows), (4, 1));
     }
 
     #[test]
@@ -169,6 +214,6 @@ mod tests {
         // B: 100 at 120 (window 1).
         let series = vec![vec![Spread { from: 50, to: 350, amount: 300.0 }], vec![Spread::at(120, 100.0)]];
         let shares = window_shares(&series, 0, 400, 100);
-        assert_eq!(shares, vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![1.0, 0.0], vec![1.0, 0.0]]);
+        assert_eq!(shares.shares, vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![1.0, 0.0], vec![1.0, 0.0]]);
     }
 }
