@@ -316,9 +316,9 @@ impl Core {
             self.sample_if_due();
         }
         deadlines.disarm();
-        let armed = (deadlines.used_ahead, deadlines.armed_late);
+        let armed_ahead_pct = deadlines.armed_ahead_pct();
         drop(deadlines);
-        self.finish(armed);
+        self.finish(armed_ahead_pct);
     }
 
     /// Runs one slice of `slice.vm`: until its next I/O exit under `io`, else
@@ -576,8 +576,8 @@ impl Core {
     }
 
     /// Delivers what is left and the final report, then returns (the thread
-    /// ends). `armed`: deadlines armed ahead and armed late.
-    fn finish(mut self, armed: (u64, u64)) {
+    /// ends). `armed_ahead_pct` goes into the report as it is.
+    fn finish(mut self, armed_ahead_pct: Option<f64>) {
         let wall_ns = self.started.elapsed().as_nanos() as u64;
         // Waiting is fine now: the run is over and the front end is reading.
         for event in std::mem::take(&mut self.outbox) {
@@ -588,11 +588,11 @@ impl Core {
                 let _ = self.events.send(event);
             }
         }
-        let report = self.report(wall_ns, armed);
+        let report = self.report(wall_ns, armed_ahead_pct);
         let _ = self.events.send(Event::Finished(Box::new(report)));
     }
 
-    fn report(&self, wall_ns: u64, (ahead, late): (u64, u64)) -> RunReport {
+    fn report(&self, wall_ns: u64, deadlines_armed_ahead_pct: Option<f64>) -> RunReport {
         let total_weight: f64 = self.slots.iter().map(|slot| slot.config.weight).sum();
         let total_cpu: u64 = self.slots.iter().map(|slot| slot.runtime.cpu_ns).sum();
         let total_charged: u64 = self.slots.iter().map(|slot| slot.charged_ns).sum();
@@ -634,7 +634,7 @@ impl Core {
             timer: timed.then(|| self.timer_kind.name().into()),
             outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
             preempt_overrun_us: self.overruns.summary(),
-            deadlines_armed_ahead_pct: (ahead + late > 0).then(|| 100.0 * ratio(ahead as f64, (ahead + late) as f64)),
+            deadlines_armed_ahead_pct,
             vms,
             traces: self.slots.iter().map(|slot| slot.trace.clone().unwrap_or_default()).collect(),
         }

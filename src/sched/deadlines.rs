@@ -35,10 +35,10 @@ pub struct Deadlines {
     current: usize,
     /// Running average of the gap from a deadline to the next slice's start.
     gap_ns: u64,
-    /// Deadlines armed ahead that the next slice could use, and could not.
-    pub used_ahead: u64,
-    /// Deadlines that had to be armed at the start of their slice.
-    pub armed_late: u64,
+    /// Slices that found their deadline armed ahead.
+    used_ahead: u64,
+    /// Slices that had to arm their deadline when they started.
+    armed_late: u64,
 }
 
 impl Deadlines {
@@ -93,6 +93,13 @@ impl Deadlines {
             // An average over the last eight or so gaps.
             self.gap_ns = (self.gap_ns * 7 + gap) / 8;
         }
+    }
+
+    /// Percent of slices that found their deadline armed ahead (None before
+    /// any slice had a deadline).
+    pub fn armed_ahead_pct(&self) -> Option<f64> {
+        let slices = self.used_ahead + self.armed_late;
+        (slices > 0).then(|| 100.0 * self.used_ahead as f64 / slices as f64)
     }
 
     /// The gap the next guess will assume.
@@ -162,7 +169,7 @@ mod tests {
         assert_eq!(second, 1_430 * US);
         deadlines.arm_next(second, 200 * US);
         assert_eq!(log.0.borrow()[2].0, 0, "the timer that fired takes the next guess");
-        assert_eq!((deadlines.used_ahead, deadlines.armed_late), (1, 1));
+        assert_eq!(deadlines.armed_ahead_pct(), Some(50.0));
     }
 
     #[test]
@@ -178,7 +185,7 @@ mod tests {
         deadlines.arm_next(second, 200 * US);
         let third = deadlines.start_slice(900 * US, 1_100 * US);
         assert_eq!(third, 1_100 * US);
-        assert_eq!(deadlines.armed_late, 3);
+        assert_eq!(deadlines.armed_ahead_pct(), Some(0.0), "three slices, each armed as it started");
     }
 
     #[test]

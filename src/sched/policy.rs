@@ -67,13 +67,23 @@ pub struct Planner {
     /// The VM that just gave its slice back (`fair`): the next slice goes to
     /// another one if any can run, whatever the lags say.
     gave_back: Option<usize>,
+    /// The fair unit, as the last `next_slice` computed it.
+    unit_ns: u64,
     next: usize,
 }
 
 impl Planner {
     /// A planner for `vms` VMs.
     pub fn new(policy: Policy, quantum_ns: u64, vms: usize) -> Self {
-        Self { policy, quantum_ns, lag_ns: vec![0.0; vms], shares: vec![0.0; vms], gave_back: None, next: 0 }
+        Self {
+            policy,
+            quantum_ns,
+            lag_ns: vec![0.0; vms],
+            shares: vec![0.0; vms],
+            gave_back: None,
+            unit_ns: quantum_ns,
+            next: 0,
+        }
     }
 
     /// The policy it plans for.
@@ -119,7 +129,7 @@ impl Planner {
         for (share, vm) in self.shares.iter_mut().zip(vms) {
             *share = if vm.runnable { vm.weight / total } else { 0.0 };
         }
-        let unit = self.unit_ns();
+        self.unit_ns = self.unit_ns();
         let gave_back = self.gave_back.take();
         let largest_lag = |skip: Option<usize>| {
             order
@@ -128,17 +138,17 @@ impl Planner {
                 .reduce(|best, vm| if self.lag_ns[vm] > self.lag_ns[best] { vm } else { best })
         };
         let vm = largest_lag(gave_back).or_else(|| largest_lag(None))?;
-        Some(Slice { vm, length_ns: Some(unit) })
+        Some(Slice { vm, length_ns: Some(self.unit_ns) })
     }
 
-    /// How long the slice after the next one is likely to be (None: it ends
-    /// at an I/O exit, not a deadline), judged from the weights of the VMs
-    /// that could run at the last [`next_slice`](Self::next_slice).
+    /// How long the slice after the one [`next_slice`](Self::next_slice) just
+    /// gave is likely to be (None: it will end at an I/O exit, not a
+    /// deadline), if the same VMs can still run then.
     pub fn following_length_ns(&self) -> Option<u64> {
         match self.policy {
             Policy::Io => None,
             Policy::Rr => Some(self.quantum_ns),
-            Policy::Fair => Some(self.unit_ns()),
+            Policy::Fair => Some(self.unit_ns),
         }
     }
 
