@@ -140,9 +140,11 @@ pub fn sample_after(
     })
 }
 
-/// Each VM's share of the KVM_RUN time between two samples.
+/// Each VM's share of the CPU time charged between two samples: KVM_RUN time
+/// less the time the host gave the core thread's CPU to someone else, so that
+/// a busy machine (other tests, other processes) does not skew it.
 pub fn shares_between(before: &[matrix_tui::event::VmSample], after: &[matrix_tui::event::VmSample]) -> Vec<f64> {
-    let deltas: Vec<u64> = before.iter().zip(after).map(|(b, a)| a.cpu_ns - b.cpu_ns).collect();
+    let deltas: Vec<u64> = before.iter().zip(after).map(|(b, a)| a.charged_ns - b.charged_ns).collect();
     let total: u64 = deltas.iter().sum();
     deltas.iter().map(|&d| d as f64 / total as f64).collect()
 }
