@@ -26,7 +26,9 @@ fn rr_preempts_guests_that_never_exit_and_both_progress() {
         for vm in &outcome.report.vms {
             assert_eq!(vm.state, "running");
             assert!(vm.preemptions > 100, "{timer:?}: {} was preempted {} times", vm.name, vm.preemptions);
-            assert!((vm.share - 0.5).abs() < 0.05, "{timer:?}: {} got {}", vm.name, vm.share);
+            // Charged time, not KVM_RUN wall time: on a busy machine the host
+            // deschedules the core thread inside KVM_RUN, which is nobody's CPU.
+            assert!((vm.charged_share - 0.5).abs() < 0.05, "{timer:?}: {} got {}", vm.name, vm.charged_share);
         }
         assert_eq!(outcome.report.policy, "rr");
         assert_eq!(outcome.report.timer.as_deref(), Some(timer.name()));
@@ -46,7 +48,9 @@ fn fair_70_30_tickers_do_70_30_of_the_work() {
     let work_share = neo as f64 / (neo + morpheus) as f64;
     assert!((work_share - 0.7).abs() < 0.02, "Neo did {work_share:.4} of the work ({neo} vs {morpheus} units)");
     let report = &outcome.report.vms[0];
-    assert!((report.share - 0.7).abs() < 0.02, "Neo's KVM_RUN share {}", report.share);
+    assert!((report.charged_share - 0.7).abs() < 0.02, "Neo's charged share {}", report.charged_share);
+    // KVM_RUN wall time also holds the host's descheduling of the core thread.
+    assert!((report.share - 0.7).abs() < 0.05, "Neo's KVM_RUN share {}", report.share);
     assert!((report.target_share - 0.7).abs() < 1e-9);
     assert!(report.preemptions > 0 && report.cpu_ns > 0);
 }
