@@ -74,15 +74,17 @@ impl Percentiles {
         }
         let mut sorted = values_ns.to_vec();
         sorted.sort_unstable();
-        let rank = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-        let us = |ns: u64| ns as f64 / 1000.0;
-        Some(Self {
-            p50: us(rank(0.50)),
-            p99: us(rank(0.99)),
-            max: us(sorted[sorted.len() - 1]),
-            samples: sorted.len(),
-        })
+        let us = |q: f64| nearest_rank(&sorted, q).map_or(0.0, |ns| ns as f64 / 1000.0);
+        Some(Self { p50: us(0.50), p99: us(0.99), max: us(1.0), samples: sorted.len() })
     }
+}
+
+/// The `q` quantile (0 < q <= 1) of values sorted in ascending order, by
+/// nearest rank: the smallest value with at least `q` of them at or below
+/// it. None when there are none.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank.min(sorted.len()).checked_sub(1)?).copied()
 }
 
 /// A bounded record of latencies (the first [`LatencyLog::CAPACITY`] kept).
@@ -120,5 +122,7 @@ mod percentile_tests {
         assert_eq!(Percentiles::of_ns(&[]), None);
         let one = Percentiles::of_ns(&[7000]).unwrap();
         assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+        assert_eq!(nearest_rank::<f64>(&[], 0.99), None);
+        assert_eq!(nearest_rank(&[1.0, 2.0, 3.0], 0.5), Some(2.0));
     }
 }

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::stats::nearest_rank;
+
 /// Max, 99th percentile and mean of an error over all windows.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ErrorStats {
@@ -24,8 +26,7 @@ impl ErrorStats {
         let mut sorted = errors.to_vec();
         sorted.sort_by(f64::total_cmp);
         let max = sorted.last().copied().unwrap_or(0.0);
-        let rank = (sorted.len() * 99).div_ceil(100);
-        let p99 = rank.checked_sub(1).map_or(0.0, |index| sorted[index]);
+        let p99 = nearest_rank(&sorted, 0.99).unwrap_or(0.0);
         let mean = if errors.is_empty() { 0.0 } else { errors.iter().sum::<f64>() / errors.len() as f64 };
         Self { max, p99, mean, windows: errors.len(), stalled_windows }
     }
