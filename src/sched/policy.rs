@@ -129,7 +129,7 @@ impl Planner {
         for (share, vm) in self.shares.iter_mut().zip(vms) {
             *share = if vm.runnable { vm.weight / total } else { 0.0 };
         }
-        self.unit_ns = self.unit_ns();
+        self.unit_ns = self.fair_unit_ns();
         let gave_back = self.gave_back.take();
         let largest_lag = |skip: Option<usize>| {
             order
@@ -152,8 +152,9 @@ impl Planner {
         }
     }
 
-    /// The length of every fair slice, from the shares set by `next_fair_slice`.
-    fn unit_ns(&self) -> u64 {
+    /// Computes the length of every fair slice from the shares set by
+    /// `next_fair_slice` (kept in `unit_ns` for `following_length_ns`).
+    fn fair_unit_ns(&self) -> u64 {
         let quantum = self.quantum_ns as f64;
         let runnable = || self.shares.iter().copied().filter(|&share| share > 0.0);
         let lightest = runnable().fold(f64::INFINITY, f64::min) * quantum;
