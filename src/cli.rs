@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
-use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
+use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::headless::{self, HeadlessOptions};
 use crate::report::RunReport;
 use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
@@ -178,10 +178,7 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
         Some((guest, weight)) => {
             let weight: f64 =
                 weight.parse().map_err(|_| format!("weight '{weight}' is not a number (NAME=GUEST[:WEIGHT])"))?;
-            if !(weight > 0.0 && weight.is_finite()) {
-                return Err(format!("weight {weight} must be a positive number"));
-            }
-            (guest.to_string(), Some(weight))
+            (guest.to_string(), Some(check_weight(weight)?))
         }
         None => (rest.to_string(), None),
     };
@@ -468,7 +465,8 @@ mod tests {
         assert_eq!(vm.guest, "./guest/examples/c/hello.elf");
         let vm = parse_vm_arg("./build/my-guest.bin").unwrap();
         assert_eq!((vm.name.as_str(), vm.weight), ("my-guest", None));
-        assert!(parse_vm_arg("a=ticker:0").unwrap_err().contains("positive"));
+        assert!(parse_vm_arg("a=ticker:0").unwrap_err().contains("from 1 to 10000"));
+        assert!(parse_vm_arg("a=ticker:20000").unwrap_err().contains("from 1 to 10000"));
         assert!(parse_vm_arg("a=ticker:x").unwrap_err().contains("not a number"));
         assert!(parse_vm_arg("bad name=spin").unwrap_err().contains("VM name"));
         assert!(parse_vm_arg("a=").is_err());

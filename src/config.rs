@@ -49,7 +49,7 @@ pub struct VmConfig {
     pub guest: String,
     /// The image bytes.
     pub image: Arc<[u8]>,
-    /// Scheduling weight (> 0).
+    /// Scheduling weight ([`MIN_WEIGHT`] ..= [`MAX_WEIGHT`]).
     pub weight: f64,
     /// Guest memory in bytes.
     pub memory_size: u64,
@@ -68,6 +68,21 @@ impl VmConfig {
             memory_size: DEFAULT_MEMORY,
             args: Vec::new(),
         }
+    }
+}
+
+/// Smallest scheduling weight (as cgroup v2's `cpu.weight`).
+pub const MIN_WEIGHT: f64 = 1.0;
+/// Largest scheduling weight (as cgroup v2's `cpu.weight`).
+pub const MAX_WEIGHT: f64 = 10_000.0;
+
+/// Checks a scheduling weight: a number from [`MIN_WEIGHT`] to [`MAX_WEIGHT`]
+/// (fractions allowed). The message says what is wrong and what to give.
+pub fn check_weight(weight: f64) -> Result<f64, String> {
+    if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(format!("weight {weight} is out of range: give a number from 1 to 10000 (as cgroup v2's cpu.weight)"))
     }
 }
 
@@ -117,5 +132,21 @@ impl RunConfig {
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_bounded_like_cgroup_cpu_weight() {
+        assert_eq!(check_weight(1.0), Ok(1.0));
+        assert_eq!(check_weight(10_000.0), Ok(10_000.0));
+        assert_eq!(check_weight(2.5), Ok(2.5));
+        for bad in [0.0, 0.5, -3.0, 10_000.5, 1e308, f64::NAN, f64::INFINITY] {
+            let message = check_weight(bad).unwrap_err();
+            assert!(message.contains("from 1 to 10000"), "{bad}: {message}");
+        }
     }
 }

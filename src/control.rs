@@ -2,7 +2,7 @@
 //! per line, so scripts and CI can do what the UI's keys do:
 //!
 //! ```text
-//! weight NAME WEIGHT     set a VM's weight (> 0)
+//! weight NAME WEIGHT     set a VM's weight (1 to 10000)
 //! pause NAME             stop scheduling a VM
 //! resume NAME            schedule it again
 //! restart NAME           start it afresh (new memory, image loaded again)
@@ -15,7 +15,7 @@ use std::io::BufRead;
 
 use crossbeam_channel::Sender;
 
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy};
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::event::Command;
 use crate::units::parse_duration;
 
@@ -37,10 +37,7 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         [first, ..] if first.starts_with('#') => return Ok(None),
         ["weight", name, weight] => {
             let weight: f64 = weight.parse().map_err(|_| format!("weight '{weight}' is not a number"))?;
-            if !(weight > 0.0 && weight.is_finite()) {
-                return Err(format!("weight {weight} must be a positive number"));
-            }
-            Command::SetWeight { vm: vm(name)?, weight }
+            Command::SetWeight { vm: vm(name)?, weight: check_weight(weight)? }
         }
         ["pause", name] => Command::Pause(vm(name)?),
         ["resume", name] => Command::Resume(vm(name)?),
@@ -115,7 +112,8 @@ mod tests {
     #[test]
     fn mistakes_are_explained() {
         assert!(parse_line("pause trinity", &names()).unwrap_err().contains("VMs: neo, morpheus"));
-        assert!(parse_line("weight neo -1", &names()).unwrap_err().contains("positive"));
+        assert!(parse_line("weight neo -1", &names()).unwrap_err().contains("from 1 to 10000"));
+        assert!(parse_line("weight neo 1e308", &names()).unwrap_err().contains("from 1 to 10000"));
         assert!(parse_line("weight neo lots", &names()).unwrap_err().contains("not a number"));
         assert!(parse_line("policy lottery", &names()).unwrap_err().contains("io, rr or fair"));
         assert!(parse_line("quantum 5s", &names()).unwrap_err().contains("between 100us and 1s"));

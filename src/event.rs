@@ -20,7 +20,7 @@ pub type VmId = usize;
 pub enum Command {
     /// End the run; the core answers with [`Event::Finished`].
     Quit,
-    /// Change a VM's scheduling weight (> 0; others are ignored).
+    /// Change a VM's scheduling weight (1 ..= 10000; others are ignored).
     SetWeight {
         /// The VM.
         vm: VmId,

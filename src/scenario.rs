@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
-//! that are not positive, duplicate names, bad sizes and durations.
+//! outside 1 to 10000, duplicate names, bad sizes and durations.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy};
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::TimerKind;
 use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};
@@ -171,8 +171,12 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioEr
             return Err(at(vm.name.span(), "name", format!("a second VM is called '{name}'; names must be unique")));
         }
         let weight = match &vm.weight {
-            Some(weight) if !(*weight.get_ref() > 0.0 && weight.get_ref().is_finite()) => {
-                return Err(at(weight.span(), "weight", format!("{} is not a positive number", weight.get_ref())));
+            Some(weight) if check_weight(*weight.get_ref()).is_err() => {
+                return Err(at(
+                    weight.span(),
+                    "weight",
+                    format!("{} is out of range: give a number from 1 to 10000", weight.get_ref()),
+                ));
             }
             Some(weight) => *weight.get_ref(),
             None => 1.0,
@@ -259,7 +263,7 @@ mod tests {
 
         let weight = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = 0\n").unwrap_err();
         assert_eq!((weight.line, weight.key.as_str()), (4, "weight"));
-        assert_eq!(weight.to_string(), "test.toml:4: weight: 0 is not a positive number");
+        assert_eq!(weight.to_string(), "test.toml:4: weight: 0 is out of range: give a number from 1 to 10000");
 
         let negative = parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = -3.5\n").unwrap_err();
         assert_eq!(negative.key, "weight");

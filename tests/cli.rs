@@ -153,7 +153,7 @@ fn bad_images_and_flags_are_one_line_usage_errors() {
     assert_usage_error(&["run", "--vm", "part1", "--mem", "2G"], "between 2 MiB and 1 GiB");
     assert_usage_error(&["run", "--policy", "nope"], "invalid value 'nope'");
     assert_usage_error(&["run", "--duration", "soon"], "not a duration");
-    assert_usage_error(&["run", "--vm", "a=spin:-1"], "positive");
+    assert_usage_error(&["run", "--vm", "a=spin:-1"], "from 1 to 10000");
     assert_usage_error(&["run", "--vm", "part1", "--args", "other=1"], "not in this run");
     assert_usage_error(
         &["run", "--vm", "a=spin", "--vm", "b=spin", "--mem", "512M", "--max-total-mem", "768M"],
@@ -283,7 +283,7 @@ fn scenario_mistakes_name_the_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "policy = \"fair\"\n\n[[vm]]\nname = \"a\"\nguest = \"spin\"\nweight = 0\n").unwrap();
-    let message = format!("{}:6: weight: 0 is not a positive number", path.display());
+    let message = format!("{}:6: weight: 0 is out of range: give a number from 1 to 10000", path.display());
     assert_usage_error(&["run", path.to_str().unwrap()], &message);
 
     std::fs::write(&path, "[[vm]]\nname = \"a\"\nguest = \"spin\"\nspeed = 11\n").unwrap();

@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig};
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
 use crate::report::{RunReport, TracedSlice, VmReport, VmTrace};
 use crate::stats::LatencyLog;
@@ -413,7 +413,7 @@ impl Core {
         match command {
             Command::Quit => self.quit = true,
             Command::SetWeight { vm, weight } => {
-                if let Some(slot) = self.slots.get_mut(vm).filter(|_| weight > 0.0 && weight.is_finite()) {
+                if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
                     slot.config.weight = weight;
                     self.planner.reset(vm);
                     self.outbox.push_back(Event::Settings(self.settings()));

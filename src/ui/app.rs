@@ -5,7 +5,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy};
+use super::rates::RateWindow;
+use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
 use crate::event::{Command, Event, Settings, VmSample, VmState};
 use crate::stats::VmCounters;
@@ -34,15 +35,14 @@ pub struct VmView {
     pub dropped: u64,
     /// Counters at the last sample.
     pub counters: VmCounters,
-    /// Counters per second, between the last two samples.
+    /// Counters per second over the last second or more ([`RateWindow`]).
     pub rates: VmCounters,
-    /// Measured share of guest time between the last two samples.
+    /// Its share of guest time over the same window.
     pub share: f64,
     /// Recent shares, in per mille, oldest first.
     pub share_history: VecDeque<u64>,
     /// Lines scrolled back from the newest.
     pub scroll: usize,
-    cpu_ns: u64,
 }
 
 impl VmView {
@@ -59,7 +59,6 @@ impl VmView {
             share: 0.0,
             share_history: VecDeque::new(),
             scroll: 0,
-            cpu_ns: 0,
         }
     }
 
@@ -144,7 +143,7 @@ pub struct App {
     pub exits_per_s: f64,
     /// The user asked to quit.
     pub quitting: bool,
-    last_sample_ns: Option<u64>,
+    window: RateWindow,
 }
 
 impl App {
@@ -159,14 +158,31 @@ impl App {
             elapsed_ns: 0,
             exits_per_s: 0.0,
             quitting: false,
-            last_sample_ns: None,
+            window: RateWindow::default(),
         }
     }
 
-    /// The target share of `vm`: its weight over all weights.
-    pub fn target(&self, vm: usize) -> f64 {
-        let total: f64 = self.settings.weights.iter().sum();
-        if total > 0.0 { self.settings.weights[vm] / total } else { 0.0 }
+    /// The share the policy pursues for `vm` now: under `fair` its weight
+    /// over the weights of the VMs that can run, under `rr` an equal part of
+    /// the CPU among them, under `io` none (it does not aim at shares); none
+    /// either for a VM that cannot run (paused, halted, crashed).
+    pub fn target(&self, vm: usize) -> Option<f64> {
+        if self.vms.get(vm)?.state != VmState::Running {
+            return None;
+        }
+        let runnable = || self.vms.iter().enumerate().filter(|(_, view)| view.state == VmState::Running);
+        match self.settings.policy {
+            Policy::Io => None,
+            Policy::Rr => Some(1.0 / runnable().count() as f64),
+            Policy::Fair => {
+                let total: f64 = runnable().map(|(other, _)| self.weight(other)).sum();
+                (total > 0.0).then(|| self.weight(vm) / total)
+            }
+        }
+    }
+
+    fn weight(&self, vm: usize) -> f64 {
+        self.settings.weights.get(vm).copied().unwrap_or(0.0)
     }
 
     /// Takes in an event from the core; true if anything shown changed.
@@ -192,34 +208,28 @@ impl App {
                 }
             }
             Event::Settings(settings) => self.settings = settings,
-            Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, &vms),
+            Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, vms),
             Event::Finished(_) => {}
         }
         true
     }
 
-    fn apply_sample(&mut self, elapsed_ns: u64, samples: &[VmSample]) {
-        let seconds = self.last_sample_ns.map(|last| (elapsed_ns.saturating_sub(last)) as f64 / 1e9);
-        self.last_sample_ns = Some(elapsed_ns);
+    fn apply_sample(&mut self, elapsed_ns: u64, samples: Vec<VmSample>) {
         self.elapsed_ns = elapsed_ns;
-        let cpu_deltas: Vec<u64> =
-            self.vms.iter().zip(samples).map(|(view, sample)| sample.cpu_ns.saturating_sub(view.cpu_ns)).collect();
-        let total_cpu: u64 = cpu_deltas.iter().sum();
-        let mut exits = 0.0;
-        for ((view, sample), cpu) in self.vms.iter_mut().zip(samples).zip(cpu_deltas) {
-            if let Some(seconds) = seconds.filter(|s| *s > 0.0) {
-                view.rates = per_second(&view.counters, &sample.counters, seconds);
-                exits += view.rates.exits.total() as f64;
-            }
-            view.share = if total_cpu > 0 { cpu as f64 / total_cpu as f64 } else { 0.0 };
+        for (view, sample) in self.vms.iter_mut().zip(&samples) {
+            view.counters = sample.counters;
+        }
+        self.window.push(elapsed_ns, samples);
+        let Some(figures) = self.window.figures() else { return };
+        for (view, figures) in self.vms.iter_mut().zip(figures) {
+            view.rates = figures.rates;
+            view.share = figures.share;
             if view.share_history.len() == SHARE_HISTORY {
                 view.share_history.pop_front();
             }
             view.share_history.push_back((view.share * 1000.0).round() as u64);
-            view.counters = sample.counters;
-            view.cpu_ns = sample.cpu_ns;
         }
-        self.exits_per_s = exits;
+        self.exits_per_s = self.vms.iter().map(|view| view.rates.exits.total() as f64).sum();
     }
 
     /// Carries out a user action; returns the commands for the core.
@@ -265,34 +275,45 @@ impl App {
         Vec::new()
     }
 
-    /// Moves the selected VM's target share by `step` (5 points), scaling the
-    /// others so that the targets still add up; weights become percentages.
+    /// Moves the selected VM's share of the weights by `step` (5 points)
+    /// among the VMs that can run (and itself), scaling the others' so that
+    /// the shares still add up. Weights become percentages (raised so that the
+    /// smallest is at least [`MIN_WEIGHT`]); VMs that cannot run keep theirs.
     fn move_share(&mut self, step: f64) -> Vec<Command> {
-        if self.vms.len() < 2 {
+        let selected = self.selected;
+        let group: Vec<usize> =
+            (0..self.vms.len()).filter(|&vm| vm == selected || self.vms[vm].state == VmState::Running).collect();
+        if group.len() < 2 {
             return Vec::new();
         }
-        let current = self.target(self.selected);
-        let wanted = ((current + step) * 100.0).round() / 100.0;
-        let wanted = wanted.clamp(0.01, 0.99);
+        let total: f64 = group.iter().map(|&vm| self.weight(vm)).sum();
+        let current = self.weight(selected) / total;
+        let wanted = (((current + step) * 100.0).round() / 100.0).clamp(0.01, 0.99);
         if (wanted - current).abs() < 1e-9 {
             return Vec::new();
         }
         let others = 1.0 - current;
-        let weights: Vec<f64> = (0..self.vms.len())
-            .map(|vm| {
-                let share = if vm == self.selected {
+        let shares: Vec<f64> = group
+            .iter()
+            .map(|&vm| {
+                if vm == selected {
                     wanted
                 } else if others > 0.0 {
-                    self.target(vm) / others * (1.0 - wanted)
+                    self.weight(vm) / total / others * (1.0 - wanted)
                 } else {
-                    (1.0 - wanted) / (self.vms.len() - 1) as f64
-                };
-                (share * 1000.0).round().max(1.0) / 10.0
+                    (1.0 - wanted) / (group.len() - 1) as f64
+                }
             })
             .collect();
+        let smallest = shares.iter().copied().fold(f64::INFINITY, f64::min);
+        let scale = (100.0f64).max(MIN_WEIGHT / smallest);
+        let weights: Vec<f64> =
+            shares.iter().map(|share| ((share * scale * 10.0).round() / 10.0).clamp(MIN_WEIGHT, MAX_WEIGHT)).collect();
         // Shown at once, before the core confirms.
-        self.settings.weights = weights.clone();
-        weights.into_iter().enumerate().map(|(vm, weight)| Command::SetWeight { vm, weight }).collect()
+        for (&vm, &weight) in group.iter().zip(&weights) {
+            self.settings.weights[vm] = weight;
+        }
+        group.into_iter().zip(weights).map(|(vm, weight)| Command::SetWeight { vm, weight }).collect()
     }
 
     fn scale_quantum(&mut self, factor: f64) -> Vec<Command> {
@@ -302,24 +323,6 @@ impl App {
         }
         self.settings.quantum = quantum;
         vec![Command::SetQuantum(quantum)]
-    }
-}
-
-fn per_second(before: &VmCounters, after: &VmCounters, seconds: f64) -> VmCounters {
-    let rate = |b: u64, a: u64| (a.saturating_sub(b) as f64 / seconds).round() as u64;
-    let (b, a) = (&before.exits, &after.exits);
-    VmCounters {
-        exits: crate::stats::ExitCounts {
-            io_in: rate(b.io_in, a.io_in),
-            io_out: rate(b.io_out, a.io_out),
-            hlt: rate(b.hlt, a.hlt),
-            mmio: rate(b.mmio, a.mmio),
-            unknown_port: rate(b.unknown_port, a.unknown_port),
-            shutdown: rate(b.shutdown, a.shutdown),
-            other: rate(b.other, a.other),
-        },
-        preemptions: rate(before.preemptions, after.preemptions),
-        faults: rate(before.faults, after.faults),
     }
 }
 
@@ -344,11 +347,11 @@ mod tests {
         let mut app = app();
         let commands = app.act(Action::MoreShare);
         assert_eq!(commands, [Command::SetWeight { vm: 0, weight: 75.0 }, Command::SetWeight { vm: 1, weight: 25.0 }]);
-        assert!((app.target(0) - 0.75).abs() < 1e-9);
+        assert!((app.target(0).unwrap() - 0.75).abs() < 1e-9);
         app.act(Action::SelectNext);
         app.act(Action::LessShare);
-        assert!((app.target(1) - 0.20).abs() < 1e-9);
-        assert!((app.target(0) - 0.80).abs() < 1e-9);
+        assert!((app.target(1).unwrap() - 0.20).abs() < 1e-9);
+        assert!((app.target(0).unwrap() - 0.80).abs() < 1e-9);
     }
 
     #[test]
@@ -357,8 +360,56 @@ mod tests {
         for _ in 0..30 {
             app.act(Action::MoreShare);
         }
-        assert!((app.target(0) - 0.99).abs() < 1e-9);
+        assert!((app.target(0).unwrap() - 0.99).abs() < 1e-9);
         assert!(app.act(Action::MoreShare).is_empty());
+        assert!(app.settings.weights.iter().all(|&w| (MIN_WEIGHT..=MAX_WEIGHT).contains(&w)), "{:?}", app.settings);
+    }
+
+    fn classroom() -> App {
+        let names = ["neo", "morpheus", "ticker-a", "ticker-b", "evil", "crash"].map(String::from).to_vec();
+        let weights = vec![40.0, 20.0, 20.0, 10.0, 5.0, 5.0];
+        App::new(names, initial_settings(Policy::Fair, Duration::from_millis(1), TimerKind::Posix, weights))
+    }
+
+    #[test]
+    fn the_target_is_over_the_vms_that_can_run() {
+        let mut app = classroom();
+        assert!((app.target(0).unwrap() - 0.40).abs() < 1e-9);
+        // evil halts, crash crashes: neo's 40 is now of 90, not of 100.
+        app.apply(Event::State { vm: 4, state: VmState::Halted });
+        app.apply(Event::State {
+            vm: 5,
+            state: VmState::Crashed { reason: "triple fault".into(), registers: Default::default() },
+        });
+        assert!((app.target(0).unwrap() - 40.0 / 90.0).abs() < 1e-9);
+        assert_eq!((app.target(4), app.target(5)), (None, None));
+        // A paused VM has no target, and its weight leaves the others' sum.
+        app.apply(Event::State { vm: 1, state: VmState::Paused });
+        assert!((app.target(0).unwrap() - 40.0 / 70.0).abs() < 1e-9);
+        assert_eq!(app.target(1), None);
+        let targets: f64 = (0..6).filter_map(|vm| app.target(vm)).sum();
+        assert!((targets - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rr_targets_are_equal_and_io_has_none() {
+        let mut app = classroom();
+        app.apply(Event::Settings(Settings { policy: Policy::Rr, ..app.settings.clone() }));
+        app.apply(Event::State { vm: 5, state: VmState::Halted });
+        assert!((app.target(0).unwrap() - 0.2).abs() < 1e-9);
+        app.apply(Event::Settings(Settings { policy: Policy::Io, ..app.settings.clone() }));
+        assert_eq!(app.target(0), None);
+    }
+
+    #[test]
+    fn plus_moves_the_share_among_the_vms_that_can_run() {
+        let mut app = classroom();
+        app.apply(Event::State { vm: 4, state: VmState::Halted });
+        app.apply(Event::State { vm: 5, state: VmState::Halted });
+        let commands = app.act(Action::MoreShare);
+        assert_eq!(commands.len(), 4, "only the running VMs get new weights: {commands:?}");
+        assert!((app.target(0).unwrap() - 0.49).abs() < 1e-3, "{:?}", app.target(0));
+        assert_eq!(&app.settings.weights[4..], [5.0, 5.0]);
     }
 
     #[test]
@@ -434,6 +485,7 @@ mod tests {
         assert!((app.vms[0].share - 0.7).abs() < 1e-9);
         assert_eq!(app.vms[0].rates.exits.io_out, 200);
         assert_eq!(app.exits_per_s, 300.0);
+        assert_eq!(app.vms[0].counters.exits.io_out, 100);
         assert_eq!(app.vms[1].share_history.back(), Some(&300));
     }
 

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod cast;
 pub mod keys;
+pub mod rates;
 pub mod share_gauge;
 pub mod terminal;
 pub mod view;

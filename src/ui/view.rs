@@ -10,6 +10,7 @@ use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, 
 use super::app::{App, VmView};
 use super::keys::BINDINGS;
 use super::share_gauge::ShareGauge;
+use crate::config::Policy;
 use crate::event::VmState;
 
 /// Smallest terminal the UI draws in.
@@ -140,7 +141,13 @@ fn title(app: &App, vm: usize) -> Line<'static> {
     Line::from(vec![
         Span::styled(format!(" {} ", view.name), Style::default().bold()),
         Span::styled(view.state.name(), Style::default().fg(state_color(&view.state))),
-        Span::raw(format!(" · w{} → {:.0}% ", trim_weight(weight), app.target(vm) * 100.0)),
+        Span::raw(match app.target(vm) {
+            Some(target) => format!(" · w{} → {:.0}% ", trim_weight(weight), target * 100.0),
+            None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
+                format!(" · w{} · io: no target ", trim_weight(weight))
+            }
+            None => format!(" · w{} ", trim_weight(weight)),
+        }),
     ])
 }
 
