@@ -107,6 +107,16 @@ struct RunArgs {
     #[arg(long = "args", value_name = "NAME=V1,V2,...", value_parser = parse_args_arg)]
     guest_args: Vec<(String, Vec<u64>)>,
 
+    /// Write every guest exit and every slice to FILE as JSON Lines (see the
+    /// README for the schema); a slow disk costs records (counted), never time.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+
+    /// Start this VM paused (repeat for more), to step it from its first
+    /// instruction (`s` in the UI, `step NAME` under --control) or resume it.
+    #[arg(long, value_name = "NAME")]
+    paused: Vec<String>,
+
     /// Plain text output instead of the terminal UI (also what happens when
     /// stdout is not a terminal, and with --json or --control).
     #[arg(long)]
@@ -151,6 +161,8 @@ impl Default for RunArgs {
             mem: None,
             max_total_mem: 8 << 30,
             guest_args: Vec::new(),
+            trace: None,
+            paused: Vec::new(),
             headless: false,
             record: None,
             timestamps: false,
@@ -234,6 +246,7 @@ impl From<SpawnError> for Failure {
             SpawnError::Vm(VmSetupError { source: SetupError::Kvm { .. } | SetupError::Memory(_), .. })
             | SpawnError::Timer { .. }
             | SpawnError::Seccomp(_) => Failure::Host(error.into()),
+            SpawnError::Trace { .. } => Failure::Usage(error.into()),
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
     }
@@ -322,6 +335,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
                 weight: arg.weight.unwrap_or(1.0),
                 memory: DEFAULT_MEMORY,
                 args: Vec::new(),
+                paused: false,
             }),
         }
     }
@@ -345,6 +359,13 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         }
         vm.args = values.clone();
     }
+    for name in &args.paused {
+        let vm = vms
+            .iter_mut()
+            .find(|vm| &vm.name == name)
+            .ok_or_else(|| Failure::Usage(anyhow!("--paused names VM '{name}', which is not in this run")))?;
+        vm.paused = true;
+    }
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
     if total > args.max_total_mem {
         return Err(Failure::Usage(anyhow!(
@@ -361,6 +382,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         config.weight = vm.weight;
         config.memory_size = vm.memory;
         config.args = vm.args;
+        config.paused = vm.paused;
         configs.push(config);
     }
     let config = RunConfig {
@@ -369,7 +391,9 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         quantum: args.quantum.or(scenario.quantum).unwrap_or(DEFAULT_QUANTUM),
         timer: args.timer.or(scenario.timer).unwrap_or(TimerKind::Posix),
         stay_open: false,
-        trace: false,
+        timings: false,
+        live_records: false,
+        trace: args.trace.clone(),
         seccomp: !args.no_seccomp,
     };
     Ok((config, args.duration.or(scenario.duration)))
@@ -392,6 +416,8 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let tui = !wants_text && terminal;
     // In the UI a finished VM can be restarted, so the run lasts until quit.
     config.stay_open = tui;
+    // The inspector and the timeline are made of exit and slice records.
+    config.live_records = tui;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
     let settings = ui::app::initial_settings(
@@ -415,6 +441,16 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     } else {
         run_headless(core, names, &args, duration, &stop)?
     };
+    if let Some(trace) = &report.trace {
+        match &trace.error {
+            Some(error) => eprintln!("matrix-tui: the trace {} is incomplete: {error}", trace.path),
+            None if trace.dropped > 0 => eprintln!(
+                "matrix-tui: trace: {} records in {}, {} dropped because the disk was too slow",
+                trace.records, trace.path, trace.dropped
+            ),
+            None => {}
+        }
+    }
     for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
         eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
     }

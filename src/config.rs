@@ -1,5 +1,6 @@
 //! A run's configuration: the VMs and how to schedule them, validated.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct VmConfig {
     pub memory_size: u64,
     /// Guest arguments.
     pub args: Vec<u64>,
+    /// Start paused (to be stepped from its first instruction, or resumed).
+    pub paused: bool,
 }
 
 impl VmConfig {
@@ -67,6 +70,7 @@ impl VmConfig {
             weight: 1.0,
             memory_size: DEFAULT_MEMORY,
             args: Vec::new(),
+            paused: false,
         }
     }
 }
@@ -107,8 +111,14 @@ pub struct RunConfig {
     /// Keep the core alive when every VM has finished (a UI may restart them);
     /// otherwise the run ends then.
     pub stay_open: bool,
-    /// Record every I/O exit's time and every slice's charge (for `bench`).
-    pub trace: bool,
+    /// Record every I/O exit's time and every slice's charge in memory, for
+    /// the report's `timings` (the bench's window analysis).
+    pub timings: bool,
+    /// Send exit and slice records to the front end ([`crate::event::Event::Exits`]
+    /// and [`crate::event::Event::Slices`]): the UI's inspector and timeline.
+    pub live_records: bool,
+    /// Write every exit and slice to this file as JSON Lines (`run --trace`).
+    pub trace: Option<PathBuf>,
     /// Confine the core thread with a seccomp filter once it is set up.
     pub seccomp: bool,
 }
@@ -123,7 +133,9 @@ impl RunConfig {
             quantum: DEFAULT_QUANTUM,
             timer: TimerKind::Posix,
             stay_open: false,
-            trace: false,
+            timings: false,
+            live_records: false,
+            trace: None,
             seccomp: true,
         }
     }

@@ -9,22 +9,62 @@ pub const NOTE_PREFIX: &str = "[matrix] ";
 /// Bytes of history a console keeps (for the end-of-run report).
 pub const HISTORY_BYTES: usize = 64 * 1024;
 
-/// A VM's console output: the bytes not yet sent to front ends, and the last
-/// [`HISTORY_BYTES`] of everything it printed.
+/// A VM's console output: the bytes not yet sent to front ends, with the time
+/// each of their lines was completed, and the last [`HISTORY_BYTES`] of
+/// everything it printed.
 #[derive(Debug, Default)]
 pub struct ConsoleOut {
-    pending: Vec<u8>,
+    pending: ConsoleChunk,
     history: Vec<u8>,
     mid_line: bool,
+    now_ns: u64,
+}
+
+/// Console bytes on their way to a front end, stamped on the core's clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleChunk {
+    /// The bytes, raw (escape them before showing).
+    pub bytes: Vec<u8>,
+    /// For each `\n` in `bytes`, in order: when the exit that wrote it
+    /// returned from KVM_RUN (ns since the run started).
+    pub line_ns: Vec<u64>,
+    /// When the last of `bytes` was written (stamps an unfinished line).
+    pub written_ns: u64,
+}
+
+impl ConsoleChunk {
+    /// `bytes` written all at once at `t_ns`.
+    pub fn at(bytes: &[u8], t_ns: u64) -> Self {
+        let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
+        Self { bytes: bytes.to_vec(), line_ns: vec![t_ns; lines], written_ns: t_ns }
+    }
+
+    /// Drops the first `count` bytes, and the stamps of the lines they end.
+    pub fn drop_front(&mut self, count: usize) {
+        let count = count.min(self.bytes.len());
+        let lines = self.bytes[..count].iter().filter(|&&byte| byte == b'\n').count();
+        self.bytes.drain(..count);
+        self.line_ns.drain(..lines);
+    }
 }
 
 impl ConsoleOut {
+    /// Sets the time stamped on what is written from now on: the time of
+    /// the exit being handled.
+    pub fn set_clock(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
     /// Appends guest output as it is.
     pub fn write(&mut self, bytes: &[u8]) {
         if let Some(&last) = bytes.last() {
             self.mid_line = last != b'\n';
         }
-        self.pending.extend_from_slice(bytes);
+        let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
+        let pending = &mut self.pending;
+        pending.line_ns.extend(std::iter::repeat_n(self.now_ns, lines));
+        pending.bytes.extend_from_slice(bytes);
+        pending.written_ns = self.now_ns;
         self.history.extend_from_slice(bytes);
         // Trimmed in halves so that the copy is paid once per HISTORY_BYTES.
         if self.history.len() > 2 * HISTORY_BYTES {
@@ -48,20 +88,23 @@ impl ConsoleOut {
     }
 
     /// Takes the pending bytes.
-    pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+    pub fn take(&mut self) -> ConsoleChunk {
+        let written_ns = self.pending.written_ns;
+        std::mem::replace(&mut self.pending, ConsoleChunk { written_ns, ..Default::default() })
     }
 
     /// Returns bytes that were taken but could not be delivered; they go before
     /// anything written since.
-    pub fn put_back(&mut self, mut bytes: Vec<u8>) {
-        bytes.extend_from_slice(&self.pending);
-        self.pending = bytes;
+    pub fn put_back(&mut self, mut chunk: ConsoleChunk) {
+        chunk.bytes.extend_from_slice(&self.pending.bytes);
+        chunk.line_ns.extend_from_slice(&self.pending.line_ns);
+        chunk.written_ns = self.pending.written_ns.max(chunk.written_ns);
+        self.pending = chunk;
     }
 
     /// Bytes waiting to be taken.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.bytes.len()
     }
 }
 
@@ -142,8 +185,33 @@ mod tests {
         out.write(b"partial");
         out.note(format_args!("something {}", 1));
         out.note(format_args!("again"));
-        assert_eq!(out.take(), b"partial\n[matrix] something 1\n[matrix] again\n");
+        assert_eq!(out.take().bytes, b"partial\n[matrix] something 1\n[matrix] again\n");
         assert_eq!(out.pending_len(), 0);
+    }
+
+    #[test]
+    fn each_line_carries_the_time_of_the_exit_that_ended_it() {
+        let mut out = ConsoleOut::default();
+        out.set_clock(100);
+        out.write(b"one\ntw");
+        out.set_clock(250);
+        out.write(b"o\n");
+        out.set_clock(300);
+        out.write(b"thr");
+        let chunk = out.take();
+        assert_eq!((chunk.line_ns, chunk.written_ns), (vec![100, 250], 300));
+        out.set_clock(400);
+        out.write(b"ee\nfour\n");
+        let mut late = out.take();
+        assert_eq!(late.line_ns, [400, 400]);
+        // Undelivered bytes go back in front of newer ones, stamps and all.
+        out.set_clock(500);
+        out.write(b"five\n");
+        late.drop_front(3);
+        assert_eq!(late.bytes, b"four\n");
+        out.put_back(late);
+        let chunk = out.take();
+        assert_eq!((chunk.bytes.as_slice(), chunk.line_ns.as_slice()), (&b"four\nfive\n"[..], &[400, 500][..]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! pause NAME             stop scheduling a VM
 //! resume NAME            schedule it again
 //! restart NAME           start it afresh (new memory, image loaded again)
+//! step NAME              run it to its next exit and pause it there
 //! policy io|rr|fair      change the policy
 //! quantum DURATION       change the quantum (100us..1s)
 //! quit                   end the run
@@ -20,8 +21,8 @@ use crate::event::Command;
 use crate::units::parse_duration;
 
 /// The commands, for error messages.
-pub const USAGE: &str =
-    "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | policy io|rr|fair | quantum DURATION | quit";
+pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | policy io|rr|fair \
+                         | quantum DURATION | quit";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
 pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, String> {
@@ -42,6 +43,7 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["pause", name] => Command::Pause(vm(name)?),
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
+        ["step", name] => Command::Step(vm(name)?),
         ["policy", policy] => Command::SetPolicy(match *policy {
             "io" => Policy::Io,
             "rr" => Policy::Rr,
@@ -98,6 +100,7 @@ mod tests {
             ("pause neo", Command::Pause(0)),
             ("resume neo", Command::Resume(0)),
             ("  restart   morpheus ", Command::Restart(1)),
+            ("step neo", Command::Step(0)),
             ("policy rr", Command::SetPolicy(Policy::Rr)),
             ("quantum 250us", Command::SetQuantum(Duration::from_micros(250))),
             ("quit", Command::Quit),

@@ -6,6 +6,8 @@ use serde::Serialize;
 use std::time::Duration;
 
 use crate::config::Policy;
+use crate::console::ConsoleChunk;
+use crate::record::{ExitRecord, SliceRecord};
 use crate::report::RunReport;
 use crate::stats::VmCounters;
 use crate::vm::RegisterDump;
@@ -13,6 +15,26 @@ use crate::vm::TimerKind;
 
 /// Index of a VM in the run, in the order the scenario lists them.
 pub type VmId = usize;
+
+/// Exits per VM the core keeps for a front end between sends, and the
+/// inspector shows.
+pub const LIVE_EXITS: usize = 1000;
+
+/// What one step of a VM came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    /// The VM made this exit (it is paused after it, unless it halted or crashed).
+    Exit(ExitRecord),
+    /// No exit within a quantum: the timer took the CPU back and the VM is paused.
+    Preempted {
+        /// How long it ran.
+        ran_ns: u64,
+        /// Where it was.
+        rip: u64,
+    },
+    /// The VM has halted or crashed: restart it to step it.
+    Finished,
+}
 
 /// What a front end asks of the core. Each is applied within one quantum
 /// (and within 50 ms under `io`, even with a guest that never exits).
@@ -37,6 +59,10 @@ pub enum Command {
     SetPolicy(Policy),
     /// Change the quantum (clamped to 100 us ..= 1 s).
     SetQuantum(Duration),
+    /// Run a VM to its next guest exit, handle it, and pause the VM there
+    /// (answered with [`Event::Stepped`]). A VM that does not exit within a
+    /// quantum is paused when it is preempted.
+    Step(VmId),
 }
 
 /// How the core is scheduling, sent at the start and after every change.
@@ -107,10 +133,36 @@ pub enum Event {
     Console {
         /// The VM.
         vm: VmId,
-        /// The bytes, raw (escape them before showing).
-        bytes: Vec<u8>,
+        /// The bytes, with the time each line was completed.
+        chunk: ConsoleChunk,
         /// Bytes dropped just before these.
         dropped: u64,
+    },
+    /// The newest exits of one VM since the last such event (at most
+    /// [`LIVE_EXITS`]; older ones were superseded), when the front end asked
+    /// for records (`RunConfig::live_records`).
+    Exits {
+        /// The VM.
+        vm: VmId,
+        /// Oldest first.
+        records: Vec<ExitRecord>,
+    },
+    /// Slices since the last such event, oldest first, when the front end
+    /// asked for records. `dropped` older ones were lost while it lagged.
+    Slices {
+        /// The slices.
+        records: Vec<SliceRecord>,
+        /// Slices dropped just before these.
+        dropped: u64,
+    },
+    /// The answer to [`Command::Step`].
+    Stepped {
+        /// The VM.
+        vm: VmId,
+        /// What the step came to.
+        result: StepResult,
+        /// Its registers after the step (the exit completed).
+        registers: RegisterDump,
     },
     /// A VM changed state.
     State {

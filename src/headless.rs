@@ -2,12 +2,12 @@
 //! stdout, for scripts, CI and anyone without a terminal UI.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::console::{LineBuffer, escape};
-use crate::event::{Command, Event, VmId};
+use crate::console::{ConsoleChunk, LineBuffer, escape};
+use crate::event::{Command, Event, StepResult, VmId};
 use crate::report::RunReport;
 use crate::sched::CoreHandle;
 
@@ -24,49 +24,59 @@ pub struct HeadlessOptions {
     pub duration: Option<Duration>,
 }
 
-/// Writes console lines as they arrive, one prefix per line.
+/// Writes console lines as they arrive, one prefix per line, stamped (with
+/// `--timestamps`) with the time the core saw the exit that completed them.
 pub struct LinePrinter<W: Write> {
     out: W,
     names: Vec<String>,
     buffers: Vec<LineBuffer>,
+    /// Per VM, when the last byte of its unfinished line was written.
+    partial_ns: Vec<u64>,
     options: HeadlessOptions,
-    started: Instant,
 }
 
 impl<W: Write> LinePrinter<W> {
-    /// A printer for VMs called `names`, timing lines from `started`.
-    pub fn new(out: W, names: Vec<String>, options: HeadlessOptions, started: Instant) -> Self {
+    /// A printer for VMs called `names`.
+    pub fn new(out: W, names: Vec<String>, options: HeadlessOptions) -> Self {
         let buffers = names.iter().map(|_| LineBuffer::default()).collect();
-        Self { out, names, buffers, options, started }
+        let partial_ns = vec![0; names.len()];
+        Self { out, names, buffers, partial_ns, options }
     }
 
-    /// Prints the complete lines in `bytes`; keeps the rest for later.
-    pub fn console(&mut self, vm: VmId, bytes: &[u8], dropped: u64) -> std::io::Result<()> {
+    /// Prints the complete lines in `chunk`; keeps the rest for later.
+    pub fn console(&mut self, vm: VmId, chunk: &ConsoleChunk, dropped: u64) -> std::io::Result<()> {
         if dropped > 0 {
-            self.line(vm, format!("... {dropped} bytes dropped").as_bytes())?;
+            let at = chunk.line_ns.first().copied().unwrap_or(chunk.written_ns);
+            self.line(vm, at, format!("... {dropped} bytes dropped").as_bytes())?;
         }
         let mut lines = Vec::new();
-        self.buffers[vm].push(bytes, |line| lines.push(line.to_vec()));
-        for line in lines {
-            self.line(vm, &line)?;
+        self.buffers[vm].push(&chunk.bytes, |line| lines.push(line.to_vec()));
+        for (line, at) in lines.iter().zip(&chunk.line_ns) {
+            self.line(vm, *at, line)?;
         }
+        self.partial_ns[vm] = chunk.written_ns;
         Ok(())
     }
 
     /// Prints `vm`'s unfinished line, if it has one (when it ends).
     pub fn flush_partial(&mut self, vm: VmId) -> std::io::Result<()> {
         match self.buffers[vm].take_partial() {
-            Some(partial) => self.line(vm, &partial),
+            Some(partial) => self.line(vm, self.partial_ns[vm], &partial),
             None => Ok(()),
         }
     }
 
-    fn line(&mut self, vm: VmId, text: &[u8]) -> std::io::Result<()> {
+    /// Prints a line from the hypervisor about `vm` (a step), as it is.
+    pub fn note(&mut self, vm: VmId, at_ns: u64, text: &str) -> std::io::Result<()> {
+        self.line(vm, at_ns, text.as_bytes())
+    }
+
+    fn line(&mut self, vm: VmId, at_ns: u64, text: &[u8]) -> std::io::Result<()> {
         if self.options.json {
             return Ok(());
         }
         if self.options.timestamps {
-            write!(self.out, "{:.6} ", self.started.elapsed().as_secs_f64())?;
+            write!(self.out, "{} ", seconds(at_ns))?;
         }
         write!(self.out, "{}| ", self.names[vm])?;
         if self.options.raw {
@@ -88,6 +98,25 @@ impl<W: Write> LinePrinter<W> {
     }
 }
 
+/// `ns` as seconds with six decimals, truncated (so that a line's stamp is
+/// its exit's `t_ns` in the trace, cut to microseconds).
+pub fn seconds(ns: u64) -> String {
+    format!("{}.{:06}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000)
+}
+
+/// The `--control` line for a step: `[step] exit N: <the decoded exit> rip=0x...`.
+pub fn step_line(result: &StepResult) -> String {
+    match result {
+        StepResult::Exit(exit) => {
+            format!("[step] exit {}: {} rip=0x{:x}", exit.number, exit.describe(), exit.rip)
+        }
+        StepResult::Preempted { ran_ns, rip } => {
+            format!("[step] no exit: preempted after {:.3} ms rip=0x{rip:x}", *ran_ns as f64 / 1e6)
+        }
+        StepResult::Finished => "[step] the VM has ended; restart it to step it".to_string(),
+    }
+}
+
 /// Runs the front end until the core finishes. `stop` delivers a message when
 /// the user asks to stop (SIGINT, SIGTERM); `control` carries commands to pass
 /// on (`run --control`). Output errors (a closed pipe) end the run early; the
@@ -100,7 +129,7 @@ pub fn run<W: Write>(
     stop: &Receiver<()>,
     control: &Receiver<Command>,
 ) -> RunReport {
-    let mut printer = LinePrinter::new(out, names, options, core.started());
+    let mut printer = LinePrinter::new(out, names, options);
     let deadline = options.duration.map(|duration| core.started() + duration);
     let never = crossbeam_channel::never();
     let mut quitting = false;
@@ -137,9 +166,20 @@ pub fn run<W: Write>(
             }
         };
         let written = match event {
-            Event::Console { vm, bytes, dropped } => printer.console(vm, &bytes, dropped),
+            Event::Console { vm, chunk, dropped } => printer.console(vm, &chunk, dropped),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
-            Event::State { .. } | Event::Sample { .. } | Event::Settings(_) => Ok(()),
+            Event::Stepped { vm, result, .. } => {
+                let at = match result {
+                    StepResult::Exit(exit) => exit.t_ns,
+                    _ => core.started().elapsed().as_nanos() as u64,
+                };
+                printer.note(vm, at, &step_line(&result))
+            }
+            Event::State { .. }
+            | Event::Sample { .. }
+            | Event::Settings(_)
+            | Event::Exits { .. }
+            | Event::Slices { .. } => Ok(()),
             Event::Finished(report) => break *report,
         };
         if written.and_then(|()| printer.flush()).is_err() && !quitting {
@@ -151,6 +191,10 @@ pub fn run<W: Write>(
     for vm in 0..report.vms.len() {
         let _ = printer.flush_partial(vm);
     }
+    let mut report = report;
+    if let (Some(trace), Some(error)) = (&mut report.trace, core.join()) {
+        trace.error = Some(error.to_string());
+    }
     if options.json {
         let mut out = printer.into_inner();
         let _ = serde_json::to_writer_pretty(&mut out, &report);
@@ -159,7 +203,6 @@ pub fn run<W: Write>(
     } else {
         let _ = printer.flush();
     }
-    core.join();
     report
 }
 
@@ -168,18 +211,27 @@ mod tests {
     use super::*;
 
     fn printer(options: HeadlessOptions) -> LinePrinter<Vec<u8>> {
-        LinePrinter::new(Vec::new(), vec!["neo".into(), "morpheus".into()], options, Instant::now())
+        LinePrinter::new(Vec::new(), vec!["neo".into(), "morpheus".into()], options)
+    }
+
+    /// A chunk whose lines all end at `at_ns`.
+    fn chunk(bytes: &[u8]) -> ConsoleChunk {
+        chunk_at(bytes, 0)
+    }
+
+    fn chunk_at(bytes: &[u8], at_ns: u64) -> ConsoleChunk {
+        ConsoleChunk::at(bytes, at_ns)
     }
 
     #[test]
     fn lines_are_prefixed_and_interleaved_as_they_complete() {
         let mut p = printer(HeadlessOptions::default());
-        p.console(0, b"wake ", 0).unwrap();
-        p.console(1, b"red pill\n", 0).unwrap();
-        p.console(0, b"up\n\x1b[2J\n", 0).unwrap();
-        p.console(1, b"no newline", 0).unwrap();
+        p.console(0, &chunk(b"wake "), 0).unwrap();
+        p.console(1, &chunk(b"red pill\n"), 0).unwrap();
+        p.console(0, &chunk(b"up\n\x1b[2J\n"), 0).unwrap();
+        p.console(1, &chunk(b"no newline"), 0).unwrap();
         p.flush_partial(1).unwrap();
-        p.console(0, b"x", 7).unwrap();
+        p.console(0, &chunk(b"x"), 7).unwrap();
         let text = String::from_utf8(p.into_inner()).unwrap();
         assert_eq!(
             text,
@@ -190,18 +242,22 @@ mod tests {
     #[test]
     fn raw_mode_passes_bytes_through() {
         let mut p = printer(HeadlessOptions { raw: true, ..Default::default() });
-        p.console(0, b"\x1b[31mred\n", 0).unwrap();
+        p.console(0, &chunk(b"\x1b[31mred\n"), 0).unwrap();
         assert_eq!(p.into_inner(), b"neo| \x1b[31mred\n");
     }
 
     #[test]
-    fn timestamps_have_six_decimals() {
+    fn lines_are_stamped_with_the_time_of_the_exit_that_ended_them() {
         let mut p = printer(HeadlessOptions { timestamps: true, ..Default::default() });
-        p.console(1, b"hi\n", 0).unwrap();
+        let two_lines = ConsoleChunk {
+            bytes: b"one\ntwo\nthr".to_vec(),
+            line_ns: vec![10_166_000, 12_500_999],
+            written_ns: 13_000_000,
+        };
+        p.console(1, &two_lines, 0).unwrap();
+        p.console(1, &chunk_at(b"ee", 2_000_000_001), 0).unwrap();
+        p.flush_partial(1).unwrap();
         let text = String::from_utf8(p.into_inner()).unwrap();
-        let (stamp, rest) = text.split_once(' ').unwrap();
-        assert_eq!(rest, "morpheus| hi\n");
-        assert_eq!(stamp.split_once('.').unwrap().1.len(), 6, "{stamp}");
-        assert!(stamp.parse::<f64>().unwrap() < 5.0);
+        assert_eq!(text, "0.010166 morpheus| one\n0.012500 morpheus| two\n2.000000 morpheus| three\n");
     }
 }

@@ -26,14 +26,30 @@ pub struct RunReport {
     pub deadlines_armed_ahead_pct: Option<f64>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
-    /// Per VM, when traced (`RunConfig::trace`): not part of the JSON.
+    /// The exit trace (`run --trace`), if one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceReport>,
+    /// Per VM, when timed (`RunConfig::timings`): not part of the JSON.
     #[serde(skip)]
-    pub traces: Vec<VmTrace>,
+    pub timings: Vec<VmTimings>,
 }
 
-/// What a traced run recorded of one VM (monotonic ns).
+/// What became of a run's exit trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceReport {
+    /// The file.
+    pub path: String,
+    /// Records handed to the writer.
+    pub records: u64,
+    /// Records dropped because the writer fell behind (a slow disk).
+    pub dropped: u64,
+    /// Why writing failed, if it did.
+    pub error: Option<String>,
+}
+
+/// What a timed run recorded of one VM (monotonic ns), for the bench.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct VmTrace {
+pub struct VmTimings {
     /// When each guest I/O exit returned from KVM_RUN (a `ticker` prints once
     /// per unit of work, so these time its work).
     pub io_exit_ns: Vec<u64>,
@@ -41,7 +57,7 @@ pub struct VmTrace {
     pub slices: Vec<TracedSlice>,
 }
 
-/// One slice of a traced run (monotonic ns).
+/// One slice of a timed run (monotonic ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TracedSlice {
     /// When the slice began.

@@ -60,12 +60,14 @@ pub struct ScenarioVm {
     pub name: String,
     /// Built-in guest name, or a path already resolved against the file's folder.
     pub guest: String,
-    /// Weight (> 0; default 1).
+    /// Weight (1 ..= 10000; default 1).
     pub weight: f64,
     /// Memory in bytes.
     pub memory: u64,
     /// Guest arguments.
     pub args: Vec<u64>,
+    /// Start paused, to be stepped or resumed (`paused = true`).
+    pub paused: bool,
 }
 
 /// A scenario that cannot be used, located in its file.
@@ -101,6 +103,8 @@ struct VmSpec {
     weight: Option<Spanned<f64>>,
     memory: Option<Spanned<SizeSpec>>,
     args: Option<Spanned<Vec<u64>>>,
+    #[serde(default)]
+    paused: bool,
 }
 
 #[derive(Deserialize)]
@@ -200,7 +204,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioEr
             None => Vec::new(),
         };
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
-        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args });
+        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args, paused: vm.paused });
     }
     Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
 }
@@ -248,7 +252,14 @@ mod tests {
         assert_eq!(scenario.duration, Some(Duration::from_secs(3)));
         assert_eq!(
             scenario.vms[0],
-            ScenarioVm { name: "a".into(), guest: "ticker".into(), weight: 70.0, memory: 4 << 20, args: vec![500] }
+            ScenarioVm {
+                name: "a".into(),
+                guest: "ticker".into(),
+                weight: 70.0,
+                memory: 4 << 20,
+                args: vec![500],
+                paused: false
+            }
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
         assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));

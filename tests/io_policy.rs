@@ -13,11 +13,11 @@ use matrix_tui::event::Command;
 fn two_printing_guests_interleave_exit_by_exit() {
     let mut config =
         RunConfig::new(vec![common::builtin("a", "part1"), common::builtin("b", "part1")]).with_policy(Policy::Io);
-    config.trace = true;
+    config.timings = true;
     let outcome = common::run_config(config, Duration::from_secs(20));
     // Under `io` every slice lasts until the VM's next I/O exit, and the next
     // slice is the other VM's: a, b, a, b... with one I/O exit in each slice.
-    let traces = &outcome.report.traces;
+    let traces = &outcome.report.timings;
     let mut slices: Vec<(u64, u64, usize)> =
         (0..2).flat_map(|vm| traces[vm].slices.iter().map(move |slice| (slice.start_ns, slice.end_ns, vm))).collect();
     slices.sort();

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use matrix_tui::config::Policy;
+use matrix_tui::console::ConsoleChunk;
 use matrix_tui::event::{Event, VmSample, VmState};
 use matrix_tui::stats::{ExitCounts, VmCounters};
 use matrix_tui::ui::app::{Action, App, initial_settings};
@@ -20,9 +21,13 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
     let total: f64 = weights.iter().sum();
     for (vm, name) in names.iter().enumerate() {
         let text: String = (1..=12).map(|i| format!("[{i:04}] {name}: line {i} of work\n")).collect();
-        app.apply(Event::Console { vm, bytes: text.into_bytes(), dropped: 0 });
+        app.apply(Event::Console { vm, chunk: ConsoleChunk::at(&text.into_bytes(), 0), dropped: 0 });
     }
-    app.apply(Event::Console { vm: 0, bytes: b"[matrix] HC_printStr(0x80000000) refused\n".to_vec(), dropped: 0 });
+    app.apply(Event::Console {
+        vm: 0,
+        chunk: ConsoleChunk::at(b"[matrix] HC_printStr(0x80000000) refused\n", 0),
+        dropped: 0,
+    });
     let sample = |scale: u64| {
         weights
             .iter()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::windows::{self, ErrorStats, Spread};
 use crate::config::{Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event};
-use crate::report::{RunReport, VmTrace};
+use crate::report::{RunReport, VmTimings};
 use crate::sched::{self, SpawnError, Step, VmRuntime};
 use crate::stats::Percentiles;
 use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError, TimerKind};
@@ -65,7 +65,7 @@ fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
 /// Runs `config` for `duration` (traced), discarding console output, and
 /// returns the report.
 fn run_for(mut config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
-    config.trace = true;
+    config.timings = true;
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let deadline = core.started() + duration;
     Ok(core.run_until(Some(deadline), |_| {}))
@@ -86,10 +86,10 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
     let mut times = Vec::with_capacity(exits + 1);
     // Warm up (first entry, page faults) before timing.
     for _ in 0..100 {
-        runtime.step(&kick);
+        runtime.step(&kick, 0);
     }
     while times.len() <= exits {
-        let (step, span) = runtime.step(&kick);
+        let (step, span, _) = runtime.step(&kick, 0);
         if step == Step::Io {
             times.push(span.exited_ns);
         }
@@ -155,9 +155,9 @@ pub fn share_errors(
     let report = run_for(config, duration)?;
     let total: f64 = weights.iter().sum();
     let targets: Vec<f64> = weights.iter().map(|w| w / total).collect();
-    let work: Vec<Vec<Spread>> = report.traces.iter().map(work_spreads).collect();
-    let charged: Vec<Vec<Spread>> = report.traces.iter().map(charged_spreads).collect();
-    let (start, end) = settled_range(&report.traces);
+    let work: Vec<Vec<Spread>> = report.timings.iter().map(work_spreads).collect();
+    let charged: Vec<Vec<Spread>> = report.timings.iter().map(charged_spreads).collect();
+    let (start, end) = settled_range(&report.timings);
     let stats = |series: &[Vec<Spread>]| {
         SHARE_WINDOWS
             .iter()
@@ -167,7 +167,7 @@ pub fn share_errors(
             })
             .collect()
     };
-    let units: Vec<usize> = report.traces.iter().map(|trace| trace.io_exit_ns.len()).collect();
+    let units: Vec<usize> = report.timings.iter().map(|trace| trace.io_exit_ns.len()).collect();
     Ok(ShareErrors {
         work: stats(&work),
         accounting: stats(&charged),
@@ -176,7 +176,7 @@ pub fn share_errors(
 }
 
 /// From 300 ms after the first unit of work (start-up settled) to the last one.
-fn settled_range(traces: &[VmTrace]) -> (u64, u64) {
+fn settled_range(traces: &[VmTimings]) -> (u64, u64) {
     let first = traces.iter().filter_map(|t| t.io_exit_ns.first()).min().copied().unwrap_or(0);
     let last = traces.iter().filter_map(|t| t.io_exit_ns.last()).max().copied().unwrap_or(0);
     (first + 300_000_000, last)
@@ -185,7 +185,7 @@ fn settled_range(traces: &[VmTrace]) -> (u64, u64) {
 /// A ticker's units of work as spans of time: each from the previous unit's
 /// end (or the start of the slice it finished in, if later) to its own end, so
 /// that a unit in progress at a window's edge counts on both sides.
-fn work_spreads(trace: &VmTrace) -> Vec<Spread> {
+fn work_spreads(trace: &VmTimings) -> Vec<Spread> {
     let mut previous = 0;
     trace
         .io_exit_ns
@@ -201,7 +201,7 @@ fn work_spreads(trace: &VmTrace) -> Vec<Spread> {
 }
 
 /// Charged time, spread over each slice.
-fn charged_spreads(trace: &VmTrace) -> Vec<Spread> {
+fn charged_spreads(trace: &VmTimings) -> Vec<Spread> {
     trace
         .slices
         .iter()
@@ -240,7 +240,7 @@ pub struct Scale {
 pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, BenchError> {
     let vms: Vec<VmConfig> = (0..count).map(|i| builtin(&format!("t{i}"), "ticker", 1.0, &[unit])).collect();
     let mut config = RunConfig::new(vms);
-    config.trace = true;
+    config.timings = true;
     let started = Instant::now();
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -249,13 +249,13 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
     let rss_mib = rss_kib() as f64 / 1024.0;
     core.send(Command::Quit);
     let report = core.run_until(None, |_| {});
-    let work: Vec<Vec<Spread>> = report.traces.iter().map(work_spreads).collect();
-    let charged: Vec<Vec<Spread>> = report.traces.iter().map(charged_spreads).collect();
-    let (start, end) = settled_range(&report.traces);
+    let work: Vec<Vec<Spread>> = report.timings.iter().map(work_spreads).collect();
+    let charged: Vec<Vec<Spread>> = report.timings.iter().map(charged_spreads).collect();
+    let (start, end) = settled_range(&report.timings);
     let shares = windows::window_shares(&work, start, end, 1_000_000_000);
     let charged_shares = windows::window_shares(&charged, start, end, 1_000_000_000);
     let targets = vec![1.0 / count as f64; count];
-    let units: Vec<f64> = report.traces.iter().map(|trace| trace.io_exit_ns.len() as f64).collect();
+    let units: Vec<f64> = report.timings.iter().map(|trace| trace.io_exit_ns.len() as f64).collect();
     let mean = units.iter().sum::<f64>() / count as f64;
     let speed_spread_pct = units.iter().map(|u| (u / mean - 1.0).abs() * 100.0).fold(0.0, f64::max);
     Ok(Scale {
@@ -287,8 +287,8 @@ pub fn console_flood(duration: Duration) -> Result<Flood, BenchError> {
     let mut rss_early = None;
     let deadline = core.started() + duration;
     while let Ok(event) = core.events().recv_deadline(deadline) {
-        if let Event::Console { bytes: chunk, dropped: lost, .. } = event {
-            bytes += chunk.len() as u64;
+        if let Event::Console { chunk, dropped: lost, .. } = event {
+            bytes += chunk.bytes.len() as u64;
             dropped += lost;
         }
         if rss_early.is_none() && core.started().elapsed() >= Duration::from_secs(1) {

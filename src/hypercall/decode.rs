@@ -56,6 +56,13 @@ pub enum Hypercall {
     Yield,
 }
 
+impl Hypercall {
+    /// Its name in the guest ABI (`HC_print8bit`, ...).
+    pub fn name(self) -> &'static str {
+        TABLE.iter().find(|entry| entry.3 == self).map_or("HC_?", |entry| entry.4)
+    }
+}
+
 /// A port access that is not a hypercall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Misuse {
@@ -136,6 +143,8 @@ mod tests {
         for (port, direction, size, call) in cases {
             assert_eq!(decode(port, direction, one(size)), Ok(call), "port 0x{port:x}");
         }
+        assert_eq!(Hypercall::NumExitsByType.name(), "HC_numExitsByType");
+        assert_eq!(Hypercall::GvaToHvaResult.name(), "HC_gvaToHva");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub use decode::{Direction, Hypercall, Misuse, decode};
 pub use guest::{GuestView, PointerError, Translate};
 
 use crate::console::ConsoleOut;
+use crate::record::{CallRecord, Snippet};
 use crate::stats::VmCounters;
 use crate::vm::layout::{MAILBOX, MAILBOX_SLOT_SIZE, MAILBOX_SLOTS};
 use crate::vm::{GuestMemory, PortAccess};
@@ -46,29 +47,35 @@ pub struct VmIo<'a> {
     pub console: &'a mut ConsoleOut,
 }
 
-/// Handles an `out` of `value` to `port`.
+/// Handles an `out` of `value` to `port`; says what to do next and what
+/// the hypercall did (for the exit's record).
 pub fn handle_out<T: Translate + ?Sized>(
     guest: &GuestView<'_, T>,
     io: &mut VmIo<'_>,
     port: u16,
     access: PortAccess,
     value: u32,
-) -> Outcome {
+) -> (Outcome, CallRecord) {
     let call = match decode(port, Direction::Out, access) {
         Ok(call) => call,
-        Err(misuse) => {
-            refuse(io, &misuse, &format!("value 0x{value:x} ignored"));
-            return Outcome::Continue;
-        }
+        Err(misuse) => return (Outcome::Continue, refuse(io, &misuse, &format!("value 0x{value:x} ignored"))),
     };
+    let mut record = CallRecord { hypercall: Some(call), ..Default::default() };
     match call {
-        Hypercall::Print8 => io.console.write(&[value as u8]),
+        Hypercall::Print8 => {
+            io.console.write(&[value as u8]);
+            record.text = Snippet::new(&[value as u8]);
+        }
         Hypercall::Print32 => io.console.write(format!("{value}\n").as_bytes()),
         Hypercall::PrintStr => match guest.c_string(u64::from(value), PRINT_STR_LIMIT) {
-            Ok(text) => io.console.write(&text),
+            Ok(text) => {
+                io.console.write(&text);
+                record.text = Snippet::new(&text);
+            }
             Err(error) => {
                 io.counters.faults += 1;
                 io.console.note(format_args!("HC_printStr(0x{value:x}) refused: {error}; nothing printed"));
+                record.refused = true;
             }
         },
         Hypercall::GvaToHvaRequest => {
@@ -80,28 +87,40 @@ pub fn handle_out<T: Translate + ?Sized>(
                 }
             };
             io.state.gva_result = Some(result);
+            record.result = Some(result);
         }
-        Hypercall::Yield => return Outcome::Yield,
+        Hypercall::Yield => return (Outcome::Yield, record),
         Hypercall::NumExits | Hypercall::NumExitsByType | Hypercall::GvaToHvaResult => {
             unreachable!("decode returns only `out` hypercalls for an out")
         }
     }
-    Outcome::Continue
+    (Outcome::Continue, record)
 }
 
-/// Handles an `in` from `port`, filling `data` with the value the guest reads.
-pub fn handle_in(memory: &GuestMemory, io: &mut VmIo<'_>, port: u16, access: PortAccess, data: &mut [u8]) {
+/// Handles an `in` from `port`, filling `data` with the value the guest
+/// reads; says what the hypercall did (for the exit's record).
+pub fn handle_in(
+    memory: &GuestMemory,
+    io: &mut VmIo<'_>,
+    port: u16,
+    access: PortAccess,
+    data: &mut [u8],
+) -> CallRecord {
     let call = match decode(port, Direction::In, access) {
         Ok(call) => call,
         Err(misuse) => {
             data.fill(0xff);
-            refuse(io, &misuse, "it reads all ones");
-            return;
+            return refuse(io, &misuse, "it reads all ones");
         }
     };
+    let mut record = CallRecord { hypercall: Some(call), ..Default::default() };
     let value: u32 = match call {
         Hypercall::NumExits => io.counters.exits.total() as u32,
-        Hypercall::NumExitsByType => write_exit_counts(memory, io),
+        Hypercall::NumExitsByType => {
+            let (address, text) = write_exit_counts(memory, io);
+            record.text = Snippet::new(text.trim_end_matches('\0').as_bytes());
+            address
+        }
         Hypercall::GvaToHvaResult => io.state.gva_result.take().unwrap_or(0),
         Hypercall::Print8
         | Hypercall::Print32
@@ -110,10 +129,13 @@ pub fn handle_in(memory: &GuestMemory, io: &mut VmIo<'_>, port: u16, access: Por
         | Hypercall::Yield => unreachable!("decode returns only `in` hypercalls for an in"),
     };
     data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+    record.result = Some(value);
+    record
 }
 
-/// Writes `IO in: X\nIO out: Y\n` into the next mailbox slot; returns its address.
-fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> u32 {
+/// Writes `IO in: X\nIO out: Y\n` into the next mailbox slot; returns its
+/// address and the text written.
+fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> (u32, String) {
     let slot = io.state.mailbox_calls % MAILBOX_SLOTS;
     io.state.mailbox_calls += 1;
     let exits = io.counters.exits;
@@ -123,12 +145,13 @@ fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> u32 {
     memory
         .write_slice(text.as_bytes(), GuestAddress(address))
         .expect("the mailbox lies inside the smallest guest memory");
-    address as u32
+    (address as u32, text)
 }
 
-fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) {
+fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) -> CallRecord {
     io.counters.exits.unknown_port += 1;
     io.console.note(format_args!("{misuse}; {consequence}"));
+    CallRecord { refused: true, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -159,7 +182,7 @@ mod tests {
             }
         }
 
-        fn out(&mut self, port: u16, size: u8, value: u32) -> Outcome {
+        fn out(&mut self, port: u16, size: u8, value: u32) -> (Outcome, CallRecord) {
             self.counters.exits.io_out += 1;
             let view = GuestView { memory: &self.memory, memory_size: SIZE, translator: &self.tables };
             let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
@@ -167,15 +190,19 @@ mod tests {
         }
 
         fn inp(&mut self, port: u16, size: u8) -> u64 {
+            self.inp_record(port, size).0
+        }
+
+        fn inp_record(&mut self, port: u16, size: u8) -> (u64, CallRecord) {
             self.counters.exits.io_in += 1;
             let mut data = vec![0u8; usize::from(size)];
             let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
-            handle_in(&self.memory, &mut io, port, PortAccess { size, count: 1 }, &mut data);
-            data.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b))
+            let record = handle_in(&self.memory, &mut io, port, PortAccess { size, count: 1 }, &mut data);
+            (data.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b)), record)
         }
 
         fn console(&mut self) -> String {
-            String::from_utf8(self.console.take()).unwrap()
+            String::from_utf8(self.console.take().bytes).unwrap()
         }
     }
 
@@ -267,7 +294,31 @@ mod tests {
     #[test]
     fn yield_ends_the_slice() {
         let mut rig = Rig::new();
-        assert_eq!(rig.out(0xEF, 1, 0), Outcome::Yield);
-        assert_eq!(rig.out(0xE9, 1, 0), Outcome::Continue);
+        assert_eq!(rig.out(0xEF, 1, 0).0, Outcome::Yield);
+        assert_eq!(rig.out(0xE9, 1, 0).0, Outcome::Continue);
+    }
+
+    #[test]
+    fn handlers_say_what_each_hypercall_did() {
+        let mut rig = Rig::new();
+        let (_, print) = rig.out(0xE9, 1, u32::from(b'H'));
+        assert_eq!(
+            (print.hypercall, print.text.as_bytes(), print.refused),
+            (Some(Hypercall::Print8), &b"H"[..], false)
+        );
+        rig.memory.write_slice(b"CS695 Assignment 2\n\0", GuestAddress(0x9000)).unwrap();
+        let (_, string) = rig.out(0xEC, 4, 0x9000);
+        assert_eq!(string.text.as_bytes(), b"CS695 Assignment 2\n");
+        let (_, bad) = rig.out(0xEC, 4, 0x8000_0000);
+        assert!(bad.refused && bad.text.is_empty());
+        let (count, exits) = rig.inp_record(0xEB, 4);
+        assert_eq!((exits.hypercall, exits.result), (Some(Hypercall::NumExits), Some(count as u32)));
+        let (address, by_type) = rig.inp_record(0xED, 4);
+        assert_eq!(by_type.result, Some(address as u32));
+        assert_eq!(by_type.text.as_bytes(), b"IO in: 2\nIO out: 3\n");
+        let (_, invalid) = rig.out(0xEE, 4, 0xffff_ffff);
+        assert_eq!((invalid.hypercall, invalid.result), (Some(Hypercall::GvaToHvaRequest), Some(0)));
+        let (_, misuse) = rig.out(0x80, 1, 0);
+        assert_eq!((misuse.hypercall, misuse.refused), (None, true));
     }
 }

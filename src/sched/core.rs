@@ -14,9 +14,11 @@ use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
-use crate::event::{Command, Event, Settings, VmId, VmSample, VmState};
-use crate::report::{RunReport, TracedSlice, VmReport, VmTrace};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::record::{ExitRecord, SliceEnd, SliceRecord};
+use crate::report::{RunReport, TraceReport, TracedSlice, VmReport, VmTimings};
 use crate::stats::LatencyLog;
+use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, quantum_timer, seccomp};
 
@@ -38,6 +40,9 @@ const CONSOLE_FLUSH_BYTES: usize = 16 * 1024;
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// How long the core sleeps between checks when no VM can run.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Slice records kept for a front end that lags (the timeline's ten seconds
+/// of 0.1 ms slices); older ones are dropped and counted past this.
+const LIVE_SLICES: usize = 100_000;
 
 /// A VM that could not be set up, with its name.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,14 @@ pub enum SpawnError {
     /// The seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The trace file could not be created.
+    #[error("cannot write the trace to {path}: {source}; give --trace a path in a writable directory")]
+    Trace {
+        /// The file asked for.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The quantum timer could not be created.
     #[error("cannot create the {kind} quantum timer: {source}; try --timer {other}", kind = .kind.name(), other = .other.name())]
     Timer {
@@ -79,6 +92,7 @@ pub struct CoreHandle {
     kick: Arc<KickTarget>,
     thread: JoinHandle<()>,
     started: Instant,
+    trace_writer: Option<TraceWriter>,
 }
 
 impl CoreHandle {
@@ -116,8 +130,11 @@ impl CoreHandle {
                 None => self.events.recv().map_err(|_| ()),
             };
             match received {
-                Ok(Event::Finished(report)) => {
-                    self.join();
+                Ok(Event::Finished(mut report)) => {
+                    let trace_error = self.join();
+                    if let (Some(trace), Some(error)) = (&mut report.trace, trace_error) {
+                        trace.error = Some(error.to_string());
+                    }
                     return *report;
                 }
                 Ok(event) => on_event(event),
@@ -130,11 +147,13 @@ impl CoreHandle {
         }
     }
 
-    /// Waits for the core thread to end.
-    pub fn join(self) {
+    /// Waits for the core thread (and the trace writer) to end; returns the
+    /// error that stopped the trace being written, if one did.
+    pub fn join(self) -> Option<std::io::Error> {
         if let Err(panic) = self.thread.join() {
             std::panic::resume_unwind(panic);
         }
+        self.trace_writer.and_then(|writer| writer.join().err())
     }
 }
 
@@ -144,14 +163,24 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
         let mut slot = Slot::new(&kvm, vm)?;
-        slot.trace = config.trace.then(VmTrace::default);
+        slot.timings = config.timings.then(VmTimings::default);
         slots.push(slot);
     }
+    let (trace, trace_writer) = match &config.trace {
+        Some(path) => {
+            let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
+            let (buffer, writer) = trace::start(path, names)
+                .map_err(|source| SpawnError::Trace { path: path.display().to_string(), source })?;
+            (Some((buffer, path.display().to_string())), Some(writer))
+        }
+        None => (None, None),
+    };
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let kick = KickTarget::new();
     let started = Instant::now();
+    let epoch_ns = monotonic_ns();
     let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
     let core = Core {
         planner: Planner::new(config.policy, quantum.as_nanos() as u64, slots.len()),
@@ -163,6 +192,12 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         events: event_tx,
         outbox: VecDeque::new(),
         started,
+        epoch_ns,
+        live_records: config.live_records,
+        live_slices: Vec::new(),
+        live_slices_dropped: 0,
+        trace,
+        step_requests: VecDeque::new(),
         last_sample: started,
         last_console_flush: started,
         console_flush_from: 0,
@@ -187,7 +222,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             Ok(()) => unreachable!("the core thread reports readiness before it returns"),
         },
     }
-    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started })
+    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started, trace_writer })
 }
 
 /// One VM as the core schedules it.
@@ -200,8 +235,12 @@ struct Slot {
     charged_ns: u64,
     /// Time the host took the CPU away during this VM's slices.
     stolen_ns: u64,
-    /// What a traced run records.
-    trace: Option<VmTrace>,
+    /// What a timed run records (the bench).
+    timings: Option<VmTimings>,
+    /// Exits not yet sent to the front end (the newest [`LIVE_EXITS`]).
+    live_exits: VecDeque<ExitRecord>,
+    /// The VM's latest exit.
+    last_exit: Option<ExitRecord>,
 }
 
 impl Slot {
@@ -211,33 +250,23 @@ impl Slot {
             guest: config.guest.clone(),
             source,
         })?;
+        let state = if config.paused { VmState::Paused } else { VmState::Running };
         Ok(Self {
             config,
             runtime,
             console_dropped: 0,
-            state: VmState::Running,
+            state,
             charged_ns: 0,
             stolen_ns: 0,
-            trace: None,
+            timings: None,
+            live_exits: VecDeque::new(),
+            last_exit: None,
         })
     }
 }
 
 fn machine_spec(config: &VmConfig) -> MachineSpec {
     MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
-}
-
-/// How a slice ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SliceEnd {
-    /// The policy moves on (I/O under `io`, or the slice used up).
-    Done,
-    /// The guest gave up the rest of its slice (HC_yield).
-    Yielded,
-    /// The VM halted or crashed.
-    Finished,
-    /// A front end asked for attention.
-    Command,
 }
 
 struct Core {
@@ -251,6 +280,19 @@ struct Core {
     /// Events that must arrive (state changes), waiting for room in the channel.
     outbox: VecDeque<Event>,
     started: Instant,
+    /// Monotonic ns at the start of the run: records and console lines are
+    /// stamped in ns since then.
+    epoch_ns: u64,
+    /// Send exit and slice records to the front end.
+    live_records: bool,
+    /// Slices not yet sent to the front end.
+    live_slices: Vec<SliceRecord>,
+    /// Slices dropped since the last send (the front end lagged).
+    live_slices_dropped: u64,
+    /// The exit trace and its path, when the run writes one.
+    trace: Option<(TraceBuffer, String)>,
+    /// VMs to step once each, in order.
+    step_requests: VecDeque<VmId>,
     last_sample: Instant,
     last_console_flush: Instant,
     /// The VM the next round of console flushes starts with.
@@ -293,6 +335,10 @@ impl Core {
                 self.apply_commands();
                 continue;
             }
+            if let Some(vm) = self.step_requests.pop_front() {
+                self.step(vm, &mut deadlines);
+                continue;
+            }
             let candidates: Vec<Candidate> = self
                 .slots
                 .iter()
@@ -300,12 +346,15 @@ impl Core {
                 .collect();
             match self.planner.next_slice(&candidates) {
                 Some(slice) => {
-                    self.run_slice(slice, &mut deadlines);
+                    self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
                         self.flush_console(slice.vm);
                     }
                 }
-                None if self.stay_open || self.slots.iter().any(|slot| slot.state == VmState::Paused) => {
+                None if self.stay_open
+                    || !self.step_requests.is_empty()
+                    || self.slots.iter().any(|slot| slot.state == VmState::Paused) =>
+                {
                     deadlines.disarm();
                     self.idle();
                 }
@@ -321,13 +370,15 @@ impl Core {
         self.finish(armed_ahead_pct);
     }
 
-    /// Runs one slice of `slice.vm`: until its next I/O exit under `io`, else
-    /// until its deadline, a yield, its end, or a command.
+    /// Runs one slice of `slice.vm`: until its next I/O exit under `io` (or
+    /// when `stepping`), else until its deadline, a yield, its end, or a
+    /// command; records it and returns the record.
     ///
     /// The slice is charged its time in KVM_RUN up to the deadline, less the
     /// time the host took the CPU away from this thread before the deadline
-    /// (a guest does no work while its thread waits for a CPU).
-    fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines) -> SliceEnd {
+    /// (a guest does no work while its thread waits for a CPU). A stepped
+    /// slice is charged to the VM but not to the policy: the VM is paused.
+    fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
         let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
         if let Some(previous) = self.preempted_at.take() {
@@ -337,7 +388,7 @@ impl Core {
             Some(length) => {
                 let deadline = deadlines.start_slice(wall_start, wall_start + length);
                 self.kick.set_deadline(deadline);
-                if let Some(following) = self.planner.following_length_ns() {
+                if let Some(following) = self.planner.following_length_ns().filter(|_| !stepping) {
                     deadlines.arm_next(deadline, following);
                 }
                 deadline
@@ -345,30 +396,38 @@ impl Core {
             None => u64::MAX,
         };
         let mut in_guest = 0;
+        let mut exits = 0;
         let end = loop {
-            let (step, span) = self.slots[vm].runtime.step(&self.kick);
+            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns);
             in_guest += span.charged_until(deadline);
-            if let (Step::Io, Some(trace)) = (&step, &mut self.slots[vm].trace) {
-                trace.io_exit_ns.push(span.exited_ns);
+            if let Some(mut record) = record {
+                record.vm = vm;
+                exits += 1;
+                self.keep_exit(record);
+            }
+            if let (Step::Io, Some(timings)) = (&step, &mut self.slots[vm].timings) {
+                timings.io_exit_ns.push(span.exited_ns);
             }
             match step {
-                Step::Io if slice.length_ns.is_none() || span.exited_ns >= deadline => break SliceEnd::Done,
+                Step::Io if stepping => break SliceEnd::Step,
+                Step::Io if slice.length_ns.is_none() => break SliceEnd::IoSwitch,
+                Step::Io if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
                 Step::Io => continue,
-                Step::Yielded => break SliceEnd::Yielded,
+                Step::Yielded => break SliceEnd::Yield,
                 Step::Halted => {
                     self.set_state(vm, VmState::Halted);
-                    break SliceEnd::Finished;
+                    break SliceEnd::Halt;
                 }
                 Step::Crashed { kind, registers } => {
                     self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
-                    break SliceEnd::Finished;
+                    break SliceEnd::Crash;
                 }
                 Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
                 Step::Interrupted if span.exited_ns >= deadline => {
                     self.slots[vm].runtime.counters.preemptions += 1;
                     self.overruns.record(span.exited_ns - deadline);
                     self.preempted_at = Some(deadline);
-                    break SliceEnd::Done;
+                    break SliceEnd::Deadline;
                 }
                 // A signal for an earlier slice (or not for us): carry on.
                 Step::Interrupted => continue,
@@ -383,11 +442,90 @@ impl Core {
         let slot = &mut self.slots[vm];
         slot.charged_ns += charged;
         slot.stolen_ns += stolen_before_deadline;
-        if let Some(trace) = &mut slot.trace {
-            trace.slices.push(TracedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
+        if let Some(timings) = &mut slot.timings {
+            timings.slices.push(TracedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
-        self.planner.charge(vm, charged, matches!(end, SliceEnd::Yielded | SliceEnd::Finished));
-        end
+        if !stepping {
+            self.planner.charge(vm, charged, matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Crash));
+        }
+        let record = SliceRecord {
+            vm,
+            start_ns: wall_start.saturating_sub(self.epoch_ns),
+            end_ns: wall_end.saturating_sub(self.epoch_ns),
+            charged_ns: charged,
+            end,
+            exits,
+        };
+        self.keep_slice(record);
+        record
+    }
+
+    /// Keeps an exit for the front end and the trace.
+    fn keep_exit(&mut self, record: ExitRecord) {
+        self.slots[record.vm].last_exit = Some(record);
+        if self.live_records {
+            let live = &mut self.slots[record.vm].live_exits;
+            if live.len() == LIVE_EXITS {
+                live.pop_front();
+            }
+            live.push_back(record);
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.push(TraceRecord::Exit(record));
+        }
+    }
+
+    /// Keeps a slice for the front end and the trace.
+    fn keep_slice(&mut self, record: SliceRecord) {
+        if self.live_records {
+            if self.live_slices.len() == LIVE_SLICES {
+                // Dropped in halves so that the copy is paid once per half.
+                self.live_slices.drain(..LIVE_SLICES / 2);
+                self.live_slices_dropped += (LIVE_SLICES / 2) as u64;
+            }
+            self.live_slices.push(record);
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.push(TraceRecord::Slice(record));
+        }
+    }
+
+    /// Steps `vm` once: runs it to its next exit (or for at most a quantum),
+    /// pauses it there, and tells the front end what happened.
+    fn step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
+        let slot = &mut self.slots[vm];
+        if slot.state.is_finished() {
+            let registers = slot.runtime.machine.vcpu.registers();
+            self.outbox.push_back(Event::Stepped { vm, result: StepResult::Finished, registers });
+            return;
+        }
+        let slice = Slice { vm, length_ns: Some(self.planner.quantum_ns()) };
+        let exits_before = self.slots[vm].runtime.counters.exits.total();
+        let record = self.run_slice(slice, deadlines, true);
+        let exited = self.slots[vm].runtime.counters.exits.total() > exits_before;
+        if record.end == SliceEnd::Command && !exited {
+            // A command came first: apply it, then step afresh.
+            self.kick.take_request();
+            self.apply_commands();
+            if !self.quit {
+                self.step_requests.push_front(vm);
+            }
+            return;
+        }
+        let slot = &mut self.slots[vm];
+        let vcpu = &mut slot.runtime.machine.vcpu;
+        let result = match slot.last_exit.filter(|_| exited) {
+            Some(exit) => StepResult::Exit(exit),
+            None => StepResult::Preempted { ran_ns: record.end_ns - record.start_ns, rip: vcpu.registers().rip },
+        };
+        if !slot.state.is_finished() {
+            vcpu.complete_pending_exit();
+        }
+        let registers = vcpu.registers();
+        if slot.state == VmState::Running {
+            self.set_state(vm, VmState::Paused);
+        }
+        self.outbox.push_back(Event::Stepped { vm, result, registers });
     }
 
     /// Nothing can run: wait for a command (a resume, a restart or a quit).
@@ -432,6 +570,8 @@ impl Core {
             }
             Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
             Command::Restart(_) => {}
+            Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
+            Command::Step(_) => {}
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
             Command::SetQuantum(quantum) => {
                 let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
@@ -502,9 +642,9 @@ impl Core {
         if slot.runtime.console.pending_len() == 0 && slot.console_dropped == 0 {
             return None;
         }
-        let bytes = slot.runtime.console.take();
+        let chunk = slot.runtime.console.take();
         let dropped = std::mem::take(&mut slot.console_dropped);
-        Some(Event::Console { vm, bytes, dropped })
+        Some(Event::Console { vm, chunk, dropped })
     }
 
     /// Sends `vm`'s new console bytes, or keeps them (bounded, oldest dropped
@@ -515,15 +655,15 @@ impl Core {
         };
         match self.events.try_send(event) {
             Ok(()) => {}
-            Err(TrySendError::Full(Event::Console { mut bytes, dropped, .. })) => {
+            Err(TrySendError::Full(Event::Console { mut chunk, dropped, .. })) => {
                 let slot = &mut self.slots[vm];
                 slot.console_dropped += dropped;
-                if bytes.len() > CONSOLE_BACKLOG_CAP {
-                    let excess = bytes.len() - CONSOLE_BACKLOG_CAP;
-                    bytes.drain(..excess);
+                if chunk.bytes.len() > CONSOLE_BACKLOG_CAP {
+                    let excess = chunk.bytes.len() - CONSOLE_BACKLOG_CAP;
+                    chunk.drop_front(excess);
                     slot.console_dropped += excess as u64;
                 }
-                slot.runtime.console.put_back(bytes);
+                slot.runtime.console.put_back(chunk);
             }
             Err(_) => {}
         }
@@ -554,6 +694,39 @@ impl Core {
             self.flush_console((self.console_flush_from + offset) % count);
         }
         self.console_flush_from = (self.console_flush_from + 1) % count.max(1);
+        if self.live_records {
+            self.flush_records();
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.flush();
+        }
+    }
+
+    /// Sends the exit and slice records kept for the front end; what finds
+    /// no room waits for the next round (bounded: see `keep_exit`, `keep_slice`).
+    fn flush_records(&mut self) {
+        for vm in 0..self.slots.len() {
+            if self.slots[vm].live_exits.is_empty() {
+                continue;
+            }
+            let records = Vec::from(std::mem::take(&mut self.slots[vm].live_exits));
+            if let Err(TrySendError::Full(Event::Exits { records, .. })) =
+                self.events.try_send(Event::Exits { vm, records })
+            {
+                self.slots[vm].live_exits = records.into();
+                return;
+            }
+        }
+        if !self.live_slices.is_empty() {
+            let records = std::mem::take(&mut self.live_slices);
+            let dropped = std::mem::take(&mut self.live_slices_dropped);
+            if let Err(TrySendError::Full(Event::Slices { records, dropped })) =
+                self.events.try_send(Event::Slices { records, dropped })
+            {
+                self.live_slices = records;
+                self.live_slices_dropped = dropped;
+            }
+        }
     }
 
     fn sample_if_due(&mut self) {
@@ -588,7 +761,23 @@ impl Core {
                 let _ = self.events.send(event);
             }
         }
-        let report = self.report(wall_ns, armed_ahead_pct);
+        if self.live_records {
+            for vm in 0..self.slots.len() {
+                let records = Vec::from(std::mem::take(&mut self.slots[vm].live_exits));
+                if !records.is_empty() {
+                    let _ = self.events.send(Event::Exits { vm, records });
+                }
+            }
+            let (records, dropped) = (std::mem::take(&mut self.live_slices), self.live_slices_dropped);
+            if !records.is_empty() || dropped > 0 {
+                let _ = self.events.send(Event::Slices { records, dropped });
+            }
+        }
+        let mut report = self.report(wall_ns, armed_ahead_pct);
+        if let Some((trace, path)) = self.trace.take() {
+            let counts = trace.finish();
+            report.trace = Some(TraceReport { path, records: counts.records, dropped: counts.dropped, error: None });
+        }
         let _ = self.events.send(Event::Finished(Box::new(report)));
     }
 
@@ -636,7 +825,8 @@ impl Core {
             preempt_overrun_us: self.overruns.summary(),
             deadlines_armed_ahead_pct,
             vms,
-            traces: self.slots.iter().map(|slot| slot.trace.clone().unwrap_or_default()).collect(),
+            trace: None,
+            timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
         }
     }
 }

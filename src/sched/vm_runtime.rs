@@ -6,6 +6,7 @@ use kvm_ioctls::Kvm;
 
 use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
+use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::stats::VmCounters;
 use crate::vm::kick::monotonic_ns;
 use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
@@ -72,13 +73,31 @@ impl VmRuntime {
         })
     }
 
-    /// Runs the vCPU once (until its next exit) and handles that exit.
-    pub fn step(&mut self, kick: &KickTarget) -> (Step, RunSpan) {
+    /// Runs the vCPU once (until its next exit) and handles that exit;
+    /// returns what it came to, when it ran and, for a guest exit, its
+    /// record (times in ns since `epoch_ns`, the start of the run; the
+    /// record's `vm` is left 0 for the caller to fill in).
+    pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64) -> (Step, RunSpan, Option<ExitRecord>) {
         let entered_ns = monotonic_ns();
-        let exit = self.machine.vcpu.run(kick);
+        let (exit, rip) = self.machine.vcpu.run(kick);
         let exited_ns = monotonic_ns();
         self.cpu_ns += exited_ns - entered_ns;
         let span = RunSpan { entered_ns, exited_ns };
+        let t_ns = exited_ns.saturating_sub(epoch_ns);
+        self.console.set_clock(t_ns);
+        let mut record = ExitRecord {
+            t_ns,
+            vm: 0,
+            number: 0,
+            kind: ExitKind::Other,
+            port: 0,
+            size: 0,
+            value: 0,
+            address: 0,
+            call: CallRecord::default(),
+            rip,
+            handling_ns: 0,
+        };
         let mut io = VmIo { counters: &mut self.counters, state: &mut self.hypercalls, console: &mut self.console };
         let step = match exit {
             Exit::Out { port, access, value } => {
@@ -88,14 +107,18 @@ impl VmRuntime {
                     memory_size: self.machine.memory_size(),
                     translator: &self.machine.vcpu,
                 };
-                match hypercall::handle_out(&view, &mut io, port, access, value) {
+                let (outcome, call) = hypercall::handle_out(&view, &mut io, port, access, value);
+                (record.kind, record.port, record.size, record.value, record.call) =
+                    (ExitKind::IoOut, port, access.size, value, call);
+                match outcome {
                     Outcome::Continue => Step::Io,
                     Outcome::Yield => Step::Yielded,
                 }
             }
             Exit::In { port, access, data } => {
                 io.counters.exits.io_in += 1;
-                hypercall::handle_in(&self.machine.memory, &mut io, port, access, data);
+                let call = hypercall::handle_in(&self.machine.memory, &mut io, port, access, data);
+                (record.kind, record.port, record.size, record.call) = (ExitKind::IoIn, port, access.size, call);
                 Step::Io
             }
             Exit::Mmio { address, write, data } => {
@@ -106,13 +129,21 @@ impl VmRuntime {
                     data.fill(0xff);
                 }
                 io.console.note(format_args!("MMIO {what} 0x{address:x}, outside guest memory; ignored"));
+                (record.kind, record.address) = (ExitKind::Mmio, address);
                 Step::Io
             }
             Exit::Hlt => {
                 io.counters.exits.hlt += 1;
+                record.kind = ExitKind::Hlt;
                 Step::Halted
             }
             Exit::Crash(kind) => {
+                record.kind = match kind {
+                    CrashKind::TripleFault => ExitKind::Shutdown,
+                    CrashKind::InternalError(_) => ExitKind::InternalError,
+                    CrashKind::FailedEntry(_) => ExitKind::FailEntry,
+                    CrashKind::UnexpectedExit(_) | CrashKind::RunFailed(_) => ExitKind::Other,
+                };
                 match kind {
                     CrashKind::TripleFault => io.counters.exits.shutdown += 1,
                     _ => io.counters.exits.other += 1,
@@ -124,8 +155,10 @@ impl VmRuntime {
                 ));
                 Step::Crashed { kind, registers }
             }
-            Exit::Interrupted => Step::Interrupted,
+            Exit::Interrupted => return (Step::Interrupted, span, None),
         };
-        (step, span)
+        record.number = self.counters.exits.total();
+        record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;
+        (step, span, Some(record))
     }
 }

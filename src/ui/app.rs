@@ -5,11 +5,15 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::inspector::Inspector;
 use super::rates::RateWindow;
+use super::timeline::Timeline;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
-use crate::event::{Command, Event, Settings, VmSample, VmState};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
+use crate::record::ExitRecord;
 use crate::stats::VmCounters;
+use crate::vm::RegisterDump;
 use crate::vm::TimerKind;
 
 /// Console lines kept per VM.
@@ -43,6 +47,10 @@ pub struct VmView {
     pub share_history: VecDeque<u64>,
     /// Lines scrolled back from the newest.
     pub scroll: usize,
+    /// Its newest exits (at most [`LIVE_EXITS`]), oldest first.
+    pub exits: VecDeque<ExitRecord>,
+    /// What its last step came to, and its registers after it.
+    pub last_step: Option<(StepResult, RegisterDump)>,
 }
 
 impl VmView {
@@ -59,6 +67,8 @@ impl VmView {
             share: 0.0,
             share_history: VecDeque::new(),
             scroll: 0,
+            exits: VecDeque::new(),
+            last_step: None,
         }
     }
 
@@ -73,6 +83,19 @@ impl VmView {
             self.push_line(line);
         }
         self.pending = self.partial.peek().map(escape).unwrap_or_default();
+    }
+
+    fn push_exits(&mut self, records: Vec<ExitRecord>) {
+        for record in records {
+            // A stepped exit comes twice (with the step and in the batch).
+            if self.exits.back().is_some_and(|last| last.number >= record.number && last.t_ns >= record.t_ns) {
+                continue;
+            }
+            if self.exits.len() == LIVE_EXITS {
+                self.exits.pop_front();
+            }
+            self.exits.push_back(record);
+        }
     }
 
     fn push_line(&mut self, line: String) {
@@ -120,6 +143,18 @@ pub enum Action {
     ScrollDown,
     /// Show or hide the help.
     ToggleHelp,
+    /// Open or close the exit inspector on the selected VM.
+    ToggleInspector,
+    /// Next inspector filter: hypercalls, other exits, all.
+    CycleFilter,
+    /// Run the selected VM to its next exit and pause it there.
+    Step,
+    /// Show or hide the schedule timeline.
+    ToggleTimeline,
+    /// A shorter timeline window.
+    ZoomIn,
+    /// A longer timeline window.
+    ZoomOut,
     /// Leave.
     Quit,
 }
@@ -143,6 +178,10 @@ pub struct App {
     pub exits_per_s: f64,
     /// The user asked to quit.
     pub quitting: bool,
+    /// The exit inspector, when it is open (`e`).
+    pub inspector: Option<Inspector>,
+    /// The schedule timeline (`t` shows it).
+    pub timeline: Timeline,
     window: RateWindow,
 }
 
@@ -158,6 +197,8 @@ impl App {
             elapsed_ns: 0,
             exits_per_s: 0.0,
             quitting: false,
+            inspector: None,
+            timeline: Timeline::default(),
             window: RateWindow::default(),
         }
     }
@@ -188,9 +229,9 @@ impl App {
     /// Takes in an event from the core; true if anything shown changed.
     pub fn apply(&mut self, event: Event) -> bool {
         match event {
-            Event::Console { vm, bytes, dropped } => {
+            Event::Console { vm, chunk, dropped } => {
                 if let Some(view) = self.vms.get_mut(vm) {
-                    view.push_console(&bytes, dropped);
+                    view.push_console(&chunk.bytes, dropped);
                 }
             }
             Event::State { vm, state } => {
@@ -208,6 +249,25 @@ impl App {
                 }
             }
             Event::Settings(settings) => self.settings = settings,
+            Event::Exits { vm, records } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    view.push_exits(records);
+                }
+            }
+            Event::Slices { records, dropped } => {
+                if let Some(last) = records.last() {
+                    self.elapsed_ns = self.elapsed_ns.max(last.end_ns);
+                }
+                self.timeline.push(records, dropped);
+            }
+            Event::Stepped { vm, result, registers } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    if let StepResult::Exit(exit) = result {
+                        view.push_exits(vec![exit]);
+                    }
+                    view.last_step = Some((result, registers));
+                }
+            }
             Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, vms),
             Event::Finished(_) => {}
         }
@@ -237,9 +297,9 @@ impl App {
         let count = self.vms.len();
         let vm = self.selected;
         match action {
-            Action::SelectNext => self.selected = (vm + 1) % count,
-            Action::SelectPrevious => self.selected = (vm + count - 1) % count,
-            Action::Select(index) if index < count => self.selected = index,
+            Action::SelectNext => self.select((vm + 1) % count),
+            Action::SelectPrevious => self.select((vm + count - 1) % count),
+            Action::Select(index) if index < count => self.select(index),
             Action::Select(_) => {}
             Action::MoreShare => return self.move_share(SHARE_STEP),
             Action::LessShare => return self.move_share(-SHARE_STEP),
@@ -258,21 +318,54 @@ impl App {
                 view.lines.clear();
                 view.scroll = 0;
             }
-            Action::ScrollUp => {
-                let view = &mut self.vms[vm];
-                view.scroll = (view.scroll + 10).min(view.lines.len());
-            }
-            Action::ScrollDown => {
-                let view = &mut self.vms[vm];
-                view.scroll = view.scroll.saturating_sub(10);
-            }
+            Action::ScrollUp => match &mut self.inspector {
+                Some(inspector) => inspector.scroll = (inspector.scroll + 10).min(self.vms[vm].exits.len()),
+                None => {
+                    let view = &mut self.vms[vm];
+                    view.scroll = (view.scroll + 10).min(view.lines.len());
+                }
+            },
+            Action::ScrollDown => match &mut self.inspector {
+                Some(inspector) => inspector.scroll = inspector.scroll.saturating_sub(10),
+                None => {
+                    let view = &mut self.vms[vm];
+                    view.scroll = view.scroll.saturating_sub(10);
+                }
+            },
             Action::ToggleHelp => self.help = !self.help,
+            Action::ToggleInspector => {
+                self.inspector = match self.inspector {
+                    Some(_) => None,
+                    None => Some(Inspector::default()),
+                }
+            }
+            Action::CycleFilter => {
+                if let Some(inspector) = &mut self.inspector {
+                    inspector.filter = inspector.filter.next();
+                    inspector.scroll = 0;
+                }
+            }
+            Action::Step => {
+                // Stepping is watched in the inspector: open it on this VM.
+                self.inspector.get_or_insert_with(Inspector::default).scroll = 0;
+                return vec![Command::Step(vm)];
+            }
+            Action::ToggleTimeline => self.timeline.shown = !self.timeline.shown,
+            Action::ZoomIn => self.timeline.zoom(-1),
+            Action::ZoomOut => self.timeline.zoom(1),
             Action::Quit => {
                 self.quitting = true;
                 return vec![Command::Quit];
             }
         }
         Vec::new()
+    }
+
+    fn select(&mut self, vm: usize) {
+        self.selected = vm;
+        if let Some(inspector) = &mut self.inspector {
+            inspector.scroll = 0;
+        }
     }
 
     /// Moves the selected VM's share of the weights by `step` (5 points)
@@ -334,6 +427,8 @@ pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, wei
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::console::ConsoleChunk;
 
     fn app() -> App {
         App::new(
@@ -453,14 +548,14 @@ mod tests {
     #[test]
     fn console_lines_are_escaped_and_bounded() {
         let mut app = app();
-        app.apply(Event::Console { vm: 0, bytes: b"one\n\x1b[31mtwo\nthr".to_vec(), dropped: 0 });
+        app.apply(Event::Console { vm: 0, chunk: ConsoleChunk::at(b"one\n\x1b[31mtwo\nthr", 0), dropped: 0 });
         assert_eq!(app.vms[0].lines, ["one", "\\x1b[31mtwo"]);
         assert_eq!(app.vms[0].pending, "thr");
-        app.apply(Event::Console { vm: 0, bytes: b"ee\n".to_vec(), dropped: 5 });
+        app.apply(Event::Console { vm: 0, chunk: ConsoleChunk::at(b"ee\n", 0), dropped: 5 });
         assert_eq!(app.vms[0].lines.back().unwrap(), "three");
         assert!(app.vms[0].lines.contains(&"... 5 bytes dropped".to_string()));
         let flood: Vec<u8> = b"x\n".repeat(CONSOLE_LINES * 2);
-        app.apply(Event::Console { vm: 0, bytes: flood, dropped: 0 });
+        app.apply(Event::Console { vm: 0, chunk: ConsoleChunk::at(&flood, 0), dropped: 0 });
         assert_eq!(app.vms[0].lines.len(), CONSOLE_LINES);
     }
 
@@ -496,7 +591,7 @@ mod tests {
         assert!(app.frozen);
         app.act(Action::ToggleHelp);
         assert!(app.help);
-        app.apply(Event::Console { vm: 0, bytes: b"a\n".repeat(50), dropped: 0 });
+        app.apply(Event::Console { vm: 0, chunk: ConsoleChunk::at(&b"a\n".repeat(50), 0), dropped: 0 });
         app.act(Action::ScrollUp);
         assert_eq!(app.vms[0].scroll, 10);
         app.act(Action::ScrollDown);

@@ -6,10 +6,12 @@
 
 pub mod app;
 pub mod cast;
+pub mod inspector;
 pub mod keys;
 pub mod rates;
 pub mod share_gauge;
 pub mod terminal;
+pub mod timeline;
 pub mod view;
 
 use std::cell::RefCell;

@@ -8,8 +8,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
 use super::app::{App, VmView};
+use super::inspector::InspectorView;
 use super::keys::BINDINGS;
 use super::share_gauge::ShareGauge;
+use super::timeline::{self, TimelineView};
 use crate::config::Policy;
 use crate::event::VmState;
 
@@ -33,6 +35,30 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
     frame.render_widget(header_line(app), header);
     frame.render_widget(footer_line(), footer);
+    let body = if app.timeline.shown {
+        let height = timeline::height_for(app.vms.len()).min(body.height / 2);
+        let [rest, strip] = Layout::vertical([Constraint::Min(0), Constraint::Length(height)]).areas(body);
+        let names: Vec<String> = app.vms.iter().map(|view| view.name.clone()).collect();
+        let now_ns = app.timeline.newest_ns().max(app.elapsed_ns);
+        frame.render_widget(TimelineView { timeline: &app.timeline, names: &names, now_ns }, strip);
+        rest
+    } else {
+        body
+    };
+    if let Some(inspector) = &app.inspector {
+        let view = &app.vms[app.selected];
+        // Wide terminals keep the selected VM's pane beside the inspector.
+        let pane_width = if body.width >= 120 { 42 } else { 0 };
+        let [pane, list] = Layout::horizontal([Constraint::Length(pane_width), Constraint::Min(0)]).areas(body);
+        if pane_width > 0 {
+            draw_pane(frame, app, app.selected, pane);
+        }
+        frame.render_widget(InspectorView { view, inspector }, list);
+        if app.help {
+            draw_help(frame, area);
+        }
+        return vec![Rect::default(); app.selected].into_iter().chain([pane]).collect();
+    }
     let panes = pane_areas(body, app.vms.len());
     let areas = match panes {
         Some(panes) => {
@@ -120,10 +146,10 @@ fn footer_line() -> Line<'static> {
         ("Tab", "select"),
         ("+/-", "share"),
         ("p", "pause"),
-        ("r", "restart"),
+        ("s", "step"),
+        ("e", "exits"),
+        ("t", "timeline"),
         ("m", "policy"),
-        ("[ ]", "quantum"),
-        ("space", "freeze"),
         ("?", "help"),
         ("q", "quit"),
     ];

@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::kick::KickTarget;
@@ -164,6 +164,8 @@ pub struct RegisterDump {
 /// A VM's vCPU: the half of a [`Machine`] that runs.
 pub struct Vcpu {
     fd: VcpuFd,
+    /// KVM copies the registers into kvm_run at each exit (KVM_CAP_SYNC_REGS).
+    syncs_registers: bool,
 }
 
 /// A guest ready to run: the VM, its vCPU and its memory.
@@ -215,7 +217,14 @@ impl Machine {
         setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
         let regs = longmode::initial_registers(image.entry, memory_size);
         setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
-        Ok(Self { vcpu: Vcpu { fd }, _vm: vm, memory, memory_size })
+        // With KVM_CAP_SYNC_REGS, KVM copies the general registers into
+        // kvm_run on every exit, so each exit's rip costs no extra ioctl.
+        let mut fd = fd;
+        let syncs_registers = kvm.check_extension(Cap::SyncRegs);
+        if syncs_registers {
+            fd.set_sync_valid_reg(SyncReg::Register);
+        }
+        Ok(Self { vcpu: Vcpu { fd, syncs_registers }, _vm: vm, memory, memory_size })
     }
 
     /// Guest memory size in bytes.
@@ -252,15 +261,17 @@ fn write_args(memory: &GuestMemory, args: &[u64]) {
 
 impl Vcpu {
     /// Runs the vCPU until it exits, unless a kick is already due (then
-    /// [`Exit::Interrupted`] at once). The core thread must be attached to `kick`.
-    pub fn run(&mut self, kick: &KickTarget) -> Exit<'_> {
+    /// [`Exit::Interrupted`] at once); also returns the guest's rip at the
+    /// exit (0 where the host does not sync registers into kvm_run). The core
+    /// thread must be attached to `kick`.
+    pub fn run(&mut self, kick: &KickTarget) -> (Exit<'_>, u64) {
         let run: *mut kvm_run = self.fd.get_kvm_run();
         // SAFETY: `run` is this vCPU's kvm_run mapping, alive as long as `self`;
         // the caller runs on the thread attached to `kick`, and both ways out
         // of this function disarm before the mapping could go away.
         if unsafe { kick.arm(run) } {
             kick.disarm();
-            return Exit::Interrupted;
+            return (Exit::Interrupted, 0);
         }
         let result = self.fd.run();
         // From here on the handler must not touch this mapping: the VM may be
@@ -271,11 +282,25 @@ impl Vcpu {
         // the union members read are plain integers, meaningful for the exits
         // that use them (IO, INTERNAL_ERROR) and ignored for the others.
         let details = unsafe { ExitDetails::read(run) };
-        match result {
+        let rip = if self.syncs_registers { details.rip } else { 0 };
+        let exit = match result {
             Ok(exit) => translate_exit(exit, details),
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(error) => Exit::Crash(CrashKind::RunFailed(error.to_string())),
-        }
+        };
+        (exit, rip)
+    }
+
+    /// Completes what the last exit left pending (the value of an `in`
+    /// reaches the guest's rax only when KVM_RUN is entered again) without
+    /// running guest code: KVM_RUN with `immediate_exit` set, as the KVM API
+    /// says to do before saving a vCPU's state. Registers read afterwards are
+    /// as they are after the exit.
+    pub fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        // EINTR is the expected answer; any other error shows in the next run.
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// KVM_TRANSLATE: the guest physical address that `gva` maps to, or None
@@ -316,6 +341,8 @@ struct ExitDetails {
     io_size: u8,
     io_count: u32,
     internal_suberror: u32,
+    /// From the synced registers (meaningful only with KVM_SYNC_X86_REGS).
+    rip: u64,
 }
 
 impl ExitDetails {
@@ -325,7 +352,13 @@ impl ExitDetails {
         // SAFETY: per the contract; every member read is a plain integer.
         unsafe {
             let exit = ptr::addr_of!((*run).__bindgen_anon_1);
-            Self { io_size: (*exit).io.size, io_count: (*exit).io.count, internal_suberror: (*exit).internal.suberror }
+            let rip = ptr::addr_of!((*run).s.regs.regs.rip).read_unaligned();
+            Self {
+                io_size: (*exit).io.size,
+                io_count: (*exit).io.count,
+                internal_suberror: (*exit).internal.suberror,
+                rip,
+            }
         }
     }
 }

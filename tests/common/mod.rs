@@ -33,9 +33,9 @@ impl Outcome {
     pub fn console(&self, vm: usize) -> String {
         let mut bytes = Vec::new();
         for event in &self.events {
-            if let Event::Console { vm: from, bytes: chunk, .. } = event {
+            if let Event::Console { vm: from, chunk, .. } = event {
                 if *from == vm {
-                    bytes.extend_from_slice(chunk);
+                    bytes.extend_from_slice(&chunk.bytes);
                 }
             }
         }

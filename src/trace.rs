@@ -1,0 +1,319 @@
+//! The exit trace (`run --trace FILE`): every exit and every slice as JSON
+//! Lines, written by a thread of its own (`matrix-trace`). The core only
+//! hands over batches of records through a bounded channel and never waits:
+//! when the writer falls behind (a slow disk), whole batches are dropped and
+//! counted, and the count is the last line of the file and in the report.
+//!
+//! The lines (times are ns since the run started, the core's clock):
+//!
+//! ```text
+//! {"type":"start","vms":["part1"],"clock":"ns since the run started"}
+//! {"type":"exit","t_ns":..,"vm":"part1","n":1,"kind":"io_out","port":233,"size":1,"value":72,
+//!  "hypercall":"HC_print8bit","text":"H","rip":..,"handling_ns":..,"decoded":"io_out 0xe9 HC_print8bit('H')"}
+//! {"type":"slice","vm":"part1","start_ns":..,"end_ns":..,"charged_ns":..,"end":"halt","exits":29}
+//! {"type":"end","records":31,"dropped":0}
+//! ```
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::Serialize;
+
+use crate::record::{ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
+
+/// Records per batch: big enough that a batch costs the core one channel
+/// send per few milliseconds, small enough that a dropped one loses little.
+const BATCH: usize = 2048;
+/// Batches in flight: about 130,000 records, a second or more of the
+/// busiest guest, before the writer's lag costs records.
+const BATCHES_IN_FLIGHT: usize = 64;
+
+/// One record of the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceRecord {
+    /// A guest exit.
+    Exit(ExitRecord),
+    /// A slice.
+    Slice(SliceRecord),
+}
+
+enum Message {
+    Records(Vec<TraceRecord>),
+    End { records: u64, dropped: u64 },
+}
+
+/// How many records a trace got and lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TraceCounts {
+    /// Records handed to the writer.
+    pub records: u64,
+    /// Records dropped because the writer was behind.
+    pub dropped: u64,
+}
+
+/// The core's end of a trace: collects records and sends them in batches.
+pub struct TraceBuffer {
+    batch: Vec<TraceRecord>,
+    sender: Sender<Message>,
+    counts: TraceCounts,
+}
+
+impl TraceBuffer {
+    /// Adds a record; sends the batch when it is full.
+    pub fn push(&mut self, record: TraceRecord) {
+        self.batch.push(record);
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Sends what is collected, or drops and counts it if the writer is behind.
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        let count = batch.len() as u64;
+        match self.sender.try_send(Message::Records(batch)) {
+            Ok(()) => self.counts.records += count,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.counts.dropped += count,
+        }
+    }
+
+    /// Sends the rest (waiting now: the run is over) and the final counts.
+    pub fn finish(mut self) -> TraceCounts {
+        let batch = std::mem::take(&mut self.batch);
+        let count = batch.len() as u64;
+        match self.sender.send(Message::Records(batch)) {
+            Ok(()) => self.counts.records += count,
+            Err(_) => self.counts.dropped += count,
+        }
+        let _ = self.sender.send(Message::End { records: self.counts.records, dropped: self.counts.dropped });
+        self.counts
+    }
+}
+
+/// The writer thread, to wait for at the end.
+pub struct TraceWriter {
+    thread: JoinHandle<std::io::Result<()>>,
+}
+
+impl TraceWriter {
+    /// Waits until everything is written; the error if writing failed.
+    pub fn join(self) -> std::io::Result<()> {
+        self.thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the trace writer panicked")))
+    }
+}
+
+/// Creates `path` and starts the writer for a run of VMs called `names`.
+pub fn start(path: &Path, names: Vec<String>) -> std::io::Result<(TraceBuffer, TraceWriter)> {
+    let file = File::create(path)?;
+    let (sender, receiver) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
+    let thread =
+        std::thread::Builder::new().name("matrix-trace".into()).spawn(move || write_all(file, &names, &receiver))?;
+    let buffer = TraceBuffer { batch: Vec::with_capacity(BATCH), sender, counts: TraceCounts::default() };
+    Ok((buffer, TraceWriter { thread }))
+}
+
+fn write_all(file: File, names: &[String], receiver: &Receiver<Message>) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    write_line(&mut out, &Start { kind: "start", vms: names, clock: "ns since the run started" })?;
+    for message in receiver {
+        match message {
+            Message::Records(records) => {
+                for record in records {
+                    write_record(&mut out, names, &record)?;
+                }
+            }
+            Message::End { records, dropped } => {
+                write_line(&mut out, &End { kind: "end", records, dropped })?;
+                break;
+            }
+        }
+    }
+    out.flush()
+}
+
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// Writes one record as a JSON line.
+pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord) -> std::io::Result<()> {
+    let name = |vm: usize| names.get(vm).map_or("?", String::as_str);
+    match record {
+        TraceRecord::Exit(exit) => {
+            let io = matches!(exit.kind, ExitKind::IoIn | ExitKind::IoOut);
+            let call = &exit.call;
+            write_line(
+                out,
+                &ExitLine {
+                    kind: "exit",
+                    t_ns: exit.t_ns,
+                    vm: name(exit.vm),
+                    n: exit.number,
+                    exit: exit.kind,
+                    port: io.then_some(exit.port),
+                    size: io.then_some(exit.size),
+                    value: (exit.kind == ExitKind::IoOut).then_some(exit.value),
+                    address: (exit.kind == ExitKind::Mmio).then_some(exit.address),
+                    hypercall: call.hypercall.map(|hypercall| hypercall.name()),
+                    result: call.result,
+                    text: (!call.text.is_empty()).then_some(call.text),
+                    refused: call.refused,
+                    rip: exit.rip,
+                    handling_ns: exit.handling_ns,
+                    decoded: exit.describe(),
+                },
+            )
+        }
+        TraceRecord::Slice(slice) => write_line(
+            out,
+            &SliceLine {
+                kind: "slice",
+                vm: name(slice.vm),
+                start_ns: slice.start_ns,
+                end_ns: slice.end_ns,
+                charged_ns: slice.charged_ns,
+                end: slice.end,
+                exits: slice.exits,
+            },
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct Start<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vms: &'a [String],
+    clock: &'static str,
+}
+
+#[derive(Serialize)]
+struct End {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    records: u64,
+    dropped: u64,
+}
+
+#[derive(Serialize)]
+struct ExitLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    t_ns: u64,
+    vm: &'a str,
+    n: u64,
+    #[serde(rename = "kind")]
+    exit: ExitKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hypercall: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<Snippet>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    refused: bool,
+    rip: u64,
+    handling_ns: u32,
+    decoded: String,
+}
+
+#[derive(Serialize)]
+struct SliceLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vm: &'a str,
+    start_ns: u64,
+    end_ns: u64,
+    charged_ns: u64,
+    end: SliceEnd,
+    exits: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypercall::Hypercall;
+    use crate::record::CallRecord;
+
+    fn exit(t_ns: u64) -> TraceRecord {
+        TraceRecord::Exit(ExitRecord {
+            t_ns,
+            vm: 0,
+            number: 1,
+            kind: ExitKind::IoOut,
+            port: 0xe9,
+            size: 1,
+            value: 0x48,
+            address: 0,
+            call: CallRecord { hypercall: Some(Hypercall::Print8), text: Snippet::new(b"H"), ..Default::default() },
+            rip: 0x10012,
+            handling_ns: 900,
+        })
+    }
+
+    #[test]
+    fn records_are_json_lines() {
+        let mut out = Vec::new();
+        let names = vec!["part1".to_string()];
+        write_record(&mut out, &names, &exit(5)).unwrap();
+        let slice = SliceRecord { vm: 0, start_ns: 1, end_ns: 9, charged_ns: 7, end: SliceEnd::IoSwitch, exits: 1 };
+        write_record(&mut out, &names, &TraceRecord::Slice(slice)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert_eq!(lines[0]["type"], "exit");
+        assert_eq!(lines[0]["kind"], "io_out");
+        assert_eq!(lines[0]["hypercall"], "HC_print8bit");
+        assert_eq!(lines[0]["text"], "H");
+        assert_eq!((lines[0]["port"].as_u64(), lines[0]["value"].as_u64()), (Some(0xe9), Some(0x48)));
+        assert!(lines[0].get("refused").is_none() && lines[0].get("address").is_none());
+        assert_eq!(lines[0]["decoded"], "io_out 0xe9 HC_print8bit('H')");
+        assert_eq!(lines[1]["type"], "slice");
+        assert_eq!(lines[1]["end"], "io_switch");
+        assert_eq!(lines[1]["charged_ns"], 7);
+    }
+
+    #[test]
+    fn a_writer_that_is_behind_costs_records_not_time() {
+        // Nobody reads: the channel fills, then whole batches are dropped.
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let mut buffer = TraceBuffer { batch: Vec::new(), sender, counts: TraceCounts::default() };
+        for t in 0..(3 * BATCH as u64) {
+            buffer.push(exit(t));
+        }
+        assert_eq!(buffer.counts, TraceCounts { records: BATCH as u64, dropped: 2 * BATCH as u64 });
+        drop(receiver);
+        assert_eq!(buffer.finish().dropped, 2 * BATCH as u64);
+    }
+
+    #[test]
+    fn the_file_starts_and_ends_with_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.jsonl");
+        let (mut buffer, writer) = start(&path, vec!["a".into()]).unwrap();
+        buffer.push(exit(1));
+        buffer.flush();
+        buffer.push(exit(2));
+        assert_eq!(buffer.finish(), TraceCounts { records: 2, dropped: 0 });
+        writer.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with(r#"{"type":"start","vms":["a"]"#), "{}", lines[0]);
+        assert_eq!(lines[3], r#"{"type":"end","records":2,"dropped":0}"#);
+    }
+}

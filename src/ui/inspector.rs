@@ -1,0 +1,173 @@
+//! The exit inspector (`e`): the selected VM's newest exits, newest first,
+//! decoded, with a filter, counts by kind and, after a step, the registers.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget};
+
+use super::app::VmView;
+use crate::event::{StepResult, VmState};
+use crate::headless::{seconds, step_line};
+use crate::record::{ExitKind, ExitRecord};
+
+/// Which exits the inspector lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExitFilter {
+    /// Every exit.
+    #[default]
+    All,
+    /// Port accesses that made a hypercall.
+    Hypercalls,
+    /// Everything else (misused ports, HLT, MMIO, crashes).
+    Other,
+}
+
+impl ExitFilter {
+    /// The next filter, for the `f` key.
+    pub fn next(self) -> Self {
+        match self {
+            Self::All => Self::Hypercalls,
+            Self::Hypercalls => Self::Other,
+            Self::Other => Self::All,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Hypercalls => "hypercalls",
+            Self::Other => "other exits",
+        }
+    }
+
+    fn admits(self, exit: &ExitRecord) -> bool {
+        match self {
+            Self::All => true,
+            Self::Hypercalls => exit.is_hypercall(),
+            Self::Other => !exit.is_hypercall(),
+        }
+    }
+}
+
+/// The inspector's own state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inspector {
+    /// Which exits it lists.
+    pub filter: ExitFilter,
+    /// Exits scrolled back from the newest.
+    pub scroll: usize,
+}
+
+/// The inspector drawn for one VM.
+pub struct InspectorView<'a> {
+    /// The VM.
+    pub view: &'a VmView,
+    /// The inspector's state.
+    pub inspector: &'a Inspector,
+}
+
+impl Widget for InspectorView<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let view = self.view;
+        let inspector = self.inspector;
+        let title = format!(
+            " exits of {} · newest first · filter: {} (f) · {} kept ",
+            view.name,
+            inspector.filter.name(),
+            view.exits.len()
+        );
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_type(BorderType::Double)
+            .border_style(Style::default().fg(Color::Cyan))
+            .title(title)
+            .title_bottom(" e close · s step · p resume · PgUp/PgDn scroll ");
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let mut lines = vec![counts_line(view)];
+        if let Some((result, registers)) = &view.last_step {
+            let paused = matches!(view.state, VmState::Paused);
+            let head = if paused { "paused after " } else { "last " };
+            lines.push(Line::styled(format!("{head}{}", step_line(result)), Style::default().fg(Color::Yellow)));
+            let r = registers;
+            let dim = Style::default().fg(Color::DarkGray);
+            let pairs = [
+                [("rip", r.rip), ("rsp", r.rsp), ("rflags", r.rflags), ("", 0)],
+                [("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx)],
+                [("rsi", r.rsi), ("rdi", r.rdi), ("", 0), ("", 0)],
+                [("cr0", r.cr0), ("cr3", r.cr3), ("cr4", r.cr4), ("efer", r.efer)],
+            ];
+            for row in pairs {
+                let mut spans = Vec::new();
+                for (name, value) in row.into_iter().filter(|(name, _)| !name.is_empty()) {
+                    spans.push(Span::styled(format!("{name:>6} "), dim));
+                    spans.push(Span::raw(format!("{:<#18x}", value)));
+                }
+                lines.push(Line::from(spans));
+            }
+        }
+        lines.push(Line::styled(
+            format!("{:>10} {:>7}  {:<52} {:>9} {:>8}", "time (s)", "exit", "decoded", "rip", "host"),
+            Style::default().fg(Color::DarkGray).underlined(),
+        ));
+        let stepped = match &view.last_step {
+            Some((StepResult::Exit(exit), _)) => Some(exit.number),
+            _ => None,
+        };
+        let room = usize::from(inner.height).saturating_sub(lines.len());
+        let shown = view.exits.iter().rev().filter(|exit| inspector.filter.admits(exit)).skip(inspector.scroll);
+        for exit in shown.take(room) {
+            let style = if Some(exit.number) == stepped {
+                Style::default().fg(Color::Black).bg(Color::Yellow)
+            } else if exit.call.refused || !matches!(exit.kind, ExitKind::IoIn | ExitKind::IoOut | ExitKind::Hlt) {
+                Style::default().fg(Color::Magenta)
+            } else {
+                Style::default()
+            };
+            lines.push(Line::styled(
+                format!(
+                    "{:>10} {:>7}  {:<52} {:>9} {:>6.1}us",
+                    seconds(exit.t_ns),
+                    exit.number,
+                    exit.describe(),
+                    format!("{:#x}", exit.rip),
+                    f64::from(exit.handling_ns) / 1000.0
+                ),
+                style,
+            ));
+        }
+        if view.exits.is_empty() {
+            lines.push(Line::styled("no exits yet", Style::default().fg(Color::DarkGray)));
+        }
+        Paragraph::new(lines).render(inner, buf);
+    }
+}
+
+/// `io_out 22  io_in 6  hlt 1` over the exits kept.
+fn counts_line(view: &VmView) -> Line<'static> {
+    let mut spans = vec![Span::styled("by kind: ", Style::default().fg(Color::DarkGray))];
+    for kind in ExitKind::ALL {
+        let count = view.exits.iter().filter(|exit| exit.kind == kind).count();
+        if count > 0 {
+            spans.push(Span::raw(format!("{} {count}  ", kind.name())));
+        }
+    }
+    let hypercalls = view.exits.iter().filter(|exit| exit.is_hypercall()).count();
+    spans.push(Span::styled(format!("(hypercalls {hypercalls})"), Style::default().fg(Color::DarkGray)));
+    Line::from(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_cycles_through_all_three() {
+        let filter = ExitFilter::default();
+        assert_eq!(filter, ExitFilter::All);
+        assert_eq!(filter.next().next().next(), ExitFilter::All);
+        assert_eq!(filter.next(), ExitFilter::Hypercalls);
+    }
+}
