@@ -337,6 +337,8 @@ impl Core {
             }
             if let Some(vm) = self.step_requests.pop_front() {
                 self.step(vm, &mut deadlines);
+                self.apply_commands();
+                self.deliver_outbox();
                 continue;
             }
             let candidates: Vec<Candidate> = self
@@ -541,8 +543,12 @@ impl Core {
         }
     }
 
+    /// Applies the commands waiting, in order, up to and including the
+    /// first step: what came after a step waits until it is done (a `quit`
+    /// after three `step`s quits after the third).
     fn apply_commands(&mut self) {
-        while let Ok(command) = self.commands.try_recv() {
+        while self.step_requests.is_empty() {
+            let Ok(command) = self.commands.try_recv() else { return };
             self.apply(command);
         }
     }
