@@ -1,7 +1,9 @@
 //! The real binary in a real terminal (tmux): it starts, shows Neo and
 //! Morpheus with consoles and share bars, `+` moves Neo's target from 70 % to
-//! 75 %, `p` pauses, `q` quits, and the terminal is back in cooked mode. And
-//! `--record` leaves a valid asciicast v2 file of what the terminal showed.
+//! 75 %, `p` pauses, `q` quits, and the terminal is back in cooked mode;
+//! `s` steps a paused VM exit by exit in the inspector (`e`), `t` shows the
+//! timeline. And `--record` leaves a valid asciicast v2 file of what the
+//! terminal showed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,6 +100,38 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
     assert_eq!(after.trim(), "status=0 icanon echo", "the terminal is back in cooked mode with echo");
     let screen = tmux.screen();
     assert!(!screen.contains("morpheus running"), "the alternate screen is gone:\n{screen}");
+}
+
+#[test]
+fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let after = dir.path().join("after");
+    let command = format!(
+        "{} run --vm part1 --vm neo --paused part1; echo status=$? > {}; sleep 60",
+        binary().display(),
+        after.display()
+    );
+    let tmux = Tmux::start("matrix-tui-test-step", &command);
+    tmux.wait_for(&["part1 paused", "neo running"]);
+    // Each `s` runs part1 to its next exit; the inspector opens on it.
+    tmux.keys("s");
+    tmux.wait_for(&["paused after [step] exit 1: io_out 0xe9 HC_print8bit('H')"]);
+    tmux.keys("s");
+    tmux.wait_for(&["paused after [step] exit 2: io_out 0xe9 HC_print8bit('e')"]);
+    tmux.keys("s");
+    let screen = tmux.wait_for(&["paused after [step] exit 3: io_out 0xe9 HC_print8bit('l')", "rax 0x6c"]);
+    assert!(screen.contains("exits of part1") && screen.contains("3 kept"), "{screen}");
+    // `t` adds the timeline: neo holds the CPU, part1 does not.
+    tmux.keys("t");
+    tmux.wait_for(&["timeline · last 10ms", "neo      ", "ends"]);
+    tmux.keys(">");
+    tmux.wait_for(&["timeline · last 20ms"]);
+    // `e` closes the inspector: the panes are back, part1's console reads "Hel".
+    tmux.keys("e");
+    let screen = tmux.wait_for(&["part1 paused", "Hel"]);
+    assert!(!screen.contains("exits of part1"), "{screen}");
+    tmux.keys("q");
+    assert_eq!(wait_for_file(&after).trim(), "status=0");
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! Snapshots of the terminal UI (ratatui TestBackend): two and six VMs at
-//! 80x24 and 160x48, a crashed VM, the help overlay, a terminal too small.
+//! 80x24 and 160x48, a crashed VM, the help overlay, a terminal too small,
+//! the exit inspector after steps and the schedule timeline.
 
 use std::time::Duration;
 
 use matrix_tui::config::Policy;
 use matrix_tui::console::ConsoleChunk;
-use matrix_tui::event::{Event, VmSample, VmState};
+use matrix_tui::event::{Event, StepResult, VmSample, VmState};
+use matrix_tui::hypercall::Hypercall;
+use matrix_tui::record::{CallRecord, ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
 use matrix_tui::stats::{ExitCounts, VmCounters};
 use matrix_tui::ui::app::{Action, App, initial_settings};
 use matrix_tui::ui::view;
@@ -117,4 +120,84 @@ fn tiny_and_empty_terminals_do_not_panic() {
     let app = app(&["neo", "morpheus"], &[70.0, 30.0], &[]);
     render(&app, 1, 1);
     render(&app, 0, 0);
+}
+
+/// An exit of `part1`'s print loop: HC_print8bit of `byte`, exit `number`.
+fn print8(number: u64, byte: u8) -> ExitRecord {
+    ExitRecord {
+        t_ns: 2_000_000_000 + number * 500_000_000,
+        vm: 0,
+        number,
+        kind: ExitKind::IoOut,
+        port: 0xe9,
+        size: 1,
+        value: u32::from(byte),
+        address: 0,
+        call: CallRecord { hypercall: Some(Hypercall::Print8), text: Snippet::new(&[byte]), ..Default::default() },
+        rip: 0x10014 + 3 * number,
+        handling_ns: 1_900,
+    }
+}
+
+/// `part1` paused after three steps, beside `neo`, with its inspector open.
+fn stepped_app() -> App {
+    let mut app = app(&["part1", "neo"], &[1.0, 70.0], &[(0, VmState::Paused)]);
+    let exits: Vec<ExitRecord> = b"Hel".iter().zip(1..).map(|(&byte, number)| print8(number, byte)).collect();
+    app.apply(Event::Exits { vm: 0, records: exits.clone() });
+    let registers = RegisterDump {
+        rip: 0x1001d,
+        rsp: 0x1ffff8,
+        rflags: 0x6,
+        rax: 0x6c,
+        rdx: 0xe9,
+        cr0: 0x8005_0033,
+        cr3: 0x2000,
+        cr4: 0x620,
+        efer: 0x500,
+        ..Default::default()
+    };
+    app.apply(Event::Stepped { vm: 0, result: StepResult::Exit(exits[2]), registers });
+    app.act(Action::ToggleInspector);
+    app
+}
+
+#[test]
+fn the_inspector_after_three_steps_at_80x24() {
+    insta::assert_snapshot!(render(&stepped_app(), 80, 24).backend());
+}
+
+#[test]
+fn the_inspector_after_three_steps_at_160x48() {
+    insta::assert_snapshot!(render(&stepped_app(), 160, 48).backend());
+}
+
+/// Neo and Morpheus under fair 70/30 for 20 ms of 0.2 ms units in the lag
+/// order (N M N N M ...), each ended by a kick, then the timeline shown.
+fn timeline_app() -> App {
+    let mut app = app(&["neo", "morpheus"], &[70.0, 30.0], &[]);
+    let pattern = [0, 1, 0, 0, 1, 0, 0, 1, 0, 0];
+    let start = 8_000_000_000 - 20_000_000;
+    let slices = (0..100u64)
+        .map(|i| SliceRecord {
+            vm: pattern[i as usize % 10],
+            start_ns: start + i * 200_000,
+            end_ns: start + (i + 1) * 200_000,
+            charged_ns: 195_000,
+            end: SliceEnd::Deadline,
+            exits: 0,
+        })
+        .collect();
+    app.apply(Event::Slices { records: slices, dropped: 0 });
+    app.act(Action::ToggleTimeline);
+    app
+}
+
+#[test]
+fn the_timeline_of_fair_70_30_at_80x24() {
+    insta::assert_snapshot!(render(&timeline_app(), 80, 24).backend());
+}
+
+#[test]
+fn the_timeline_of_fair_70_30_at_160x48() {
+    insta::assert_snapshot!(render(&timeline_app(), 160, 48).backend());
 }

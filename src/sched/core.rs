@@ -330,6 +330,11 @@ impl Core {
         }
         let _ = ready.send(Ok(()));
         self.outbox.push_back(Event::Settings(self.settings()));
+        for vm in 0..self.slots.len() {
+            if self.slots[vm].state != VmState::Running {
+                self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
+            }
+        }
         while !self.quit {
             if self.kick.take_request() {
                 self.apply_commands();

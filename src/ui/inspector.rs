@@ -103,13 +103,15 @@ impl Widget for InspectorView<'_> {
                 let mut spans = Vec::new();
                 for (name, value) in row.into_iter().filter(|(name, _)| !name.is_empty()) {
                     spans.push(Span::styled(format!("{name:>6} "), dim));
-                    spans.push(Span::raw(format!("{:<#18x}", value)));
+                    spans.push(Span::raw(format!("{:<#12x}", value)));
                 }
                 lines.push(Line::from(spans));
             }
         }
+        // time, number, rip and host time take 39 columns; the rest is the exit.
+        let decoded = usize::from(inner.width).saturating_sub(39).max(16);
         lines.push(Line::styled(
-            format!("{:>10} {:>7}  {:<52} {:>9} {:>8}", "time (s)", "exit", "decoded", "rip", "host"),
+            format!("{:>10} {:>7}  {:<decoded$} {:>9} {:>8}", "time (s)", "exit", "decoded", "rip", "host"),
             Style::default().fg(Color::DarkGray).underlined(),
         ));
         let stepped = match &view.last_step {
@@ -128,7 +130,7 @@ impl Widget for InspectorView<'_> {
             };
             lines.push(Line::styled(
                 format!(
-                    "{:>10} {:>7}  {:<52} {:>9} {:>6.1}us",
+                    "{:>10} {:>7}  {:<decoded$.decoded$} {:>9} {:>6.1}us",
                     seconds(exit.t_ns),
                     exit.number,
                     exit.describe(),

@@ -115,7 +115,7 @@ impl Widget for TimelineView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let window = self.timeline.window_ns();
         let title = format!(
-            " timeline · last {} · < > zoom · k kick  i I/O switch  y yield  H halt  X crash  s step ",
+            " timeline · last {} · </> zoom · k kick i I/O switch y yield H halt X crash s step ",
             format_span(window)
         );
         let block = Block::default().borders(Borders::ALL).border_type(BorderType::Rounded).title(title);
