@@ -53,8 +53,8 @@ struct BenchArgs {
     /// Shorter runs.
     #[arg(long)]
     quick: bool,
-    /// Only these measurements (repeat): exit, hypercalls, preempt, share,
-    /// overhead, scale, flood, ui.
+    /// Only these measurements (repeat): exit, hypercalls, preempt, baseline,
+    /// share, overhead, trace, scale, flood, ui.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::MEASUREMENTS))]
     only: Vec<String>,
 }

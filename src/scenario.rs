@@ -11,6 +11,7 @@
 //! weight = 70
 //! memory = "2M"
 //! args = [1000, 250]
+//! paused = false       # true: start paused, to be stepped or resumed
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
@@ -243,7 +244,7 @@ mod tests {
         let scenario = parse_str(
             "policy = \"rr\"\nquantum = \"2ms\"\ntimer = \"timerfd\"\nduration = \"3s\"\n\
              [[vm]]\nname = \"a\"\nguest = \"ticker\"\nweight = 70\nmemory = \"4M\"\nargs = [500]\n\
-             [[vm]]\nname = \"b\"\nguest = \"my/guest.elf\"\nmemory = 2097152\n",
+             [[vm]]\nname = \"b\"\nguest = \"my/guest.elf\"\nmemory = 2097152\npaused = true\n",
         )
         .unwrap();
         assert_eq!(scenario.policy, Some(Policy::Rr));
@@ -263,6 +264,7 @@ mod tests {
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
         assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));
+        assert!(scenario.vms[1].paused, "paused = true starts the VM paused");
     }
 
     #[test]

@@ -216,6 +216,47 @@ pub fn overhead_pct(quantum: Duration, duration: Duration) -> Result<f64, BenchE
     Ok(run_for(config, duration)?.outside_kvm_run_pct)
 }
 
+/// What writing the exit trace costs the core.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceCost {
+    /// Time outside KVM_RUN without a trace, per round (percent of wall time).
+    pub outside_kvm_run_pct_off: Vec<f64>,
+    /// The same with `--trace`, per round.
+    pub outside_kvm_run_pct_on: Vec<f64>,
+    /// Median with the trace minus median without, in percentage points.
+    pub cost_pp: f64,
+    /// Records the traced rounds wrote, in all.
+    pub records: u64,
+    /// Records they dropped (the writer fell behind).
+    pub dropped: u64,
+}
+
+/// Two tickers at 70/30 (units of `unit` iterations: an exit every few
+/// tens of microseconds) for `duration`, in `rounds` alternating pairs
+/// without and with a trace written to a temporary file.
+pub fn trace_cost(unit: u64, rounds: usize, duration: Duration) -> Result<TraceCost, BenchError> {
+    let path = std::env::temp_dir().join(format!("matrix-tui-bench-trace-{}.jsonl", std::process::id()));
+    let (mut off, mut on, mut records, mut dropped) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..rounds {
+        for traced in [false, true] {
+            let vms = vec![builtin("neo", "ticker", 70.0, &[unit]), builtin("morpheus", "ticker", 30.0, &[unit])];
+            let mut config = RunConfig::new(vms);
+            config.trace = traced.then(|| path.clone());
+            let core = sched::spawn(vm::open_kvm()?, config)?;
+            let deadline = core.started() + duration;
+            let report = core.run_until(Some(deadline), |_| {});
+            if let Some(trace) = &report.trace {
+                records += trace.records;
+                dropped += trace.dropped;
+            }
+            if traced { &mut on } else { &mut off }.push(report.outside_kvm_run_pct);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    let cost_pp = median(on.clone()) - median(off.clone());
+    Ok(TraceCost { outside_kvm_run_pct_off: off, outside_kvm_run_pct_on: on, cost_pp, records, dropped })
+}
+
 /// Many `ticker` VMs at equal weights on the one thread.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scale {

@@ -14,7 +14,7 @@ pub use measure::BenchError;
 
 /// The measurements, by the names `--only` takes.
 pub const MEASUREMENTS: &[&str] =
-    &["exit", "hypercalls", "preempt", "baseline", "share", "overhead", "scale", "flood", "ui"];
+    &["exit", "hypercalls", "preempt", "baseline", "share", "overhead", "trace", "scale", "flood", "ui"];
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -127,6 +127,17 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
         report["overhead_pct"] =
             with_params(figure, json!({ "policy": "fair", "guests": "2 x spin", "duration_s": seconds }));
     }
+    if options.wants("trace") {
+        progress("the exit trace's cost, two tickers at 70/30, without and with --trace");
+        let (rounds, seconds) = options.pick((2, 1), (4, 2));
+        let unit = 50;
+        let figure = measure::trace_cost(unit, rounds, Duration::from_secs(seconds))?;
+        report["trace_cost"] = with_params(
+            json!(figure),
+            json!({ "policy": "fair", "weights": [70, 30], "quantum_us": 1000, "guests": "2 x ticker",
+                    "ticker_unit_iterations": unit, "rounds": rounds, "duration_s": seconds }),
+        );
+    }
     if options.wants("scale") {
         progress("256 tickers on one thread");
         let seconds = options.pick(2, 5);
@@ -173,6 +184,7 @@ fn targets(report: &Value) -> Value {
         ("share_error_w100ms_max_pp", &["share_error_pp", "w100ms", "max"], 0.5),
         ("share_error_w1s_max_pp", &["share_error_pp", "w1s", "max"], 0.25),
         ("overhead_q1ms_pct", &["overhead_pct", "q1ms"], 2.0),
+        ("trace_cost_pp", &["trace_cost", "cost_pp"], 1.0),
         ("scale_startup_ms", &["scale", "startup_ms"], 1000.0),
         ("scale_share_error_rel_pct_w1s", &["scale", "share_error_rel_pct_w1s"], 5.0),
         ("scale_share_error_rel_pct_w1s_charged", &["scale", "share_error_rel_pct_w1s_charged"], 5.0),
@@ -282,6 +294,23 @@ pub fn table(report: &Value) -> String {
                 num(&f["q100us"]),
                 num(&f["q1ms"]),
                 num(&f["q10ms"])
+            ),
+        );
+    }
+    if report["trace_cost"].is_object() {
+        let f = &report["trace_cost"];
+        let median_of =
+            |key: &str| measure::median(f[key].as_array().map(|v| v.iter().map(num).collect()).unwrap_or_default());
+        row(
+            &mut out,
+            "exit trace (2 tickers, 1 ms)",
+            format!(
+                "outside KVM_RUN {:.2} % without, {:.2} % with: +{:.2} pp; {} records, {} dropped",
+                median_of("outside_kvm_run_pct_off"),
+                median_of("outside_kvm_run_pct_on"),
+                num(&f["cost_pp"]),
+                f["records"],
+                f["dropped"]
             ),
         );
     }
