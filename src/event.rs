@@ -159,6 +159,8 @@ pub enum Event {
     Stepped {
         /// The VM.
         vm: VmId,
+        /// When the step ended (ns since the run started).
+        t_ns: u64,
         /// What the step came to.
         result: StepResult,
         /// Its registers after the step (the exit completed).

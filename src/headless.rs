@@ -168,13 +168,7 @@ pub fn run<W: Write>(
         let written = match event {
             Event::Console { vm, chunk, dropped } => printer.console(vm, &chunk, dropped),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
-            Event::Stepped { vm, result, .. } => {
-                let at = match result {
-                    StepResult::Exit(exit) => exit.t_ns,
-                    _ => core.started().elapsed().as_nanos() as u64,
-                };
-                printer.note(vm, at, &step_line(&result))
-            }
+            Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &step_line(&result)),
             Event::State { .. }
             | Event::Sample { .. }
             | Event::Settings(_)

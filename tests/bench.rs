@@ -53,6 +53,11 @@ fn quick_bench_reports_every_figure() {
         let pct = number(&report, &["overhead_pct", quantum]);
         assert!((0.0..100.0).contains(&pct), "{quantum}: {pct}");
     }
+    let (off, on) = (&report["trace_cost"]["outside_kvm_run_pct_off"], &report["trace_cost"]["outside_kvm_run_pct_on"]);
+    assert!(off.as_array().is_some_and(|rounds| !rounds.is_empty()), "{off} {on}");
+    assert_eq!(off.as_array().map(Vec::len), on.as_array().map(Vec::len), "rounds alternate");
+    assert!(number(&report, &["trace_cost", "records"]) > 0.0, "the traced rounds wrote records");
+    assert!(number(&report, &["trace_cost", "cost_pp"]).is_finite());
     assert_eq!(number(&report, &["scale", "vms"]), 256.0);
     assert!(number(&report, &["scale", "startup_ms"]) > 0.0 && number(&report, &["scale", "rss_mib"]) > 0.0);
     assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
@@ -64,7 +69,15 @@ fn quick_bench_reports_every_figure() {
         assert!(check["met"].is_boolean() && check["value"].is_number(), "{name}: {check}");
     }
     // Every figure states its parameters.
-    for key in ["exit_roundtrip_ns", "preempt_overrun_us", "share_error_pp", "overhead_pct", "scale", "console_flood"] {
+    for key in [
+        "exit_roundtrip_ns",
+        "preempt_overrun_us",
+        "share_error_pp",
+        "overhead_pct",
+        "trace_cost",
+        "scale",
+        "console_flood",
+    ] {
         assert!(report[key]["params"].is_object(), "{key} has no params");
     }
 }

@@ -253,14 +253,14 @@ impl App {
                 if let Some(view) = self.vms.get_mut(vm) {
                     view.push_exits(records);
                 }
+                // Kept for the inspector; nothing on screen changed unless it shows them.
+                return self.inspector.is_some() && vm == self.selected;
             }
             Event::Slices { records, dropped } => {
-                if let Some(last) = records.last() {
-                    self.elapsed_ns = self.elapsed_ns.max(last.end_ns);
-                }
                 self.timeline.push(records, dropped);
+                return self.timeline.shown;
             }
-            Event::Stepped { vm, result, registers } => {
+            Event::Stepped { vm, result, registers, .. } => {
                 if let Some(view) = self.vms.get_mut(vm) {
                     if let StepResult::Exit(exit) = result {
                         view.push_exits(vec![exit]);
@@ -582,6 +582,21 @@ mod tests {
         assert_eq!(app.exits_per_s, 300.0);
         assert_eq!(app.vms[0].counters.exits.io_out, 100);
         assert_eq!(app.vms[1].share_history.back(), Some(&300));
+    }
+
+    #[test]
+    fn records_redraw_only_what_shows_them() {
+        use crate::record::{SliceEnd, SliceRecord};
+        let mut app = app();
+        let slice = SliceRecord { vm: 0, start_ns: 0, end_ns: 10, charged_ns: 10, end: SliceEnd::Deadline, exits: 0 };
+        assert!(!app.apply(Event::Slices { records: vec![slice], dropped: 0 }), "the timeline is hidden");
+        assert!(!app.apply(Event::Exits { vm: 0, records: Vec::new() }), "the inspector is closed");
+        app.act(Action::ToggleTimeline);
+        app.act(Action::ToggleInspector);
+        assert!(app.apply(Event::Slices { records: vec![slice], dropped: 0 }));
+        assert!(app.apply(Event::Exits { vm: 0, records: Vec::new() }));
+        assert!(!app.apply(Event::Exits { vm: 1, records: Vec::new() }), "another VM's exits are not shown");
+        assert_eq!(app.timeline.newest_ns(), 10);
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
         let height = timeline::height_for(app.vms.len()).min(body.height / 2);
         let [rest, strip] = Layout::vertical([Constraint::Min(0), Constraint::Length(height)]).areas(body);
         let names: Vec<String> = app.vms.iter().map(|view| view.name.clone()).collect();
-        let now_ns = app.timeline.newest_ns().max(app.elapsed_ns);
+        // The right edge is the end of the newest slice: what is known to have run.
+        let now_ns = app.timeline.newest_ns();
         frame.render_widget(TimelineView { timeline: &app.timeline, names: &names, now_ns }, strip);
         rest
     } else {
