@@ -36,6 +36,20 @@ pub enum StepResult {
     Finished,
 }
 
+impl StepResult {
+    /// The step in one line, as `--control` prints it after `NAME| `:
+    /// `[step] exit N: <the decoded exit> rip=0x...`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Exit(exit) => format!("[step] exit {}: {} rip=0x{:x}", exit.number, exit.describe(), exit.rip),
+            Self::Preempted { ran_ns, rip } => {
+                format!("[step] no exit: preempted after {:.3} ms rip=0x{rip:x}", *ran_ns as f64 / 1e6)
+            }
+            Self::Finished => "[step] the VM has ended; restart it to step it".to_string(),
+        }
+    }
+}
+
 /// What a front end asks of the core. Each is applied within one quantum
 /// (and within 50 ms under `io`, even with a guest that never exits).
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, select};
 
 use crate::console::{ConsoleChunk, LineBuffer, escape};
-use crate::event::{Command, Event, StepResult, VmId};
+use crate::event::{Command, Event, VmId};
+use crate::record::format_seconds;
 use crate::report::RunReport;
 use crate::sched::CoreHandle;
 
@@ -76,7 +77,7 @@ impl<W: Write> LinePrinter<W> {
             return Ok(());
         }
         if self.options.timestamps {
-            write!(self.out, "{} ", seconds(at_ns))?;
+            write!(self.out, "{} ", format_seconds(at_ns))?;
         }
         write!(self.out, "{}| ", self.names[vm])?;
         if self.options.raw {
@@ -95,25 +96,6 @@ impl<W: Write> LinePrinter<W> {
     /// The writer back.
     pub fn into_inner(self) -> W {
         self.out
-    }
-}
-
-/// `ns` as seconds with six decimals, truncated (so that a line's stamp is
-/// its exit's `t_ns` in the trace, cut to microseconds).
-pub fn seconds(ns: u64) -> String {
-    format!("{}.{:06}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000)
-}
-
-/// The `--control` line for a step: `[step] exit N: <the decoded exit> rip=0x...`.
-pub fn step_line(result: &StepResult) -> String {
-    match result {
-        StepResult::Exit(exit) => {
-            format!("[step] exit {}: {} rip=0x{:x}", exit.number, exit.describe(), exit.rip)
-        }
-        StepResult::Preempted { ran_ns, rip } => {
-            format!("[step] no exit: preempted after {:.3} ms rip=0x{rip:x}", *ran_ns as f64 / 1e6)
-        }
-        StepResult::Finished => "[step] the VM has ended; restart it to step it".to_string(),
     }
 }
 
@@ -168,7 +150,7 @@ pub fn run<W: Write>(
         let written = match event {
             Event::Console { vm, chunk, dropped } => printer.console(vm, &chunk, dropped),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
-            Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &step_line(&result)),
+            Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::State { .. }
             | Event::Sample { .. }
             | Event::Settings(_)

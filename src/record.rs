@@ -197,13 +197,23 @@ impl ExitRecord {
                         None => format!("{head} HC_numExitsByType()"),
                     },
                     Some(call) => format!("{head} {}(){result}", call.name()),
-                    None => format!("{head} not a hypercall ({}-byte {})", self.size, &kind[3..]),
+                    None => {
+                        let direction = if self.kind == ExitKind::IoIn { "in" } else { "out" };
+                        format!("{head} not a hypercall ({}-byte {direction})", self.size)
+                    }
                 }
             }
             ExitKind::Mmio => format!("mmio 0x{:x}", self.address),
             _ => kind.to_string(),
         }
     }
+}
+
+/// A time on the core's clock as seconds with six decimals, truncated (so
+/// that a console line's `--timestamps` stamp is its exit's `t_ns` cut to
+/// microseconds).
+pub fn format_seconds(ns: u64) -> String {
+    format!("{}.{:06}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000)
 }
 
 /// Why a slice ended.
@@ -327,6 +337,12 @@ mod tests {
 
     fn cases_base() -> ExitRecord {
         io(ExitKind::IoOut, 0, 0, CallRecord::default())
+    }
+
+    #[test]
+    fn seconds_are_truncated_to_microseconds() {
+        assert_eq!(format_seconds(10_166_999), "0.010166");
+        assert_eq!(format_seconds(2_000_000_001), "2.000000");
     }
 
     #[test]

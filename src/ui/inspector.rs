@@ -9,8 +9,7 @@ use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget};
 
 use super::app::VmView;
 use crate::event::{StepResult, VmState};
-use crate::headless::{seconds, step_line};
-use crate::record::{ExitKind, ExitRecord};
+use crate::record::{ExitKind, ExitRecord, format_seconds};
 
 /// Which exits the inspector lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,20 +89,20 @@ impl Widget for InspectorView<'_> {
         if let Some((result, registers)) = &view.last_step {
             let paused = matches!(view.state, VmState::Paused);
             let head = if paused { "paused after " } else { "last " };
-            lines.push(Line::styled(format!("{head}{}", step_line(result)), Style::default().fg(Color::Yellow)));
+            lines.push(Line::styled(format!("{head}{}", result.describe()), Style::default().fg(Color::Yellow)));
             let r = registers;
             let dim = Style::default().fg(Color::DarkGray);
-            let pairs = [
-                [("rip", r.rip), ("rsp", r.rsp), ("rflags", r.rflags), ("", 0)],
-                [("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx)],
-                [("rsi", r.rsi), ("rdi", r.rdi), ("", 0), ("", 0)],
-                [("cr0", r.cr0), ("cr3", r.cr3), ("cr4", r.cr4), ("efer", r.efer)],
+            let rows: [&[(&str, u64)]; 4] = [
+                &[("rip", r.rip), ("rsp", r.rsp), ("rflags", r.rflags)],
+                &[("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx)],
+                &[("rsi", r.rsi), ("rdi", r.rdi)],
+                &[("cr0", r.cr0), ("cr3", r.cr3), ("cr4", r.cr4), ("efer", r.efer)],
             ];
-            for row in pairs {
+            for row in rows {
                 let mut spans = Vec::new();
-                for (name, value) in row.into_iter().filter(|(name, _)| !name.is_empty()) {
+                for (name, value) in row {
                     spans.push(Span::styled(format!("{name:>6} "), dim));
-                    spans.push(Span::raw(format!("{:<#12x}", value)));
+                    spans.push(Span::raw(format!("{value:<#12x}")));
                 }
                 lines.push(Line::from(spans));
             }
@@ -131,7 +130,7 @@ impl Widget for InspectorView<'_> {
             lines.push(Line::styled(
                 format!(
                     "{:>10} {:>7}  {:<decoded$.decoded$} {:>9} {:>6.1}us",
-                    seconds(exit.t_ns),
+                    format_seconds(exit.t_ns),
                     exit.number,
                     exit.describe(),
                     format!("{:#x}", exit.rip),
