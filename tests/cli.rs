@@ -155,6 +155,15 @@ fn bad_images_and_flags_are_one_line_usage_errors() {
     assert_usage_error(&["run", "--duration", "soon"], "not a duration");
     assert_usage_error(&["run", "--vm", "a=spin:-1"], "from 1 to 10000");
     assert_usage_error(&["run", "--vm", "part1", "--args", "other=1"], "not in this run");
+    assert_usage_error(&["run", "--vm", "a=spin:1e308"], "from 1 to 10000");
+    assert_usage_error(
+        &["run", "--vm", "part1", "--paused", "other"],
+        "--paused names VM 'other', which is not in this run",
+    );
+    assert_usage_error(
+        &["run", "--vm", "part1", "--trace", "/nonexistent-dir/trace.jsonl"],
+        "cannot write the trace to /nonexistent-dir/trace.jsonl",
+    );
     assert_usage_error(
         &["run", "--vm", "a=spin", "--vm", "b=spin", "--mem", "512M", "--max-total-mem", "768M"],
         "the VMs need 1024 MiB of guest memory in all, more than --max-total-mem (768 MiB)",
