@@ -54,12 +54,12 @@ pub struct VmTimings {
     /// per unit of work, so these time its work).
     pub io_exit_ns: Vec<u64>,
     /// Each slice: when it started and ended, and what it was charged.
-    pub slices: Vec<TracedSlice>,
+    pub slices: Vec<TimedSlice>,
 }
 
 /// One slice of a timed run (monotonic ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TracedSlice {
+pub struct TimedSlice {
     /// When the slice began.
     pub start_ns: u64,
     /// When it ended.

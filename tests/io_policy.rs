@@ -17,15 +17,15 @@ fn two_printing_guests_interleave_exit_by_exit() {
     let outcome = common::run_config(config, Duration::from_secs(20));
     // Under `io` every slice lasts until the VM's next I/O exit, and the next
     // slice is the other VM's: a, b, a, b... with one I/O exit in each slice.
-    let traces = &outcome.report.timings;
+    let timings = &outcome.report.timings;
     let mut slices: Vec<(u64, u64, usize)> =
-        (0..2).flat_map(|vm| traces[vm].slices.iter().map(move |slice| (slice.start_ns, slice.end_ns, vm))).collect();
+        (0..2).flat_map(|vm| timings[vm].slices.iter().map(move |slice| (slice.start_ns, slice.end_ns, vm))).collect();
     slices.sort();
     let order: Vec<usize> = slices.iter().map(|&(_, _, vm)| vm).take(40).collect();
     let alternating: Vec<usize> = (0..40).map(|i| i % 2).collect();
     assert_eq!(order, alternating);
     for &(start, end, vm) in &slices[..40] {
-        let exits = traces[vm].io_exit_ns.iter().filter(|&&at| (start..=end).contains(&at)).count();
+        let exits = timings[vm].io_exit_ns.iter().filter(|&&at| (start..=end).contains(&at)).count();
         assert_eq!(exits, 1, "VM {vm}'s slice {start}..{end}");
     }
     common::assert_part1_console(&outcome.console(0));

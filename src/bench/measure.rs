@@ -176,9 +176,9 @@ pub fn share_errors(
 }
 
 /// From 300 ms after the first unit of work (start-up settled) to the last one.
-fn settled_range(traces: &[VmTimings]) -> (u64, u64) {
-    let first = traces.iter().filter_map(|t| t.io_exit_ns.first()).min().copied().unwrap_or(0);
-    let last = traces.iter().filter_map(|t| t.io_exit_ns.last()).max().copied().unwrap_or(0);
+fn settled_range(timings: &[VmTimings]) -> (u64, u64) {
+    let first = timings.iter().filter_map(|t| t.io_exit_ns.first()).min().copied().unwrap_or(0);
+    let last = timings.iter().filter_map(|t| t.io_exit_ns.last()).max().copied().unwrap_or(0);
     (first + 300_000_000, last)
 }
 

@@ -16,7 +16,7 @@ use super::vm_runtime::{Step, VmRuntime};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
-use crate::report::{RunReport, TraceReport, TracedSlice, VmReport, VmTimings};
+use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
@@ -456,7 +456,7 @@ impl Core {
         slot.charged_ns += charged;
         slot.stolen_ns += stolen_before_deadline;
         if let Some(timings) = &mut slot.timings {
-            timings.slices.push(TracedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
+            timings.slices.push(TimedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
         if !stepping {
             self.planner.charge(vm, charged, matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Crash));
