@@ -1,11 +1,16 @@
 //! Builds the built-in guests in `guest/` from source and embeds them.
 //!
-//! The guests are `#![no_std]` programs built with the host toolchain (the only
-//! target a new machine has); `guest/.cargo/config.toml` and `guest/build.rs`
-//! make them static images linked at 0x10000. This script runs a nested cargo in
-//! `guest/` with its own target directory (the outer build holds the lock on
-//! `target/`) and without the outer build's flags, then writes `builtin_guests.rs`
-//! into OUT_DIR: one entry per guest with its name, summary and bytes.
+//! The guests are `#![no_std]` programs built for `x86_64-unknown-none` (the
+//! bare-metal target: soft-float, no SSE, no red zone) when that target is
+//! installed, and otherwise for the host target with SSE turned off, with a
+//! warning saying how to add the lasting one (rustc is phasing out SSE-less
+//! host builds; rust-lang/rust#116344). `MATRIX_GUEST_TARGET=host` forces the
+//! fallback (CI builds both ways). `guest/.cargo/config.toml` and
+//! `guest/build.rs` make them static images linked at 0x10000. This script
+//! runs a nested cargo in `guest/` with its own target directory (the outer
+//! build holds the lock on `target/`) and without the outer build's flags, then
+//! writes `builtin_guests.rs` into OUT_DIR: one entry per guest with its name,
+//! summary and bytes, and `GUEST_TARGET`, the target they were built for.
 
 use std::env;
 use std::fmt::Write as _;
@@ -32,10 +37,11 @@ fn main() {
     let guest_dir = manifest_dir.join("guest");
     let target_dir = out_dir.join("guest-target");
 
+    let target = guest_target();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&guest_dir)
-        .args(["build", "--release", "--bins", "--target-dir"])
+        .args(["build", "--release", "--bins", "--target", &target, "--target-dir"])
         .arg(&target_dir)
         // The outer build's flags (coverage, sanitizers, -D warnings...) are for
         // the host; the guests get exactly the flags of guest/.cargo/config.toml.
@@ -52,7 +58,7 @@ fn main() {
 
     let mut table = String::from("&[\n");
     for (name, summary) in GUESTS {
-        let image = target_dir.join("release").join(name);
+        let image = target_dir.join(&target).join("release").join(name);
         assert!(image.is_file(), "guest image {} was not built", image.display());
         writeln!(
             table,
@@ -63,8 +69,42 @@ fn main() {
     }
     table.push_str("]\n");
     fs::write(out_dir.join("builtin_guests.rs"), table).expect("writing builtin_guests.rs");
+    fs::write(out_dir.join("guest_target.rs"), format!("{target:?}\n")).expect("writing guest_target.rs");
 
     rerun_if_changed_under(&guest_dir);
+    println!("cargo:rerun-if-env-changed=MATRIX_GUEST_TARGET");
+}
+
+/// The bare-metal target if rustc has its standard library installed (and
+/// the fallback is not forced), else the host target, with a warning.
+fn guest_target() -> String {
+    const BARE_METAL: &str = "x86_64-unknown-none";
+    let host = env::var("HOST").expect("set by cargo");
+    if env::var("MATRIX_GUEST_TARGET").is_ok_and(|target| target == "host") {
+        return host;
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", BARE_METAL])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    if libdir.is_some_and(|dir| has_core(&dir)) {
+        return BARE_METAL.into();
+    }
+    println!(
+        "cargo:warning=the guests are built for the host target without SSE, which rustc is phasing out; \
+         run `rustup target add {BARE_METAL}` to build them for the bare-metal target instead"
+    );
+    host
+}
+
+/// Whether `dir` holds a compiled `core` (its file name carries a hash).
+fn has_core(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("libcore-"))
+    })
 }
 
 /// Rebuilds when any guest source, manifest or linker script changes.

@@ -291,6 +291,7 @@ fn list_guests() -> Result<ExitCode, Failure> {
     for guest in guests::BUILTIN {
         let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
     }
+    let _ = writeln!(out, "\n(built for {})", guests::GUEST_TARGET);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,10 @@ pub struct BuiltinGuest {
 /// Every built-in guest, in the order `matrix-tui guests` lists them.
 pub const BUILTIN: &[BuiltinGuest] = include!(concat!(env!("OUT_DIR"), "/builtin_guests.rs"));
 
+/// The target the built-in guests were built for: `x86_64-unknown-none`, or
+/// the host target where that is not installed (see build.rs).
+pub const GUEST_TARGET: &str = include!(concat!(env!("OUT_DIR"), "/guest_target.rs"));
+
 /// The built-in guest called `name`.
 pub fn builtin(name: &str) -> Option<&'static BuiltinGuest> {
     BUILTIN.iter().find(|guest| guest.name == name)
