@@ -102,9 +102,8 @@ fn guest_target() -> String {
 
 /// Whether `dir` holds a compiled `core` (its file name carries a hash).
 fn has_core(dir: &Path) -> bool {
-    fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("libcore-"))
-    })
+    fs::read_dir(dir)
+        .is_ok_and(|entries| entries.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("libcore-")))
 }
 
 /// Rebuilds when any guest source, manifest or linker script changes.
