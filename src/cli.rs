@@ -20,7 +20,7 @@ use crate::sched::{self, SpawnError, VmSetupError};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::layout::DEFAULT_MEMORY;
 use crate::vm::{SetupError, TimerKind};
-use crate::{bench, control, guests, ui, vm};
+use crate::{bench, calibration, control, guests, ui, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
 #[derive(Debug, Parser)]
@@ -103,7 +103,7 @@ struct RunArgs {
 
     /// Guest arguments of one VM: NAME=V1,V2,... (u64, decimal or 0x hex), written
     /// at 0x500. For ticker, neo and morpheus the first is the work unit in loop
-    /// iterations.
+    /// iterations (0 or none: 1 ms of guest CPU, measured on this machine).
     #[arg(long = "args", value_name = "NAME=V1,V2,...", value_parser = parse_args_arg)]
     guest_args: Vec<(String, Vec<u64>)>,
 
@@ -292,6 +292,29 @@ fn list_guests() -> Result<ExitCode, Failure> {
         let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
     }
     let _ = writeln!(out, "\n(built for {})", guests::GUEST_TARGET);
+    let measured = vm::open_kvm()
+        .map_err(|error| error.to_string())
+        .and_then(|kvm| calibration::measure(&kvm).map_err(|error| error.to_string()));
+    match measured {
+        Ok(measured) => {
+            let _ = writeln!(
+                out,
+                "\nWork units on this machine ({} loop iterations per ms of guest CPU, measured in {:.1} ms):",
+                measured.loop_iterations_per_ms, measured.measured_ms
+            );
+            for (name, time) in calibration::TIMED_UNITS {
+                let _ = writeln!(
+                    out,
+                    "  {name:<9} a unit is {} ms of guest CPU: {} iterations (argument 0 overrides it)",
+                    time.as_secs_f64() * 1000.0,
+                    measured.iterations_for(*time)
+                );
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "\nWork units are sized in time when KVM is usable; here: {error}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -395,6 +418,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         timings: false,
         live_records: false,
         trace: args.trace.clone(),
+        calibration: None,
         seccomp: !args.no_seccomp,
     };
     Ok((config, args.duration.or(scenario.duration)))
@@ -420,6 +444,11 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // The inspector and the timeline are made of exit and slice records.
     config.live_records = tui;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
+    if calibration::wanted(&config.vms) {
+        let measured = calibration::measure(&kvm).map_err(|error| Failure::Host(error.into()))?;
+        measured.size_units(&mut config.vms);
+        config.calibration = Some(measured);
+    }
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
     let settings = ui::app::initial_settings(
         config.policy,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::calibration::Calibration;
 use crate::vm::TimerKind;
 
 use crate::vm::layout::DEFAULT_MEMORY;
@@ -119,6 +120,9 @@ pub struct RunConfig {
     pub live_records: bool,
     /// Write every exit and slice to this file as JSON Lines (`run --trace`).
     pub trace: Option<PathBuf>,
+    /// The calibration the demo guests' units were sized by, if they were
+    /// (it goes into the report).
+    pub calibration: Option<Calibration>,
     /// Confine the core thread with a seccomp filter once it is set up.
     pub seccomp: bool,
 }
@@ -136,6 +140,7 @@ impl RunConfig {
             timings: false,
             live_records: false,
             trace: None,
+            calibration: None,
             seccomp: true,
         }
     }

@@ -4,6 +4,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
+pub mod calibration;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::calibration::Calibration;
 use crate::stats::{ExitCounts, Percentiles};
 use crate::vm::RegisterDump;
 
@@ -26,6 +27,10 @@ pub struct RunReport {
     pub deadlines_armed_ahead_pct: Option<f64>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
+    /// How fast this machine runs the guests' busy loop, when the demo
+    /// guests' units were sized by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// The exit trace (`run --trace`), if one was written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceReport>,

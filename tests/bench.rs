@@ -25,6 +25,7 @@ fn quick_bench_reports_every_figure() {
 
     assert!(report["machine"]["kernel"].is_string() && report["machine"]["cpus"].as_u64() > Some(0));
     assert_percentiles(&report, &["exit_roundtrip_ns"]);
+    assert!(number(&report, &["calibration", "loop_iterations_per_ms"]) > 0.0);
     for call in ["print8bit", "print32bit", "numExits", "printStr64", "numExitsByType", "gvaToHva"] {
         assert_percentiles(&report, &["hypercall_ns", call]);
     }

@@ -3,11 +3,13 @@
 
 use crate::{args, println, work};
 
-/// Iterations of [`work::spin`] in one unit (argument 0): about 1 ms here.
+/// Iterations of [`work::spin`] in one unit when argument 0 is missing or 0
+/// and the host did not size it (matrix-tui sizes it to 1 ms of guest CPU on
+/// the machine it runs on): about 1 ms on an emulating KVM such as kvm_pvm.
 pub const DEFAULT_UNIT: u64 = 1_000;
-/// Units between two progress lines (argument 1): a few lines a second at a
-/// full CPU share.
-pub const DEFAULT_UNITS_PER_LINE: u64 = 250;
+/// Units between two progress lines (argument 1): with 1 ms units, a line
+/// every 0.15 s of guest CPU, so a few lines a second at a 30 to 70 % share.
+pub const DEFAULT_UNITS_PER_LINE: u64 = 150;
 
 /// Works forever, printing `[step] name: phrase (N units)` every few hundred
 /// units, cycling through `phrases`.

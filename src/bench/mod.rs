@@ -40,6 +40,9 @@ impl BenchOptions {
 pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Value, BenchError> {
     let started = Instant::now();
     let mut report = json!({ "machine": machine(), "quick": options.quick });
+    // The bench sizes its guests' units in iterations, fixed (each figure's
+    // params say which); this says what they are in time here.
+    report["calibration"] = json!(crate::calibration::measure(&crate::vm::open_kvm()?)?);
     let quantum = Duration::from_millis(1);
 
     if options.wants("exit") {
@@ -235,6 +238,12 @@ pub fn table(report: &Value) -> String {
         machine["kvm_module"].as_str().unwrap_or("?"),
         if machine["nested"] == true { "(nested)" } else { "" },
     ));
+    if let Some(per_ms) = report["calibration"]["loop_iterations_per_ms"].as_u64() {
+        out.push_str(&format!(
+            "busy loop: {per_ms} iterations per ms of guest CPU (a ticker unit of 50 iterations is {:.0} us here)\n\n",
+            50_000.0 / per_ms as f64
+        ));
+    }
     let row = |out: &mut String, name: &str, value: String| out.push_str(&format!("{name:<38} {value}\n"));
     let p = |v: &Value, unit: &str| {
         format!("p50 {:.1} {unit}, p99 {:.1} {unit} ({} samples)", num(&v["p50"]), num(&v["p99"]), v["samples"])

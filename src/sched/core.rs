@@ -13,6 +13,7 @@ use kvm_ioctls::Kvm;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
+use crate::calibration::Calibration;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
@@ -201,6 +202,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         live_slices: Vec::new(),
         live_slices_dropped: 0,
         trace,
+        calibration: config.calibration,
         step_requests: VecDeque::new(),
         last_sample: started,
         last_console_flush: started,
@@ -298,6 +300,8 @@ struct Core {
     trace: Option<(TraceBuffer, String)>,
     /// VMs to step once each, in order.
     step_requests: VecDeque<VmId>,
+    /// What the demo guests' units were sized by, for the report.
+    calibration: Option<Calibration>,
     last_sample: Instant,
     last_console_flush: Instant,
     last_records_flush: Instant,
@@ -848,6 +852,7 @@ impl Core {
             preempt_overrun_us: self.overruns.summary(),
             deadlines_armed_ahead_pct,
             vms,
+            calibration: self.calibration,
             trace: None,
             timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
         }

@@ -8,8 +8,9 @@ use matrix_guest::{args, hc, work};
 
 matrix_guest::entry!(main);
 
-/// Iterations of `work::spin` in one unit when no argument is given: about 1 ms
-/// of CPU on the reference machine (see the README's calibration table).
+/// Iterations of `work::spin` in one unit when argument 0 is missing or 0 and
+/// the host did not size it (matrix-tui sizes it to 1 ms of guest CPU on the
+/// machine it runs on): about 1 ms on an emulating KVM such as kvm_pvm.
 const DEFAULT_UNIT: u64 = 1_000;
 
 fn main() {
