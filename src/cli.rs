@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::headless::{self, HeadlessOptions};
+use crate::lesson::{self, Lesson};
 use crate::report::RunReport;
 use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
 use crate::sched::{self, SpawnError, VmSetupError};
@@ -36,12 +37,46 @@ Examples:\n  matrix-tui run --vm part1 --json\n  matrix-tui run --vm a=ticker:70
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run VMs (the Neo/Morpheus demo when no --vm is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the built-in guests.
     Guests,
+    /// List the built-in lessons.
+    Lessons,
+    /// Follow a lesson: its scenario in the terminal UI with the lesson's
+    /// panel (`l` hides it). NAME is a built-in lesson or a lesson file.
+    Lesson(LessonArgs),
     /// Measure exit costs, preemption, fairness, overhead, scale and floods on
     /// this machine (about 60 s; --quick about 15 s).
     Bench(BenchArgs),
+}
+
+/// Options of `matrix-tui lesson`.
+#[derive(Debug, Args)]
+struct LessonArgs {
+    /// A built-in lesson (see `matrix-tui lessons`) or a path to a lesson file.
+    #[arg(value_name = "NAME|LESSON.toml")]
+    lesson: String,
+
+    /// Add a VM to the lesson's scenario: NAME=GUEST[:WEIGHT] (your own guest,
+    /// for `your-guest`), or replace the guest of its VM with that name.
+    #[arg(long = "vm", value_name = "NAME=GUEST[:WEIGHT]", value_parser = parse_vm_arg)]
+    vms: Vec<VmArg>,
+
+    /// End after this long.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Plain text output instead of the terminal UI (no panel).
+    #[arg(long)]
+    headless: bool,
+
+    /// Record the session as an asciicast v2 file.
+    #[arg(long, value_name = "FILE.cast")]
+    record: Option<PathBuf>,
+
+    /// Run without the core thread's seccomp filter.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Options of `matrix-tui bench`.
@@ -143,6 +178,10 @@ struct RunArgs {
     #[arg(long)]
     no_seccomp: bool,
 
+    /// The lesson whose scenario this run is (`matrix-tui lesson`).
+    #[arg(skip)]
+    lesson: Option<Lesson>,
+
     /// Read commands from stdin while running, one per line: weight NAME W,
     /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
     #[arg(long)]
@@ -170,6 +209,7 @@ impl Default for RunArgs {
             raw: false,
             control: false,
             no_seccomp: false,
+            lesson: None,
         }
     }
 }
@@ -269,7 +309,9 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     };
     let result = match cli.command {
         Some(Command::Guests) => list_guests(),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Lessons) => list_lessons(),
+        Some(Command::Lesson(args)) => run_lesson(args),
+        Some(Command::Run(args)) => run(*args),
         Some(Command::Bench(args)) => run_bench(args),
         None => run(RunArgs::default()),
     };
@@ -318,6 +360,31 @@ fn list_guests() -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn list_lessons() -> Result<ExitCode, Failure> {
+    let mut out = std::io::stdout().lock();
+    for (name, title) in lesson::builtin_titles() {
+        let _ = writeln!(out, "{name:<14} {title}");
+    }
+    let _ = writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see the README).");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
+    let lesson = lesson::load(&args.lesson)?;
+    if args.headless {
+        eprintln!("matrix-tui: lesson '{}': its panel needs the terminal UI; running its scenario", lesson.title);
+    }
+    run(RunArgs {
+        vms: args.vms,
+        duration: args.duration,
+        headless: args.headless,
+        record: args.record,
+        no_seccomp: args.no_seccomp,
+        lesson: Some(lesson),
+        ..RunArgs::default()
+    })
+}
+
 fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
     let options = bench::BenchOptions { quick: args.quick, only: args.only };
     let report = bench::run(&options, |step| eprintln!("bench: {step}...")).map_err(|error| match error {
@@ -339,13 +406,14 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
 fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> {
     let scenario = match &args.scenario {
         Some(path) => scenario::load(path)?,
+        None if args.lesson.is_some() => args.lesson.as_ref().expect("checked").scenario.clone(),
         None if args.vms.is_empty() => scenario::default_scenario(),
         None => Scenario { policy: None, quantum: None, timer: None, duration: None, vms: Vec::new() },
     };
     let mut vms = scenario.vms;
     for arg in &args.vms {
         match vms.iter_mut().find(|vm| vm.name == arg.name) {
-            Some(_) if args.scenario.is_none() => {
+            Some(_) if args.scenario.is_none() && args.lesson.is_none() => {
                 return Err(Failure::Usage(anyhow!("two VMs are called '{}'; give each --vm a NAME=", arg.name)));
             }
             // A --vm with a scenario VM's name replaces its guest (and weight, if given).
@@ -457,9 +525,12 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         config.vms.iter().map(|vm| vm.weight).collect(),
     );
     let stop = stop_signals().map_err(Failure::Host)?;
+    let file_vms: Vec<usize> =
+        (0..config.vms.len()).filter(|&vm| guests::builtin(&config.vms[vm].guest).is_none()).collect();
     let core = sched::spawn(kvm, config)?;
     let report = if tui {
-        let options = ui::UiOptions { record: args.record.clone(), duration };
+        let lesson = args.lesson.clone().map(|lesson| ui::lesson_panel::LessonProgress::new(lesson, file_vms));
+        let options = ui::UiOptions { record: args.record.clone(), duration, lesson };
         let thread = std::thread::Builder::new()
             .name("matrix-ui".into())
             .spawn(move || ui::run(core, names, settings, &options, &stop))

@@ -13,6 +13,7 @@ pub mod event;
 pub mod guests;
 pub mod headless;
 pub mod hypercall;
+pub mod lesson;
 pub mod record;
 pub mod report;
 pub mod scenario;

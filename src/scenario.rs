@@ -85,9 +85,11 @@ pub struct ScenarioError {
     pub message: String,
 }
 
+/// A scenario as written, before validation (also the `[scenario]` table of
+/// a lesson file).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileSpec {
+pub(crate) struct FileSpec {
     policy: Option<Policy>,
     quantum: Option<Spanned<String>>,
     timer: Option<TimerKind>,
@@ -117,15 +119,34 @@ enum SizeSpec {
 
 /// Reads and validates the scenario at `path`.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = read_limited(path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &path.display().to_string(), &base)
+}
+
+/// Reads a scenario or lesson file of at most 1 MiB.
+pub(crate) fn read_limited(path: &Path) -> Result<String, ScenarioError> {
     let file = path.display().to_string();
     let whole_file = |message: String| ScenarioError { file: file.clone(), line: 1, key: "file".into(), message };
     let size = std::fs::metadata(path).map_err(|error| whole_file(format!("cannot read it: {error}")))?.len();
     if size > MAX_SCENARIO_BYTES {
-        return Err(whole_file(format!("it is {size} bytes; scenario files are at most 1 MiB")));
+        return Err(whole_file(format!("it is {size} bytes; scenario and lesson files are at most 1 MiB")));
     }
-    let text = std::fs::read_to_string(path).map_err(|error| whole_file(format!("cannot read it: {error}")))?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, &file, &base)
+    std::fs::read_to_string(path).map_err(|error| whole_file(format!("cannot read it: {error}")))
+}
+
+/// An error at byte `span` of `text`, the file `file`.
+pub(crate) fn located(text: &str, file: &str, span: Range<usize>, key: &str, message: String) -> ScenarioError {
+    ScenarioError { file: file.to_string(), line: line_of(text, span.start), key: key.to_string(), message }
+}
+
+/// Deserializes TOML `text`, locating any error in it.
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ScenarioError> {
+    toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        let key = text.get(span.clone()).filter(|k| !k.is_empty() && k.len() < 40).unwrap_or("file");
+        located(text, file, span, key, error.message().trim().to_string())
+    })
 }
 
 /// The built-in default scenario.
@@ -135,17 +156,12 @@ pub fn default_scenario() -> Scenario {
 
 /// Parses scenario `text` (named `file` in errors; paths relative to `base`).
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioError> {
-    let at = |span: Range<usize>, key: &str, message: String| ScenarioError {
-        file: file.to_string(),
-        line: line_of(text, span.start),
-        key: key.to_string(),
-        message,
-    };
-    let spec: FileSpec = toml::from_str(text).map_err(|error| {
-        let span = error.span().unwrap_or(0..0);
-        let key = text.get(span.clone()).filter(|k| !k.is_empty() && k.len() < 40).unwrap_or("file");
-        at(span, key, error.message().trim().to_string())
-    })?;
+    from_spec(&from_toml(text, file)?, text, file, base)
+}
+
+/// Validates a scenario read from `text` (for the lines of its errors).
+pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) -> Result<Scenario, ScenarioError> {
+    let at = |span: Range<usize>, key: &str, message: String| located(text, file, span, key, message);
 
     let quantum = match &spec.quantum {
         Some(text) => {

@@ -11,6 +11,7 @@ use matrix_tui::hypercall::Hypercall;
 use matrix_tui::record::{CallRecord, ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
 use matrix_tui::stats::{ExitCounts, VmCounters};
 use matrix_tui::ui::app::{Action, App, initial_settings};
+use matrix_tui::ui::lesson_panel::LessonProgress;
 use matrix_tui::ui::view;
 use matrix_tui::vm::{RegisterDump, TimerKind};
 use ratatui::Terminal;
@@ -200,4 +201,24 @@ fn the_timeline_of_fair_70_30_at_80x24() {
 #[test]
 fn the_timeline_of_fair_70_30_at_160x48() {
     insta::assert_snapshot!(render(&timeline_app(), 160, 48).backend());
+}
+
+/// Neo and Morpheus following the `fractions` lesson, two steps ticked.
+fn lesson_app() -> App {
+    let mut app = app(&["neo", "morpheus"], &[70.0, 30.0], &[]);
+    let lesson = matrix_tui::lesson::load("fractions").unwrap();
+    let mut progress = LessonProgress::new(lesson, Vec::new());
+    progress.done = 2;
+    app.lesson = Some(progress);
+    app
+}
+
+#[test]
+fn the_lesson_panel_at_80x24() {
+    insta::assert_snapshot!(render(&lesson_app(), 80, 24).backend());
+}
+
+#[test]
+fn the_lesson_panel_at_160x48() {
+    insta::assert_snapshot!(render(&lesson_app(), 160, 48).backend());
 }

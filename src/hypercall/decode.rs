@@ -57,6 +57,18 @@ pub enum Hypercall {
 }
 
 impl Hypercall {
+    /// Every hypercall, in port order.
+    pub const ALL: [Self; 8] = [
+        Self::Print8,
+        Self::Print32,
+        Self::NumExits,
+        Self::PrintStr,
+        Self::NumExitsByType,
+        Self::GvaToHvaRequest,
+        Self::GvaToHvaResult,
+        Self::Yield,
+    ];
+
     /// Its name in the guest ABI (`HC_print8bit`, ...).
     pub fn name(self) -> &'static str {
         TABLE.iter().find(|entry| entry.3 == self).map_or("HC_?", |entry| entry.4)

@@ -6,12 +6,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::inspector::Inspector;
+use super::lesson_panel::LessonProgress;
 use super::rates::RateWindow;
 use super::timeline::Timeline;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
-use crate::record::ExitRecord;
+use crate::record::{ExitKind, ExitRecord};
 use crate::stats::VmCounters;
 use crate::vm::RegisterDump;
 use crate::vm::TimerKind;
@@ -51,6 +52,14 @@ pub struct VmView {
     pub exits: VecDeque<ExitRecord>,
     /// What its last step came to, and its registers after it.
     pub last_step: Option<(StepResult, RegisterDump)>,
+    /// Steps taken (`s`), whatever they came to.
+    pub steps: u64,
+    /// Lines the guest printed (not the hypervisor's `[matrix]` lines).
+    pub lines_printed: u64,
+    /// Exit kinds seen so far.
+    pub seen_kinds: Vec<ExitKind>,
+    /// Hypercalls seen so far, by name.
+    pub seen_hypercalls: Vec<&'static str>,
 }
 
 impl VmView {
@@ -69,6 +78,10 @@ impl VmView {
             scroll: 0,
             exits: VecDeque::new(),
             last_step: None,
+            steps: 0,
+            lines_printed: 0,
+            seen_kinds: Vec::new(),
+            seen_hypercalls: Vec::new(),
         }
     }
 
@@ -80,6 +93,9 @@ impl VmView {
         let mut complete = Vec::new();
         self.partial.push(bytes, |line| complete.push(escape(line)));
         for line in complete {
+            if !line.starts_with(crate::console::NOTE_PREFIX) {
+                self.lines_printed += 1;
+            }
             self.push_line(line);
         }
         self.pending = self.partial.peek().map(escape).unwrap_or_default();
@@ -90,6 +106,14 @@ impl VmView {
             // A stepped exit comes twice (with the step and in the batch).
             if self.exits.back().is_some_and(|last| last.number >= record.number && last.t_ns >= record.t_ns) {
                 continue;
+            }
+            if !self.seen_kinds.contains(&record.kind) {
+                self.seen_kinds.push(record.kind);
+            }
+            if let Some(name) = record.call.hypercall.map(|call| call.name()) {
+                if !self.seen_hypercalls.contains(&name) {
+                    self.seen_hypercalls.push(name);
+                }
             }
             if self.exits.len() == LIVE_EXITS {
                 self.exits.pop_front();
@@ -155,6 +179,8 @@ pub enum Action {
     ZoomIn,
     /// A longer timeline window.
     ZoomOut,
+    /// Show or hide the lesson panel.
+    ToggleLesson,
     /// Leave.
     Quit,
 }
@@ -182,6 +208,8 @@ pub struct App {
     pub inspector: Option<Inspector>,
     /// The schedule timeline (`t` shows it).
     pub timeline: Timeline,
+    /// The lesson being followed, if any.
+    pub lesson: Option<LessonProgress>,
     window: RateWindow,
 }
 
@@ -199,6 +227,7 @@ impl App {
             quitting: false,
             inspector: None,
             timeline: Timeline::default(),
+            lesson: None,
             window: RateWindow::default(),
         }
     }
@@ -228,6 +257,19 @@ impl App {
 
     /// Takes in an event from the core; true if anything shown changed.
     pub fn apply(&mut self, event: Event) -> bool {
+        let changed = self.apply_event(event);
+        self.refresh_lesson() || changed
+    }
+
+    /// Ticks the lesson's steps that now hold; true if any did.
+    fn refresh_lesson(&mut self) -> bool {
+        let Some(mut lesson) = self.lesson.take() else { return false };
+        let ticked = lesson.advance(self);
+        self.lesson = Some(lesson);
+        ticked
+    }
+
+    fn apply_event(&mut self, event: Event) -> bool {
         match event {
             Event::Console { vm, chunk, dropped } => {
                 if let Some(view) = self.vms.get_mut(vm) {
@@ -266,6 +308,9 @@ impl App {
                         view.push_exits(vec![exit]);
                     }
                     view.last_step = Some((result, registers));
+                    if result != StepResult::Finished {
+                        view.steps += 1;
+                    }
                 }
             }
             Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, vms),
@@ -294,6 +339,12 @@ impl App {
 
     /// Carries out a user action; returns the commands for the core.
     pub fn act(&mut self, action: Action) -> Vec<Command> {
+        let commands = self.act_on(action);
+        self.refresh_lesson();
+        commands
+    }
+
+    fn act_on(&mut self, action: Action) -> Vec<Command> {
         let count = self.vms.len();
         let vm = self.selected;
         match action {
@@ -351,6 +402,11 @@ impl App {
                 return vec![Command::Step(vm)];
             }
             Action::ToggleTimeline => self.timeline.shown = !self.timeline.shown,
+            Action::ToggleLesson => {
+                if let Some(lesson) = &mut self.lesson {
+                    lesson.shown = !lesson.shown;
+                }
+            }
             Action::ZoomIn => self.timeline.zoom(-1),
             Action::ZoomOut => self.timeline.zoom(1),
             Action::Quit => {

@@ -23,6 +23,7 @@ pub const BINDINGS: &[(&str, &str, Action)] = &[
     ("s", "step the selected VM to its next exit (p resumes)", Action::Step),
     ("t", "show or hide the schedule timeline", Action::ToggleTimeline),
     ("< / >", "timeline window shorter / longer (2 ms to 10 s)", Action::ZoomIn),
+    ("l", "show or hide the lesson panel (matrix-tui lesson NAME)", Action::ToggleLesson),
     ("?", "show or hide this help", Action::ToggleHelp),
     ("q / Ctrl-C", "quit", Action::Quit),
 ];
@@ -51,6 +52,7 @@ pub fn action_for(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('f') => Action::CycleFilter,
         KeyCode::Char('s') => Action::Step,
         KeyCode::Char('t') => Action::ToggleTimeline,
+        KeyCode::Char('l') => Action::ToggleLesson,
         KeyCode::Char('<') | KeyCode::Char(',') => Action::ZoomIn,
         KeyCode::Char('>') | KeyCode::Char('.') => Action::ZoomOut,
         KeyCode::PageUp => Action::ScrollUp,
@@ -88,6 +90,7 @@ mod tests {
             (KeyCode::Char('f'), Action::CycleFilter),
             (KeyCode::Char('s'), Action::Step),
             (KeyCode::Char('t'), Action::ToggleTimeline),
+            (KeyCode::Char('l'), Action::ToggleLesson),
             (KeyCode::Char('<'), Action::ZoomIn),
             (KeyCode::Char('>'), Action::ZoomOut),
             (KeyCode::PageUp, Action::ScrollUp),

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cast;
 pub mod inspector;
 pub mod keys;
+pub mod lesson_panel;
 pub mod rates;
 pub mod share_gauge;
 pub mod terminal;
@@ -45,6 +46,8 @@ pub struct UiOptions {
     pub record: Option<PathBuf>,
     /// End the run after this long.
     pub duration: Option<Duration>,
+    /// The lesson to follow, with its panel.
+    pub lesson: Option<lesson_panel::LessonProgress>,
 }
 
 /// Runs the UI until the user quits (or `stop` fires, or the duration ends);
@@ -65,6 +68,7 @@ pub fn run(
     terminal.clear()?;
     let input = spawn_input_reader();
     let mut app = App::new(names, settings);
+    app.lesson = options.lesson.clone();
     let ticks = crossbeam_channel::tick(TICK);
     let deadline = options.duration.map(|duration| crossbeam_channel::at(core.started() + duration));
     let never_events = crossbeam_channel::never();

@@ -10,6 +10,7 @@ use ratatui::widgets::{Block, BorderType, Borders, Cell, Clear, Paragraph, Row, 
 use super::app::{App, VmView};
 use super::inspector::InspectorView;
 use super::keys::BINDINGS;
+use super::lesson_panel::LessonPanel;
 use super::share_gauge::ShareGauge;
 use super::timeline::{self, TimelineView};
 use crate::config::Policy;
@@ -35,6 +36,22 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
     frame.render_widget(header_line(app), header);
     frame.render_widget(footer_line(), footer);
+    let body = match app.lesson.as_ref().filter(|lesson| lesson.shown) {
+        Some(progress) => {
+            // Beside the panes where there is room, under them where not.
+            let (rest, panel) = if body.width >= 140 {
+                let [rest, panel] = Layout::horizontal([Constraint::Min(0), Constraint::Length(52)]).areas(body);
+                (rest, panel)
+            } else {
+                let height = (body.height / 2).min(12);
+                let [rest, panel] = Layout::vertical([Constraint::Min(0), Constraint::Length(height)]).areas(body);
+                (rest, panel)
+            };
+            frame.render_widget(LessonPanel { progress }, panel);
+            rest
+        }
+        None => body,
+    };
     let body = if app.timeline.shown {
         let height = timeline::height_for(app.vms.len()).min(body.height / 2);
         let [rest, strip] = Layout::vertical([Constraint::Min(0), Constraint::Length(height)]).areas(body);
@@ -192,10 +209,15 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
         .title(title(app, vm));
     let inner = block.inner(area);
     frame.render_widget(block, area);
+    // A short pane (a lesson panel or the timeline below it) drops the
+    // sparkline and keeps the counters that matter most, so that some
+    // console stays in view.
+    let compact = inner.height < 3 + counter_table_height(inner.width) + 3;
+    let (spark_height, table_height) = if compact { (0, 5) } else { (2, counter_table_height(inner.width)) };
     let [gauge, spark, counters, console] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(2),
-        Constraint::Length(counter_table_height(inner.width)),
+        Constraint::Length(spark_height),
+        Constraint::Length(table_height),
         Constraint::Min(1),
     ])
     .areas(inner);
@@ -206,13 +228,13 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     let history: Vec<u64> = view.share_history.iter().copied().collect();
     let visible = &history[history.len().saturating_sub(usize::from(spark.width))..];
     frame.render_widget(Sparkline::default().data(visible).max(1000).style(Style::default().fg(Color::Blue)), spark);
-    frame.render_widget(counter_table(view, counters.width), counters);
+    frame.render_widget(counter_table(view, counters.width, compact), counters);
     frame.render_widget(console_paragraph(view, console.height), console);
 }
 
 /// The kvm_stat-like counters, total and per second: two columns in a wide
 /// pane, one in a narrow one.
-fn counter_table(view: &VmView, width: u16) -> Table<'static> {
+fn counter_table(view: &VmView, width: u16, short: bool) -> Table<'static> {
     let (c, r) = (&view.counters, &view.rates);
     let entries = [
         ("I/O in", c.exits.io_in, r.exits.io_in),
@@ -233,6 +255,11 @@ fn counter_table(view: &VmView, width: u16) -> Table<'static> {
     };
     let column = [Constraint::Length(7), Constraint::Length(6), Constraint::Length(8)];
     let underlined = Style::default().add_modifier(Modifier::UNDERLINED);
+    if short && width < counter_table_width(true) {
+        // I/O in, I/O out, preempt, total.
+        let rows = [0, 1, 6, 7].map(|i| Row::new(cells(entries[i])));
+        return Table::new(rows, column).header(Row::new(["exit", "total", "rate"]).style(underlined));
+    }
     if width >= counter_table_width(true) {
         let rows = (0..4).map(|i| Row::new(cells(entries[i]).into_iter().chain(cells(entries[i + 4]))));
         Table::new(rows, [column, column].concat())

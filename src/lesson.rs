@@ -1,0 +1,442 @@
+//! Lessons: a scenario with a title, a paragraph on what it shows, and steps,
+//! each an instruction and a check on the live state that ticks it off.
+//!
+//! ```toml
+//! title = "Preemption: the timer takes the CPU back"
+//! text = "What it shows, in a paragraph."
+//!
+//! [scenario]              # the keys of a scenario file
+//! policy = "io"
+//! [[scenario.vm]]
+//! name = "neo"
+//! guest = "neo"
+//!
+//! [[step]]
+//! do = "Press m: the header reads rr"
+//! check = { policy = "rr" }
+//! ```
+//!
+//! The checks (one kind per step; `vm` names a VM of the scenario):
+//!
+//! | check | holds when |
+//! |---|---|
+//! | `{ policy = "rr" }` | the policy is that one |
+//! | `{ vm = "neo", preempted = 100 }` | the VM was preempted at least that many times |
+//! | `{ vm = "neo", share_within = 2 }` | its share is within that many points of its target |
+//! | `{ vm = "neo", target_at_least = 75 }` | its target is at least that many percent |
+//! | `{ vm = "crash", state = "crashed" }` | it is `running`, `paused`, `halted`, `crashed` or `ended` (halted or crashed) |
+//! | `{ exit = "hlt" }` (`vm` optional) | an exit of that kind was seen |
+//! | `{ hypercall = "HC_printStr" }` (`vm` optional) | that hypercall was seen |
+//! | `{ vm = "part1", steps = 3 }` | the VM was stepped at least that many times |
+//! | `{ vm = "neo", lines = 5 }` | it printed at least that many lines |
+//! | `{ file_guest_lines = 1 }` | a VM whose guest is loaded from a file printed that many lines |
+//! | `{ view = "timeline" }` | the `inspector` or `timeline` is open |
+//!
+//! Mistakes are reported as `file:line: key: what is wrong`, like scenarios.
+
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::Policy;
+use crate::hypercall::Hypercall;
+use crate::record::ExitKind;
+use crate::scenario::{self, FileSpec, Scenario, ScenarioError};
+
+/// The built-in lessons (`assets/lessons/`), embedded: name and text.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("setup", include_str!("../assets/lessons/setup.toml")),
+    ("hypercalls", include_str!("../assets/lessons/hypercalls.toml")),
+    ("one-at-a-time", include_str!("../assets/lessons/one-at-a-time.toml")),
+    ("preemption", include_str!("../assets/lessons/preemption.toml")),
+    ("fractions", include_str!("../assets/lessons/fractions.toml")),
+    ("hostile", include_str!("../assets/lessons/hostile.toml")),
+    ("your-guest", include_str!("../assets/lessons/your-guest.toml")),
+];
+
+/// A VM state a check can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateCheck {
+    /// Runnable.
+    Running,
+    /// Paused (by the user or a step).
+    Paused,
+    /// Halted.
+    Halted,
+    /// Crashed.
+    Crashed,
+    /// Halted or crashed.
+    Ended,
+}
+
+/// A view a check can ask to be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The exit inspector (`e`).
+    Inspector,
+    /// The schedule timeline (`t`).
+    Timeline,
+}
+
+/// What must hold for a step to tick. VMs are indices into the scenario's VMs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    /// The policy is this one.
+    Policy(Policy),
+    /// The VM was preempted at least this many times.
+    Preempted {
+        /// The VM.
+        vm: usize,
+        /// How many times.
+        at_least: u64,
+    },
+    /// The VM's share is within this many percentage points of its target.
+    ShareWithin {
+        /// The VM.
+        vm: usize,
+        /// Points.
+        points: f64,
+    },
+    /// The VM's target is at least this many percent.
+    TargetAtLeast {
+        /// The VM.
+        vm: usize,
+        /// Percent.
+        percent: f64,
+    },
+    /// The VM is in this state.
+    State {
+        /// The VM.
+        vm: usize,
+        /// The state.
+        state: StateCheck,
+    },
+    /// An exit of this kind was seen (of this VM, or of any).
+    ExitSeen {
+        /// The VM, if one.
+        vm: Option<usize>,
+        /// The kind.
+        kind: ExitKind,
+    },
+    /// This hypercall was seen (of this VM, or of any).
+    HypercallSeen {
+        /// The VM, if one.
+        vm: Option<usize>,
+        /// Its name (both halves of HC_gvaToHva count).
+        name: &'static str,
+    },
+    /// The VM was stepped at least this many times.
+    Stepped {
+        /// The VM.
+        vm: usize,
+        /// How many steps.
+        at_least: u64,
+    },
+    /// The VM printed at least this many lines.
+    Lines {
+        /// The VM.
+        vm: usize,
+        /// How many.
+        at_least: u64,
+    },
+    /// A VM whose guest is loaded from a file printed at least this many lines.
+    FileGuestLines {
+        /// How many.
+        at_least: u64,
+    },
+    /// The view is open.
+    ViewOpen(View),
+}
+
+/// One step of a lesson.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LessonStep {
+    /// What to do (and what to watch).
+    pub instruction: String,
+    /// When it is done.
+    pub check: Check,
+}
+
+/// A lesson, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lesson {
+    /// Its title.
+    pub title: String,
+    /// What it shows.
+    pub text: String,
+    /// The run it needs.
+    pub scenario: Scenario,
+    /// Its steps, in order.
+    pub steps: Vec<LessonStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LessonSpec {
+    title: Spanned<String>,
+    text: Spanned<String>,
+    scenario: FileSpec,
+    #[serde(default)]
+    step: Vec<StepSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSpec {
+    #[serde(rename = "do")]
+    instruction: Spanned<String>,
+    check: Spanned<CheckSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CheckSpec {
+    vm: Option<Spanned<String>>,
+    policy: Option<Policy>,
+    preempted: Option<u64>,
+    share_within: Option<f64>,
+    target_at_least: Option<f64>,
+    state: Option<String>,
+    exit: Option<String>,
+    hypercall: Option<String>,
+    steps: Option<u64>,
+    lines: Option<u64>,
+    file_guest_lines: Option<u64>,
+    view: Option<String>,
+}
+
+/// The names of the built-in lessons with their titles, in course order.
+pub fn builtin_titles() -> Vec<(&'static str, String)> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| {
+            let lesson = parse(text, &format!("{name}.toml"), Path::new("")).expect("built-in lessons are valid");
+            (*name, lesson.title)
+        })
+        .collect()
+}
+
+/// A built-in lesson by name, or the lesson file at that path.
+pub fn load(name_or_path: &str) -> Result<Lesson, ScenarioError> {
+    if let Some((name, text)) = BUILTIN.iter().find(|(name, _)| *name == name_or_path) {
+        return parse(text, &format!("{name}.toml"), Path::new(""));
+    }
+    let path = Path::new(name_or_path);
+    if !path.exists() {
+        let names: Vec<&str> = BUILTIN.iter().map(|(name, _)| *name).collect();
+        return Err(ScenarioError {
+            file: name_or_path.to_string(),
+            line: 1,
+            key: "lesson".into(),
+            message: format!("no such lesson or file; the built-in lessons are {}", names.join(", ")),
+        });
+    }
+    let text = scenario::read_limited(path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &path.display().to_string(), &base)
+}
+
+/// Parses lesson `text` (named `file` in errors; guest paths relative to `base`).
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Lesson, ScenarioError> {
+    let spec: LessonSpec = scenario::from_toml(text, file)?;
+    let at = |span: Range<usize>, key: &str, message: String| scenario::located(text, file, span, key, message);
+    let scenario = scenario::from_spec(&spec.scenario, text, file, base)?;
+    if scenario.vms.is_empty() {
+        return Err(at(spec.title.span(), "scenario", "the lesson's scenario has no VMs; add [[scenario.vm]]".into()));
+    }
+    for (key, value) in [("title", &spec.title), ("text", &spec.text)] {
+        if value.get_ref().trim().is_empty() {
+            return Err(at(value.span(), key, "is empty".into()));
+        }
+    }
+    let mut steps = Vec::with_capacity(spec.step.len());
+    for step in &spec.step {
+        if step.instruction.get_ref().trim().is_empty() {
+            return Err(at(step.instruction.span(), "do", "is empty: say what to do".into()));
+        }
+        let check = check_of(step.check.get_ref(), &scenario, &|key, message| at(step.check.span(), key, message))?;
+        steps.push(LessonStep { instruction: step.instruction.get_ref().trim().to_string(), check });
+    }
+    if steps.is_empty() {
+        return Err(at(spec.title.span(), "step", "a lesson needs at least one [[step]]".into()));
+    }
+    Ok(Lesson {
+        title: spec.title.get_ref().trim().to_string(),
+        text: spec.text.get_ref().trim().to_string(),
+        scenario,
+        steps,
+    })
+}
+
+fn check_of(
+    spec: &CheckSpec,
+    scenario: &Scenario,
+    error: &dyn Fn(&str, String) -> ScenarioError,
+) -> Result<Check, ScenarioError> {
+    let kinds = [
+        spec.policy.is_some(),
+        spec.preempted.is_some(),
+        spec.share_within.is_some(),
+        spec.target_at_least.is_some(),
+        spec.state.is_some(),
+        spec.exit.is_some(),
+        spec.hypercall.is_some(),
+        spec.steps.is_some(),
+        spec.lines.is_some(),
+        spec.file_guest_lines.is_some(),
+        spec.view.is_some(),
+    ];
+    let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
+                      file_guest_lines or view";
+    match kinds.iter().filter(|&&set| set).count() {
+        1 => {}
+        0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
+        _ => return Err(error("check", format!("checks one thing; give only one of {vocabulary}"))),
+    }
+    let vm = match &spec.vm {
+        Some(name) => Some(scenario.vms.iter().position(|vm| &vm.name == name.get_ref()).ok_or_else(|| {
+            let names: Vec<&str> = scenario.vms.iter().map(|vm| vm.name.as_str()).collect();
+            error("vm", format!("no VM of the scenario is called '{}' (VMs: {})", name.get_ref(), names.join(", ")))
+        })?),
+        None => None,
+    };
+    let needs_vm = |what: &str| vm.ok_or_else(|| error("vm", format!("a `{what}` check needs the VM it is about")));
+    Ok(if let Some(policy) = spec.policy {
+        Check::Policy(policy)
+    } else if let Some(at_least) = spec.preempted {
+        Check::Preempted { vm: needs_vm("preempted")?, at_least }
+    } else if let Some(points) = spec.share_within {
+        if !(points > 0.0 && points <= 100.0) {
+            return Err(error("share_within", format!("{points} is not a number of points from 0 to 100")));
+        }
+        Check::ShareWithin { vm: needs_vm("share_within")?, points }
+    } else if let Some(percent) = spec.target_at_least {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(error("target_at_least", format!("{percent} is not a percentage")));
+        }
+        Check::TargetAtLeast { vm: needs_vm("target_at_least")?, percent }
+    } else if let Some(state) = &spec.state {
+        let state = match state.as_str() {
+            "running" => StateCheck::Running,
+            "paused" => StateCheck::Paused,
+            "halted" => StateCheck::Halted,
+            "crashed" => StateCheck::Crashed,
+            "ended" => StateCheck::Ended,
+            other => {
+                return Err(error(
+                    "state",
+                    format!("'{other}' is not a state; use running, paused, halted, crashed or ended"),
+                ));
+            }
+        };
+        Check::State { vm: needs_vm("state")?, state }
+    } else if let Some(kind) = &spec.exit {
+        let kind = ExitKind::ALL.into_iter().find(|known| known.name() == kind).ok_or_else(|| {
+            let names: Vec<&str> = ExitKind::ALL.iter().map(|kind| kind.name()).collect();
+            error("exit", format!("'{kind}' is not an exit kind; use one of {}", names.join(", ")))
+        })?;
+        Check::ExitSeen { vm, kind }
+    } else if let Some(name) = &spec.hypercall {
+        let hypercall = Hypercall::ALL.into_iter().find(|call| call.name() == name).ok_or_else(|| {
+            let mut names: Vec<&str> = Hypercall::ALL.iter().map(|call| call.name()).collect();
+            names.dedup();
+            error("hypercall", format!("'{name}' is not a hypercall; use one of {}", names.join(", ")))
+        })?;
+        Check::HypercallSeen { vm, name: hypercall.name() }
+    } else if let Some(at_least) = spec.steps {
+        Check::Stepped { vm: needs_vm("steps")?, at_least }
+    } else if let Some(at_least) = spec.lines {
+        Check::Lines { vm: needs_vm("lines")?, at_least }
+    } else if let Some(at_least) = spec.file_guest_lines {
+        Check::FileGuestLines { at_least }
+    } else {
+        match spec.view.as_deref() {
+            Some("inspector") => Check::ViewOpen(View::Inspector),
+            Some("timeline") => Check::ViewOpen(View::Timeline),
+            other => {
+                return Err(error(
+                    "view",
+                    format!("'{}' is not a view; use inspector or timeline", other.unwrap_or("")),
+                ));
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Lesson, ScenarioError> {
+        parse(text, "lesson.toml", Path::new("/lessons"))
+    }
+
+    const HEAD: &str = "title = \"T\"\ntext = \"What it shows.\"\n[scenario]\npolicy = \"io\"\n\
+                        [[scenario.vm]]\nname = \"neo\"\nguest = \"neo\"\n";
+
+    #[test]
+    fn every_built_in_lesson_is_valid() {
+        let titles = builtin_titles();
+        let names: Vec<&str> = titles.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest"]);
+        assert!(titles.iter().all(|(_, title)| !title.is_empty()));
+        for (name, _) in BUILTIN {
+            assert!(load(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn steps_and_checks_parse() {
+        let lesson = parse_str(&format!(
+            "{HEAD}[[step]]\ndo = \"Press m\"\ncheck = {{ policy = \"rr\" }}\n\
+             [[step]]\ndo = \"Wait\"\ncheck = {{ vm = \"neo\", preempted = 50 }}\n\
+             [[step]]\ndo = \"Open it\"\ncheck = {{ view = \"timeline\" }}\n\
+             [[step]]\ndo = \"See\"\ncheck = {{ hypercall = \"HC_printStr\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(lesson.title, "T");
+        let checks: Vec<Check> = lesson.steps.iter().map(|step| step.check).collect();
+        assert_eq!(
+            checks,
+            [
+                Check::Policy(Policy::Rr),
+                Check::Preempted { vm: 0, at_least: 50 },
+                Check::ViewOpen(View::Timeline),
+                Check::HypercallSeen { vm: None, name: "HC_printStr" },
+            ]
+        );
+        assert_eq!(lesson.scenario.policy, Some(Policy::Io));
+    }
+
+    #[test]
+    fn mistakes_are_located_by_file_line_and_key() {
+        let cases = [
+            (
+                "[[step]]\ndo = \"x\"\ncheck = { vm = \"trinity\", preempted = 1 }\n",
+                10,
+                "vm",
+                "no VM of the scenario is called 'trinity'",
+            ),
+            ("[[step]]\ndo = \"x\"\ncheck = { preempted = 1 }\n", 10, "vm", "needs the VM"),
+            ("[[step]]\ndo = \"x\"\ncheck = { }\n", 10, "check", "says nothing to check"),
+            ("[[step]]\ndo = \"x\"\ncheck = { policy = \"rr\", view = \"timeline\" }\n", 10, "check", "only one"),
+            ("[[step]]\ndo = \"x\"\ncheck = { exit = \"vmcall\" }\n", 10, "exit", "not an exit kind"),
+            ("[[step]]\ndo = \"x\"\ncheck = { state = \"asleep\" }\n", 10, "state", "not a state"),
+            ("[[step]]\ndo = \"x\"\ncheck = { speed = 3 }\n", 10, "speed", "unknown field"),
+            ("[[step]]\ndo = \"\"\ncheck = { view = \"timeline\" }\n", 9, "do", "is empty"),
+        ];
+        for (steps, line, key, message) in cases {
+            let error = parse_str(&format!("{HEAD}{steps}")).unwrap_err();
+            assert_eq!((error.line, error.key.as_str()), (line, key), "{steps}: {error}");
+            assert!(error.message.contains(message), "{steps}: {error}");
+            assert!(error.to_string().starts_with(&format!("lesson.toml:{line}: {key}: ")), "{error}");
+        }
+        let no_steps = parse_str(HEAD).unwrap_err();
+        assert_eq!(no_steps.key, "step");
+        let bad_scenario = parse_str(&HEAD.replace("policy = \"io\"", "policy = \"lottery\"")).unwrap_err();
+        assert_eq!((bad_scenario.line, bad_scenario.key.as_str()), (4, "\"lottery\""), "{bad_scenario}");
+        assert!(load("no-such-lesson").unwrap_err().message.contains("setup, hypercalls"));
+    }
+}
