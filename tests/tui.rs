@@ -50,6 +50,21 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// Waits until the screen no longer shows `text` (10 s at most).
+    fn wait_without(&self, text: &str) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if !screen.contains(text) {
+                return;
+            }
+            assert!(Instant::now() < give_up, "the screen still shows {text:?}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).output();
@@ -132,6 +147,41 @@ fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
     assert!(!screen.contains("exits of part1"), "{screen}");
     tmux.keys("q");
     assert_eq!(wait_for_file(&after).trim(), "status=0");
+}
+
+#[test]
+fn the_preemption_lesson_ticks_every_step_as_its_panel_asks() {
+    let command = format!("{} lesson preemption; sleep 60", binary().display());
+    let tmux = Tmux::start("matrix-tui-test-lesson-preemption", &command);
+    tmux.wait_for(&["lesson: Preemption", "→ Press t", "step 1 of 4", "io · 1ms"]);
+    tmux.keys("t");
+    tmux.wait_for(&["✓ Press t", "→ Press m", "step 2 of 4"]);
+    tmux.keys("m");
+    // rr: the timer kicks spin, then neo; both counters pass 100 on their own.
+    let screen = tmux.wait_for(&["✓ Press m", "All done", "rr · 1ms"]);
+    assert_eq!(screen.matches('✓').count(), 4, "{screen}");
+    tmux.keys("l");
+    tmux.wait_without("lesson: Preemption");
+    tmux.keys("q");
+}
+
+#[test]
+fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
+    let command = format!("{} lesson fractions; sleep 60", binary().display());
+    let tmux = Tmux::start("matrix-tui-test-lesson-fractions", &command);
+    tmux.wait_for(&["lesson: Fractions", "step 1 of 5"]);
+    tmux.keys("t");
+    // The share settles within 2 points of 70 % by itself.
+    tmux.wait_for(&["step 3 of 5", "→ With Neo selected"]);
+    tmux.keys("+");
+    tmux.wait_for(&["w75 → 75%", "✓ With Neo selected"]);
+    // The bar follows by itself.
+    tmux.wait_for(&["✓ The bar follows", "→ Select Morpheus", "step 5 of 5"]);
+    tmux.keys("Tab");
+    tmux.keys("-");
+    let screen = tmux.wait_for(&["All done", "w80 → 80%", "w20 → 20%"]);
+    assert_eq!(screen.matches('✓').count(), 5, "{screen}");
+    tmux.keys("q");
 }
 
 #[test]
