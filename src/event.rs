@@ -25,7 +25,7 @@ pub const LIVE_EXITS: usize = 1000;
 pub enum StepResult {
     /// The VM made this exit (it is paused after it, unless it halted or crashed).
     Exit(ExitRecord),
-    /// No exit within a quantum: the timer took the CPU back and the VM is paused.
+    /// No exit within the step's time: the timer took the CPU back and the VM is paused.
     Preempted {
         /// How long it ran.
         ran_ns: u64,
@@ -74,8 +74,8 @@ pub enum Command {
     /// Change the quantum (clamped to 100 us ..= 1 s).
     SetQuantum(Duration),
     /// Run a VM to its next guest exit, handle it, and pause the VM there
-    /// (answered with [`Event::Stepped`]). A VM that does not exit within a
-    /// quantum is paused when it is preempted.
+    /// (answered with [`Event::Stepped`]). A VM that does not exit within
+    /// 20 ms (or a quantum, if longer) is paused when it is preempted.
     Step(VmId),
 }
 

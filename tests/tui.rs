@@ -100,9 +100,9 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
         after.display()
     );
     let tmux = Tmux::start("matrix-tui-test-ui", &command);
-    let screen =
-        tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:"]);
-    assert!(screen.contains('█'), "share bars are drawn:\n{screen}");
+    // Shares are drawn once the first samples are in: wait for the bars too.
+    tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:", "█"]);
+    let screen = tmux.screen();
     assert!(screen.contains("fair · 1ms · posix timer"), "the header shows the settings:\n{screen}");
 
     tmux.keys("+");

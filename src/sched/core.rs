@@ -45,6 +45,10 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// keeps the timeline moving smoothly, and each send wakes the UI thread (tens
 /// of microseconds here; 100 a second cost it 0.4 % of a core).
 const RECORDS_FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// The longest a step waits for its exit (or a quantum, if longer) before the
+/// VM is preempted: a fresh VM's first entry alone can take milliseconds on a
+/// busy host, and a step should not end before the guest's first instruction.
+const STEP_LIMIT: Duration = Duration::from_millis(20);
 /// Slice records kept for a front end that lags (the timeline's ten seconds
 /// of 0.1 ms slices); older ones are dropped and counted past this.
 const LIVE_SLICES: usize = 100_000;
@@ -517,7 +521,8 @@ impl Core {
             self.outbox.push_back(Event::Stepped { vm, t_ns, result: StepResult::Finished, registers });
             return;
         }
-        let slice = Slice { vm, length_ns: Some(self.planner.quantum_ns()) };
+        let length = self.planner.quantum_ns().max(STEP_LIMIT.as_nanos() as u64);
+        let slice = Slice { vm, length_ns: Some(length) };
         let exits_before = self.slots[vm].runtime.counters.exits.total();
         let record = self.run_slice(slice, deadlines, true);
         let exited = self.slots[vm].runtime.counters.exits.total() > exits_before;
