@@ -10,8 +10,8 @@ use crate::console::ConsoleChunk;
 use crate::record::{ExitRecord, SliceRecord};
 use crate::report::RunReport;
 use crate::stats::VmCounters;
-use crate::vm::RegisterDump;
 use crate::vm::TimerKind;
+use crate::vm::{RegisterDump, SetupStep};
 
 /// Index of a VM in the run, in the order the scenario lists them.
 pub type VmId = usize;
@@ -168,6 +168,13 @@ pub enum Event {
         records: Vec<SliceRecord>,
         /// Slices dropped just before these.
         dropped: u64,
+    },
+    /// How a VM was set up, step by step (at the start and after a restart).
+    Setup {
+        /// The VM.
+        vm: VmId,
+        /// The steps, in order, timed.
+        steps: Vec<SetupStep>,
     },
     /// The answer to [`Command::Step`].
     Stepped {

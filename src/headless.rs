@@ -155,7 +155,8 @@ pub fn run<W: Write>(
             | Event::Sample { .. }
             | Event::Settings(_)
             | Event::Exits { .. }
-            | Event::Slices { .. } => Ok(()),
+            | Event::Slices { .. }
+            | Event::Setup { .. } => Ok(()),
             Event::Finished(report) => break *report,
         };
         if written.and_then(|()| printer.flush()).is_err() && !quitting {

@@ -220,3 +220,23 @@ fn stepping_a_guest_that_never_exits_ends_at_the_preemption() {
     assert_eq!(report["vms"][0]["state"], "paused");
     assert_eq!(report["vms"][0]["exits"]["total"], 0);
 }
+
+#[test]
+fn a_machine_knows_how_long_each_setup_step_took() {
+    let vm = common::runtime("part1", &[]);
+    let hows: Vec<&str> = vm.machine.setup.iter().map(|step| step.how).collect();
+    assert_eq!(
+        hows,
+        [
+            "mmap",
+            "memory writes",
+            "KVM_CREATE_VM",
+            "KVM_SET_USER_MEMORY_REGION",
+            "KVM_CREATE_VCPU",
+            "KVM_SET_CPUID2",
+            "KVM_GET_SREGS, KVM_SET_SREGS",
+            "KVM_SET_REGS"
+        ]
+    );
+    assert!(vm.machine.setup.iter().all(|step| step.ns > 0 && step.ns < 1_000_000_000), "{:?}", vm.machine.setup);
+}

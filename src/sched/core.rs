@@ -345,6 +345,8 @@ impl Core {
         let _ = ready.send(Ok(()));
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
+            let steps = self.slots[vm].runtime.machine.setup.clone();
+            self.outbox.push_back(Event::Setup { vm, steps });
             if self.slots[vm].state != VmState::Running {
                 self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
             }
@@ -635,6 +637,8 @@ impl Core {
                 slot.charged_ns = 0;
                 slot.stolen_ns = 0;
                 slot.runtime.console.note(format_args!("VM restarted"));
+                let steps = slot.runtime.machine.setup.clone();
+                self.outbox.push_back(Event::Setup { vm, steps });
                 self.planner.reset(vm);
                 self.set_state(vm, VmState::Running);
             }

@@ -14,8 +14,8 @@ use crate::console::{LineBuffer, escape};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
 use crate::record::{ExitKind, ExitRecord};
 use crate::stats::VmCounters;
-use crate::vm::RegisterDump;
 use crate::vm::TimerKind;
+use crate::vm::{RegisterDump, SetupStep};
 
 /// Console lines kept per VM.
 pub const CONSOLE_LINES: usize = 1000;
@@ -60,6 +60,8 @@ pub struct VmView {
     pub seen_kinds: Vec<ExitKind>,
     /// Hypercalls seen so far, by name.
     pub seen_hypercalls: Vec<&'static str>,
+    /// How its machine was set up, step by step.
+    pub setup: Vec<SetupStep>,
 }
 
 impl VmView {
@@ -82,6 +84,7 @@ impl VmView {
             lines_printed: 0,
             seen_kinds: Vec::new(),
             seen_hypercalls: Vec::new(),
+            setup: Vec::new(),
         }
     }
 
@@ -296,6 +299,12 @@ impl App {
                     view.push_exits(records);
                 }
                 // Kept for the inspector; nothing on screen changed unless it shows them.
+                return self.inspector.is_some() && vm == self.selected;
+            }
+            Event::Setup { vm, steps } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    view.setup = steps;
+                }
                 return self.inspector.is_some() && vm == self.selected;
             }
             Event::Slices { records, dropped } => {

@@ -107,6 +107,9 @@ impl Widget for InspectorView<'_> {
                 lines.push(Line::from(spans));
             }
         }
+        if view.exits.is_empty() {
+            lines.extend(setup_lines(view));
+        }
         // time, number, rip and host time take 39 columns; the rest is the exit.
         let decoded = usize::from(inner.width).saturating_sub(39).max(16);
         lines.push(Line::styled(
@@ -144,6 +147,28 @@ impl Widget for InspectorView<'_> {
         }
         Paragraph::new(lines).render(inner, buf);
     }
+}
+
+/// How the VM was set up before its first instruction: each step, its
+/// ioctls and its time.
+fn setup_lines(view: &VmView) -> Vec<Line<'static>> {
+    if view.setup.is_empty() {
+        return Vec::new();
+    }
+    let dim = Style::default().fg(Color::DarkGray);
+    let total: u64 = view.setup.iter().map(|step| step.ns).sum();
+    let mut lines = vec![Line::styled(
+        format!("set up in {:.2} ms, before its first instruction:", total as f64 / 1e6),
+        Style::default().fg(Color::Cyan),
+    )];
+    for step in &view.setup {
+        lines.push(Line::from(vec![
+            Span::raw(format!("{:>9.1} us  ", step.ns as f64 / 1000.0)),
+            Span::raw(format!("{:<36} ", step.what)),
+            Span::styled(step.how.to_string(), dim),
+        ]));
+    }
+    lines
 }
 
 /// `io_out 22  io_in 6  hlt 1` over the exits kept.

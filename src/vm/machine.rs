@@ -178,6 +178,39 @@ pub struct Machine {
     /// Guest memory.
     pub memory: GuestMemory,
     memory_size: u64,
+    /// How the machine was set up, step by step, and how long each took.
+    pub setup: Vec<SetupStep>,
+}
+
+/// One step of setting up a VM (the README's long-mode flowchart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetupStep {
+    /// What was done.
+    pub what: &'static str,
+    /// With which ioctls (or other calls).
+    pub how: &'static str,
+    /// How long it took.
+    pub ns: u64,
+}
+
+/// Times the steps of [`Machine::new`] one after another.
+struct SetupTimer {
+    last: std::time::Instant,
+    steps: Vec<SetupStep>,
+}
+
+impl Default for SetupTimer {
+    fn default() -> Self {
+        Self { last: std::time::Instant::now(), steps: Vec::with_capacity(8) }
+    }
+}
+
+impl SetupTimer {
+    fn done(&mut self, what: &'static str, how: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push(SetupStep { what, how, ns: (now - self.last).as_nanos() as u64 });
+        self.last = now;
+    }
 }
 
 impl Machine {
@@ -188,13 +221,17 @@ impl Machine {
         if spec.args.len() > MAX_GUEST_ARGS {
             return Err(SetupError::TooManyArgs(spec.args.len()));
         }
+        let mut timer = SetupTimer::default();
         let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
+        timer.done("allocate guest memory", "mmap");
         let image = loader::load(&memory, memory_size, &spec.image)?;
         longmode::write_page_tables(&memory, memory_size).expect("page tables lie inside the smallest memory");
         longmode::write_gdt(&memory).expect("the GDT lies inside the smallest memory");
         write_args(&memory, &spec.args);
+        timer.done("load image, page tables, GDT, args", "memory writes");
 
         let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
+        timer.done("create the VM", "KVM_CREATE_VM");
         let region = memory.iter().next().expect("one region");
         let slot = kvm_userspace_memory_region {
             slot: 0,
@@ -209,14 +246,19 @@ impl Machine {
             // (see the field order of Machine).
             unsafe { vm.set_user_memory_region(slot) }
         })?;
+        timer.done("register guest memory as slot 0", "KVM_SET_USER_MEMORY_REGION");
         let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
+        timer.done("create the vCPU, map kvm_run", "KVM_CREATE_VCPU");
         let cpuid = supported_cpuid(kvm)?;
         setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
+        timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
         let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
         let sregs = longmode::special_registers(sregs);
         setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
+        timer.done("long mode: CRs, EFER, segments", "KVM_GET_SREGS, KVM_SET_SREGS");
         let regs = longmode::initial_registers(image.entry, memory_size);
         setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
+        timer.done("rip at the entry, rsp at the top", "KVM_SET_REGS");
         // With KVM_CAP_SYNC_REGS, KVM copies the general registers into
         // kvm_run on every exit, so each exit's rip costs no extra ioctl.
         let mut fd = fd;
@@ -224,7 +266,7 @@ impl Machine {
         if syncs_registers {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
-        Ok(Self { vcpu: Vcpu { fd, syncs_registers }, _vm: vm, memory, memory_size })
+        Ok(Self { vcpu: Vcpu { fd, syncs_registers }, _vm: vm, memory, memory_size, setup: timer.steps })
     }
 
     /// Guest memory size in bytes.

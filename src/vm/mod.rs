@@ -19,7 +19,7 @@ pub mod quantum_timer;
 pub mod seccomp;
 
 pub use kick::KickTarget;
-pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, Vcpu};
+pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;
 pub use quantum_timer::{QuantumTimer, TimerKind};
 
