@@ -32,7 +32,7 @@ pub struct Cli {
 }
 
 const AFTER_HELP: &str = "With no command, runs the Neo 70 / Morpheus 30 demo.\n\
-Examples:\n  matrix-tui run --vm part1 --json\n  matrix-tui run --vm a=ticker:70 --vm b=ticker:30 --duration 5s\n  matrix-tui guests";
+Examples:\n  matrix-tui run --vm part1 --json\n  matrix-tui run --vm a=ticker:70 --vm b=ticker:30 --duration 5s\n  matrix-tui lesson preemption\n  matrix-tui guests";
 
 #[derive(Debug, Subcommand)]
 enum Command {
