@@ -38,8 +38,8 @@ Examples:\n  matrix-tui run --vm part1 --json\n  matrix-tui run --vm a=ticker:70
 enum Command {
     /// Run VMs (the Neo/Morpheus demo when no --vm is given).
     Run(Box<RunArgs>),
-    /// List the built-in guests.
-    Guests,
+    /// List the built-in guests (and their work units in time here).
+    Guests(GuestsArgs),
     /// List the built-in lessons.
     Lessons,
     /// Follow a lesson: its scenario in the terminal UI with the lesson's
@@ -48,6 +48,15 @@ enum Command {
     /// Measure exit costs, preemption, fairness, overhead, scale and floods on
     /// this machine (about 60 s; --quick about 15 s).
     Bench(BenchArgs),
+}
+
+/// Options of `matrix-tui guests`.
+#[derive(Debug, Args)]
+struct GuestsArgs {
+    /// Write the built-in guests' ELF images (with debug info, for gdb) into
+    /// this directory, one file per guest named after it.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
 }
 
 /// Options of `matrix-tui lesson`.
@@ -308,7 +317,8 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         }
     };
     let result = match cli.command {
-        Some(Command::Guests) => list_guests(),
+        Some(Command::Guests(GuestsArgs { export: Some(dir) })) => export_guests(&dir),
+        Some(Command::Guests(GuestsArgs { export: None })) => list_guests(),
         Some(Command::Lessons) => list_lessons(),
         Some(Command::Lesson(args)) => run_lesson(args),
         Some(Command::Run(args)) => run(*args),
@@ -357,6 +367,26 @@ fn list_guests() -> Result<ExitCode, Failure> {
             let _ = writeln!(out, "\nWork units are sized in time when KVM is usable; here: {error}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_guests(dir: &std::path::Path) -> Result<ExitCode, Failure> {
+    let failed = |error: std::io::Error| {
+        Failure::Usage(anyhow!(
+            "cannot write the guests to {}: {error}; give --export a writable directory",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    for guest in guests::BUILTIN {
+        std::fs::write(dir.join(guest.name), guest.image).map_err(failed)?;
+    }
+    println!(
+        "wrote {} guests to {} (ELF with debug info: gdb {}/neo shows their symbols)",
+        guests::BUILTIN.len(),
+        dir.display(),
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

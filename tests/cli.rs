@@ -332,3 +332,19 @@ fn control_commands_on_stdin_steer_a_headless_run() {
     assert_eq!((vms[0]["weight"].as_f64(), vms[0]["state"].as_str()), (Some(25.0), Some("paused")));
     assert_eq!(vms[1]["target_share"], 0.75);
 }
+
+#[test]
+fn guests_export_writes_the_images_with_debug_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("guests");
+    let output = common::binary().args(["guests", "--export"]).arg(&out).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for guest in ["part1", "neo", "morpheus", "ticker", "spin", "chatty", "evil", "crash", "hammer"] {
+        let image = std::fs::read(out.join(guest)).unwrap_or_else(|e| panic!("{guest}: {e}"));
+        assert_eq!(&image[..4], b"\x7fELF", "{guest}");
+        assert!(image.windows(11).any(|w| w == b".debug_info"), "{guest} has no debug info");
+    }
+    let refused = common::binary().args(["guests", "--export", "/proc/no-such-dir"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --export a writable directory"));
+}
