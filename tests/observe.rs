@@ -240,3 +240,19 @@ fn a_machine_knows_how_long_each_setup_step_took() {
     );
     assert!(vm.machine.setup.iter().all(|step| step.ns > 0 && step.ns < 1_000_000_000), "{:?}", vm.machine.setup);
 }
+
+#[test]
+fn the_guest_debug_probe_finds_what_this_host_honours() {
+    let caps = matrix_tui::vm::guest_debug::probe(&common::kvm()).expect("the probe VMs set up");
+    // Stepping and execution breakpoints work on every KVM these tests run on.
+    eprintln!("probed: {caps:?}");
+    assert!(caps.single_step && caps.hw_breakpoints, "{caps:?}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // kvm_pvm emulates guest code: int3 is not intercepted and data
+        // watchpoints never fire (seen with C probes of KVM_SET_GUEST_DEBUG).
+        assert!(!caps.sw_breakpoints && !caps.hw_watchpoints, "{caps:?}");
+        let strategy = caps.strategy();
+        assert_eq!(strategy.breakpoints, matrix_tui::vm::guest_debug::BreakpointMethod::DebugRegisters);
+        assert_eq!(strategy.watchpoints, matrix_tui::vm::guest_debug::WatchpointMethod::Unsupported);
+    }
+}

@@ -333,6 +333,12 @@ impl Vcpu {
         (exit, rip)
     }
 
+    /// The vCPU's fd, for the guest-debug probe (`guest_debug`), which runs
+    /// its own VMs on the calling thread before any core starts.
+    pub(super) fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
     /// Completes what the last exit left pending (the value of an `in`
     /// reaches the guest's rax only when KVM_RUN is entered again) without
     /// running guest code: KVM_RUN with `immediate_exit` set, as the KVM API

@@ -1,6 +1,8 @@
 //! Everything that touches KVM: one module per concern, and the only `unsafe`
 //! in the host.
 
+/// What the host honours of KVM_SET_GUEST_DEBUG, probed.
+pub mod guest_debug;
 /// Signal + immediate_exit kicks out of KVM_RUN.
 pub mod kick;
 /// The guest physical memory map.
