@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::VmConfig;
 use crate::guests;
 use crate::sched::{Step, VmRuntime};
+use crate::stats::nearest_rank;
 use crate::vm::{KickTarget, MachineSpec, SetupError};
 
 /// The longest a calibration may take.
@@ -53,11 +54,11 @@ impl Calibration {
     pub fn size_units(&self, vms: &mut [VmConfig]) -> bool {
         let mut sized = false;
         for vm in vms.iter_mut() {
-            let Some((_, time)) = TIMED_UNITS.iter().find(|(name, _)| *name == vm.guest) else { continue };
-            match vm.args.first() {
-                Some(&unit) if unit != 0 => continue,
-                Some(_) => vm.args[0] = self.iterations_for(*time),
-                None => vm.args.push(self.iterations_for(*time)),
+            let Some(time) = unit_wanted(vm) else { continue };
+            let unit = self.iterations_for(time);
+            match vm.args.first_mut() {
+                Some(first) => *first = unit,
+                None => vm.args.push(unit),
             }
             sized = true;
         }
@@ -65,11 +66,16 @@ impl Calibration {
     }
 }
 
+/// The time `vm`'s unit is to take, if it is a timed built-in guest without
+/// an explicit unit (argument 0 missing or 0).
+fn unit_wanted(vm: &VmConfig) -> Option<Duration> {
+    let (_, time) = TIMED_UNITS.iter().find(|(name, _)| *name == vm.guest)?;
+    vm.args.first().is_none_or(|&unit| unit == 0).then_some(*time)
+}
+
 /// Whether any VM would take a calibrated unit (so calibrating is worth it).
 pub fn wanted(vms: &[VmConfig]) -> bool {
-    vms.iter().any(|vm| {
-        TIMED_UNITS.iter().any(|(name, _)| *name == vm.guest) && vm.args.first().is_none_or(|&unit| unit == 0)
-    })
+    vms.iter().any(|vm| unit_wanted(vm).is_some())
 }
 
 /// Measures this machine (at most [`BUDGET`], plus one VM's setup).
@@ -102,7 +108,7 @@ pub fn measure(kvm: &Kvm) -> Result<Calibration, SetupError> {
             }
         }
         times.sort_unstable();
-        let median = times.get(times.len() / 2).copied().unwrap_or(0);
+        let median = nearest_rank(&times, 0.5).unwrap_or(0);
         let out_of_time = started.elapsed() >= BUDGET;
         if median >= MIN_UNIT_NS || out_of_time || unit >= 1 << 40 {
             let per_ms = if median > 0 { unit as f64 * 1e6 / median as f64 } else { unit as f64 };

@@ -345,8 +345,7 @@ impl Core {
         let _ = ready.send(Ok(()));
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
-            let steps = self.slots[vm].runtime.machine.setup.clone();
-            self.outbox.push_back(Event::Setup { vm, steps });
+            self.announce_setup(vm);
             if self.slots[vm].state != VmState::Running {
                 self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
             }
@@ -513,8 +512,9 @@ impl Core {
         }
     }
 
-    /// Steps `vm` once: runs it to its next exit (or for at most a quantum),
-    /// pauses it there, and tells the front end what happened.
+    /// Steps `vm` once: runs it to its next exit (or for at most
+    /// [`STEP_LIMIT`] or a quantum), pauses it there, and tells the front end
+    /// what happened.
     fn step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
         let slot = &mut self.slots[vm];
         if slot.state.is_finished() {
@@ -539,14 +539,14 @@ impl Core {
         }
         let slot = &mut self.slots[vm];
         let vcpu = &mut slot.runtime.machine.vcpu;
-        let result = match slot.last_exit.filter(|_| exited) {
-            Some(exit) => StepResult::Exit(exit),
-            None => StepResult::Preempted { ran_ns: record.end_ns - record.start_ns, rip: vcpu.registers().rip },
-        };
         if !slot.state.is_finished() {
             vcpu.complete_pending_exit();
         }
         let registers = vcpu.registers();
+        let result = match slot.last_exit.filter(|_| exited) {
+            Some(exit) => StepResult::Exit(exit),
+            None => StepResult::Preempted { ran_ns: record.end_ns - record.start_ns, rip: registers.rip },
+        };
         if slot.state == VmState::Running {
             self.set_state(vm, VmState::Paused);
         }
@@ -637,8 +637,7 @@ impl Core {
                 slot.charged_ns = 0;
                 slot.stolen_ns = 0;
                 slot.runtime.console.note(format_args!("VM restarted"));
-                let steps = slot.runtime.machine.setup.clone();
-                self.outbox.push_back(Event::Setup { vm, steps });
+                self.announce_setup(vm);
                 self.planner.reset(vm);
                 self.set_state(vm, VmState::Running);
             }
@@ -647,6 +646,15 @@ impl Core {
                 slot.runtime.console.note(format_args!("restart failed: {error}"));
                 self.set_state(vm, VmState::Crashed { reason: format!("restart failed: {error}"), registers });
             }
+        }
+    }
+
+    /// Tells the front end how `vm` was set up, if it asked for records
+    /// (only the UI's inspector shows it).
+    fn announce_setup(&mut self, vm: VmId) {
+        if self.live_records {
+            let steps = self.slots[vm].runtime.machine.setup.clone();
+            self.outbox.push_back(Event::Setup { vm, steps });
         }
     }
 
@@ -741,27 +749,37 @@ impl Core {
     /// Sends the exit and slice records kept for the front end; what finds
     /// no room waits for the next round (bounded: see `keep_exit`, `keep_slice`).
     fn flush_records(&mut self) {
-        for vm in 0..self.slots.len() {
-            if self.slots[vm].live_exits.is_empty() {
-                continue;
-            }
-            let records = Vec::from(std::mem::take(&mut self.slots[vm].live_exits));
-            if let Err(TrySendError::Full(Event::Exits { records, .. })) =
-                self.events.try_send(Event::Exits { vm, records })
-            {
-                self.slots[vm].live_exits = records.into();
+        let mut events = self.take_records().into_iter();
+        while let Some(event) = events.next() {
+            if let Err(TrySendError::Full(event)) = self.events.try_send(event) {
+                for event in std::iter::once(event).chain(events) {
+                    self.put_back_records(event);
+                }
                 return;
             }
         }
-        if !self.live_slices.is_empty() {
+    }
+
+    /// The records kept for the front end, as events: each VM's exits, then
+    /// the slices.
+    fn take_records(&mut self) -> Vec<Event> {
+        let mut events: Vec<Event> = (self.slots.iter_mut().enumerate())
+            .filter(|(_, slot)| !slot.live_exits.is_empty())
+            .map(|(vm, slot)| Event::Exits { vm, records: Vec::from(std::mem::take(&mut slot.live_exits)) })
+            .collect();
+        if !self.live_slices.is_empty() || self.live_slices_dropped > 0 {
             let records = std::mem::take(&mut self.live_slices);
-            let dropped = std::mem::take(&mut self.live_slices_dropped);
-            if let Err(TrySendError::Full(Event::Slices { records, dropped })) =
-                self.events.try_send(Event::Slices { records, dropped })
-            {
-                self.live_slices = records;
-                self.live_slices_dropped = dropped;
-            }
+            events.push(Event::Slices { records, dropped: std::mem::take(&mut self.live_slices_dropped) });
+        }
+        events
+    }
+
+    /// Keeps records that could not be sent (nothing newer was kept since).
+    fn put_back_records(&mut self, event: Event) {
+        match event {
+            Event::Exits { vm, records } => self.slots[vm].live_exits = records.into(),
+            Event::Slices { records, dropped } => (self.live_slices, self.live_slices_dropped) = (records, dropped),
+            _ => unreachable!("only records are put back"),
         }
     }
 
@@ -797,17 +815,8 @@ impl Core {
                 let _ = self.events.send(event);
             }
         }
-        if self.live_records {
-            for vm in 0..self.slots.len() {
-                let records = Vec::from(std::mem::take(&mut self.slots[vm].live_exits));
-                if !records.is_empty() {
-                    let _ = self.events.send(Event::Exits { vm, records });
-                }
-            }
-            let (records, dropped) = (std::mem::take(&mut self.live_slices), self.live_slices_dropped);
-            if !records.is_empty() || dropped > 0 {
-                let _ = self.events.send(Event::Slices { records, dropped });
-            }
+        for event in self.take_records() {
+            let _ = self.events.send(event);
         }
         let mut report = self.report(wall_ns, armed_ahead_pct);
         if let Some((trace, path)) = self.trace.take() {
