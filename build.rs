@@ -29,6 +29,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("evil", "breaks every rule of the guest ABI once, with a marker line each, then halts"),
     ("crash", "triple-faults (ud2 with no IDT): the VM ends as crashed"),
     ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
+    ("debugme", "a global, a function with a local and a write of 42 to 0x400: for learning gdb (--gdb)"),
 ];
 
 fn main() {

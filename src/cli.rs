@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
+use crate::debug::ListenAddress;
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::headless::{self, HeadlessOptions};
 use crate::lesson::{self, Lesson};
@@ -161,6 +162,12 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     paused: Vec<String>,
 
+    /// Serve gdb for VM NAME at ADDR (HOST:PORT, or a Unix socket path);
+    /// repeat for more. The VM waits at its entry point for `gdb -ex 'target
+    /// remote ADDR'` while the others run.
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_gdb_arg)]
+    gdb: Vec<(String, ListenAddress)>,
+
     /// Plain text output instead of the terminal UI (also what happens when
     /// stdout is not a terminal, and with --json or --control).
     #[arg(long)]
@@ -211,6 +218,7 @@ impl Default for RunArgs {
             guest_args: Vec::new(),
             trace: None,
             paused: Vec::new(),
+            gdb: Vec::new(),
             headless: false,
             record: None,
             timestamps: false,
@@ -280,6 +288,11 @@ fn parse_args_arg(text: &str) -> Result<(String, Vec<u64>), String> {
     Ok((name.to_string(), values))
 }
 
+fn parse_gdb_arg(text: &str) -> Result<(String, ListenAddress), String> {
+    let (name, address) = text.split_once('=').ok_or("expected NAME=ADDR, such as neo=127.0.0.1:1234")?;
+    Ok((name.to_string(), ListenAddress::parse(address)?))
+}
+
 /// A failure, with the exit status it deserves.
 #[derive(Debug)]
 enum Failure {
@@ -294,8 +307,9 @@ impl From<SpawnError> for Failure {
         match error {
             SpawnError::Vm(VmSetupError { source: SetupError::Kvm { .. } | SetupError::Memory(_), .. })
             | SpawnError::Timer { .. }
-            | SpawnError::Seccomp(_) => Failure::Host(error.into()),
-            SpawnError::Trace { .. } => Failure::Usage(error.into()),
+            | SpawnError::Seccomp(_)
+            | SpawnError::DebugProbe(_) => Failure::Host(error.into()),
+            SpawnError::Trace { .. } | SpawnError::Gdb { .. } => Failure::Usage(error.into()),
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
     }
@@ -458,6 +472,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
                 memory: DEFAULT_MEMORY,
                 args: Vec::new(),
                 paused: false,
+                gdb: None,
             }),
         }
     }
@@ -488,6 +503,13 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             .ok_or_else(|| Failure::Usage(anyhow!("--paused names VM '{name}', which is not in this run")))?;
         vm.paused = true;
     }
+    for (name, address) in &args.gdb {
+        let vm = vms
+            .iter_mut()
+            .find(|vm| &vm.name == name)
+            .ok_or_else(|| Failure::Usage(anyhow!("--gdb names VM '{name}', which is not in this run")))?;
+        vm.gdb = Some(address.clone());
+    }
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
     if total > args.max_total_mem {
         return Err(Failure::Usage(anyhow!(
@@ -505,6 +527,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         config.memory_size = vm.memory;
         config.args = vm.args;
         config.paused = vm.paused;
+        config.gdb = vm.gdb;
         configs.push(config);
     }
     let config = RunConfig {

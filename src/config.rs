@@ -59,6 +59,8 @@ pub struct VmConfig {
     pub args: Vec<u64>,
     /// Start paused (to be stepped from its first instruction, or resumed).
     pub paused: bool,
+    /// Serve gdb for this VM here; it starts stopped at its entry point.
+    pub gdb: Option<crate::debug::ListenAddress>,
 }
 
 impl VmConfig {
@@ -72,6 +74,7 @@ impl VmConfig {
             memory_size: DEFAULT_MEMORY,
             args: Vec::new(),
             paused: false,
+            gdb: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::Policy;
 use crate::console::ConsoleChunk;
+use crate::debug::{DebugRequest, DebugStop, DebuggerStatus};
 use crate::record::{ExitRecord, SliceRecord};
 use crate::report::RunReport;
 use crate::stats::VmCounters;
@@ -77,6 +78,14 @@ pub enum Command {
     /// (answered with [`Event::Stepped`]). A VM that does not exit within
     /// 20 ms (or a quantum, if longer) is paused when it is preempted.
     Step(VmId),
+    /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
+    /// to the server on the VM's own reply channel.
+    Debug {
+        /// The VM.
+        vm: VmId,
+        /// The request.
+        request: DebugRequest,
+    },
 }
 
 /// How the core is scheduling, sent at the start and after every change.
@@ -102,6 +111,13 @@ pub enum VmState {
     Paused,
     /// Ended with HLT.
     Halted,
+    /// Stopped for gdb (`--gdb`): not scheduled, charged nothing.
+    Gdb {
+        /// Why it is stopped.
+        stop: DebugStop,
+    },
+    /// Ended by gdb's `kill`.
+    Killed,
     /// Ended by a fault KVM reported.
     Crashed {
         /// What happened.
@@ -118,13 +134,15 @@ impl VmState {
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Halted => "halted",
+            Self::Gdb { .. } => "gdb",
+            Self::Killed => "killed",
             Self::Crashed { .. } => "crashed",
         }
     }
 
     /// Whether the VM is done for good (halted or crashed).
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Halted | Self::Crashed { .. })
+        matches!(self, Self::Halted | Self::Killed | Self::Crashed { .. })
     }
 }
 
@@ -193,6 +211,14 @@ pub enum Event {
         vm: VmId,
         /// Its new state.
         state: VmState,
+    },
+    /// A VM's debugger connected, left or was refused (and, at the start,
+    /// where its gdb server listens).
+    Debugger {
+        /// The VM.
+        vm: VmId,
+        /// What happened.
+        status: DebuggerStatus,
     },
     /// The scheduling settings changed (and once at the start).
     Settings(Settings),

@@ -152,6 +152,7 @@ pub fn run<W: Write>(
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::State { .. }
+            | Event::Debugger { .. }
             | Event::Sample { .. }
             | Event::Settings(_)
             | Event::Exits { .. }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod debug;
 pub mod event;
 pub mod guests;
 pub mod headless;

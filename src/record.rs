@@ -236,6 +236,8 @@ pub enum SliceEnd {
     Command,
     /// One exit of a VM being stepped.
     Step,
+    /// The VM stopped for its debugger (a breakpoint, a step, an interrupt).
+    Debugger,
 }
 
 impl SliceEnd {
@@ -250,6 +252,7 @@ impl SliceEnd {
             Self::Crash => "crash",
             Self::Command => "command",
             Self::Step => "step",
+            Self::Debugger => "debugger",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! memory = "2M"
 //! args = [1000, 250]
 //! paused = false       # true: start paused, to be stepped or resumed
+//! gdb = "127.0.0.1:1234" # serve gdb here (HOST:PORT or a socket path); starts stopped
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::debug::ListenAddress;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::TimerKind;
@@ -69,6 +71,8 @@ pub struct ScenarioVm {
     pub args: Vec<u64>,
     /// Start paused, to be stepped or resumed (`paused = true`).
     pub paused: bool,
+    /// Serve gdb for it here (`gdb = "127.0.0.1:1234"`).
+    pub gdb: Option<ListenAddress>,
 }
 
 /// A scenario that cannot be used, located in its file.
@@ -108,6 +112,7 @@ struct VmSpec {
     args: Option<Spanned<Vec<u64>>>,
     #[serde(default)]
     paused: bool,
+    gdb: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -220,8 +225,14 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             Some(args) => args.get_ref().clone(),
             None => Vec::new(),
         };
+        let gdb = match &vm.gdb {
+            Some(address) => {
+                Some(ListenAddress::parse(address.get_ref()).map_err(|message| at(address.span(), "gdb", message))?)
+            }
+            None => None,
+        };
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
-        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args, paused: vm.paused });
+        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args, paused: vm.paused, gdb });
     }
     Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
 }
@@ -275,7 +286,8 @@ mod tests {
                 weight: 70.0,
                 memory: 4 << 20,
                 args: vec![500],
-                paused: false
+                paused: false,
+                gdb: None
             }
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");

@@ -253,6 +253,6 @@ fn the_guest_debug_probe_finds_what_this_host_honours() {
         assert!(!caps.sw_breakpoints && !caps.hw_watchpoints, "{caps:?}");
         let strategy = caps.strategy();
         assert_eq!(strategy.breakpoints, matrix_tui::vm::guest_debug::BreakpointMethod::DebugRegisters);
-        assert_eq!(strategy.watchpoints, matrix_tui::vm::guest_debug::WatchpointMethod::Unsupported);
+        assert_eq!(strategy.watchpoints, matrix_tui::vm::guest_debug::WatchpointMethod::Stepping);
     }
 }

@@ -78,6 +78,44 @@ impl<T: Translate + ?Sized> GuestView<'_, T> {
         host.map(|ptr| ptr as u64).map_err(|_| PointerError::OutsideMemory { gva, gpa })
     }
 
+    /// Reads guest memory at `gva` into `buf`, page by page through the
+    /// guest's page tables; returns how many bytes were read before the first
+    /// address that does not map to guest memory (0 if `gva` does not).
+    pub fn read(&self, gva: u64, buf: &mut [u8]) -> usize {
+        self.pages(gva, buf.len(), |gpa, range| self.memory.read_slice(&mut buf[range], GuestAddress(gpa)).is_ok())
+    }
+
+    /// Writes `bytes` at `gva`, page by page; all or nothing: nothing is
+    /// written unless every byte maps to guest memory.
+    pub fn write(&self, gva: u64, bytes: &[u8]) -> Result<(), PointerError> {
+        let mapped = self.pages(gva, bytes.len(), |_, _| true);
+        if mapped < bytes.len() {
+            let at = gva.wrapping_add(mapped as u64);
+            return Err(self.physical(at).err().unwrap_or(PointerError::NotMapped(at)));
+        }
+        self.pages(gva, bytes.len(), |gpa, range| self.memory.write_slice(&bytes[range], GuestAddress(gpa)).is_ok());
+        Ok(())
+    }
+
+    /// Walks `length` bytes from `gva` a page at a time, calling `visit` with
+    /// each piece's guest physical address and its range in the buffer;
+    /// returns how many bytes were visited before one did not map (or
+    /// `visit` refused).
+    fn pages(&self, gva: u64, length: usize, mut visit: impl FnMut(u64, std::ops::Range<usize>) -> bool) -> usize {
+        let mut done = 0;
+        while done < length {
+            let Some(address) = gva.checked_add(done as u64) else { break };
+            let Ok(gpa) = self.physical(address) else { break };
+            let page_left = PAGE_4K - (address % PAGE_4K);
+            let piece = page_left.min((length - done) as u64).min(self.memory_size - gpa) as usize;
+            if !visit(gpa, done..done + piece) {
+                break;
+            }
+            done += piece;
+        }
+        done
+    }
+
     /// Reads the NUL-terminated string at `gva` (without its NUL), reading at
     /// most `limit` bytes, the NUL included. Each 4 KiB page is translated on its
     /// own, since contiguous virtual pages need not be contiguous in memory.
@@ -183,6 +221,25 @@ pub(crate) mod tests {
         let short = FakeTables { mapped: SIZE - 4096, remap: vec![] };
         let v = view(&mem, &short);
         assert_eq!(v.c_string(SIZE - 4096 - 16, 4096), Err(PointerError::NotMapped(SIZE - 4096)));
+    }
+
+    #[test]
+    fn memory_is_read_and_written_through_the_page_tables_up_to_the_first_hole() {
+        let mem = memory::allocate(SIZE).unwrap();
+        let tables = FakeTables { mapped: 0x10000, remap: vec![(0x3000, 0x20000)] };
+        let v = view(&mem, &tables);
+        v.write(0x2ffe, b"abcd").unwrap();
+        assert_eq!(mem.read_obj::<[u8; 2]>(GuestAddress(0x2ffe)).unwrap(), *b"ab");
+        assert_eq!(mem.read_obj::<[u8; 2]>(GuestAddress(0x20000)).unwrap(), *b"cd");
+        let mut buf = [0u8; 4];
+        assert_eq!(v.read(0x2ffe, &mut buf), 4);
+        assert_eq!(&buf, b"abcd");
+        // The first unmapped byte ends a read; a write is all or nothing.
+        let mut buf = [0u8; 8];
+        assert_eq!(v.read(0xfffc, &mut buf), 4);
+        assert_eq!(v.read(0x8000_0000, &mut buf), 0);
+        assert_eq!(v.write(0xfffc, &[1; 8]), Err(PointerError::NotMapped(0x10000)));
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0xfffc)).unwrap(), 0);
     }
 
     #[test]

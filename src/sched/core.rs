@@ -14,14 +14,21 @@ use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
+use crate::debug::server::{self, Listener};
+use crate::debug::session::{Debugged, Resume};
+use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
+use crate::hypercall::GuestView;
+use crate::vm::guest_debug::{self, DebugExit, GuestDebug};
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
-use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, quantum_timer, seccomp};
+use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_timer, seccomp};
+
+mod debugging;
 
 /// Events waiting in the channel before the core starts coalescing. Console
 /// events carry up to [`CONSOLE_FLUSH_EVERY`] of output each (16 KiB or so
@@ -74,6 +81,19 @@ pub enum SpawnError {
     /// The seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// A gdb server could not listen where it was asked to.
+    #[error("cannot serve gdb for VM '{name}' on {address}: {source}; give --gdb another port or socket path")]
+    Gdb {
+        /// The VM.
+        name: String,
+        /// Where.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest-debug probe could not run.
+    #[error("cannot find out what this host's KVM honours of guest debugging: {0}")]
+    DebugProbe(SetupError),
     /// The trace file could not be created.
     #[error("cannot write the trace to {path}: {source}; give --trace a path in a writable directory")]
     Trace {
@@ -102,6 +122,8 @@ pub struct CoreHandle {
     thread: JoinHandle<()>,
     started: Instant,
     trace_writer: Option<TraceWriter>,
+    /// gdb servers' Unix sockets, removed when the run ends.
+    socket_paths: Vec<std::path::PathBuf>,
 }
 
 impl CoreHandle {
@@ -159,6 +181,9 @@ impl CoreHandle {
     /// Waits for the core thread (and the trace writer) to end; returns the
     /// error that stopped the trace being written, if one did.
     pub fn join(self) -> Option<std::io::Error> {
+        for path in &self.socket_paths {
+            let _ = std::fs::remove_file(path);
+        }
         if let Err(panic) = self.thread.join() {
             std::panic::resume_unwind(panic);
         }
@@ -188,6 +213,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let kick = KickTarget::new();
+    let socket_paths = serve_debuggers(&kvm, &mut slots, &command_tx, &kick)?;
     let started = Instant::now();
     let epoch_ns = monotonic_ns();
     let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
@@ -208,6 +234,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         trace,
         calibration: config.calibration,
         step_requests: VecDeque::new(),
+        gdb_steps: VecDeque::new(),
         last_sample: started,
         last_console_flush: started,
         last_records_flush: started,
@@ -233,7 +260,41 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             Ok(()) => unreachable!("the core thread reports readiness before it returns"),
         },
     }
-    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started, trace_writer })
+    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started, trace_writer, socket_paths })
+}
+
+/// Starts a gdb server for each VM that asked for one (after probing what
+/// this host honours, once); those VMs wait at their entry point. Returns
+/// the Unix sockets to remove when the run ends.
+fn serve_debuggers(
+    kvm: &Kvm,
+    slots: &mut [Slot],
+    commands: &Sender<Command>,
+    kick: &Arc<KickTarget>,
+) -> Result<Vec<std::path::PathBuf>, SpawnError> {
+    let mut strategy = None;
+    let mut socket_paths = Vec::new();
+    for (vm, slot) in slots.iter_mut().enumerate() {
+        let Some(address) = slot.config.gdb.clone() else { continue };
+        let strategy = match strategy {
+            Some(strategy) => strategy,
+            None => *strategy.insert(guest_debug::probe(kvm).map_err(SpawnError::DebugProbe)?.strategy()),
+        };
+        let failed = |source| SpawnError::Gdb { name: slot.config.name.clone(), address: address.to_string(), source };
+        let listener = Listener::bind(&address).map_err(failed)?;
+        let listening = listener.address();
+        socket_paths.extend(listener.socket_path());
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
+        server::start(listener, send, reply_rx).map_err(failed)?;
+        slot.runtime.console.note(format_args!(
+            "gdb: stopped at the entry point; connect with: gdb -ex 'target remote {listening}' (breakpoints by {:?}, watchpoints by {:?})",
+            strategy.breakpoints, strategy.watchpoints
+        ));
+        slot.debug = Some(Debugged::new(listening, reply_tx, strategy));
+        slot.state = VmState::Gdb { stop: DebugStop::Waiting };
+    }
+    Ok(socket_paths)
 }
 
 /// One VM as the core schedules it.
@@ -252,6 +313,8 @@ struct Slot {
     live_exits: VecDeque<ExitRecord>,
     /// The VM's latest exit.
     last_exit: Option<ExitRecord>,
+    /// Its gdb server's side in the core, for a VM run with `--gdb`.
+    debug: Option<Debugged>,
 }
 
 impl Slot {
@@ -272,6 +335,7 @@ impl Slot {
             timings: None,
             live_exits: VecDeque::new(),
             last_exit: None,
+            debug: None,
         })
     }
 }
@@ -304,6 +368,8 @@ struct Core {
     trace: Option<(TraceBuffer, String)>,
     /// VMs to step once each, in order.
     step_requests: VecDeque<VmId>,
+    /// VMs gdb asked to step an instruction each, in order.
+    gdb_steps: VecDeque<VmId>,
     /// What the demo guests' units were sized by, for the report.
     calibration: Option<Calibration>,
     last_sample: Instant,
@@ -346,6 +412,10 @@ impl Core {
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
             self.announce_setup(vm);
+            if let Some(debug) = &self.slots[vm].debug {
+                let status = DebuggerStatus::Listening { address: debug.address.clone() };
+                self.outbox.push_back(Event::Debugger { vm, status });
+            }
             if self.slots[vm].state != VmState::Running {
                 self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
             }
@@ -353,6 +423,12 @@ impl Core {
         while !self.quit {
             if self.kick.take_request() {
                 self.apply_commands();
+                continue;
+            }
+            if let Some(vm) = self.gdb_steps.pop_front() {
+                self.gdb_step(vm, &mut deadlines);
+                self.apply_commands();
+                self.deliver_outbox();
                 continue;
             }
             if let Some(vm) = self.step_requests.pop_front() {
@@ -375,7 +451,7 @@ impl Core {
                 }
                 None if self.stay_open
                     || !self.step_requests.is_empty()
-                    || self.slots.iter().any(|slot| slot.state == VmState::Paused) =>
+                    || self.slots.iter().any(|slot| matches!(slot.state, VmState::Paused | VmState::Gdb { .. })) =>
                 {
                     deadlines.disarm();
                     self.idle();
@@ -422,6 +498,7 @@ impl Core {
         let end = loop {
             let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns);
             in_guest += span.charged_until(deadline);
+            let rip = record.map_or(0, |record| record.rip);
             if let Some(mut record) = record {
                 record.vm = vm;
                 exits += 1;
@@ -429,6 +506,12 @@ impl Core {
             }
             if let (Step::Io, Some(timings)) = (&step, &mut self.slots[vm].timings) {
                 timings.io_exit_ns.push(span.exited_ns);
+            }
+            if step == Step::Io {
+                if let Some(stop) = self.debugger_after_io(vm, rip) {
+                    self.stop_for_debugger(vm, stop);
+                    break SliceEnd::Debugger;
+                }
             }
             match step {
                 Step::Io if stepping => break SliceEnd::Step,
@@ -438,12 +521,30 @@ impl Core {
                 Step::Yielded => break SliceEnd::Yield,
                 Step::Halted => {
                     self.set_state(vm, VmState::Halted);
+                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
                     break SliceEnd::Halt;
                 }
                 Step::Crashed { kind, registers } => {
                     self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
+                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Crashed));
                     break SliceEnd::Crash;
                 }
+                Step::Debug(exit) => match self.debugger_exit(vm, exit) {
+                    Some(stop) => {
+                        self.stop_for_debugger(vm, stop);
+                        break SliceEnd::Debugger;
+                    }
+                    // Stepped to serve a breakpoint or watchpoint that did not
+                    // hit; a host may not report a stepped hlt, so it is seen here.
+                    None if self.halts_next(vm, exit.pc) => {
+                        self.slots[vm].runtime.counters.exits.hlt += 1;
+                        self.set_state(vm, VmState::Halted);
+                        self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+                        break SliceEnd::Halt;
+                    }
+                    None if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
+                    None => continue,
+                },
                 Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
                 Step::Interrupted if span.exited_ns >= deadline => {
                     self.slots[vm].runtime.counters.preemptions += 1;
@@ -596,14 +697,23 @@ impl Core {
                 }
             }
             Command::Resume(vm) => {
-                if self.slots.get(vm).is_some_and(|slot| slot.state == VmState::Paused) {
+                let Some(slot) = self.slots.get(vm) else { return };
+                // A VM stopped for gdb with no gdb connected can be let go.
+                let idle_debugger = slot.debug.as_ref().is_some_and(|debug| debug.peer.is_none());
+                if slot.state == VmState::Paused || (matches!(slot.state, VmState::Gdb { .. }) && idle_debugger) {
+                    self.arm_debugger(vm, None);
                     self.planner.reset(vm);
                     self.set_state(vm, VmState::Running);
                 }
             }
             Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
             Command::Restart(_) => {}
+            Command::Step(vm) if matches!(self.slots.get(vm).map(|slot| &slot.state), Some(VmState::Gdb { .. })) => {
+                self.slots[vm].runtime.console.note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
+            }
             Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
+            Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
+            Command::Debug { .. } => {}
             Command::Step(_) => {}
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
             Command::SetQuantum(quantum) => {
@@ -639,7 +749,17 @@ impl Core {
                 slot.runtime.console.note(format_args!("VM restarted"));
                 self.announce_setup(vm);
                 self.planner.reset(vm);
-                self.set_state(vm, VmState::Running);
+                let state = match &mut self.slots[vm].debug {
+                    // A VM under gdb starts its new life waiting at the entry, as its first.
+                    Some(debug) => {
+                        debug.forget();
+                        debug.applied = GuestDebug::default();
+                        debug.answer_resume(DebugReply::Ended(DebugEnd::Killed));
+                        VmState::Gdb { stop: DebugStop::Waiting }
+                    }
+                    None => VmState::Running,
+                };
+                self.set_state(vm, state);
             }
             Err(error) => {
                 let registers = slot.runtime.machine.vcpu.registers();
@@ -673,6 +793,11 @@ impl Core {
         if state.is_finished() {
             if let Some(event) = self.take_console(vm) {
                 self.outbox.push_back(event);
+            }
+        }
+        if let VmState::Gdb { stop } = &state {
+            if !matches!(stop, DebugStop::Waiting | DebugStop::Step) {
+                self.slots[vm].runtime.console.note(format_args!("gdb: stopped: {}", stop.describe()));
             }
         }
         self.slots[vm].state = state.clone();

@@ -8,6 +8,7 @@ use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::stats::VmCounters;
+use crate::vm::guest_debug::DebugExit;
 use crate::vm::kick::monotonic_ns;
 use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
 
@@ -29,6 +30,8 @@ pub enum Step {
     },
     /// KVM_RUN was interrupted (a kick or a stray signal); nothing was counted.
     Interrupted,
+    /// A debug exit for the VM's debugger (not a guest exit: not counted).
+    Debug(DebugExit),
 }
 
 /// When one KVM_RUN entered and returned (monotonic ns).
@@ -156,6 +159,7 @@ impl VmRuntime {
                 Step::Crashed { kind, registers }
             }
             Exit::Interrupted => return (Step::Interrupted, span, None),
+            Exit::Debug(exit) => return (Step::Debug(exit), span, None),
         };
         record.number = self.counters.exits.total();
         record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;

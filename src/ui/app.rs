@@ -9,6 +9,7 @@ use super::inspector::Inspector;
 use super::lesson_panel::LessonProgress;
 use super::rates::RateWindow;
 use super::timeline::Timeline;
+use crate::debug::DebuggerStatus;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
@@ -62,6 +63,10 @@ pub struct VmView {
     pub seen_hypercalls: Vec<&'static str>,
     /// How its machine was set up, step by step.
     pub setup: Vec<SetupStep>,
+    /// Its debugger's latest news (for a VM run with `--gdb`).
+    pub debugger: Option<DebuggerStatus>,
+    /// Where its gdb server listens.
+    pub gdb_address: Option<String>,
 }
 
 impl VmView {
@@ -85,6 +90,8 @@ impl VmView {
             seen_kinds: Vec::new(),
             seen_hypercalls: Vec::new(),
             setup: Vec::new(),
+            debugger: None,
+            gdb_address: None,
         }
     }
 
@@ -294,6 +301,17 @@ impl App {
                 }
             }
             Event::Settings(settings) => self.settings = settings,
+            Event::Debugger { vm, status } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    if let DebuggerStatus::Listening { address } = &status {
+                        view.gdb_address = Some(address.clone());
+                    }
+                    // A refusal does not change who is connected.
+                    if !matches!(status, DebuggerStatus::Refused { .. }) {
+                        view.debugger = Some(status);
+                    }
+                }
+            }
             Event::Exits { vm, records } => {
                 if let Some(view) = self.vms.get_mut(vm) {
                     view.push_exits(records);

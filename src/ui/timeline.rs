@@ -93,7 +93,7 @@ fn mark(end: SliceEnd) -> (char, u8) {
     match end {
         SliceEnd::Crash => ('X', 6),
         SliceEnd::Halt => ('H', 5),
-        SliceEnd::Step => ('s', 4),
+        SliceEnd::Step | SliceEnd::Debugger => ('s', 4),
         SliceEnd::Yield => ('y', 3),
         SliceEnd::IoSwitch => ('i', 2),
         SliceEnd::Deadline | SliceEnd::ExitAfterDeadline => ('k', 1),

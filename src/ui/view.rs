@@ -13,6 +13,7 @@ use super::keys::BINDINGS;
 use super::lesson_panel::LessonPanel;
 use super::share_gauge::ShareGauge;
 use super::timeline::{self, TimelineView};
+use crate::debug::DebuggerStatus;
 use crate::config::Policy;
 use crate::event::VmState;
 
@@ -126,7 +127,8 @@ fn state_color(state: &VmState) -> Color {
         VmState::Running => Color::Green,
         VmState::Paused => Color::Yellow,
         VmState::Halted => Color::Gray,
-        VmState::Crashed { .. } => Color::Red,
+        VmState::Gdb { .. } => Color::Magenta,
+        VmState::Killed | VmState::Crashed { .. } => Color::Red,
     }
 }
 
@@ -182,17 +184,30 @@ fn footer_line() -> Line<'static> {
 fn title(app: &App, vm: usize) -> Line<'static> {
     let view = &app.vms[vm];
     let weight = app.settings.weights.get(vm).copied().unwrap_or(0.0);
-    Line::from(vec![
+    let mut spans = vec![
         Span::styled(format!(" {} ", view.name), Style::default().bold()),
         Span::styled(view.state.name(), Style::default().fg(state_color(&view.state))),
-        Span::raw(match app.target(vm) {
+    ];
+    if let Some(debugger) = &view.debugger {
+        spans.push(Span::styled(debugger_mark(debugger), Style::default().fg(Color::Magenta)));
+    }
+    spans.push(Span::raw(match app.target(vm) {
             Some(target) => format!(" · w{} → {:.0}% ", trim_weight(weight), target * 100.0),
             None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
                 format!(" · w{} · io: no target ", trim_weight(weight))
             }
             None => format!(" · w{} ", trim_weight(weight)),
-        }),
-    ])
+    }));
+    Line::from(spans)
+}
+
+/// Whether a debugger is connected, in the pane's title.
+fn debugger_mark(status: &DebuggerStatus) -> String {
+    match status {
+        DebuggerStatus::Connected { .. } => " · gdb ●".into(),
+        DebuggerStatus::Listening { address } => format!(" · gdb ○ {address}"),
+        DebuggerStatus::Disconnected { .. } | DebuggerStatus::Refused { .. } => " · gdb ○".into(),
+    }
 }
 
 fn trim_weight(weight: f64) -> String {
@@ -299,6 +314,19 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
                 registers.rip, registers.rsp, registers.cr2, registers.rflags
             ),
             Style::default().fg(Color::Red),
+        ));
+    }
+    if let VmState::Gdb { stop } = &view.state {
+        let connect = match &view.debugger {
+            Some(DebuggerStatus::Connected { peer }) => format!("gdb connected from {peer}"),
+            _ => match &view.gdb_address {
+                Some(address) => format!("connect: gdb -ex 'target remote {address}'"),
+                None => String::new(),
+            },
+        };
+        lines.push(Line::styled(
+            format!("stopped for gdb: {} · {connect}", stop.describe()),
+            Style::default().fg(Color::Magenta).bold(),
         ));
     }
     let room = usize::from(height).saturating_sub(lines.len());

@@ -5,10 +5,14 @@
 use std::ptr;
 use std::sync::{Arc, OnceLock};
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_run, kvm_userspace_memory_region};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_guest_debug, kvm_guest_debug_arch, kvm_run, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
+use super::cpu_state::CpuState;
+use super::guest_debug::{DebugExit, GuestDebug};
 use super::kick::KickTarget;
 use super::layout::{ARGS, MAX_GUEST_ARGS};
 use super::loader::{self, LoadError};
@@ -137,6 +141,8 @@ pub enum Exit<'a> {
     },
     /// KVM_RUN returned EINTR: a kick, or a signal for another reason.
     Interrupted,
+    /// A debug exit, with guest debugging on (a step, a debug register, int3).
+    Debug(DebugExit),
     /// The VM cannot go on.
     Crash(CrashKind),
 }
@@ -360,6 +366,31 @@ impl Vcpu {
         }
     }
 
+    /// KVM_SET_GUEST_DEBUG: steps, debug registers and int3 interception as
+    /// `debug` says (all off when it is the default).
+    pub fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<(), kvm_ioctls::Error> {
+        let settings = kvm_guest_debug {
+            control: debug.control(),
+            arch: kvm_guest_debug_arch { debugreg: debug.debugreg() },
+            ..Default::default()
+        };
+        self.fd.set_guest_debug(&settings)
+    }
+
+    /// Every register a debugger shows (KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_FPU).
+    pub fn cpu_state(&self) -> Result<CpuState, kvm_ioctls::Error> {
+        Ok(CpuState::from_kvm(&self.fd.get_regs()?, &self.fd.get_sregs()?, &self.fd.get_fpu()?))
+    }
+
+    /// Writes what a debugger changed (see [`CpuState`] for which registers).
+    pub fn set_cpu_state(&mut self, state: &CpuState) -> Result<(), kvm_ioctls::Error> {
+        let (mut regs, mut sregs, mut fpu) = (self.fd.get_regs()?, self.fd.get_sregs()?, self.fd.get_fpu()?);
+        state.apply(&mut regs, &mut sregs, &mut fpu);
+        self.fd.set_regs(&regs)?;
+        self.fd.set_sregs(&sregs)?;
+        self.fd.set_fpu(&fpu)
+    }
+
     /// The registers to show for a crash (zeros for what cannot be read).
     pub fn registers(&self) -> RegisterDump {
         let regs = self.fd.get_regs().unwrap_or_default();
@@ -428,6 +459,7 @@ fn translate_exit(exit: VcpuExit<'_>, details: ExitDetails) -> Exit<'_> {
         VcpuExit::MmioWrite(address, _) => Exit::Mmio { address, write: true, data: None },
         VcpuExit::MmioRead(address, data) => Exit::Mmio { address, write: false, data: Some(data) },
         VcpuExit::Intr => Exit::Interrupted,
+        VcpuExit::Debug(arch) => Exit::Debug(DebugExit { exception: arch.exception, pc: arch.pc, dr6: arch.dr6 }),
         VcpuExit::Shutdown => Exit::Crash(CrashKind::TripleFault),
         VcpuExit::FailEntry(reason, _) => Exit::Crash(CrashKind::FailedEntry(reason)),
         VcpuExit::InternalError => Exit::Crash(CrashKind::InternalError(details.internal_suberror)),

@@ -1,6 +1,8 @@
 //! Everything that touches KVM: one module per concern, and the only `unsafe`
 //! in the host.
 
+/// A vCPU's register file as a debugger sees it.
+pub mod cpu_state;
 /// What the host honours of KVM_SET_GUEST_DEBUG, probed.
 pub mod guest_debug;
 /// Signal + immediate_exit kicks out of KVM_RUN.
@@ -20,6 +22,7 @@ pub mod quantum_timer;
 /// The core thread's seccomp filter.
 pub mod seccomp;
 
+pub use cpu_state::CpuState;
 pub use kick::KickTarget;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;

@@ -1,0 +1,573 @@
+//! The gdb remote protocol for one VM, served by gdbstub on threads of its
+//! own: `matrix-gdb` accepts connections (one debugger at a time; a second
+//! is refused) and runs each session; a reader thread per connection turns
+//! the socket into a channel, so that a session waiting for its VM to stop
+//! also hears gdb's Ctrl-C. Everything gdb asks goes to the core as a
+//! [`DebugRequest`]; nothing here touches KVM.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, select};
+use gdbstub::common::Signal;
+use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason, run_blocking};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep, SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
+    SwBreakpointOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use gdbstub_arch::x86::X86_64_SSE;
+use gdbstub_arch::x86::reg::X86_64CoreRegs;
+
+use super::{BreakKind, DebugEnd, DebugReply, DebugRequest, DebugStop, ListenAddress, WatchKind};
+use crate::vm::CpuState;
+
+/// How the server reaches the core: sends a request and kicks the core.
+pub type SendRequest = Arc<dyn Fn(DebugRequest) + Send + Sync>;
+
+/// The most memory one gdb read asks of the core at once.
+const MAX_READ: usize = 64 * 1024;
+/// How long a request waits for the core: it answers within a quantum, so
+/// this passing means the run is stuck or over.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound gdb server socket.
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix socket, removed when the run ends.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds `address`. A Unix socket left by an earlier run is replaced;
+    /// any other file in the way is an error.
+    pub fn bind(address: &ListenAddress) -> std::io::Result<Self> {
+        match address {
+            ListenAddress::Tcp(address) => Ok(Self::Tcp(TcpListener::bind(address)?)),
+            ListenAddress::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Self::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// The address gdb connects to (with the port chosen, for port 0).
+    pub fn address(&self) -> String {
+        match self {
+            Self::Tcp(listener) => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Self::Unix(_, path) => path.display().to_string(),
+        }
+    }
+
+    /// The socket file to remove when the run ends, if it is one.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        match self {
+            Self::Tcp(_) => None,
+            Self::Unix(_, path) => Some(path.clone()),
+        }
+    }
+
+    fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            Self::Tcp(listener) => listener.accept().map(|(s, peer)| (Stream::Tcp(s), peer.to_string())),
+            Self::Unix(listener, path) => {
+                listener.accept().map(|(s, _)| (Stream::Unix(s), format!("{} (local)", path.display())))
+            }
+        }
+    }
+}
+
+/// One connection's socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        match self {
+            Self::Tcp(s) => s.try_clone().map(Self::Tcp),
+            Self::Unix(s) => s.try_clone().map(Self::Unix),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Self::Tcp(s) => s.shutdown(Shutdown::Both),
+            Self::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => Read::read(s, buf),
+            Self::Unix(s) => Read::read(s, buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => Write::write_all(s, buf),
+            Self::Unix(s) => Write::write_all(s, buf),
+        }
+    }
+}
+
+/// Starts serving `listener` for one VM: sessions send their requests with
+/// `send` and hear the core on `replies`. The thread lives as long as the
+/// process (it waits in accept).
+pub fn start(listener: Listener, send: SendRequest, replies: Receiver<DebugReply>) -> std::io::Result<()> {
+    let busy = Arc::new(AtomicBool::new(false));
+    std::thread::Builder::new().name("matrix-gdb".into()).spawn(move || {
+        loop {
+            let Ok((stream, peer)) = listener.accept() else { continue };
+            if busy.swap(true, Ordering::AcqRel) {
+                // One debugger at a time: the second hears nothing and is cut off.
+                stream.shutdown();
+                send(DebugRequest::Refused { peer });
+                continue;
+            }
+            let (send, replies, done) = (Arc::clone(&send), replies.clone(), Arc::clone(&busy));
+            let spawned = std::thread::Builder::new().name("matrix-gdb-session".into()).spawn(move || {
+                session(stream, peer, &send, replies);
+                done.store(false, Ordering::Release);
+            });
+            if spawned.is_err() {
+                // The stream went with the closure: it is closed.
+                busy.store(false, Ordering::Release);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Serves one debugger until it detaches, kills the VM or goes away.
+fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<DebugReply>) {
+    // Answers meant for an earlier session are of no use to this one.
+    while replies.try_recv().is_ok() {}
+    let Ok(mut reading) = stream.try_clone() else { return stream.shutdown() };
+    let (bytes_tx, bytes_rx) = crossbeam_channel::bounded(64);
+    let reader = std::thread::Builder::new().name("matrix-gdb-read".into()).spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(read @ 1..) = reading.read(&mut buf) {
+            if bytes_tx.send(buf[..read].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    if reader.is_err() {
+        return stream.shutdown();
+    }
+    let mut target = VmTarget { send: Arc::clone(send), replies };
+    if target.ask(DebugRequest::Attach { peer }).is_err() {
+        return stream.shutdown();
+    }
+    let wire = Wire { out: stream, written: Vec::new(), incoming: bytes_rx, pending: VecDeque::new() };
+    let closing = wire.out.try_clone();
+    let ending = match GdbStub::new(wire).run_blocking::<Session>(&mut target) {
+        Ok(DisconnectReason::Kill) => DebugRequest::Kill,
+        Ok(_) => DebugRequest::Detach { reason: None },
+        Err(error) if error.is_connection_error() => {
+            DebugRequest::Detach { reason: Some("the connection ended".into()) }
+        }
+        Err(error) => DebugRequest::Detach { reason: Some(format!("the session failed: {error}")) },
+    };
+    send(ending);
+    if let Ok(stream) = closing {
+        stream.shutdown();
+    }
+}
+
+/// gdbstub's connection: writes are gathered and sent per packet; reads come
+/// from the reader thread.
+struct Wire {
+    out: Stream,
+    written: Vec<u8>,
+    incoming: Receiver<Vec<u8>>,
+    pending: VecDeque<u8>,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the debugger closed the connection")
+}
+
+impl Connection for Wire {
+    type Error = std::io::Error;
+
+    fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
+        self.written.push(byte);
+        Ok(())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        self.written.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        let written = std::mem::take(&mut self.written);
+        self.out.write_all(&written)
+    }
+}
+
+impl ConnectionExt for Wire {
+    fn read(&mut self) -> Result<u8, Self::Error> {
+        if self.pending.is_empty() {
+            self.pending.extend(self.incoming.recv().map_err(|_| gone())?);
+        }
+        self.pending.pop_front().ok_or_else(gone)
+    }
+
+    fn peek(&mut self) -> Result<Option<u8>, Self::Error> {
+        if self.pending.is_empty() {
+            if let Ok(bytes) = self.incoming.try_recv() {
+                self.pending.extend(bytes);
+            }
+        }
+        Ok(self.pending.front().copied())
+    }
+}
+
+/// One VM as gdb sees it: every question goes to the core.
+struct VmTarget {
+    send: SendRequest,
+    replies: Receiver<DebugReply>,
+}
+
+/// Why a session cannot go on.
+type Fatal = String;
+
+impl VmTarget {
+    fn ask(&mut self, request: DebugRequest) -> Result<DebugReply, Fatal> {
+        (self.send)(request);
+        self.replies.recv_timeout(REPLY_TIMEOUT).map_err(|_| "the run has ended".to_string())
+    }
+
+    fn done(&mut self, request: DebugRequest) -> TargetResult<bool, Self> {
+        match self.ask(request).map_err(TargetError::Fatal)? {
+            DebugReply::Done(Ok(done)) => Ok(done),
+            DebugReply::Done(Err(_)) => Err(TargetError::NonFatal),
+            other => Err(TargetError::Fatal(format!("the core answered {other:?}"))),
+        }
+    }
+}
+
+impl Target for VmTarget {
+    type Arch = X86_64_SSE;
+    type Error = Fatal;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    // int3s are written by the core, never by gdb through memory writes.
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+}
+
+impl SingleThreadBase for VmTarget {
+    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
+        match self.ask(DebugRequest::ReadRegisters).map_err(TargetError::Fatal)? {
+            DebugReply::Registers(Ok(state)) => {
+                *regs = to_gdb(&state);
+                Ok(())
+            }
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
+        let state = Box::new(from_gdb(regs));
+        self.done(DebugRequest::WriteRegisters(state)).map(|_| ())
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        let length = data.len().min(MAX_READ);
+        match self.ask(DebugRequest::ReadMemory { address: start, length }).map_err(TargetError::Fatal)? {
+            DebugReply::Memory(bytes) if !bytes.is_empty() => {
+                data[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            // Unmapped: gdb says "Cannot access memory at address".
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        match self.done(DebugRequest::WriteMemory { address: start, bytes: data.to_vec() })? {
+            true => Ok(()),
+            false => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadResume for VmTarget {
+    // Signals mean nothing to a guest here; continuing with one is continuing.
+    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        (self.send)(DebugRequest::Continue);
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for VmTarget {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        (self.send)(DebugRequest::Step);
+        Ok(())
+    }
+}
+
+impl Breakpoints for VmTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for VmTarget {
+    fn add_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address, insert: true })
+    }
+
+    fn remove_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address, insert: false })
+    }
+}
+
+impl HwBreakpoint for VmTarget {
+    fn add_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address, insert: true })
+    }
+
+    fn remove_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address, insert: false })
+    }
+}
+
+fn watch_kind(kind: gdbstub::target::ext::breakpoints::WatchKind) -> WatchKind {
+    use gdbstub::target::ext::breakpoints::WatchKind as Gdb;
+    match kind {
+        Gdb::Write => WatchKind::Write,
+        Gdb::Read => WatchKind::Read,
+        Gdb::ReadWrite => WatchKind::Access,
+    }
+}
+
+impl HwWatchpoint for VmTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        address: u64,
+        length: u64,
+        kind: gdbstub::target::ext::breakpoints::WatchKind,
+    ) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Watchpoint { kind: watch_kind(kind), address, length, insert: true })
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        address: u64,
+        length: u64,
+        kind: gdbstub::target::ext::breakpoints::WatchKind,
+    ) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Watchpoint { kind: watch_kind(kind), address, length, insert: false })
+    }
+}
+
+/// How a session waits while its VM runs: for the core's stop, or for gdb
+/// (a Ctrl-C, or a packet).
+enum Session {}
+
+impl run_blocking::BlockingEventLoop for Session {
+    type Target = VmTarget;
+    type Connection = Wire;
+    type StopReason = SingleThreadStopReason<u64>;
+
+    #[allow(clippy::type_complexity)]
+    fn wait_for_stop_reason(
+        target: &mut VmTarget,
+        conn: &mut Wire,
+    ) -> Result<
+        run_blocking::Event<Self::StopReason>,
+        run_blocking::WaitForStopReasonError<Fatal, std::io::Error>,
+    > {
+        use run_blocking::{Event, WaitForStopReasonError as Failed};
+        loop {
+            if let Some(byte) = conn.pending.pop_front() {
+                return Ok(Event::IncomingData(byte));
+            }
+            select! {
+                recv(conn.incoming) -> bytes => conn.pending.extend(bytes.map_err(|_| Failed::Connection(gone()))?),
+                recv(target.replies) -> reply => match reply {
+                    Ok(DebugReply::Stopped(stop)) => return Ok(Event::TargetStopped(stop_reason(stop))),
+                    Ok(DebugReply::Ended(end)) => return Ok(Event::TargetStopped(end_reason(end))),
+                    // Late answers to something else: not what is waited for.
+                    Ok(_) => {}
+                    Err(_) => return Err(Failed::Target("the run has ended".into())),
+                },
+            }
+        }
+    }
+
+    fn on_interrupt(target: &mut VmTarget) -> Result<Option<Self::StopReason>, Fatal> {
+        // The core stops the VM and answers with the stop, which the wait above hears.
+        (target.send)(DebugRequest::Interrupt);
+        Ok(None)
+    }
+}
+
+fn stop_reason(stop: DebugStop) -> SingleThreadStopReason<u64> {
+    match stop {
+        DebugStop::Breakpoint { .. } => SingleThreadStopReason::SwBreak(()),
+        DebugStop::Step => SingleThreadStopReason::DoneStep,
+        DebugStop::Watchpoint { address, kind } => {
+            use gdbstub::target::ext::breakpoints::WatchKind as Gdb;
+            let kind = match kind {
+                WatchKind::Write => Gdb::Write,
+                WatchKind::Read => Gdb::Read,
+                WatchKind::Access => Gdb::ReadWrite,
+            };
+            SingleThreadStopReason::Watch { tid: (), kind, addr: address }
+        }
+        DebugStop::Interrupt => SingleThreadStopReason::Signal(Signal::SIGINT),
+        DebugStop::Crashed => SingleThreadStopReason::Signal(Signal::SIGSEGV),
+        // Stopped at the end, so that gdb can still look, or detach; the
+        // next continue hears that it exited.
+        DebugStop::Halted => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        DebugStop::Waiting => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+    }
+}
+
+fn end_reason(end: DebugEnd) -> SingleThreadStopReason<u64> {
+    match end {
+        DebugEnd::Halted => SingleThreadStopReason::Exited(0),
+        DebugEnd::Crashed => SingleThreadStopReason::Terminated(Signal::SIGSEGV),
+        DebugEnd::Killed => SingleThreadStopReason::Terminated(Signal::SIGKILL),
+    }
+}
+
+/// The x87 tag word gdb shows (two bits a register) from the abridged one
+/// FXSAVE keeps (a bit a register: in use or not). In-use registers are shown
+/// as valid.
+fn full_tag_word(abridged: u8) -> u32 {
+    (0..8).map(|i| if abridged & (1 << i) != 0 { 0 } else { 0b11 << (2 * i) }).sum()
+}
+
+fn abridged_tag_word(full: u32) -> u8 {
+    (0..8).filter(|i| (full >> (2 * i)) & 0b11 != 0b11).map(|i| 1 << i).sum()
+}
+
+fn to_gdb(state: &CpuState) -> X86_64CoreRegs {
+    let mut regs = X86_64CoreRegs { regs: state.gprs, rip: state.rip, eflags: state.rflags as u32, ..Default::default() };
+    let [cs, ss, ds, es, fs, gs] = state.selectors.map(u32::from);
+    regs.segments = gdbstub_arch::x86::reg::X86SegmentRegs { cs, ss, ds, es, fs, gs };
+    regs.st = state.st;
+    regs.fpu = gdbstub_arch::x86::reg::X87FpuInternalRegs {
+        fctrl: state.fcw.into(),
+        fstat: state.fsw.into(),
+        ftag: full_tag_word(state.ftw),
+        fiseg: (state.fip >> 32) as u32,
+        fioff: state.fip as u32,
+        foseg: (state.fdp >> 32) as u32,
+        fooff: state.fdp as u32,
+        fop: state.fop.into(),
+    };
+    regs.xmm = state.xmm;
+    regs.mxcsr = state.mxcsr;
+    regs
+}
+
+fn from_gdb(regs: &X86_64CoreRegs) -> CpuState {
+    let s = &regs.segments;
+    CpuState {
+        gprs: regs.regs,
+        rip: regs.rip,
+        rflags: regs.eflags.into(),
+        selectors: [s.cs, s.ss, s.ds, s.es, s.fs, s.gs].map(|selector| selector as u16),
+        st: regs.st,
+        fcw: regs.fpu.fctrl as u16,
+        fsw: regs.fpu.fstat as u16,
+        ftw: abridged_tag_word(regs.fpu.ftag),
+        fop: regs.fpu.fop as u16,
+        fip: u64::from(regs.fpu.fiseg) << 32 | u64::from(regs.fpu.fioff),
+        fdp: u64::from(regs.fpu.foseg) << 32 | u64::from(regs.fpu.fooff),
+        xmm: regs.xmm,
+        mxcsr: regs.mxcsr,
+        ..Default::default()
+    }
+}
+
+/// Sends each request on `commands` (as the core's command) and kicks the
+/// core out of KVM_RUN to read it.
+pub fn request_sender(vm: usize, commands: Sender<crate::event::Command>, kick: Arc<crate::vm::KickTarget>) -> SendRequest {
+    Arc::new(move |request| {
+        let _ = commands.send(crate::event::Command::Debug { vm, request });
+        kick.request();
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_go_to_gdb_and_back() {
+        let state = CpuState {
+            gprs: std::array::from_fn(|i| i as u64 * 0x1111),
+            rip: 0x10042,
+            rflags: 0x246,
+            selectors: [0x8, 0x10, 0x10, 0x10, 0x10, 0x10],
+            fcw: 0x37f,
+            ftw: 0b1000_0001,
+            fip: 0x1234_5678_9abc,
+            xmm: std::array::from_fn(|i| i as u128),
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        let regs = to_gdb(&state);
+        assert_eq!((regs.rip, regs.regs[7], regs.segments.cs, regs.eflags), (0x10042, 7 * 0x1111, 0x8, 0x246));
+        assert_eq!(regs.fpu.ftag, 0b0011_1111_1111_1100, "st0 and st7 valid, the rest empty");
+        assert_eq!(from_gdb(&regs), state);
+    }
+
+    #[test]
+    fn stops_are_told_to_gdb_as_signals_and_exits() {
+        assert_eq!(stop_reason(DebugStop::Interrupt), SingleThreadStopReason::Signal(Signal::SIGINT));
+        assert_eq!(stop_reason(DebugStop::Step), SingleThreadStopReason::DoneStep);
+        assert_eq!(end_reason(DebugEnd::Halted), SingleThreadStopReason::Exited(0));
+        assert_eq!(end_reason(DebugEnd::Killed), SingleThreadStopReason::Terminated(Signal::SIGKILL));
+    }
+}
