@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
-use crate::debug::ListenAddress;
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
+use crate::debug::ListenAddress;
 use crate::headless::{self, HeadlessOptions};
 use crate::lesson::{self, Lesson};
 use crate::report::RunReport;

@@ -217,6 +217,8 @@ pub enum Event {
     Debugger {
         /// The VM.
         vm: VmId,
+        /// When (ns since the run started).
+        t_ns: u64,
         /// What happened.
         status: DebuggerStatus,
     },

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::console::{ConsoleChunk, LineBuffer, escape};
+use crate::console::{ConsoleChunk, LineBuffer, NOTE_PREFIX, escape};
 use crate::event::{Command, Event, VmId};
 use crate::record::format_seconds;
 use crate::report::RunReport;
@@ -151,8 +151,10 @@ pub fn run<W: Write>(
             Event::Console { vm, chunk, dropped } => printer.console(vm, &chunk, dropped),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
+            Event::Debugger { vm, t_ns, status } => {
+                printer.note(vm, t_ns, &format!("{NOTE_PREFIX}{}", status.describe()))
+            }
             Event::State { .. }
-            | Event::Debugger { .. }
             | Event::Sample { .. }
             | Event::Settings(_)
             | Event::Exits { .. }

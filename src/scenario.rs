@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::debug::ListenAddress;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
+use crate::debug::ListenAddress;
 use crate::units::{parse_duration, parse_size};
 use crate::vm::TimerKind;
 use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};

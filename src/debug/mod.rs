@@ -194,6 +194,8 @@ pub enum DebuggerStatus {
     Listening {
         /// HOST:PORT or a socket path.
         address: String,
+        /// How breakpoints and watchpoints are served on this host.
+        serving: String,
     },
     /// gdb is connected.
     Connected {
@@ -210,16 +212,24 @@ pub enum DebuggerStatus {
         /// Who.
         peer: String,
     },
+    /// gdb let the VM run (`continue`).
+    Continued,
+    /// The VM stopped for gdb.
+    Stopped(DebugStop),
 }
 
 impl DebuggerStatus {
     /// In one line, as `[matrix]` lines say it.
     pub fn describe(&self) -> String {
         match self {
-            Self::Listening { address } => format!("gdb: waiting for a debugger on {address}"),
+            Self::Listening { address, serving } => {
+                format!("gdb: stopped at the entry point; connect with: gdb -ex 'target remote {address}' ({serving})")
+            }
             Self::Connected { peer } => format!("gdb: debugger connected from {peer}"),
             Self::Disconnected { reason } => format!("gdb: debugger {reason}"),
             Self::Refused { peer } => format!("gdb: refused a second debugger from {peer} (one is connected)"),
+            Self::Continued => "gdb: continued".into(),
+            Self::Stopped(stop) => format!("gdb: stopped: {}", stop.describe()),
         }
     }
 }

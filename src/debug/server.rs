@@ -178,14 +178,21 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
         return stream.shutdown();
     }
     let wire = Wire { out: stream, written: Vec::new(), incoming: bytes_rx, pending: VecDeque::new() };
-    let closing = wire.out.try_clone();
+    let mut closing = wire.out.try_clone();
     let ending = match GdbStub::new(wire).run_blocking::<Session>(&mut target) {
-        Ok(DisconnectReason::Kill) => DebugRequest::Kill,
+        Ok(DisconnectReason::Kill) => {
+            // gdb waits for an OK to its vKill, which gdbstub sends only in
+            // extended mode: give it one, so that `kill` ends cleanly.
+            if let Ok(stream) = &mut closing {
+                let _ = stream.write_all(b"$OK#9a");
+            }
+            DebugRequest::Kill
+        }
         Ok(_) => DebugRequest::Detach { reason: None },
         Err(error) if error.is_connection_error() => {
             DebugRequest::Detach { reason: Some("the connection ended".into()) }
         }
-        Err(error) => DebugRequest::Detach { reason: Some(format!("the session failed: {error}")) },
+        Err(error) => DebugRequest::Detach { reason: Some(format!("it broke the gdb protocol ({error})")) },
     };
     send(ending);
     if let Ok(stream) = closing {
@@ -420,10 +427,8 @@ impl run_blocking::BlockingEventLoop for Session {
     fn wait_for_stop_reason(
         target: &mut VmTarget,
         conn: &mut Wire,
-    ) -> Result<
-        run_blocking::Event<Self::StopReason>,
-        run_blocking::WaitForStopReasonError<Fatal, std::io::Error>,
-    > {
+    ) -> Result<run_blocking::Event<Self::StopReason>, run_blocking::WaitForStopReasonError<Fatal, std::io::Error>>
+    {
         use run_blocking::{Event, WaitForStopReasonError as Failed};
         loop {
             if let Some(byte) = conn.pending.pop_front() {
@@ -491,7 +496,8 @@ fn abridged_tag_word(full: u32) -> u8 {
 }
 
 fn to_gdb(state: &CpuState) -> X86_64CoreRegs {
-    let mut regs = X86_64CoreRegs { regs: state.gprs, rip: state.rip, eflags: state.rflags as u32, ..Default::default() };
+    let mut regs =
+        X86_64CoreRegs { regs: state.gprs, rip: state.rip, eflags: state.rflags as u32, ..Default::default() };
     let [cs, ss, ds, es, fs, gs] = state.selectors.map(u32::from);
     regs.segments = gdbstub_arch::x86::reg::X86SegmentRegs { cs, ss, ds, es, fs, gs };
     regs.st = state.st;
@@ -532,7 +538,11 @@ fn from_gdb(regs: &X86_64CoreRegs) -> CpuState {
 
 /// Sends each request on `commands` (as the core's command) and kicks the
 /// core out of KVM_RUN to read it.
-pub fn request_sender(vm: usize, commands: Sender<crate::event::Command>, kick: Arc<crate::vm::KickTarget>) -> SendRequest {
+pub fn request_sender(
+    vm: usize,
+    commands: Sender<crate::event::Command>,
+    kick: Arc<crate::vm::KickTarget>,
+) -> SendRequest {
     Arc::new(move |request| {
         let _ = commands.send(crate::event::Command::Debug { vm, request });
         kick.request();

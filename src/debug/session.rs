@@ -82,6 +82,11 @@ impl Debugged {
         }
     }
 
+    /// How breakpoints and watchpoints are served, in words.
+    pub fn serving(&self) -> String {
+        self.strategy.describe()
+    }
+
     /// Answers the server (which may have gone: then nobody is waiting).
     pub fn reply(&self, reply: DebugReply) {
         let _ = self.replies.send(reply);
@@ -107,7 +112,8 @@ impl Debugged {
         let breakpoints = (self.breakpoints.iter().enumerate())
             .filter(|(_, b)| self.breakpoint_uses_register(b.kind))
             .map(|(index, _)| Holder::Breakpoint(index));
-        let watchpoints = (0..self.watchpoints.len()).filter(|_| self.watchpoint_uses_register()).map(Holder::Watchpoint);
+        let watchpoints =
+            (0..self.watchpoints.len()).filter(|_| self.watchpoint_uses_register()).map(Holder::Watchpoint);
         breakpoints.chain(watchpoints).collect()
     }
 
@@ -195,8 +201,8 @@ impl Debugged {
         insert: bool,
         memory: &GuestView<'_, T>,
     ) -> Result<bool, String> {
-        let found = (self.watchpoints.iter())
-            .position(|w| w.kind == kind && w.address == address && w.length == length);
+        let found =
+            (self.watchpoints.iter()).position(|w| w.kind == kind && w.address == address && w.length == length);
         if !insert {
             return Ok(found.map(|index| self.watchpoints.remove(index)).is_some());
         }
@@ -322,7 +328,7 @@ mod tests {
     use crate::vm::{GuestMemory, memory};
 
     const SIZE: u64 = 2 << 20;
-    const TABLES: FakeTables = FakeTables { mapped: SIZE, remap: Vec::new() };
+    static TABLES: FakeTables = FakeTables { mapped: SIZE, remap: Vec::new() };
 
     fn view<'a>(memory: &'a GuestMemory) -> GuestView<'a, FakeTables> {
         GuestView { memory, memory_size: SIZE, translator: &TABLES }
@@ -332,8 +338,10 @@ mod tests {
         Debugged::new("test".into(), crossbeam_channel::unbounded().0, caps.strategy())
     }
 
-    const KVM_PVM: DebugCaps = DebugCaps { single_step: true, hw_breakpoints: true, hw_watchpoints: false, sw_breakpoints: false };
-    const HARDWARE: DebugCaps = DebugCaps { single_step: true, hw_breakpoints: true, hw_watchpoints: true, sw_breakpoints: true };
+    const KVM_PVM: DebugCaps =
+        DebugCaps { single_step: true, hw_breakpoints: true, hw_watchpoints: false, sw_breakpoints: false };
+    const HARDWARE: DebugCaps =
+        DebugCaps { single_step: true, hw_breakpoints: true, hw_watchpoints: true, sw_breakpoints: true };
 
     #[test]
     fn breakpoints_take_the_debug_registers_where_int3_is_not_intercepted() {

@@ -14,16 +14,16 @@ use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
+use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
 use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::hypercall::GuestView;
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
-use crate::hypercall::GuestView;
 use crate::vm::guest_debug::{self, DebugExit, GuestDebug};
 use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
 use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_timer, seccomp};
@@ -287,10 +287,6 @@ fn serve_debuggers(
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
         server::start(listener, send, reply_rx).map_err(failed)?;
-        slot.runtime.console.note(format_args!(
-            "gdb: stopped at the entry point; connect with: gdb -ex 'target remote {listening}' (breakpoints by {:?}, watchpoints by {:?})",
-            strategy.breakpoints, strategy.watchpoints
-        ));
         slot.debug = Some(Debugged::new(listening, reply_tx, strategy));
         slot.state = VmState::Gdb { stop: DebugStop::Waiting };
     }
@@ -413,8 +409,8 @@ impl Core {
         for vm in 0..self.slots.len() {
             self.announce_setup(vm);
             if let Some(debug) = &self.slots[vm].debug {
-                let status = DebuggerStatus::Listening { address: debug.address.clone() };
-                self.outbox.push_back(Event::Debugger { vm, status });
+                let status = DebuggerStatus::Listening { address: debug.address.clone(), serving: debug.serving() };
+                self.debugger_status(vm, status);
             }
             if self.slots[vm].state != VmState::Running {
                 self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
@@ -709,7 +705,10 @@ impl Core {
             Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
             Command::Restart(_) => {}
             Command::Step(vm) if matches!(self.slots.get(vm).map(|slot| &slot.state), Some(VmState::Gdb { .. })) => {
-                self.slots[vm].runtime.console.note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
+                self.slots[vm]
+                    .runtime
+                    .console
+                    .note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
             }
             Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
             Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
@@ -793,11 +792,6 @@ impl Core {
         if state.is_finished() {
             if let Some(event) = self.take_console(vm) {
                 self.outbox.push_back(event);
-            }
-        }
-        if let VmState::Gdb { stop } = &state {
-            if !matches!(stop, DebugStop::Waiting | DebugStop::Step) {
-                self.slots[vm].runtime.console.note(format_args!("gdb: stopped: {}", stop.describe()));
             }
         }
         self.slots[vm].state = state.clone();

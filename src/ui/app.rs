@@ -9,9 +9,9 @@ use super::inspector::Inspector;
 use super::lesson_panel::LessonProgress;
 use super::rates::RateWindow;
 use super::timeline::Timeline;
-use crate::debug::DebuggerStatus;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
+use crate::debug::DebuggerStatus;
 use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
 use crate::record::{ExitKind, ExitRecord};
 use crate::stats::VmCounters;
@@ -301,13 +301,19 @@ impl App {
                 }
             }
             Event::Settings(settings) => self.settings = settings,
-            Event::Debugger { vm, status } => {
+            Event::Debugger { vm, status, .. } => {
                 if let Some(view) = self.vms.get_mut(vm) {
-                    if let DebuggerStatus::Listening { address } = &status {
+                    if let DebuggerStatus::Listening { address, .. } = &status {
                         view.gdb_address = Some(address.clone());
                     }
-                    // A refusal does not change who is connected.
-                    if !matches!(status, DebuggerStatus::Refused { .. }) {
+                    // The pane logs it as the hypervisor's line, as headless runs print it.
+                    view.push_line(format!("{}{}", crate::console::NOTE_PREFIX, status.describe()));
+                    // Stops, continues and refusals do not change who is connected.
+                    let connection = !matches!(
+                        status,
+                        DebuggerStatus::Refused { .. } | DebuggerStatus::Continued | DebuggerStatus::Stopped(_)
+                    );
+                    if connection {
                         view.debugger = Some(status);
                     }
                 }

@@ -13,8 +13,8 @@ use super::keys::BINDINGS;
 use super::lesson_panel::LessonPanel;
 use super::share_gauge::ShareGauge;
 use super::timeline::{self, TimelineView};
-use crate::debug::DebuggerStatus;
 use crate::config::Policy;
+use crate::debug::DebuggerStatus;
 use crate::event::VmState;
 
 /// Smallest terminal the UI draws in.
@@ -192,11 +192,11 @@ fn title(app: &App, vm: usize) -> Line<'static> {
         spans.push(Span::styled(debugger_mark(debugger), Style::default().fg(Color::Magenta)));
     }
     spans.push(Span::raw(match app.target(vm) {
-            Some(target) => format!(" · w{} → {:.0}% ", trim_weight(weight), target * 100.0),
-            None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
-                format!(" · w{} · io: no target ", trim_weight(weight))
-            }
-            None => format!(" · w{} ", trim_weight(weight)),
+        Some(target) => format!(" · w{} → {:.0}% ", trim_weight(weight), target * 100.0),
+        None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
+            format!(" · w{} · io: no target ", trim_weight(weight))
+        }
+        None => format!(" · w{} ", trim_weight(weight)),
     }));
     Line::from(spans)
 }
@@ -205,8 +205,8 @@ fn title(app: &App, vm: usize) -> Line<'static> {
 fn debugger_mark(status: &DebuggerStatus) -> String {
     match status {
         DebuggerStatus::Connected { .. } => " · gdb ●".into(),
-        DebuggerStatus::Listening { address } => format!(" · gdb ○ {address}"),
-        DebuggerStatus::Disconnected { .. } | DebuggerStatus::Refused { .. } => " · gdb ○".into(),
+        DebuggerStatus::Listening { address, .. } => format!(" · gdb ○ {address}"),
+        _ => " · gdb ○".into(),
     }
 }
 

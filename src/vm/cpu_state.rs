@@ -59,7 +59,10 @@ impl CpuState {
             to.copy_from_slice(&from[..10]);
         }
         Self {
-            gprs: [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15],
+            gprs: [
+                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
+                r.r15,
+            ],
             rip: r.rip,
             rflags: r.rflags,
             selectors: segments.map(|segment| segment.selector),

@@ -92,6 +92,24 @@ pub struct Strategy {
     pub single_step: bool,
 }
 
+impl Strategy {
+    /// In a few words: "breakpoints by the debug registers, watchpoints by stepping".
+    pub fn describe(&self) -> String {
+        let breakpoints = match self.breakpoints {
+            BreakpointMethod::Int3 => "int3",
+            BreakpointMethod::DebugRegisters => "the debug registers",
+            BreakpointMethod::Stepping => "stepping",
+            BreakpointMethod::Unsupported => "nothing (none can be had here)",
+        };
+        let watchpoints = match self.watchpoints {
+            WatchpointMethod::DebugRegisters => "the debug registers",
+            WatchpointMethod::Stepping => "stepping",
+            WatchpointMethod::Unsupported => "nothing (none can be had here)",
+        };
+        format!("breakpoints by {breakpoints}, watchpoints by {watchpoints}")
+    }
+}
+
 impl DebugCaps {
     /// The strategy for a host that honours these.
     pub fn strategy(self) -> Strategy {

@@ -70,6 +70,7 @@ impl Core {
                 debug.reply(DebugReply::Ended(end));
             }
             DebugRequest::Continue => {
+                self.debugger_status(vm, DebuggerStatus::Continued);
                 self.arm_debugger(vm, Some(Resume::Continue));
                 self.planner.reset(vm);
                 self.set_state(vm, VmState::Running);
@@ -154,6 +155,10 @@ impl Core {
         // An `in` completes only on the next entry: do it now, so that gdb sees its value.
         slot.runtime.machine.vcpu.complete_pending_exit();
         self.answer_debugger(vm, DebugReply::Stopped(stop));
+        if stop != DebugStop::Step {
+            // Steps go unannounced: gdb's `next` is hundreds of them.
+            self.debugger_status(vm, DebuggerStatus::Stopped(stop));
+        }
         if !self.slots[vm].state.is_finished() {
             self.set_state(vm, VmState::Gdb { stop });
         }
@@ -214,9 +219,10 @@ impl Core {
         self.stop_for_debugger(vm, DebugStop::Step);
     }
 
-    /// Tells the front ends (and the VM's console) how its debugger stands.
+    /// Tells the front ends how `vm`'s debugger stands (headless runs print
+    /// it as a `[matrix]` line).
     pub(super) fn debugger_status(&mut self, vm: VmId, status: DebuggerStatus) {
-        self.slots[vm].runtime.console.note(format_args!("{}", status.describe()));
-        self.outbox.push_back(Event::Debugger { vm, status });
+        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        self.outbox.push_back(Event::Debugger { vm, t_ns, status });
     }
 }
