@@ -133,7 +133,7 @@ fn a_gdb_session_on_the_c_example_breaks_steps_prints_watches_and_detaches_while
         dir.path(),
         &["--vm", "t=ticker", "--vm", &format!("c={}", elf.display()), "--gdb", &format!("c={}", socket.display())],
     );
-    run.wait_for("c| [matrix] gdb: stopped at the entry point");
+    run.wait_for("c| [matrix] gdb: waiting at the entry point");
     let script = format!(
         "set confirm off\ntarget remote {}\nbreak greet\ncontinue\ninfo registers rip\n{}stepi\ninfo registers rip\n\
          next\nnext\nprint count\nprint printed\nfinish\nwatch *(long *)0x400\ncontinue\ncontinue\ndetach\n",
@@ -172,7 +172,7 @@ fn a_gdb_session_on_a_rust_guest_breaks_in_a_function_and_prints_its_local_and_a
     let socket = dir.path().join("d.gdb.sock");
     let mut run =
         Run::start(dir.path(), &["--vm", "t=ticker", "--vm", "d=debugme", "--gdb", &format!("d={}", socket.display())]);
-    run.wait_for("d| [matrix] gdb: stopped at the entry point");
+    run.wait_for("d| [matrix] gdb: waiting at the entry point");
     let script = format!(
         "set confirm off\ntarget remote {}\nbreak debugme::add_up\ncontinue\ninfo registers rip\nstepi\n\
          info registers rip\nnext\nnext\nprint total\nprint debugme::ROUNDS.v.value\ndelete\nset language c\n\
@@ -199,7 +199,7 @@ fn an_interrupt_stops_a_spinning_guest_and_kill_ends_it() {
     let socket = dir.path().join("s.gdb.sock");
     let mut run =
         Run::start(dir.path(), &["--vm", "t=ticker", "--vm", "s=spin", "--gdb", &format!("s={}", socket.display())]);
-    run.wait_for("s| [matrix] gdb: stopped at the entry point");
+    run.wait_for("s| [matrix] gdb: waiting at the entry point");
     let script = format!("set confirm off\ntarget remote {}\ncontinue\ninfo registers rip\nkill\n", socket.display());
     let gdb = gdb_command(dir.path(), &script, &elf).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Ctrl-C once the core has let the VM go.
@@ -224,7 +224,7 @@ fn garbage_and_a_second_debugger_are_refused_and_the_run_goes_on() {
     let socket = dir.path().join("s.gdb.sock");
     let mut run =
         Run::start(dir.path(), &["--vm", "t=ticker", "--vm", "s=spin", "--gdb", &format!("s={}", socket.display())]);
-    run.wait_for("s| [matrix] gdb: stopped at the entry point");
+    run.wait_for("s| [matrix] gdb: waiting at the entry point");
     // Garbage: the session ends, the VM waits for a debugger that speaks gdb.
     let mut client = UnixStream::connect(&socket).unwrap();
     client.write_all(b"hello\x00\xff$qSupported#00$AAAA").unwrap();

@@ -222,3 +222,33 @@ fn the_lesson_panel_at_80x24() {
 fn the_lesson_panel_at_160x48() {
     insta::assert_snapshot!(render(&lesson_app(), 160, 48).backend());
 }
+
+/// neo runs; debugme sits at a breakpoint with gdb connected.
+fn gdb_app() -> App {
+    use matrix_tui::debug::{DebugStop, DebuggerStatus};
+    let mut app = app(&["neo", "debugme"], &[70.0, 30.0], &[]);
+    let statuses = [
+        DebuggerStatus::Listening {
+            address: "127.0.0.1:1234".into(),
+            serving: "breakpoints by the debug registers, watchpoints by stepping".into(),
+        },
+        DebuggerStatus::Connected { peer: "127.0.0.1:40108".into() },
+        DebuggerStatus::Continued,
+        DebuggerStatus::Stopped(DebugStop::Breakpoint { address: 0x10081 }),
+    ];
+    for (t, status) in statuses.into_iter().enumerate() {
+        app.apply(Event::Debugger { vm: 1, t_ns: t as u64 * 1000, status });
+    }
+    app.apply(Event::State { vm: 1, state: VmState::Gdb { stop: DebugStop::Breakpoint { address: 0x10081 } } });
+    app
+}
+
+#[test]
+fn a_vm_at_a_gdb_breakpoint_at_80x24() {
+    insta::assert_snapshot!(render(&gdb_app(), 80, 24).backend());
+}
+
+#[test]
+fn a_vm_at_a_gdb_breakpoint_at_160x48() {
+    insta::assert_snapshot!(render(&gdb_app(), 160, 48).backend());
+}

@@ -223,7 +223,7 @@ impl DebuggerStatus {
     pub fn describe(&self) -> String {
         match self {
             Self::Listening { address, serving } => {
-                format!("gdb: stopped at the entry point; connect with: gdb -ex 'target remote {address}' ({serving})")
+                format!("gdb: waiting at the entry point for gdb's `target remote {address}` ({serving})")
             }
             Self::Connected { peer } => format!("gdb: debugger connected from {peer}"),
             Self::Disconnected { reason } => format!("gdb: debugger {reason}"),

@@ -389,7 +389,8 @@ impl App {
             Action::LessShare => return self.move_share(-SHARE_STEP),
             Action::TogglePause => match self.vms[vm].state {
                 VmState::Running => return vec![Command::Pause(vm)],
-                VmState::Paused => return vec![Command::Resume(vm)],
+                // Let go of a VM stopped for gdb (the core refuses while gdb is connected).
+                VmState::Paused | VmState::Gdb { .. } => return vec![Command::Resume(vm)],
                 _ => {}
             },
             Action::Restart => return vec![Command::Restart(vm)],

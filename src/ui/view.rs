@@ -317,15 +317,13 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
         ));
     }
     if let VmState::Gdb { stop } = &view.state {
-        let connect = match &view.debugger {
-            Some(DebuggerStatus::Connected { peer }) => format!("gdb connected from {peer}"),
-            _ => match &view.gdb_address {
-                Some(address) => format!("connect: gdb -ex 'target remote {address}'"),
-                None => String::new(),
-            },
+        let connect = match (&view.debugger, &view.gdb_address) {
+            (Some(DebuggerStatus::Connected { .. }), _) => " · gdb connected".to_string(),
+            (_, Some(address)) => format!(" · target remote {address}"),
+            (_, None) => String::new(),
         };
         lines.push(Line::styled(
-            format!("stopped for gdb: {} · {connect}", stop.describe()),
+            format!("stopped for gdb: {}{connect}", stop.describe()),
             Style::default().fg(Color::Magenta).bold(),
         ));
     }

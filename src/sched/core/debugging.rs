@@ -223,6 +223,10 @@ impl Core {
     /// it as a `[matrix]` line).
     pub(super) fn debugger_status(&mut self, vm: VmId, status: DebuggerStatus) {
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        // What the guest printed before goes out before it.
+        if let Some(console) = self.take_console(vm) {
+            self.outbox.push_back(console);
+        }
         self.outbox.push_back(Event::Debugger { vm, t_ns, status });
     }
 }
