@@ -67,7 +67,9 @@ pub enum StateCheck {
     Halted,
     /// Crashed.
     Crashed,
-    /// Halted or crashed.
+    /// Stopped for gdb (`--gdb`, or `gdb = ...` in the scenario).
+    Gdb,
+    /// Ended: halted, crashed or killed from gdb.
     Ended,
 }
 
@@ -323,11 +325,12 @@ fn check_of(
             "paused" => StateCheck::Paused,
             "halted" => StateCheck::Halted,
             "crashed" => StateCheck::Crashed,
+            "gdb" => StateCheck::Gdb,
             "ended" => StateCheck::Ended,
             other => {
                 return Err(error(
                     "state",
-                    format!("'{other}' is not a state; use running, paused, halted, crashed or ended"),
+                    format!("'{other}' is not a state; use running, paused, halted, crashed, gdb or ended"),
                 ));
             }
         };

@@ -349,4 +349,13 @@ mod tests {
         }
         assert!(seen >= 4, "only {seen} scenarios in assets/");
     }
+
+    #[test]
+    fn a_vm_can_ask_for_a_gdb_server_and_a_bad_address_is_located() {
+        let text = "[[vm]]\nname = \"a\"\nguest = \"spin\"\ngdb = \"127.0.0.1:1234\"\n";
+        let scenario = parse(text, "s.toml", Path::new("")).unwrap();
+        assert_eq!(scenario.vms[0].gdb, Some(ListenAddress::Tcp("127.0.0.1:1234".into())));
+        let error = parse(&text.replace("127.0.0.1:1234", "1234"), "s.toml", Path::new("")).unwrap_err();
+        assert!(error.to_string().starts_with("s.toml:4: gdb: '1234' is neither HOST:PORT"), "{error}");
+    }
 }

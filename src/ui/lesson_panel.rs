@@ -66,6 +66,7 @@ pub fn holds(check: &Check, app: &App, file_vms: &[usize]) -> bool {
             StateCheck::Paused => view.state == VmState::Paused,
             StateCheck::Halted => view.state == VmState::Halted,
             StateCheck::Crashed => matches!(view.state, VmState::Crashed { .. }),
+            StateCheck::Gdb => matches!(view.state, VmState::Gdb { .. }),
             StateCheck::Ended => view.state.is_finished(),
         }),
         Check::ExitSeen { vm: index, kind } => match index {
