@@ -194,6 +194,11 @@ struct RunArgs {
     #[arg(long)]
     no_seccomp: bool,
 
+    /// Arm each slice's timer at its deadline, not early by the kick latency
+    /// measured as the run goes (to compare the two).
+    #[arg(long)]
+    no_compensation: bool,
+
     /// The lesson whose scenario this run is (`matrix-tui lesson`).
     #[arg(skip)]
     lesson: Option<Lesson>,
@@ -226,6 +231,7 @@ impl Default for RunArgs {
             raw: false,
             control: false,
             no_seccomp: false,
+            no_compensation: false,
             lesson: None,
         }
     }
@@ -541,6 +547,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         trace: args.trace.clone(),
         calibration: None,
         seccomp: !args.no_seccomp,
+        compensate: !args.no_compensation,
     };
     Ok((config, args.duration.or(scenario.duration)))
 }

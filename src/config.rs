@@ -128,6 +128,9 @@ pub struct RunConfig {
     pub calibration: Option<Calibration>,
     /// Confine the core thread with a seccomp filter once it is set up.
     pub seccomp: bool,
+    /// Arm each slice's timer early by the kick latency measured so far
+    /// (`crate::sched::compensation`), so that slices end at their deadline.
+    pub compensate: bool,
 }
 
 impl RunConfig {
@@ -145,6 +148,7 @@ impl RunConfig {
             trace: None,
             calibration: None,
             seccomp: true,
+            compensate: true,
         }
     }
 

@@ -22,9 +22,17 @@ pub struct RunReport {
     /// How long after a slice's deadline the preempted guest was out of KVM_RUN
     /// (null when nothing was preempted).
     pub preempt_overrun_us: Option<Percentiles>,
+    /// How long before its deadline each preempted slice that ended early
+    /// ended (its kick, armed early by the measured latency, came sooner
+    /// than that); null when none did. Early ends are repaid by the planner.
+    pub preempt_early_us: Option<Percentiles>,
     /// Percent of timed slices whose deadline was armed a slice ahead (null
     /// when no slice had a deadline); the others armed theirs when they started.
     pub deadlines_armed_ahead_pct: Option<f64>,
+    /// How far before each deadline the timer was armed at the end of the
+    /// run: the kick latency measured (null when slices had no deadline or
+    /// compensation was off).
+    pub kick_lead_us: Option<f64>,
     /// One entry per VM, in scenario order.
     pub vms: Vec<VmReport>,
     /// How fast this machine runs the guests' busy loop, when the demo

@@ -65,7 +65,18 @@ fn the_json_report_has_every_field() {
     let output = run(&["run", "--vm", "part1:3", "--json"]);
     assert_eq!(output.status.code(), Some(0));
     let report = json(&output);
-    for key in ["wall_ns", "policy", "quantum_us", "timer", "vms"] {
+    for key in [
+        "wall_ns",
+        "policy",
+        "quantum_us",
+        "timer",
+        "vms",
+        "outside_kvm_run_pct",
+        "preempt_overrun_us",
+        "preempt_early_us",
+        "deadlines_armed_ahead_pct",
+        "kick_lead_us",
+    ] {
         assert!(report.get(key).is_some(), "no {key}");
     }
     assert_eq!(report["policy"], "fair");

@@ -41,6 +41,23 @@ fn rr_preempts_guests_that_never_exit_and_both_progress() {
 }
 
 #[test]
+fn deadline_compensation_brings_the_median_overrun_down() {
+    let run = |compensate: bool| {
+        let mut config = RunConfig::new(vec![common::builtin("a", "spin"), common::builtin("b", "spin")]);
+        config.policy = Policy::Rr;
+        config.compensate = compensate;
+        let report = common::run_config(config, Duration::from_millis(700)).report;
+        (report.preempt_overrun_us.expect("slices were preempted"), report.kick_lead_us)
+    };
+    let (without, no_lead) = run(false);
+    let (with, lead) = run(true);
+    assert_eq!(no_lead, None);
+    assert!(lead.is_some_and(|lead| lead > 0.0), "a lead was measured: {lead:?}");
+    assert!(with.samples > 100 && without.samples > 100);
+    assert!(with.p50 < without.p50, "with compensation {with:?}, without {without:?}");
+}
+
+#[test]
 fn fair_70_30_tickers_do_70_30_of_the_work() {
     let vms = vec![common::weighted("neo", "ticker", 70.0, &[]), common::weighted("morpheus", "ticker", 30.0, &[])];
     let outcome = common::run_config(RunConfig::new(vms), Duration::from_secs(3));

@@ -114,15 +114,18 @@ pub fn hypercall_round_trips(calls: usize) -> Result<BTreeMap<String, NsPercenti
         .collect()
 }
 
-/// Preemption overrun of two `spin` guests under `rr` with `timer`.
+/// Preemption overrun of two `spin` guests under `rr` with `timer`, with
+/// deadline compensation or without.
 pub fn preempt_overrun(
     timer: TimerKind,
+    compensate: bool,
     quantum: Duration,
     duration: Duration,
 ) -> Result<Option<Percentiles>, BenchError> {
     let mut config = RunConfig::new(vec![builtin("a", "spin", 1.0, &[]), builtin("b", "spin", 1.0, &[])]);
     config.policy = Policy::Rr;
     config.timer = timer;
+    config.compensate = compensate;
     config.quantum = quantum;
     Ok(run_for(config, duration)?.preempt_overrun_us)
 }

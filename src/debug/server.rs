@@ -135,7 +135,11 @@ pub fn start(listener: Listener, send: SendRequest, replies: Receiver<DebugReply
     let busy = Arc::new(AtomicBool::new(false));
     std::thread::Builder::new().name("matrix-gdb".into()).spawn(move || {
         loop {
-            let Ok((stream, peer)) = listener.accept() else { continue };
+            let Ok((stream, peer)) = listener.accept() else {
+                // Out of descriptors, say: try again a little later rather than spin.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
             if busy.swap(true, Ordering::AcqRel) {
                 // One debugger at a time: the second hears nothing and is cut off.
                 stream.shutdown();
@@ -188,7 +192,9 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
             }
             DebugRequest::Kill
         }
-        Ok(_) => DebugRequest::Detach { reason: None },
+        Ok(DisconnectReason::Disconnect) => DebugRequest::Detach { reason: None },
+        // gdb heard the VM end (a halt, a crash, a restart): it has nothing left to debug.
+        Ok(_) => DebugRequest::Detach { reason: Some("the VM ended".into()) },
         Err(error) if error.is_connection_error() => {
             DebugRequest::Detach { reason: Some("the connection ended".into()) }
         }

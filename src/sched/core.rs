@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kvm_ioctls::Kvm;
 
+use super::compensation::Compensation;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::vm_runtime::{Step, VmRuntime};
@@ -241,8 +242,11 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         console_flush_from: 0,
         stay_open: config.stay_open,
         seccomp: config.seccomp,
+        compensation: Compensation::new(config.compensate),
+        compensated: config.compensate,
         quit: false,
         overruns: LatencyLog::default(),
+        early_ends: LatencyLog::default(),
         preempted_at: None,
     };
     let thread = std::thread::Builder::new()
@@ -375,9 +379,16 @@ struct Core {
     console_flush_from: VmId,
     stay_open: bool,
     seccomp: bool,
+    /// The kick latency measured, and the lead taken from it.
+    compensation: Compensation,
+    /// Whether compensation is on (for the report).
+    compensated: bool,
     quit: bool,
     /// How long after each deadline a preempted guest was out of KVM_RUN.
     overruns: LatencyLog,
+    /// How long before their deadline preempted slices ended (kicks armed
+    /// early by more than their latency).
+    early_ends: LatencyLog,
     /// The deadline the last slice was preempted at, if it was.
     preempted_at: Option<u64>,
 }
@@ -478,16 +489,19 @@ impl Core {
         if let Some(previous) = self.preempted_at.take() {
             deadlines.observe_gap(previous, wall_start);
         }
-        let deadline = match slice.length_ns {
+        // The timer is armed for `kick`, early by the latency measured, so
+        // that the guest is out of KVM_RUN at `deadline`.
+        let (kick, deadline) = match slice.length_ns {
             Some(length) => {
-                let deadline = deadlines.start_slice(wall_start, wall_start + length);
-                self.kick.set_deadline(deadline);
+                let lead = length - self.compensation.run_before_kick(length);
+                let kick = deadlines.start_slice(wall_start, wall_start + length - lead);
+                self.kick.set_deadline(kick);
                 if let Some(following) = self.planner.following_length_ns().filter(|_| !stepping) {
-                    deadlines.arm_next(deadline, following);
+                    deadlines.arm_next(kick, self.compensation.run_before_kick(following));
                 }
-                deadline
+                (kick, kick + lead)
             }
-            None => u64::MAX,
+            None => (u64::MAX, u64::MAX),
         };
         let mut in_guest = 0;
         let mut exits = 0;
@@ -542,10 +556,18 @@ impl Core {
                     None => continue,
                 },
                 Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
-                Step::Interrupted if span.exited_ns >= deadline => {
+                Step::Interrupted if span.exited_ns >= kick => {
                     self.slots[vm].runtime.counters.preemptions += 1;
-                    self.overruns.record(span.exited_ns - deadline);
-                    self.preempted_at = Some(deadline);
+                    // Ended before its deadline (the lead was more than this
+                    // kick's latency): no overrun, and the early end is repaid.
+                    self.overruns.record(span.exited_ns.saturating_sub(deadline));
+                    if span.exited_ns < deadline {
+                        self.early_ends.record(deadline - span.exited_ns);
+                    }
+                    if !stepping {
+                        self.compensation.observe(kick, span.exited_ns);
+                    }
+                    self.preempted_at = Some(kick);
                     break SliceEnd::Deadline;
                 }
                 // A signal for an earlier slice (or not for us): carry on.
@@ -987,7 +1009,10 @@ impl Core {
             timer: timed.then(|| self.timer_kind.name().into()),
             outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
             preempt_overrun_us: self.overruns.summary(),
+            preempt_early_us: self.early_ends.summary(),
             deadlines_armed_ahead_pct,
+            kick_lead_us: (timed && self.compensated && deadlines_armed_ahead_pct.is_some())
+                .then(|| self.compensation.lead_ns() as f64 / 1000.0),
             vms,
             calibration: self.calibration,
             trace: None,

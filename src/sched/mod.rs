@@ -1,5 +1,7 @@
 //! Scheduling many VMs on one thread.
 
+/// Kicks armed early by their measured latency.
+pub mod compensation;
 /// The core thread and its loop.
 pub mod core;
 /// Slice deadlines armed one slice ahead.

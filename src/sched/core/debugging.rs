@@ -108,6 +108,7 @@ impl Core {
         let finished = self.slots[vm].state.is_finished();
         let status = match reason {
             None if finished => "detached (the VM has ended)".to_string(),
+            Some(why) if finished => format!("left: {why}"),
             None => {
                 if self.slots[vm].state != VmState::Running {
                     self.planner.reset(vm);
@@ -116,10 +117,8 @@ impl Core {
                 "detached; the VM goes on".to_string()
             }
             Some(why) => {
-                if !finished {
-                    self.slots[vm].runtime.machine.vcpu.complete_pending_exit();
-                    self.set_state(vm, VmState::Gdb { stop: DebugStop::Waiting });
-                }
+                self.slots[vm].runtime.machine.vcpu.complete_pending_exit();
+                self.set_state(vm, VmState::Gdb { stop: DebugStop::Waiting });
                 format!("left: {why}; the VM waits for the next debugger")
             }
         };
