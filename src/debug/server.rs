@@ -291,11 +291,6 @@ impl Target for VmTarget {
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
         Some(self)
     }
-
-    // int3s are written by the core, never by gdb through memory writes.
-    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
-        true
-    }
 }
 
 impl SingleThreadBase for VmTarget {
@@ -538,7 +533,6 @@ fn from_gdb(regs: &X86_64CoreRegs) -> CpuState {
         fdp: u64::from(regs.fpu.foseg) << 32 | u64::from(regs.fpu.fooff),
         xmm: regs.xmm,
         mxcsr: regs.mxcsr,
-        ..Default::default()
     }
 }
 

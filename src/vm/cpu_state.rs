@@ -13,22 +13,9 @@ pub struct CpuState {
     pub rip: u64,
     /// The flags.
     pub rflags: u64,
-    /// Selectors of cs, ss, ds, es, fs, gs: gdb's order.
+    /// Selectors of cs, ss, ds, es, fs, gs: gdb's order. (gdb's x86-64
+    /// description has no place for the control registers.)
     pub selectors: [u16; 6],
-    /// fs and gs base addresses.
-    pub fs_base: u64,
-    /// See `fs_base`.
-    pub gs_base: u64,
-    /// Control registers and EFER (read-only here: gdb's x86-64 description has no place for them).
-    pub cr0: u64,
-    /// See `cr0`.
-    pub cr2: u64,
-    /// See `cr0`.
-    pub cr3: u64,
-    /// See `cr0`.
-    pub cr4: u64,
-    /// See `cr0`.
-    pub efer: u64,
     /// x87 registers st0-st7, 80 bits each.
     pub st: [[u8; 10]; 8],
     /// x87 control word.
@@ -66,13 +53,6 @@ impl CpuState {
             rip: r.rip,
             rflags: r.rflags,
             selectors: segments.map(|segment| segment.selector),
-            fs_base: sregs.fs.base,
-            gs_base: sregs.gs.base,
-            cr0: sregs.cr0,
-            cr2: sregs.cr2,
-            cr3: sregs.cr3,
-            cr4: sregs.cr4,
-            efer: sregs.efer,
             st,
             fcw: fpu.fcw,
             fsw: fpu.fsw,
@@ -121,14 +101,13 @@ mod tests {
         let mut sregs = kvm_sregs::default();
         sregs.cs.selector = 0x8;
         sregs.ss.selector = 0x10;
-        sregs.cr3 = 0x1000;
         let mut fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
         fpu.xmm[3][0] = 7;
         let state = CpuState::from_kvm(&regs, &sregs, &fpu);
         assert_eq!((state.gprs[0], state.gprs[1], state.gprs[7], state.gprs[15]), (1, 2, 0x1000, 15));
-        assert_eq!((state.selectors[0], state.selectors[1], state.cr3, state.xmm[3]), (0x8, 0x10, 0x1000, 7));
+        assert_eq!((state.selectors[0], state.selectors[1], state.xmm[3]), (0x8, 0x10, 7));
         let (mut regs2, mut sregs2, mut fpu2) = (kvm_regs::default(), kvm_sregs::default(), kvm_fpu::default());
         state.apply(&mut regs2, &mut sregs2, &mut fpu2);
-        assert_eq!(CpuState::from_kvm(&regs2, &sregs2, &fpu2), CpuState { cr3: 0, ..state });
+        assert_eq!(CpuState::from_kvm(&regs2, &sregs2, &fpu2), state);
     }
 }
