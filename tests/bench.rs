@@ -66,6 +66,7 @@ fn quick_bench_reports_every_figure() {
     assert!(number(&report, &["trace_cost", "cost_pp"]).is_finite());
     assert_eq!(number(&report, &["scale", "vms"]), 256.0);
     assert!(number(&report, &["scale", "startup_ms"]) > 0.0 && number(&report, &["scale", "rss_mib"]) > 0.0);
+    assert!((0.0..=100.0).contains(&number(&report, &["scale", "outside_kvm_run_pct"])));
     assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
     let ui = number(&report, &["ui_cpu_pct", "pct"]);
     assert!(ui > 0.0 && ui < 100.0, "the UI thread used {ui} % of a core");

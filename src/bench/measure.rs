@@ -278,6 +278,9 @@ pub struct Scale {
     pub speed_spread_pct: f64,
     /// Resident memory of the process at the end.
     pub rss_mib: f64,
+    /// Wall time the core spent outside KVM_RUN: the scheduler's own cost
+    /// (and the records the bench asks for) at this many VMs.
+    pub outside_kvm_run_pct: f64,
 }
 
 /// `count` tickers at equal weights for `duration`.
@@ -310,6 +313,7 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
         share_error_rel_pct_w1s_charged: windows::relative_error_pct(&charged_shares, &targets).max,
         speed_spread_pct,
         rss_mib,
+        outside_kvm_run_pct: report.outside_kvm_run_pct,
     })
 }
 

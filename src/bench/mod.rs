@@ -342,9 +342,10 @@ pub fn table(report: &Value) -> String {
             &mut out,
             "256 tickers",
             format!(
-                "start-up {:.0} ms; worst VM in a 1 s window {:.2} % off target by work, {:.2} % by \
-                 charged time; speeds differ by up to {:.2} %; RSS {:.1} MiB",
+                "start-up {:.0} ms; {:.1} % outside KVM_RUN; worst VM in a 1 s window {:.2} % off target \
+                 by work, {:.2} % by charged time; speeds differ by up to {:.2} %; RSS {:.1} MiB",
                 num(&f["startup_ms"]),
+                num(&f["outside_kvm_run_pct"]),
                 num(&f["share_error_rel_pct_w1s"]),
                 num(&f["share_error_rel_pct_w1s_charged"]),
                 num(&f["speed_spread_pct"]),
