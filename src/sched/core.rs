@@ -220,6 +220,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
     let core = Core {
         planner: Planner::new(config.policy, quantum.as_nanos() as u64, slots.len()),
+        candidates: slots.iter().map(Slot::candidate).collect(),
         kvm,
         slots,
         timer_kind: config.timer,
@@ -340,6 +341,13 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// What the planner needs of it.
+    fn candidate(&self) -> Candidate {
+        Candidate { weight: self.config.weight, runnable: self.state == VmState::Running }
+    }
+}
+
 fn machine_spec(config: &VmConfig) -> MachineSpec {
     MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
 }
@@ -348,6 +356,9 @@ struct Core {
     kvm: Kvm,
     slots: Vec<Slot>,
     planner: Planner,
+    /// Every VM's weight and whether it can run, kept as states and weights
+    /// change (not gathered from the slots before every slice).
+    candidates: Vec<Candidate>,
     timer_kind: TimerKind,
     kick: Arc<KickTarget>,
     commands: Receiver<Command>,
@@ -444,12 +455,7 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
-            let candidates: Vec<Candidate> = self
-                .slots
-                .iter()
-                .map(|slot| Candidate { weight: slot.config.weight, runnable: slot.state == VmState::Running })
-                .collect();
-            match self.planner.next_slice(&candidates) {
+            match self.planner.next_slice(&self.candidates) {
                 Some(slice) => {
                     self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
@@ -705,6 +711,7 @@ impl Core {
             Command::SetWeight { vm, weight } => {
                 if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
                     slot.config.weight = weight;
+                    self.candidates[vm] = slot.candidate();
                     self.planner.reset(vm);
                     self.outbox.push_back(Event::Settings(self.settings()));
                 }
@@ -817,6 +824,7 @@ impl Core {
             }
         }
         self.slots[vm].state = state.clone();
+        self.candidates[vm] = self.slots[vm].candidate();
         self.outbox.push_back(Event::State { vm, state });
     }
 

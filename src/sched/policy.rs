@@ -69,6 +69,11 @@ pub struct Planner {
     gave_back: Option<usize>,
     /// The fair unit, as the last `next_slice` computed it.
     unit_ns: u64,
+    /// The candidates `shares` and `unit_ns` were worked out for (they are
+    /// worked out again only when weights or runnable VMs change).
+    planned_for: Vec<Candidate>,
+    /// The quantum they were worked out for.
+    planned_quantum_ns: u64,
     next: usize,
 }
 
@@ -82,6 +87,8 @@ impl Planner {
             shares: vec![0.0; vms],
             gave_back: None,
             unit_ns: quantum_ns,
+            planned_for: Vec::new(),
+            planned_quantum_ns: 0,
             next: 0,
         }
     }
@@ -125,11 +132,15 @@ impl Planner {
     /// equals; not the one that just gave its slice back, while another can
     /// run), for one unit.
     fn next_fair_slice(&mut self, vms: &[Candidate], order: impl Iterator<Item = usize> + Clone) -> Option<Slice> {
-        let total: f64 = vms.iter().filter(|vm| vm.runnable).map(|vm| vm.weight).sum();
-        for (share, vm) in self.shares.iter_mut().zip(vms) {
-            *share = if vm.runnable { vm.weight / total } else { 0.0 };
+        if self.planned_for != vms || self.planned_quantum_ns != self.quantum_ns {
+            let total: f64 = vms.iter().filter(|vm| vm.runnable).map(|vm| vm.weight).sum();
+            for (share, vm) in self.shares.iter_mut().zip(vms) {
+                *share = if vm.runnable { vm.weight / total } else { 0.0 };
+            }
+            self.unit_ns = self.fair_unit_ns();
+            self.planned_for = vms.to_vec();
+            self.planned_quantum_ns = self.quantum_ns;
         }
-        self.unit_ns = self.fair_unit_ns();
         let gave_back = self.gave_back.take();
         let largest_lag = |skip: Option<usize>| {
             order
