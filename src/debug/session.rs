@@ -236,19 +236,23 @@ impl Debugged {
         }
     }
 
-    /// After gdb wrote `bytes` at `address`: keeps the int3 bytes in place,
-    /// remembering what was written under them. Returns the int3 addresses to
-    /// write again.
-    pub fn repatch(&mut self, address: u64, bytes: &[u8]) -> Vec<u64> {
-        let mut again = Vec::new();
+    /// Writes what gdb asked at `address`. Bytes under an int3 are kept for
+    /// when it is removed; the int3 stays in memory.
+    pub fn write_memory<T: Translate>(
+        &mut self,
+        address: u64,
+        bytes: &[u8],
+        memory: &GuestView<'_, T>,
+    ) -> Result<(), String> {
+        memory.write(address, bytes).map_err(|error| error.to_string())?;
         for breakpoint in &mut self.breakpoints {
             let Some(original) = &mut breakpoint.original else { continue };
             if let Some(offset) = breakpoint.address.checked_sub(address).filter(|&o| o < bytes.len() as u64) {
                 *original = bytes[offset as usize];
-                again.push(breakpoint.address);
+                memory.write(breakpoint.address, &[INT3]).map_err(|error| error.to_string())?;
             }
         }
-        again
+        Ok(())
     }
 
     /// What a debug exit means: a stop to report, or nothing (a step of a
@@ -371,7 +375,8 @@ mod tests {
         let mut read = [0x90, INT3, 0xc3];
         debug.unpatch(0x10000, &mut read);
         assert_eq!(read, [0x90, 0x55, 0xc3]);
-        assert_eq!(debug.repatch(0x10001, &[0x56]), vec![0x10001]);
+        assert_eq!(debug.write_memory(0x10000, &[0x91, 0x56], &view(&mem)), Ok(()));
+        assert_eq!(mem.read_obj::<[u8; 2]>(GuestAddress(0x10000)).unwrap(), [0x91, INT3], "the int3 stays");
         assert_eq!(debug.breakpoint(BreakKind::Software, 0x10001, false, &view(&mem)), Ok(true));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10001)).unwrap(), 0x56, "what gdb wrote under it");
         assert_eq!(debug.breakpoint(BreakKind::Software, 0x8000_0000, true, &view(&mem)).map_err(|_| ()), Err(()));

@@ -46,6 +46,11 @@ impl Compensation {
         Self { enabled, latencies: Vec::with_capacity(WINDOW), next: 0, since_recompute: 0, lead_ns: 0 }
     }
 
+    /// Whether kicks are armed early at all (`--no-compensation` turns it off).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// How far before the deadline kicks are armed now.
     pub fn lead_ns(&self) -> u64 {
         self.lead_ns

@@ -244,7 +244,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         stay_open: config.stay_open,
         seccomp: config.seccomp,
         compensation: Compensation::new(config.compensate),
-        compensated: config.compensate,
         quit: false,
         overruns: LatencyLog::default(),
         early_ends: LatencyLog::default(),
@@ -339,9 +338,7 @@ impl Slot {
             debug: None,
         })
     }
-}
 
-impl Slot {
     /// What the planner needs of it.
     fn candidate(&self) -> Candidate {
         Candidate { weight: self.config.weight, runnable: self.state == VmState::Running }
@@ -392,8 +389,6 @@ struct Core {
     seccomp: bool,
     /// The kick latency measured, and the lead taken from it.
     compensation: Compensation,
-    /// Whether compensation is on (for the report).
-    compensated: bool,
     quit: bool,
     /// How long after each deadline a preempted guest was out of KVM_RUN.
     overruns: LatencyLog,
@@ -553,9 +548,7 @@ impl Core {
                     // Stepped to serve a breakpoint or watchpoint that did not
                     // hit; a host may not report a stepped hlt, so it is seen here.
                     None if self.halts_next(vm, exit.pc) => {
-                        self.slots[vm].runtime.counters.exits.hlt += 1;
-                        self.set_state(vm, VmState::Halted);
-                        self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+                        self.halt_for_debugger(vm);
                         break SliceEnd::Halt;
                     }
                     None if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
@@ -1019,7 +1012,7 @@ impl Core {
             preempt_overrun_us: self.overruns.summary(),
             preempt_early_us: self.early_ends.summary(),
             deadlines_armed_ahead_pct,
-            kick_lead_us: (timed && self.compensated && deadlines_armed_ahead_pct.is_some())
+            kick_lead_us: (timed && self.compensation.is_enabled() && deadlines_armed_ahead_pct.is_some())
                 .then(|| self.compensation.lead_ns() as f64 / 1000.0),
             vms,
             calibration: self.calibration,

@@ -43,14 +43,7 @@ impl Core {
                 debug.reply(DebugReply::Memory(bytes));
             }
             DebugRequest::WriteMemory { address, bytes } => {
-                let view = view(runtime);
-                let mut written = view.write(address, &bytes).map(|()| true).map_err(|error| error.to_string());
-                // Bytes under an int3 are kept for when it is removed; the int3 stays.
-                for at in debug.repatch(address, &bytes) {
-                    if let Err(error) = view.write(at, &[0xCC]) {
-                        written = Err(error.to_string());
-                    }
-                }
+                let written = debug.write_memory(address, &bytes, &view(runtime)).map(|()| true);
                 debug.reply(DebugReply::Done(written));
             }
             DebugRequest::Breakpoint { kind, address, insert } => {
@@ -188,14 +181,20 @@ impl Core {
         view(&self.slots[vm].runtime).read(pc, &mut instruction) == 1 && instruction[0] == HLT
     }
 
+    /// Halts `vm` at the `hlt` it is about to step (counted as its HLT exit)
+    /// and tells gdb.
+    pub(super) fn halt_for_debugger(&mut self, vm: VmId) {
+        self.slots[vm].runtime.counters.exits.hlt += 1;
+        self.set_state(vm, VmState::Halted);
+        self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+    }
+
     /// Runs one instruction of `vm` for gdb (charged to the VM, not to the
     /// policy) and tells gdb where it stopped.
     pub(super) fn gdb_step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
         let rip = self.slots[vm].runtime.machine.vcpu.registers().rip;
         if self.halts_next(vm, rip) {
-            self.slots[vm].runtime.counters.exits.hlt += 1;
-            self.set_state(vm, VmState::Halted);
-            self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+            self.halt_for_debugger(vm);
             return;
         }
         let slice = Slice { vm, length_ns: Some(STEP_LIMIT.as_nanos() as u64) };
