@@ -219,8 +219,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let epoch_ns = monotonic_ns();
     let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
     let core = Core {
-        planner: Planner::new(config.policy, quantum.as_nanos() as u64, slots.len()),
-        candidates: slots.iter().map(Slot::candidate).collect(),
+        planner: Planner::new(config.policy, quantum.as_nanos() as u64, &candidates(&slots)),
         kvm,
         slots,
         timer_kind: config.timer,
@@ -345,6 +344,11 @@ impl Slot {
     }
 }
 
+/// What the planner needs of every VM.
+fn candidates(slots: &[Slot]) -> Vec<Candidate> {
+    slots.iter().map(Slot::candidate).collect()
+}
+
 fn machine_spec(config: &VmConfig) -> MachineSpec {
     MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
 }
@@ -352,10 +356,9 @@ fn machine_spec(config: &VmConfig) -> MachineSpec {
 struct Core {
     kvm: Kvm,
     slots: Vec<Slot>,
+    /// Told of every change of a VM's weight or state (it is not asked
+    /// again before every slice).
     planner: Planner,
-    /// Every VM's weight and whether it can run, kept as states and weights
-    /// change (not gathered from the slots before every slice).
-    candidates: Vec<Candidate>,
     timer_kind: TimerKind,
     kick: Arc<KickTarget>,
     commands: Receiver<Command>,
@@ -450,7 +453,7 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
-            match self.planner.next_slice(&self.candidates) {
+            match self.planner.next_slice() {
                 Some(slice) => {
                     self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
@@ -704,8 +707,7 @@ impl Core {
             Command::SetWeight { vm, weight } => {
                 if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
                     slot.config.weight = weight;
-                    self.candidates[vm] = slot.candidate();
-                    self.planner.reset(vm);
+                    self.planner.set_candidate(vm, slot.candidate());
                     self.outbox.push_back(Event::Settings(self.settings()));
                 }
             }
@@ -748,7 +750,7 @@ impl Core {
         if policy == self.planner.policy() {
             self.planner.set_quantum(quantum_ns);
         } else {
-            self.planner = Planner::new(policy, quantum_ns, self.slots.len());
+            self.planner = Planner::new(policy, quantum_ns, &candidates(&self.slots));
         }
         self.outbox.push_back(Event::Settings(self.settings()));
     }
@@ -817,7 +819,7 @@ impl Core {
             }
         }
         self.slots[vm].state = state.clone();
-        self.candidates[vm] = self.slots[vm].candidate();
+        self.planner.set_candidate(vm, self.slots[vm].candidate());
         self.outbox.push_back(Event::State { vm, state });
     }
 

@@ -6,21 +6,31 @@
 //! - `rr`: round robin, one quantum each.
 //! - `fair`: weighted fair sharing on measured time. Every VM has a *lag*:
 //!   the time it was entitled to (its share of all time charged while it could
-//!   run) minus the time it was charged. The next slice goes to the runnable VM
-//!   with the largest lag, so whoever is furthest behind catches up first, and
+//!   run) minus the time it was charged. The next slice goes to a runnable VM
+//!   that is not ahead (lag >= 0), the one whose next unit is due soonest in
+//!   virtual time (EEVDF, see [`fair`]), so whoever is behind catches up, and
 //!   early exits, yields and commands are paid back by themselves.
 //!
 //!   All fair slices have the same length, the *unit*. So every VM is kicked
 //!   once per equal amount of charged time, and the time each kick wastes (the
 //!   entry into the guest, a few microseconds) costs every VM the same
 //!   fraction of its share; slices in proportion to weight would move work to
-//!   the heavy VMs. Picking by lag interleaves the units as evenly as they can
-//!   be (70/30: N M N N M N N M N N), so no VM's lag strays more than about
-//!   one unit from zero, and a window of time holds each VM's share to within
-//!   a unit. The unit is the quantum split by weight (the lightest VM's
+//!   the heavy VMs. The units interleave as evenly as the weights allow
+//!   (70/30: N M N N M N N M N N), so no VM's lag strays more than about one
+//!   unit from zero, and a window of time holds each VM's share to within a
+//!   unit. The unit is the quantum split by weight (the lightest VM's
 //!   entitlement per quantum) but at most [`MAX_UNIT_FRACTION`] of the
 //!   quantum, at least [`MIN_SLICE_NS`], and large enough that the heaviest VM
 //!   needs no more than four slices per quantum (many light VMs).
+//!
+//! A slice costs O(log N) under every policy: the planner is told when a VM's
+//! weight or state changes, and keeps what it needs ordered.
+
+mod fair;
+
+use std::collections::BTreeSet;
+
+use fair::FairQueue;
 
 use crate::config::Policy;
 
@@ -57,40 +67,32 @@ pub struct Slice {
 pub struct Planner {
     policy: Policy,
     quantum_ns: u64,
-    /// Per VM (`fair`): time it was entitled to minus time it was charged, in
-    /// ns, within a quantum either way (so a VM that gave its slices back for a
-    /// while cannot then keep the others waiting for more than two quanta).
-    lag_ns: Vec<f64>,
-    /// Per VM (`fair`): its share of the time while the current slice runs
-    /// (0 for VMs that cannot run), set by `next_slice` for `charge`.
-    shares: Vec<f64>,
+    /// The VMs that can run (`io`, `rr`).
+    runnable: BTreeSet<usize>,
+    /// The VMs that can run, in virtual time (`fair`).
+    fair: FairQueue,
     /// The VM that just gave its slice back (`fair`): the next slice goes to
     /// another one if any can run, whatever the lags say.
     gave_back: Option<usize>,
-    /// The fair unit, as the last `next_slice` computed it.
-    unit_ns: u64,
-    /// The candidates `shares` and `unit_ns` were worked out for (they are
-    /// worked out again only when weights or runnable VMs change).
-    planned_for: Vec<Candidate>,
-    /// The quantum they were worked out for.
-    planned_quantum_ns: u64,
+    /// Where round robin goes on from (`io`, `rr`).
     next: usize,
 }
 
 impl Planner {
-    /// A planner for `vms` VMs.
-    pub fn new(policy: Policy, quantum_ns: u64, vms: usize) -> Self {
-        Self {
+    /// A planner for `vms`, as they are now (see [`set_candidate`](Self::set_candidate)).
+    pub fn new(policy: Policy, quantum_ns: u64, vms: &[Candidate]) -> Self {
+        let mut planner = Self {
             policy,
             quantum_ns,
-            lag_ns: vec![0.0; vms],
-            shares: vec![0.0; vms],
+            runnable: BTreeSet::new(),
+            fair: FairQueue::new(vms.len(), quantum_ns),
             gave_back: None,
-            unit_ns: quantum_ns,
-            planned_for: Vec::new(),
-            planned_quantum_ns: 0,
             next: 0,
+        };
+        for (vm, &candidate) in vms.iter().enumerate() {
+            planner.set_candidate(vm, candidate);
         }
+        planner
     }
 
     /// The policy it plans for.
@@ -106,50 +108,47 @@ impl Planner {
     /// Changes the quantum from the next slice on.
     pub fn set_quantum(&mut self, quantum_ns: u64) {
         self.quantum_ns = quantum_ns;
+        self.fair.set_bounds(quantum_ns, self.fair_unit_ns());
     }
 
-    /// Forgets `vm`'s lag (it was paused, restarted, or its weight changed).
+    /// `vm`'s weight or whether it can run changed. A VM that starts to run
+    /// or changes weight starts with a lag of zero.
+    pub fn set_candidate(&mut self, vm: usize, candidate: Candidate) {
+        if candidate.runnable {
+            self.runnable.insert(vm);
+        } else {
+            self.runnable.remove(&vm);
+        }
+        if self.policy == Policy::Fair {
+            self.fair.set(vm, candidate.runnable.then_some(candidate.weight));
+            self.fair.set_bounds(self.quantum_ns, self.fair_unit_ns());
+        }
+    }
+
+    /// Forgets `vm`'s lag (it was stepped, restarted, or let go by gdb).
     pub fn reset(&mut self, vm: usize) {
-        self.lag_ns[vm] = 0.0;
+        if self.policy == Policy::Fair {
+            self.fair.reset(vm);
+        }
     }
 
     /// The next slice, or None when no VM is runnable.
-    pub fn next_slice(&mut self, vms: &[Candidate]) -> Option<Slice> {
-        let (count, start) = (vms.len(), self.next);
-        let order = (0..count).map(move |offset| (start + offset) % count);
+    pub fn next_slice(&mut self) -> Option<Slice> {
         let slice = match self.policy {
-            Policy::Io => order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice { vm, length_ns: None }),
-            Policy::Rr => {
-                order.clone().find(|&vm| vms[vm].runnable).map(|vm| Slice { vm, length_ns: Some(self.quantum_ns) })
+            Policy::Io => self.next_in_turn().map(|vm| Slice { vm, length_ns: None }),
+            Policy::Rr => self.next_in_turn().map(|vm| Slice { vm, length_ns: Some(self.quantum_ns) }),
+            Policy::Fair => {
+                let vm = self.fair.pick(self.gave_back.take());
+                vm.map(|vm| Slice { vm, length_ns: Some(self.fair.unit_ns()) })
             }
-            Policy::Fair => self.next_fair_slice(vms, order),
         }?;
         self.next = slice.vm + 1;
         Some(slice)
     }
 
-    /// The runnable VM with the largest lag (the first from `self.next` among
-    /// equals; not the one that just gave its slice back, while another can
-    /// run), for one unit.
-    fn next_fair_slice(&mut self, vms: &[Candidate], order: impl Iterator<Item = usize> + Clone) -> Option<Slice> {
-        if self.planned_for != vms || self.planned_quantum_ns != self.quantum_ns {
-            let total: f64 = vms.iter().filter(|vm| vm.runnable).map(|vm| vm.weight).sum();
-            for (share, vm) in self.shares.iter_mut().zip(vms) {
-                *share = if vm.runnable { vm.weight / total } else { 0.0 };
-            }
-            self.unit_ns = self.fair_unit_ns();
-            self.planned_for = vms.to_vec();
-            self.planned_quantum_ns = self.quantum_ns;
-        }
-        let gave_back = self.gave_back.take();
-        let largest_lag = |skip: Option<usize>| {
-            order
-                .clone()
-                .filter(|&vm| vms[vm].runnable && Some(vm) != skip)
-                .reduce(|best, vm| if self.lag_ns[vm] > self.lag_ns[best] { vm } else { best })
-        };
-        let vm = largest_lag(gave_back).or_else(|| largest_lag(None))?;
-        Some(Slice { vm, length_ns: Some(self.unit_ns) })
+    /// The first runnable VM from `next` on, round the end.
+    fn next_in_turn(&self) -> Option<usize> {
+        self.runnable.range(self.next..).next().or_else(|| self.runnable.first()).copied()
     }
 
     /// How long the slice after the one [`next_slice`](Self::next_slice) just
@@ -159,17 +158,15 @@ impl Planner {
         match self.policy {
             Policy::Io => None,
             Policy::Rr => Some(self.quantum_ns),
-            Policy::Fair => Some(self.unit_ns),
+            Policy::Fair => Some(self.fair.unit_ns()),
         }
     }
 
-    /// Computes the length of every fair slice from the shares set by
-    /// `next_fair_slice` (kept in `unit_ns` for `following_length_ns`).
+    /// The length of every fair slice, from the runnable VMs' shares.
     fn fair_unit_ns(&self) -> u64 {
         let quantum = self.quantum_ns as f64;
-        let runnable = || self.shares.iter().copied().filter(|&share| share > 0.0);
-        let lightest = runnable().fold(f64::INFINITY, f64::min) * quantum;
-        let heaviest = runnable().fold(0.0, f64::max) * quantum;
+        let (lightest, heaviest) = self.fair.share_range();
+        let (lightest, heaviest) = (lightest * quantum, heaviest * quantum);
         lightest.min(quantum * MAX_UNIT_FRACTION).max(heaviest / 4.0).max(MIN_SLICE_NS as f64).min(quantum) as u64
     }
 
@@ -180,12 +177,7 @@ impl Planner {
     pub fn charge(&mut self, vm: usize, charged_ns: u64, gave_back: bool) {
         if self.policy == Policy::Fair {
             self.gave_back = gave_back.then_some(vm);
-            let bound = self.quantum_ns as f64;
-            let charged = charged_ns as f64;
-            self.lag_ns[vm] -= charged;
-            for (lag, share) in self.lag_ns.iter_mut().zip(&self.shares) {
-                *lag = (*lag + charged * share).clamp(-bound, bound);
-            }
+            self.fair.charge(vm, charged_ns);
         }
     }
 }
@@ -211,7 +203,7 @@ mod tests {
         let mut got = vec![0; vms.len()];
         let mut now = 0;
         while now < total_ns {
-            let slice = planner.next_slice(vms).expect("a runnable VM");
+            let slice = planner.next_slice().expect("a runnable VM");
             let used = use_of(slice.vm, slice.length_ns.unwrap());
             got[slice.vm] += used;
             now += used.max(1);
@@ -230,10 +222,10 @@ mod tests {
         // 70/30 at 1 ms: units of 0.2 ms (a fifth of the quantum, below
         // Morpheus's 0.3 ms), as evenly spread as 7:3 allows.
         let vms = candidates(&[70.0, 30.0]);
-        let mut planner = Planner::new(Policy::Fair, MS, 2);
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         let mut order = Vec::new();
         for _ in 0..10 {
-            let slice = planner.next_slice(&vms).unwrap();
+            let slice = planner.next_slice().unwrap();
             assert_eq!(slice.length_ns, Some(200_000));
             order.push(slice.vm);
             planner.charge(slice.vm, 200_000, false);
@@ -246,11 +238,11 @@ mod tests {
         for weights in [&[70.0, 30.0][..], &[50.0, 50.0], &[5.0, 1.0, 3.0, 1.0, 10.0, 20.0], &[1.0; 16]] {
             let vms = candidates(weights);
             let total_weight: f64 = weights.iter().sum();
-            let mut planner = Planner::new(Policy::Fair, MS, vms.len());
+            let mut planner = Planner::new(Policy::Fair, MS, &vms);
             let (mut got, mut now, mut worst) = (vec![0u64; vms.len()], 0u64, 0f64);
             let mut unit = 0;
             while now < 500 * MS {
-                let slice = planner.next_slice(&vms).unwrap();
+                let slice = planner.next_slice().unwrap();
                 unit = slice.length_ns.unwrap();
                 got[slice.vm] += unit;
                 now += unit;
@@ -269,7 +261,7 @@ mod tests {
     fn fair_honours_any_number_of_weights_over_time() {
         let weights = [5.0, 1.0, 3.0, 1.0, 10.0, 20.0];
         let vms = candidates(&weights);
-        let mut planner = Planner::new(Policy::Fair, MS, vms.len());
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         let got = simulate(&mut planner, &vms, 1000 * MS, |_, length| length);
         let total: f64 = weights.iter().sum();
         for (share, weight) in shares(&got).iter().zip(weights) {
@@ -281,7 +273,7 @@ mod tests {
     fn fair_repays_early_exits() {
         // VM 0 uses only half of every other slice; over time it still gets 70%.
         let vms = candidates(&[70.0, 30.0]);
-        let mut planner = Planner::new(Policy::Fair, MS, 2);
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         let mut calls = 0;
         let got = simulate(&mut planner, &vms, 2000 * MS, |vm, length| {
             calls += 1;
@@ -294,12 +286,12 @@ mod tests {
     #[test]
     fn fair_lag_is_bounded_so_a_sleeper_cannot_hog_later() {
         let vms = candidates(&[1.0, 1.0]);
-        let mut planner = Planner::new(Policy::Fair, MS, 2);
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         // VM 0 gives every slice back at once for a while (VM 1 still gets
         // every other one)...
         let mut others = 0;
         for _ in 0..100 {
-            let slice = planner.next_slice(&vms).unwrap();
+            let slice = planner.next_slice().unwrap();
             let used = if slice.vm == 0 { 0 } else { slice.length_ns.unwrap() };
             others += slice.vm;
             planner.charge(slice.vm, used, used == 0);
@@ -309,7 +301,7 @@ mod tests {
         // again within two quanta, when their lags meet.
         let mut hogged = 0;
         loop {
-            let slice = planner.next_slice(&vms).unwrap();
+            let slice = planner.next_slice().unwrap();
             if slice.vm == 1 {
                 break;
             }
@@ -322,10 +314,12 @@ mod tests {
     #[test]
     fn weight_changes_take_effect_at_the_next_slice() {
         let mut vms = candidates(&[70.0, 30.0]);
-        let mut planner = Planner::new(Policy::Fair, MS, 2);
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         simulate(&mut planner, &vms, 100 * MS, |_, length| length);
         vms[0].weight = 75.0;
         vms[1].weight = 25.0;
+        planner.set_candidate(0, vms[0]);
+        planner.set_candidate(1, vms[1]);
         let got = simulate(&mut planner, &vms, 100 * MS, |_, length| length);
         assert!((shares(&got)[0] - 0.75).abs() < 0.01, "{:?}", shares(&got));
     }
@@ -334,7 +328,7 @@ mod tests {
     fn fair_and_rr_never_starve_a_runnable_vm() {
         for policy in [Policy::Fair, Policy::Rr] {
             let vms = candidates(&[1000.0, 1.0, 1.0]);
-            let mut planner = Planner::new(policy, MS, 3);
+            let mut planner = Planner::new(policy, MS, &vms);
             // Weight 1 in 1002 earns 1 us per 1 ms, so under `fair` its
             // 0.25 ms slice (a quarter of the heavy VM's quantum) comes once
             // every 250 ms or so.
@@ -346,7 +340,7 @@ mod tests {
     #[test]
     fn fair_with_many_vms_gives_each_its_share() {
         let vms = candidates(&[1.0; 256]);
-        let mut planner = Planner::new(Policy::Fair, MS, vms.len());
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         let got = simulate(&mut planner, &vms, 2000 * MS, |_, length| length);
         for share in shares(&got) {
             assert!((share * 256.0 - 1.0).abs() < 0.05, "{share}");
@@ -356,23 +350,26 @@ mod tests {
     #[test]
     fn rr_gives_equal_quanta_and_io_runs_until_io() {
         let vms = candidates(&[9.0, 1.0]);
-        let mut rr = Planner::new(Policy::Rr, 2 * MS, 2);
+        let mut rr = Planner::new(Policy::Rr, 2 * MS, &vms);
         let got = simulate(&mut rr, &vms, 100 * MS, |_, length| length);
         assert_eq!(got[0], got[1]);
-        let mut io = Planner::new(Policy::Io, MS, 2);
-        assert_eq!(io.next_slice(&vms), Some(Slice { vm: 0, length_ns: None }));
-        assert_eq!(io.next_slice(&vms), Some(Slice { vm: 1, length_ns: None }));
+        let mut io = Planner::new(Policy::Io, MS, &vms);
+        assert_eq!(io.next_slice(), Some(Slice { vm: 0, length_ns: None }));
+        assert_eq!(io.next_slice(), Some(Slice { vm: 1, length_ns: None }));
     }
 
     #[test]
     fn paused_vms_are_skipped_and_their_share_goes_to_the_others() {
         let mut vms = candidates(&[1.0, 1.0, 2.0]);
         vms[1].runnable = false;
-        let mut planner = Planner::new(Policy::Fair, MS, 3);
+        let vms = vms;
+        let mut planner = Planner::new(Policy::Fair, MS, &vms);
         let got = simulate(&mut planner, &vms, 300 * MS, |_, length| length);
         assert_eq!(got[1], 0);
         assert!((shares(&got)[2] - 2.0 / 3.0).abs() < 0.01);
-        vms.iter_mut().for_each(|vm| vm.runnable = false);
-        assert_eq!(planner.next_slice(&vms), None);
+        for (vm, &candidate) in vms.iter().enumerate() {
+            planner.set_candidate(vm, Candidate { runnable: false, ..candidate });
+        }
+        assert_eq!(planner.next_slice(), None);
     }
 }
