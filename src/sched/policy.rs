@@ -27,6 +27,7 @@
 //! weight or state changes, and keeps what it needs ordered.
 
 mod fair;
+mod heap;
 
 use std::collections::BTreeSet;
 

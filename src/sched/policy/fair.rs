@@ -10,8 +10,8 @@
 //! with the earliest *virtual deadline* (its virtual time plus one unit over
 //! its weight): EEVDF, as in Stoica and Abdel-Wahab's paper and Linux since
 //! 6.6. With equal units this interleaves the VMs as evenly as their weights
-//! allow, and keeps every lag within about a unit. The VMs are kept in two
-//! ordered sets, by virtual time and (the eligible ones) by deadline; a slice
+//! allow, and keeps every lag within about a unit. The eligible VMs are kept
+//! in a heap by deadline and the others in a heap by virtual time; a slice
 //! moves the charged VM and the few whose virtual time `V` passes.
 //!
 //! A VM that joins (starts, resumes, changes weight) comes in at lag zero:
@@ -21,10 +21,11 @@
 //! then keep the others waiting for more than about two quanta.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound::{Excluded, Included};
+use std::collections::BTreeMap;
 
-/// An `f64` ordered by `total_cmp`, for keys of ordered sets.
+use super::heap::IndexedHeap;
+
+/// An `f64` ordered by `total_cmp`, for heap keys.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Key(f64);
 
@@ -42,10 +43,6 @@ impl PartialOrd for Key {
     }
 }
 
-/// A place in the eligible set: virtual deadline, then the VM that ran
-/// longest ago, then the VM.
-type DeadlineKey = (Key, u64, usize);
-
 /// The runnable VMs and their virtual times.
 #[derive(Debug, Clone)]
 pub struct FairQueue {
@@ -57,7 +54,8 @@ pub struct FairQueue {
     weights: Vec<Option<f64>>,
     /// Per VM: charged ns over weight, while it can run.
     virtual_ns: Vec<f64>,
-    /// Per VM: when it was last charged (a count of charges), to order equal deadlines.
+    /// Per VM: when it was last charged (a count of charges), so that of two
+    /// equal deadlines the one that waited longer goes first.
     last_charged: Vec<u64>,
     charges: u64,
     /// The total weight of the runnable VMs.
@@ -69,10 +67,10 @@ pub struct FairQueue {
     /// How many runnable VMs have each weight (by its bits: positive floats
     /// order as their bits), for the lightest and the heaviest.
     weight_counts: BTreeMap<u64, usize>,
-    /// Every runnable VM by virtual time.
-    by_virtual: BTreeSet<(Key, usize)>,
-    /// The runnable VMs with virtual time <= `V`, by deadline.
-    eligible: BTreeSet<DeadlineKey>,
+    /// The runnable VMs ahead of their share (virtual time > `V`), by virtual time.
+    ahead: IndexedHeap<Key>,
+    /// The others, eligible, by virtual deadline, then the one charged longest ago.
+    eligible: IndexedHeap<(Key, u64)>,
 }
 
 impl FairQueue {
@@ -89,8 +87,8 @@ impl FairQueue {
             weighted_virtual_sum: 0.0,
             virtual_now: 0.0,
             weight_counts: BTreeMap::new(),
-            by_virtual: BTreeSet::new(),
-            eligible: BTreeSet::new(),
+            ahead: IndexedHeap::new(vms),
+            eligible: IndexedHeap::new(vms),
         }
     }
 
@@ -102,7 +100,7 @@ impl FairQueue {
     /// The lightest and heaviest runnable VMs' shares (0 when none can run).
     pub fn share_range(&self) -> (f64, f64) {
         let share =
-            |bits: Option<(&u64, &usize)>| bits.map_or(0.0, |(&bits, _)| f64::from_bits(bits) / self.weight_sum);
+            |entry: Option<(&u64, &usize)>| entry.map_or(0.0, |(&bits, _)| f64::from_bits(bits) / self.weight_sum);
         (share(self.weight_counts.first_key_value()), share(self.weight_counts.last_key_value()))
     }
 
@@ -110,19 +108,13 @@ impl FairQueue {
     /// deadlines are worked out again when the unit changes, in O(N log N).
     pub fn set_bounds(&mut self, quantum_ns: u64, unit_ns: u64) {
         self.lag_bound_ns = quantum_ns as f64;
-        self.set_unit(unit_ns);
-    }
-
-    fn set_unit(&mut self, unit_ns: u64) {
-        if unit_ns == self.unit_ns {
-            return;
-        }
-        self.unit_ns = unit_ns;
-        self.eligible.clear();
-        let now = Key(self.virtual_now);
-        let eligible: Vec<usize> = self.by_virtual.iter().take_while(|(v, _)| *v <= now).map(|&(_, vm)| vm).collect();
-        for vm in eligible {
-            self.eligible.insert(self.deadline_key(vm));
+        if unit_ns != self.unit_ns {
+            self.unit_ns = unit_ns;
+            let eligible: Vec<usize> = self.eligible.iter().map(|(_, vm)| vm).collect();
+            self.eligible.clear();
+            for vm in eligible {
+                self.eligible.push(vm, self.deadline(vm));
+            }
         }
     }
 
@@ -145,13 +137,13 @@ impl FairQueue {
     /// The eligible VM with the earliest deadline, other than `skip` while any
     /// other can run (then the one least ahead, if none other is eligible).
     pub fn pick(&self, skip: Option<usize>) -> Option<usize> {
-        let other = |&vm: &usize| Some(vm) != skip;
+        let Some(skip) = skip else {
+            return self.eligible.peek().map(|(_, vm)| vm).or_else(|| self.ahead.peek().map(|(_, vm)| vm));
+        };
         self.eligible
-            .iter()
-            .map(|&(_, _, vm)| vm)
-            .find(other)
-            .or_else(|| self.by_virtual.iter().map(|&(_, vm)| vm).find(other))
-            .or(skip.filter(|&vm| self.weights[vm].is_some()))
+            .first_other_than(skip)
+            .or_else(|| self.ahead.first_other_than(skip))
+            .or(Some(skip).filter(|&vm| self.weights[vm].is_some()))
     }
 
     /// `vm` was charged `charged_ns`: its virtual time moves by that over its
@@ -159,17 +151,19 @@ impl FairQueue {
     /// run (it halted in the slice) has left already, and its lag with it.
     pub fn charge(&mut self, vm: usize, charged_ns: u64) {
         let Some(weight) = self.weights[vm] else { return };
-        self.remove(vm);
+        self.take_out(vm);
         self.charges += 1;
         self.last_charged[vm] = self.charges;
-        let charged = charged_ns as f64;
-        self.virtual_ns[vm] += charged / weight;
-        self.weighted_virtual_sum += charged;
         let before = self.virtual_now;
-        self.virtual_now = self.weighted_virtual_sum / self.weight_sum;
+        if charged_ns > 0 {
+            let charged = charged_ns as f64;
+            self.virtual_ns[vm] += charged / weight;
+            self.weighted_virtual_sum += charged;
+            self.virtual_now = self.weighted_virtual_sum / self.weight_sum;
+        }
         self.clamp_lag(vm, weight);
-        self.move_eligibility(before);
-        self.insert(vm);
+        self.settle(before);
+        self.put_in(vm);
     }
 
     /// Cuts `vm`'s lag back to the bound. Moving its virtual time moves `V`
@@ -193,16 +187,15 @@ impl FairQueue {
     fn join(&mut self, vm: usize, weight: f64) {
         self.weights[vm] = Some(weight);
         *self.weight_counts.entry(weight.to_bits()).or_default() += 1;
-        let before = self.virtual_now;
-        self.virtual_ns[vm] = before;
+        // At `V` exactly, which therefore stays where it is.
+        self.virtual_ns[vm] = self.virtual_now;
         self.weight_sum += weight;
-        self.weighted_virtual_sum += weight * before;
-        self.virtual_now = self.weighted_virtual_sum / self.weight_sum;
-        self.move_eligibility(before);
-        self.insert(vm);
+        self.weighted_virtual_sum += weight * self.virtual_now;
+        self.put_in(vm);
     }
 
     fn leave(&mut self, vm: usize) {
+        self.take_out(vm);
         let Some(weight) = self.weights[vm].take() else { return };
         if let Some(count) = self.weight_counts.get_mut(&weight.to_bits()) {
             *count -= 1;
@@ -210,61 +203,56 @@ impl FairQueue {
                 self.weight_counts.remove(&weight.to_bits());
             }
         }
-        self.remove_keys(vm, weight);
         self.weight_sum -= weight;
         self.weighted_virtual_sum -= weight * self.virtual_ns[vm];
         let before = self.virtual_now;
-        if self.by_virtual.is_empty() {
+        if self.weight_counts.is_empty() {
             // Nothing can run: start afresh (no rounding left behind).
             (self.weight_sum, self.weighted_virtual_sum, self.virtual_now) = (0.0, 0.0, 0.0);
         } else {
             self.virtual_now = self.weighted_virtual_sum / self.weight_sum;
         }
-        self.move_eligibility(before);
+        self.settle(before);
     }
 
-    /// `V` moved from `before`: the VMs it passed become eligible (or stop
-    /// being so, when it moved back).
-    fn move_eligibility(&mut self, before: f64) {
-        let (low, high) =
-            if before <= self.virtual_now { (before, self.virtual_now) } else { (self.virtual_now, before) };
-        let passed: Vec<usize> = self
-            .by_virtual
-            .range((Excluded((Key(low), usize::MAX)), Included((Key(high), usize::MAX))))
-            .map(|&(_, vm)| vm)
-            .collect();
-        for vm in passed {
-            let key = self.deadline_key(vm);
-            if self.virtual_ns[vm] <= self.virtual_now {
-                self.eligible.insert(key);
-            } else {
-                self.eligible.remove(&key);
+    /// `V` moved from `before`: the VMs it passed become eligible. When it
+    /// moved back (a VM left or was forgiven a debt: rare), those now ahead
+    /// are found among all the eligible, in O(N).
+    fn settle(&mut self, before: f64) {
+        while let Some((Key(virtual_ns), vm)) = self.ahead.peek() {
+            if virtual_ns > self.virtual_now {
+                break;
+            }
+            self.ahead.pop();
+            self.eligible.push(vm, self.deadline(vm));
+        }
+        if self.virtual_now < before {
+            let now_ahead: Vec<usize> =
+                self.eligible.iter().map(|(_, vm)| vm).filter(|&vm| self.virtual_ns[vm] > self.virtual_now).collect();
+            for vm in now_ahead {
+                self.eligible.remove(vm);
+                self.ahead.push(vm, Key(self.virtual_ns[vm]));
             }
         }
     }
 
-    fn deadline_key(&self, vm: usize) -> DeadlineKey {
+    fn deadline(&self, vm: usize) -> (Key, u64) {
         let weight = self.weights[vm].expect("only runnable VMs have deadlines");
-        (Key(self.virtual_ns[vm] + self.unit_ns as f64 / weight), self.last_charged[vm], vm)
+        (Key(self.virtual_ns[vm] + self.unit_ns as f64 / weight), self.last_charged[vm])
     }
 
-    fn insert(&mut self, vm: usize) {
-        self.by_virtual.insert((Key(self.virtual_ns[vm]), vm));
+    fn put_in(&mut self, vm: usize) {
         if self.virtual_ns[vm] <= self.virtual_now {
-            self.eligible.insert(self.deadline_key(vm));
+            self.eligible.push(vm, self.deadline(vm));
+        } else {
+            self.ahead.push(vm, Key(self.virtual_ns[vm]));
         }
     }
 
-    fn remove(&mut self, vm: usize) {
-        if let Some(weight) = self.weights[vm] {
-            self.remove_keys(vm, weight);
+    fn take_out(&mut self, vm: usize) {
+        if self.eligible.remove(vm).is_none() {
+            self.ahead.remove(vm);
         }
-    }
-
-    fn remove_keys(&mut self, vm: usize, weight: f64) {
-        self.by_virtual.remove(&(Key(self.virtual_ns[vm]), vm));
-        let deadline = Key(self.virtual_ns[vm] + self.unit_ns as f64 / weight);
-        self.eligible.remove(&(deadline, self.last_charged[vm], vm));
     }
 
     /// `vm`'s lag in ns (0 when it cannot run).
@@ -294,8 +282,9 @@ mod tests {
     /// exactly those with a lag >= 0.
     fn assert_consistent(queue: &FairQueue) {
         let runnable: Vec<usize> = (0..queue.weights.len()).filter(|&vm| queue.weights[vm].is_some()).collect();
-        assert_eq!(queue.by_virtual.len(), runnable.len());
-        let mut eligible: Vec<usize> = queue.eligible.iter().map(|&(_, _, vm)| vm).collect();
+        let ahead = queue.ahead.iter().count();
+        let mut eligible: Vec<usize> = queue.eligible.iter().map(|(_, vm)| vm).collect();
+        assert_eq!(ahead + eligible.len(), runnable.len());
         eligible.sort_unstable();
         let expected: Vec<usize> =
             runnable.iter().copied().filter(|&vm| queue.virtual_ns[vm] <= queue.virtual_now).collect();
