@@ -197,7 +197,7 @@ fn a_stale_timer_kick_does_not_cut_the_next_slice() {
     let start = monotonic_ns();
     let deadline = start + 30_000_000;
     kick.set_deadline(deadline);
-    timer.arm(start + 2_000_000);
+    timer.arm(start + 2_000_000, 0);
     let mut stale_interrupts = 0;
     let mut charged = 0;
     loop {
@@ -211,7 +211,7 @@ fn a_stale_timer_kick_does_not_cut_the_next_slice() {
         assert!(stale_interrupts < 10, "KVM_RUN keeps returning early: immediate_exit stuck");
         if stale_interrupts == 1 {
             // Now the real timer for this slice.
-            timer.arm(deadline);
+            timer.arm(deadline, 0);
         }
     }
     assert_eq!(stale_interrupts, 1, "the stale signal costs one re-entry");
@@ -257,7 +257,7 @@ fn a_kick_after_the_vm_is_gone_is_harmless() {
         let mut vm = common::runtime(guest, &[]);
         kick.set_deadline(monotonic_ns() + 2_000_000);
         let mut timer = quantum_timer::create(TimerKind::Posix, &kick).unwrap();
-        timer.arm(monotonic_ns() + 2_000_000);
+        timer.arm(monotonic_ns() + 2_000_000, 0);
         while vm.step(&kick, 0).0 != Step::Interrupted {}
         drop(vm);
         // Due kicks and requests now arrive with no vCPU behind them.

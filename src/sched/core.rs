@@ -406,7 +406,7 @@ impl Core {
     fn run(mut self, ready: Sender<Result<(), SpawnError>>) {
         let _attached = self.kick.attach();
         let create = || quantum_timer::create(self.timer_kind, &self.kick);
-        let mut deadlines = match create().and_then(|first| Ok(Deadlines::new(first, create()?))) {
+        let mut deadlines = match create().map(Deadlines::new) {
             Ok(deadlines) => deadlines,
             Err(source) => {
                 let other = match self.timer_kind {
@@ -490,6 +490,7 @@ impl Core {
     fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
         let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
+        self.kick.note_cpu();
         if let Some(previous) = self.preempted_at.take() {
             deadlines.observe_gap(previous, wall_start);
         }
@@ -498,14 +499,17 @@ impl Core {
         let (kick, deadline) = match slice.length_ns {
             Some(length) => {
                 let lead = length - self.compensation.run_before_kick(length);
-                let kick = deadlines.start_slice(wall_start, wall_start + length - lead);
+                let following = self.planner.following_length_ns().filter(|_| !stepping);
+                let following = following.map(|length| self.compensation.run_before_kick(length));
+                let kick = deadlines.start_slice(wall_start, wall_start + length - lead, following);
                 self.kick.set_deadline(kick);
-                if let Some(following) = self.planner.following_length_ns().filter(|_| !stepping) {
-                    deadlines.arm_next(kick, self.compensation.run_before_kick(following));
-                }
                 (kick, kick + lead)
             }
-            None => (u64::MAX, u64::MAX),
+            None => {
+                // No expiry may cut a slice that runs until I/O.
+                deadlines.disarm();
+                (u64::MAX, u64::MAX)
+            }
         };
         let mut in_guest = 0;
         let mut exits = 0;

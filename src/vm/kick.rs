@@ -66,6 +66,8 @@ pub struct KickTarget {
     deadline_ns: AtomicU64,
     /// Kernel thread id of the core thread (0 until attached).
     tid: AtomicI32,
+    /// The CPU the core thread last ran a slice on (-1: not known yet).
+    cpu: AtomicI32,
 }
 
 impl KickTarget {
@@ -76,6 +78,7 @@ impl KickTarget {
             requested: AtomicBool::new(false),
             deadline_ns: AtomicU64::new(u64::MAX),
             tid: AtomicI32::new(0),
+            cpu: AtomicI32::new(-1),
         })
     }
 
@@ -94,6 +97,20 @@ impl KickTarget {
     /// Kernel thread id of the attached thread, or 0.
     pub fn tid(&self) -> libc::pid_t {
         self.tid.load(Ordering::SeqCst)
+    }
+
+    /// Records the CPU the calling (core) thread is on, for kickers that
+    /// follow it there: `sched_getcpu` reads it from memory the kernel keeps
+    /// up to date (rseq), no system call.
+    pub fn note_cpu(&self) {
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        self.cpu.store(cpu, Ordering::Relaxed);
+    }
+
+    /// The CPU the core thread last noted, if any.
+    pub fn cpu(&self) -> Option<usize> {
+        usize::try_from(self.cpu.load(Ordering::Relaxed)).ok()
     }
 
     /// Asks the core thread to come out of KVM_RUN and look at its commands.

@@ -72,6 +72,8 @@ const ALLOWED: &[i64] = &[
     libc::SYS_sigaltstack,
     libc::SYS_restart_syscall,
     libc::SYS_gettid,
+    // sched_getcpu, where the kernel offers no rseq area.
+    libc::SYS_getcpu,
     libc::SYS_getpid,
     libc::SYS_tgkill,
     libc::SYS_exit,
