@@ -267,12 +267,15 @@ pub struct Scale {
     pub vms: usize,
     /// Setting them all up and starting the core.
     pub startup_ms: f64,
-    /// Largest |share - target| of any VM in any 1 s window, from its work.
-    pub share_error_pp_w1s: f64,
-    /// Largest |share / target - 1| of any VM in any 1 s window, from its work.
-    pub share_error_rel_pct_w1s: f64,
+    /// The windows the shares are judged in: long enough for each VM to get
+    /// the same number of slices in one whatever the count (1 s for 256).
+    pub window_s: f64,
+    /// Largest |share - target| of any VM in any window, from its work.
+    pub share_error_pp: f64,
+    /// Largest |share / target - 1| of any VM in any window, from its work.
+    pub share_error_rel_pct: f64,
     /// The same from the time the scheduler charged: how evenly it shared.
-    pub share_error_rel_pct_w1s_charged: f64,
+    pub share_error_rel_pct_charged: f64,
     /// Largest |work / mean work - 1| of any VM over the whole run: how much
     /// identical VMs' speeds differ on this host (a floor under the above).
     pub speed_spread_pct: f64,
@@ -283,8 +286,9 @@ pub struct Scale {
     pub outside_kvm_run_pct: f64,
 }
 
-/// `count` tickers at equal weights for `duration`.
-pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, BenchError> {
+/// `count` tickers at equal weights for `duration`, their shares judged in
+/// windows of `window`.
+pub fn scale(count: usize, unit: u64, duration: Duration, window: Duration) -> Result<Scale, BenchError> {
     let vms: Vec<VmConfig> = (0..count).map(|i| builtin(&format!("t{i}"), "ticker", 1.0, &[unit])).collect();
     let mut config = RunConfig::new(vms);
     config.timings = true;
@@ -299,8 +303,9 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
     let work: Vec<Vec<Spread>> = report.timings.iter().map(work_spreads).collect();
     let charged: Vec<Vec<Spread>> = report.timings.iter().map(charged_spreads).collect();
     let (start, end) = settled_range(&report.timings);
-    let shares = windows::window_shares(&work, start, end, 1_000_000_000);
-    let charged_shares = windows::window_shares(&charged, start, end, 1_000_000_000);
+    let window_ns = window.as_nanos() as u64;
+    let shares = windows::window_shares(&work, start, end, window_ns);
+    let charged_shares = windows::window_shares(&charged, start, end, window_ns);
     let targets = vec![1.0 / count as f64; count];
     let units: Vec<f64> = report.timings.iter().map(|trace| trace.io_exit_ns.len() as f64).collect();
     let mean = units.iter().sum::<f64>() / count as f64;
@@ -308,9 +313,10 @@ pub fn scale(count: usize, unit: u64, duration: Duration) -> Result<Scale, Bench
     Ok(Scale {
         vms: count,
         startup_ms,
-        share_error_pp_w1s: windows::absolute_error_pp(&shares, &targets).max,
-        share_error_rel_pct_w1s: windows::relative_error_pct(&shares, &targets).max,
-        share_error_rel_pct_w1s_charged: windows::relative_error_pct(&charged_shares, &targets).max,
+        window_s: window.as_secs_f64(),
+        share_error_pp: windows::absolute_error_pp(&shares, &targets).max,
+        share_error_rel_pct: windows::relative_error_pct(&shares, &targets).max,
+        share_error_rel_pct_charged: windows::relative_error_pct(&charged_shares, &targets).max,
         speed_spread_pct,
         rss_mib,
         outside_kvm_run_pct: report.outside_kvm_run_pct,

@@ -5,6 +5,8 @@
 pub mod decode;
 pub mod guest;
 
+use std::io::Write;
+
 use vm_memory::{Bytes, GuestAddress};
 
 pub use decode::{Direction, Hypercall, Misuse, decode};
@@ -66,7 +68,14 @@ pub fn handle_out<T: Translate + ?Sized>(
             io.console.write(&[value as u8]);
             record.text = Snippet::new(&[value as u8]);
         }
-        Hypercall::Print32 => io.console.write(format!("{value}\n").as_bytes()),
+        Hypercall::Print32 => {
+            // Formatted on the stack: this is the exit a ticker makes.
+            let mut text = [0u8; 11];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = writeln!(cursor, "{value}");
+            let length = cursor.position() as usize;
+            io.console.write(&text[..length]);
+        }
         Hypercall::PrintStr => match guest.c_string(u64::from(value), PRINT_STR_LIMIT) {
             Ok(text) => {
                 io.console.write(&text);

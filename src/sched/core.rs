@@ -13,6 +13,7 @@ use kvm_ioctls::Kvm;
 use super::compensation::Compensation;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
+use super::stolen::ThreadClocks;
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
@@ -26,7 +27,7 @@ use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
 use crate::vm::guest_debug::{self, DebugExit, GuestDebug};
-use crate::vm::kick::{monotonic_ns, thread_cpu_ns};
+use crate::vm::kick::monotonic_ns;
 use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_timer, seccomp};
 
 mod debugging;
@@ -247,6 +248,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         overruns: LatencyLog::default(),
         early_ends: LatencyLog::default(),
         preempted_at: None,
+        // Read again on the core thread: the CPU clock is the thread's.
+        clocks: ThreadClocks { wall_ns: 0, cpu_ns: 0 },
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
@@ -400,6 +403,8 @@ struct Core {
     early_ends: LatencyLog,
     /// The deadline the last slice was preempted at, if it was.
     preempted_at: Option<u64>,
+    /// The clocks at the end of the last slice (or the start of the run).
+    clocks: ThreadClocks,
 }
 
 impl Core {
@@ -425,6 +430,7 @@ impl Core {
             }
         }
         let _ = ready.send(Ok(()));
+        self.clocks = ThreadClocks::now();
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
             self.announce_setup(vm);
@@ -485,11 +491,11 @@ impl Core {
     ///
     /// The slice is charged its time in KVM_RUN up to the deadline, less the
     /// time the host took the CPU away from this thread before the deadline
-    /// (a guest does no work while its thread waits for a CPU). A stepped
+    /// (see [`stolen`](super::stolen)). A stepped
     /// slice is charged to the VM but not to the policy: the VM is paused.
     fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
-        let (wall_start, cpu_start) = (monotonic_ns(), thread_cpu_ns());
+        let wall_start = monotonic_ns();
         self.kick.note_cpu();
         if let Some(previous) = self.preempted_at.take() {
             deadlines.observe_gap(previous, wall_start);
@@ -581,8 +587,9 @@ impl Core {
             }
         };
         self.kick.set_deadline(u64::MAX);
-        let (wall_end, cpu_end) = (monotonic_ns(), thread_cpu_ns());
-        let stolen = (wall_end - wall_start).saturating_sub(cpu_end - cpu_start);
+        let end_clocks = ThreadClocks::now();
+        let wall_end = end_clocks.wall_ns;
+        let stolen = std::mem::replace(&mut self.clocks, end_clocks).stolen_until(wall_start, end_clocks);
         // Off-CPU time after the deadline was never charged; count only the rest.
         let stolen_before_deadline = stolen.saturating_sub(wall_end.saturating_sub(deadline));
         let charged = in_guest.saturating_sub(stolen_before_deadline);

@@ -8,6 +8,8 @@ pub mod core;
 pub mod deadlines;
 /// Which VM runs next, and for how long.
 pub mod policy;
+/// Time the host took the CPU away from the core thread.
+pub mod stolen;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 
