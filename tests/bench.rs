@@ -64,9 +64,13 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(off.as_array().map(Vec::len), on.as_array().map(Vec::len), "rounds alternate");
     assert!(number(&report, &["trace_cost", "records"]) > 0.0, "the traced rounds wrote records");
     assert!(number(&report, &["trace_cost", "cost_pp"]).is_finite());
-    assert_eq!(number(&report, &["scale", "vms"]), 256.0);
-    assert!(number(&report, &["scale", "startup_ms"]) > 0.0 && number(&report, &["scale", "rss_mib"]) > 0.0);
-    assert!((0.0..=100.0).contains(&number(&report, &["scale", "outside_kvm_run_pct"])));
+    for (key, vms, window_s) in [("scale", 256.0, 1.0), ("scale_1024", 1024.0, 4.0)] {
+        assert_eq!(number(&report, &[key, "vms"]), vms);
+        assert_eq!(number(&report, &[key, "window_s"]), window_s);
+        assert!(number(&report, &[key, "startup_ms"]) > 0.0 && number(&report, &[key, "rss_mib"]) > 0.0);
+        assert!((0.0..=100.0).contains(&number(&report, &[key, "outside_kvm_run_pct"])));
+        assert!((0.0..=100.0).contains(&number(&report, &[key, "share_error_rel_pct_charged"])), "{key}");
+    }
     assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
     let ui = number(&report, &["ui_cpu_pct", "pct"]);
     assert!(ui > 0.0 && ui < 100.0, "the UI thread used {ui} % of a core");
@@ -83,6 +87,7 @@ fn quick_bench_reports_every_figure() {
         "overhead_pct",
         "trace_cost",
         "scale",
+        "scale_1024",
         "console_flood",
     ] {
         assert!(report[key]["params"].is_object(), "{key} has no params");

@@ -4,7 +4,7 @@
 pub mod compensation;
 /// The core thread and its loop.
 pub mod core;
-/// Slice deadlines armed one slice ahead.
+/// Slice deadlines on one periodic timer.
 pub mod deadlines;
 /// Which VM runs next, and for how long.
 pub mod policy;
