@@ -733,7 +733,6 @@ impl Core {
                 let idle_debugger = slot.debug.as_ref().is_some_and(|debug| debug.peer.is_none());
                 if slot.state == VmState::Paused || (matches!(slot.state, VmState::Gdb { .. }) && idle_debugger) {
                     self.arm_debugger(vm, None);
-                    self.planner.reset(vm);
                     self.set_state(vm, VmState::Running);
                 }
             }
@@ -782,7 +781,6 @@ impl Core {
                 slot.stolen_ns = 0;
                 slot.runtime.console.note(format_args!("VM restarted"));
                 self.announce_setup(vm);
-                self.planner.reset(vm);
                 let state = match &mut self.slots[vm].debug {
                     // A VM under gdb starts its new life waiting at the entry, as its first.
                     Some(debug) => {

@@ -112,8 +112,9 @@ impl Planner {
         self.fair.set_bounds(quantum_ns, self.fair_unit_ns());
     }
 
-    /// `vm`'s weight or whether it can run changed. A VM that starts to run
-    /// or changes weight starts with a lag of zero.
+    /// `vm`'s weight or state was set (it may be as it was). A VM that can
+    /// run comes in afresh, at a lag of zero: it started, resumed, restarted,
+    /// was let go by gdb, or has a new weight.
     pub fn set_candidate(&mut self, vm: usize, candidate: Candidate) {
         if candidate.runnable {
             self.runnable.insert(vm);
@@ -123,13 +124,6 @@ impl Planner {
         if self.policy == Policy::Fair {
             self.fair.set(vm, candidate.runnable.then_some(candidate.weight));
             self.fair.set_bounds(self.quantum_ns, self.fair_unit_ns());
-        }
-    }
-
-    /// Forgets `vm`'s lag (it was stepped, restarted, or let go by gdb).
-    pub fn reset(&mut self, vm: usize) {
-        if self.policy == Policy::Fair {
-            self.fair.reset(vm);
         }
     }
 

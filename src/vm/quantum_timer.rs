@@ -211,14 +211,20 @@ mod tests {
         // SAFETY: `run` outlives the kicks in this test.
         assert!(!unsafe { target.arm(&mut run) });
         timer.arm(deadline, 0);
+        wait_for_kick(&run, deadline, &format!("{kind:?}"));
+        target.disarm();
+    }
+
+    /// Waits (5 s at most) until the handler has set `run`'s immediate_exit,
+    /// which it does only once `deadline` has come.
+    fn wait_for_kick(run: &kvm_run, deadline: u64, what: &str) {
         let give_up = monotonic_ns() + 5_000_000_000;
         // SAFETY: a volatile read of a byte the signal handler may write.
         while unsafe { std::ptr::addr_of!(run.immediate_exit).read_volatile() } == 0 {
-            assert!(monotonic_ns() < give_up, "{kind:?} never kicked");
+            assert!(monotonic_ns() < give_up, "{what}: never kicked");
             std::hint::spin_loop();
         }
-        assert!(monotonic_ns() >= deadline, "kicked before the deadline");
-        target.disarm();
+        assert!(monotonic_ns() >= deadline, "{what}: kicked before the deadline");
     }
 
     #[test]
@@ -247,13 +253,7 @@ mod tests {
                 target.set_deadline(deadline);
                 // SAFETY: `run` outlives the kicks in this test.
                 assert!(!unsafe { target.arm(&mut run) } || monotonic_ns() >= deadline);
-                let give_up = monotonic_ns() + 5_000_000_000;
-                // SAFETY: a volatile read of a byte the signal handler may write.
-                while unsafe { std::ptr::addr_of!(run.immediate_exit).read_volatile() } == 0 {
-                    assert!(monotonic_ns() < give_up, "{kind:?}: no expiry for tick {tick}");
-                    std::hint::spin_loop();
-                }
-                assert!(monotonic_ns() >= deadline, "{kind:?}: tick {tick} came early");
+                wait_for_kick(&run, deadline, &format!("{kind:?}, tick {tick}"));
                 target.disarm();
             }
             timer.disarm();

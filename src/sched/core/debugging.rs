@@ -65,7 +65,6 @@ impl Core {
             DebugRequest::Continue => {
                 self.debugger_status(vm, DebuggerStatus::Continued);
                 self.arm_debugger(vm, Some(Resume::Continue));
-                self.planner.reset(vm);
                 self.set_state(vm, VmState::Running);
             }
             DebugRequest::Step => {
@@ -104,7 +103,6 @@ impl Core {
             Some(why) if finished => format!("left: {why}"),
             None => {
                 if self.slots[vm].state != VmState::Running {
-                    self.planner.reset(vm);
                     self.set_state(vm, VmState::Running);
                 }
                 "detached; the VM goes on".to_string()
