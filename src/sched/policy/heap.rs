@@ -1,6 +1,6 @@
 //! A binary min-heap of VMs that can also find and remove any VM by its
 //! index: the fair queue's ordered sets, in one contiguous Vec each (a
-//! `BTreeSet` of the same entries took three times as long per slice).
+//! `BTreeSet` of the same entries took twice as long per slice).
 
 /// VMs ordered by a key (ties by VM index), each at most once.
 #[derive(Debug, Clone)]
