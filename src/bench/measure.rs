@@ -62,10 +62,9 @@ fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
     vm
 }
 
-/// Runs `config` for `duration` (traced), discarding console output, and
+/// Runs `config` for `duration`, discarding console output, and
 /// returns the report.
-fn run_for(mut config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
-    config.timings = true;
+fn run_for(config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let deadline = core.started() + duration;
     Ok(core.run_until(Some(deadline), |_| {}))
@@ -155,6 +154,7 @@ pub fn share_errors(
     let vms = vec![builtin("a", "ticker", weights[0], &[unit]), builtin("b", "ticker", weights[1], &[unit])];
     let mut config = RunConfig::new(vms);
     config.quantum = quantum;
+    config.timings = true;
     let report = run_for(config, duration)?;
     let total: f64 = weights.iter().sum();
     let targets: Vec<f64> = weights.iter().map(|w| w / total).collect();
@@ -281,15 +281,25 @@ pub struct Scale {
     pub speed_spread_pct: f64,
     /// Resident memory of the process at the end.
     pub rss_mib: f64,
-    /// Wall time the core spent outside KVM_RUN: the scheduler's own cost
-    /// (and the records the bench asks for) at this many VMs.
+    /// Wall time the core spent outside KVM_RUN: the scheduler's own cost at
+    /// this many VMs, from a run of its own without the per-exit timings the
+    /// share figures need (recording them costs 0.5-1.2 points at 256 VMs).
     pub outside_kvm_run_pct: f64,
+    /// The same in the run that recorded those timings.
+    pub outside_kvm_run_pct_timed: f64,
 }
 
 /// `count` tickers at equal weights for `duration`, their shares judged in
-/// windows of `window`.
-pub fn scale(count: usize, unit: u64, duration: Duration, window: Duration) -> Result<Scale, BenchError> {
+/// windows of `window`; then for `untimed` without timings, for the overhead.
+pub fn scale(
+    count: usize,
+    unit: u64,
+    duration: Duration,
+    window: Duration,
+    untimed: Duration,
+) -> Result<Scale, BenchError> {
     let vms: Vec<VmConfig> = (0..count).map(|i| builtin(&format!("t{i}"), "ticker", 1.0, &[unit])).collect();
+    let outside_kvm_run_pct = run_for(RunConfig::new(vms.clone()), untimed)?.outside_kvm_run_pct;
     let mut config = RunConfig::new(vms);
     config.timings = true;
     let started = Instant::now();
@@ -319,7 +329,8 @@ pub fn scale(count: usize, unit: u64, duration: Duration, window: Duration) -> R
         share_error_rel_pct_charged: windows::relative_error_pct(&charged_shares, &targets).max,
         speed_spread_pct,
         rss_mib,
-        outside_kvm_run_pct: report.outside_kvm_run_pct,
+        outside_kvm_run_pct,
+        outside_kvm_run_pct_timed: report.outside_kvm_run_pct,
     })
 }
 

@@ -157,13 +157,14 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
         let unit = 20;
         let params = |seconds| json!({ "policy": "fair", "quantum_us": 1000, "duration_s": seconds, "ticker_unit_iterations": unit });
         let seconds = options.pick(2, 5);
-        let figure = measure::scale(256, unit, Duration::from_secs(seconds), Duration::from_secs(1))?;
+        let untimed = Duration::from_secs(options.pick(2, 3));
+        let figure = measure::scale(256, unit, Duration::from_secs(seconds), Duration::from_secs(1), untimed)?;
         report["scale"] = with_params(json!(figure), params(seconds));
         // Four times the VMs get a slice each a quarter as often: judged in
         // windows four times as long, each holds as many of their slices.
         progress("1,024 tickers on one thread");
         let seconds = options.pick(9, 13);
-        let figure = measure::scale(1024, unit, Duration::from_secs(seconds), Duration::from_secs(4))?;
+        let figure = measure::scale(1024, unit, Duration::from_secs(seconds), Duration::from_secs(4), untimed)?;
         report["scale_1024"] = with_params(json!(figure), params(seconds));
     }
     if options.wants("flood") {
