@@ -311,7 +311,10 @@ enum Failure {
 impl From<SpawnError> for Failure {
     fn from(error: SpawnError) -> Self {
         match error {
-            SpawnError::Vm(VmSetupError { source: SetupError::Kvm { .. } | SetupError::Memory(_), .. })
+            SpawnError::Vm(VmSetupError {
+                source: SetupError::Kvm { .. } | SetupError::OutOfFiles { .. } | SetupError::Memory(_),
+                ..
+            })
             | SpawnError::Timer { .. }
             | SpawnError::Seccomp(_)
             | SpawnError::DebugProbe(_) => Failure::Host(error.into()),
@@ -329,6 +332,7 @@ impl From<ScenarioError> for Failure {
 
 /// Runs the program with these arguments; returns the exit status.
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    raise_open_file_limit();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -348,12 +352,42 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     match result {
         Ok(code) => code,
         Err(Failure::Usage(error)) => {
-            eprintln!("matrix-tui: {error:#}");
+            eprintln!("matrix-tui: {}", describe(&error));
             ExitCode::from(2)
         }
         Err(Failure::Host(error)) => {
-            eprintln!("matrix-tui: {error:#}");
+            eprintln!("matrix-tui: {}", describe(&error));
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The error and its causes, leaving out each cause the text before it
+/// already says (most of our errors name their source in their message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Raises the soft limit of open files to the hard one: every VM holds two,
+/// and the usual soft limit of 1,024 would stop a run at about 500 VMs.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own, setrlimit only reads
+    // it; a failure leaves the limit as it was, which a VM that cannot be
+    // created then reports.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

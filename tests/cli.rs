@@ -359,3 +359,42 @@ fn guests_export_writes_the_images_with_debug_info() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("give --export a writable directory"));
 }
+
+/// Runs `vms` tickers for a moment with the open-file limit at `soft` and `hard`.
+fn run_with_file_limit(vms: usize, soft: u64, hard: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = common::binary();
+    command.args(["run", "--duration", "300ms", "--headless"]);
+    for vm in 0..vms {
+        command.args(["--vm", &format!("t{vm}=ticker")]);
+    }
+    // SAFETY: between fork and exec the child only calls setrlimit, which is
+    // async-signal-safe, on a struct it owns.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    command.output().expect("the binary runs")
+}
+
+#[test]
+fn a_low_open_file_limit_is_raised_and_one_too_low_is_explained() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let hard = limit.rlim_max.min(4096);
+    assert!(hard >= 256, "this test needs a hard limit of open files of 256 or more, not {hard}");
+    // 60 VMs hold 120 files: a soft limit of 64 under a higher hard one is raised.
+    let raised = run_with_file_limit(60, 64, hard);
+    assert_eq!(raised.status.code(), Some(0), "{}", stderr(&raised));
+    // Under a hard limit of 64 it cannot be: the error says what to do, once.
+    let low = run_with_file_limit(60, 64, 64);
+    assert_eq!(low.status.code(), Some(1), "{}", stderr(&low));
+    let text = stderr(&low);
+    assert!(text.contains("ulimit -n") && text.matches("may open no more files").count() == 1, "{text}");
+}

@@ -448,7 +448,8 @@ impl Core {
                 self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
             }
         }
-        while !self.quit {
+        // Steps asked for before a quit are answered before the run ends.
+        while !self.quit || !self.step_requests.is_empty() {
             if self.kick.take_request() {
                 self.apply_commands();
                 continue;
@@ -667,12 +668,11 @@ impl Core {
         let record = self.run_slice(slice, deadlines, true);
         let exited = self.slots[vm].runtime.counters.exits.total() > exits_before;
         if record.end == SliceEnd::Command && !exited {
-            // A command came first: apply it, then step afresh.
+            // A command came first: apply it, then step afresh (a quit, too,
+            // waits for the steps asked for before it).
             self.kick.take_request();
             self.apply_commands();
-            if !self.quit {
-                self.step_requests.push_front(vm);
-            }
+            self.step_requests.push_front(vm);
             return;
         }
         let slot = &mut self.slots[vm];

@@ -34,6 +34,15 @@ pub enum SetupError {
     /// The host could not map guest memory.
     #[error("{0}")]
     Memory(std::io::Error),
+    /// The process may open no more files (each VM holds a VM and a vCPU fd).
+    #[error(
+        "KVM refused {what}: this process may open no more files (each VM holds two); \
+         raise the limit (`ulimit -n`, at most `ulimit -Hn`) or run fewer VMs"
+    )]
+    OutOfFiles {
+        /// The step that failed.
+        what: &'static str,
+    },
     /// A KVM ioctl failed while creating the VM.
     #[error("KVM refused {what}: {source}")]
     Kvm {
@@ -50,6 +59,7 @@ fn setup_ioctl<T>(what: &'static str, mut call: impl FnMut() -> Result<T, kvm_io
     loop {
         match call() {
             Err(error) if error.errno() == libc::EINTR => continue,
+            Err(error) if error.errno() == libc::EMFILE => return Err(SetupError::OutOfFiles { what }),
             result => return result.map_err(|source| SetupError::Kvm { what, source }),
         }
     }
