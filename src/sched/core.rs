@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use super::compensation::Compensation;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
-use super::stolen::ThreadClocks;
+use super::stolen::{StolenShare, StolenWindow, ThreadClocks, WindowSlice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
@@ -254,8 +254,9 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         overruns: LatencyLog::default(),
         early_ends: LatencyLog::default(),
         preempted_at: None,
-        // Read again on the core thread: the CPU clock is the thread's.
-        clocks: ThreadClocks { wall_ns: 0, cpu_ns: 0 },
+        // Started on the core thread: the CPU clock is the thread's.
+        stolen: StolenWindow::default(),
+        stolen_shares: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
@@ -315,6 +316,8 @@ struct Slot {
     charged_ns: u64,
     /// Time the host took the CPU away during this VM's slices.
     stolen_ns: u64,
+    /// Of that, what is still to be taken off its next charges.
+    stolen_unpaid_ns: u64,
     /// What a timed run records (the bench).
     timings: Option<VmTimings>,
     /// Exits not yet sent to the front end (the newest [`LIVE_EXITS`]).
@@ -340,6 +343,7 @@ impl Slot {
             state,
             charged_ns: 0,
             stolen_ns: 0,
+            stolen_unpaid_ns: 0,
             timings: None,
             live_exits: VecDeque::new(),
             last_exit: None,
@@ -409,8 +413,10 @@ struct Core {
     early_ends: LatencyLog,
     /// The deadline the last slice was preempted at, if it was.
     preempted_at: Option<u64>,
-    /// The clocks at the end of the last slice (or the start of the run).
-    clocks: ThreadClocks,
+    /// The slices since the thread's CPU clock was last read.
+    stolen: StolenWindow,
+    /// Kept to reuse its allocation.
+    stolen_shares: Vec<StolenShare>,
 }
 
 impl Core {
@@ -436,7 +442,7 @@ impl Core {
             }
         }
         let _ = ready.send(Ok(()));
-        self.clocks = ThreadClocks::now();
+        self.stolen.start(ThreadClocks::now());
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
             self.announce_setup(vm);
@@ -496,9 +502,9 @@ impl Core {
     /// when `stepping`), else until its deadline, a yield, its end, or a
     /// command; records it and returns the record.
     ///
-    /// The slice is charged its time in KVM_RUN up to the deadline, less the
-    /// time the host took the CPU away from this thread before the deadline
-    /// (see [`stolen`](super::stolen)). A stepped
+    /// The slice is charged its time in KVM_RUN up to the deadline, less
+    /// what the VM is still owed of the time the host took the CPU away from
+    /// this thread in its slices (see [`stolen`](super::stolen)). A stepped
     /// slice is charged to the VM but not to the policy: the VM is paused.
     fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
@@ -594,15 +600,22 @@ impl Core {
             }
         };
         self.kick.set_deadline(u64::MAX);
-        let end_clocks = ThreadClocks::now();
-        let wall_end = end_clocks.wall_ns;
-        let stolen = std::mem::replace(&mut self.clocks, end_clocks).stolen_until(wall_start, end_clocks);
-        // Off-CPU time after the deadline was never charged; count only the rest.
-        let stolen_before_deadline = stolen.saturating_sub(wall_end.saturating_sub(deadline));
-        let charged = in_guest.saturating_sub(stolen_before_deadline);
+        let wall_end = monotonic_ns();
+        let seen =
+            WindowSlice { vm, start_ns: wall_start, end_ns: wall_end, deadline_ns: deadline, charged_ns: in_guest };
+        let mut shares = std::mem::take(&mut self.stolen_shares);
+        self.stolen.end_slice(seen, ThreadClocks::now, &mut shares);
+        for share in shares.drain(..) {
+            let slot = &mut self.slots[share.vm];
+            slot.stolen_ns += share.stolen_ns;
+            slot.stolen_unpaid_ns += share.stolen_ns;
+        }
+        self.stolen_shares = shares;
         let slot = &mut self.slots[vm];
+        let repaid = slot.stolen_unpaid_ns.min(in_guest);
+        slot.stolen_unpaid_ns -= repaid;
+        let charged = in_guest - repaid;
         slot.charged_ns += charged;
-        slot.stolen_ns += stolen_before_deadline;
         if let Some(timings) = &mut slot.timings {
             timings.slices.push(TimedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
@@ -785,6 +798,7 @@ impl Core {
                 slot.runtime = runtime;
                 slot.charged_ns = 0;
                 slot.stolen_ns = 0;
+                slot.stolen_unpaid_ns = 0;
                 slot.runtime.console.note(format_args!("VM restarted"));
                 self.announce_setup(vm);
                 let state = match &mut self.slots[vm].debug {

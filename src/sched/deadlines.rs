@@ -19,7 +19,7 @@ use crate::vm::QuantumTimer;
 
 /// An armed expiry is used when it is within this fraction of the slice's
 /// length of the deadline asked for (or within [`MIN_TOLERANCE_NS`]).
-const TOLERANCE_FRACTION: u64 = 8;
+const TOLERANCE_FRACTION: u64 = 4;
 /// The smallest tolerance: about the jitter of the gap between slices here.
 const MIN_TOLERANCE_NS: u64 = 10_000;
 /// The gap assumed before any has been measured.
@@ -161,13 +161,14 @@ mod tests {
     fn a_slice_off_the_pace_arms_the_timer_afresh() {
         let (mut deadlines, log) = deadlines();
         let first = deadlines.start_slice(0, 200 * US, Some(200 * US));
-        // The first slice ended early (a yield): the next one starts at 50 us.
-        let second = deadlines.start_slice(50 * US, 250 * US, Some(200 * US));
-        assert_eq!(second, 250 * US);
-        assert_eq!(log.0.borrow().last(), Some(&(250 * US, 230 * US)), "the expiry at 200 us is replaced");
+        // The first slice ended early (a yield): the next one starts at 120 us,
+        // and the expiry at 200 us would cut it to 80 us of its 200.
+        let second = deadlines.start_slice(120 * US, 320 * US, Some(200 * US));
+        assert_eq!(second, 320 * US);
+        assert_eq!(log.0.borrow().last(), Some(&(320 * US, 230 * US)), "the expiry at 200 us is replaced");
         // One that starts long after (a stall of several periods) re-arms too.
-        let third = deadlines.start_slice(2_000 * US, 2_200 * US, Some(200 * US));
-        assert_eq!(third, 2_200 * US);
+        let third = deadlines.start_slice(2_100 * US, 2_300 * US, Some(200 * US));
+        assert_eq!(third, 2_300 * US, "the period's expiry at 2,160 us is off by 140 us");
         assert_eq!(deadlines.armed_ahead_pct(), Some(0.0), "three slices, each armed as it started");
         let _ = first;
     }
