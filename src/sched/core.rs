@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use super::compensation::Compensation;
 use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
-use super::stolen::{StolenShare, StolenWindow, ThreadClocks, WindowSlice};
+use super::stolen::{StolenWindow, ThreadClocks, WindowSlice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
@@ -256,7 +256,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         preempted_at: None,
         // Started on the core thread: the CPU clock is the thread's.
         stolen: StolenWindow::default(),
-        stolen_shares: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
@@ -415,8 +414,6 @@ struct Core {
     preempted_at: Option<u64>,
     /// The slices since the thread's CPU clock was last read.
     stolen: StolenWindow,
-    /// Kept to reuse its allocation.
-    stolen_shares: Vec<StolenShare>,
 }
 
 impl Core {
@@ -603,14 +600,11 @@ impl Core {
         let wall_end = monotonic_ns();
         let seen =
             WindowSlice { vm, start_ns: wall_start, end_ns: wall_end, deadline_ns: deadline, charged_ns: in_guest };
-        let mut shares = std::mem::take(&mut self.stolen_shares);
-        self.stolen.end_slice(seen, ThreadClocks::now, &mut shares);
-        for share in shares.drain(..) {
+        for share in self.stolen.end_slice(seen, ThreadClocks::now) {
             let slot = &mut self.slots[share.vm];
             slot.stolen_ns += share.stolen_ns;
             slot.stolen_unpaid_ns += share.stolen_ns;
         }
-        self.stolen_shares = shares;
         let slot = &mut self.slots[vm];
         let repaid = slot.stolen_unpaid_ns.min(in_guest);
         slot.stolen_unpaid_ns -= repaid;

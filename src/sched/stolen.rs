@@ -54,6 +54,8 @@ pub struct StolenWindow {
     last_end_ns: u64,
     /// (VM, charged ns) of each slice since.
     slices: Vec<(usize, u64)>,
+    /// What the last window that ended gave each of its slices.
+    shares: Vec<StolenShare>,
 }
 
 impl StolenWindow {
@@ -63,24 +65,20 @@ impl StolenWindow {
     }
 
     /// Records a slice. When the window is over it reads the clocks with
-    /// `read` and appends each of the window's slices' part of the stolen
-    /// time to `shares`.
-    pub fn end_slice(
-        &mut self,
-        slice: WindowSlice,
-        read: impl FnOnce() -> ThreadClocks,
-        shares: &mut Vec<StolenShare>,
-    ) {
+    /// `read` and returns each of the window's slices' part of the stolen
+    /// time (none while the window goes on, or when nothing was stolen).
+    pub fn end_slice(&mut self, slice: WindowSlice, read: impl FnOnce() -> ThreadClocks) -> &[StolenShare] {
         let WindowSlice { vm, start_ns, end_ns, deadline_ns, charged_ns } = slice;
         self.uncharged_ns += start_ns.saturating_sub(self.last_end_ns) + end_ns.saturating_sub(deadline_ns);
         self.last_end_ns = end_ns;
         self.slices.push((vm, charged_ns));
+        self.shares.clear();
         let Some(last) = self.last else {
             self.start(read());
-            return;
+            return &[];
         };
         if end_ns.saturating_sub(last.wall_ns) < WINDOW_NS {
-            return;
+            return &[];
         }
         let now = read();
         let wall = now.wall_ns.saturating_sub(last.wall_ns);
@@ -93,7 +91,7 @@ impl StolenWindow {
                 // nothing was charged after all.
                 let part = ((u128::from(stolen) * u128::from(ns) / u128::from(charged)) as u64).min(ns);
                 if part > 0 {
-                    shares.push(StolenShare { vm, stolen_ns: part });
+                    self.shares.push(StolenShare { vm, stolen_ns: part });
                 }
             }
         }
@@ -101,6 +99,7 @@ impl StolenWindow {
         self.uncharged_ns = 0;
         self.last = Some(now);
         self.last_end_ns = now.wall_ns;
+        &self.shares
     }
 }
 
@@ -143,14 +142,11 @@ mod tests {
                 deadline_ns: deadline * US,
                 charged_ns: (end.min(deadline) - start) * US,
             };
-            window.end_slice(
-                slice,
-                || {
-                    readings += 1;
-                    clocks(end * US, cpu_at(end * US))
-                },
-                &mut shares,
-            );
+            let read = || {
+                readings += 1;
+                clocks(end * US, cpu_at(end * US))
+            };
+            shares.extend_from_slice(window.end_slice(slice, read));
         }
         (shares, readings)
     }
