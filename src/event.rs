@@ -157,19 +157,26 @@ pub struct VmSample {
     pub charged_ns: u64,
 }
 
+/// Console output of one VM, in order. `dropped` bytes before these were
+/// lost because the front end fell behind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleOutput {
+    /// The VM.
+    pub vm: VmId,
+    /// The bytes, with the time each line was completed.
+    pub chunk: ConsoleChunk,
+    /// Bytes dropped just before these.
+    pub dropped: u64,
+}
+
 /// What the core tells the front ends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Console output of one VM, in order. `dropped` bytes before these were
-    /// lost because the front end fell behind.
-    Console {
-        /// The VM.
-        vm: VmId,
-        /// The bytes, with the time each line was completed.
-        chunk: ConsoleChunk,
-        /// Bytes dropped just before these.
-        dropped: u64,
-    },
+    /// Console output of one or more VMs, each VM's in order. A round of
+    /// flushes sends every VM's in one event: each event may wake a front
+    /// end, and a wake-up is an interrupt to another CPU (several
+    /// microseconds here, hundreds of them when each of 256 VMs had its own).
+    Console(Vec<ConsoleOutput>),
     /// The newest exits of one VM since the last such event (at most
     /// [`LIVE_EXITS`]; older ones were superseded), when the front end asked
     /// for records (`RunConfig::live_records`).
@@ -233,4 +240,11 @@ pub enum Event {
     },
     /// The run is over; the last event.
     Finished(Box<RunReport>),
+}
+
+impl Event {
+    /// Console output of one VM.
+    pub fn console(vm: VmId, chunk: ConsoleChunk, dropped: u64) -> Self {
+        Self::Console(vec![ConsoleOutput { vm, chunk, dropped }])
+    }
 }

@@ -148,7 +148,9 @@ pub fn run<W: Write>(
             }
         };
         let written = match event {
-            Event::Console { vm, chunk, dropped } => printer.console(vm, &chunk, dropped),
+            Event::Console(outputs) => {
+                outputs.iter().try_for_each(|output| printer.console(output.vm, &output.chunk, output.dropped))
+            }
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::Debugger { vm, t_ns, status } => {

@@ -238,7 +238,9 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Console { vm: 0, dropped, .. } => Some(*dropped),
+            Event::Console(outputs) => {
+                Some(outputs.iter().filter(|output| output.vm == 0).map(|output| output.dropped).sum::<u64>())
+            }
             _ => None,
         })
         .sum();

@@ -352,9 +352,11 @@ pub fn console_flood(duration: Duration) -> Result<Flood, BenchError> {
     let mut rss_early = None;
     let deadline = core.started() + duration;
     while let Ok(event) = core.events().recv_deadline(deadline) {
-        if let Event::Console { chunk, dropped: lost, .. } = event {
-            bytes += chunk.bytes.len() as u64;
-            dropped += lost;
+        if let Event::Console(outputs) = event {
+            for output in outputs {
+                bytes += output.chunk.bytes.len() as u64;
+                dropped += output.dropped;
+            }
         }
         if rss_early.is_none() && core.started().elapsed() >= Duration::from_secs(1) {
             rss_early = Some(rss_kib());

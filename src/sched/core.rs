@@ -20,7 +20,7 @@ use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
 use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
-use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::event::{Command, ConsoleOutput, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
 use crate::hypercall::GuestView;
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
@@ -246,7 +246,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         last_sample: started,
         last_console_flush: started,
         last_records_flush: started,
-        console_flush_from: 0,
         stay_open: config.stay_open,
         seccomp: config.seccomp,
         compensation: Compensation::new(config.compensate),
@@ -398,8 +397,6 @@ struct Core {
     last_sample: Instant,
     last_console_flush: Instant,
     last_records_flush: Instant,
-    /// The VM the next round of console flushes starts with.
-    console_flush_from: VmId,
     stay_open: bool,
     seccomp: bool,
     /// The kick latency measured, and the lead taken from it.
@@ -473,7 +470,8 @@ impl Core {
                 Some(slice) => {
                     self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
-                        self.flush_console(slice.vm);
+                        let output = self.take_console(slice.vm);
+                        self.send_console(output.into_iter().collect());
                     }
                 }
                 None if self.stay_open
@@ -780,8 +778,8 @@ impl Core {
 
     fn restart(&mut self, vm: VmId) {
         // What the old VM printed still goes out, before its new life starts.
-        if let Some(event) = self.take_console(vm) {
-            self.outbox.push_back(event);
+        if let Some(console) = self.take_console(vm) {
+            self.outbox.push_back(Event::Console(vec![console]));
         }
         let slot = &mut self.slots[vm];
         match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
@@ -837,8 +835,8 @@ impl Core {
     /// queued first, so that front ends see them before the new state.
     fn set_state(&mut self, vm: VmId, state: VmState) {
         if state.is_finished() {
-            if let Some(event) = self.take_console(vm) {
-                self.outbox.push_back(event);
+            if let Some(output) = self.take_console(vm) {
+                self.outbox.push_back(Event::Console(vec![output]));
             }
         }
         self.slots[vm].state = state.clone();
@@ -846,36 +844,36 @@ impl Core {
         self.outbox.push_back(Event::State { vm, state });
     }
 
-    /// Takes `vm`'s pending console bytes (and drop count) as an event.
-    fn take_console(&mut self, vm: VmId) -> Option<Event> {
+    /// Takes `vm`'s pending console bytes (and drop count).
+    fn take_console(&mut self, vm: VmId) -> Option<ConsoleOutput> {
         let slot = &mut self.slots[vm];
         if slot.runtime.console.pending_len() == 0 && slot.console_dropped == 0 {
             return None;
         }
         let chunk = slot.runtime.console.take();
         let dropped = std::mem::take(&mut slot.console_dropped);
-        Some(Event::Console { vm, chunk, dropped })
+        Some(ConsoleOutput { vm, chunk, dropped })
     }
 
-    /// Sends `vm`'s new console bytes, or keeps them (bounded, oldest dropped
-    /// first and counted) while the front end is behind.
-    fn flush_console(&mut self, vm: VmId) {
-        let Some(event) = self.take_console(vm) else {
+    /// Sends console output in one event, or gives it back to its VMs
+    /// (bounded, oldest dropped first and counted) while the front end is
+    /// behind.
+    fn send_console(&mut self, outputs: Vec<ConsoleOutput>) {
+        if outputs.is_empty() {
+            return;
+        }
+        let Err(TrySendError::Full(Event::Console(outputs))) = self.events.try_send(Event::Console(outputs)) else {
             return;
         };
-        match self.events.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(Event::Console { mut chunk, dropped, .. })) => {
-                let slot = &mut self.slots[vm];
-                slot.console_dropped += dropped;
-                if chunk.bytes.len() > CONSOLE_BACKLOG_CAP {
-                    let excess = chunk.bytes.len() - CONSOLE_BACKLOG_CAP;
-                    chunk.drop_front(excess);
-                    slot.console_dropped += excess as u64;
-                }
-                slot.runtime.console.put_back(chunk);
+        for ConsoleOutput { vm, mut chunk, dropped } in outputs {
+            let slot = &mut self.slots[vm];
+            slot.console_dropped += dropped;
+            if chunk.bytes.len() > CONSOLE_BACKLOG_CAP {
+                let excess = chunk.bytes.len() - CONSOLE_BACKLOG_CAP;
+                chunk.drop_front(excess);
+                slot.console_dropped += excess as u64;
             }
-            Err(_) => {}
+            slot.runtime.console.put_back(chunk);
         }
     }
 
@@ -898,13 +896,8 @@ impl Core {
             return;
         }
         self.last_console_flush = Instant::now();
-        // Start where the last round left off, so that when the channel fills
-        // it is not always the same VMs that wait.
-        let count = self.slots.len();
-        for offset in 0..count {
-            self.flush_console((self.console_flush_from + offset) % count);
-        }
-        self.console_flush_from = (self.console_flush_from + 1) % count.max(1);
+        let outputs = (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect();
+        self.send_console(outputs);
         if self.live_records && self.last_records_flush.elapsed() >= RECORDS_FLUSH_EVERY {
             self.last_records_flush = Instant::now();
             self.flush_records();
@@ -978,10 +971,9 @@ impl Core {
         for event in std::mem::take(&mut self.outbox) {
             let _ = self.events.send(event);
         }
-        for vm in 0..self.slots.len() {
-            if let Some(event) = self.take_console(vm) {
-                let _ = self.events.send(event);
-            }
+        let outputs: Vec<_> = (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect();
+        if !outputs.is_empty() {
+            let _ = self.events.send(Event::Console(outputs));
         }
         for event in self.take_records() {
             let _ = self.events.send(event);
