@@ -7,10 +7,7 @@
 //!
 //! The lead is a high percentile of the recent latencies (most slices then
 //! end just before their deadline, a few just after; an early end is charged
-//! what it ran, and the planner repays it like any other), or more while the
-//! last few kicks were later than that: a host's latency rises in bursts of
-//! several slices, which a percentile of 128 follows only after a dozen of
-//! them. A lone stall far beyond the percentile leads nothing. It is bounded: a
+//! what it ran, and the planner repays it like any other). It is bounded: a
 //! slice always runs at least [`MIN_RUN_NS`] before its kick (or all of a
 //! shorter slice), the lead is at most [`MAX_LEAD_NS`], and a kick is never
 //! armed before the slice starts.
@@ -29,16 +26,6 @@ const LEAD_PERCENTILE: usize = 90;
 /// every one of the first ones: slices before the first lead run a whole
 /// latency late, and the first 16 of a 1 s run at 1 ms made its p99).
 const RECOMPUTE_EVERY: usize = 16;
-/// The lead is at least each of the last this many latencies. In 7
-/// alternating 3 s runs of two spinners at 1 ms here, that took timerfd's late
-/// ends at p99 from 31-44 µs (median 40) to 22-49 (median 30), left the POSIX
-/// timer's as they were (13-36 µs against 8-25, the host's noise), and about
-/// doubled how early the early ends were (p50 4-14 µs, repaid as any early
-/// end). Replayed on recorded latencies, more than 4 gained nothing.
-const RECENT: usize = 4;
-/// Of the last latencies, those beyond this many times the percentile are
-/// stalls of the host, not a burst: they are not followed.
-const BURST_AT_MOST: u64 = 3;
 /// The least a slice runs before its kick.
 pub const MIN_RUN_NS: u64 = 50_000;
 /// The largest lead: latencies beyond this are a host stall, not the path.
@@ -52,11 +39,6 @@ pub struct Compensation {
     /// Where the next latency goes once the window is full.
     next: usize,
     since_recompute: usize,
-    /// The percentile of the window, worked out every [`RECOMPUTE_EVERY`].
-    percentile_ns: u64,
-    /// The last [`RECENT`] latencies, the newest at `next_recent - 1`.
-    recent: [u64; RECENT],
-    next_recent: usize,
     lead_ns: u64,
 }
 
@@ -64,16 +46,7 @@ impl Compensation {
     /// Compensation that leads once it has measured (or never, when disabled:
     /// every kick is armed at the deadline).
     pub fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            latencies: Vec::with_capacity(WINDOW),
-            next: 0,
-            since_recompute: 0,
-            percentile_ns: 0,
-            recent: [0; RECENT],
-            next_recent: 0,
-            lead_ns: 0,
-        }
+        Self { enabled, latencies: Vec::with_capacity(WINDOW), next: 0, since_recompute: 0, lead_ns: 0 }
     }
 
     /// Whether kicks are armed early at all (`--no-compensation` turns it off).
@@ -109,13 +82,8 @@ impl Compensation {
             let mut sorted = self.latencies.clone();
             sorted.sort_unstable();
             let rank = (sorted.len() * LEAD_PERCENTILE / 100).min(sorted.len() - 1);
-            self.percentile_ns = sorted[rank];
+            self.lead_ns = sorted[rank].min(MAX_LEAD_NS);
         }
-        self.recent[self.next_recent] = latency;
-        self.next_recent = (self.next_recent + 1) % RECENT;
-        let burst_limit = self.percentile_ns.saturating_mul(BURST_AT_MOST);
-        let burst = self.recent.iter().copied().filter(|&latency| latency <= burst_limit).max().unwrap_or(0);
-        self.lead_ns = self.percentile_ns.max(burst).min(MAX_LEAD_NS);
     }
 }
 
@@ -163,26 +131,6 @@ mod tests {
         assert_eq!(ends[0], 30_000, "the first slice has nothing to lead by");
         // From the second on, each leads by the latencies seen so far.
         assert!(ends[1..].iter().all(|&end| end <= 2_000), "{ends:?}");
-    }
-
-    #[test]
-    fn a_burst_of_late_kicks_is_followed_from_the_next_slice() {
-        let mut compensation = Compensation::new(true);
-        run(&mut compensation, 200, |_| 30 * US);
-        let ends = run(&mut compensation, 3, |_| 60 * US);
-        assert_eq!(ends, [30_000, 0, 0], "one late kick leads the next slice by it");
-        // A burst over, the lead comes back down within the recent kicks.
-        run(&mut compensation, RECENT, |_| 30 * US);
-        assert_eq!(compensation.lead_ns(), 30 * US);
-    }
-
-    #[test]
-    fn a_lone_stall_leads_nothing() {
-        let mut compensation = Compensation::new(true);
-        run(&mut compensation, 200, |_| 30 * US);
-        let ends = run(&mut compensation, 2, |i| if i == 0 { 2_000 * US } else { 30 * US });
-        assert_eq!(ends, [1_970_000, 0]);
-        assert_eq!(compensation.lead_ns(), 30 * US);
     }
 
     #[test]
