@@ -32,9 +32,9 @@ use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_ti
 
 mod debugging;
 
-/// Events waiting in the channel before the core starts coalescing. Console
-/// events carry up to [`CONSOLE_FLUSH_EVERY`] of output each (16 KiB or so
-/// from a guest printing flat out), so this bounds the bytes in flight too.
+/// Events waiting in the channel before the core starts coalescing. A console
+/// event carries a round's output of every VM, at most [`CONSOLE_FLUSH_BYTES`]
+/// each, so this bounds the bytes in flight too.
 const EVENT_CAPACITY: usize = 128;
 /// Console bytes one VM may have waiting for a slow front end; older ones are
 /// dropped (and counted) past this.
