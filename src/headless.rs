@@ -46,17 +46,27 @@ impl<W: Write> LinePrinter<W> {
 
     /// Prints the complete lines in `chunk`; keeps the rest for later.
     pub fn console(&mut self, vm: VmId, chunk: &ConsoleChunk, dropped: u64) -> std::io::Result<()> {
+        // Nothing is printed but the report: the lines need not be cut.
+        if self.options.json {
+            return Ok(());
+        }
         if dropped > 0 {
             let at = chunk.line_ns.first().copied().unwrap_or(chunk.written_ns);
             self.line(vm, at, format!("... {dropped} bytes dropped").as_bytes())?;
         }
-        let mut lines = Vec::new();
-        self.buffers[vm].push(&chunk.bytes, |line| lines.push(line.to_vec()));
-        for (line, at) in lines.iter().zip(&chunk.line_ns) {
-            self.line(vm, *at, line)?;
-        }
+        // Lent out while it calls back into `line`.
+        let mut buffer = std::mem::take(&mut self.buffers[vm]);
+        let mut stamps = chunk.line_ns.iter().copied();
+        let mut written = Ok(());
+        buffer.push(&chunk.bytes, |line| {
+            let at = stamps.next().unwrap_or(chunk.written_ns);
+            if written.is_ok() {
+                written = self.line(vm, at, line);
+            }
+        });
+        self.buffers[vm] = buffer;
         self.partial_ns[vm] = chunk.written_ns;
-        Ok(())
+        written
     }
 
     /// Prints `vm`'s unfinished line, if it has one (when it ends).
