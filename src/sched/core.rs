@@ -33,8 +33,9 @@ use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_ti
 mod debugging;
 
 /// Events waiting in the channel before the core starts coalescing. A console
-/// event carries a round's output of every VM, at most [`CONSOLE_FLUSH_BYTES`]
-/// each, so this bounds the bytes in flight too.
+/// event carries a round's output of every VM, usually under
+/// [`CONSOLE_FLUSH_BYTES`] each (up to [`CONSOLE_BACKLOG_CAP`] while the front
+/// end is behind), so this bounds the bytes in flight too.
 const EVENT_CAPACITY: usize = 128;
 /// Console bytes one VM may have waiting for a slow front end; older ones are
 /// dropped (and counted) past this.
@@ -778,9 +779,7 @@ impl Core {
 
     fn restart(&mut self, vm: VmId) {
         // What the old VM printed still goes out, before its new life starts.
-        if let Some(console) = self.take_console(vm) {
-            self.outbox.push_back(Event::Console(vec![console]));
-        }
+        self.queue_console(vm);
         let slot = &mut self.slots[vm];
         match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
             Ok(mut runtime) => {
@@ -835,9 +834,7 @@ impl Core {
     /// queued first, so that front ends see them before the new state.
     fn set_state(&mut self, vm: VmId, state: VmState) {
         if state.is_finished() {
-            if let Some(output) = self.take_console(vm) {
-                self.outbox.push_back(Event::Console(vec![output]));
-            }
+            self.queue_console(vm);
         }
         self.slots[vm].state = state.clone();
         self.planner.set_candidate(vm, self.slots[vm].candidate());
@@ -853,6 +850,19 @@ impl Core {
         let chunk = slot.runtime.console.take();
         let dropped = std::mem::take(&mut slot.console_dropped);
         Some(ConsoleOutput { vm, chunk, dropped })
+    }
+
+    /// Every VM's pending console bytes.
+    fn take_consoles(&mut self) -> Vec<ConsoleOutput> {
+        (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect()
+    }
+
+    /// Queues `vm`'s pending console bytes in the outbox, so that they go out
+    /// before the events queued after them.
+    fn queue_console(&mut self, vm: VmId) {
+        if let Some(output) = self.take_console(vm) {
+            self.outbox.push_back(Event::Console(vec![output]));
+        }
     }
 
     /// Sends console output in one event, or gives it back to its VMs
@@ -896,7 +906,7 @@ impl Core {
             return;
         }
         self.last_console_flush = Instant::now();
-        let outputs = (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect();
+        let outputs = self.take_consoles();
         self.send_console(outputs);
         if self.live_records && self.last_records_flush.elapsed() >= RECORDS_FLUSH_EVERY {
             self.last_records_flush = Instant::now();
@@ -971,7 +981,7 @@ impl Core {
         for event in std::mem::take(&mut self.outbox) {
             let _ = self.events.send(event);
         }
-        let outputs: Vec<_> = (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect();
+        let outputs = self.take_consoles();
         if !outputs.is_empty() {
             let _ = self.events.send(Event::Console(outputs));
         }

@@ -26,9 +26,9 @@ use crate::vm::QuantumTimer;
 const TOLERANCE_FRACTION: u64 = 4;
 /// The smallest tolerance, about the jitter of the gap between slices here
 /// (the kick latency's p98 is some 30 µs above its median). With 10 µs, the
-/// short slices of 256 VMs (65 µs to the kick) were re-armed 3.5-6 % of the
+/// short slices of 256 VMs (65 µs to the kick) were re-armed 3.5-7 % of the
 /// time, and that was a third of the core's time outside KVM_RUN before
-/// them; with 30 µs, 0.5-1 %. It never takes more than half a run: a slice
+/// them; with 30 µs, 0.8-1.3 %. It never takes more than half a run: a slice
 /// is not cut to a sliver to keep the pace.
 const MIN_TOLERANCE_NS: u64 = 30_000;
 /// The gap assumed before any has been measured.

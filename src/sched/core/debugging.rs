@@ -220,9 +220,7 @@ impl Core {
     pub(super) fn debugger_status(&mut self, vm: VmId, status: DebuggerStatus) {
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
         // What the guest printed before goes out before it.
-        if let Some(console) = self.take_console(vm) {
-            self.outbox.push_back(Event::Console(vec![console]));
-        }
+        self.queue_console(vm);
         self.outbox.push_back(Event::Debugger { vm, t_ns, status });
     }
 }
