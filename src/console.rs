@@ -3,6 +3,10 @@
 
 use std::fmt::Write as _;
 
+mod batch;
+
+pub use batch::{ConsoleBatch, ConsolePiece};
+
 /// Prefix of the lines the hypervisor itself adds to a VM's console.
 pub const NOTE_PREFIX: &str = "[matrix] ";
 
@@ -27,34 +31,6 @@ pub struct ConsoleOut {
     /// When the last byte was written.
     written_ns: u64,
     now_ns: u64,
-}
-
-/// Console bytes on their way to a front end, stamped on the core's clock.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConsoleChunk {
-    /// The bytes, raw (escape them before showing).
-    pub bytes: Vec<u8>,
-    /// For each `\n` in `bytes`, in order: when the exit that wrote it
-    /// returned from KVM_RUN (ns since the run started).
-    pub line_ns: Vec<u64>,
-    /// When the last of `bytes` was written (stamps an unfinished line).
-    pub written_ns: u64,
-}
-
-impl ConsoleChunk {
-    /// `bytes` written all at once at `t_ns`.
-    pub fn at(bytes: &[u8], t_ns: u64) -> Self {
-        let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
-        Self { bytes: bytes.to_vec(), line_ns: vec![t_ns; lines], written_ns: t_ns }
-    }
-
-    /// Drops the first `count` bytes, and the stamps of the lines they end.
-    pub fn drop_front(&mut self, count: usize) {
-        let count = count.min(self.bytes.len());
-        let lines = self.bytes[..count].iter().filter(|&&byte| byte == b'\n').count();
-        self.bytes.drain(..count);
-        self.line_ns.drain(..lines);
-    }
 }
 
 impl ConsoleOut {
@@ -87,8 +63,9 @@ impl ConsoleOut {
         self.write(line.as_bytes());
     }
 
-    /// Takes the pending bytes.
-    pub fn take(&mut self) -> ConsoleChunk {
+    /// Takes the pending bytes into `batch`, as VM `vm`'s, after `dropped`
+    /// bytes lost before them.
+    pub fn take_into(&mut self, vm: usize, dropped: u64, batch: &mut ConsoleBatch) {
         // Trimmed in halves so that the copy is paid once per HISTORY_BYTES;
         // only what was taken before, which cannot be put back any more.
         if self.bytes.len() > 2 * HISTORY_BYTES {
@@ -96,25 +73,33 @@ impl ConsoleOut {
             self.bytes.drain(..excess);
             self.sent -= excess;
         }
-        let chunk = ConsoleChunk {
-            bytes: self.bytes[self.sent..].to_vec(),
-            line_ns: std::mem::take(&mut self.line_ns),
+        let piece = ConsolePiece {
+            vm,
+            bytes: &self.bytes[self.sent..],
+            line_ns: &self.line_ns,
             written_ns: self.written_ns,
+            dropped,
         };
+        batch.push(piece);
         self.sent = self.bytes.len();
-        chunk
+        // Cleared, not taken: its buffer is written again on the next exit.
+        self.line_ns.clear();
+    }
+
+    /// Drops the pending bytes, as taken by a reader that discards them.
+    pub fn discard_pending(&mut self) {
+        self.take_into(0, 0, &mut ConsoleBatch::default());
     }
 
     /// Returns bytes that were taken but could not be delivered (the last
     /// taken, less any dropped from their front); they go before anything
     /// written since.
-    pub fn put_back(&mut self, mut chunk: ConsoleChunk) {
+    pub fn put_back(&mut self, piece: ConsolePiece<'_>) {
         let unsent = self.bytes.len() - self.sent;
-        debug_assert!(chunk.bytes.len() <= self.sent, "put back what was taken");
-        self.sent = self.sent.saturating_sub(chunk.bytes.len());
-        debug_assert_eq!(&self.bytes[self.sent..self.bytes.len() - unsent], chunk.bytes.as_slice());
-        chunk.line_ns.append(&mut self.line_ns);
-        self.line_ns = chunk.line_ns;
+        debug_assert!(piece.bytes.len() <= self.sent, "put back what was taken");
+        self.sent = self.sent.saturating_sub(piece.bytes.len());
+        debug_assert_eq!(&self.bytes[self.sent..self.bytes.len() - unsent], piece.bytes);
+        self.line_ns.splice(0..0, piece.line_ns.iter().copied());
     }
 
     /// Bytes waiting to be taken.
@@ -186,6 +171,17 @@ impl LineBuffer {
 mod tests {
     use super::*;
 
+    /// The pending bytes, taken as VM 0's.
+    fn take(out: &mut ConsoleOut) -> ConsoleBatch {
+        let mut batch = ConsoleBatch::default();
+        out.take_into(0, 0, &mut batch);
+        batch
+    }
+
+    fn only(batch: &ConsoleBatch) -> ConsolePiece<'_> {
+        batch.pieces().next().expect("a piece")
+    }
+
     #[test]
     fn escape_neutralises_terminal_control() {
         assert_eq!(escape(b"plain\ttext\n"), "plain\ttext\n");
@@ -200,7 +196,7 @@ mod tests {
         out.write(b"partial");
         out.note(format_args!("something {}", 1));
         out.note(format_args!("again"));
-        assert_eq!(out.take().bytes, b"partial\n[matrix] something 1\n[matrix] again\n");
+        assert_eq!(only(&take(&mut out)).bytes, b"partial\n[matrix] something 1\n[matrix] again\n");
         assert_eq!(out.pending_len(), 0);
     }
 
@@ -213,32 +209,31 @@ mod tests {
         out.write(b"o\n");
         out.set_clock(300);
         out.write(b"thr");
-        let chunk = out.take();
-        assert_eq!((chunk.line_ns, chunk.written_ns), (vec![100, 250], 300));
+        let first = take(&mut out);
+        assert_eq!((only(&first).line_ns, only(&first).written_ns), (&[100, 250][..], 300));
         out.set_clock(400);
         out.write(b"ee\nfour\n");
-        let mut late = out.take();
-        assert_eq!(late.line_ns, [400, 400]);
+        let late = take(&mut out);
+        assert_eq!(only(&late).line_ns, [400, 400]);
         // Undelivered bytes go back in front of newer ones, stamps and all.
         out.set_clock(500);
         out.write(b"five\n");
-        late.drop_front(3);
-        assert_eq!(late.bytes, b"four\n");
-        out.put_back(late);
-        let chunk = out.take();
-        assert_eq!((chunk.bytes.as_slice(), chunk.line_ns.as_slice()), (&b"four\nfive\n"[..], &[400, 500][..]));
+        let kept = only(&late).without_front(3);
+        assert_eq!(kept.bytes, b"four\n");
+        out.put_back(kept);
+        let again = take(&mut out);
+        assert_eq!((only(&again).bytes, only(&again).line_ns), (&b"four\nfive\n"[..], &[400, 500][..]));
     }
 
     #[test]
     fn the_history_holds_everything_written_once_taken_or_not() {
         let mut out = ConsoleOut::default();
         out.write(b"one\n");
-        let mut undelivered = out.take();
+        let undelivered = take(&mut out);
         out.write(b"two\n");
-        // The front end was behind: dropped from the chunk, put back, taken again.
-        undelivered.drop_front(1);
-        out.put_back(undelivered);
-        assert_eq!(out.take().bytes, b"ne\ntwo\n");
+        // The front end was behind: dropped from the piece, put back, taken again.
+        out.put_back(only(&undelivered).without_front(1));
+        assert_eq!(only(&take(&mut out)).bytes, b"ne\ntwo\n");
         out.write(b"three\n");
         assert_eq!(out.history(), b"one\ntwo\nthree\n");
     }
@@ -248,7 +243,7 @@ mod tests {
         let mut out = ConsoleOut::default();
         for round in 0..5u8 {
             out.write(&vec![b'a' + round; HISTORY_BYTES / 2]);
-            out.take();
+            take(&mut out);
         }
         out.write(b"end");
         let history = out.history();
@@ -258,15 +253,16 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_larger_than_the_history_can_be_put_back() {
+    fn a_piece_larger_than_the_history_can_be_put_back() {
         let mut out = ConsoleOut::default();
         out.write(&vec![b'x'; 3 * HISTORY_BYTES]);
-        out.take();
+        take(&mut out);
         out.write(&vec![b'y'; 3 * HISTORY_BYTES]);
-        let chunk = out.take();
-        out.put_back(chunk.clone());
-        assert_eq!(out.take(), chunk);
-        assert_eq!(out.history(), &chunk.bytes[chunk.bytes.len() - HISTORY_BYTES..]);
+        let taken = take(&mut out);
+        out.put_back(only(&taken));
+        assert_eq!(take(&mut out), taken);
+        let bytes = only(&taken).bytes;
+        assert_eq!(out.history(), &bytes[bytes.len() - HISTORY_BYTES..]);
     }
 
     #[test]

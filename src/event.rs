@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 use crate::config::Policy;
-use crate::console::ConsoleChunk;
+use crate::console::ConsoleBatch;
 use crate::debug::{DebugRequest, DebugStop, DebuggerStatus};
 use crate::record::{ExitRecord, SliceRecord};
 use crate::report::RunReport;
@@ -157,18 +157,6 @@ pub struct VmSample {
     pub charged_ns: u64,
 }
 
-/// Console output of one VM, in order. `dropped` bytes before these were
-/// lost because the front end fell behind.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConsoleOutput {
-    /// The VM.
-    pub vm: VmId,
-    /// The bytes, with the time each line was completed.
-    pub chunk: ConsoleChunk,
-    /// Bytes dropped just before these.
-    pub dropped: u64,
-}
-
 /// What the core tells the front ends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -176,7 +164,7 @@ pub enum Event {
     /// flushes sends every VM's in one event: each event may wake a front
     /// end, and a wake-up is an interrupt to another CPU (several
     /// microseconds here, hundreds of them when each of 256 VMs had its own).
-    Console(Vec<ConsoleOutput>),
+    Console(ConsoleBatch),
     /// The newest exits of one VM since the last such event (at most
     /// [`LIVE_EXITS`]; older ones were superseded), when the front end asked
     /// for records (`RunConfig::live_records`).
@@ -243,8 +231,9 @@ pub enum Event {
 }
 
 impl Event {
-    /// Console output of one VM.
-    pub fn console(vm: VmId, chunk: ConsoleChunk, dropped: u64) -> Self {
-        Self::Console(vec![ConsoleOutput { vm, chunk, dropped }])
+    /// `bytes` of VM `vm`, written all at once at `t_ns`, after `dropped`
+    /// lost bytes.
+    pub fn console(vm: VmId, bytes: &[u8], t_ns: u64, dropped: u64) -> Self {
+        Self::Console(ConsoleBatch::of(vm, bytes, t_ns, dropped))
     }
 }

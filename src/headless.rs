@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::console::{ConsoleChunk, LineBuffer, NOTE_PREFIX, escape};
+use crate::console::{ConsolePiece, LineBuffer, NOTE_PREFIX, escape};
 use crate::event::{Command, Event, VmId};
 use crate::record::format_seconds;
 use crate::report::RunReport;
@@ -44,28 +44,29 @@ impl<W: Write> LinePrinter<W> {
         Self { out, names, buffers, partial_ns, options }
     }
 
-    /// Prints the complete lines in `chunk`; keeps the rest for later.
-    pub fn console(&mut self, vm: VmId, chunk: &ConsoleChunk, dropped: u64) -> std::io::Result<()> {
+    /// Prints the complete lines in `piece`; keeps the rest for later.
+    pub fn console(&mut self, piece: ConsolePiece<'_>) -> std::io::Result<()> {
+        let ConsolePiece { vm, bytes, line_ns, written_ns, dropped } = piece;
         // Nothing is printed but the report: the lines need not be cut.
         if self.options.json {
             return Ok(());
         }
         if dropped > 0 {
-            let at = chunk.line_ns.first().copied().unwrap_or(chunk.written_ns);
+            let at = line_ns.first().copied().unwrap_or(written_ns);
             self.line(vm, at, format!("... {dropped} bytes dropped").as_bytes())?;
         }
         // Lent out while it calls back into `line`.
         let mut buffer = std::mem::take(&mut self.buffers[vm]);
-        let mut stamps = chunk.line_ns.iter().copied();
+        let mut stamps = line_ns.iter().copied();
         let mut written = Ok(());
-        buffer.push(&chunk.bytes, |line| {
-            let at = stamps.next().unwrap_or(chunk.written_ns);
+        buffer.push(bytes, |line| {
+            let at = stamps.next().unwrap_or(written_ns);
             if written.is_ok() {
                 written = self.line(vm, at, line);
             }
         });
         self.buffers[vm] = buffer;
-        self.partial_ns[vm] = chunk.written_ns;
+        self.partial_ns[vm] = written_ns;
         written
     }
 
@@ -158,9 +159,7 @@ pub fn run<W: Write>(
             }
         };
         let written = match event {
-            Event::Console(outputs) => {
-                outputs.iter().try_for_each(|output| printer.console(output.vm, &output.chunk, output.dropped))
-            }
+            Event::Console(batch) => batch.pieces().try_for_each(|piece| printer.console(piece)),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::Debugger { vm, t_ns, status } => {
@@ -201,29 +200,31 @@ pub fn run<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::ConsoleBatch;
 
     fn printer(options: HeadlessOptions) -> LinePrinter<Vec<u8>> {
         LinePrinter::new(Vec::new(), vec!["neo".into(), "morpheus".into()], options)
     }
 
-    /// A chunk whose lines all end at `at_ns`.
-    fn chunk(bytes: &[u8]) -> ConsoleChunk {
-        chunk_at(bytes, 0)
+    /// Prints `bytes` of VM `vm`, their lines all ended at `at_ns`.
+    fn print_at(p: &mut LinePrinter<Vec<u8>>, vm: usize, bytes: &[u8], at_ns: u64, dropped: u64) {
+        let batch = ConsoleBatch::of(vm, bytes, at_ns, dropped);
+        batch.pieces().try_for_each(|piece| p.console(piece)).unwrap();
     }
 
-    fn chunk_at(bytes: &[u8], at_ns: u64) -> ConsoleChunk {
-        ConsoleChunk::at(bytes, at_ns)
+    fn print(p: &mut LinePrinter<Vec<u8>>, vm: usize, bytes: &[u8], dropped: u64) {
+        print_at(p, vm, bytes, 0, dropped);
     }
 
     #[test]
     fn lines_are_prefixed_and_interleaved_as_they_complete() {
         let mut p = printer(HeadlessOptions::default());
-        p.console(0, &chunk(b"wake "), 0).unwrap();
-        p.console(1, &chunk(b"red pill\n"), 0).unwrap();
-        p.console(0, &chunk(b"up\n\x1b[2J\n"), 0).unwrap();
-        p.console(1, &chunk(b"no newline"), 0).unwrap();
+        print(&mut p, 0, b"wake ", 0);
+        print(&mut p, 1, b"red pill\n", 0);
+        print(&mut p, 0, b"up\n\x1b[2J\n", 0);
+        print(&mut p, 1, b"no newline", 0);
         p.flush_partial(1).unwrap();
-        p.console(0, &chunk(b"x"), 7).unwrap();
+        print(&mut p, 0, b"x", 7);
         let text = String::from_utf8(p.into_inner()).unwrap();
         assert_eq!(
             text,
@@ -234,20 +235,22 @@ mod tests {
     #[test]
     fn raw_mode_passes_bytes_through() {
         let mut p = printer(HeadlessOptions { raw: true, ..Default::default() });
-        p.console(0, &chunk(b"\x1b[31mred\n"), 0).unwrap();
+        print(&mut p, 0, b"\x1b[31mred\n", 0);
         assert_eq!(p.into_inner(), b"neo| \x1b[31mred\n");
     }
 
     #[test]
     fn lines_are_stamped_with_the_time_of_the_exit_that_ended_them() {
         let mut p = printer(HeadlessOptions { timestamps: true, ..Default::default() });
-        let two_lines = ConsoleChunk {
-            bytes: b"one\ntwo\nthr".to_vec(),
-            line_ns: vec![10_166_000, 12_500_999],
+        let two_lines = ConsolePiece {
+            vm: 1,
+            bytes: b"one\ntwo\nthr",
+            line_ns: &[10_166_000, 12_500_999],
             written_ns: 13_000_000,
+            dropped: 0,
         };
-        p.console(1, &two_lines, 0).unwrap();
-        p.console(1, &chunk_at(b"ee", 2_000_000_001), 0).unwrap();
+        p.console(two_lines).unwrap();
+        print_at(&mut p, 1, b"ee", 2_000_000_001, 0);
         p.flush_partial(1).unwrap();
         let text = String::from_utf8(p.into_inner()).unwrap();
         assert_eq!(text, "0.010166 morpheus| one\n0.012500 morpheus| two\n2.000000 morpheus| three\n");

@@ -25,7 +25,7 @@ fn part1_is_byte_exact_with_the_real_host_address_and_leaves_42() {
         assert!(steps < 1000, "part1 does not halt");
     }
     let hva = vm.machine.host_address(0x400).unwrap() as u32;
-    let console = String::from_utf8(vm.console.take().bytes).unwrap();
+    let console = String::from_utf8(vm.console.history().to_vec()).unwrap();
     assert_eq!(console, common::part1_expected(hva));
 
     let answer: u64 = vm.machine.memory.read_obj(GuestAddress(0x400)).unwrap();

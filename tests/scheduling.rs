@@ -238,8 +238,8 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Console(outputs) => {
-                Some(outputs.iter().filter(|output| output.vm == 0).map(|output| output.dropped).sum::<u64>())
+            Event::Console(batch) => {
+                Some(batch.pieces().filter(|piece| piece.vm == 0).map(|piece| piece.dropped).sum::<u64>())
             }
             _ => None,
         })

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use matrix_tui::config::Policy;
-use matrix_tui::console::ConsoleChunk;
 use matrix_tui::event::{Event, StepResult, VmSample, VmState};
 use matrix_tui::hypercall::Hypercall;
 use matrix_tui::record::{CallRecord, ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
@@ -25,9 +24,9 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
     let total: f64 = weights.iter().sum();
     for (vm, name) in names.iter().enumerate() {
         let text: String = (1..=12).map(|i| format!("[{i:04}] {name}: line {i} of work\n")).collect();
-        app.apply(Event::console(vm, ConsoleChunk::at(&text.into_bytes(), 0), 0));
+        app.apply(Event::console(vm, &text.into_bytes(), 0, 0));
     }
-    app.apply(Event::console(0, ConsoleChunk::at(b"[matrix] HC_printStr(0x80000000) refused\n", 0), 0));
+    app.apply(Event::console(0, b"[matrix] HC_printStr(0x80000000) refused\n", 0, 0));
     let sample = |scale: u64| {
         weights
             .iter()

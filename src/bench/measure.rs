@@ -93,7 +93,7 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
             times.push(span.exited_ns);
         }
         if runtime.console.pending_len() > 64 * 1024 {
-            runtime.console.take();
+            runtime.console.discard_pending();
         }
     }
     let per_call: Vec<u64> = times
@@ -352,10 +352,10 @@ pub fn console_flood(duration: Duration) -> Result<Flood, BenchError> {
     let mut rss_early = None;
     let deadline = core.started() + duration;
     while let Ok(event) = core.events().recv_deadline(deadline) {
-        if let Event::Console(outputs) = event {
-            for output in outputs {
-                bytes += output.chunk.bytes.len() as u64;
-                dropped += output.dropped;
+        if let Event::Console(batch) = event {
+            for piece in batch.pieces() {
+                bytes += piece.bytes.len() as u64;
+                dropped += piece.dropped;
             }
         }
         if rss_early.is_none() && core.started().elapsed() >= Duration::from_secs(1) {

@@ -221,7 +221,9 @@ mod tests {
         }
 
         fn console(&mut self) -> String {
-            String::from_utf8(self.console.take().bytes).unwrap()
+            let mut batch = crate::console::ConsoleBatch::default();
+            self.console.take_into(0, 0, &mut batch);
+            String::from_utf8(batch.pieces().flat_map(|piece| piece.bytes.iter().copied()).collect()).unwrap()
         }
     }
 

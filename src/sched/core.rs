@@ -17,10 +17,11 @@ use super::stolen::{StolenWindow, ThreadClocks, WindowSlice};
 use super::vm_runtime::{Step, VmRuntime};
 use crate::calibration::Calibration;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
+use crate::console::ConsoleBatch;
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
 use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
-use crate::event::{Command, ConsoleOutput, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
 use crate::hypercall::GuestView;
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
@@ -471,8 +472,8 @@ impl Core {
                 Some(slice) => {
                     self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
-                        let output = self.take_console(slice.vm);
-                        self.send_console(output.into_iter().collect());
+                        let batch = self.take_one_console(slice.vm);
+                        self.send_console(batch);
                     }
                 }
                 None if self.stay_open
@@ -841,49 +842,56 @@ impl Core {
         self.outbox.push_back(Event::State { vm, state });
     }
 
-    /// Takes `vm`'s pending console bytes (and drop count).
-    fn take_console(&mut self, vm: VmId) -> Option<ConsoleOutput> {
+    /// Takes `vm`'s pending console bytes (and drop count) into `batch`.
+    fn take_console(&mut self, vm: VmId, batch: &mut ConsoleBatch) {
         let slot = &mut self.slots[vm];
         if slot.runtime.console.pending_len() == 0 && slot.console_dropped == 0 {
-            return None;
+            return;
         }
-        let chunk = slot.runtime.console.take();
         let dropped = std::mem::take(&mut slot.console_dropped);
-        Some(ConsoleOutput { vm, chunk, dropped })
+        slot.runtime.console.take_into(vm, dropped, batch);
     }
 
     /// Every VM's pending console bytes.
-    fn take_consoles(&mut self) -> Vec<ConsoleOutput> {
-        (0..self.slots.len()).filter_map(|vm| self.take_console(vm)).collect()
+    fn take_consoles(&mut self) -> ConsoleBatch {
+        let mut batch = ConsoleBatch::default();
+        for vm in 0..self.slots.len() {
+            self.take_console(vm, &mut batch);
+        }
+        batch
+    }
+
+    /// `vm`'s pending console bytes alone.
+    fn take_one_console(&mut self, vm: VmId) -> ConsoleBatch {
+        let mut batch = ConsoleBatch::default();
+        self.take_console(vm, &mut batch);
+        batch
     }
 
     /// Queues `vm`'s pending console bytes in the outbox, so that they go out
     /// before the events queued after them.
     fn queue_console(&mut self, vm: VmId) {
-        if let Some(output) = self.take_console(vm) {
-            self.outbox.push_back(Event::Console(vec![output]));
+        let batch = self.take_one_console(vm);
+        if !batch.is_empty() {
+            self.outbox.push_back(Event::Console(batch));
         }
     }
 
     /// Sends console output in one event, or gives it back to its VMs
     /// (bounded, oldest dropped first and counted) while the front end is
     /// behind.
-    fn send_console(&mut self, outputs: Vec<ConsoleOutput>) {
-        if outputs.is_empty() {
+    fn send_console(&mut self, batch: ConsoleBatch) {
+        if batch.is_empty() {
             return;
         }
-        let Err(TrySendError::Full(Event::Console(outputs))) = self.events.try_send(Event::Console(outputs)) else {
+        let Err(TrySendError::Full(Event::Console(batch))) = self.events.try_send(Event::Console(batch)) else {
             return;
         };
-        for ConsoleOutput { vm, mut chunk, dropped } in outputs {
-            let slot = &mut self.slots[vm];
-            slot.console_dropped += dropped;
-            if chunk.bytes.len() > CONSOLE_BACKLOG_CAP {
-                let excess = chunk.bytes.len() - CONSOLE_BACKLOG_CAP;
-                chunk.drop_front(excess);
-                slot.console_dropped += excess as u64;
-            }
-            slot.runtime.console.put_back(chunk);
+        for piece in batch.pieces() {
+            let slot = &mut self.slots[piece.vm];
+            let excess = piece.bytes.len().saturating_sub(CONSOLE_BACKLOG_CAP);
+            slot.console_dropped += piece.dropped + excess as u64;
+            slot.runtime.console.put_back(piece.without_front(excess));
         }
     }
 
@@ -906,8 +914,8 @@ impl Core {
             return;
         }
         self.last_console_flush = Instant::now();
-        let outputs = self.take_consoles();
-        self.send_console(outputs);
+        let batch = self.take_consoles();
+        self.send_console(batch);
         if self.live_records && self.last_records_flush.elapsed() >= RECORDS_FLUSH_EVERY {
             self.last_records_flush = Instant::now();
             self.flush_records();
@@ -981,9 +989,9 @@ impl Core {
         for event in std::mem::take(&mut self.outbox) {
             let _ = self.events.send(event);
         }
-        let outputs = self.take_consoles();
-        if !outputs.is_empty() {
-            let _ = self.events.send(Event::Console(outputs));
+        let batch = self.take_consoles();
+        if !batch.is_empty() {
+            let _ = self.events.send(Event::Console(batch));
         }
         for event in self.take_records() {
             let _ = self.events.send(event);

@@ -12,7 +12,7 @@ use super::timeline::Timeline;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
 use crate::console::{LineBuffer, escape};
 use crate::debug::DebuggerStatus;
-use crate::event::{Command, ConsoleOutput, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
 use crate::record::{ExitKind, ExitRecord};
 use crate::stats::VmCounters;
 use crate::vm::TimerKind;
@@ -281,10 +281,10 @@ impl App {
 
     fn apply_event(&mut self, event: Event) -> bool {
         match event {
-            Event::Console(outputs) => {
-                for ConsoleOutput { vm, chunk, dropped } in outputs {
-                    if let Some(view) = self.vms.get_mut(vm) {
-                        view.push_console(&chunk.bytes, dropped);
+            Event::Console(batch) => {
+                for piece in batch.pieces() {
+                    if let Some(view) = self.vms.get_mut(piece.vm) {
+                        view.push_console(piece.bytes, piece.dropped);
                     }
                 }
             }
@@ -520,8 +520,6 @@ pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, wei
 mod tests {
     use super::*;
 
-    use crate::console::ConsoleChunk;
-
     fn app() -> App {
         App::new(
             vec!["neo".into(), "morpheus".into()],
@@ -640,14 +638,14 @@ mod tests {
     #[test]
     fn console_lines_are_escaped_and_bounded() {
         let mut app = app();
-        app.apply(Event::console(0, ConsoleChunk::at(b"one\n\x1b[31mtwo\nthr", 0), 0));
+        app.apply(Event::console(0, b"one\n\x1b[31mtwo\nthr", 0, 0));
         assert_eq!(app.vms[0].lines, ["one", "\\x1b[31mtwo"]);
         assert_eq!(app.vms[0].pending, "thr");
-        app.apply(Event::console(0, ConsoleChunk::at(b"ee\n", 0), 5));
+        app.apply(Event::console(0, b"ee\n", 0, 5));
         assert_eq!(app.vms[0].lines.back().unwrap(), "three");
         assert!(app.vms[0].lines.contains(&"... 5 bytes dropped".to_string()));
         let flood: Vec<u8> = b"x\n".repeat(CONSOLE_LINES * 2);
-        app.apply(Event::console(0, ConsoleChunk::at(&flood, 0), 0));
+        app.apply(Event::console(0, &flood, 0, 0));
         assert_eq!(app.vms[0].lines.len(), CONSOLE_LINES);
     }
 
@@ -698,7 +696,7 @@ mod tests {
         assert!(app.frozen);
         app.act(Action::ToggleHelp);
         assert!(app.help);
-        app.apply(Event::console(0, ConsoleChunk::at(&b"a\n".repeat(50), 0), 0));
+        app.apply(Event::console(0, &b"a\n".repeat(50), 0, 0));
         app.act(Action::ScrollUp);
         assert_eq!(app.vms[0].scroll, 10);
         app.act(Action::ScrollDown);

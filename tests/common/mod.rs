@@ -33,9 +33,9 @@ impl Outcome {
     pub fn console(&self, vm: usize) -> String {
         let mut bytes = Vec::new();
         for event in &self.events {
-            if let Event::Console(outputs) = event {
-                for output in outputs.iter().filter(|output| output.vm == vm) {
-                    bytes.extend_from_slice(&output.chunk.bytes);
+            if let Event::Console(batch) = event {
+                for piece in batch.pieces().filter(|piece| piece.vm == vm) {
+                    bytes.extend_from_slice(piece.bytes);
                 }
             }
         }
