@@ -39,6 +39,8 @@ pub const MAX_LEAD_NS: u64 = 500_000;
 pub struct Compensation {
     enabled: bool,
     latencies: Vec<u64>,
+    /// The latencies, partly ordered to find the lead.
+    ranked: Vec<u64>,
     /// Where the next latency goes once the window is full.
     next: usize,
     since_recompute: usize,
@@ -49,7 +51,14 @@ impl Compensation {
     /// Compensation that leads once it has measured (or never, when disabled:
     /// every kick is armed at the deadline).
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, latencies: Vec::with_capacity(WINDOW), next: 0, since_recompute: 0, lead_ns: 0 }
+        Self {
+            enabled,
+            latencies: Vec::with_capacity(WINDOW),
+            ranked: Vec::with_capacity(WINDOW),
+            next: 0,
+            since_recompute: 0,
+            lead_ns: 0,
+        }
     }
 
     /// Whether kicks are armed early at all (`--no-compensation` turns it off).
@@ -82,10 +91,11 @@ impl Compensation {
         self.since_recompute += 1;
         if self.since_recompute >= RECOMPUTE_EVERY || self.latencies.len() <= RECOMPUTE_EVERY {
             self.since_recompute = 0;
-            let mut sorted = self.latencies.clone();
-            sorted.sort_unstable();
-            let rank = (sorted.len() * LEAD_PERCENTILE / 100).min(sorted.len() - 1);
-            self.lead_ns = sorted[rank].min(MAX_LEAD_NS);
+            // Into a buffer kept for it: this runs on the core thread between slices.
+            self.ranked.clear();
+            self.ranked.extend_from_slice(&self.latencies);
+            let rank = (self.ranked.len() * LEAD_PERCENTILE / 100).min(self.ranked.len() - 1);
+            self.lead_ns = (*self.ranked.select_nth_unstable(rank).1).min(MAX_LEAD_NS);
         }
     }
 }

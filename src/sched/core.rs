@@ -245,9 +245,9 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         calibration: config.calibration,
         step_requests: VecDeque::new(),
         gdb_steps: VecDeque::new(),
-        last_sample: started,
-        last_console_flush: started,
-        last_records_flush: started,
+        last_sample_ns: epoch_ns,
+        last_console_flush_ns: epoch_ns,
+        last_records_flush_ns: epoch_ns,
         stay_open: config.stay_open,
         seccomp: config.seccomp,
         compensation: Compensation::new(config.compensate),
@@ -396,9 +396,11 @@ struct Core {
     gdb_steps: VecDeque<VmId>,
     /// What the demo guests' units were sized by, for the report.
     calibration: Option<Calibration>,
-    last_sample: Instant,
-    last_console_flush: Instant,
-    last_records_flush: Instant,
+    // Monotonic ns, compared with the end of the last slice: a clock read
+    // fewer for each of them a slice.
+    last_sample_ns: u64,
+    last_console_flush_ns: u64,
+    last_records_flush_ns: u64,
     stay_open: bool,
     seccomp: bool,
     /// The kick latency measured, and the lead taken from it.
@@ -468,13 +470,14 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
-            match self.planner.next_slice() {
+            let now_ns = match self.planner.next_slice() {
                 Some(slice) => {
-                    self.run_slice(slice, &mut deadlines, false);
+                    let record = self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
                         let batch = self.take_one_console(slice.vm);
                         self.send_console(batch);
                     }
+                    self.epoch_ns + record.end_ns
                 }
                 None if self.stay_open
                     || !self.step_requests.is_empty()
@@ -482,12 +485,13 @@ impl Core {
                 {
                     deadlines.disarm();
                     self.idle();
+                    monotonic_ns()
                 }
                 None => break,
-            }
+            };
             self.deliver_outbox();
-            self.flush_consoles_if_due();
-            self.sample_if_due();
+            self.flush_consoles_if_due(now_ns);
+            self.sample_if_due(now_ns);
         }
         deadlines.disarm();
         let armed_ahead_pct = deadlines.armed_ahead_pct();
@@ -908,16 +912,20 @@ impl Core {
         }
     }
 
-    fn flush_consoles_if_due(&mut self) {
+    /// A round of console flushes (and records, and the trace's buffer)
+    /// when one is due at `now_ns` (monotonic).
+    fn flush_consoles_if_due(&mut self, now_ns: u64) {
         let every = CONSOLE_FLUSH_EVERY.max(CONSOLE_FLUSH_PER_VM * self.slots.len() as u32);
-        if self.last_console_flush.elapsed() < every {
+        if now_ns.saturating_sub(self.last_console_flush_ns) < every.as_nanos() as u64 {
             return;
         }
-        self.last_console_flush = Instant::now();
+        self.last_console_flush_ns = now_ns;
         let batch = self.take_consoles();
         self.send_console(batch);
-        if self.live_records && self.last_records_flush.elapsed() >= RECORDS_FLUSH_EVERY {
-            self.last_records_flush = Instant::now();
+        if self.live_records
+            && now_ns.saturating_sub(self.last_records_flush_ns) >= RECORDS_FLUSH_EVERY.as_nanos() as u64
+        {
+            self.last_records_flush_ns = now_ns;
             self.flush_records();
         }
         if let Some((trace, _)) = &mut self.trace {
@@ -962,11 +970,12 @@ impl Core {
         }
     }
 
-    fn sample_if_due(&mut self) {
-        if self.last_sample.elapsed() < SAMPLE_EVERY {
+    /// Sends the counters when a sample is due at `now_ns` (monotonic).
+    fn sample_if_due(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.last_sample_ns) < SAMPLE_EVERY.as_nanos() as u64 {
             return;
         }
-        self.last_sample = Instant::now();
+        self.last_sample_ns = now_ns;
         let vms = self
             .slots
             .iter()
