@@ -226,6 +226,28 @@ fn targets(report: &Value) -> Value {
     out
 }
 
+/// The C baseline's rounds differ by more than this factor in p99 when the
+/// host, not the kick path, sets the tail: within single benches on a host
+/// that stalled for milliseconds (2026-12-02) they differed 3.8-23x, while a
+/// quieter day's p99s stayed within 7-29 µs over all its runs.
+const UNSTEADY_P99_SPREAD: f64 = 3.0;
+
+/// The C baseline's preemption p99 over its rounds, and a warning when they
+/// differ so much that the p99 ratios say where the host's stalls fell.
+fn c_round_spread(p99s: &Value) -> Option<String> {
+    let p99s: Vec<f64> = p99s.as_array()?.iter().filter_map(Value::as_f64).collect();
+    let low = p99s.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = p99s.iter().copied().fold(0.0, f64::max);
+    if p99s.len() < 2 || low <= 0.0 {
+        return None;
+    }
+    let mut text = format!("{low:.1}-{high:.1} us in {} rounds", p99s.len());
+    if high > UNSTEADY_P99_SPREAD * low {
+        text.push_str(": the host stalls, and the p99 ratios say more about where than about the kick path");
+    }
+    Some(text)
+}
+
 /// What machine this is: CPU, kernel, which KVM, whether it is nested.
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -292,6 +314,9 @@ pub fn table(report: &Value) -> String {
         let c = &report["c_baseline"];
         row(&mut out, "C baseline: exit round trip", p(&c["exit_roundtrip_ns"], "ns"));
         row(&mut out, "C baseline: preemption overrun", p(&c["preempt_overrun_us"], "us"));
+        if let Some(spread) = c_round_spread(&c["rounds"]["c_overrun_p99_us"]) {
+            row(&mut out, "  p99 over the rounds", spread);
+        }
     }
     for (key, label) in
         [("share_error_pp", "share error (work)"), ("share_error_pp_accounting", "share error (charged time)")]
@@ -395,4 +420,19 @@ fn num(value: &Value) -> f64 {
 fn stalled_note(figure: &Value) -> String {
     let stalled: u64 = ["w20ms", "w100ms", "w1s"].iter().filter_map(|w| figure[w]["stalled_windows"].as_u64()).sum();
     if stalled == 0 { String::new() } else { format!("; {stalled} stalled windows left out") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_c_rounds_spread_warns_when_the_host_sets_the_tail() {
+        assert_eq!(c_round_spread(&json!([20.0, 25.5, 31.0])).as_deref(), Some("20.0-31.0 us in 3 rounds"));
+        let stalling = c_round_spread(&json!([40.0, 916.6, 60.0])).unwrap();
+        assert!(!c_round_spread(&json!([20.0, 59.0])).unwrap().contains("stalls"));
+        assert!(stalling.starts_with("40.0-916.6 us in 3 rounds: the host stalls"), "{stalling}");
+        assert_eq!(c_round_spread(&json!([20.0])), None, "one round has no spread");
+        assert_eq!(c_round_spread(&json!(null)), None);
+    }
 }
