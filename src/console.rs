@@ -66,13 +66,7 @@ impl ConsoleOut {
     /// Takes the pending bytes into `batch`, as VM `vm`'s, after `dropped`
     /// bytes lost before them.
     pub fn take_into(&mut self, vm: usize, dropped: u64, batch: &mut ConsoleBatch) {
-        // Trimmed in halves so that the copy is paid once per HISTORY_BYTES;
-        // only what was taken before, which cannot be put back any more.
-        if self.bytes.len() > 2 * HISTORY_BYTES {
-            let excess = (self.bytes.len() - HISTORY_BYTES).min(self.sent);
-            self.bytes.drain(..excess);
-            self.sent -= excess;
-        }
+        self.trim_history();
         let piece = ConsolePiece {
             vm,
             bytes: &self.bytes[self.sent..],
@@ -88,7 +82,19 @@ impl ConsoleOut {
 
     /// Drops the pending bytes, as taken by a reader that discards them.
     pub fn discard_pending(&mut self) {
-        self.take_into(0, 0, &mut ConsoleBatch::default());
+        self.trim_history();
+        self.sent = self.bytes.len();
+        self.line_ns.clear();
+    }
+
+    /// Trimmed in halves so that the copy is paid once per HISTORY_BYTES;
+    /// only what was taken before, which cannot be put back any more.
+    fn trim_history(&mut self) {
+        if self.bytes.len() > 2 * HISTORY_BYTES {
+            let excess = (self.bytes.len() - HISTORY_BYTES).min(self.sent);
+            self.bytes.drain(..excess);
+            self.sent -= excess;
+        }
     }
 
     /// Returns bytes that were taken but could not be delivered (the last
@@ -236,6 +242,23 @@ mod tests {
         assert_eq!(only(&take(&mut out)).bytes, b"ne\ntwo\n");
         out.write(b"three\n");
         assert_eq!(out.history(), b"one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn discarded_bytes_stay_in_the_history_and_are_not_taken() {
+        let mut out = ConsoleOut::default();
+        out.write(b"one\n");
+        out.discard_pending();
+        assert_eq!(out.pending_len(), 0);
+        out.write(b"two\n");
+        let taken = take(&mut out);
+        assert_eq!((only(&taken).bytes, only(&taken).line_ns.len()), (&b"two\n"[..], 1));
+        assert_eq!(out.history(), b"one\ntwo\n");
+        for _ in 0..5 {
+            out.write(&vec![b'x'; HISTORY_BYTES]);
+            out.discard_pending();
+        }
+        assert!(out.history().len() == HISTORY_BYTES && out.bytes.len() <= 2 * HISTORY_BYTES, "bounded");
     }
 
     #[test]

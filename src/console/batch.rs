@@ -5,8 +5,8 @@
 ///
 /// One buffer for all rather than one per VM: a round of flushes takes
 /// every VM's output, and the front end frees what it was sent on another
-/// thread. Two buffers a VM, 512 a round with 256 tickers, cost about 0.4 µs
-/// a VM here; these are three a round.
+/// thread. Two buffers a VM, 512 a round with 256 tickers, cost 0.17-0.35 µs
+/// a VM here, these three a round 0.12-0.14.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsoleBatch {
     bytes: Vec<u8>,
