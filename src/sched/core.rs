@@ -916,15 +916,13 @@ impl Core {
     /// when one is due at `now_ns` (monotonic).
     fn flush_consoles_if_due(&mut self, now_ns: u64) {
         let every = CONSOLE_FLUSH_EVERY.max(CONSOLE_FLUSH_PER_VM * self.slots.len() as u32);
-        if now_ns.saturating_sub(self.last_console_flush_ns) < every.as_nanos() as u64 {
+        if !passed(every, self.last_console_flush_ns, now_ns) {
             return;
         }
         self.last_console_flush_ns = now_ns;
         let batch = self.take_consoles();
         self.send_console(batch);
-        if self.live_records
-            && now_ns.saturating_sub(self.last_records_flush_ns) >= RECORDS_FLUSH_EVERY.as_nanos() as u64
-        {
+        if self.live_records && passed(RECORDS_FLUSH_EVERY, self.last_records_flush_ns, now_ns) {
             self.last_records_flush_ns = now_ns;
             self.flush_records();
         }
@@ -972,7 +970,7 @@ impl Core {
 
     /// Sends the counters when a sample is due at `now_ns` (monotonic).
     fn sample_if_due(&mut self, now_ns: u64) {
-        if now_ns.saturating_sub(self.last_sample_ns) < SAMPLE_EVERY.as_nanos() as u64 {
+        if !passed(SAMPLE_EVERY, self.last_sample_ns, now_ns) {
             return;
         }
         self.last_sample_ns = now_ns;
@@ -1065,6 +1063,11 @@ impl Core {
             timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
         }
     }
+}
+
+/// Whether `every` has passed from `since_ns` to `now_ns` (monotonic ns).
+fn passed(every: Duration, since_ns: u64, now_ns: u64) -> bool {
+    now_ns.saturating_sub(since_ns) >= every.as_nanos() as u64
 }
 
 fn ratio(part: f64, whole: f64) -> f64 {
