@@ -1,8 +1,13 @@
 //! The command line: what `matrix-tui` accepts, and turning it into a run.
 //!
-//! Exit status: 0 when every VM halted or the duration ended, 3 when a VM
-//! crashed, 2 for usage and configuration errors, 1 for host errors.
+//! Exit status: 0 when every VM halted or the duration ended (or a stop
+//! signal ended the run), 3 when a VM crashed, 4 when output was lost (a
+//! write failed: stdout, the report, the trace or the recording), 2 for
+//! usage and configuration errors, 1 for host errors, and 128 + the
+//! signal's number when a stop signal had to end the process without the
+//! run's end (see `os::signals`).
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,12 +18,15 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
+use crate::console::{escape, escape_input};
 use crate::debug::ListenAddress;
 use crate::headless::{self, HeadlessOptions};
 use crate::lesson::{self, Lesson};
-use crate::report::RunReport;
+use crate::os::signals;
+use crate::os::stream::StreamWriter;
 use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
 use crate::sched::{self, SpawnError, VmSetupError};
+use crate::ui::cast::CastWriter;
 use crate::units::{parse_duration, parse_size};
 use crate::vm::layout::DEFAULT_MEMORY;
 use crate::vm::{SetupError, TimerKind};
@@ -251,8 +259,9 @@ fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     };
     let (guest, weight) = match rest.rsplit_once(':') {
         Some((guest, weight)) => {
-            let weight: f64 =
-                weight.parse().map_err(|_| format!("weight '{weight}' is not a number (NAME=GUEST[:WEIGHT])"))?;
+            let weight: f64 = weight
+                .parse()
+                .map_err(|_| format!("weight '{}' is not a number (NAME=GUEST[:WEIGHT])", escape_input(weight)))?;
             (guest.to_string(), Some(check_weight(weight)?))
         }
         None => (rest.to_string(), None),
@@ -306,6 +315,8 @@ enum Failure {
     Usage(anyhow::Error),
     /// The host could not do it (status 1).
     Host(anyhow::Error),
+    /// Output could not be written (status 4).
+    Output(anyhow::Error),
 }
 
 impl From<SpawnError> for Failure {
@@ -316,6 +327,7 @@ impl From<SpawnError> for Failure {
                 ..
             })
             | SpawnError::Timer { .. }
+            | SpawnError::Thread { .. }
             | SpawnError::Seccomp(_)
             | SpawnError::DebugProbe(_) => Failure::Host(error.into()),
             SpawnError::Trace { .. } | SpawnError::Gdb { .. } => Failure::Usage(error.into()),
@@ -332,12 +344,25 @@ impl From<ScenarioError> for Failure {
 
 /// Runs the program with these arguments; returns the exit status.
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    // First, before any other thread exists: every thread inherits the mask.
+    if let Err(error) = signals::install() {
+        eprintln!("matrix-tui: {error}");
+        return ExitCode::from(1);
+    }
     raise_open_file_limit();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(error) => {
+        // Help and version go to stdout as clap writes them; an error
+        // echoes the user's words, so it is escaped and bounded.
+        Err(error) if !error.use_stderr() => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let text = error.render().to_string();
+            let lines: Vec<String> = text.lines().map(|line| bounded(&escape(line.as_bytes()))).collect();
+            eprintln!("{}", lines.join("\n"));
+            return ExitCode::from(2);
         }
     };
     let result = match cli.command {
@@ -359,6 +384,32 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             eprintln!("matrix-tui: {}", describe(&error));
             ExitCode::from(1)
         }
+        Err(Failure::Output(error)) => {
+            eprintln!("matrix-tui: {}", describe(&error));
+            ExitCode::from(OUTPUT_LOST)
+        }
+    }
+}
+
+/// The exit status when output was lost.
+const OUTPUT_LOST: u8 = 4;
+
+/// Writes `text` to stdout; a failure (a full disk, a closed pipe) is an error.
+fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|error| Failure::Output(anyhow!("cannot write to stdout: {error}")))
+}
+
+/// The most characters of one line of an error message.
+const ERROR_LINE_LIMIT: usize = 400;
+
+/// `line`, cut at [`ERROR_LINE_LIMIT`] characters.
+fn bounded(line: &str) -> String {
+    match line.char_indices().nth(ERROR_LINE_LIMIT) {
+        Some((at, _)) => format!("{}... ({} bytes in all)", &line[..at], line.len()),
+        None => line.to_string(),
     }
 }
 
@@ -374,7 +425,8 @@ fn describe(error: &anyhow::Error) -> String {
             text.push_str(&cause);
         }
     }
-    text
+    // A message may quote the user's input: no escape reaches the terminal.
+    bounded(&escape(text.as_bytes()).replace('\n', "\\n"))
 }
 
 /// Raises the soft limit of open files to the hard one: every VM holds two,
@@ -393,7 +445,7 @@ fn raise_open_file_limit() {
 }
 
 fn list_guests() -> Result<ExitCode, Failure> {
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     for guest in guests::BUILTIN {
         let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
     }
@@ -421,6 +473,7 @@ fn list_guests() -> Result<ExitCode, Failure> {
             let _ = writeln!(out, "\nWork units are sized in time when KVM is usable; here: {error}");
         }
     }
+    print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -435,28 +488,32 @@ fn export_guests(dir: &std::path::Path) -> Result<ExitCode, Failure> {
     for guest in guests::BUILTIN {
         std::fs::write(dir.join(guest.name), guest.image).map_err(failed)?;
     }
-    println!(
-        "wrote {} guests to {} (ELF with debug info: gdb {}/neo shows their symbols)",
+    print_stdout(&format!(
+        "wrote {} guests to {} (ELF with debug info: gdb {}/neo shows their symbols)\n",
         guests::BUILTIN.len(),
         dir.display(),
         dir.display()
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn list_lessons() -> Result<ExitCode, Failure> {
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     for (name, title) in lesson::builtin_titles() {
         let _ = writeln!(out, "{name:<14} {title}");
     }
     let _ = writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see the README).");
+    print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
     let lesson = lesson::load(&args.lesson)?;
     if args.headless {
-        eprintln!("matrix-tui: lesson '{}': its panel needs the terminal UI; running its scenario", lesson.title);
+        eprintln!(
+            "matrix-tui: lesson '{}': its panel needs the terminal UI; running its scenario",
+            escape_input(&lesson.title)
+        );
     }
     run(RunArgs {
         vms: args.vms,
@@ -478,9 +535,9 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
         | bench::BenchError::Tool(_) => Failure::Host(error.into()),
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON values serialize"));
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values serialize")))?;
     } else {
-        print!("{}", bench::table(&report));
+        print_stdout(&bench::table(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -543,7 +600,10 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             .ok_or_else(|| Failure::Usage(anyhow!("--paused names VM '{name}', which is not in this run")))?;
         vm.paused = true;
     }
-    for (name, address) in &args.gdb {
+    for (at, (name, address)) in args.gdb.iter().enumerate() {
+        if args.gdb[..at].iter().any(|(earlier, _)| earlier == name) {
+            return Err(Failure::Usage(anyhow!("--gdb names VM '{name}' twice; a VM has one gdb server")));
+        }
         let vm = vms
             .iter_mut()
             .find(|vm| &vm.name == name)
@@ -618,38 +678,105 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         config.timer,
         config.vms.iter().map(|vm| vm.weight).collect(),
     );
-    let stop = stop_signals().map_err(Failure::Host)?;
+    let cast = match &args.record {
+        Some(path) if tui => {
+            let (width, height) = crossterm::terminal::size().map_err(|error| Failure::Host(error.into()))?;
+            Some(CastWriter::create(path, width, height).map_err(|error| {
+                Failure::Usage(anyhow!(
+                    "--record {}: cannot record there: {error}; give --record a path for a new file",
+                    path.display()
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let stop = signals::claim(tui.then_some(ui::terminal::restore_without_stdout as fn()));
     let file_vms: Vec<usize> =
         (0..config.vms.len()).filter(|&vm| guests::builtin(&config.vms[vm].guest).is_none()).collect();
     let core = sched::spawn(kvm, config)?;
+    let mut lost_output = false;
     let report = if tui {
         let lesson = args.lesson.clone().map(|lesson| ui::lesson_panel::LessonProgress::new(lesson, file_vms));
-        let options = ui::UiOptions { record: args.record.clone(), duration, lesson };
+        let options = ui::UiOptions { cast, duration, lesson };
         let thread = std::thread::Builder::new()
             .name("matrix-ui".into())
-            .spawn(move || ui::run(core, names, settings, &options, &stop))
-            .map_err(|error| Failure::Host(error.into()))?;
-        match thread.join() {
+            .spawn(move || ui::run(core, names, settings, options, &stop))
+            .map_err(|error| Failure::Host(out_of_threads("terminal UI", &error)))?;
+        let end = match thread.join() {
             Ok(result) => result.map_err(|error| Failure::Host(anyhow!("terminal UI: {error}")))?,
             Err(panic) => std::panic::resume_unwind(panic),
+        };
+        if let (Some(cast), Some(path)) = (end.cast, &args.record) {
+            if let Some(error) = cast.error {
+                eprintln!(
+                    "matrix-tui: the recording {} is incomplete: {error}; it ends at its last whole event \
+                     ({} events, {} lost)",
+                    path.display(),
+                    cast.written,
+                    cast.lost
+                );
+                lost_output = true;
+            }
         }
+        end.report
     } else {
-        run_headless(core, names, &args, duration, &stop)?
+        let end = run_headless(core, names, &args, duration, &stop)?;
+        let output = &end.output;
+        if let Some(error) = &output.error {
+            match args.json {
+                true => eprintln!("matrix-tui: cannot write the JSON report to stdout: {error}"),
+                false => eprintln!("matrix-tui: cannot write to stdout: {error} ({} lines lost)", output.dropped_lines),
+            }
+            lost_output = true;
+        } else if !end.report_written {
+            eprintln!(
+                "matrix-tui: the JSON report could not be written: stdout was not read within {} s",
+                headless::OUTPUT_FINISH_LIMIT.as_secs()
+            );
+            lost_output = true;
+        } else if output.dropped_lines > 0 {
+            eprintln!(
+                "matrix-tui: stdout: {} lines dropped because stdout was not read fast enough",
+                output.dropped_lines
+            );
+        }
+        end.report
     };
     if let Some(trace) = &report.trace {
         match &trace.error {
-            Some(error) => eprintln!("matrix-tui: the trace {} is incomplete: {error}", trace.path),
+            Some(error) => {
+                eprintln!(
+                    "matrix-tui: the trace {} is incomplete: {error} ({} records written, {} lost, {} dropped)",
+                    trace.path, trace.written, trace.lost, trace.dropped
+                );
+                lost_output = true;
+            }
             None if trace.dropped > 0 => eprintln!(
                 "matrix-tui: trace: {} records in {}, {} dropped because the disk was too slow",
-                trace.records, trace.path, trace.dropped
+                trace.written, trace.path, trace.dropped
             ),
             None => {}
         }
     }
     for vm in report.vms.iter().filter(|vm| vm.state == "crashed") {
-        eprintln!("matrix-tui: VM '{}' crashed: {}", vm.name, vm.crash_reason.as_deref().unwrap_or("unknown reason"));
+        eprintln!(
+            "matrix-tui: VM '{}' crashed: {}",
+            escape_input(&vm.name),
+            vm.crash_reason.as_deref().unwrap_or("unknown reason")
+        );
     }
-    Ok(if report.any_crashed() { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    Ok(if lost_output {
+        ExitCode::from(OUTPUT_LOST)
+    } else if report.any_crashed() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The error of a thread that could not be started, with what to do.
+fn out_of_threads(what: &str, error: &std::io::Error) -> anyhow::Error {
+    anyhow!("cannot start the {what} thread: {error}; the process is out of memory or threads (see ulimit -v and -u)")
 }
 
 fn run_headless(
@@ -657,29 +784,19 @@ fn run_headless(
     names: Vec<String>,
     args: &RunArgs,
     duration: Option<Duration>,
-    stop: &crossbeam_channel::Receiver<()>,
-) -> Result<RunReport, Failure> {
+    stop: &crossbeam_channel::Receiver<libc::c_int>,
+) -> Result<headless::HeadlessEnd, Failure> {
     let options = HeadlessOptions { timestamps: args.timestamps, json: args.json, raw: args.raw, duration };
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     if args.control {
-        control::spawn_stdin_reader(names.clone(), control_tx).map_err(|error| Failure::Host(error.into()))?;
+        control::spawn_stdin_reader(names.clone(), control_tx)
+            .map_err(|error| Failure::Host(out_of_threads("control input", &error)))?;
     } else {
         drop(control_tx);
     }
-    Ok(headless::run(core, names, options, std::io::stdout().lock(), stop, &control_rx))
-}
-
-/// A channel that receives a message on SIGINT, SIGTERM or SIGHUP.
-fn stop_signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new().name("matrix-signals".into()).spawn(move || {
-        for _ in signals.forever() {
-            let _ = tx.try_send(());
-        }
-    })?;
-    Ok(rx)
+    let out = StreamWriter::spawn("matrix-stdout", std::io::stdout())
+        .map_err(|error| Failure::Host(out_of_threads("output", &error)))?;
+    Ok(headless::run(core, names, options, out, stop, &control_rx))
 }
 
 #[cfg(test)]

@@ -139,6 +139,46 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// The most characters of a user's input echoed back in a message.
+pub const ECHO_LIMIT: usize = 80;
+
+/// A user's input (a control line, a name, a weight, a title) made safe to
+/// echo on one line of a terminal: control characters (newlines too) are
+/// escaped as in guest output, invalid UTF-8 shown as `\xNN`, and anything
+/// past [`ECHO_LIMIT`] characters cut, with how much was left out.
+pub fn escape_input(text: impl AsRef<[u8]>) -> String {
+    let bytes = text.as_ref();
+    let mut out = String::new();
+    let mut shown = 0;
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            if shown == ECHO_LIMIT {
+                let _ = write!(out, "... ({} bytes in all)", bytes.len());
+                return out;
+            }
+            match ch {
+                c if (c as u32) < 0x80 && c.is_control() => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+            shown += 1;
+        }
+        for byte in chunk.invalid() {
+            if shown == ECHO_LIMIT {
+                let _ = write!(out, "... ({} bytes in all)", bytes.len());
+                return out;
+            }
+            let _ = write!(out, "\\x{byte:02x}");
+            shown += 1;
+        }
+    }
+    out
+}
+
 /// Cuts a byte stream into lines, keeping the unfinished tail for later.
 #[derive(Debug, Default, Clone)]
 pub struct LineBuffer {

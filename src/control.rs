@@ -17,6 +17,7 @@ use std::io::BufRead;
 use crossbeam_channel::Sender;
 
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
+use crate::console::escape_input;
 use crate::event::Command;
 use crate::units::parse_duration;
 
@@ -28,16 +29,17 @@ pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart
 pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let vm = |name: &str| {
-        names
-            .iter()
-            .position(|known| known == name)
-            .ok_or_else(|| format!("no VM is called '{name}' (VMs: {})", names.join(", ")))
+        names.iter().position(|known| known == name).ok_or_else(|| {
+            let known: Vec<String> = names.iter().map(escape_input).collect();
+            format!("no VM is called '{}' (VMs: {})", escape_input(name), known.join(", "))
+        })
     };
     let command = match words.as_slice() {
         [] => return Ok(None),
         [first, ..] if first.starts_with('#') => return Ok(None),
         ["weight", name, weight] => {
-            let weight: f64 = weight.parse().map_err(|_| format!("weight '{weight}' is not a number"))?;
+            let weight: f64 =
+                weight.parse().map_err(|_| format!("weight '{}' is not a number", escape_input(weight)))?;
             Command::SetWeight { vm: vm(name)?, weight: check_weight(weight)? }
         }
         ["pause", name] => Command::Pause(vm(name)?),
@@ -48,37 +50,81 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
             "io" => Policy::Io,
             "rr" => Policy::Rr,
             "fair" => Policy::Fair,
-            other => return Err(format!("unknown policy '{other}'; use io, rr or fair")),
+            other => return Err(format!("unknown policy '{}'; use io, rr or fair", escape_input(other))),
         }),
         ["quantum", text] => {
-            let quantum = parse_duration(text)?;
+            let quantum = parse_duration(text).map_err(|_| {
+                format!("cannot read the quantum '{}'; give a duration such as 2ms", escape_input(text))
+            })?;
             if !(MIN_QUANTUM..=MAX_QUANTUM).contains(&quantum) {
-                return Err(format!("the quantum must be between 100us and 1s, got {text}"));
+                return Err(format!("the quantum must be between 100us and 1s, got {}", escape_input(text)));
             }
             Command::SetQuantum(quantum)
         }
         ["quit"] => Command::Quit,
-        _ => return Err(format!("cannot read '{}'; commands: {USAGE}", line.trim())),
+        _ => return Err(format!("cannot read '{}'; commands: {USAGE}", escape_input(line.trim()))),
     };
     Ok(Some(command))
+}
+
+/// The longest control line in bytes; a longer one is refused (and read
+/// to its end without being kept).
+pub const MAX_LINE: usize = 1024;
+
+/// Reads lines from `input`, each at most [`MAX_LINE`] bytes, and calls
+/// `on_line` with each (or with why it cannot be used: too long, not
+/// UTF-8), until the input ends, fails, or `on_line` returns false. Memory
+/// stays bounded whatever the input holds.
+pub fn read_lines(mut input: impl BufRead, mut on_line: impl FnMut(Result<&str, String>) -> bool) {
+    let mut line = Vec::with_capacity(128);
+    let mut length = 0usize;
+    loop {
+        let (consumed, ended) = match input.fill_buf() {
+            Ok([]) => (0, true),
+            Ok(available) => {
+                let end = available.iter().position(|&byte| byte == b'\n');
+                let part = &available[..end.unwrap_or(available.len())];
+                let room = MAX_LINE.saturating_sub(line.len()).min(part.len());
+                line.extend_from_slice(&part[..room]);
+                length += part.len();
+                (end.map_or(available.len(), |at| at + 1), end.is_some())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let at_eof = consumed == 0;
+        input.consume(consumed);
+        if !ended || (at_eof && line.is_empty() && length == 0) {
+            if at_eof {
+                return;
+            }
+            continue;
+        }
+        let result = if length > MAX_LINE {
+            Err(format!("a line of {length} bytes is too long (at most {MAX_LINE}): '{}'", escape_input(&line)))
+        } else {
+            std::str::from_utf8(&line).map_err(|_| format!("the line '{}' is not UTF-8", escape_input(&line)))
+        };
+        if !on_line(result) || at_eof {
+            return;
+        }
+        line.clear();
+        length = 0;
+    }
 }
 
 /// Reads commands from stdin on a thread of its own (`matrix-control`) and sends
 /// them on; bad lines are reported on stderr and skipped. Ends at end of input.
 pub fn spawn_stdin_reader(names: Vec<String>, commands: Sender<Command>) -> std::io::Result<()> {
     std::thread::Builder::new().name("matrix-control".into()).spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            match parse_line(&line, &names) {
-                Ok(Some(command)) => {
-                    if commands.send(command).is_err() {
-                        return;
-                    }
-                }
+        read_lines(std::io::stdin().lock(), |line| {
+            match line.and_then(|line| parse_line(line, &names)) {
+                Ok(Some(command)) => return commands.send(command).is_ok(),
                 Ok(None) => {}
                 Err(message) => eprintln!("matrix-tui: control: {message}"),
             }
-        }
+            true
+        });
     })?;
     Ok(())
 }
@@ -110,6 +156,48 @@ mod tests {
         }
         assert_eq!(parse_line("", &names()), Ok(None));
         assert_eq!(parse_line("# a comment", &names()), Ok(None));
+    }
+
+    fn lines_of(input: &[u8]) -> Vec<Result<String, String>> {
+        let mut lines = Vec::new();
+        read_lines(input, |line| {
+            lines.push(line.map(str::to_string));
+            true
+        });
+        lines
+    }
+
+    #[test]
+    fn each_bad_line_gets_its_own_error_and_the_rest_go_on() {
+        let mut input = b"pause neo\n\xff\xfe bad\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 10 * MAX_LINE));
+        input.extend_from_slice(b"\nquit");
+        let lines = lines_of(&input);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], Ok("pause neo".into()));
+        assert_eq!(lines[1], Err("the line '\\xff\\xfe bad' is not UTF-8".into()));
+        let long = lines[2].as_ref().unwrap_err();
+        assert!(long.starts_with(&format!("a line of {} bytes is too long", 10 * MAX_LINE)), "{long}");
+        assert!(long.len() < 200, "the echo is bounded: {long}");
+        assert_eq!(lines[3], Ok("quit".into()), "a last line without a newline counts");
+    }
+
+    #[test]
+    fn a_line_at_the_limit_is_read_and_blank_input_gives_blank_lines() {
+        let mut input = vec![b'#'; MAX_LINE];
+        input.push(b'\n');
+        assert_eq!(lines_of(&input), [Ok("#".repeat(MAX_LINE))]);
+        assert_eq!(lines_of(b""), Vec::<Result<String, String>>::new());
+        assert_eq!(lines_of(b"\n\n"), [Ok(String::new()), Ok(String::new())]);
+    }
+
+    #[test]
+    fn echoed_input_cannot_reach_the_terminal_as_escapes() {
+        let error = parse_line("pause \x1b]0;owned\x07", &names()).unwrap_err();
+        assert!(!error.contains('\x1b') && !error.contains('\x07'), "{error}");
+        assert!(error.contains("\\x1b]0;owned\\x07"), "{error}");
+        let error = parse_line(&format!("weight neo {}", "9".repeat(5000)), &names()).unwrap_err();
+        assert!(error.len() < 200, "{error}");
     }
 
     #[test]

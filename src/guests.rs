@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::os::files::{self, FileError};
 use crate::vm::layout::MAX_MEMORY;
 
 /// A guest that ships inside the binary.
@@ -40,21 +41,19 @@ pub enum GuestError {
     /// Neither a built-in nor an existing file.
     #[error("unknown guest '{0}': not a built-in guest ({names}) and no such file", names = builtin_names())]
     Unknown(String),
-    /// The file could not be read.
+    /// The file could not be read, or is not a regular file.
     #[error("cannot read guest image {path}: {source}")]
     Unreadable {
         /// The path given.
         path: String,
         /// Why.
-        source: std::io::Error,
+        source: FileError,
     },
     /// The file is larger than any guest memory.
-    #[error("guest image {path} is {size} bytes, more than the largest guest memory (1 GiB)")]
+    #[error("guest image {path} is larger than the largest guest memory (1 GiB)")]
     TooLarge {
         /// The path given.
         path: String,
-        /// Its size.
-        size: u64,
     },
 }
 
@@ -64,18 +63,14 @@ pub fn resolve(guest: &str) -> Result<Arc<[u8]>, GuestError> {
         return Ok(Arc::from(builtin.image));
     }
     let path = Path::new(guest);
-    let unreadable = |source| GuestError::Unreadable { path: guest.to_string(), source };
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(GuestError::Unknown(guest.to_string()));
+    match files::read_regular(path, MAX_MEMORY) {
+        Ok(image) => Ok(Arc::from(image)),
+        Err(FileError::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(GuestError::Unknown(guest.to_string()))
         }
-        Err(error) => return Err(unreadable(error)),
-    };
-    if metadata.len() > MAX_MEMORY {
-        return Err(GuestError::TooLarge { path: guest.to_string(), size: metadata.len() });
+        Err(FileError::TooLarge { .. }) => Err(GuestError::TooLarge { path: guest.to_string() }),
+        Err(source) => Err(GuestError::Unreadable { path: guest.to_string(), source }),
     }
-    std::fs::read(path).map(Arc::from).map_err(unreadable)
 }
 
 #[cfg(test)]
@@ -88,6 +83,15 @@ mod tests {
         for guest in BUILTIN {
             assert!(guest.image.starts_with(b"\x7fELF"), "{} is not ELF", guest.name);
         }
+    }
+
+    #[test]
+    fn devices_are_refused_as_images_before_a_byte_is_read() {
+        let error = resolve("/dev/zero").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "cannot read guest image /dev/zero: it is a character device, not a regular file; give the path of a file"
+        );
     }
 
     #[test]

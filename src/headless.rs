@@ -2,12 +2,13 @@
 //! stdout, for scripts, CI and anyone without a terminal UI.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 
 use crate::console::{ConsolePiece, LineBuffer, NOTE_PREFIX, escape};
 use crate::event::{Command, Event, VmId};
+use crate::os::stream::{StreamEnd, StreamWriter};
 use crate::record::format_seconds;
 use crate::report::RunReport;
 use crate::sched::CoreHandle;
@@ -108,21 +109,43 @@ impl<W: Write> LinePrinter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+
+    /// The writer, to take what was printed so far.
+    pub fn out_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
 }
 
-/// Runs the front end until the core finishes. `stop` delivers a message when
-/// the user asks to stop (SIGINT, SIGTERM); `control` carries commands to pass
-/// on (`run --control`). Output errors (a closed pipe) end the run early; the
-/// report is still returned.
-pub fn run<W: Write>(
+/// How long the output gets to finish writing after the run ended, before
+/// what is left is counted as lost: a reader that keeps up takes
+/// milliseconds; one that stopped reading never finishes.
+pub const OUTPUT_FINISH_LIMIT: Duration = Duration::from_secs(2);
+
+/// What a headless run produced.
+pub struct HeadlessEnd {
+    /// The core's report.
+    pub report: RunReport,
+    /// How stdout fared: lines written, dropped, and a failed write.
+    pub output: StreamEnd,
+    /// Whether the JSON report (with `--json`) was written whole.
+    pub report_written: bool,
+}
+
+/// Runs the front end until the core finishes. `stop` delivers a signal's
+/// number when the user asks to stop (SIGINT, SIGTERM, SIGHUP); `control`
+/// carries commands to pass on (`run --control`). Lines go to `out`, a
+/// writer thread, so a reader that stops reading costs lines, never the
+/// run's end; a failed write (a closed pipe) ends the run early; the report
+/// is still returned.
+pub fn run(
     core: CoreHandle,
     names: Vec<String>,
     options: HeadlessOptions,
-    out: W,
-    stop: &Receiver<()>,
+    mut out: StreamWriter,
+    stop: &Receiver<libc::c_int>,
     control: &Receiver<Command>,
-) -> RunReport {
-    let mut printer = LinePrinter::new(out, names, options);
+) -> HeadlessEnd {
+    let mut printer = LinePrinter::new(Vec::new(), names, options);
     let deadline = options.duration.map(|duration| core.started() + duration);
     let never = crossbeam_channel::never();
     let mut quitting = false;
@@ -158,7 +181,8 @@ pub fn run<W: Write>(
                 continue;
             }
         };
-        let written = match event {
+        // Writing into a Vec cannot fail.
+        let _ = match event {
             Event::Console(batch) => batch.pieces().try_for_each(|piece| printer.console(piece)),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
@@ -173,7 +197,8 @@ pub fn run<W: Write>(
             | Event::Setup { .. } => Ok(()),
             Event::Finished(report) => break *report,
         };
-        if written.and_then(|()| printer.flush()).is_err() && !quitting {
+        out.send(std::mem::take(printer.out_mut()));
+        if out.error().is_some() && !quitting {
             // Nobody reads our output any more: stop the VMs.
             core.send(Command::Quit);
             quitting = true;
@@ -182,19 +207,17 @@ pub fn run<W: Write>(
     for vm in 0..report.vms.len() {
         let _ = printer.flush_partial(vm);
     }
+    out.send(std::mem::take(printer.out_mut()));
     let mut report = report;
-    if let (Some(trace), Some(error)) = (&mut report.trace, core.join()) {
-        trace.error = Some(error.to_string());
-    }
+    core.finish(&mut report);
     if options.json {
-        let mut out = printer.into_inner();
-        let _ = serde_json::to_writer_pretty(&mut out, &report);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    } else {
-        let _ = printer.flush();
+        let mut json = serde_json::to_vec_pretty(&report).expect("a report serializes");
+        json.push(b'\n');
+        out.send_by(json, Instant::now() + OUTPUT_FINISH_LIMIT);
     }
-    report
+    let output = out.finish(OUTPUT_FINISH_LIMIT);
+    let report_written = !options.json || output.complete();
+    HeadlessEnd { report, output, report_written }
 }
 
 #[cfg(test)]

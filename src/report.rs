@@ -56,6 +56,12 @@ pub struct TraceReport {
     pub records: u64,
     /// Records dropped because the writer fell behind (a slow disk).
     pub dropped: u64,
+    /// Records in the file.
+    pub written: u64,
+    /// Records handed to the writer that are not in the file: a write
+    /// failed (the file then ends at its last whole record), or its reader
+    /// did not take them in time.
+    pub lost: u64,
     /// Why writing failed, if it did.
     pub error: Option<String>,
 }

@@ -27,6 +27,7 @@ use toml::Spanned;
 
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::debug::ListenAddress;
+use crate::os::files::{self, FileError};
 use crate::units::{parse_duration, parse_size};
 use crate::vm::TimerKind;
 use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};
@@ -133,11 +134,13 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 pub(crate) fn read_limited(path: &Path) -> Result<String, ScenarioError> {
     let file = path.display().to_string();
     let whole_file = |message: String| ScenarioError { file: file.clone(), line: 1, key: "file".into(), message };
-    let size = std::fs::metadata(path).map_err(|error| whole_file(format!("cannot read it: {error}")))?.len();
-    if size > MAX_SCENARIO_BYTES {
-        return Err(whole_file(format!("it is {size} bytes; scenario and lesson files are at most 1 MiB")));
-    }
-    std::fs::read_to_string(path).map_err(|error| whole_file(format!("cannot read it: {error}")))
+    let bytes = files::read_regular(path, MAX_SCENARIO_BYTES).map_err(|error| match error {
+        FileError::TooLarge { .. } => {
+            whole_file("it is larger than 1 MiB, the most a scenario or lesson file may be".into())
+        }
+        error => whole_file(format!("cannot read it: {error}")),
+    })?;
+    String::from_utf8(bytes).map_err(|_| whole_file("it is not UTF-8 text; scenario and lesson files are TOML".into()))
 }
 
 /// An error at byte `span` of `text`, the file `file`.
@@ -242,7 +245,11 @@ pub fn check_vm_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 32
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid { Ok(()) } else { Err(format!("VM name '{name}' must be 1-32 letters, digits, '-', '_' or '.'")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("VM name '{}' must be 1-32 letters, digits, '-', '_' or '.'", crate::console::escape_input(name)))
+    }
 }
 
 /// A guest that is not built in is a path, taken relative to the scenario's folder.

@@ -14,14 +14,18 @@
 //! {"type":"end","records":31,"dropped":0}
 //! ```
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
+use crate::os::files::{self, FileError};
+use crate::os::line_file::LineFile;
 use crate::record::{ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
 
 /// Records per batch: big enough that a batch costs the core one channel
@@ -83,53 +87,114 @@ impl TraceBuffer {
         }
     }
 
-    /// Sends the rest (waiting now: the run is over) and the final counts.
+    /// Sends the rest and the final counts, waiting at most
+    /// [`FINISH_LIMIT`] for room (a writer stuck on a reader that does not
+    /// read must not hold up the run's end).
     pub fn finish(mut self) -> TraceCounts {
         let batch = std::mem::take(&mut self.batch);
         let count = batch.len() as u64;
-        match self.sender.send(Message::Records(batch)) {
+        let deadline = Instant::now() + FINISH_LIMIT;
+        match self.sender.send_deadline(Message::Records(batch), deadline) {
             Ok(()) => self.counts.records += count,
             Err(_) => self.counts.dropped += count,
         }
-        let _ = self.sender.send(Message::End { records: self.counts.records, dropped: self.counts.dropped });
+        let end = Message::End { records: self.counts.records, dropped: self.counts.dropped };
+        let _ = self.sender.send_deadline(end, deadline);
         self.counts
     }
 }
 
+/// How long the end of a run waits for the trace: to hand over the last
+/// batch, then for the writer to finish. A disk takes milliseconds; a
+/// reader that stopped reading never finishes.
+pub const FINISH_LIMIT: Duration = Duration::from_secs(1);
+
+/// What the writer managed.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Records in the file.
+    written: AtomicU64,
+    /// The failed write, if one failed.
+    error: Mutex<Option<String>>,
+}
+
+/// How the trace file ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEnd {
+    /// Records in the file.
+    pub written: u64,
+    /// Why the file is incomplete, if it is.
+    pub error: Option<String>,
+}
+
 /// The writer thread, to wait for at the end.
 pub struct TraceWriter {
-    thread: JoinHandle<std::io::Result<()>>,
+    thread: JoinHandle<()>,
+    progress: Arc<Progress>,
+    done: Receiver<()>,
 }
 
 impl TraceWriter {
-    /// Waits until everything is written; the error if writing failed.
-    pub fn join(self) -> std::io::Result<()> {
-        self.thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the trace writer panicked")))
+    /// Waits at most [`FINISH_LIMIT`] for the writer to finish; what it wrote.
+    pub fn finish(self) -> TraceEnd {
+        let finished = self.done.recv_timeout(FINISH_LIMIT).is_ok();
+        if finished {
+            let _ = self.thread.join();
+        }
+        let written = self.progress.written.load(Ordering::Relaxed);
+        let mut error = self.progress.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if !finished && error.is_none() {
+            error = Some(format!(
+                "its reader did not take the rest within {} s (a FIFO or pipe that is not read)",
+                FINISH_LIMIT.as_secs()
+            ));
+        }
+        TraceEnd { written, error }
     }
 }
 
-/// Creates `path` and starts the writer for a run of VMs called `names`.
-pub fn start(path: &Path, names: Vec<String>) -> std::io::Result<(TraceBuffer, TraceWriter)> {
-    let file = File::create(path)?;
+/// Opens `path` (a file, or an existing FIFO with its reader) and starts
+/// the writer for a run of VMs called `names`.
+pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWriter), FileError> {
+    let file = files::open_stream(path)?;
     let (sender, receiver) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
-    let thread =
-        std::thread::Builder::new().name("matrix-trace".into()).spawn(move || write_all(file, &names, &receiver))?;
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let progress = Arc::new(Progress::default());
+    let theirs = Arc::clone(&progress);
+    let thread = std::thread::Builder::new().name("matrix-trace".into()).spawn(move || {
+        if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
+            *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+        }
+        let _ = done_tx.send(());
+    })?;
     let buffer = TraceBuffer { batch: Vec::with_capacity(BATCH), sender, counts: TraceCounts::default() };
-    Ok((buffer, TraceWriter { thread }))
+    Ok((buffer, TraceWriter { thread, progress, done }))
 }
 
-fn write_all(file: File, names: &[String], receiver: &Receiver<Message>) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
-    write_line(&mut out, &Start { kind: "start", vms: names, clock: "ns since the run started" })?;
+/// Writes the file; `written` follows the records in it (the start and end
+/// lines are not records).
+fn write_all(
+    mut out: LineFile,
+    names: &[String],
+    receiver: &Receiver<Message>,
+    written: &AtomicU64,
+) -> std::io::Result<()> {
+    out.line(|out| {
+        serde_json::to_writer(out, &Start { kind: "start", vms: names, clock: "ns since the run started" })
+            .map_err(Into::into)
+    })?;
     for message in receiver {
         match message {
             Message::Records(records) => {
                 for record in records {
-                    write_record(&mut out, names, &record)?;
+                    out.line(|line| write_record(line, names, &record))?;
                 }
+                // The start line is not a record.
+                out.flush()?;
+                written.store(out.written_lines().saturating_sub(1), Ordering::Relaxed);
             }
             Message::End { records, dropped } => {
-                write_line(&mut out, &End { kind: "end", records, dropped })?;
+                out.line(|out| serde_json::to_writer(out, &End { kind: "end", records, dropped }).map_err(Into::into))?;
                 break;
             }
         }
@@ -137,20 +202,15 @@ fn write_all(file: File, names: &[String], receiver: &Receiver<Message>) -> std:
     out.flush()
 }
 
-fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")
-}
-
-/// Writes one record as a JSON line.
+/// Writes one record as JSON (without its newline).
 pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord) -> std::io::Result<()> {
     let name = |vm: usize| names.get(vm).map_or("?", String::as_str);
     match record {
         TraceRecord::Exit(exit) => {
             let io = matches!(exit.kind, ExitKind::IoIn | ExitKind::IoOut);
             let call = &exit.call;
-            write_line(
-                out,
+            serde_json::to_writer(
+                &mut *out,
                 &ExitLine {
                     kind: "exit",
                     t_ns: exit.t_ns,
@@ -170,9 +230,10 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
                     decoded: exit.describe(),
                 },
             )
+            .map_err(std::io::Error::from)
         }
-        TraceRecord::Slice(slice) => write_line(
-            out,
+        TraceRecord::Slice(slice) => serde_json::to_writer(
+            &mut *out,
             &SliceLine {
                 kind: "slice",
                 vm: name(slice.vm),
@@ -182,7 +243,8 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
                 end: slice.end,
                 exits: slice.exits,
             },
-        ),
+        )
+        .map_err(std::io::Error::from),
     }
 }
 
@@ -271,6 +333,7 @@ mod tests {
         let mut out = Vec::new();
         let names = vec!["part1".to_string()];
         write_record(&mut out, &names, &exit(5)).unwrap();
+        out.push(b'\n');
         let slice = SliceRecord { vm: 0, start_ns: 1, end_ns: 9, charged_ns: 7, end: SliceEnd::IoSwitch, exits: 1 };
         write_record(&mut out, &names, &TraceRecord::Slice(slice)).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -309,7 +372,7 @@ mod tests {
         buffer.flush();
         buffer.push(exit(2));
         assert_eq!(buffer.finish(), TraceCounts { records: 2, dropped: 0 });
-        writer.join().unwrap();
+        assert_eq!(writer.finish(), TraceEnd { written: 2, error: None });
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);

@@ -173,7 +173,7 @@ fn bad_images_and_flags_are_one_line_usage_errors() {
     );
     assert_usage_error(
         &["run", "--vm", "part1", "--trace", "/nonexistent-dir/trace.jsonl"],
-        "cannot write the trace to /nonexistent-dir/trace.jsonl",
+        "--trace /nonexistent-dir/trace.jsonl: cannot write the trace there",
     );
     assert_usage_error(
         &["run", "--vm", "a=spin", "--vm", "b=spin", "--mem", "512M", "--max-total-mem", "768M"],

@@ -30,6 +30,7 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::X86_64_SSE;
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 
+use super::read_cap::{self, ReadCap};
 use super::{BreakKind, DebugEnd, DebugReply, DebugRequest, DebugStop, ListenAddress, WatchKind};
 use crate::vm::CpuState;
 
@@ -168,8 +169,11 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
     let (bytes_tx, bytes_rx) = crossbeam_channel::bounded(64);
     let reader = std::thread::Builder::new().name("matrix-gdb-read".into()).spawn(move || {
         let mut buf = [0u8; 4096];
+        let mut cap = ReadCap::default();
         while let Ok(read @ 1..) = reading.read(&mut buf) {
-            if bytes_tx.send(buf[..read].to_vec()).is_err() {
+            let mut passed = Vec::with_capacity(read);
+            cap.filter(&buf[..read], &mut passed);
+            if !passed.is_empty() && bytes_tx.send(passed).is_err() {
                 break;
             }
         }
@@ -183,7 +187,11 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
     }
     let wire = Wire { out: stream, written: Vec::new(), incoming: bytes_rx, pending: VecDeque::new() };
     let mut closing = wire.out.try_clone();
-    let ending = match GdbStub::new(wire).run_blocking::<Session>(&mut target) {
+    // The size the read cap assumes is the size advertised.
+    let Ok(stub) = GdbStub::builder(wire).packet_buffer_size(read_cap::PACKET_SIZE).build() else {
+        return closing.map_or((), |stream| stream.shutdown());
+    };
+    let ending = match stub.run_blocking::<Session>(&mut target) {
         Ok(DisconnectReason::Kill) => {
             // gdb waits for an OK to its vKill, which gdbstub sends only in
             // extended mode: give it one, so that `kill` ends cleanly.

@@ -105,10 +105,18 @@ pub enum SpawnError {
     #[error("cannot find out what this host's KVM honours of guest debugging: {0}")]
     DebugProbe(SetupError),
     /// The trace file could not be created.
-    #[error("cannot write the trace to {path}: {source}; give --trace a path in a writable directory")]
+    #[error("--trace {path}: cannot write the trace there: {source}{advice}", advice = trace_advice(.source))]
     Trace {
         /// The file asked for.
         path: String,
+        /// Why.
+        source: crate::os::files::FileError,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}; the process is out of memory or threads (see ulimit -v and -u)")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
         /// Why.
         source: std::io::Error,
     },
@@ -122,6 +130,15 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// What to do about a trace file that cannot be opened, where its error
+/// does not say already.
+fn trace_advice(error: &crate::os::files::FileError) -> &'static str {
+    match error {
+        crate::os::files::FileError::Io(_) => "; give --trace a path in a writable directory",
+        _ => "",
+    }
 }
 
 /// The front end's side of a running core.
@@ -172,10 +189,7 @@ impl CoreHandle {
             };
             match received {
                 Ok(Event::Finished(mut report)) => {
-                    let trace_error = self.join();
-                    if let (Some(trace), Some(error)) = (&mut report.trace, trace_error) {
-                        trace.error = Some(error.to_string());
-                    }
+                    self.finish(&mut report);
                     return *report;
                 }
                 Ok(event) => on_event(event),
@@ -188,16 +202,22 @@ impl CoreHandle {
         }
     }
 
-    /// Waits for the core thread (and the trace writer) to end; returns the
-    /// error that stopped the trace being written, if one did.
-    pub fn join(self) -> Option<std::io::Error> {
+    /// Waits for the core thread to end, and at most
+    /// [`trace::FINISH_LIMIT`] for the trace writer; puts what the trace
+    /// file got into `report` (which [`Event::Finished`] brought).
+    pub fn finish(self, report: &mut RunReport) {
         for path in &self.socket_paths {
             let _ = std::fs::remove_file(path);
         }
         if let Err(panic) = self.thread.join() {
             std::panic::resume_unwind(panic);
         }
-        self.trace_writer.and_then(|writer| writer.join().err())
+        if let (Some(writer), Some(trace)) = (self.trace_writer, &mut report.trace) {
+            let end = writer.finish();
+            trace.written = end.written;
+            trace.lost = trace.records.saturating_sub(end.written);
+            trace.error = end.error;
+        }
     }
 }
 
@@ -261,7 +281,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
         .spawn(move || core.run(ready_tx))
-        .expect("spawning the core thread");
+        .map_err(|source| SpawnError::Thread { what: "core", source })?;
     match ready_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
@@ -795,6 +815,8 @@ impl Core {
                 slot.charged_ns = 0;
                 slot.stolen_ns = 0;
                 slot.stolen_unpaid_ns = 0;
+                // The note is stamped now, not at the old life's last exit.
+                slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
                 slot.runtime.console.note(format_args!("VM restarted"));
                 self.announce_setup(vm);
                 let state = match &mut self.slots[vm].debug {
@@ -811,6 +833,7 @@ impl Core {
             }
             Err(error) => {
                 let registers = slot.runtime.machine.vcpu.registers();
+                slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
                 slot.runtime.console.note(format_args!("restart failed: {error}"));
                 self.set_state(vm, VmState::Crashed { reason: format!("restart failed: {error}"), registers });
             }
@@ -1006,7 +1029,14 @@ impl Core {
         let mut report = self.report(wall_ns, armed_ahead_pct);
         if let Some((trace, path)) = self.trace.take() {
             let counts = trace.finish();
-            report.trace = Some(TraceReport { path, records: counts.records, dropped: counts.dropped, error: None });
+            report.trace = Some(TraceReport {
+                path,
+                records: counts.records,
+                dropped: counts.dropped,
+                written: 0,
+                lost: 0,
+                error: None,
+            });
         }
         let _ = self.events.send(Event::Finished(Box::new(report)));
     }

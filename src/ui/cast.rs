@@ -6,38 +6,53 @@
 //! is written, so a run that is killed still leaves a playable file.
 
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use crate::os::files::{self, FileError};
+use crate::os::line_file::LineFile;
+
 /// An open asciicast v2 recording.
 pub struct CastWriter {
-    file: BufWriter<File>,
+    file: LineFile,
     started: Instant,
 }
 
+/// How a recording ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CastEnd {
+    /// Events in the file.
+    pub written: u64,
+    /// Events that could not be written.
+    pub lost: u64,
+    /// The write that failed, if one did (the file then ends at its last
+    /// whole event, still playable).
+    pub error: Option<String>,
+}
+
 impl CastWriter {
-    /// Creates `path` and writes the header for a `width` x `height` terminal.
-    pub fn create(path: &Path, width: u16, height: u16) -> io::Result<Self> {
-        let mut file = BufWriter::new(File::create(path)?);
+    /// Creates `path` (a new or regular file: a device or FIFO is refused)
+    /// and writes the header for a `width` x `height` terminal.
+    pub fn create(path: &Path, width: u16, height: u16) -> Result<Self, FileError> {
+        let mut file = LineFile::new(files::create_regular(path)?);
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let env = json!({
             "SHELL": std::env::var("SHELL").unwrap_or_default(),
             "TERM": std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()),
         });
         let header = json!({ "version": 2, "width": width, "height": height, "timestamp": timestamp, "env": env });
-        writeln!(file, "{header}")?;
+        file.line(|out| serde_json::to_writer(out, &header).map_err(Into::into))?;
         file.flush()?;
         Ok(Self { file, started: Instant::now() })
     }
 
     fn event(&mut self, kind: &str, data: &str) -> io::Result<()> {
         let line = json!([self.started.elapsed().as_secs_f64(), kind, data]);
-        writeln!(self.file, "{line}")?;
+        self.file.line(|out| serde_json::to_writer(out, &line).map_err(Into::into))?;
         self.file.flush()
     }
 
@@ -52,6 +67,15 @@ impl CastWriter {
     /// Records a resize.
     pub fn resize(&mut self, width: u16, height: u16) -> io::Result<()> {
         self.event("r", &format!("{width}x{height}"))
+    }
+
+    /// What the file got (the header is not an event).
+    pub fn end(&self) -> CastEnd {
+        CastEnd {
+            written: self.file.written_lines().saturating_sub(1),
+            lost: self.file.lost_lines(),
+            error: self.file.error().map(|error| error.to_string()),
+        }
     }
 }
 
@@ -83,12 +107,11 @@ impl<W: Write> Write for TerminalOut<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.write_all(&self.pending)?;
         self.out.flush()?;
-        let mut cast = self.cast.borrow_mut();
-        // A recording that fails (disk full) must not take the UI down.
-        if cast.as_mut().is_some_and(|cast| cast.output(&self.pending).is_err()) {
-            *cast = None;
+        // A recording that fails (a full disk) must not take the UI down:
+        // it keeps its error and count of lost events for the end.
+        if let Some(cast) = self.cast.borrow_mut().as_mut() {
+            let _ = cast.output(&self.pending);
         }
-        drop(cast);
         self.pending.clear();
         Ok(())
     }

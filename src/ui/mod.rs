@@ -17,7 +17,6 @@ pub mod view;
 
 use std::cell::RefCell;
 use std::io;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::layout::{Position, Rect};
 
 use self::app::{Action, App};
-use self::cast::{CastWriter, SharedCast, TerminalOut};
+use self::cast::{CastEnd, CastWriter, SharedCast, TerminalOut};
 use crate::event::{Event, Settings};
 use crate::report::RunReport;
 use crate::sched::CoreHandle;
@@ -40,14 +39,22 @@ const FRAME: Duration = Duration::from_millis(33);
 const TICK: Duration = Duration::from_millis(500);
 
 /// How the UI runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct UiOptions {
-    /// Record the session as an asciicast v2 file.
-    pub record: Option<PathBuf>,
+    /// The recording to write the session into (asciicast v2).
+    pub cast: Option<CastWriter>,
     /// End the run after this long.
     pub duration: Option<Duration>,
     /// The lesson to follow, with its panel.
     pub lesson: Option<lesson_panel::LessonProgress>,
+}
+
+/// What a UI run produced.
+pub struct UiEnd {
+    /// The core's final report.
+    pub report: RunReport,
+    /// How the recording went, with `--record`.
+    pub cast: Option<CastEnd>,
 }
 
 /// Runs the UI until the user quits (or `stop` fires, or the duration ends);
@@ -56,12 +63,11 @@ pub fn run(
     core: CoreHandle,
     names: Vec<String>,
     settings: Settings,
-    options: &UiOptions,
-    stop: &Receiver<()>,
-) -> io::Result<RunReport> {
-    let (width, height) = crossterm::terminal::size()?;
-    let cast = options.record.as_deref().map(|path| CastWriter::create(path, width, height)).transpose()?;
-    let cast: SharedCast = Rc::new(RefCell::new(cast));
+    options: UiOptions,
+    stop: &Receiver<libc::c_int>,
+) -> io::Result<UiEnd> {
+    let cast: SharedCast = Rc::new(RefCell::new(options.cast));
+    let cast_end = || cast.borrow().as_ref().map(CastWriter::end);
     let mut out = TerminalOut::new(io::stdout(), Rc::clone(&cast));
     let _guard = terminal::TerminalGuard::enter(&mut out)?;
     let mut terminal = Terminal::new(CrosstermBackend::new(out))?;
@@ -87,7 +93,10 @@ pub fn run(
         let deadline = deadline.clone().unwrap_or_else(crossbeam_channel::never);
         select! {
             recv(events) -> event => match event {
-                Ok(Event::Finished(report)) => return Ok(*report),
+                Ok(Event::Finished(mut report)) => {
+                    core.finish(&mut report);
+                    return Ok(UiEnd { report: *report, cast: cast_end() });
+                }
                 Ok(event) => dirty |= app.apply(event),
                 Err(_) => return Err(io::Error::other("the core thread ended without a report")),
             },

@@ -4,7 +4,7 @@
 //! each error says what was wrong and how to fix the image.
 
 use linux_loader::elf::{
-    EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN, ET_EXEC, Elf64_Ehdr, Elf64_Phdr, PT_LOAD,
+    EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN, ET_EXEC, Elf64_Ehdr, Elf64_Phdr, PT_INTERP, PT_LOAD,
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
@@ -69,6 +69,30 @@ pub enum LoadError {
         /// End of guest memory.
         memory_end: u64,
     },
+    /// The ELF file has nothing to load.
+    #[error(
+        "the ELF file has no loadable segment (PT_LOAD), so the VM would run zeroed memory; link it with a linker script that places .text"
+    )]
+    NoSegments,
+    /// Two loadable segments overlap in guest memory.
+    #[error(
+        "ELF segments {first} and {second} overlap in guest memory (0x{start:x}..0x{end:x}); fix the linker script so that no two segments share an address"
+    )]
+    SegmentsOverlap {
+        /// Index of the earlier program header.
+        first: usize,
+        /// Index of the later one.
+        second: usize,
+        /// Where the overlap starts.
+        start: u64,
+        /// Where it ends.
+        end: u64,
+    },
+    /// The ELF file asks for a program interpreter (dynamic linking).
+    #[error(
+        "the ELF file asks for a program interpreter (PT_INTERP): it is dynamically linked; link the guest with -static -nostdlib"
+    )]
+    Interpreter,
     /// The entry point is not inside guest memory.
     #[error("the ELF entry point 0x{entry:x} is outside guest memory (0x10000 to 0x{memory_end:x})")]
     EntryOutsideMemory {
@@ -103,7 +127,9 @@ fn load_flat(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<Loa
 
 /// One PT_LOAD segment, checked against the file and guest memory.
 struct Segment<'a> {
+    index: usize,
     start: u64,
+    end: u64,
     bytes: &'a [u8],
     zeroed: u64,
 }
@@ -138,10 +164,26 @@ fn load_elf(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<Load
             .checked_add(offset)
             .and_then(|at| read_struct::<Elf64_Phdr>(image, at))
             .ok_or(LoadError::BadElf("a program header lies past the end of the file"))?;
+        if phdr.p_type == PT_INTERP {
+            return Err(LoadError::Interpreter);
+        }
         if phdr.p_type != PT_LOAD || phdr.p_memsz == 0 {
             continue;
         }
-        segments.push(check_segment(index, &phdr, image, memory_size)?);
+        let segment = check_segment(index, &phdr, image, memory_size)?;
+        let end = segment.start + phdr.p_memsz;
+        if let Some(other) = segments.iter().find(|other: &&Segment| other.start < end && segment.start < other.end) {
+            return Err(LoadError::SegmentsOverlap {
+                first: other.index,
+                second: index,
+                start: segment.start.max(other.start),
+                end: end.min(other.end),
+            });
+        }
+        segments.push(segment);
+    }
+    if segments.is_empty() {
+        return Err(LoadError::NoSegments);
     }
     if !(IMAGE_BASE..memory_size).contains(&header.e_entry) {
         return Err(LoadError::EntryOutsideMemory { entry: header.e_entry, memory_end: memory_size });
@@ -173,7 +215,7 @@ fn check_segment<'a>(
     let end = start.checked_add(phdr.p_memsz);
     match end {
         Some(end) if start >= IMAGE_BASE && end <= memory_size => {
-            Ok(Segment { start, bytes, zeroed: phdr.p_memsz - phdr.p_filesz })
+            Ok(Segment { index, start, end, bytes, zeroed: phdr.p_memsz - phdr.p_filesz })
         }
         _ => {
             Err(LoadError::SegmentOutsideMemory { index, start, end: end.unwrap_or(u64::MAX), memory_end: memory_size })
@@ -286,6 +328,23 @@ mod tests {
         assert!(matches!(load(&mem, MIB2, &bad_entry), Err(LoadError::EntryOutsideMemory { .. })));
         // Nothing was written by the refused images.
         assert_eq!(read(&mem, 0x10000, 2), [0, 0]);
+    }
+
+    #[test]
+    fn empty_overlapping_and_dynamic_elf_files_are_refused() {
+        let mem = memory::allocate(MIB2).unwrap();
+        assert_eq!(load(&mem, MIB2, &elf(0x10000, ET_EXEC, &[])), Err(LoadError::NoSegments));
+        let overlapping = elf(0x10000, ET_EXEC, &[(0x10000, &[0xf4; 16], 16), (0x10008, &[0x90; 16], 16)]);
+        assert_eq!(
+            load(&mem, MIB2, &overlapping),
+            Err(LoadError::SegmentsOverlap { first: 0, second: 1, start: 0x10008, end: 0x10010 })
+        );
+        let mut dynamic = elf(0x10000, ET_EXEC, &[(0x10000, &[0xf4], 1)]);
+        // The one program header becomes PT_INTERP.
+        let at = size_of::<Elf64_Ehdr>();
+        dynamic[at..at + 4].copy_from_slice(&PT_INTERP.to_le_bytes());
+        assert_eq!(load(&mem, MIB2, &dynamic), Err(LoadError::Interpreter));
+        assert_eq!(read(&mem, 0x10000, 1), [0], "nothing was written");
     }
 
     #[test]
