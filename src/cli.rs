@@ -690,7 +690,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
         _ => None,
     };
-    let stop = signals::claim(tui.then_some(ui::terminal::restore_without_stdout as fn()));
+    let stop = signals::claim();
     let file_vms: Vec<usize> =
         (0..config.vms.len()).filter(|&vm| guests::builtin(&config.vms[vm].guest).is_none()).collect();
     let core = sched::spawn(kvm, config)?;
@@ -840,6 +840,15 @@ mod tests {
         assert!(matches!(run_config(&args), Err(Failure::Usage(e)) if e.to_string().contains("unknown guest")));
         let args = RunArgs { mem: Some(3 << 20), ..Default::default() };
         assert!(matches!(run_config(&args), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn one_vm_named_twice_by_gdb_is_a_usage_error() {
+        let gdb = |text: &str| parse_gdb_arg(text).unwrap();
+        let args = RunArgs { gdb: vec![gdb("neo=127.0.0.1:1234"), gdb("neo=127.0.0.1:1235")], ..Default::default() };
+        assert!(
+            matches!(run_config(&args), Err(Failure::Usage(e)) if e.to_string().contains("--gdb names VM 'neo' twice"))
+        );
     }
 
     #[test]

@@ -153,20 +153,32 @@ impl TraceWriter {
     }
 }
 
+/// Why a trace could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The file could not be opened.
+    File(FileError),
+    /// The writer thread could not be started.
+    Thread(std::io::Error),
+}
+
 /// Opens `path` (a file, or an existing FIFO with its reader) and starts
 /// the writer for a run of VMs called `names`.
-pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWriter), FileError> {
-    let file = files::open_stream(path)?;
+pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWriter), StartError> {
+    let file = files::open_stream(path).map_err(StartError::File)?;
     let (sender, receiver) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let progress = Arc::new(Progress::default());
     let theirs = Arc::clone(&progress);
-    let thread = std::thread::Builder::new().name("matrix-trace".into()).spawn(move || {
-        if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
-            *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
-        }
-        let _ = done_tx.send(());
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("matrix-trace".into())
+        .spawn(move || {
+            if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
+                *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(StartError::Thread)?;
     let buffer = TraceBuffer { batch: Vec::with_capacity(BATCH), sender, counts: TraceCounts::default() };
     Ok((buffer, TraceWriter { thread, progress, done }))
 }

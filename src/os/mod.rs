@@ -3,5 +3,6 @@
 
 pub mod files;
 pub mod line_file;
+pub mod rescue;
 pub mod signals;
 pub mod stream;

@@ -17,11 +17,16 @@
 //!   comes, the terminal is restored and the process exits with 128 + the
 //!   signal's number, whatever holds the run up (a terminal or pipe that
 //!   is not read, say).
+//!
+//! It also installs the abort handler of [`rescue`], which puts the
+//! terminal back if an allocation fails while the UI has it.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use super::rescue;
 
 /// How long a run may take to end after a stop signal before the process
 /// exits without it. Ending takes well under a second (the core is kicked
@@ -33,8 +38,6 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 
 /// Where the next stop signal goes: the front end of the run under way.
 static RUN: Mutex<Option<Sender<libc::c_int>>> = Mutex::new(None);
-/// What to undo before a forced exit (the terminal's raw mode).
-static BEFORE_FORCED_EXIT: Mutex<Option<fn()>> = Mutex::new(None);
 
 /// The signal set could not be taken over.
 #[derive(Debug, thiserror::Error)]
@@ -67,17 +70,16 @@ pub fn install() -> Result<(), SignalError> {
     }
     // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    rescue::install();
     std::thread::Builder::new().name("matrix-signals".into()).spawn(move || wait_for_signals(set))?;
     Ok(())
 }
 
 /// Takes the next stop signal for a run: it arrives on the channel (its
-/// number) instead of ending the process. `before_forced_exit` runs if the
-/// process must exit without the run's end (see the module's doc).
-pub fn claim(before_forced_exit: Option<fn()>) -> Receiver<libc::c_int> {
+/// number) instead of ending the process.
+pub fn claim() -> Receiver<libc::c_int> {
     let (sender, receiver) = crossbeam_channel::bounded(1);
     *RUN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender);
-    *BEFORE_FORCED_EXIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = before_forced_exit;
     receiver
 }
 
@@ -127,9 +129,7 @@ fn wait(set: &libc::sigset_t, limit: Option<Duration>) -> Option<libc::c_int> {
 }
 
 fn exit_now(signal: libc::c_int, why: Option<&str>) -> ! {
-    if let Some(undo) = *BEFORE_FORCED_EXIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
-        undo();
-    }
+    rescue::restore_terminal();
     if let Some(why) = why {
         eprintln!("matrix-tui: stopped by {} without the run's report: {why}", name(signal));
     }

@@ -233,8 +233,10 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let (trace, trace_writer) = match &config.trace {
         Some(path) => {
             let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
-            let (buffer, writer) = trace::start(path, names)
-                .map_err(|source| SpawnError::Trace { path: path.display().to_string(), source })?;
+            let (buffer, writer) = trace::start(path, names).map_err(|error| match error {
+                trace::StartError::File(source) => SpawnError::Trace { path: path.display().to_string(), source },
+                trace::StartError::Thread(source) => SpawnError::Thread { what: "trace writer", source },
+            })?;
             (Some((buffer, path.display().to_string())), Some(writer))
         }
         None => (None, None),
@@ -319,7 +321,7 @@ fn serve_debuggers(
         socket_paths.extend(listener.socket_path());
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
-        server::start(listener, send, reply_rx).map_err(failed)?;
+        server::start(listener, send, reply_rx).map_err(|source| SpawnError::Thread { what: "gdb server", source })?;
         slot.debug = Some(Debugged::new(listening, reply_tx, strategy));
         slot.state = VmState::Gdb { stop: DebugStop::Waiting };
     }

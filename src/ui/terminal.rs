@@ -21,6 +21,8 @@ impl TerminalGuard {
     /// escape sequences to `out` (the recorded terminal writer).
     pub fn enter(out: &mut impl Write) -> io::Result<Self> {
         install_panic_hook();
+        // Kept before raw mode, for a forced exit or an abort to restore.
+        crate::os::rescue::arm();
         enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
         let guard = Self(());
@@ -39,26 +41,10 @@ impl Drop for TerminalGuard {
 /// more than once, and from a panic hook.
 pub fn restore() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
+        crate::os::rescue::disarm();
         let _ = execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, cursor::Show);
         let _ = disable_raw_mode();
     }
-}
-
-/// Restores the terminal without stdout, for a forced exit while another
-/// thread may hold stdout's lock, blocked on a terminal that does not read:
-/// the escape sequences go to a fresh non-blocking descriptor of the
-/// controlling terminal (dropped if it would block), then raw mode is left.
-pub fn restore_without_stdout() {
-    if !ACTIVE.swap(false, Ordering::SeqCst) {
-        return;
-    }
-    // Mouse capture off, alternate screen off, cursor on.
-    const RESTORE: &[u8] = b"\x1b[?1006l\x1b[?1015l\x1b[?1003l\x1b[?1002l\x1b[?1000l\x1b[?1049l\x1b[?25h";
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open("/dev/tty") {
-        let _ = tty.write_all(RESTORE);
-    }
-    let _ = disable_raw_mode();
 }
 
 fn install_panic_hook() {
