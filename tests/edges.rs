@@ -76,7 +76,10 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 
 /// Starts a headless run of a spinner and a ticker, waits for the ticker's
 /// third line, stops it with `sig` and checks it ended in time with status 0.
-fn stop_headless(dir: &Path, sig: libc::c_int, extra: &[&str], ready: Option<&dyn Fn(&Path, &mut Child)>) {
+/// What to do once the run is going, before the signal.
+type WhenReady<'a> = &'a dyn Fn(&Path, &mut Child);
+
+fn stop_headless(dir: &Path, sig: libc::c_int, extra: &[&str], ready: Option<WhenReady>) {
     let out = dir.join(format!("out-{sig}"));
     let mut child = binary()
         .args(["run", "--headless", "--vm", "s=spin", "--vm", "t=ticker", "--duration", "60s"])
