@@ -161,7 +161,7 @@ struct RunArgs {
     guest_args: Vec<(String, Vec<u64>)>,
 
     /// Write every guest exit and every slice to FILE as JSON Lines (see the
-    /// README for the schema); a slow disk costs records (counted), never time.
+    /// docs/observing.md for the schema); a slow disk costs records (counted), never time.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
 
@@ -502,7 +502,7 @@ fn list_lessons() -> Result<ExitCode, Failure> {
     for (name, title) in lesson::builtin_titles() {
         let _ = writeln!(out, "{name:<14} {title}");
     }
-    let _ = writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see the README).");
+    let _ = writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see docs/lessons.md).");
     print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -198,7 +198,7 @@ pub struct Machine {
     pub setup: Vec<SetupStep>,
 }
 
-/// One step of setting up a VM (the README's long-mode flowchart).
+/// One step of setting up a VM (the long-mode flowchart of docs/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetupStep {
     /// What was done.
