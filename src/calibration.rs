@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::Kvm;
-use serde::Serialize;
 
-use crate::config::VmConfig;
+use crate::config::{Calibration, VmConfig};
 use crate::guests;
 use crate::sched::{Step, VmRuntime};
 use crate::stats::nearest_rank;
@@ -28,42 +27,26 @@ pub const MIN_UNIT_NS: u64 = 200_000;
 /// Units timed once the unit is long enough (their median is taken).
 const UNITS_TIMED: usize = 5;
 
-/// What the calibration found.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Calibration {
-    /// Iterations of the guests' busy loop (`dec; jnz`) per millisecond of guest CPU.
-    pub loop_iterations_per_ms: u64,
-    /// How long measuring took.
-    pub measured_ms: f64,
-}
-
 /// The built-in guests whose first argument is a work unit in loop
 /// iterations, and the guest CPU time one unit is sized to.
 pub const TIMED_UNITS: &[(&str, Duration)] =
     &[("ticker", Duration::from_millis(1)), ("neo", Duration::from_millis(1)), ("morpheus", Duration::from_millis(1))];
 
-impl Calibration {
-    /// Iterations that take `time` of guest CPU here (at least 1).
-    pub fn iterations_for(&self, time: Duration) -> u64 {
-        (self.loop_iterations_per_ms as f64 * time.as_secs_f64() * 1000.0).round().max(1.0) as u64
-    }
-
-    /// Gives every VM of a built-in timed guest without an explicit unit
-    /// (no argument 0, or 0) the unit its time asks for here; true if any
-    /// VM got one. Explicit units are left as they are.
-    pub fn size_units(&self, vms: &mut [VmConfig]) -> bool {
-        let mut sized = false;
-        for vm in vms.iter_mut() {
-            let Some(time) = unit_wanted(vm) else { continue };
-            let unit = self.iterations_for(time);
-            match vm.args.first_mut() {
-                Some(first) => *first = unit,
-                None => vm.args.push(unit),
-            }
-            sized = true;
+/// Gives every VM of a built-in timed guest without an explicit unit
+/// (no argument 0, or 0) the unit its time asks for here; true if any
+/// VM got one. Explicit units are left as they are.
+pub fn size_units(calibration: &Calibration, vms: &mut [VmConfig]) -> bool {
+    let mut sized = false;
+    for vm in vms.iter_mut() {
+        let Some(time) = unit_wanted(vm) else { continue };
+        let unit = calibration.iterations_for(time);
+        match vm.args.first_mut() {
+            Some(first) => *first = unit,
+            None => vm.args.push(unit),
         }
-        sized
+        sized = true;
     }
+    sized
 }
 
 /// The time `vm`'s unit is to take, if it is a timed built-in guest without
@@ -138,10 +121,10 @@ mod tests {
         assert_eq!(calibration.iterations_for(Duration::from_micros(1)), 1);
         let mut vms = vec![vm("ticker", &[]), vm("neo", &[0, 50]), vm("morpheus", &[123]), vm("spin", &[])];
         assert!(wanted(&vms));
-        assert!(calibration.size_units(&mut vms));
+        assert!(size_units(&calibration, &mut vms));
         let args: Vec<&[u64]> = vms.iter().map(|vm| vm.args.as_slice()).collect();
         assert_eq!(args, [&[850][..], &[850, 50], &[123], &[]]);
         assert!(!wanted(&[vm("ticker", &[5]), vm("part1", &[])]));
-        assert!(!calibration.size_units(&mut [vm("ticker", &[5])]), "an explicit unit is not sized");
+        assert!(!size_units(&calibration, &mut [vm("ticker", &[5])]), "an explicit unit is not sized");
     }
 }

@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
+use crate::config::TimerKind;
 use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::console::{escape, escape_input};
 use crate::debug::ListenAddress;
@@ -28,8 +29,8 @@ use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
 use crate::sched::{self, SpawnError, VmSetupError};
 use crate::ui::cast::CastWriter;
 use crate::units::{parse_duration, parse_size};
+use crate::vm::SetupError;
 use crate::vm::layout::DEFAULT_MEMORY;
-use crate::vm::{SetupError, TimerKind};
 use crate::{bench, calibration, control, guests, ui, vm};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
@@ -502,7 +503,8 @@ fn list_lessons() -> Result<ExitCode, Failure> {
     for (name, title) in lesson::builtin_titles() {
         let _ = writeln!(out, "{name:<14} {title}");
     }
-    let _ = writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see docs/lessons.md).");
+    let _ =
+        writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see docs/lessons.md).");
     print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -668,7 +670,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
     if calibration::wanted(&config.vms) {
         let measured = calibration::measure(&kvm).map_err(|error| Failure::Host(error.into()))?;
-        measured.size_units(&mut config.vms);
+        calibration::size_units(&measured, &mut config.vms);
         config.calibration = Some(measured);
     }
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();

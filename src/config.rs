@@ -4,9 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::calibration::Calibration;
-use crate::vm::TimerKind;
-
 use crate::vm::layout::DEFAULT_MEMORY;
 
 /// How the core picks the next VM.
@@ -156,6 +153,42 @@ impl RunConfig {
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
+    }
+}
+
+/// Which timer ends slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimerKind {
+    /// POSIX timer signalling the core thread directly (SIGEV_THREAD_ID).
+    Posix,
+    /// timerfd read by a kicker thread that signals the core thread.
+    Timerfd,
+}
+
+impl TimerKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Posix => "posix",
+            Self::Timerfd => "timerfd",
+        }
+    }
+}
+
+/// What the calibration found.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Calibration {
+    /// Iterations of the guests' busy loop (`dec; jnz`) per millisecond of guest CPU.
+    pub loop_iterations_per_ms: u64,
+    /// How long measuring took.
+    pub measured_ms: f64,
+}
+
+impl Calibration {
+    /// Iterations that take `time` of guest CPU here (at least 1).
+    pub fn iterations_for(&self, time: Duration) -> u64 {
+        (self.loop_iterations_per_ms as f64 * time.as_secs_f64() * 1000.0).round().max(1.0) as u64
     }
 }
 

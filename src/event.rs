@@ -6,16 +6,14 @@ use serde::Serialize;
 use std::time::Duration;
 
 use crate::config::Policy;
+use crate::config::TimerKind;
 use crate::console::ConsoleBatch;
 use crate::debug::{DebugRequest, DebugStop, DebuggerStatus};
+pub use crate::record::VmId;
 use crate::record::{ExitRecord, SliceRecord};
 use crate::report::RunReport;
 use crate::stats::VmCounters;
-use crate::vm::TimerKind;
 use crate::vm::{RegisterDump, SetupStep};
-
-/// Index of a VM in the run, in the order the scenario lists them.
-pub type VmId = usize;
 
 /// Exits per VM the core keeps for a front end between sends, and the
 /// inspector shows.

@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::event::VmId;
-use crate::hypercall::Hypercall;
+use crate::hypercall::decode::Hypercall;
+
+/// A VM's index in the run (the order of its scenario or command line).
+pub type VmId = usize;
 
 /// Bytes of guest text a record keeps (the start of an HC_printStr string,
 /// the mailbox text of HC_numExitsByType, the byte of HC_print8bit).

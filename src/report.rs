@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::calibration::Calibration;
+use crate::config::Calibration;
 use crate::stats::{ExitCounts, Percentiles};
 use crate::vm::RegisterDump;
 

@@ -25,11 +25,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::TimerKind;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::debug::ListenAddress;
 use crate::os::files::{self, FileError};
 use crate::units::{parse_duration, parse_size};
-use crate::vm::TimerKind;
 use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};
 use crate::vm::memory::check_size;
 

@@ -119,9 +119,19 @@ fn the_readme_is_an_entrance_and_maps_every_page() {
 fn pages_name_dates_and_hosts_not_work_sittings() {
     for page in pages() {
         let text = std::fs::read_to_string(&page).unwrap().to_lowercase();
-        for word in ["session 1", "session 2", "session 3", "session 4", "session 5", "session 6", "session 7",
-            "session 8", "session 9", "sessions ", "sitting"]
-        {
+        for word in [
+            "session 1",
+            "session 2",
+            "session 3",
+            "session 4",
+            "session 5",
+            "session 6",
+            "session 7",
+            "session 8",
+            "session 9",
+            "sessions ",
+            "sitting",
+        ] {
             assert!(!text.contains(word), "{} speaks of {word:?}", page.display());
         }
     }

@@ -243,7 +243,7 @@ fn a_machine_knows_how_long_each_setup_step_took() {
 
 #[test]
 fn the_guest_debug_probe_finds_what_this_host_honours() {
-    let caps = matrix_tui::vm::guest_debug::probe(&common::kvm()).expect("the probe VMs set up");
+    let caps = matrix_tui::vm::debug_probe::probe(&common::kvm()).expect("the probe VMs set up");
     // Stepping and execution breakpoints work on every KVM these tests run on.
     eprintln!("probed: {caps:?}");
     assert!(caps.single_step && caps.hw_breakpoints, "{caps:?}");

@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use matrix_tui::config::TimerKind;
 use matrix_tui::config::{Policy, RunConfig};
 use matrix_tui::event::{Command, Event, VmState};
 use matrix_tui::sched::Step;
 use matrix_tui::vm::kick::monotonic_ns;
-use matrix_tui::vm::{KickTarget, TimerKind, quantum_timer};
+use matrix_tui::vm::{KickTarget, quantum_timer};
 
 /// Units of ticker work in a run's report (one HC_print32bit per unit).
 fn units(outcome: &common::Outcome, vm: usize) -> u64 {

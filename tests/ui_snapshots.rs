@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use matrix_tui::config::Policy;
+use matrix_tui::config::TimerKind;
 use matrix_tui::event::{Event, StepResult, VmSample, VmState};
 use matrix_tui::hypercall::Hypercall;
 use matrix_tui::record::{CallRecord, ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
@@ -12,7 +13,7 @@ use matrix_tui::stats::{ExitCounts, VmCounters};
 use matrix_tui::ui::app::{Action, App, initial_settings};
 use matrix_tui::ui::lesson_panel::LessonProgress;
 use matrix_tui::ui::view;
-use matrix_tui::vm::{RegisterDump, TimerKind};
+use matrix_tui::vm::RegisterDump;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::windows::{self, ErrorStats, Spread};
+use crate::config::TimerKind;
 use crate::config::{Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event};
 use crate::report::{RunReport, VmTimings};
 use crate::sched::{self, SpawnError, Step, VmRuntime};
 use crate::stats::Percentiles;
-use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError, TimerKind};
+use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError};
 use crate::{guests, vm};
 
 /// A measurement that could not be made.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::vm::TimerKind;
+use crate::config::TimerKind;
 pub use measure::BenchError;
 
 /// The measurements, by the names `--only` takes.

@@ -15,8 +15,8 @@ use super::deadlines::Deadlines;
 use super::policy::{Candidate, Planner, Slice};
 use super::stolen::{StolenWindow, ThreadClocks, WindowSlice};
 use super::vm_runtime::{Step, VmRuntime};
-use crate::calibration::Calibration;
-use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
+use crate::config::TimerKind;
+use crate::config::{Calibration, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
 use crate::console::ConsoleBatch;
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
@@ -27,9 +27,10 @@ use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
-use crate::vm::guest_debug::{self, DebugExit, GuestDebug};
+use crate::vm::debug_probe;
+use crate::vm::guest_debug::{DebugExit, GuestDebug};
 use crate::vm::kick::monotonic_ns;
-use crate::vm::{KickTarget, MachineSpec, SetupError, TimerKind, Vcpu, quantum_timer, seccomp};
+use crate::vm::{KickTarget, MachineSpec, SetupError, Vcpu, quantum_timer, seccomp};
 
 mod debugging;
 
@@ -313,7 +314,7 @@ fn serve_debuggers(
         let Some(address) = slot.config.gdb.clone() else { continue };
         let strategy = match strategy {
             Some(strategy) => strategy,
-            None => *strategy.insert(guest_debug::probe(kvm).map_err(SpawnError::DebugProbe)?.strategy()),
+            None => *strategy.insert(debug_probe::probe(kvm).map_err(SpawnError::DebugProbe)?.strategy()),
         };
         let failed = |source| SpawnError::Gdb { name: slot.config.name.clone(), address: address.to_string(), source };
         let listener = Listener::bind(&address).map_err(failed)?;

@@ -2,147 +2,23 @@
 //! and the commands the user's actions turn into. No terminal in here, so it is
 //! tested as plain state.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::inspector::Inspector;
-use super::lesson_panel::LessonProgress;
+use super::lesson_panel::{LessonProgress, LessonState};
 use super::rates::RateWindow;
 use super::timeline::Timeline;
+pub use super::vm_view::VmView;
+use crate::config::TimerKind;
 use crate::config::{MAX_QUANTUM, MAX_WEIGHT, MIN_QUANTUM, MIN_WEIGHT, Policy};
-use crate::console::{LineBuffer, escape};
 use crate::debug::DebuggerStatus;
-use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmSample, VmState};
-use crate::record::{ExitKind, ExitRecord};
-use crate::stats::VmCounters;
-use crate::vm::TimerKind;
-use crate::vm::{RegisterDump, SetupStep};
+use crate::event::{Command, Event, Settings, StepResult, VmSample, VmState};
 
-/// Console lines kept per VM.
-pub const CONSOLE_LINES: usize = 1000;
+pub use super::vm_view::CONSOLE_LINES;
 /// Share samples kept per VM for the sparkline (a minute at five a second).
 pub const SHARE_HISTORY: usize = 300;
 /// How much `+` and `-` move the selected VM's target share.
 pub const SHARE_STEP: f64 = 0.05;
-
-/// One VM as the UI shows it.
-#[derive(Debug, Clone)]
-pub struct VmView {
-    /// Its name.
-    pub name: String,
-    /// Its state.
-    pub state: VmState,
-    /// Console lines, escaped, oldest first.
-    pub lines: VecDeque<String>,
-    partial: LineBuffer,
-    /// The line being written (escaped), if any.
-    pub pending: String,
-    /// Console bytes lost because the UI fell behind.
-    pub dropped: u64,
-    /// Counters at the last sample.
-    pub counters: VmCounters,
-    /// Counters per second over the last second or more ([`RateWindow`]).
-    pub rates: VmCounters,
-    /// Its share of guest time over the same window.
-    pub share: f64,
-    /// Recent shares, in per mille, oldest first.
-    pub share_history: VecDeque<u64>,
-    /// Lines scrolled back from the newest.
-    pub scroll: usize,
-    /// Its newest exits (at most [`LIVE_EXITS`]), oldest first.
-    pub exits: VecDeque<ExitRecord>,
-    /// What its last step came to, and its registers after it.
-    pub last_step: Option<(StepResult, RegisterDump)>,
-    /// Steps taken (`s`), whatever they came to.
-    pub steps: u64,
-    /// Lines the guest printed (not the hypervisor's `[matrix]` lines).
-    pub lines_printed: u64,
-    /// Exit kinds seen so far.
-    pub seen_kinds: Vec<ExitKind>,
-    /// Hypercalls seen so far, by name.
-    pub seen_hypercalls: Vec<&'static str>,
-    /// How its machine was set up, step by step.
-    pub setup: Vec<SetupStep>,
-    /// Its debugger's latest news (for a VM run with `--gdb`).
-    pub debugger: Option<DebuggerStatus>,
-    /// Where its gdb server listens.
-    pub gdb_address: Option<String>,
-}
-
-impl VmView {
-    fn new(name: String) -> Self {
-        Self {
-            name,
-            state: VmState::Running,
-            lines: VecDeque::new(),
-            partial: LineBuffer::default(),
-            pending: String::new(),
-            dropped: 0,
-            counters: VmCounters::default(),
-            rates: VmCounters::default(),
-            share: 0.0,
-            share_history: VecDeque::new(),
-            scroll: 0,
-            exits: VecDeque::new(),
-            last_step: None,
-            steps: 0,
-            lines_printed: 0,
-            seen_kinds: Vec::new(),
-            seen_hypercalls: Vec::new(),
-            setup: Vec::new(),
-            debugger: None,
-            gdb_address: None,
-        }
-    }
-
-    fn push_console(&mut self, bytes: &[u8], dropped: u64) {
-        if dropped > 0 {
-            self.dropped += dropped;
-            self.push_line(format!("... {dropped} bytes dropped"));
-        }
-        let mut complete = Vec::new();
-        self.partial.push(bytes, |line| complete.push(escape(line)));
-        for line in complete {
-            if !line.starts_with(crate::console::NOTE_PREFIX) {
-                self.lines_printed += 1;
-            }
-            self.push_line(line);
-        }
-        self.pending = self.partial.peek().map(escape).unwrap_or_default();
-    }
-
-    fn push_exits(&mut self, records: Vec<ExitRecord>) {
-        for record in records {
-            // A stepped exit comes twice (with the step and in the batch).
-            if self.exits.back().is_some_and(|last| last.number >= record.number && last.t_ns >= record.t_ns) {
-                continue;
-            }
-            if !self.seen_kinds.contains(&record.kind) {
-                self.seen_kinds.push(record.kind);
-            }
-            if let Some(name) = record.call.hypercall.map(|call| call.name()) {
-                if !self.seen_hypercalls.contains(&name) {
-                    self.seen_hypercalls.push(name);
-                }
-            }
-            if self.exits.len() == LIVE_EXITS {
-                self.exits.pop_front();
-            }
-            self.exits.push_back(record);
-        }
-    }
-
-    fn push_line(&mut self, line: String) {
-        if self.lines.len() == CONSOLE_LINES {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line);
-        if self.scroll > 0 {
-            // Keep the view still while the user reads back.
-            self.scroll = (self.scroll + 1).min(self.lines.len());
-        }
-    }
-}
 
 /// What the user can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +150,14 @@ impl App {
     /// Ticks the lesson's steps that now hold; true if any did.
     fn refresh_lesson(&mut self) -> bool {
         let Some(mut lesson) = self.lesson.take() else { return false };
-        let ticked = lesson.advance(self);
+        let state = LessonState {
+            vms: &self.vms,
+            policy: self.settings.policy,
+            targets: (0..self.vms.len()).map(|vm| self.target(vm)).collect(),
+            inspector_open: self.inspector.is_some(),
+            timeline_shown: self.timeline.shown,
+        };
+        let ticked = lesson.advance(&state);
         self.lesson = Some(lesson);
         ticked
     }
@@ -291,10 +174,7 @@ impl App {
             Event::State { vm, state } => {
                 if let Some(view) = self.vms.get_mut(vm) {
                     if state.is_finished() {
-                        if let Some(partial) = view.partial.take_partial() {
-                            view.push_line(escape(&partial));
-                            view.pending.clear();
-                        }
+                        view.finish_partial();
                     }
                     if state == VmState::Running && view.state.is_finished() {
                         view.share_history.clear();
@@ -519,6 +399,7 @@ pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, wei
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::VmCounters;
 
     fn app() -> App {
         App::new(
@@ -703,5 +584,34 @@ mod tests {
         assert_eq!(app.vms[0].scroll, 0);
         app.act(Action::ClearConsole);
         assert!(app.vms[0].lines.is_empty());
+    }
+
+    #[test]
+    fn steps_tick_in_order_as_their_checks_hold() {
+        let settings = initial_settings(Policy::Fair, Duration::from_millis(1), TimerKind::Posix, vec![70.0, 30.0]);
+        let mut app = App::new(vec!["neo".into(), "morpheus".into()], settings);
+        app.lesson = Some(crate::ui::lesson_panel::tests::fractions());
+        // Switching to rr first does not tick step 3: step 1 comes first.
+        app.apply(Event::Settings(crate::event::Settings {
+            policy: crate::config::Policy::Rr,
+            ..app.settings.clone()
+        }));
+        assert_eq!(app.lesson.as_ref().unwrap().done, 0);
+        app.act(Action::ToggleTimeline);
+        assert_eq!(app.lesson.as_ref().unwrap().done, 1);
+        app.apply(Event::Settings(crate::event::Settings {
+            policy: crate::config::Policy::Fair,
+            ..app.settings.clone()
+        }));
+        app.act(Action::MoreShare);
+        // Step 2 ticks; step 3 (rr) does not hold any more.
+        assert_eq!(app.lesson.as_ref().unwrap().done, 2);
+        app.apply(Event::Settings(crate::event::Settings {
+            policy: crate::config::Policy::Rr,
+            ..app.settings.clone()
+        }));
+        assert!(app.lesson.as_ref().unwrap().finished());
+        app.act(Action::ToggleLesson);
+        assert!(!app.lesson.as_ref().unwrap().shown);
     }
 }

@@ -7,7 +7,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget};
 
-use super::app::VmView;
+use super::vm_view::VmView;
 use crate::event::{StepResult, VmState};
 use crate::record::{ExitKind, ExitRecord, format_seconds};
 

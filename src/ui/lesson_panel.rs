@@ -9,7 +9,8 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget, Wrap};
 
-use super::app::App;
+use super::vm_view::VmView;
+use crate::config::Policy;
 use crate::event::VmState;
 use crate::lesson::{Check, Lesson, StateCheck, View};
 
@@ -34,9 +35,9 @@ impl LessonProgress {
 
     /// Ticks the current step, and the ones after it, while they hold;
     /// true if any was ticked.
-    pub fn advance(&mut self, app: &App) -> bool {
+    pub fn advance(&mut self, state: &LessonState<'_>) -> bool {
         let before = self.done;
-        while self.lesson.steps.get(self.done).is_some_and(|step| holds(&step.check, app, &self.file_vms)) {
+        while self.lesson.steps.get(self.done).is_some_and(|step| holds(&step.check, state, &self.file_vms)) {
             self.done += 1;
         }
         self.done > before
@@ -48,11 +49,32 @@ impl LessonProgress {
     }
 }
 
+/// What a lesson's checks look at: the state the UI shows now, handed in
+/// by the app (a component gets what it judges, not the app itself).
+pub struct LessonState<'a> {
+    /// Every VM as the UI shows it.
+    pub vms: &'a [VmView],
+    /// The policy in force.
+    pub policy: Policy,
+    /// Each VM's target share now (None where the policy has none for it).
+    pub targets: Vec<Option<f64>>,
+    /// Whether the exit inspector is open.
+    pub inspector_open: bool,
+    /// Whether the timeline is shown.
+    pub timeline_shown: bool,
+}
+
+impl LessonState<'_> {
+    fn target(&self, vm: usize) -> Option<f64> {
+        self.targets.get(vm).copied().flatten()
+    }
+}
+
 /// Whether `check` holds in the state `app` shows now.
-pub fn holds(check: &Check, app: &App, file_vms: &[usize]) -> bool {
+pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
     let vm = |index: usize| app.vms.get(index);
     match *check {
-        Check::Policy(policy) => app.settings.policy == policy,
+        Check::Policy(policy) => app.policy == policy,
         Check::Preempted { vm: index, at_least } => vm(index).is_some_and(|v| v.counters.preemptions >= at_least),
         Check::ShareWithin { vm: index, points } => match (vm(index), app.target(index)) {
             (Some(view), Some(target)) => (view.share - target).abs() * 100.0 <= points,
@@ -82,8 +104,8 @@ pub fn holds(check: &Check, app: &App, file_vms: &[usize]) -> bool {
         Check::FileGuestLines { at_least } => {
             file_vms.iter().any(|&index| vm(index).is_some_and(|view| view.lines_printed >= at_least))
         }
-        Check::ViewOpen(View::Inspector) => app.inspector.is_some(),
-        Check::ViewOpen(View::Timeline) => app.timeline.shown,
+        Check::ViewOpen(View::Inspector) => app.inspector_open,
+        Check::ViewOpen(View::Timeline) => app.timeline_shown,
     }
 }
 
@@ -126,14 +148,13 @@ impl Widget for LessonPanel<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::event::Event;
-    use crate::ui::app::{Action, initial_settings};
 
-    fn fractions() -> (App, LessonProgress) {
+    /// A lesson of three steps: open the timeline, raise neo to 75 %, rr.
+    pub(crate) fn fractions() -> LessonProgress {
         let lesson = crate::lesson::parse(
             "title = \"T\"\ntext = \"x\"\n[scenario]\n[[scenario.vm]]\nname = \"neo\"\nguest = \"neo\"\nweight = 70\n\
              [[scenario.vm]]\nname = \"morpheus\"\nguest = \"morpheus\"\nweight = 30\n\
@@ -144,46 +165,12 @@ mod tests {
             Path::new(""),
         )
         .unwrap();
-        let settings = initial_settings(
-            crate::config::Policy::Fair,
-            std::time::Duration::from_millis(1),
-            crate::vm::TimerKind::Posix,
-            vec![70.0, 30.0],
-        );
-        (App::new(vec!["neo".into(), "morpheus".into()], settings), LessonProgress::new(lesson, vec![]))
-    }
-
-    #[test]
-    fn steps_tick_in_order_as_their_checks_hold() {
-        let (mut app, progress) = fractions();
-        app.lesson = Some(progress);
-        // Switching to rr first does not tick step 3: step 1 comes first.
-        app.apply(Event::Settings(crate::event::Settings {
-            policy: crate::config::Policy::Rr,
-            ..app.settings.clone()
-        }));
-        assert_eq!(app.lesson.as_ref().unwrap().done, 0);
-        app.act(Action::ToggleTimeline);
-        assert_eq!(app.lesson.as_ref().unwrap().done, 1);
-        app.apply(Event::Settings(crate::event::Settings {
-            policy: crate::config::Policy::Fair,
-            ..app.settings.clone()
-        }));
-        app.act(Action::MoreShare);
-        // Step 2 ticks; step 3 (rr) does not hold any more.
-        assert_eq!(app.lesson.as_ref().unwrap().done, 2);
-        app.apply(Event::Settings(crate::event::Settings {
-            policy: crate::config::Policy::Rr,
-            ..app.settings.clone()
-        }));
-        assert!(app.lesson.as_ref().unwrap().finished());
-        app.act(Action::ToggleLesson);
-        assert!(!app.lesson.as_ref().unwrap().shown);
+        LessonProgress::new(lesson, vec![])
     }
 
     #[test]
     fn the_panel_marks_done_current_and_later_steps() {
-        let (_, mut progress) = fractions();
+        let mut progress = fractions();
         progress.done = 1;
         let area = Rect::new(0, 0, 40, 8);
         let mut buf = Buffer::empty(area);

@@ -14,6 +14,7 @@ pub mod share_gauge;
 pub mod terminal;
 pub mod timeline;
 pub mod view;
+pub mod vm_view;
 
 use std::cell::RefCell;
 use std::io;

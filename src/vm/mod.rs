@@ -4,6 +4,7 @@
 /// A vCPU's register file as a debugger sees it.
 pub mod cpu_state;
 /// What the host honours of KVM_SET_GUEST_DEBUG, probed.
+pub mod debug_probe;
 pub mod guest_debug;
 /// Signal + immediate_exit kicks out of KVM_RUN.
 pub mod kick;
@@ -26,7 +27,7 @@ pub use cpu_state::CpuState;
 pub use kick::KickTarget;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;
-pub use quantum_timer::{QuantumTimer, TimerKind};
+pub use quantum_timer::QuantumTimer;
 
 /// Opens /dev/kvm, or says why it cannot and what to do.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, KvmUnavailable> {

@@ -20,26 +20,7 @@ use std::time::Duration;
 use timerfd::{ClockId, SetTimeFlags, TimerFd, TimerState};
 
 use super::kick::{KickTarget, kick_signal};
-
-/// Which timer ends slices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimerKind {
-    /// POSIX timer signalling the core thread directly (SIGEV_THREAD_ID).
-    Posix,
-    /// timerfd read by a kicker thread that signals the core thread.
-    Timerfd,
-}
-
-impl TimerKind {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Posix => "posix",
-            Self::Timerfd => "timerfd",
-        }
-    }
-}
+use crate::config::TimerKind;
 
 /// A timer armed with absolute CLOCK_MONOTONIC deadlines.
 pub trait QuantumTimer {

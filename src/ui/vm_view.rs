@@ -1,0 +1,142 @@
+//! One VM as the terminal UI shows it: its console lines, counters, share,
+//! exits and what it has done, kept from the core's events. Shared by the
+//! app and the components that draw a VM (the inspector, the lesson checks).
+
+use std::collections::VecDeque;
+
+use crate::console::{LineBuffer, escape};
+use crate::debug::DebuggerStatus;
+use crate::event::{LIVE_EXITS, StepResult, VmState};
+use crate::record::{ExitKind, ExitRecord};
+use crate::stats::VmCounters;
+use crate::vm::{RegisterDump, SetupStep};
+
+/// Console lines kept per VM.
+pub const CONSOLE_LINES: usize = 1000;
+
+/// One VM as the UI shows it.
+#[derive(Debug, Clone)]
+pub struct VmView {
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: VmState,
+    /// Console lines, escaped, oldest first.
+    pub lines: VecDeque<String>,
+    partial: LineBuffer,
+    /// The line being written (escaped), if any.
+    pub pending: String,
+    /// Console bytes lost because the UI fell behind.
+    pub dropped: u64,
+    /// Counters at the last sample.
+    pub counters: VmCounters,
+    /// Counters per second over the last second or more ([`RateWindow`]).
+    pub rates: VmCounters,
+    /// Its share of guest time over the same window.
+    pub share: f64,
+    /// Recent shares, in per mille, oldest first.
+    pub share_history: VecDeque<u64>,
+    /// Lines scrolled back from the newest.
+    pub scroll: usize,
+    /// Its newest exits (at most [`LIVE_EXITS`]), oldest first.
+    pub exits: VecDeque<ExitRecord>,
+    /// What its last step came to, and its registers after it.
+    pub last_step: Option<(StepResult, RegisterDump)>,
+    /// Steps taken (`s`), whatever they came to.
+    pub steps: u64,
+    /// Lines the guest printed (not the hypervisor's `[matrix]` lines).
+    pub lines_printed: u64,
+    /// Exit kinds seen so far.
+    pub seen_kinds: Vec<ExitKind>,
+    /// Hypercalls seen so far, by name.
+    pub seen_hypercalls: Vec<&'static str>,
+    /// How its machine was set up, step by step.
+    pub setup: Vec<SetupStep>,
+    /// Its debugger's latest news (for a VM run with `--gdb`).
+    pub debugger: Option<DebuggerStatus>,
+    /// Where its gdb server listens.
+    pub gdb_address: Option<String>,
+}
+
+impl VmView {
+    pub(super) fn new(name: String) -> Self {
+        Self {
+            name,
+            state: VmState::Running,
+            lines: VecDeque::new(),
+            partial: LineBuffer::default(),
+            pending: String::new(),
+            dropped: 0,
+            counters: VmCounters::default(),
+            rates: VmCounters::default(),
+            share: 0.0,
+            share_history: VecDeque::new(),
+            scroll: 0,
+            exits: VecDeque::new(),
+            last_step: None,
+            steps: 0,
+            lines_printed: 0,
+            seen_kinds: Vec::new(),
+            seen_hypercalls: Vec::new(),
+            setup: Vec::new(),
+            debugger: None,
+            gdb_address: None,
+        }
+    }
+
+    pub(super) fn push_console(&mut self, bytes: &[u8], dropped: u64) {
+        if dropped > 0 {
+            self.dropped += dropped;
+            self.push_line(format!("... {dropped} bytes dropped"));
+        }
+        let mut complete = Vec::new();
+        self.partial.push(bytes, |line| complete.push(escape(line)));
+        for line in complete {
+            if !line.starts_with(crate::console::NOTE_PREFIX) {
+                self.lines_printed += 1;
+            }
+            self.push_line(line);
+        }
+        self.pending = self.partial.peek().map(escape).unwrap_or_default();
+    }
+
+    pub(super) fn push_exits(&mut self, records: Vec<ExitRecord>) {
+        for record in records {
+            // A stepped exit comes twice (with the step and in the batch).
+            if self.exits.back().is_some_and(|last| last.number >= record.number && last.t_ns >= record.t_ns) {
+                continue;
+            }
+            if !self.seen_kinds.contains(&record.kind) {
+                self.seen_kinds.push(record.kind);
+            }
+            if let Some(name) = record.call.hypercall.map(|call| call.name()) {
+                if !self.seen_hypercalls.contains(&name) {
+                    self.seen_hypercalls.push(name);
+                }
+            }
+            if self.exits.len() == LIVE_EXITS {
+                self.exits.pop_front();
+            }
+            self.exits.push_back(record);
+        }
+    }
+
+    /// Ends the unfinished line (its VM ended): it becomes a line.
+    pub(super) fn finish_partial(&mut self) {
+        if let Some(partial) = self.partial.take_partial() {
+            self.push_line(escape(&partial));
+            self.pending.clear();
+        }
+    }
+
+    pub(super) fn push_line(&mut self, line: String) {
+        if self.lines.len() == CONSOLE_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+        if self.scroll > 0 {
+            // Keep the view still while the user reads back.
+            self.scroll = (self.scroll + 1).min(self.lines.len());
+        }
+    }
+}
