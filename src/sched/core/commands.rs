@@ -1,0 +1,137 @@
+//! Applying the front ends' commands between slices: weights, pause and
+//! resume, restart, step, policy and quantum, quit; and the settings and
+//! states they change.
+
+use super::*;
+
+impl Core {
+    /// Applies the commands waiting, in order, up to and including the
+    /// first step: what came after a step waits until it is done (a `quit`
+    /// after three `step`s quits after the third).
+    pub(super) fn apply_commands(&mut self) {
+        while self.step_requests.is_empty() {
+            let Ok(command) = self.commands.try_recv() else { return };
+            self.apply(command);
+        }
+    }
+
+    pub(super) fn apply(&mut self, command: Command) {
+        match command {
+            Command::Quit => self.quit = true,
+            Command::SetWeight { vm, weight } => {
+                if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
+                    slot.config.weight = weight;
+                    self.planner.set_candidate(vm, slot.candidate());
+                    self.outbox.push_back(Event::Settings(self.settings()));
+                }
+            }
+            Command::Pause(vm) => {
+                if self.slots.get(vm).is_some_and(|slot| slot.state == VmState::Running) {
+                    self.set_state(vm, VmState::Paused);
+                }
+            }
+            Command::Resume(vm) => {
+                let Some(slot) = self.slots.get(vm) else { return };
+                // A VM stopped for gdb with no gdb connected can be let go.
+                let idle_debugger = slot.debug.as_ref().is_some_and(|debug| debug.peer.is_none());
+                if slot.state == VmState::Paused || (matches!(slot.state, VmState::Gdb { .. }) && idle_debugger) {
+                    self.arm_debugger(vm, None);
+                    self.set_state(vm, VmState::Running);
+                }
+            }
+            Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
+            Command::Restart(_) => {}
+            Command::Step(vm) if matches!(self.slots.get(vm).map(|slot| &slot.state), Some(VmState::Gdb { .. })) => {
+                self.slots[vm]
+                    .runtime
+                    .console
+                    .note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
+            }
+            Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
+            Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
+            Command::Debug { .. } => {}
+            Command::Step(_) => {}
+            Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
+            Command::SetQuantum(quantum) => {
+                let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
+                self.set_planner(self.planner.policy(), quantum);
+            }
+        }
+    }
+
+    pub(super) fn set_planner(&mut self, policy: Policy, quantum_ns: u64) {
+        if policy == self.planner.policy() {
+            self.planner.set_quantum(quantum_ns);
+        } else {
+            self.planner = Planner::new(policy, quantum_ns, &candidates(&self.slots));
+        }
+        self.outbox.push_back(Event::Settings(self.settings()));
+    }
+
+    pub(super) fn restart(&mut self, vm: VmId) {
+        // What the old VM printed still goes out, before its new life starts.
+        self.queue_console(vm);
+        let slot = &mut self.slots[vm];
+        match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
+            Ok(mut runtime) => {
+                // The console (already flushed above) goes on, so that the
+                // report's history holds every life with a note between them.
+                runtime.console = std::mem::take(&mut slot.runtime.console);
+                slot.runtime = runtime;
+                slot.charged_ns = 0;
+                slot.stolen_ns = 0;
+                slot.stolen_unpaid_ns = 0;
+                // The note is stamped now, not at the old life's last exit.
+                slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
+                slot.runtime.console.note(format_args!("VM restarted"));
+                self.announce_setup(vm);
+                let state = match &mut self.slots[vm].debug {
+                    // A VM under gdb starts its new life waiting at the entry, as its first.
+                    Some(debug) => {
+                        debug.forget();
+                        debug.applied = GuestDebug::default();
+                        debug.answer_resume(DebugReply::Ended(DebugEnd::Killed));
+                        VmState::Gdb { stop: DebugStop::Waiting }
+                    }
+                    None => VmState::Running,
+                };
+                self.set_state(vm, state);
+            }
+            Err(error) => {
+                let registers = slot.runtime.machine.vcpu.registers();
+                slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
+                slot.runtime.console.note(format_args!("restart failed: {error}"));
+                self.set_state(vm, VmState::Crashed { reason: format!("restart failed: {error}"), registers });
+            }
+        }
+    }
+
+    /// Tells the front end how `vm` was set up, if it asked for records
+    /// (only the UI's inspector shows it).
+    pub(super) fn announce_setup(&mut self, vm: VmId) {
+        if self.live_records {
+            let steps = self.slots[vm].runtime.machine.setup.clone();
+            self.outbox.push_back(Event::Setup { vm, steps });
+        }
+    }
+
+    pub(super) fn settings(&self) -> Settings {
+        Settings {
+            policy: self.planner.policy(),
+            quantum: Duration::from_nanos(self.planner.quantum_ns()),
+            timer: self.timer_kind,
+            weights: self.slots.iter().map(|slot| slot.config.weight).collect(),
+        }
+    }
+
+    /// Records a state change. A VM that finishes has its last console bytes
+    /// queued first, so that front ends see them before the new state.
+    pub(super) fn set_state(&mut self, vm: VmId, state: VmState) {
+        if state.is_finished() {
+            self.queue_console(vm);
+        }
+        self.slots[vm].state = state.clone();
+        self.planner.set_candidate(vm, self.slots[vm].candidate());
+        self.outbox.push_back(Event::State { vm, state });
+    }
+}

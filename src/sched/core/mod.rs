@@ -1,0 +1,210 @@
+//! The scheduler core: one thread (`matrix-core`) that owns every VM and runs
+//! them one at a time, slice by slice, as the [`Planner`] decides. Front ends
+//! talk to it only through [`CoreHandle`]: commands in, events out.
+//!
+//! Its files, one concern each: `handle` (starting a run, the front ends'
+//! handle), `run_loop` (planning and running slices, stepping, idling),
+//! `commands` (applying what the front ends ask), `outbox` (where a console
+//! byte goes, and the events that must be delivered), `records` (live exit
+//! and slice records), `samples` (counter samples and the final report),
+//! `debugging` (what a VM's gdb server asks). This file holds the core's
+//! state: the VMs' slots and the [`Core`] itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use kvm_ioctls::Kvm;
+
+use super::compensation::Compensation;
+use super::deadlines::Deadlines;
+use super::policy::{Candidate, Planner, Slice};
+use super::stolen::{StolenWindow, ThreadClocks, WindowSlice};
+use super::vm_runtime::{Step, VmRuntime};
+use crate::config::TimerKind;
+use crate::config::{Calibration, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
+use crate::console::ConsoleBatch;
+use crate::debug::server::{self, Listener};
+use crate::debug::session::{Debugged, Resume};
+use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::hypercall::GuestView;
+use crate::record::{ExitRecord, SliceEnd, SliceRecord};
+use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
+use crate::stats::LatencyLog;
+use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
+use crate::vm::debug_probe;
+use crate::vm::guest_debug::{DebugExit, GuestDebug};
+use crate::vm::kick::monotonic_ns;
+use crate::vm::{KickTarget, MachineSpec, SetupError, Vcpu, quantum_timer, seccomp};
+
+mod commands;
+mod debugging;
+mod handle;
+mod outbox;
+mod records;
+mod run_loop;
+mod samples;
+
+pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
+
+/// Events waiting in the channel before the core starts coalescing. A console
+/// event carries a round's output of every VM, usually under
+/// [`CONSOLE_FLUSH_BYTES`] each (up to [`CONSOLE_BACKLOG_CAP`] while the front
+/// end is behind), so this bounds the bytes in flight too.
+const EVENT_CAPACITY: usize = 128;
+/// Console bytes one VM may have waiting for a slow front end; older ones are
+/// dropped (and counted) past this.
+pub const CONSOLE_BACKLOG_CAP: usize = 256 * 1024;
+/// How often console bytes go out while VMs run: often enough for a screen
+/// (it draws at most 30 times a second), rarely enough that the core does not
+/// wake a front end after every slice (a wake-up costs several microseconds
+/// here, a tenth of a 0.1 ms slice).
+const CONSOLE_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// With many VMs the round of console flushes comes at most once per this
+/// much time per VM: a round visits every VM (about 0.1 µs each, its state
+/// cold in the cache), and no VM gets a slice more often than once in that
+/// time (the shortest slice is 100 µs), so more frequent rounds would find
+/// no more to send. 256 VMs: every 25.6 ms.
+const CONSOLE_FLUSH_PER_VM: Duration = Duration::from_micros(100);
+/// A VM with this many console bytes waiting has them sent after its slice.
+const CONSOLE_FLUSH_BYTES: usize = 16 * 1024;
+/// How often counters are sampled for the front ends.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How long the core sleeps between checks when no VM can run.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How often exit and slice records go to the front end: 20 times a second
+/// keeps the timeline moving smoothly, and each send wakes the UI thread (tens
+/// of microseconds here; 100 a second cost it 0.4 % of a core).
+const RECORDS_FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// The longest a step waits for its exit (or a quantum, if longer) before the
+/// VM is preempted: a fresh VM's first entry alone can take milliseconds on a
+/// busy host, and a step should not end before the guest's first instruction.
+const STEP_LIMIT: Duration = Duration::from_millis(20);
+/// Slice records kept for a front end that lags (the timeline's ten seconds
+/// of 0.1 ms slices); older ones are dropped and counted past this.
+const LIVE_SLICES: usize = 100_000;
+
+/// One VM as the core schedules it.
+struct Slot {
+    config: VmConfig,
+    runtime: VmRuntime,
+    console_dropped: u64,
+    state: VmState,
+    /// KVM_RUN time the scheduler charged (up to deadlines, less stolen time).
+    charged_ns: u64,
+    /// Time the host took the CPU away during this VM's slices.
+    stolen_ns: u64,
+    /// Of that, what is still to be taken off its next charges.
+    stolen_unpaid_ns: u64,
+    /// What a timed run records (the bench).
+    timings: Option<VmTimings>,
+    /// Exits not yet sent to the front end (the newest [`LIVE_EXITS`]).
+    live_exits: VecDeque<ExitRecord>,
+    /// The VM's latest exit.
+    last_exit: Option<ExitRecord>,
+    /// Its gdb server's side in the core, for a VM run with `--gdb`.
+    debug: Option<Debugged>,
+}
+
+impl Slot {
+    fn new(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
+        let runtime = VmRuntime::new(kvm, &machine_spec(&config)).map_err(|source| VmSetupError {
+            name: config.name.clone(),
+            guest: config.guest.clone(),
+            source,
+        })?;
+        let state = if config.paused { VmState::Paused } else { VmState::Running };
+        Ok(Self {
+            config,
+            runtime,
+            console_dropped: 0,
+            state,
+            charged_ns: 0,
+            stolen_ns: 0,
+            stolen_unpaid_ns: 0,
+            timings: None,
+            live_exits: VecDeque::new(),
+            last_exit: None,
+            debug: None,
+        })
+    }
+
+    /// What the planner needs of it.
+    fn candidate(&self) -> Candidate {
+        Candidate { weight: self.config.weight, runnable: self.state == VmState::Running }
+    }
+}
+
+/// What the planner needs of every VM.
+fn candidates(slots: &[Slot]) -> Vec<Candidate> {
+    slots.iter().map(Slot::candidate).collect()
+}
+
+fn machine_spec(config: &VmConfig) -> MachineSpec {
+    MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
+}
+
+struct Core {
+    kvm: Kvm,
+    slots: Vec<Slot>,
+    /// Told of every change of a VM's weight or state (it is not asked
+    /// again before every slice).
+    planner: Planner,
+    timer_kind: TimerKind,
+    kick: Arc<KickTarget>,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    /// Events that must arrive (state changes), waiting for room in the channel.
+    outbox: VecDeque<Event>,
+    started: Instant,
+    /// Monotonic ns at the start of the run: records and console lines are
+    /// stamped in ns since then.
+    epoch_ns: u64,
+    /// Send exit and slice records to the front end.
+    live_records: bool,
+    /// Slices not yet sent to the front end.
+    live_slices: Vec<SliceRecord>,
+    /// Slices dropped since the last send (the front end lagged).
+    live_slices_dropped: u64,
+    /// The exit trace and its path, when the run writes one.
+    trace: Option<(TraceBuffer, String)>,
+    /// VMs to step once each, in order.
+    step_requests: VecDeque<VmId>,
+    /// VMs gdb asked to step an instruction each, in order.
+    gdb_steps: VecDeque<VmId>,
+    /// What the demo guests' units were sized by, for the report.
+    calibration: Option<Calibration>,
+    // Monotonic ns, compared with the end of the last slice: a clock read
+    // fewer for each of them a slice.
+    last_sample_ns: u64,
+    last_console_flush_ns: u64,
+    last_records_flush_ns: u64,
+    stay_open: bool,
+    seccomp: bool,
+    /// The kick latency measured, and the lead taken from it.
+    compensation: Compensation,
+    quit: bool,
+    /// How long after each deadline a preempted guest was out of KVM_RUN.
+    overruns: LatencyLog,
+    /// How long before their deadline preempted slices ended (kicks armed
+    /// early by more than their latency).
+    early_ends: LatencyLog,
+    /// The deadline the last slice was preempted at, if it was.
+    preempted_at: Option<u64>,
+    /// The slices since the thread's CPU clock was last read.
+    stolen: StolenWindow,
+}
+
+impl Core {}
+
+/// Whether `every` has passed from `since_ns` to `now_ns` (monotonic ns).
+fn passed(every: Duration, since_ns: u64, now_ns: u64) -> bool {
+    now_ns.saturating_sub(since_ns) >= every.as_nanos() as u64
+}
+
+fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}

@@ -1,0 +1,307 @@
+//! The run loop: planning slices, running a VM through one (its exits, its
+//! deadline, stolen time), stepping, and idling when nothing can run.
+
+use super::*;
+
+impl Core {
+    pub(super) fn run(mut self, ready: Sender<Result<(), SpawnError>>) {
+        let _attached = self.kick.attach();
+        let create = || quantum_timer::create(self.timer_kind, &self.kick);
+        let mut deadlines = match create().map(Deadlines::new) {
+            Ok(deadlines) => deadlines,
+            Err(source) => {
+                let other = match self.timer_kind {
+                    TimerKind::Posix => TimerKind::Timerfd,
+                    TimerKind::Timerfd => TimerKind::Posix,
+                };
+                let _ = ready.send(Err(SpawnError::Timer { kind: self.timer_kind, other, source }));
+                return;
+            }
+        };
+        // Everything the thread opens it has opened: from here on it runs guests.
+        if self.seccomp {
+            if let Err(error) = seccomp::confine_current_thread() {
+                let _ = ready.send(Err(error.into()));
+                return;
+            }
+        }
+        let _ = ready.send(Ok(()));
+        self.stolen.start(ThreadClocks::now());
+        self.outbox.push_back(Event::Settings(self.settings()));
+        for vm in 0..self.slots.len() {
+            self.announce_setup(vm);
+            if let Some(debug) = &self.slots[vm].debug {
+                let status = DebuggerStatus::Listening { address: debug.address.clone(), serving: debug.serving() };
+                self.debugger_status(vm, status);
+            }
+            if self.slots[vm].state != VmState::Running {
+                self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
+            }
+        }
+        // Steps asked for before a quit are answered before the run ends.
+        while !self.quit || !self.step_requests.is_empty() {
+            if self.kick.take_request() {
+                self.apply_commands();
+                continue;
+            }
+            if let Some(vm) = self.gdb_steps.pop_front() {
+                self.gdb_step(vm, &mut deadlines);
+                self.apply_commands();
+                self.deliver_outbox();
+                continue;
+            }
+            if let Some(vm) = self.step_requests.pop_front() {
+                self.step(vm, &mut deadlines);
+                self.apply_commands();
+                self.deliver_outbox();
+                continue;
+            }
+            let now_ns = match self.planner.next_slice() {
+                Some(slice) => {
+                    let record = self.run_slice(slice, &mut deadlines, false);
+                    if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
+                        let batch = self.take_one_console(slice.vm);
+                        self.send_console(batch);
+                    }
+                    self.epoch_ns + record.end_ns
+                }
+                None if self.stay_open
+                    || !self.step_requests.is_empty()
+                    || self.slots.iter().any(|slot| matches!(slot.state, VmState::Paused | VmState::Gdb { .. })) =>
+                {
+                    deadlines.disarm();
+                    self.idle();
+                    monotonic_ns()
+                }
+                None => break,
+            };
+            self.deliver_outbox();
+            self.flush_consoles_if_due(now_ns);
+            self.sample_if_due(now_ns);
+        }
+        deadlines.disarm();
+        let armed_ahead_pct = deadlines.armed_ahead_pct();
+        drop(deadlines);
+        self.finish(armed_ahead_pct);
+    }
+
+    /// Runs one slice of `slice.vm`: until its next I/O exit under `io` (or
+    /// when `stepping`), else until its deadline, a yield, its end, or a
+    /// command; records it and returns the record.
+    ///
+    /// The slice is charged its time in KVM_RUN up to the deadline, less
+    /// what the VM is still owed of the time the host took the CPU away from
+    /// this thread in its slices (see [`stolen`](super::stolen)). A stepped
+    /// slice is charged to the VM but not to the policy: the VM is paused.
+    pub(super) fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
+        let vm = slice.vm;
+        let wall_start = monotonic_ns();
+        self.kick.note_cpu();
+        if let Some(previous) = self.preempted_at.take() {
+            deadlines.observe_gap(previous, wall_start);
+        }
+        // The timer is armed for `kick`, early by the latency measured, so
+        // that the guest is out of KVM_RUN at `deadline`.
+        let (kick, deadline) = match slice.length_ns {
+            Some(length) => {
+                let lead = length - self.compensation.run_before_kick(length);
+                let following = self.planner.following_length_ns().filter(|_| !stepping);
+                let following = following.map(|length| self.compensation.run_before_kick(length));
+                let kick = deadlines.start_slice(wall_start, wall_start + length - lead, following);
+                self.kick.set_deadline(kick);
+                (kick, kick + lead)
+            }
+            None => {
+                // No expiry may cut a slice that runs until I/O.
+                deadlines.disarm();
+                (u64::MAX, u64::MAX)
+            }
+        };
+        let mut in_guest = 0;
+        let mut exits = 0;
+        let end = loop {
+            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns);
+            in_guest += span.charged_until(deadline);
+            let rip = record.map_or(0, |record| record.rip);
+            if let Some(mut record) = record {
+                record.vm = vm;
+                exits += 1;
+                self.keep_exit(record);
+            }
+            if let (Step::Io, Some(timings)) = (&step, &mut self.slots[vm].timings) {
+                timings.io_exit_ns.push(span.exited_ns);
+            }
+            if step == Step::Io {
+                if let Some(stop) = self.debugger_after_io(vm, rip) {
+                    self.stop_for_debugger(vm, stop);
+                    break SliceEnd::Debugger;
+                }
+            }
+            match step {
+                Step::Io if stepping => break SliceEnd::Step,
+                Step::Io if slice.length_ns.is_none() => break SliceEnd::IoSwitch,
+                Step::Io if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
+                Step::Io => continue,
+                Step::Yielded => break SliceEnd::Yield,
+                Step::Halted => {
+                    self.set_state(vm, VmState::Halted);
+                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+                    break SliceEnd::Halt;
+                }
+                Step::Crashed { kind, registers } => {
+                    self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
+                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Crashed));
+                    break SliceEnd::Crash;
+                }
+                Step::Debug(exit) => match self.debugger_exit(vm, exit) {
+                    Some(stop) => {
+                        self.stop_for_debugger(vm, stop);
+                        break SliceEnd::Debugger;
+                    }
+                    // Stepped to serve a breakpoint or watchpoint that did not
+                    // hit; a host may not report a stepped hlt, so it is seen here.
+                    None if self.halts_next(vm, exit.pc) => {
+                        self.halt_for_debugger(vm);
+                        break SliceEnd::Halt;
+                    }
+                    None if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
+                    None => continue,
+                },
+                Step::Interrupted if self.kick.is_requested() => break SliceEnd::Command,
+                Step::Interrupted if span.exited_ns >= kick => {
+                    self.slots[vm].runtime.counters.preemptions += 1;
+                    // Ended before its deadline (the lead was more than this
+                    // kick's latency): no overrun, and the early end is repaid.
+                    self.overruns.record(span.exited_ns.saturating_sub(deadline));
+                    if span.exited_ns < deadline {
+                        self.early_ends.record(deadline - span.exited_ns);
+                    }
+                    if !stepping {
+                        self.compensation.observe(kick, span.exited_ns);
+                    }
+                    self.preempted_at = Some(kick);
+                    break SliceEnd::Deadline;
+                }
+                // A signal for an earlier slice (or not for us): carry on.
+                Step::Interrupted => continue,
+            }
+        };
+        self.kick.set_deadline(u64::MAX);
+        let wall_end = monotonic_ns();
+        let seen =
+            WindowSlice { vm, start_ns: wall_start, end_ns: wall_end, deadline_ns: deadline, charged_ns: in_guest };
+        for share in self.stolen.end_slice(seen, ThreadClocks::now) {
+            let slot = &mut self.slots[share.vm];
+            slot.stolen_ns += share.stolen_ns;
+            slot.stolen_unpaid_ns += share.stolen_ns;
+        }
+        let slot = &mut self.slots[vm];
+        let repaid = slot.stolen_unpaid_ns.min(in_guest);
+        slot.stolen_unpaid_ns -= repaid;
+        let charged = in_guest - repaid;
+        slot.charged_ns += charged;
+        if let Some(timings) = &mut slot.timings {
+            timings.slices.push(TimedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
+        }
+        if !stepping {
+            self.planner.charge(vm, charged, matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Crash));
+        }
+        let record = SliceRecord {
+            vm,
+            start_ns: wall_start.saturating_sub(self.epoch_ns),
+            end_ns: wall_end.saturating_sub(self.epoch_ns),
+            charged_ns: charged,
+            end,
+            exits,
+        };
+        self.keep_slice(record);
+        record
+    }
+
+    /// Keeps an exit for the front end and the trace.
+    pub(super) fn keep_exit(&mut self, record: ExitRecord) {
+        self.slots[record.vm].last_exit = Some(record);
+        if self.live_records {
+            let live = &mut self.slots[record.vm].live_exits;
+            if live.len() == LIVE_EXITS {
+                live.pop_front();
+            }
+            live.push_back(record);
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.push(TraceRecord::Exit(record));
+        }
+    }
+
+    /// Keeps a slice for the front end and the trace.
+    pub(super) fn keep_slice(&mut self, record: SliceRecord) {
+        if self.live_records {
+            if self.live_slices.len() == LIVE_SLICES {
+                // Dropped in halves so that the copy is paid once per half.
+                self.live_slices.drain(..LIVE_SLICES / 2);
+                self.live_slices_dropped += (LIVE_SLICES / 2) as u64;
+            }
+            self.live_slices.push(record);
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.push(TraceRecord::Slice(record));
+        }
+    }
+
+    /// Steps `vm` once: runs it to its next exit (or for at most
+    /// [`STEP_LIMIT`] or a quantum), pauses it there, and tells the front end
+    /// what happened.
+    pub(super) fn step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
+        let slot = &mut self.slots[vm];
+        if slot.state.is_finished() {
+            let registers = slot.runtime.machine.vcpu.registers();
+            let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+            self.outbox.push_back(Event::Stepped { vm, t_ns, result: StepResult::Finished, registers });
+            return;
+        }
+        let length = self.planner.quantum_ns().max(STEP_LIMIT.as_nanos() as u64);
+        let slice = Slice { vm, length_ns: Some(length) };
+        let exits_before = self.slots[vm].runtime.counters.exits.total();
+        let record = self.run_slice(slice, deadlines, true);
+        let exited = self.slots[vm].runtime.counters.exits.total() > exits_before;
+        if record.end == SliceEnd::Command && !exited {
+            // A command came first: apply it, then step afresh (a quit, too,
+            // waits for the steps asked for before it).
+            self.kick.take_request();
+            self.apply_commands();
+            self.step_requests.push_front(vm);
+            return;
+        }
+        let slot = &mut self.slots[vm];
+        let vcpu = &mut slot.runtime.machine.vcpu;
+        if !slot.state.is_finished() {
+            vcpu.complete_pending_exit();
+        }
+        let registers = vcpu.registers();
+        let result = match slot.last_exit.filter(|_| exited) {
+            Some(exit) => StepResult::Exit(exit),
+            None => StepResult::Preempted { ran_ns: record.end_ns - record.start_ns, rip: registers.rip },
+        };
+        if slot.state == VmState::Running {
+            self.set_state(vm, VmState::Paused);
+        }
+        let t_ns = match result {
+            StepResult::Exit(exit) => exit.t_ns,
+            _ => record.end_ns,
+        };
+        self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers });
+    }
+
+    /// Nothing can run: wait for a command (a resume, a restart or a quit).
+    pub(super) fn idle(&mut self) {
+        match self.commands.recv_timeout(IDLE_WAIT) {
+            Ok(command) => {
+                self.kick.take_request();
+                self.apply(command);
+                self.apply_commands();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.quit = true,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Counter samples for the front ends five times a second, and the final
+//! report when the run ends.
+
+use super::*;
+
+impl Core {
+    /// Sends the counters when a sample is due at `now_ns` (monotonic).
+    pub(super) fn sample_if_due(&mut self, now_ns: u64) {
+        if !passed(SAMPLE_EVERY, self.last_sample_ns, now_ns) {
+            return;
+        }
+        self.last_sample_ns = now_ns;
+        let vms = self
+            .slots
+            .iter()
+            .map(|slot| VmSample {
+                counters: slot.runtime.counters,
+                cpu_ns: slot.runtime.cpu_ns,
+                charged_ns: slot.charged_ns,
+            })
+            .collect();
+        // A sample the front end has no room for is simply skipped: the next
+        // one carries the same counters, newer.
+        let _ = self.events.try_send(Event::Sample { elapsed_ns: self.started.elapsed().as_nanos() as u64, vms });
+    }
+
+    /// Delivers what is left and the final report, then returns (the thread
+    /// ends). `armed_ahead_pct` goes into the report as it is.
+    pub(super) fn finish(mut self, armed_ahead_pct: Option<f64>) {
+        let wall_ns = self.started.elapsed().as_nanos() as u64;
+        // Waiting is fine now: the run is over and the front end is reading.
+        for event in std::mem::take(&mut self.outbox) {
+            let _ = self.events.send(event);
+        }
+        let batch = self.take_consoles();
+        if !batch.is_empty() {
+            let _ = self.events.send(Event::Console(batch));
+        }
+        for event in self.take_records() {
+            let _ = self.events.send(event);
+        }
+        let mut report = self.report(wall_ns, armed_ahead_pct);
+        if let Some((trace, path)) = self.trace.take() {
+            let counts = trace.finish();
+            report.trace = Some(TraceReport {
+                path,
+                records: counts.records,
+                dropped: counts.dropped,
+                written: 0,
+                lost: 0,
+                error: None,
+            });
+        }
+        let _ = self.events.send(Event::Finished(Box::new(report)));
+    }
+
+    pub(super) fn report(&self, wall_ns: u64, deadlines_armed_ahead_pct: Option<f64>) -> RunReport {
+        let total_weight: f64 = self.slots.iter().map(|slot| slot.config.weight).sum();
+        let total_cpu: u64 = self.slots.iter().map(|slot| slot.runtime.cpu_ns).sum();
+        let total_charged: u64 = self.slots.iter().map(|slot| slot.charged_ns).sum();
+        let vms = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let (crash_reason, registers) = match &slot.state {
+                    VmState::Crashed { reason, registers } => (Some(reason.clone()), Some(*registers)),
+                    _ => (None, None),
+                };
+                let counters = &slot.runtime.counters;
+                VmReport {
+                    name: slot.config.name.clone(),
+                    guest: slot.config.guest.clone(),
+                    state: slot.state.name().to_string(),
+                    crash_reason,
+                    registers,
+                    weight: slot.config.weight,
+                    target_share: ratio(slot.config.weight, total_weight),
+                    share: ratio(slot.runtime.cpu_ns as f64, total_cpu as f64),
+                    charged_share: ratio(slot.charged_ns as f64, total_charged as f64),
+                    cpu_ns: slot.runtime.cpu_ns,
+                    charged_ns: slot.charged_ns,
+                    stolen_ns: slot.stolen_ns,
+                    exits: counters.exits.into(),
+                    preemptions: counters.preemptions,
+                    faults: counters.faults,
+                    console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
+                    console_dropped: slot.console_dropped,
+                }
+            })
+            .collect();
+        let timed = self.planner.policy() != Policy::Io;
+        RunReport {
+            wall_ns,
+            policy: self.planner.policy().name().into(),
+            quantum_us: timed.then(|| self.planner.quantum_ns() / 1000),
+            timer: timed.then(|| self.timer_kind.name().into()),
+            outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
+            preempt_overrun_us: self.overruns.summary(),
+            preempt_early_us: self.early_ends.summary(),
+            deadlines_armed_ahead_pct,
+            kick_lead_us: (timed && self.compensation.is_enabled() && deadlines_armed_ahead_pct.is_some())
+                .then(|| self.compensation.lead_ns() as f64 / 1000.0),
+            vms,
+            calibration: self.calibration,
+            trace: None,
+            timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
+        }
+    }
+}
