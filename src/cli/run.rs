@@ -1,221 +1,134 @@
-//! The command line: what `matrix-tui` accepts, and turning it into a run.
-//!
-//! Exit status: 0 when every VM halted or the duration ended (or a stop
-//! signal ended the run), 3 when a VM crashed, 4 when output was lost (a
-//! write failed: stdout, the report, the trace or the recording), 2 for
-//! usage and configuration errors, 1 for host errors, and 128 + the
-//! signal's number when a stop signal had to end the process without the
-//! run's end (see `os::signals`).
+//! `matrix-tui run` (and the demo with no command): its options, turning
+//! them and a scenario into a run, and running it in the terminal UI or
+//! headless, with the exit status its end deserves.
 
-use std::fmt::Write as _;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
-use std::path::PathBuf;
-
-use crate::config::TimerKind;
-use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, VmConfig, check_weight};
-use crate::console::{escape, escape_input};
+use crate::config::{DEFAULT_QUANTUM, MAX_QUANTUM, MIN_QUANTUM, Policy, RunConfig, TimerKind, VmConfig, check_weight};
+use crate::console::escape_input;
 use crate::debug::ListenAddress;
 use crate::headless::{self, HeadlessOptions};
-use crate::lesson::{self, Lesson};
+use crate::lesson::Lesson;
 use crate::os::signals;
 use crate::os::stream::StreamWriter;
-use crate::scenario::{self, Scenario, ScenarioError, ScenarioVm};
-use crate::sched::{self, SpawnError, VmSetupError};
+use crate::scenario::{self, Scenario, ScenarioVm};
+use crate::sched;
 use crate::ui::cast::CastWriter;
 use crate::units::{parse_duration, parse_size};
-use crate::vm::SetupError;
 use crate::vm::layout::DEFAULT_MEMORY;
-use crate::{bench, calibration, control, guests, ui, vm};
+use crate::{calibration, control, guests, ui, vm};
 
-/// Run several small VMs on one host thread with a scheduler of its own, and watch them.
-#[derive(Debug, Parser)]
-#[command(name = "matrix-tui", version, about, after_help = AFTER_HELP)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-const AFTER_HELP: &str = "With no command, runs the Neo 70 / Morpheus 30 demo.\n\
-Examples:\n  matrix-tui run --vm part1 --json\n  matrix-tui run --vm a=ticker:70 --vm b=ticker:30 --duration 5s\n  matrix-tui lesson preemption\n  matrix-tui guests";
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run VMs (the Neo/Morpheus demo when no --vm is given).
-    Run(Box<RunArgs>),
-    /// List the built-in guests (and their work units in time here).
-    Guests(GuestsArgs),
-    /// List the built-in lessons.
-    Lessons,
-    /// Follow a lesson: its scenario in the terminal UI with the lesson's
-    /// panel (`l` hides it). NAME is a built-in lesson or a lesson file.
-    Lesson(LessonArgs),
-    /// Measure exit costs, preemption, fairness, overhead, scale and floods on
-    /// this machine (about 60 s; --quick about 15 s).
-    Bench(BenchArgs),
-}
-
-/// Options of `matrix-tui guests`.
-#[derive(Debug, Args)]
-struct GuestsArgs {
-    /// Write the built-in guests' ELF images (with debug info, for gdb) into
-    /// this directory, one file per guest named after it.
-    #[arg(long, value_name = "DIR")]
-    export: Option<PathBuf>,
-}
-
-/// Options of `matrix-tui lesson`.
-#[derive(Debug, Args)]
-struct LessonArgs {
-    /// A built-in lesson (see `matrix-tui lessons`) or a path to a lesson file.
-    #[arg(value_name = "NAME|LESSON.toml")]
-    lesson: String,
-
-    /// Add a VM to the lesson's scenario: NAME=GUEST[:WEIGHT] (your own guest,
-    /// for `your-guest`), or replace the guest of its VM with that name.
-    #[arg(long = "vm", value_name = "NAME=GUEST[:WEIGHT]", value_parser = parse_vm_arg)]
-    vms: Vec<VmArg>,
-
-    /// End after this long.
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-
-    /// Plain text output instead of the terminal UI (no panel).
-    #[arg(long)]
-    headless: bool,
-
-    /// Record the session as an asciicast v2 file.
-    #[arg(long, value_name = "FILE.cast")]
-    record: Option<PathBuf>,
-
-    /// Run without the core thread's seccomp filter.
-    #[arg(long)]
-    no_seccomp: bool,
-}
-
-/// Options of `matrix-tui bench`.
-#[derive(Debug, Args)]
-struct BenchArgs {
-    /// One JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Shorter runs.
-    #[arg(long)]
-    quick: bool,
-    /// Only these measurements (repeat): exit, hypercalls, preempt, baseline,
-    /// share, overhead, trace, scale, flood, ui.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::MEASUREMENTS))]
-    only: Vec<String>,
-}
+use super::{Failure, OUTPUT_LOST, out_of_threads};
 
 /// Options of `matrix-tui run`.
 #[derive(Debug, Args)]
-struct RunArgs {
+pub(super) struct RunArgs {
     /// A scenario file (TOML; see assets/). The options below override it.
     /// Without it and without --vm: the built-in Neo/Morpheus scenario.
     #[arg(value_name = "SCENARIO.toml")]
-    scenario: Option<PathBuf>,
+    pub(super) scenario: Option<PathBuf>,
 
     /// A VM: NAME=GUEST[:WEIGHT]. GUEST is a built-in guest (see `matrix-tui
     /// guests`) or a path to an image; a lone GUEST is also its NAME. Repeat for
     /// more VMs.
     #[arg(long = "vm", value_name = "NAME=GUEST[:WEIGHT]", value_parser = parse_vm_arg)]
-    vms: Vec<VmArg>,
+    pub(super) vms: Vec<VmArg>,
 
     /// Scheduling policy [default: the scenario's, else fair].
     #[arg(long, value_enum)]
-    policy: Option<Policy>,
+    pub(super) policy: Option<Policy>,
 
     /// The quantum: each VM's slice under rr, the period split by weight under
     /// fair (100us to 1s) [default: the scenario's, else 1ms].
     #[arg(long, value_parser = parse_quantum)]
-    quantum: Option<Duration>,
+    pub(super) quantum: Option<Duration>,
 
     /// What ends a slice: posix (a POSIX timer signals the core thread) or
     /// timerfd (a kicker thread reads a timerfd) [default: the scenario's, else posix].
     #[arg(long, value_enum)]
-    timer: Option<TimerKind>,
+    pub(super) timer: Option<TimerKind>,
 
     /// End the run after this long (e.g. 5s, 500ms); without it the run ends
     /// when every VM has halted or crashed, or on Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
+    pub(super) duration: Option<Duration>,
 
     /// Guest memory of every VM (multiple of 2 MiB, at most 1 GiB) [default:
     /// the scenario's, else 2M].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    mem: Option<u64>,
+    pub(super) mem: Option<u64>,
 
     /// Most guest memory all VMs together may have.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8G")]
-    max_total_mem: u64,
+    pub(super) max_total_mem: u64,
 
     /// Guest arguments of one VM: NAME=V1,V2,... (u64, decimal or 0x hex), written
     /// at 0x500. For ticker, neo and morpheus the first is the work unit in loop
     /// iterations (0 or none: 1 ms of guest CPU, measured on this machine).
     #[arg(long = "args", value_name = "NAME=V1,V2,...", value_parser = parse_args_arg)]
-    guest_args: Vec<(String, Vec<u64>)>,
+    pub(super) guest_args: Vec<(String, Vec<u64>)>,
 
     /// Write every guest exit and every slice to FILE as JSON Lines (see the
     /// docs/observing.md for the schema); a slow disk costs records (counted), never time.
     #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
+    pub(super) trace: Option<PathBuf>,
 
     /// Start this VM paused (repeat for more), to step it from its first
     /// instruction (`s` in the UI, `step NAME` under --control) or resume it.
     #[arg(long, value_name = "NAME")]
-    paused: Vec<String>,
+    pub(super) paused: Vec<String>,
 
     /// Serve gdb for VM NAME at ADDR (HOST:PORT, or a Unix socket path);
     /// repeat for more. The VM waits at its entry point for `gdb -ex 'target
     /// remote ADDR'` while the others run.
     #[arg(long, value_name = "NAME=ADDR", value_parser = parse_gdb_arg)]
-    gdb: Vec<(String, ListenAddress)>,
+    pub(super) gdb: Vec<(String, ListenAddress)>,
 
     /// Plain text output instead of the terminal UI (also what happens when
     /// stdout is not a terminal, and with --json or --control).
     #[arg(long)]
-    headless: bool,
+    pub(super) headless: bool,
 
     /// Record the terminal UI session as an asciicast v2 file (play it with
     /// `asciinema play FILE`).
     #[arg(long, value_name = "FILE.cast")]
-    record: Option<PathBuf>,
+    pub(super) record: Option<PathBuf>,
 
     /// Prefix each console line with seconds since the run started.
     #[arg(long)]
-    timestamps: bool,
+    pub(super) timestamps: bool,
 
     /// Print no console lines; print one JSON report at the end.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 
     /// Write guest output as it is, control bytes included (headless only).
     #[arg(long)]
-    raw: bool,
+    pub(super) raw: bool,
 
     /// Run without the core thread's seccomp filter (for debugging).
     #[arg(long)]
-    no_seccomp: bool,
+    pub(super) no_seccomp: bool,
 
     /// Arm each slice's timer at its deadline, not early by the kick latency
     /// measured as the run goes (to compare the two).
     #[arg(long)]
-    no_compensation: bool,
+    pub(super) no_compensation: bool,
 
     /// The lesson whose scenario this run is (`matrix-tui lesson`).
     #[arg(skip)]
-    lesson: Option<Lesson>,
+    pub(super) lesson: Option<Lesson>,
 
     /// Read commands from stdin while running, one per line: weight NAME W,
     /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
     #[arg(long)]
-    control: bool,
+    pub(super) control: bool,
 }
 
 impl Default for RunArgs {
@@ -247,13 +160,13 @@ impl Default for RunArgs {
 }
 
 #[derive(Debug, Clone)]
-struct VmArg {
+pub(super) struct VmArg {
     name: String,
     guest: String,
     weight: Option<f64>,
 }
 
-fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
+pub(super) fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
     let (name, rest) = match text.split_once('=') {
         Some((name, rest)) => (Some(name.to_string()), rest),
         None => (None, text),
@@ -307,241 +220,6 @@ fn parse_args_arg(text: &str) -> Result<(String, Vec<u64>), String> {
 fn parse_gdb_arg(text: &str) -> Result<(String, ListenAddress), String> {
     let (name, address) = text.split_once('=').ok_or("expected NAME=ADDR, such as neo=127.0.0.1:1234")?;
     Ok((name.to_string(), ListenAddress::parse(address)?))
-}
-
-/// A failure, with the exit status it deserves.
-#[derive(Debug)]
-enum Failure {
-    /// The user asked for something that cannot work (status 2).
-    Usage(anyhow::Error),
-    /// The host could not do it (status 1).
-    Host(anyhow::Error),
-    /// Output could not be written (status 4).
-    Output(anyhow::Error),
-}
-
-impl From<SpawnError> for Failure {
-    fn from(error: SpawnError) -> Self {
-        match error {
-            SpawnError::Vm(VmSetupError {
-                source: SetupError::Kvm { .. } | SetupError::OutOfFiles { .. } | SetupError::Memory(_),
-                ..
-            })
-            | SpawnError::Timer { .. }
-            | SpawnError::Thread { .. }
-            | SpawnError::Seccomp(_)
-            | SpawnError::DebugProbe(_) => Failure::Host(error.into()),
-            SpawnError::Trace { .. } | SpawnError::Gdb { .. } => Failure::Usage(error.into()),
-            SpawnError::Vm(_) => Failure::Usage(error.into()),
-        }
-    }
-}
-
-impl From<ScenarioError> for Failure {
-    fn from(error: ScenarioError) -> Self {
-        Failure::Usage(error.into())
-    }
-}
-
-/// Runs the program with these arguments; returns the exit status.
-pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    // First, before any other thread exists: every thread inherits the mask.
-    if let Err(error) = signals::install() {
-        eprintln!("matrix-tui: {error}");
-        return ExitCode::from(1);
-    }
-    raise_open_file_limit();
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        // Help and version go to stdout as clap writes them; an error
-        // echoes the user's words, so it is escaped and bounded.
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let text = error.render().to_string();
-            let lines: Vec<String> = text.lines().map(|line| bounded(&escape(line.as_bytes()))).collect();
-            eprintln!("{}", lines.join("\n"));
-            return ExitCode::from(2);
-        }
-    };
-    let result = match cli.command {
-        Some(Command::Guests(GuestsArgs { export: Some(dir) })) => export_guests(&dir),
-        Some(Command::Guests(GuestsArgs { export: None })) => list_guests(),
-        Some(Command::Lessons) => list_lessons(),
-        Some(Command::Lesson(args)) => run_lesson(args),
-        Some(Command::Run(args)) => run(*args),
-        Some(Command::Bench(args)) => run_bench(args),
-        None => run(RunArgs::default()),
-    };
-    match result {
-        Ok(code) => code,
-        Err(Failure::Usage(error)) => {
-            eprintln!("matrix-tui: {}", describe(&error));
-            ExitCode::from(2)
-        }
-        Err(Failure::Host(error)) => {
-            eprintln!("matrix-tui: {}", describe(&error));
-            ExitCode::from(1)
-        }
-        Err(Failure::Output(error)) => {
-            eprintln!("matrix-tui: {}", describe(&error));
-            ExitCode::from(OUTPUT_LOST)
-        }
-    }
-}
-
-/// The exit status when output was lost.
-const OUTPUT_LOST: u8 = 4;
-
-/// Writes `text` to stdout; a failure (a full disk, a closed pipe) is an error.
-fn print_stdout(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|error| Failure::Output(anyhow!("cannot write to stdout: {error}")))
-}
-
-/// The most characters of one line of an error message.
-const ERROR_LINE_LIMIT: usize = 400;
-
-/// `line`, cut at [`ERROR_LINE_LIMIT`] characters.
-fn bounded(line: &str) -> String {
-    match line.char_indices().nth(ERROR_LINE_LIMIT) {
-        Some((at, _)) => format!("{}... ({} bytes in all)", &line[..at], line.len()),
-        None => line.to_string(),
-    }
-}
-
-/// The error and its causes, leaving out each cause the text before it
-/// already says (most of our errors name their source in their message).
-fn describe(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain().map(ToString::to_string) {
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    // A message may quote the user's input: no escape reaches the terminal.
-    bounded(&escape(text.as_bytes()).replace('\n', "\\n"))
-}
-
-/// Raises the soft limit of open files to the hard one: every VM holds two,
-/// and the usual soft limit of 1,024 would stop a run at about 500 VMs.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own, setrlimit only reads
-    // it; a failure leaves the limit as it was, which a VM that cannot be
-    // created then reports.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-fn list_guests() -> Result<ExitCode, Failure> {
-    let mut out = String::new();
-    for guest in guests::BUILTIN {
-        let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
-    }
-    let _ = writeln!(out, "\n(built for {})", guests::GUEST_TARGET);
-    let measured = vm::open_kvm()
-        .map_err(|error| error.to_string())
-        .and_then(|kvm| calibration::measure(&kvm).map_err(|error| error.to_string()));
-    match measured {
-        Ok(measured) => {
-            let _ = writeln!(
-                out,
-                "\nWork units on this machine ({} loop iterations per ms of guest CPU, measured in {:.1} ms):",
-                measured.loop_iterations_per_ms, measured.measured_ms
-            );
-            for (name, time) in calibration::TIMED_UNITS {
-                let _ = writeln!(
-                    out,
-                    "  {name:<9} a unit is {} ms of guest CPU: {} iterations (argument 0 overrides it)",
-                    time.as_secs_f64() * 1000.0,
-                    measured.iterations_for(*time)
-                );
-            }
-        }
-        Err(error) => {
-            let _ = writeln!(out, "\nWork units are sized in time when KVM is usable; here: {error}");
-        }
-    }
-    print_stdout(&out)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn export_guests(dir: &std::path::Path) -> Result<ExitCode, Failure> {
-    let failed = |error: std::io::Error| {
-        Failure::Usage(anyhow!(
-            "cannot write the guests to {}: {error}; give --export a writable directory",
-            dir.display()
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    for guest in guests::BUILTIN {
-        std::fs::write(dir.join(guest.name), guest.image).map_err(failed)?;
-    }
-    print_stdout(&format!(
-        "wrote {} guests to {} (ELF with debug info: gdb {}/neo shows their symbols)\n",
-        guests::BUILTIN.len(),
-        dir.display(),
-        dir.display()
-    ))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn list_lessons() -> Result<ExitCode, Failure> {
-    let mut out = String::new();
-    for (name, title) in lesson::builtin_titles() {
-        let _ = writeln!(out, "{name:<14} {title}");
-    }
-    let _ =
-        writeln!(out, "\nmatrix-tui lesson NAME opens one; a lesson file of your own works too (see docs/lessons.md).");
-    print_stdout(&out)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
-    let lesson = lesson::load(&args.lesson)?;
-    if args.headless {
-        eprintln!(
-            "matrix-tui: lesson '{}': its panel needs the terminal UI; running its scenario",
-            escape_input(&lesson.title)
-        );
-    }
-    run(RunArgs {
-        vms: args.vms,
-        duration: args.duration,
-        headless: args.headless,
-        record: args.record,
-        no_seccomp: args.no_seccomp,
-        lesson: Some(lesson),
-        ..RunArgs::default()
-    })
-}
-
-fn run_bench(args: BenchArgs) -> Result<ExitCode, Failure> {
-    let options = bench::BenchOptions { quick: args.quick, only: args.only };
-    let report = bench::run(&options, |step| eprintln!("bench: {step}...")).map_err(|error| match error {
-        bench::BenchError::Kvm(_)
-        | bench::BenchError::Setup(_)
-        | bench::BenchError::Spawn(_)
-        | bench::BenchError::Tool(_) => Failure::Host(error.into()),
-    })?;
-    if args.json {
-        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON values serialize")))?;
-    } else {
-        print_stdout(&bench::table(&report))?;
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The run `args` describe: the scenario (or the built-in one) with the
@@ -648,7 +326,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     Ok((config, args.duration.or(scenario.duration)))
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let (mut config, duration) = run_config(&args)?;
     let wants_text = args.headless || args.json || args.control;
     let terminal = std::io::stdout().is_terminal();
@@ -774,11 +452,6 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The error of a thread that could not be started, with what to do.
-fn out_of_threads(what: &str, error: &std::io::Error) -> anyhow::Error {
-    anyhow!("cannot start the {what} thread: {error}; the process is out of memory or threads (see ulimit -v and -u)")
 }
 
 fn run_headless(
