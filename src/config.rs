@@ -87,7 +87,9 @@ pub fn check_weight(weight: f64) -> Result<f64, String> {
     if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
         Ok(weight)
     } else {
-        Err(format!("weight {weight} is out of range: give a number from 1 to 10000 (as cgroup v2's cpu.weight)"))
+        // A huge weight is shown as 1e308, not as its 309 digits.
+        let shown = if weight.abs() >= 1e6 { format!("{weight:e}") } else { weight.to_string() };
+        Err(format!("weight {shown} is out of range: give a number from 1 to 10000 (as cgroup v2's cpu.weight)"))
     }
 }
 
