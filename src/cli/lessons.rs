@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::run::{RunArgs, VmArg, parse_vm_arg, run};
+use super::run::{RunArgs, run};
+use super::run_args::{VmArg, parse_vm_arg};
 use super::{Failure, print_stdout};
 use crate::console::escape_input;
 use crate::lesson;

@@ -23,6 +23,7 @@ mod bench;
 mod guests;
 mod lessons;
 mod run;
+mod run_args;
 
 use self::bench::{BenchArgs, run_bench};
 use self::guests::GuestsArgs;
