@@ -123,13 +123,7 @@ pub fn escape(bytes: &[u8]) -> String {
         for ch in chunk.valid().chars() {
             match ch {
                 '\n' | '\t' => out.push(ch),
-                c if (c as u32) < 0x80 && c.is_control() => {
-                    let _ = write!(out, "\\x{:02x}", c as u32);
-                }
-                c if c.is_control() => {
-                    let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-                }
-                c => out.push(c),
+                c => push_escaped(&mut out, c),
             }
         }
         for byte in chunk.invalid() {
@@ -137,6 +131,20 @@ pub fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Pushes `c`, or its escape if it is a control character: `\xNN` for
+/// ASCII controls, `\u{NNNN}` for C1 and other non-ASCII controls.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        c if (c as u32) < 0x80 && c.is_control() => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if c.is_control() => {
+            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
 }
 
 /// The most characters of a user's input echoed back in a message.
@@ -156,15 +164,7 @@ pub fn escape_input(text: impl AsRef<[u8]>) -> String {
                 let _ = write!(out, "... ({} bytes in all)", bytes.len());
                 return out;
             }
-            match ch {
-                c if (c as u32) < 0x80 && c.is_control() => {
-                    let _ = write!(out, "\\x{:02x}", c as u32);
-                }
-                c if c.is_control() => {
-                    let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-                }
-                c => out.push(c),
-            }
+            push_escaped(&mut out, ch);
             shown += 1;
         }
         for byte in chunk.invalid() {

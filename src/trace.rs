@@ -18,7 +18,6 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -26,6 +25,7 @@ use serde::Serialize;
 
 use crate::os::files::{self, FileError};
 use crate::os::line_file::LineFile;
+use crate::os::stream::WriterThread;
 use crate::record::{ExitKind, ExitRecord, SliceEnd, SliceRecord, Snippet};
 
 /// Records per batch: big enough that a batch costs the core one channel
@@ -129,18 +129,14 @@ pub struct TraceEnd {
 
 /// The writer thread, to wait for at the end.
 pub struct TraceWriter {
-    thread: JoinHandle<()>,
+    thread: WriterThread,
     progress: Arc<Progress>,
-    done: Receiver<()>,
 }
 
 impl TraceWriter {
     /// Waits at most [`FINISH_LIMIT`] for the writer to finish; what it wrote.
     pub fn finish(self) -> TraceEnd {
-        let finished = self.done.recv_timeout(FINISH_LIMIT).is_ok();
-        if finished {
-            let _ = self.thread.join();
-        }
+        let finished = self.thread.finish_within(FINISH_LIMIT);
         let written = self.progress.written.load(Ordering::Relaxed);
         let mut error = self.progress.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if !finished && error.is_none() {
@@ -167,20 +163,16 @@ pub enum StartError {
 pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWriter), StartError> {
     let file = files::open_stream(path).map_err(StartError::File)?;
     let (sender, receiver) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
-    let (done_tx, done) = crossbeam_channel::bounded(1);
     let progress = Arc::new(Progress::default());
     let theirs = Arc::clone(&progress);
-    let thread = std::thread::Builder::new()
-        .name("matrix-trace".into())
-        .spawn(move || {
-            if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
-                *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
-            }
-            let _ = done_tx.send(());
-        })
-        .map_err(StartError::Thread)?;
+    let thread = WriterThread::spawn("matrix-trace", move || {
+        if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
+            *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+        }
+    })
+    .map_err(StartError::Thread)?;
     let buffer = TraceBuffer { batch: Vec::with_capacity(BATCH), sender, counts: TraceCounts::default() };
-    Ok((buffer, TraceWriter { thread, progress, done }))
+    Ok((buffer, TraceWriter { thread, progress }))
 }
 
 /// Writes the file; `written` follows the records in it (the start and end

@@ -61,6 +61,16 @@ fn wait_exit(child: &mut Child, bound: Duration) -> (ExitStatus, Duration) {
     }
 }
 
+/// Waits for `child` to end within `bound`; its status and what it wrote to
+/// stderr (piped, and small enough for the pipe: these runs' errors are one
+/// line each).
+fn exit_and_stderr(child: &mut Child, bound: Duration) -> (ExitStatus, String) {
+    let (status, _) = wait_exit(child, bound);
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
 fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill with a pid of our own child and a valid signal number.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
@@ -239,10 +249,8 @@ fn a_trace_fifo_needs_a_reader_and_one_that_stops_reading_costs_records_not_time
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (status, _) = wait_exit(&mut child, Duration::from_secs(1) + STALLED_BOUND);
+    let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(1) + STALLED_BOUND);
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("is incomplete: its reader did not take the rest"), "{stderr}");
     drop(reader);
@@ -272,9 +280,7 @@ fn stdout_that_is_not_read_costs_lines_not_time_and_a_lost_report_is_an_error() 
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (status, _) = wait_exit(&mut child, Duration::from_secs(1) + STALLED_BOUND);
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(1) + STALLED_BOUND);
         assert_eq!(status.code(), Some(code), "{args:?} after {:?}: {stderr}", started.elapsed());
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
@@ -372,9 +378,7 @@ fn devices_and_fifos_as_inputs_are_refused_at_once() {
         let guest = format!("g={path}");
         for args in [&["run", "--vm", &guest][..], &["run", path], &["lesson", path]] {
             let mut child = binary().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-            let (status, _) = wait_exit(&mut child, Duration::from_secs(5));
-            let mut stderr = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(5));
             assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
             assert!(stderr.contains("not a regular file; give the path of a file"), "{args:?}: {stderr}");
         }
@@ -397,9 +401,7 @@ fn each_bad_control_line_gets_its_own_error_and_a_later_quit_still_works() {
     let long = vec![b'x'; 8 << 20];
     stdin.write_all(&long).unwrap();
     stdin.write_all(b"\nquit\n").unwrap();
-    let (status, _) = wait_exit(&mut child, PATIENCE);
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = exit_and_stderr(&mut child, PATIENCE);
     assert_eq!(status.code(), Some(0), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|line| line.contains("control:")).collect();
     assert_eq!(lines.len(), 3, "{stderr}");

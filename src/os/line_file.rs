@@ -131,7 +131,8 @@ impl<W: Write> LineFile<W> {
     }
 }
 
-fn count_lines(bytes: &[u8]) -> u64 {
+/// The lines in `bytes` (its newlines).
+pub fn count_lines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&byte| byte == b'\n').count() as u64
 }
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::line_file::count_lines;
+
 /// Chunks in flight: the headless front end sends one per event at most,
 /// so this is a second or more of a busy run's console.
 const QUEUE: usize = 256;
@@ -25,12 +27,40 @@ struct Shared {
     error: Mutex<Option<(io::ErrorKind, String)>>,
 }
 
+/// A thread that writes for the run, which the run's end waits for only so
+/// long: a writer blocked on a reader that does not read is left to the
+/// process's exit. Shared by stdout's writer and the trace's.
+pub struct WriterThread {
+    thread: JoinHandle<()>,
+    done: Receiver<()>,
+}
+
+impl WriterThread {
+    /// Starts `work` on a thread called `name`.
+    pub fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<Self> {
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            work();
+            let _ = done_tx.send(());
+        })?;
+        Ok(Self { thread, done })
+    }
+
+    /// Waits at most `limit` for the work to end; whether it did.
+    pub fn finish_within(self, limit: Duration) -> bool {
+        let finished = self.done.recv_timeout(limit).is_ok();
+        if finished {
+            let _ = self.thread.join();
+        }
+        finished
+    }
+}
+
 /// The writing end (see the module's doc).
 pub struct StreamWriter {
     sender: Sender<Vec<u8>>,
     shared: Arc<Shared>,
-    thread: JoinHandle<()>,
-    done: Receiver<()>,
+    thread: WriterThread,
     sent_lines: u64,
     dropped_lines: u64,
 }
@@ -58,10 +88,9 @@ impl StreamWriter {
     /// Starts a thread called `name` writing to `out`.
     pub fn spawn(name: &str, mut out: impl Write + Send + 'static) -> io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared::default());
         let theirs = Arc::clone(&shared);
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let thread = WriterThread::spawn(name, move || {
             for chunk in receiver {
                 if let Err(error) = out.write_all(&chunk).and_then(|()| out.flush()) {
                     *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
@@ -70,9 +99,8 @@ impl StreamWriter {
                 }
                 theirs.written_lines.fetch_add(count_lines(&chunk), Ordering::Relaxed);
             }
-            let _ = done_tx.send(());
         })?;
-        Ok(Self { sender, shared, thread, done, sent_lines: 0, dropped_lines: 0 })
+        Ok(Self { sender, shared, thread, sent_lines: 0, dropped_lines: 0 })
     }
 
     /// Queues `chunk` (whole lines), or drops and counts it if the queue is
@@ -108,20 +136,13 @@ impl StreamWriter {
     /// by then is counted as dropped (the thread is left to the process's
     /// exit).
     pub fn finish(self, limit: Duration) -> StreamEnd {
-        let Self { sender, shared, thread, done, sent_lines, dropped_lines } = self;
+        let Self { sender, shared, thread, sent_lines, dropped_lines } = self;
         drop(sender);
-        let finished = done.recv_timeout(limit).is_ok();
-        if finished {
-            let _ = thread.join();
-        }
+        thread.finish_within(limit);
         let written_lines = shared.written_lines.load(Ordering::Relaxed);
         let error = shared.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take().map(|(_, text)| text);
         StreamEnd { written_lines, dropped_lines: dropped_lines + sent_lines.saturating_sub(written_lines), error }
     }
-}
-
-fn count_lines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&byte| byte == b'\n').count() as u64
 }
 
 #[cfg(test)]
