@@ -11,6 +11,10 @@
 //! build holds the lock on `target/`) and without the outer build's flags, then
 //! writes `builtin_guests.rs` into OUT_DIR: one entry per guest with its name,
 //! summary and bytes, and `GUEST_TARGET`, the target they were built for.
+//!
+//! The course guests (`guest/examples/course`) are flat binaries built by
+//! their own Makefile with the host's gcc, as a course's starter builds
+//! them; they are embedded with the mode and load address they are built for.
 
 use std::env;
 use std::fmt::Write as _;
@@ -30,6 +34,15 @@ const GUESTS: &[(&str, &str)] = &[
     ("crash", "triple-faults (ud2 with no IDT): the VM ends as crashed"),
     ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
     ("debugme", "a global, a function with a local and a write of 42 to 0x400: for learning gdb (--gdb)"),
+];
+
+/// The built-in course guests: the file the course Makefile builds, a line
+/// about it, and the layout it is built for (mode, load address).
+const COURSE_GUESTS: &[(&str, &str, &str, &str)] = &[
+    ("hello16", "course hello world (one C file, -m16): real mode at 0:0, halts with eax = 42", "Real", "0"),
+    ("hello32", "the same C file, -m32: 32-bit protected mode (or paged32), linked and entered at 0", "Protected", "0"),
+    ("hello64", "the same C file, -m64: long mode, linked and entered at 0", "Long", "0"),
+    ("counter", "the Matrix starter's real-mode counter: out %ax to port 0x10 at 0x1000:0, forever", "Real", "0x10000"),
 ];
 
 fn main() {
@@ -63,7 +76,27 @@ fn main() {
         assert!(image.is_file(), "guest image {} was not built", image.display());
         writeln!(
             table,
-            "    BuiltinGuest {{ name: {name:?}, summary: {summary:?}, image: include_bytes!({:?}) }},",
+            "    BuiltinGuest {{ name: {name:?}, summary: {summary:?}, image: include_bytes!({:?}), \
+             layout: crate::vm::GuestLayout {{ mode: crate::vm::CpuMode::Long, load: None, entry: None }} }},",
+            image.display().to_string()
+        )
+        .unwrap();
+    }
+    let course_out = out_dir.join("course");
+    let course_dir = guest_dir.join("examples").join("course");
+    let make = Command::new(env::var("MAKE").unwrap_or_else(|_| "make".into()))
+        .arg("-C")
+        .arg(&course_dir)
+        .arg(format!("OUT={}", course_out.display()))
+        .status()
+        .expect("could not run make to build the course guests in guest/examples/course (install make and gcc)");
+    assert!(make.success(), "building the course guests in guest/examples/course failed (see the errors above)");
+    for (name, summary, mode, load) in COURSE_GUESTS {
+        let image = course_out.join(format!("{name}.bin"));
+        writeln!(
+            table,
+            "    BuiltinGuest {{ name: {name:?}, summary: {summary:?}, image: include_bytes!({:?}), \
+             layout: crate::vm::GuestLayout {{ mode: crate::vm::CpuMode::{mode}, load: Some({load}), entry: None }} }},",
             image.display().to_string()
         )
         .unwrap();
@@ -73,6 +106,7 @@ fn main() {
     fs::write(out_dir.join("guest_target.rs"), format!("{target:?}\n")).expect("writing guest_target.rs");
 
     rerun_if_changed_under(&guest_dir);
+    rerun_if_changed_under(&course_dir);
     println!("cargo:rerun-if-env-changed=MATRIX_GUEST_TARGET");
 }
 

@@ -69,8 +69,13 @@ pub fn measure(kvm: &Kvm) -> Result<Calibration, SetupError> {
     let _attached = kick.attach();
     let mut unit: u64 = 1000;
     loop {
-        let spec = MachineSpec { image: Arc::clone(&image), memory_size: 2 << 20, args: vec![unit] };
-        let mut vm = VmRuntime::new(kvm, &spec)?;
+        let spec = MachineSpec {
+            image: Arc::clone(&image),
+            memory_size: 2 << 20,
+            args: vec![unit],
+            layout: Default::default(),
+        };
+        let mut vm = VmRuntime::new(kvm, &spec, Default::default())?;
         let mut times = Vec::with_capacity(UNITS_TIMED + 1);
         // Time from the end of one unit's exit to the next exit, in KVM_RUN.
         while times.len() <= UNITS_TIMED && started.elapsed() < BUDGET {

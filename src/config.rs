@@ -58,6 +58,10 @@ pub struct VmConfig {
     pub paused: bool,
     /// Serve gdb for this VM here; it starts stopped at its entry point.
     pub gdb: Option<crate::debug::ListenAddress>,
+    /// CPU mode, load address and entry.
+    pub layout: crate::vm::GuestLayout,
+    /// Ports mapped to hypercalls, and whether other ports are shown.
+    pub ports: crate::hypercall::PortMap,
 }
 
 impl VmConfig {
@@ -72,6 +76,8 @@ impl VmConfig {
             args: Vec::new(),
             paused: false,
             gdb: None,
+            layout: crate::vm::GuestLayout::default(),
+            ports: crate::hypercall::PortMap::default(),
         }
     }
 }

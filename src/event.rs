@@ -108,7 +108,12 @@ pub enum VmState {
     /// Held by the user; not scheduled.
     Paused,
     /// Ended with HLT.
-    Halted,
+    Halted {
+        /// Registers at the halt.
+        registers: RegisterDump,
+        /// When it halted (ns since the run started).
+        t_ns: u64,
+    },
     /// Stopped for gdb (`--gdb`): not scheduled, charged nothing.
     Gdb {
         /// Why it is stopped.
@@ -131,7 +136,7 @@ impl VmState {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
-            Self::Halted => "halted",
+            Self::Halted { .. } => "halted",
             Self::Gdb { .. } => "gdb",
             Self::Killed => "killed",
             Self::Crashed { .. } => "crashed",
@@ -140,7 +145,7 @@ impl VmState {
 
     /// Whether the VM is done for good (halted or crashed).
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Halted | Self::Killed | Self::Crashed { .. })
+        matches!(self, Self::Halted { .. } | Self::Killed | Self::Crashed { .. })
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::os::files::{self, FileError};
+use crate::vm::GuestLayout;
 use crate::vm::layout::MAX_MEMORY;
 
 /// A guest that ships inside the binary.
@@ -14,8 +15,10 @@ pub struct BuiltinGuest {
     pub name: &'static str,
     /// One line about what it does.
     pub summary: &'static str,
-    /// The ELF image.
+    /// The image (ELF, or a flat binary for the course guests).
     pub image: &'static [u8],
+    /// The mode, load address and entry it is built for.
+    pub layout: GuestLayout,
 }
 
 /// Every built-in guest, in the order `matrix-tui guests` lists them.
@@ -28,6 +31,12 @@ pub const GUEST_TARGET: &str = include!(concat!(env!("OUT_DIR"), "/guest_target.
 /// The built-in guest called `name`.
 pub fn builtin(name: &str) -> Option<&'static BuiltinGuest> {
     BUILTIN.iter().find(|guest| guest.name == name)
+}
+
+/// Where guest `guest` goes unless its VM says otherwise: a built-in
+/// course guest's own mode and load address, else long mode at 0x10000.
+pub fn default_layout(guest: &str) -> GuestLayout {
+    builtin(guest).map_or_else(GuestLayout::default, |builtin| builtin.layout)
 }
 
 /// The names of the built-in guests, comma-separated.
@@ -78,11 +87,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_builtin_is_an_elf_image() {
-        assert!(BUILTIN.len() >= 8);
+    fn long_mode_builtins_are_elf_images_and_course_guests_flat_ones_with_their_layout() {
+        assert!(BUILTIN.len() >= 12);
         for guest in BUILTIN {
-            assert!(guest.image.starts_with(b"\x7fELF"), "{} is not ELF", guest.name);
+            let elf = guest.image.starts_with(b"\x7fELF");
+            assert_eq!(elf, guest.layout.load.is_none(), "{}", guest.name);
         }
+        assert_eq!(default_layout("hello16").mode, crate::vm::CpuMode::Real);
+        assert_eq!(default_layout("counter").load, Some(0x10000));
+        assert_eq!(default_layout("./my.img"), GuestLayout::default());
     }
 
     #[test]

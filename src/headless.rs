@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, select};
 
 use crate::console::{ConsolePiece, LineBuffer, NOTE_PREFIX, escape};
-use crate::event::{Command, Event, VmId};
+use crate::event::{Command, Event, VmId, VmState};
 use crate::os::stream::{StreamEnd, StreamWriter};
 use crate::record::format_seconds;
 use crate::report::RunReport;
@@ -184,6 +184,9 @@ pub fn run(
         // Writing into a Vec cannot fail.
         let _ = match event {
             Event::Console(batch) => batch.pieces().try_for_each(|piece| printer.console(piece)),
+            Event::State { vm, state: VmState::Halted { registers, t_ns } } => printer
+                .flush_partial(vm)
+                .and_then(|()| printer.note(vm, t_ns, &format!("{NOTE_PREFIX}halted: {}", registers.describe()))),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::Debugger { vm, t_ns, status } => {

@@ -54,6 +54,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("fractions", include_str!("../assets/lessons/fractions.toml")),
     ("hostile", include_str!("../assets/lessons/hostile.toml")),
     ("your-guest", include_str!("../assets/lessons/your-guest.toml")),
+    ("modes", include_str!("../assets/lessons/modes.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -383,7 +384,10 @@ mod tests {
     fn every_built_in_lesson_is_valid() {
         let titles = builtin_titles();
         let names: Vec<&str> = titles.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest"]);
+        assert_eq!(
+            names,
+            ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest", "modes"]
+        );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));
         for (name, _) in BUILTIN {
             assert!(load(name).is_ok(), "{name}");

@@ -13,6 +13,11 @@
 //! args = [1000, 250]
 //! paused = false       # true: start paused, to be stepped or resumed
 //! gdb = "127.0.0.1:1234" # serve gdb here (HOST:PORT or a socket path); starts stopped
+//! mode = "long"        # real | protected | paged32 | long
+//! load = 0x10000       # where a flat image's first byte goes
+//! entry = 0x10000      # where it starts (default: load, or the ELF entry)
+//! ports = { "0x10" = "print32bit" } # more ports that make hypercalls
+//! show_ports = false   # true: other ports' accesses as plain lines
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
@@ -28,8 +33,11 @@ use toml::Spanned;
 use crate::config::TimerKind;
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, Policy, check_weight};
 use crate::debug::ListenAddress;
+use crate::hypercall::PortMap;
+use crate::hypercall::ports::parse_port;
 use crate::os::files::{self, FileError};
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_address, parse_duration, parse_size};
+use crate::vm::CpuMode;
 use crate::vm::layout::{DEFAULT_MEMORY, MAX_GUEST_ARGS};
 use crate::vm::memory::check_size;
 
@@ -74,6 +82,33 @@ pub struct ScenarioVm {
     pub paused: bool,
     /// Serve gdb for it here (`gdb = "127.0.0.1:1234"`).
     pub gdb: Option<ListenAddress>,
+    /// Its CPU mode, if set (else the guest's own, else long).
+    pub mode: Option<CpuMode>,
+    /// Where its flat image is loaded, if set.
+    pub load: Option<u64>,
+    /// Where it starts, if set.
+    pub entry: Option<u64>,
+    /// Its mapped ports and `show_ports`.
+    pub ports: PortMap,
+}
+
+impl ScenarioVm {
+    /// A VM running `guest` with every setting at its default.
+    pub fn new(name: impl Into<String>, guest: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            guest: guest.into(),
+            weight: 1.0,
+            memory: DEFAULT_MEMORY,
+            args: Vec::new(),
+            paused: false,
+            gdb: None,
+            mode: None,
+            load: None,
+            entry: None,
+            ports: PortMap::default(),
+        }
+    }
 }
 
 /// A scenario that cannot be used, located in its file.
@@ -114,13 +149,36 @@ struct VmSpec {
     #[serde(default)]
     paused: bool,
     gdb: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    load: Option<Spanned<SizeSpec>>,
+    entry: Option<Spanned<SizeSpec>>,
+    ports: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    #[serde(default)]
+    show_ports: bool,
 }
 
+/// A number written as a TOML integer (`0x10000`) or a string (`"2M"`, `"0x10000"`).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SizeSpec {
     Bytes(u64),
     Text(String),
+}
+
+impl SizeSpec {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(bytes) => Ok(*bytes),
+            Self::Text(text) => parse_size(text),
+        }
+    }
+
+    fn address(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(bytes) => Ok(*bytes),
+            Self::Text(text) => parse_address(text),
+        }
+    }
 }
 
 /// Reads and validates the scenario at `path`.
@@ -212,11 +270,7 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
         };
         let memory = match &vm.memory {
             Some(memory) => {
-                let bytes = match memory.get_ref() {
-                    SizeSpec::Bytes(bytes) => Ok(*bytes),
-                    SizeSpec::Text(text) => parse_size(text),
-                }
-                .map_err(|m| at(memory.span(), "memory", m))?;
+                let bytes = memory.get_ref().bytes().map_err(|m| at(memory.span(), "memory", m))?;
                 check_size(bytes).map_err(|error| at(memory.span(), "memory", error.to_string()))?
             }
             None => DEFAULT_MEMORY,
@@ -234,8 +288,37 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             }
             None => None,
         };
+        let mode = match &vm.mode {
+            Some(mode) => Some(CpuMode::parse(mode.get_ref()).map_err(|message| at(mode.span(), "mode", message))?),
+            None => None,
+        };
+        let address = |spec: &Option<Spanned<SizeSpec>>, key: &str| match spec {
+            Some(value) => value.get_ref().address().map(Some).map_err(|message| at(value.span(), key, message)),
+            None => Ok(None),
+        };
+        let (load, entry) = (address(&vm.load, "load")?, address(&vm.entry, "entry")?);
+        let mut ports = PortMap::default();
+        ports.show_unknown = vm.show_ports;
+        if let Some(map) = &vm.ports {
+            for (port, call) in map.get_ref() {
+                let port = parse_port(port).map_err(|message| at(map.span(), "ports", message))?;
+                ports.map(port, call).map_err(|message| at(map.span(), "ports", message))?;
+            }
+        }
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
-        vms.push(ScenarioVm { name: name.clone(), guest, weight, memory, args, paused: vm.paused, gdb });
+        vms.push(ScenarioVm {
+            name: name.clone(),
+            guest,
+            weight,
+            memory,
+            args,
+            paused: vm.paused,
+            gdb,
+            mode,
+            load,
+            entry,
+            ports,
+        });
     }
     Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
 }
@@ -287,15 +370,7 @@ mod tests {
         assert_eq!(scenario.duration, Some(Duration::from_secs(3)));
         assert_eq!(
             scenario.vms[0],
-            ScenarioVm {
-                name: "a".into(),
-                guest: "ticker".into(),
-                weight: 70.0,
-                memory: 4 << 20,
-                args: vec![500],
-                paused: false,
-                gdb: None
-            }
+            ScenarioVm { weight: 70.0, memory: 4 << 20, args: vec![500], ..ScenarioVm::new("a", "ticker") }
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
         assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));
@@ -355,6 +430,25 @@ mod tests {
             }
         }
         assert!(seen >= 4, "only {seen} scenarios in assets/");
+    }
+
+    #[test]
+    fn a_course_guest_gets_its_mode_load_entry_and_ports() {
+        let text = "[[vm]]\nname = \"hw\"\nguest = \"guest16.img\"\nmode = \"real\"\nload = 0x0\nentry = \"0x100\"\n\
+                    ports = { \"0x10\" = \"print32bit\", \"0xE7\" = \"HC_numExits\" }\nshow_ports = true\n";
+        let vm = &parse(text, "c.toml", Path::new("")).unwrap().vms[0];
+        assert_eq!((vm.mode, vm.load, vm.entry), (Some(CpuMode::Real), Some(0), Some(0x100)));
+        assert_eq!(vm.ports.entries().collect::<Vec<_>>(), [(0x10, "print32bit"), (0xE7, "numExits")]);
+        assert!(vm.ports.show_unknown);
+        let mode = parse(&text.replace("\"real\"", "\"v86\""), "c.toml", Path::new("")).unwrap_err();
+        assert_eq!((mode.line, mode.key.as_str()), (4, "mode"));
+        assert!(mode.message.contains("give real, protected, paged32 or long"), "{mode}");
+        let port = parse(&text.replace("0x10", "0x10000"), "c.toml", Path::new("")).unwrap_err();
+        assert_eq!((port.line, port.key.as_str()), (7, "ports"));
+        let call = parse(&text.replace("HC_numExits", "HC_nope"), "c.toml", Path::new("")).unwrap_err();
+        assert!(call.message.starts_with("unknown hypercall 'HC_nope'"), "{call}");
+        let load = parse(&text.replace("load = 0x0", "load = \"low\""), "c.toml", Path::new("")).unwrap_err();
+        assert_eq!(load.key, "load");
     }
 
     #[test]

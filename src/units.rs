@@ -41,9 +41,27 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a guest address: `0x10000` (hex), `65536`, or a size such as `64K`.
+pub fn parse_address(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).map_err(|_| format!("'{text}' is not a hex address; try 0x10000")),
+        None => parse_size(text).map_err(|_| format!("'{text}' is not an address; try 0x10000 or 64K")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_hex_decimal_or_sizes() {
+        assert_eq!(parse_address("0x10000"), Ok(0x10000));
+        assert_eq!(parse_address("0"), Ok(0));
+        assert_eq!(parse_address("64K"), Ok(0x10000));
+        assert!(parse_address("0xZZ").unwrap_err().contains("try 0x10000"));
+        assert!(parse_address("low").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -33,8 +33,11 @@ fn part1_headless_prints_prefixed_lines() {
     let output = run(&["run", "--vm", "part1"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let console: String = stdout.lines().map(|line| format!("{}\n", line.strip_prefix("part1| ").unwrap())).collect();
+    let (console, halted) = stdout.rsplit_once("part1| [matrix] halted: ").expect("a halt line ends it");
+    let console: String = console.lines().map(|line| format!("{}\n", line.strip_prefix("part1| ").unwrap())).collect();
     common::assert_part1_console(&console);
+    // The registers at the halt: rax holds what part1 last read (its mailbox text's address).
+    assert!(halted.starts_with("rax=4224 (0x1080) rip=0x100b1 rsp=0x1ffff8"), "{halted}");
 }
 
 #[test]
@@ -128,7 +131,10 @@ fn flat_images_load_at_0x10000() {
     std::fs::write(&image, [0xb0, b'F', 0xe6, 0xe9, 0xb0, b'\n', 0xe6, 0xe9, 0xf4]).unwrap();
     let output = run(&["run", "--vm", &format!("flat={}", image.display())]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), "flat| F\n");
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "flat| F\nflat| [matrix] halted: rax=10 (0xa) rip=0x10009 rsp=0x200000 rbx=0x0 rcx=0x0 rdx=0x0 rsi=0x0 rdi=0x0\n"
+    );
 }
 
 fn assert_usage_error(args: &[&str], message: &str) {
@@ -219,10 +225,13 @@ fn the_example_c_guest_builds_with_gcc_and_runs() {
     let image = dir.path().join("hello.elf");
     let output = run(&["run", "--vm", &format!("c={}", image.display()), "--args", "c=7,0x10"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (console, halted) = stdout.rsplit_once("c| [matrix] halted: ").expect("a halt line ends it");
     assert_eq!(
-        String::from_utf8(output.stdout).unwrap(),
+        console,
         "c| Hello from C!\nc| args:2\nc| 7\nc| 16\nc| 19\nc| exit counts:\nc| IO in: 2\nc| IO out: 20\n"
     );
+    assert!(halted.starts_with("rax="), "{halted}");
 }
 
 #[test]

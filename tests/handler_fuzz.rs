@@ -2,14 +2,15 @@
 //! port, direction, size, count, value and guest memory contents, through the
 //! same functions the core calls. The handlers must never panic, answer every
 //! `in` with exactly the bytes asked for, and keep their counters consistent.
+//! Every CPU mode's pointers, mapped ports and `show_ports` are drawn too.
 //! Seeded; `MATRIX_FUZZ_CASES` sets how many (default 200,000).
 
 mod common;
 
 use matrix_tui::console::ConsoleOut;
-use matrix_tui::hypercall::{self, GuestView, HypercallState, Translate, VmIo};
+use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VmIo};
 use matrix_tui::stats::VmCounters;
-use matrix_tui::vm::{PortAccess, memory};
+use matrix_tui::vm::{CpuMode, PortAccess, memory};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEMORY: u64 = 2 << 20;
@@ -19,6 +20,9 @@ const MEMORY: u64 = 2 << 20;
 struct RandomTables {
     mapped_below: u64,
     remaps: Vec<(u64, u64)>,
+    /// DS's base, for real-mode pointers (a real-mode guest may load any
+    /// selector; only 20 bits and a bit make it past the segment arithmetic).
+    ds_base: u64,
 }
 
 impl Translate for RandomTables {
@@ -29,7 +33,13 @@ impl Translate for RandomTables {
         }
         (gva < self.mapped_below).then_some(gva)
     }
+
+    fn data_segment_base(&self) -> u64 {
+        self.ds_base
+    }
 }
+
+const CALLS: &[&str] = &["print8bit", "print32bit", "numExits", "printStr", "numExitsByType", "gvaToHva", "yield"];
 
 /// The shared generator, with a taste for values at the edges.
 trait EdgeValues {
@@ -57,7 +67,9 @@ fn random_port_accesses_never_upset_the_handlers() {
     let mut counters = VmCounters::default();
     let mut state = HypercallState::default();
     let mut console = ConsoleOut::default();
-    let mut tables = RandomTables { mapped_below: MEMORY, remaps: Vec::new() };
+    let mut tables = RandomTables { mapped_below: MEMORY, remaps: Vec::new(), ds_base: 0 };
+    let mut mode = CpuMode::Long;
+    let mut ports = PortMap::default();
     for case in 0..cases {
         if case % 1000 == 0 {
             // New guest memory contents and page tables now and then.
@@ -67,14 +79,22 @@ fn random_port_accesses_never_upset_the_handlers() {
             tables = RandomTables {
                 mapped_below: [MEMORY, u64::MAX, rng.value()][(rng.next() % 3) as usize],
                 remaps: (0..rng.next() % 4).map(|_| (rng.value() & !0xfff, rng.value())).collect(),
+                ds_base: (rng.next() & 0xffff) << 4,
             };
+            mode = CpuMode::ALL[(rng.next() % 4) as usize];
+            ports = PortMap::default();
+            ports.show_unknown = rng.next() % 2 == 0;
+            for _ in 0..rng.next() % 4 {
+                let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
+                ports.map(port, CALLS[(rng.next() % CALLS.len() as u64) as usize]).unwrap();
+            }
         }
         let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
         let size = [1u8, 2, 4, 0, 3, 8][(rng.next() % 6) as usize];
         let count = if rng.next() % 8 == 0 { (rng.next() % 64) as u32 } else { 1 };
         let access = PortAccess { size, count };
         let unknown_before = counters.exits.unknown_port;
-        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console };
+        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console, mode, ports: &ports };
         if rng.next() % 2 == 0 {
             io.counters.exits.io_out += 1;
             let view = GuestView { memory: &memory, memory_size: MEMORY, translator: &tables };

@@ -73,7 +73,7 @@ fn random_code_never_disturbs_the_host_or_part1() {
                 .events()
                 .recv_deadline(give_up)
                 .unwrap_or_else(|_| panic!("case {case} (seed {seed}): part1 did not halt; image {image:02x?}"));
-            let halted = matches!(event, Event::State { vm: 1, state: VmState::Halted });
+            let halted = matches!(event, Event::State { vm: 1, state: VmState::Halted { .. } });
             let finished = matches!(event, Event::Finished(_));
             events.push(event);
             if halted || finished {

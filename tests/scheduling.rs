@@ -152,9 +152,13 @@ fn a_halted_vm_can_be_restarted_and_runs_its_image_again() {
     config.stay_open = true;
     let core = common::start(config);
     let mut events = Vec::new();
-    common::wait_for(&core, &mut events, |e| matches!(e, Event::State { vm: 0, state: VmState::Halted }).then_some(()));
+    common::wait_for(&core, &mut events, |e| {
+        matches!(e, Event::State { vm: 0, state: VmState::Halted { .. } }).then_some(())
+    });
     core.send(Command::Restart(0));
-    common::wait_for(&core, &mut events, |e| matches!(e, Event::State { vm: 0, state: VmState::Halted }).then_some(()));
+    common::wait_for(&core, &mut events, |e| {
+        matches!(e, Event::State { vm: 0, state: VmState::Halted { .. } }).then_some(())
+    });
     let outcome = common::quit(core, events);
     let console = outcome.console(0);
     let (first, second) = console.split_once("[matrix] VM restarted\n").unwrap();

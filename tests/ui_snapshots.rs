@@ -87,7 +87,7 @@ fn two_vms_at_160x48_one_crashed() {
 #[test]
 fn six_vms_at_160x48() {
     let names = ["neo", "morpheus", "ticker-a", "ticker-b", "evil", "crash"];
-    let app = app(&names, &[40.0, 20.0, 20.0, 10.0, 5.0, 5.0], &[(4, VmState::Halted), (5, crashed())]);
+    let app = app(&names, &[40.0, 20.0, 20.0, 10.0, 5.0, 5.0], &[(4, halted()), (5, crashed())]);
     insta::assert_snapshot!(render(&app, 160, 48).backend());
 }
 
@@ -247,4 +247,11 @@ fn a_vm_at_a_gdb_breakpoint_at_80x24() {
 #[test]
 fn a_vm_at_a_gdb_breakpoint_at_160x48() {
     insta::assert_snapshot!(render(&gdb_app(), 160, 48).backend());
+}
+
+/// A VM halted in long mode with 42 in rax.
+fn halted() -> VmState {
+    let registers =
+        matrix_tui::vm::RegisterDump { rax: 42, rip: 0x10031, rsp: 0x20_0000, efer: 0x500, ..Default::default() };
+    VmState::Halted { registers, t_ns: 0 }
 }

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::windows::{self, ErrorStats, Spread};
 use crate::config::TimerKind;
 use crate::config::{Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event};
+use crate::hypercall::PortMap;
 use crate::report::{RunReport, VmTimings};
 use crate::sched::{self, SpawnError, Step, VmRuntime};
 use crate::stats::Percentiles;
-use crate::vm::{KickTarget, KvmUnavailable, MachineSpec, SetupError};
+use crate::vm::{CpuMode, GuestLayout, KickTarget, KvmUnavailable, MachineSpec, SetupError};
 use crate::{guests, vm};
 
 /// A measurement that could not be made.
@@ -78,8 +80,20 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
         image: Arc::from(guests::builtin("hammer").expect("built in").image),
         memory_size: vm::layout::DEFAULT_MEMORY,
         args: vec![hammer_arg],
+        layout: Default::default(),
     };
-    let mut runtime = VmRuntime::new(&vm::open_kvm()?, &spec)?;
+    round_trip(&spec, PortMap::default(), exits_per_call, calls)
+}
+
+/// Per-exit round trip of the guest `spec` describes, which loops on one
+/// hypercall of `exits_per_call` exits on `ports`.
+fn round_trip(
+    spec: &MachineSpec,
+    ports: PortMap,
+    exits_per_call: u64,
+    calls: usize,
+) -> Result<NsPercentiles, BenchError> {
+    let mut runtime = VmRuntime::new(&vm::open_kvm()?, spec, ports)?;
     let kick = KickTarget::new();
     let _attached = kick.attach();
     let exits = calls * exits_per_call as usize;
@@ -104,6 +118,71 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
         .collect();
     let p = Percentiles::of_ns(&per_call).expect("samples");
     Ok(NsPercentiles { p50: p.p50 * 1000.0, p99: p.p99 * 1000.0, samples: p.samples })
+}
+
+/// The exit round trip of HC_print32bit from real-mode code (the `counter`
+/// course guest, its port 0x10 mapped) and from long-mode code (`hammer`),
+/// measured alternately in `rounds` so that both see the same host.
+pub fn real_vs_long_round_trip(calls: usize, rounds: usize) -> Result<(NsPercentiles, NsPercentiles), BenchError> {
+    let counter = guests::builtin("counter").expect("built in");
+    let spec = MachineSpec {
+        image: Arc::from(counter.image),
+        memory_size: vm::layout::DEFAULT_MEMORY,
+        args: Vec::new(),
+        layout: counter.layout,
+    };
+    let mut ports = PortMap::default();
+    ports.map(0x10, "print32bit").expect("a known hypercall");
+    let (mut real, mut long) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        real.push(round_trip(&spec, ports.clone(), 1, calls)?);
+        long.push(hypercall_round_trip(1, 1, calls)?);
+    }
+    let median = |mut figures: Vec<NsPercentiles>| {
+        figures.sort_by(|a, b| a.p50.total_cmp(&b.p50));
+        figures[figures.len() / 2]
+    };
+    Ok((median(real), median(long)))
+}
+
+/// How long setting up one VM takes in each CPU mode (the sum of its setup
+/// steps), over `vms` VMs each; a mode this host's KVM refuses says why.
+pub fn setup_by_mode(vms: usize) -> Result<BTreeMap<String, Value>, BenchError> {
+    let kvm = vm::open_kvm()?;
+    let mut figures = BTreeMap::new();
+    for mode in CpuMode::ALL {
+        let guest = match mode {
+            CpuMode::Real => "hello16",
+            CpuMode::Protected | CpuMode::Paged32 => "hello32",
+            CpuMode::Long => "hello64",
+        };
+        let builtin = guests::builtin(guest).expect("built in");
+        let spec = MachineSpec {
+            image: Arc::from(builtin.image),
+            memory_size: vm::layout::DEFAULT_MEMORY,
+            args: Vec::new(),
+            layout: GuestLayout { mode, ..builtin.layout },
+        };
+        let mut totals = Vec::with_capacity(vms);
+        let mut refused = None;
+        for _ in 0..vms {
+            match vm::Machine::new(&kvm, &spec) {
+                Ok(machine) => totals.push(machine.setup.iter().map(|step| step.ns).sum::<u64>()),
+                Err(vm::SetupError::ModeUnsupported { .. }) => {
+                    refused = Some("this host's KVM refuses the mode's CR0.PG");
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let figure = match (refused, Percentiles::of_ns(&totals)) {
+            (Some(why), _) => json!({ "refused": why }),
+            (None, Some(p)) => json!({ "p50": p.p50, "p99": p.p99, "samples": p.samples }),
+            (None, None) => json!({ "refused": "no VM was set up" }),
+        };
+        figures.insert(mode.name().to_string(), figure);
+    }
+    Ok(figures)
 }
 
 /// Every hypercall's per-exit round trip.

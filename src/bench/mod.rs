@@ -14,7 +14,7 @@ pub use measure::BenchError;
 
 /// The measurements, by the names `--only` takes.
 pub const MEASUREMENTS: &[&str] =
-    &["exit", "hypercalls", "preempt", "baseline", "share", "overhead", "trace", "scale", "flood", "ui"];
+    &["exit", "hypercalls", "modes", "preempt", "baseline", "share", "overhead", "trace", "scale", "flood", "ui"];
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +51,18 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
         let figure = measure::hypercall_round_trip(0, 1, calls)?;
         report["exit_roundtrip_ns"] =
             with_params(json!(figure), json!({ "guest": "hammer print8bit", "calls": calls }));
+    }
+    if options.wants("modes") {
+        progress("setup time per CPU mode, real-mode against long-mode exits");
+        let vms = options.pick(20, 100);
+        report["setup_by_mode_us"] = with_params(json!(measure::setup_by_mode(vms)?), json!({ "vms_each": vms }));
+        let (calls, rounds) = options.pick((5_000, 3), (20_000, 5));
+        let (real, long) = measure::real_vs_long_round_trip(calls, rounds)?;
+        report["real_vs_long_exit_ns"] = with_params(
+            json!({ "real": real, "long": long, "ratio_p50": real.p50 / long.p50 }),
+            json!({ "real": "counter, port 0x10 mapped to print32bit (2-byte out)", "long": "hammer print32bit",
+                    "calls": calls, "rounds_alternated": rounds, "figure": "the round with the median p50 of each" }),
+        );
     }
     if options.wants("hypercalls") {
         progress("each hypercall's round trip");
@@ -299,6 +311,21 @@ pub fn table(report: &Value) -> String {
         for (name, figure) in calls.iter().filter(|(name, _)| *name != "params") {
             row(&mut out, &format!("  {name}, per exit"), p(figure, "ns"));
         }
+    }
+    if let Some(modes) = report["setup_by_mode_us"].as_object() {
+        for (mode, figure) in modes.iter().filter(|(name, _)| *name != "params") {
+            let value = match figure["refused"].as_str() {
+                Some(why) => format!("refused: {why}"),
+                None => p(figure, "us"),
+            };
+            row(&mut out, &format!("setup of one VM, {mode} mode"), value);
+        }
+    }
+    if report["real_vs_long_exit_ns"].is_object() {
+        let figure = &report["real_vs_long_exit_ns"];
+        row(&mut out, "exit round trip, real mode", p(&figure["real"], "ns"));
+        row(&mut out, "exit round trip, long mode", p(&figure["long"], "ns"));
+        row(&mut out, "  real / long (p50)", format!("{:.2}", num(&figure["ratio_p50"])));
     }
     if report["preempt_overrun_us"].is_object() {
         for timer in ["posix", "posix_uncompensated", "timerfd", "timerfd_uncompensated"] {

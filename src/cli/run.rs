@@ -21,11 +21,15 @@ use crate::scenario::{self, Scenario, ScenarioVm};
 use crate::sched;
 use crate::ui::cast::CastWriter;
 use crate::units::{parse_duration, parse_size};
-use crate::vm::layout::DEFAULT_MEMORY;
 use crate::{calibration, control, guests, ui, vm};
 
-use super::run_args::{VmArg, parse_args_arg, parse_gdb_arg, parse_quantum, parse_vm_arg};
+use super::run_args::{
+    VmArg, parse_address_arg, parse_args_arg, parse_gdb_arg, parse_mode_arg, parse_ports_arg, parse_quantum,
+    parse_vm_arg,
+};
 use super::{Failure, OUTPUT_LOST, out_of_threads};
+use crate::hypercall::PortMap;
+use crate::vm::{CpuMode, GuestLayout};
 
 /// Options of `matrix-tui run`.
 #[derive(Debug, Args)]
@@ -74,6 +78,32 @@ pub(super) struct RunArgs {
     /// iterations (0 or none: 1 ms of guest CPU, measured on this machine).
     #[arg(long = "args", value_name = "NAME=V1,V2,...", value_parser = parse_args_arg)]
     pub(super) guest_args: Vec<(String, Vec<u64>)>,
+
+    /// The CPU mode VM NAME starts in: real, protected, paged32 or long
+    /// [default: the scenario's, else the built-in guest's, else long].
+    #[arg(long = "mode", value_name = "NAME=MODE", value_parser = parse_mode_arg)]
+    pub(super) modes: Vec<(String, CpuMode)>,
+
+    /// Where VM NAME's flat image is loaded (guest physical address, e.g. 0x0)
+    /// [default: 0x10000].
+    #[arg(long = "load", value_name = "NAME=ADDRESS", value_parser = parse_address_arg)]
+    pub(super) loads: Vec<(String, u64)>,
+
+    /// Where VM NAME starts (in real mode CS:IP = (A >> 4) & 0xF000 : A & 0xFFFF)
+    /// [default: the load address, or the ELF entry].
+    #[arg(long = "entry", value_name = "NAME=ADDRESS", value_parser = parse_address_arg)]
+    pub(super) entries: Vec<(String, u64)>,
+
+    /// Ports of VM NAME that make hypercalls: NAME=PORT:CALL,... (e.g.
+    /// c=0x10:print32bit; CALL is print8bit, print32bit, numExits, printStr,
+    /// numExitsByType, gvaToHva or yield).
+    #[arg(long = "ports", value_name = "NAME=PORT:CALL,...", value_parser = parse_ports_arg)]
+    pub(super) ports: Vec<(String, PortMap)>,
+
+    /// Show VM NAME's accesses to ports that make no hypercall as plain
+    /// lines (`out 0x10 ← 7`) instead of errors; repeat for more.
+    #[arg(long = "show-ports", value_name = "NAME")]
+    pub(super) show_ports: Vec<String>,
 
     /// Write every guest exit and every slice to FILE as JSON Lines (see the
     /// docs/observing.md for the schema); a slow disk costs records (counted), never time.
@@ -144,6 +174,11 @@ impl Default for RunArgs {
             mem: None,
             max_total_mem: 8 << 30,
             guest_args: Vec::new(),
+            modes: Vec::new(),
+            loads: Vec::new(),
+            entries: Vec::new(),
+            ports: Vec::new(),
+            show_ports: Vec::new(),
             trace: None,
             paused: Vec::new(),
             gdb: Vec::new(),
@@ -158,6 +193,13 @@ impl Default for RunArgs {
             lesson: None,
         }
     }
+}
+
+/// The VM called `name`, for option `option` that named it.
+fn named<'a>(vms: &'a mut [ScenarioVm], option: &str, name: &str) -> Result<&'a mut ScenarioVm, Failure> {
+    vms.iter_mut()
+        .find(|vm| vm.name == name)
+        .ok_or_else(|| Failure::Usage(anyhow!("{option} names VM '{}', which is not in this run", escape_input(name))))
 }
 
 /// The run `args` describe: the scenario (or the built-in one) with the
@@ -181,13 +223,8 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
                 vm.weight = arg.weight.unwrap_or(vm.weight);
             }
             None => vms.push(ScenarioVm {
-                name: arg.name.clone(),
-                guest: arg.guest.clone(),
                 weight: arg.weight.unwrap_or(1.0),
-                memory: DEFAULT_MEMORY,
-                args: Vec::new(),
-                paused: false,
-                gdb: None,
+                ..ScenarioVm::new(arg.name.clone(), arg.guest.clone())
             }),
         }
     }
@@ -212,11 +249,25 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         vm.args = values.clone();
     }
     for name in &args.paused {
-        let vm = vms
-            .iter_mut()
-            .find(|vm| &vm.name == name)
-            .ok_or_else(|| Failure::Usage(anyhow!("--paused names VM '{name}', which is not in this run")))?;
-        vm.paused = true;
+        named(&mut vms, "--paused", name)?.paused = true;
+    }
+    for (name, mode) in &args.modes {
+        named(&mut vms, "--mode", name)?.mode = Some(*mode);
+    }
+    for (name, load) in &args.loads {
+        named(&mut vms, "--load", name)?.load = Some(*load);
+    }
+    for (name, entry) in &args.entries {
+        named(&mut vms, "--entry", name)?.entry = Some(*entry);
+    }
+    for (name, ports) in &args.ports {
+        let vm = named(&mut vms, "--ports", name)?;
+        for (port, call) in ports.entries() {
+            vm.ports.map(port, call).map_err(|message| Failure::Usage(anyhow!("--ports: {message}")))?;
+        }
+    }
+    for name in &args.show_ports {
+        named(&mut vms, "--show-ports", name)?.ports.show_unknown = true;
     }
     for (at, (name, address)) in args.gdb.iter().enumerate() {
         if args.gdb[..at].iter().any(|(earlier, _)| earlier == name) {
@@ -240,7 +291,15 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     let mut configs = Vec::with_capacity(vms.len());
     for vm in vms {
         let image = guests::resolve(&vm.guest).map_err(|error| Failure::Usage(error.into()))?;
+        let guest_default = guests::default_layout(&vm.guest);
+        let layout = GuestLayout {
+            mode: vm.mode.unwrap_or(guest_default.mode),
+            load: vm.load.or(guest_default.load),
+            entry: vm.entry.or(guest_default.entry),
+        };
         let mut config = VmConfig::new(vm.name, vm.guest, image);
+        config.layout = layout;
+        config.ports = vm.ports;
         config.weight = vm.weight;
         config.memory_size = vm.memory;
         config.args = vm.args;

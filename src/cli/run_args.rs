@@ -1,13 +1,17 @@
 //! The values of `run`'s options that need more than clap's parsing: a VM
-//! (`NAME=GUEST[:WEIGHT]`), a quantum, guest arguments, a gdb address.
+//! (`NAME=GUEST[:WEIGHT]`), a quantum, guest arguments, a gdb address, a CPU
+//! mode, an address, a port map.
 
 use std::time::Duration;
 
 use crate::config::{MAX_QUANTUM, MIN_QUANTUM, check_weight};
 use crate::console::escape_input;
 use crate::debug::ListenAddress;
+use crate::hypercall::PortMap;
+use crate::hypercall::ports::parse_port;
 use crate::scenario;
-use crate::units::parse_duration;
+use crate::units::{parse_address, parse_duration};
+use crate::vm::CpuMode;
 
 /// A `--vm NAME=GUEST[:WEIGHT]`.
 #[derive(Debug, Clone)]
@@ -73,6 +77,29 @@ pub(super) fn parse_gdb_arg(text: &str) -> Result<(String, ListenAddress), Strin
     Ok((name.to_string(), ListenAddress::parse(address)?))
 }
 
+pub(super) fn parse_mode_arg(text: &str) -> Result<(String, CpuMode), String> {
+    let (name, mode) = text.split_once('=').ok_or("expected NAME=MODE, such as hw=real")?;
+    Ok((name.to_string(), CpuMode::parse(mode)?))
+}
+
+pub(super) fn parse_address_arg(text: &str) -> Result<(String, u64), String> {
+    let (name, address) = text.split_once('=').ok_or("expected NAME=ADDRESS, such as hw=0x0")?;
+    Ok((name.to_string(), parse_address(address)?))
+}
+
+/// `NAME=PORT:CALL,...`: the ports of VM NAME that make hypercalls.
+pub(super) fn parse_ports_arg(text: &str) -> Result<(String, PortMap), String> {
+    let (name, entries) = text.split_once('=').ok_or("expected NAME=PORT:CALL,..., such as c=0x10:print32bit")?;
+    let mut ports = PortMap::default();
+    for entry in entries.split(',').filter(|entry| !entry.is_empty()) {
+        let (port, call) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("'{}' is not PORT:CALL, such as 0x10:print32bit", escape_input(entry)))?;
+        ports.map(parse_port(port)?, call.trim())?;
+    }
+    Ok((name.to_string(), ports))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +126,19 @@ mod tests {
         assert_eq!(parse_args_arg("t=1000,0x10"), Ok(("t".into(), vec![1000, 16])));
         assert!(parse_args_arg("t=abc").is_err());
         assert!(parse_args_arg("t").is_err());
+    }
+
+    #[test]
+    fn modes_addresses_and_port_maps_parse() {
+        assert_eq!(parse_mode_arg("hw=real"), Ok(("hw".into(), CpuMode::Real)));
+        assert!(parse_mode_arg("hw=v86").unwrap_err().contains("give real, protected, paged32 or long"));
+        assert_eq!(parse_address_arg("hw=0x0"), Ok(("hw".into(), 0)));
+        assert_eq!(parse_address_arg("hw=0x10000"), Ok(("hw".into(), 0x10000)));
+        let (name, ports) = parse_ports_arg("c=0x10:print32bit,0xE7:numExits").unwrap();
+        assert_eq!(name, "c");
+        assert_eq!(ports.entries().collect::<Vec<_>>(), [(0x10, "print32bit"), (0xE7, "numExits")]);
+        assert!(parse_ports_arg("c=0x10").unwrap_err().contains("PORT:CALL"));
+        assert!(parse_ports_arg("c=0x10:print").unwrap_err().contains("unknown hypercall"));
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! The port table of the guest ABI: which port access is which hypercall.
+//! The port table of the guest ABI: which port access is which hypercall, and
+//! on a VM's mapped ports (`ports = { "0x10" = "print32bit" }`) which
+//! hypercall they make, with the narrower widths 16-bit code uses.
 
+use super::ports::PortMap;
 use crate::vm::PortAccess;
 
 /// HC_print8bit.
@@ -84,8 +87,8 @@ pub struct Misuse {
     pub direction: Direction,
     /// What the guest did.
     pub access: PortAccess,
-    /// The hypercall this port belongs to, and the access it expects, if any.
-    pub expected: Option<(&'static str, Direction, u8)>,
+    /// The hypercall this port belongs to, and the access widths it takes, if any.
+    pub expected: Option<(&'static str, Direction, &'static [u8])>,
 }
 
 impl std::fmt::Display for Misuse {
@@ -96,13 +99,34 @@ impl std::fmt::Display for Misuse {
             format!("a string {} of {} x {} bytes", self.direction.name(), self.access.count, self.access.size)
         };
         match self.expected {
-            Some((name, direction, size)) => {
-                write!(f, "{name} (port 0x{:x}) takes a {size}-byte {}, got {did}", self.port, direction.name())
+            Some((name, direction, sizes)) => {
+                let sizes = match sizes {
+                    [one] => format!("{one}"),
+                    [rest @ .., last] => {
+                        let rest: Vec<String> = rest.iter().map(|size| format!("{size}-")).collect();
+                        format!("{} or {last}", rest.join(", "))
+                    }
+                    [] => "no".into(),
+                };
+                write!(f, "{name} (port 0x{:x}) takes a {sizes}-byte {}, got {did}", self.port, direction.name())
             }
             None => write!(f, "unknown port 0x{:x}: {did}", self.port),
         }
     }
 }
+
+/// The widths a mapped port also takes for each hypercall (port, direction):
+/// a 16-bit guest prints with `out %ax` and reads counts with `in %ax`.
+const MAPPED_WIDTHS: &[(u16, Direction, &[u8])] = &[
+    (PORT_PRINT8, Direction::Out, &[1]),
+    (PORT_PRINT32, Direction::Out, &[1, 2, 4]),
+    (PORT_NUM_EXITS, Direction::In, &[2, 4]),
+    (PORT_PRINT_STR, Direction::Out, &[2, 4]),
+    (PORT_NUM_EXITS_BY_TYPE, Direction::In, &[2, 4]),
+    (PORT_GVA_TO_HVA, Direction::Out, &[2, 4]),
+    (PORT_GVA_TO_HVA, Direction::In, &[4]),
+    (PORT_YIELD, Direction::Out, &[1]),
+];
 
 /// Every hypercall with its port, direction and access size.
 const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
@@ -116,6 +140,34 @@ const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_YIELD, Direction::Out, 1, Hypercall::Yield, "HC_yield"),
 ];
 
+/// Decodes a port access on a VM with port map `ports`: a mapped port makes
+/// its hypercall in any of the widths [`MAPPED_WIDTHS`] lists; any other port
+/// is decoded as the guest ABI says.
+pub fn decode_mapped(
+    port: u16,
+    direction: Direction,
+    access: PortAccess,
+    ports: &PortMap,
+) -> Result<Hypercall, Misuse> {
+    let Some(abi_port) = ports.abi_port(port) else { return decode(port, direction, access) };
+    let widths = MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port && entry.1 == direction);
+    let exact = TABLE.iter().find(|entry| entry.0 == abi_port && entry.1 == direction);
+    match (widths, exact) {
+        (Some(&(_, _, sizes)), Some(entry)) if access.count == 1 && sizes.contains(&access.size) => Ok(entry.3),
+        _ => {
+            let expected = MAPPED_WIDTHS
+                .iter()
+                .find(|entry| entry.0 == abi_port && entry.1 == direction)
+                .or_else(|| MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port))
+                .and_then(|entry| {
+                    let name = TABLE.iter().find(|row| row.0 == entry.0 && row.1 == entry.1)?.4;
+                    Some((name, entry.1, entry.2))
+                });
+            Err(Misuse { port, direction, access, expected })
+        }
+    }
+}
+
 /// Decodes a port access: the hypercall it makes, or why it makes none.
 pub fn decode(port: u16, direction: Direction, access: PortAccess) -> Result<Hypercall, Misuse> {
     let on_port = || TABLE.iter().filter(move |entry| entry.0 == port);
@@ -127,7 +179,7 @@ pub fn decode(port: u16, direction: Direction, access: PortAccess) -> Result<Hyp
     let expected = on_port()
         .find(|entry| entry.1 == direction)
         .or_else(|| on_port().next())
-        .map(|entry| (entry.4, entry.1, entry.2));
+        .map(|entry| (entry.4, entry.1, std::slice::from_ref(&entry.2)));
     Err(Misuse { port, direction, access, expected })
 }
 
@@ -174,5 +226,22 @@ mod tests {
         );
         assert!(decode(0xE8, In, one(4)).is_err());
         assert!(decode(0xF0, Out, one(1)).is_err());
+    }
+
+    #[test]
+    fn mapped_ports_make_their_hypercall_in_16_bit_widths_too() {
+        let mut ports = PortMap::default();
+        ports.map(0x10, "print32bit").unwrap();
+        ports.map(0xE7, "HC_numExits").unwrap();
+        assert_eq!(decode_mapped(0x10, Out, one(2), &ports), Ok(Hypercall::Print32));
+        assert_eq!(decode_mapped(0x10, Out, one(4), &ports), Ok(Hypercall::Print32));
+        assert_eq!(decode_mapped(0xE7, In, one(2), &ports), Ok(Hypercall::NumExits));
+        // The ABI's own ports keep their exact widths.
+        assert!(decode_mapped(0xEA, Out, one(2), &ports).is_err());
+        let misuse = decode_mapped(0xE7, In, one(1), &ports).unwrap_err();
+        assert_eq!(misuse.to_string(), "HC_numExits (port 0xe7) takes a 2- or 4-byte in, got a 1-byte in");
+        let wrong_way = decode_mapped(0x10, In, one(2), &ports).unwrap_err();
+        assert_eq!(wrong_way.to_string(), "HC_print32bit (port 0x10) takes a 1-, 2- or 4-byte out, got a 2-byte in");
+        assert!(decode_mapped(0x11, Out, one(2), &ports).unwrap_err().expected.is_none());
     }
 }

@@ -1,21 +1,55 @@
 //! The one checked path from guest-supplied addresses to guest memory: every
-//! pointer a guest hands the hypervisor is translated by the guest's own page
-//! tables (KVM_TRANSLATE) and bounds-checked against guest memory here.
+//! pointer a guest hands the hypervisor is first made linear as its CPU mode
+//! says ([`linear_pointer`]: DS:offset in real mode), then translated by the
+//! guest's own page tables (KVM_TRANSLATE, the identity without paging) and
+//! bounds-checked against guest memory here.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-use crate::vm::{GuestMemory, Vcpu};
+use crate::vm::{CpuMode, GuestMemory, Vcpu};
 
 /// Translates guest virtual addresses the way the vCPU would.
 pub trait Translate {
     /// The guest physical address `gva` maps to, or None if it is not mapped.
     fn translate(&self, gva: u64) -> Option<u64>;
+    /// The base of the data segment (DS), which real-mode pointers are offsets in.
+    fn data_segment_base(&self) -> u64;
 }
 
 impl Translate for Vcpu {
     fn translate(&self, gva: u64) -> Option<u64> {
         Vcpu::translate(self, gva)
     }
+
+    fn data_segment_base(&self) -> u64 {
+        Vcpu::data_segment_base(self)
+    }
+}
+
+/// A pointer a hypercall was given, made linear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearPointer {
+    /// The linear address (what the page tables translate).
+    pub linear: u64,
+    /// In real mode, the bytes from it to the end of its 64 KiB segment.
+    pub segment_left: Option<u64>,
+}
+
+/// The linear address of pointer `value` as code in `mode` sees it: DS base
+/// plus a 16-bit offset in real mode, the value itself in the other modes.
+pub fn linear_pointer<T: Translate + ?Sized>(
+    mode: CpuMode,
+    value: u32,
+    translator: &T,
+) -> Result<LinearPointer, PointerError> {
+    if mode != CpuMode::Real {
+        return Ok(LinearPointer { linear: u64::from(value), segment_left: None });
+    }
+    if value > 0xffff {
+        return Err(PointerError::NotAnOffset(value));
+    }
+    let linear = translator.data_segment_base() + u64::from(value);
+    Ok(LinearPointer { linear, segment_left: Some(0x1_0000 - u64::from(value)) })
 }
 
 /// Guest memory seen through the guest's page tables.
@@ -44,6 +78,10 @@ pub enum PointerError {
     NoNulWithin(usize),
     /// The string runs into the end of guest memory before its NUL.
     NoNulBeforeEndOfMemory,
+    /// A real-mode pointer wider than 16 bits.
+    NotAnOffset(u32),
+    /// A real-mode string runs to the end of its 64 KiB segment before its NUL.
+    NoNulInSegment(u32),
 }
 
 impl std::fmt::Display for PointerError {
@@ -55,6 +93,12 @@ impl std::fmt::Display for PointerError {
             }
             Self::NoNulWithin(limit) => write!(f, "no NUL within {limit} bytes"),
             Self::NoNulBeforeEndOfMemory => write!(f, "no NUL before the end of guest memory"),
+            Self::NotAnOffset(value) => {
+                write!(f, "0x{value:x} is not a 16-bit offset (a real-mode pointer is DS:offset)")
+            }
+            Self::NoNulInSegment(offset) => {
+                write!(f, "DS:0x{offset:x} runs to the end of its 64 KiB segment before a NUL")
+            }
         }
     }
 }
@@ -159,6 +203,7 @@ pub(crate) mod tests {
 
     /// Identity mapping of the low `mapped` bytes, like the hypervisor's tables;
     /// pages listed in `remap` map elsewhere.
+    #[derive(Clone)]
     pub(crate) struct FakeTables {
         pub mapped: u64,
         pub remap: Vec<(u64, u64)>,
@@ -171,6 +216,22 @@ pub(crate) mod tests {
                 return Some(to + (gva & 0xfff));
             }
             (gva < self.mapped).then_some(gva)
+        }
+
+        /// Real-mode tests run with DS = 0x1000, as the Matrix starter does.
+        fn data_segment_base(&self) -> u64 {
+            0x10000
+        }
+    }
+
+    #[test]
+    fn real_mode_pointers_are_offsets_in_ds_and_the_others_are_linear() {
+        let tables = FakeTables { mapped: SIZE, remap: vec![] };
+        let real = linear_pointer(CpuMode::Real, 0x20, &tables).unwrap();
+        assert_eq!(real, LinearPointer { linear: 0x10020, segment_left: Some(0xffe0) });
+        assert_eq!(linear_pointer(CpuMode::Real, 0x1_0000, &tables), Err(PointerError::NotAnOffset(0x1_0000)));
+        for mode in [CpuMode::Protected, CpuMode::Paged32, CpuMode::Long] {
+            assert_eq!(linear_pointer(mode, 0x20, &tables).unwrap().linear, 0x20);
         }
     }
 

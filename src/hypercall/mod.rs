@@ -4,17 +4,19 @@
 
 pub mod decode;
 pub mod guest;
+pub mod ports;
 
 use vm_memory::{Bytes, GuestAddress};
 
-pub use decode::{Direction, Hypercall, Misuse, decode};
-pub use guest::{GuestView, PointerError, Translate};
+pub use decode::{Direction, Hypercall, Misuse, decode, decode_mapped};
+pub use guest::{GuestView, PointerError, Translate, linear_pointer};
+pub use ports::PortMap;
 
 use crate::console::ConsoleOut;
 use crate::record::{CallRecord, Snippet};
 use crate::stats::VmCounters;
 use crate::vm::layout::{MAILBOX, MAILBOX_SLOT_SIZE, MAILBOX_SLOTS};
-use crate::vm::{GuestMemory, PortAccess};
+use crate::vm::{CpuMode, GuestMemory, PortAccess};
 
 /// Longest string HC_printStr reads, NUL included.
 pub const PRINT_STR_LIMIT: usize = 4096;
@@ -29,15 +31,30 @@ pub enum Outcome {
 }
 
 /// Hypercall state that lives between exits.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct HypercallState {
+    /// Where the mailbox lies in this VM (0x1000 unless the image covers it).
+    mailbox: u64,
     /// Calls of HC_numExitsByType so far: picks the next mailbox slot.
     mailbox_calls: u64,
     /// The result of the last HC_gvaToHva `out`, for its `in`.
     gva_result: Option<u32>,
 }
 
-/// The per-VM things a hypercall may change.
+impl Default for HypercallState {
+    fn default() -> Self {
+        Self::with_mailbox(MAILBOX)
+    }
+}
+
+impl HypercallState {
+    /// The state of a VM whose mailbox lies at `mailbox`.
+    pub fn with_mailbox(mailbox: u64) -> Self {
+        Self { mailbox, mailbox_calls: 0, gva_result: None }
+    }
+}
+
+/// The per-VM things a hypercall may change, and the VM settings it follows.
 pub struct VmIo<'a> {
     /// Exit, fault and preemption counters (this exit already counted).
     pub counters: &'a mut VmCounters,
@@ -45,6 +62,10 @@ pub struct VmIo<'a> {
     pub state: &'a mut HypercallState,
     /// Where console output goes.
     pub console: &'a mut ConsoleOut,
+    /// The VM's CPU mode: how its pointers are read.
+    pub mode: CpuMode,
+    /// Its mapped ports.
+    pub ports: &'a PortMap,
 }
 
 /// Handles an `out` of `value` to `port`; says what to do next and what
@@ -56,8 +77,11 @@ pub fn handle_out<T: Translate + ?Sized>(
     access: PortAccess,
     value: u32,
 ) -> (Outcome, CallRecord) {
-    let call = match decode(port, Direction::Out, access) {
+    let call = match decode_mapped(port, Direction::Out, access, io.ports) {
         Ok(call) => call,
+        Err(misuse) if misuse.expected.is_none() && io.ports.show_unknown => {
+            return (Outcome::Continue, show_port(io, format_args!("out 0x{port:x} \u{2190} {value}")));
+        }
         Err(misuse) => return (Outcome::Continue, refuse(io, &misuse, &format!("value 0x{value:x} ignored"))),
     };
     let mut record = CallRecord { hypercall: Some(call), ..Default::default() };
@@ -70,7 +94,7 @@ pub fn handle_out<T: Translate + ?Sized>(
             let mut line = [0u8; 11];
             io.console.write(decimal_line(value, &mut line));
         }
-        Hypercall::PrintStr => match guest.c_string(u64::from(value), PRINT_STR_LIMIT) {
+        Hypercall::PrintStr => match read_string(guest, io.mode, value) {
             Ok(text) => {
                 io.console.write(&text);
                 record.text = Snippet::new(&text);
@@ -82,7 +106,8 @@ pub fn handle_out<T: Translate + ?Sized>(
             }
         },
         Hypercall::GvaToHvaRequest => {
-            let result = match guest.host_address(u64::from(value)) {
+            let host = linear_pointer(io.mode, value, guest.translator).and_then(|p| guest.host_address(p.linear));
+            let result = match host {
                 Ok(host) => host as u32,
                 Err(_) => {
                     io.console.write(b"Invalid GVA\n");
@@ -98,6 +123,21 @@ pub fn handle_out<T: Translate + ?Sized>(
         }
     }
     (Outcome::Continue, record)
+}
+
+/// The NUL-terminated string at pointer `value`, as code in `mode` sees it:
+/// in real mode it must end within DS's 64 KiB segment.
+fn read_string<T: Translate + ?Sized>(
+    guest: &GuestView<'_, T>,
+    mode: CpuMode,
+    value: u32,
+) -> Result<Vec<u8>, PointerError> {
+    let pointer = linear_pointer(mode, value, guest.translator)?;
+    let limit = pointer.segment_left.map_or(PRINT_STR_LIMIT, |left| (left as usize).min(PRINT_STR_LIMIT));
+    match guest.c_string(pointer.linear, limit) {
+        Err(PointerError::NoNulWithin(_)) if limit < PRINT_STR_LIMIT => Err(PointerError::NoNulInSegment(value)),
+        result => result,
+    }
 }
 
 /// `value` in decimal and a newline, written at the end of `line`. By hand,
@@ -125,10 +165,14 @@ pub fn handle_in(
     access: PortAccess,
     data: &mut [u8],
 ) -> CallRecord {
-    let call = match decode(port, Direction::In, access) {
+    let call = match decode_mapped(port, Direction::In, access, io.ports) {
         Ok(call) => call,
         Err(misuse) => {
             data.fill(0xff);
+            if misuse.expected.is_none() && io.ports.show_unknown {
+                let all_ones = u32::MAX >> (32 - 8 * data.len().clamp(1, 4));
+                return show_port(io, format_args!("in 0x{port:x} \u{2192} 0x{all_ones:x}"));
+            }
             return refuse(io, &misuse, "it reads all ones");
         }
     };
@@ -160,11 +204,19 @@ fn write_exit_counts(memory: &GuestMemory, io: &mut VmIo<'_>) -> (u32, String) {
     let exits = io.counters.exits;
     let text = format!("IO in: {}\nIO out: {}\n\0", exits.io_in, exits.io_out);
     debug_assert!(text.len() as u64 <= MAILBOX_SLOT_SIZE, "two u64 counts fit a slot");
-    let address = MAILBOX + slot * MAILBOX_SLOT_SIZE;
+    let address = io.state.mailbox + slot * MAILBOX_SLOT_SIZE;
     memory
         .write_slice(text.as_bytes(), GuestAddress(address))
         .expect("the mailbox lies inside the smallest guest memory");
     (address as u32, text)
+}
+
+/// An access to a port that makes no hypercall, shown as a plain console
+/// line (the VM asked for `show_ports`); still counted as an unknown port.
+fn show_port(io: &mut VmIo<'_>, line: std::fmt::Arguments<'_>) -> CallRecord {
+    io.counters.exits.unknown_port += 1;
+    io.console.write(format!("{line}\n").as_bytes());
+    CallRecord::default()
 }
 
 fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) -> CallRecord {
@@ -188,6 +240,8 @@ mod tests {
         counters: VmCounters,
         state: HypercallState,
         console: ConsoleOut,
+        mode: CpuMode,
+        ports: PortMap,
     }
 
     impl Rig {
@@ -198,14 +252,26 @@ mod tests {
                 counters: VmCounters::default(),
                 state: HypercallState::default(),
                 console: ConsoleOut::default(),
+                mode: CpuMode::Long,
+                ports: PortMap::default(),
+            }
+        }
+
+        fn io(&mut self) -> VmIo<'_> {
+            VmIo {
+                counters: &mut self.counters,
+                state: &mut self.state,
+                console: &mut self.console,
+                mode: self.mode,
+                ports: &self.ports,
             }
         }
 
         fn out(&mut self, port: u16, size: u8, value: u32) -> (Outcome, CallRecord) {
             self.counters.exits.io_out += 1;
-            let view = GuestView { memory: &self.memory, memory_size: SIZE, translator: &self.tables };
-            let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
-            handle_out(&view, &mut io, port, PortAccess { size, count: 1 }, value)
+            let (memory, tables) = (self.memory.clone(), self.tables.clone());
+            let view = GuestView { memory: &memory, memory_size: SIZE, translator: &tables };
+            handle_out(&view, &mut self.io(), port, PortAccess { size, count: 1 }, value)
         }
 
         fn inp(&mut self, port: u16, size: u8) -> u64 {
@@ -215,8 +281,8 @@ mod tests {
         fn inp_record(&mut self, port: u16, size: u8) -> (u64, CallRecord) {
             self.counters.exits.io_in += 1;
             let mut data = vec![0u8; usize::from(size)];
-            let mut io = VmIo { counters: &mut self.counters, state: &mut self.state, console: &mut self.console };
-            let record = handle_in(&self.memory, &mut io, port, PortAccess { size, count: 1 }, &mut data);
+            let memory = self.memory.clone();
+            let record = handle_in(&memory, &mut self.io(), port, PortAccess { size, count: 1 }, &mut data);
             (data.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b)), record)
         }
 
@@ -312,6 +378,50 @@ mod tests {
         assert!(console.lines().all(|line| line.starts_with("[matrix] ")), "{console}");
         assert!(console.contains("unknown port 0x80: a 1-byte out; value 0x42 ignored"));
         assert!(console.contains("HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"));
+    }
+
+    #[test]
+    fn real_mode_strings_are_ds_offsets_that_end_in_their_segment() {
+        let mut rig = Rig::new();
+        rig.mode = CpuMode::Real;
+        // FakeTables puts DS at 0x10000.
+        rig.memory.write_slice(b"from 16 bits\n\0", GuestAddress(0x10100)).unwrap();
+        rig.out(0xEC, 4, 0x100);
+        assert_eq!(rig.console(), "from 16 bits\n");
+        rig.memory.write_slice(&[b'a'; 16], GuestAddress(0x1fff0)).unwrap();
+        rig.out(0xEC, 4, 0xfff0);
+        rig.out(0xEC, 4, 0x1_0000);
+        assert_eq!(
+            rig.console(),
+            "[matrix] HC_printStr(0xfff0) refused: DS:0xfff0 runs to the end of its 64 KiB segment before a NUL; \
+             nothing printed\n[matrix] HC_printStr(0x10000) refused: 0x10000 is not a 16-bit offset (a real-mode \
+             pointer is DS:offset); nothing printed\n"
+        );
+        assert_eq!(rig.counters.faults, 2);
+    }
+
+    #[test]
+    fn mapped_ports_print_16_bit_values_and_shown_ports_are_plain_lines() {
+        let mut rig = Rig::new();
+        rig.ports.map(0x10, "print32bit").unwrap();
+        rig.out(0x10, 2, 7);
+        assert_eq!(rig.console(), "7\n");
+        rig.ports.show_unknown = true;
+        rig.out(0x11, 2, 7);
+        assert_eq!(rig.inp(0x12, 4), 0xffff_ffff);
+        assert_eq!(rig.inp(0x12, 2), 0xffff);
+        assert_eq!(rig.console(), "out 0x11 \u{2190} 7\nin 0x12 \u{2192} 0xffffffff\nin 0x12 \u{2192} 0xffff\n");
+        assert_eq!(rig.counters.exits.unknown_port, 3);
+        // A hypercall port used wrongly is still an error line.
+        rig.out(0xE9, 2, 0x4141);
+        assert!(rig.console().starts_with("[matrix] HC_print8bit (port 0xe9) takes a 1-byte out"));
+    }
+
+    #[test]
+    fn the_mailbox_follows_the_vm_when_it_moved() {
+        let mut rig = Rig::new();
+        rig.state = HypercallState::with_mailbox(0x1e_b000);
+        assert_eq!(rig.inp(0xED, 4), 0x1e_b000);
     }
 
     #[test]

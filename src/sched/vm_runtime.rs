@@ -5,11 +5,12 @@
 use kvm_ioctls::Kvm;
 
 use crate::console::ConsoleOut;
-use crate::hypercall::{self, GuestView, HypercallState, Outcome, VmIo};
+use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::stats::VmCounters;
 use crate::vm::guest_debug::DebugExit;
 use crate::vm::kick::monotonic_ns;
+use crate::vm::layout::Structure;
 use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
 
 /// What one step of a VM came to.
@@ -20,7 +21,10 @@ pub enum Step {
     /// The guest asked to give up its slice (HC_yield).
     Yielded,
     /// The guest halted.
-    Halted,
+    Halted {
+        /// Registers at the halt (a course's checker reads eax).
+        registers: RegisterDump,
+    },
     /// The VM crashed.
     Crashed {
         /// Why.
@@ -62,17 +66,35 @@ pub struct VmRuntime {
     /// Nanoseconds spent inside KVM_RUN.
     pub cpu_ns: u64,
     hypercalls: HypercallState,
+    ports: PortMap,
 }
 
 impl VmRuntime {
-    /// Creates the machine for `spec`.
-    pub fn new(kvm: &Kvm, spec: &MachineSpec) -> Result<Self, SetupError> {
+    /// Creates the machine for `spec`, with `ports` mapped. Its console
+    /// starts with a note when the image made the hypervisor's structures move.
+    pub fn new(kvm: &Kvm, spec: &MachineSpec, ports: PortMap) -> Result<Self, SetupError> {
+        let machine = Machine::new(kvm, spec)?;
+        let mut console = ConsoleOut::default();
+        if machine.area.shift != 0 {
+            let (image, area) = (&machine.image.span, machine.area);
+            let structures = machine.mode.structures();
+            let start = structures.iter().map(|s| area.start(*s)).min().unwrap_or(0);
+            let end = structures.iter().map(|s| area.range(*s).end).max().unwrap_or(0);
+            console.note(format_args!(
+                "the image spans 0x{:x}..0x{:x}, so the hypervisor's structures moved to 0x{start:x}..0x{end:x} \
+                 (mailbox 0x{:x})",
+                image.start,
+                image.end,
+                area.start(Structure::Mailbox)
+            ));
+        }
         Ok(Self {
-            machine: Machine::new(kvm, spec)?,
+            hypercalls: HypercallState::with_mailbox(machine.area.start(Structure::Mailbox)),
+            machine,
             counters: VmCounters::default(),
-            console: ConsoleOut::default(),
+            console,
             cpu_ns: 0,
-            hypercalls: HypercallState::default(),
+            ports,
         })
     }
 
@@ -101,7 +123,13 @@ impl VmRuntime {
             rip,
             handling_ns: 0,
         };
-        let mut io = VmIo { counters: &mut self.counters, state: &mut self.hypercalls, console: &mut self.console };
+        let mut io = VmIo {
+            counters: &mut self.counters,
+            state: &mut self.hypercalls,
+            console: &mut self.console,
+            mode: self.machine.mode,
+            ports: &self.ports,
+        };
         let step = match exit {
             Exit::Out { port, access, value } => {
                 io.counters.exits.io_out += 1;
@@ -138,7 +166,7 @@ impl VmRuntime {
             Exit::Hlt => {
                 io.counters.exits.hlt += 1;
                 record.kind = ExitKind::Hlt;
-                Step::Halted
+                Step::Halted { registers: self.machine.vcpu.registers() }
             }
             Exit::Crash(kind) => {
                 record.kind = match kind {

@@ -442,7 +442,7 @@ mod tests {
         let mut app = classroom();
         assert!((app.target(0).unwrap() - 0.40).abs() < 1e-9);
         // evil halts, crash crashes: neo's 40 is now of 90, not of 100.
-        app.apply(Event::State { vm: 4, state: VmState::Halted });
+        app.apply(Event::State { vm: 4, state: VmState::Halted { registers: Default::default(), t_ns: 0 } });
         app.apply(Event::State {
             vm: 5,
             state: VmState::Crashed { reason: "triple fault".into(), registers: Default::default() },
@@ -461,7 +461,7 @@ mod tests {
     fn rr_targets_are_equal_and_io_has_none() {
         let mut app = classroom();
         app.apply(Event::Settings(Settings { policy: Policy::Rr, ..app.settings.clone() }));
-        app.apply(Event::State { vm: 5, state: VmState::Halted });
+        app.apply(Event::State { vm: 5, state: VmState::Halted { registers: Default::default(), t_ns: 0 } });
         assert!((app.target(0).unwrap() - 0.2).abs() < 1e-9);
         app.apply(Event::Settings(Settings { policy: Policy::Io, ..app.settings.clone() }));
         assert_eq!(app.target(0), None);
@@ -470,8 +470,8 @@ mod tests {
     #[test]
     fn plus_moves_the_share_among_the_vms_that_can_run() {
         let mut app = classroom();
-        app.apply(Event::State { vm: 4, state: VmState::Halted });
-        app.apply(Event::State { vm: 5, state: VmState::Halted });
+        app.apply(Event::State { vm: 4, state: VmState::Halted { registers: Default::default(), t_ns: 0 } });
+        app.apply(Event::State { vm: 5, state: VmState::Halted { registers: Default::default(), t_ns: 0 } });
         let commands = app.act(Action::MoreShare);
         assert_eq!(commands.len(), 4, "only the running VMs get new weights: {commands:?}");
         assert!((app.target(0).unwrap() - 0.49).abs() < 1e-3, "{:?}", app.target(0));

@@ -86,7 +86,7 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::State { vm: index, state } => vm(index).is_some_and(|view| match state {
             StateCheck::Running => view.state == VmState::Running,
             StateCheck::Paused => view.state == VmState::Paused,
-            StateCheck::Halted => view.state == VmState::Halted,
+            StateCheck::Halted => matches!(view.state, VmState::Halted { .. }),
             StateCheck::Crashed => matches!(view.state, VmState::Crashed { .. }),
             StateCheck::Gdb => matches!(view.state, VmState::Gdb { .. }),
             StateCheck::Ended => view.state.is_finished(),

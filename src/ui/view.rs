@@ -126,7 +126,7 @@ fn state_color(state: &VmState) -> Color {
     match state {
         VmState::Running => Color::Green,
         VmState::Paused => Color::Yellow,
-        VmState::Halted => Color::Gray,
+        VmState::Halted { .. } => Color::Gray,
         VmState::Gdb { .. } => Color::Magenta,
         VmState::Killed | VmState::Crashed { .. } => Color::Red,
     }
@@ -315,6 +315,12 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
             ),
             Style::default().fg(Color::Red),
         ));
+    }
+    if let VmState::Halted { registers, .. } = &view.state {
+        let text = registers.describe();
+        let (accumulator, rest) = text.split_once(") ").unwrap_or((&text, ""));
+        lines.push(Line::styled(format!("halted: {accumulator})"), Style::default().fg(Color::Gray).bold()));
+        lines.push(Line::styled(rest.to_string(), Style::default().fg(Color::Gray)));
     }
     if let VmState::Gdb { stop } = &view.state {
         let connect = match (&view.debugger, &view.gdb_address) {

@@ -1,15 +1,30 @@
 //! Loads a guest image into guest memory: a static ELF64 executable (recognised by
 //! its magic) whose segments go where its program headers say, or anything else
-//! as a flat binary at 0x10000. Every check happens before a byte is written, and
-//! each error says what was wrong and how to fix the image.
+//! as a flat binary at the VM's load address (0x10000 unless told). Every check
+//! happens before a byte is written, and each error says what was wrong and how
+//! to fix the image or the VM's settings.
 
 use linux_loader::elf::{
     EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN, ET_EXEC, Elf64_Ehdr, Elf64_Phdr, PT_INTERP, PT_LOAD,
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
-use super::layout::IMAGE_BASE;
+use super::cpu_mode::CpuMode;
+use super::layout::{IMAGE_BASE, REAL_MODE_REACH};
 use super::memory::GuestMemory;
+
+const ELFCLASS32: u8 = 1;
+
+/// Where a VM's settings ask its image to go and start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestLayout {
+    /// The CPU mode it starts in.
+    pub mode: CpuMode,
+    /// Guest physical address of a flat image's first byte (default 0x10000).
+    pub load: Option<u64>,
+    /// Where it starts (default: the load address, or the ELF header's entry).
+    pub entry: Option<u64>,
+}
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
@@ -22,13 +37,15 @@ pub enum ImageKind {
     Flat,
 }
 
-/// Where a loaded image starts running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a loaded image lies and starts running.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedImage {
-    /// The entry point (guest address).
+    /// The entry point (guest address; linear in real mode).
     pub entry: u64,
     /// ELF or flat.
     pub kind: ImageKind,
+    /// From its lowest to one past its highest guest address.
+    pub span: std::ops::Range<u64>,
 }
 
 /// A guest image that cannot be loaded.
@@ -37,16 +54,54 @@ pub enum LoadError {
     /// The file has no bytes.
     #[error("the image is empty")]
     Empty,
-    /// A flat image does not fit between 0x10000 and the end of memory.
+    /// A flat image does not fit between its load address and the end of memory.
     #[error(
-        "the flat image is {size} bytes but guest memory from 0x10000 up holds only {room}; give the VM more memory (--mem)"
+        "the flat image is {size} bytes but guest memory from its load address 0x{load:x} up holds only {room}; \
+         give the VM more memory (--mem) or a lower load address"
     )]
     FlatTooLarge {
         /// Image size in bytes.
         size: u64,
+        /// Where it was to be loaded.
+        load: u64,
         /// Bytes available from the load address to the end of memory.
         room: u64,
     },
+    /// A load address was given for an ELF file, which says where it goes.
+    #[error(
+        "a load address (0x{0:x}) applies to flat images; this is an ELF file, whose program headers say where \
+         it goes: drop `load`, or link the guest with --oformat binary"
+    )]
+    LoadWithElf(u64),
+    /// An ELF64 file for a mode other than long.
+    #[error(
+        "an ELF64 file runs in long mode, and this VM starts in {0} mode: set mode = \"long\", or build a flat \
+         binary for {0} mode (ld --oformat binary, or objcopy -O binary) and give its load address"
+    )]
+    ElfOutsideLongMode(&'static str),
+    /// An ELF32 file.
+    #[error(
+        "32-bit ELF files are not loaded: link the guest with --oformat binary (or objcopy -O binary) and run \
+         the flat image with mode = \"protected\" or \"paged32\" and its load address (load = 0x0 if linked at 0)"
+    )]
+    Elf32,
+    /// The entry (given, or the load address) is not inside guest memory.
+    #[error(
+        "the entry point 0x{entry:x} is outside guest memory (0x0 to 0x{memory_end:x}); give an entry inside it \
+         (entry = 0x...) or the VM more memory"
+    )]
+    EntryOutside {
+        /// The entry point.
+        entry: u64,
+        /// End of guest memory.
+        memory_end: u64,
+    },
+    /// A real-mode entry past the first MiB, which CS:IP cannot name.
+    #[error(
+        "the entry point 0x{0:x} is past the first MiB, which real-mode CS:IP cannot reach; load and enter real-mode \
+         code below 0x100000"
+    )]
+    RealModeEntry(u64),
     /// The ELF header is cut short or malformed.
     #[error("not a usable ELF file: {0}")]
     BadElf(&'static str),
@@ -103,26 +158,57 @@ pub enum LoadError {
     },
 }
 
-/// Loads `image` into `memory` (whose size is `memory_size`).
-pub fn load(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
+/// Loads `image` into `memory` (whose size is `memory_size`) as `layout` says.
+pub fn load(
+    memory: &GuestMemory,
+    memory_size: u64,
+    image: &[u8],
+    layout: GuestLayout,
+) -> Result<LoadedImage, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
     }
-    if image.starts_with(ELF_MAGIC) {
-        load_elf(memory, memory_size, image)
-    } else {
-        load_flat(memory, memory_size, image)
+    if !image.starts_with(ELF_MAGIC) {
+        return load_flat(memory, memory_size, image, layout);
     }
+    if let Some(load) = layout.load {
+        return Err(LoadError::LoadWithElf(load));
+    }
+    if image.get(EI_CLASS) == Some(&ELFCLASS32) {
+        return Err(LoadError::Elf32);
+    }
+    if layout.mode != CpuMode::Long {
+        return Err(LoadError::ElfOutsideLongMode(layout.mode.name()));
+    }
+    load_elf(memory, memory_size, image, layout.entry)
 }
 
-fn load_flat(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
-    let room = memory_size.saturating_sub(IMAGE_BASE);
+fn load_flat(
+    memory: &GuestMemory,
+    memory_size: u64,
+    image: &[u8],
+    layout: GuestLayout,
+) -> Result<LoadedImage, LoadError> {
+    let load = layout.load.unwrap_or(IMAGE_BASE);
+    let room = memory_size.saturating_sub(load);
     let size = image.len() as u64;
     if size > room {
-        return Err(LoadError::FlatTooLarge { size, room });
+        return Err(LoadError::FlatTooLarge { size, load, room });
     }
-    write(memory, IMAGE_BASE, image);
-    Ok(LoadedImage { entry: IMAGE_BASE, kind: ImageKind::Flat })
+    let entry = check_entry(layout.entry.unwrap_or(load), memory_size, layout.mode)?;
+    write(memory, load, image);
+    Ok(LoadedImage { entry, kind: ImageKind::Flat, span: load..load + size })
+}
+
+/// The entry, if the VM can start there.
+fn check_entry(entry: u64, memory_size: u64, mode: CpuMode) -> Result<u64, LoadError> {
+    if entry >= memory_size {
+        return Err(LoadError::EntryOutside { entry, memory_end: memory_size });
+    }
+    if mode == CpuMode::Real && entry >= REAL_MODE_REACH {
+        return Err(LoadError::RealModeEntry(entry));
+    }
+    Ok(entry)
 }
 
 /// One PT_LOAD segment, checked against the file and guest memory.
@@ -134,7 +220,12 @@ struct Segment<'a> {
     zeroed: u64,
 }
 
-fn load_elf(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
+fn load_elf(
+    memory: &GuestMemory,
+    memory_size: u64,
+    image: &[u8],
+    entry: Option<u64>,
+) -> Result<LoadedImage, LoadError> {
     let header = read_struct::<Elf64_Ehdr>(image, 0).ok_or(LoadError::BadElf("the ELF header is cut short"))?;
     if header.e_ident[EI_CLASS] != ELFCLASS64 {
         return Err(LoadError::WrongElfKind("not 64-bit"));
@@ -185,16 +276,22 @@ fn load_elf(memory: &GuestMemory, memory_size: u64, image: &[u8]) -> Result<Load
     if segments.is_empty() {
         return Err(LoadError::NoSegments);
     }
-    if !(IMAGE_BASE..memory_size).contains(&header.e_entry) {
-        return Err(LoadError::EntryOutsideMemory { entry: header.e_entry, memory_end: memory_size });
-    }
+    let entry = match entry {
+        Some(entry) => check_entry(entry, memory_size, CpuMode::Long)?,
+        None if !(IMAGE_BASE..memory_size).contains(&header.e_entry) => {
+            return Err(LoadError::EntryOutsideMemory { entry: header.e_entry, memory_end: memory_size });
+        }
+        None => header.e_entry,
+    };
 
     for segment in &segments {
         write(memory, segment.start, segment.bytes);
         let zero_from = segment.start + segment.bytes.len() as u64;
         write(memory, zero_from, &vec![0; segment.zeroed as usize]);
     }
-    Ok(LoadedImage { entry: header.e_entry, kind: ImageKind::Elf })
+    let start = segments.iter().map(|segment| segment.start).min().unwrap_or(IMAGE_BASE);
+    let end = segments.iter().map(|segment| segment.end).max().unwrap_or(IMAGE_BASE);
+    Ok(LoadedImage { entry, kind: ImageKind::Elf, span: start..end })
 }
 
 fn check_segment<'a>(
@@ -279,6 +376,10 @@ mod tests {
         file
     }
 
+    fn load(mem: &GuestMemory, size: u64, image: &[u8]) -> Result<LoadedImage, LoadError> {
+        super::load(mem, size, image, GuestLayout::default())
+    }
+
     fn read(mem: &GuestMemory, at: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
         mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
@@ -289,8 +390,45 @@ mod tests {
     fn flat_images_load_at_the_base() {
         let mem = memory::allocate(MIB2).unwrap();
         let loaded = load(&mem, MIB2, &[0xf4, 0x90]).unwrap();
-        assert_eq!(loaded, LoadedImage { entry: 0x10000, kind: ImageKind::Flat });
+        assert_eq!(loaded, LoadedImage { entry: 0x10000, kind: ImageKind::Flat, span: 0x10000..0x10002 });
         assert_eq!(read(&mem, 0x10000, 3), [0xf4, 0x90, 0]);
+    }
+
+    #[test]
+    fn flat_images_load_and_start_where_the_vm_says() {
+        let mem = memory::allocate(MIB2).unwrap();
+        let at_zero = GuestLayout { mode: CpuMode::Real, load: Some(0), entry: None };
+        let loaded = super::load(&mem, MIB2, &[0xf4], at_zero).unwrap();
+        assert_eq!((loaded.entry, loaded.span), (0, 0..1));
+        assert_eq!(read(&mem, 0, 1), [0xf4]);
+        let entered = GuestLayout { mode: CpuMode::Protected, load: Some(0x8000), entry: Some(0x8010) };
+        assert_eq!(super::load(&mem, MIB2, &[0x90; 32], entered).unwrap().entry, 0x8010);
+    }
+
+    #[test]
+    fn layouts_that_cannot_work_are_refused_before_a_write() {
+        let mem = memory::allocate(MIB2).unwrap();
+        let layout = |mode, load, entry| GuestLayout { mode, load, entry };
+        let outside = super::load(&mem, MIB2, &[0xf4], layout(CpuMode::Long, Some(0), Some(MIB2))).unwrap_err();
+        assert_eq!(outside, LoadError::EntryOutside { entry: MIB2, memory_end: MIB2 });
+        let high = super::load(&mem, 4 * MIB2, &[0xf4], layout(CpuMode::Real, Some(0x10_0000), None));
+        assert_eq!(high.unwrap_err(), LoadError::RealModeEntry(0x10_0000));
+        let too_big = super::load(&mem, MIB2, &[0x90; 16], layout(CpuMode::Long, Some(MIB2 - 8), None));
+        assert_eq!(too_big.unwrap_err(), LoadError::FlatTooLarge { size: 16, load: MIB2 - 8, room: 8 });
+        let image = elf(0x10000, ET_EXEC, &[(0x10000, &[0xf4], 1)]);
+        assert_eq!(
+            super::load(&mem, MIB2, &image, layout(CpuMode::Long, Some(0), None)),
+            Err(LoadError::LoadWithElf(0))
+        );
+        assert_eq!(
+            super::load(&mem, MIB2, &image, layout(CpuMode::Protected, None, None)),
+            Err(LoadError::ElfOutsideLongMode("protected"))
+        );
+        let mut elf32 = image.clone();
+        elf32[EI_CLASS] = ELFCLASS32;
+        let error = super::load(&mem, MIB2, &elf32, layout(CpuMode::Protected, None, None)).unwrap_err();
+        assert!(error.to_string().contains("--oformat binary"), "{error}");
+        assert_eq!(read(&mem, 0, 4), [0; 4], "nothing was written");
     }
 
     #[test]
@@ -299,7 +437,7 @@ mod tests {
         mem.write_slice(&[0xaa; 8], GuestAddress(0x20004)).unwrap();
         let image = elf(0x10010, ET_EXEC, &[(0x10000, &[1, 2, 3], 3), (0x20000, &[9; 4], 12)]);
         let loaded = load(&mem, MIB2, &image).unwrap();
-        assert_eq!(loaded, LoadedImage { entry: 0x10010, kind: ImageKind::Elf });
+        assert_eq!(loaded, LoadedImage { entry: 0x10010, kind: ImageKind::Elf, span: 0x10000..0x2000c });
         assert_eq!(read(&mem, 0x10000, 3), [1, 2, 3]);
         assert_eq!(read(&mem, 0x20000, 12), [9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
@@ -310,7 +448,7 @@ mod tests {
         assert_eq!(load(&mem, MIB2, &[]), Err(LoadError::Empty));
         assert_eq!(
             load(&mem, MIB2, &vec![0x90; MIB2 as usize]),
-            Err(LoadError::FlatTooLarge { size: MIB2, room: MIB2 - 0x10000 })
+            Err(LoadError::FlatTooLarge { size: MIB2, load: 0x10000, room: MIB2 - 0x10000 })
         );
         assert!(matches!(load(&mem, MIB2, b"\x7fELF\x02\x01"), Err(LoadError::BadElf(_))));
         let pie = elf(0x10000, ET_DYN, &[(0x10000, &[0xf4], 1)]);

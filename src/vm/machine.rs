@@ -1,4 +1,4 @@
-//! One guest: a KVM VM with one vCPU in long mode, its memory and its image.
+//! One guest: a KVM VM with one vCPU in its CPU mode, its memory and its image.
 //! This is the only place that calls KVM ioctls; [`Vcpu::run`] turns what
 //! KVM_RUN returns into our own [`Exit`], so nothing else sees KVM types.
 
@@ -11,12 +11,12 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
+use super::cpu_mode::CpuMode;
 use super::cpu_state::CpuState;
 use super::guest_debug::{DebugExit, GuestDebug};
 use super::kick::KickTarget;
-use super::layout::{ARGS, MAX_GUEST_ARGS};
-use super::loader::{self, LoadError};
-use super::longmode;
+use super::layout::{self, MAX_GUEST_ARGS, PlacementError, Structure, SystemArea};
+use super::loader::{self, GuestLayout, LoadError};
 use super::memory::{self, GuestMemory, MemorySizeError};
 
 /// Setting up a VM failed.
@@ -28,6 +28,9 @@ pub enum SetupError {
     /// The image cannot be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The image leaves the hypervisor's structures no room.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
     /// Too many guest arguments.
     #[error("a guest takes at most {MAX_GUEST_ARGS} arguments, got {0}")]
     TooManyArgs(usize),
@@ -42,6 +45,20 @@ pub enum SetupError {
     OutOfFiles {
         /// The step that failed.
         what: &'static str,
+    },
+    /// This host's KVM did not take the mode's control registers.
+    #[error(
+        "this host's KVM does not run {mode} mode: it kept CR0 = 0x{kept_cr0:x} when given 0x{asked_cr0:x} \
+         (KVM emulators without legacy paging, such as kvm_pvm, refuse CR0.PG outside long mode); run the guest \
+         in protected mode (mode = \"protected\"), or on a host with hardware KVM (VMX or SVM)"
+    )]
+    ModeUnsupported {
+        /// The mode's name.
+        mode: &'static str,
+        /// The CR0 given.
+        asked_cr0: u64,
+        /// The CR0 KVM kept.
+        kept_cr0: u64,
     },
     /// A KVM ioctl failed while creating the VM.
     #[error("KVM refused {what}: {source}")]
@@ -74,6 +91,8 @@ pub struct MachineSpec {
     pub memory_size: u64,
     /// Guest arguments written at 0x500.
     pub args: Vec<u64>,
+    /// CPU mode, load address and entry.
+    pub layout: GuestLayout,
 }
 
 /// A port access width and count, as the vCPU made it.
@@ -157,9 +176,9 @@ pub enum Exit<'a> {
     Crash(CrashKind),
 }
 
-/// The registers worth showing when a VM crashed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
+/// A VM's registers at its end (a halt or a crash).
 pub struct RegisterDump {
     pub rip: u64,
     pub rsp: u64,
@@ -175,6 +194,30 @@ pub struct RegisterDump {
     pub cr3: u64,
     pub cr4: u64,
     pub efer: u64,
+}
+
+impl RegisterDump {
+    /// The general registers in the width the mode the vCPU is in uses
+    /// (rax in long mode, eax in the others: a course checks eax = 42),
+    /// the accumulator also in decimal.
+    pub fn describe(&self) -> String {
+        const LMA: u64 = 1 << 10;
+        let (prefix, mask) = if self.efer & LMA != 0 { ('r', u64::MAX) } else { ('e', 0xffff_ffff) };
+        let named = [
+            ("ip", self.rip),
+            ("sp", self.rsp),
+            ("bx", self.rbx),
+            ("cx", self.rcx),
+            ("dx", self.rdx),
+            ("si", self.rsi),
+            ("di", self.rdi),
+        ];
+        let mut text = format!("{prefix}ax={} (0x{:x})", self.rax & mask, self.rax & mask);
+        for (name, value) in named {
+            text.push_str(&format!(" {prefix}{name}=0x{:x}", value & mask));
+        }
+        text
+    }
 }
 
 /// A VM's vCPU: the half of a [`Machine`] that runs.
@@ -194,11 +237,17 @@ pub struct Machine {
     /// Guest memory.
     pub memory: GuestMemory,
     memory_size: u64,
+    /// The CPU mode it started in.
+    pub mode: CpuMode,
+    /// Where the hypervisor's structures lie in its memory.
+    pub area: SystemArea,
+    /// Where the image lies and where it was entered.
+    pub image: loader::LoadedImage,
     /// How the machine was set up, step by step, and how long each took.
     pub setup: Vec<SetupStep>,
 }
 
-/// One step of setting up a VM (the long-mode flowchart of docs/architecture.md).
+/// One step of setting up a VM (the flowchart of docs/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetupStep {
     /// What was done.
@@ -231,8 +280,9 @@ impl SetupTimer {
 
 impl Machine {
     /// Creates the VM, maps memory, loads the image, writes the arguments and
-    /// puts the vCPU in long mode at the image's entry point.
+    /// puts the vCPU in its mode at the image's entry point.
     pub fn new(kvm: &Kvm, spec: &MachineSpec) -> Result<Self, SetupError> {
+        let mode = spec.layout.mode;
         let memory_size = memory::check_size(spec.memory_size)?;
         if spec.args.len() > MAX_GUEST_ARGS {
             return Err(SetupError::TooManyArgs(spec.args.len()));
@@ -240,11 +290,12 @@ impl Machine {
         let mut timer = SetupTimer::default();
         let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
         timer.done("allocate guest memory", "mmap");
-        let image = loader::load(&memory, memory_size, &spec.image)?;
-        longmode::write_page_tables(&memory, memory_size).expect("page tables lie inside the smallest memory");
-        longmode::write_gdt(&memory).expect("the GDT lies inside the smallest memory");
-        write_args(&memory, &spec.args);
-        timer.done("load image, page tables, GDT, args", "memory writes");
+        let image = loader::load(&memory, memory_size, &spec.image, spec.layout)?;
+        let area =
+            layout::place(mode.structures(), image.span.clone(), mode.reach(memory_size), !spec.args.is_empty())?;
+        mode.write_tables(&memory, memory_size, area).expect("placed inside guest memory");
+        write_args(&memory, area.start(Structure::Args), &spec.args);
+        timer.done(mode.tables_step(), "memory writes");
 
         let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
         timer.done("create the VM", "KVM_CREATE_VM");
@@ -269,12 +320,31 @@ impl Machine {
         setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
         timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
         let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
-        let sregs = longmode::special_registers(sregs);
-        setup_ioctl("to enter long mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
-        timer.done("long mode: CRs, EFER, segments", "KVM_GET_SREGS, KVM_SET_SREGS");
-        let regs = longmode::initial_registers(image.entry, memory_size);
+        let sregs = mode.special_registers(sregs, area, image.entry);
+        setup_ioctl("to set the CPU mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
+        if mode == CpuMode::Paged32 {
+            // Some KVMs drop CR0.PG outside long mode without an error; the
+            // guest would triple-fault at its first instruction.
+            let kept = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
+            if kept.cr0 != sregs.cr0 {
+                return Err(SetupError::ModeUnsupported {
+                    mode: mode.name(),
+                    asked_cr0: sregs.cr0,
+                    kept_cr0: kept.cr0,
+                });
+            }
+        }
+        timer.done(mode.setup_step(), "KVM_GET_SREGS, KVM_SET_SREGS");
+        let regs = mode.initial_registers(image.entry, memory_size);
         setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
-        timer.done("rip at the entry, rsp at the top", "KVM_SET_REGS");
+        timer.done(
+            if mode == CpuMode::Real {
+                "ip at the entry, sp 0 (top of the segment)"
+            } else {
+                "rip at the entry, rsp at the top"
+            },
+            "KVM_SET_REGS",
+        );
         // With KVM_CAP_SYNC_REGS, KVM copies the general registers into
         // kvm_run on every exit, so each exit's rip costs no extra ioctl.
         let mut fd = fd;
@@ -282,7 +352,16 @@ impl Machine {
         if syncs_registers {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
-        Ok(Self { vcpu: Vcpu { fd, syncs_registers }, _vm: vm, memory, memory_size, setup: timer.steps })
+        Ok(Self {
+            vcpu: Vcpu { fd, syncs_registers },
+            _vm: vm,
+            memory,
+            memory_size,
+            mode,
+            area,
+            image,
+            setup: timer.steps,
+        })
     }
 
     /// Guest memory size in bytes.
@@ -310,10 +389,10 @@ fn supported_cpuid(kvm: &Kvm) -> Result<&'static CpuId, SetupError> {
     Ok(SUPPORTED.get_or_init(|| cpuid))
 }
 
-fn write_args(memory: &GuestMemory, args: &[u64]) {
-    memory.write_obj(args.len() as u64, GuestAddress(ARGS)).expect("the argument block is in memory");
+fn write_args(memory: &GuestMemory, at: u64, args: &[u64]) {
+    memory.write_obj(args.len() as u64, GuestAddress(at)).expect("the argument block is in memory");
     for (index, value) in args.iter().enumerate() {
-        memory.write_obj(*value, GuestAddress(ARGS + 8 + index as u64 * 8)).expect("the argument block is in memory");
+        memory.write_obj(*value, GuestAddress(at + 8 + index as u64 * 8)).expect("the argument block is in memory");
     }
 }
 
@@ -374,6 +453,12 @@ impl Vcpu {
             Ok(translation) if translation.valid != 0 => Some(translation.physical_address),
             _ => None,
         }
+    }
+
+    /// The data segment's base (0 where it cannot be read): real-mode
+    /// pointers are offsets in it.
+    pub fn data_segment_base(&self) -> u64 {
+        self.fd.get_sregs().map_or(0, |sregs| sregs.ds.base)
     }
 
     /// KVM_SET_GUEST_DEBUG: steps, debug registers and int3 interception as

@@ -1,6 +1,8 @@
 //! Everything that touches KVM: one module per concern, and the only `unsafe`
 //! in the host.
 
+/// The four CPU modes a VM can start in.
+pub mod cpu_mode;
 /// A vCPU's register file as a debugger sees it.
 pub mod cpu_state;
 /// What the host honours of KVM_SET_GUEST_DEBUG, probed.
@@ -12,7 +14,7 @@ pub mod kick;
 pub mod layout;
 /// ELF and flat image loading.
 pub mod loader;
-/// Page tables, GDT and registers for long mode.
+/// Page tables and control registers for long mode.
 pub mod longmode;
 /// One VM: create, run, translate.
 pub mod machine;
@@ -22,9 +24,13 @@ pub mod memory;
 pub mod quantum_timer;
 /// The core thread's seccomp filter.
 pub mod seccomp;
+/// Flat segments and the GDT.
+pub mod segments;
 
+pub use cpu_mode::CpuMode;
 pub use cpu_state::CpuState;
 pub use kick::KickTarget;
+pub use loader::GuestLayout;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;
 pub use quantum_timer::QuantumTimer;

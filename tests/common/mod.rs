@@ -59,12 +59,14 @@ pub fn run_config(config: RunConfig, limit: Duration) -> Outcome {
 
 /// A runtime for one VM of a built-in guest, driven by the test itself.
 pub fn runtime(guest: &str, args: &[u64]) -> matrix_tui::sched::VmRuntime {
+    let builtin = guests::builtin(guest).expect("built-in guest");
     let spec = vm::MachineSpec {
-        image: std::sync::Arc::from(guests::builtin(guest).expect("built-in guest").image),
+        image: std::sync::Arc::from(builtin.image),
         memory_size: 2 << 20,
         args: args.to_vec(),
+        layout: builtin.layout,
     };
-    matrix_tui::sched::VmRuntime::new(&kvm(), &spec).expect("the VM sets up")
+    matrix_tui::sched::VmRuntime::new(&kvm(), &spec, Default::default()).expect("the VM sets up")
 }
 
 /// The console `part1` must print (HYPERCALLS.md), given its `<hva>`.

@@ -72,7 +72,7 @@ impl Core {
         // What the old VM printed still goes out, before its new life starts.
         self.queue_console(vm);
         let slot = &mut self.slots[vm];
-        match VmRuntime::new(&self.kvm, &machine_spec(&slot.config)) {
+        match VmRuntime::new(&self.kvm, &machine_spec(&slot.config), slot.config.ports.clone()) {
             Ok(mut runtime) => {
                 // The console (already flushed above) goes on, so that the
                 // report's history holds every life with a note between them.

@@ -56,7 +56,7 @@ impl Core {
             }
             DebugRequest::Continue | DebugRequest::Step if slot.state.is_finished() => {
                 let end = match slot.state {
-                    VmState::Halted => DebugEnd::Halted,
+                    VmState::Halted { .. } => DebugEnd::Halted,
                     VmState::Killed => DebugEnd::Killed,
                     _ => DebugEnd::Crashed,
                 };
@@ -183,7 +183,9 @@ impl Core {
     /// and tells gdb.
     pub(super) fn halt_for_debugger(&mut self, vm: VmId) {
         self.slots[vm].runtime.counters.exits.hlt += 1;
-        self.set_state(vm, VmState::Halted);
+        let registers = self.slots[vm].runtime.machine.vcpu.registers();
+        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        self.set_state(vm, VmState::Halted { registers, t_ns });
         self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
     }
 

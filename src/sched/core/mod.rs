@@ -38,7 +38,7 @@ use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
 use crate::vm::debug_probe;
 use crate::vm::guest_debug::{DebugExit, GuestDebug};
 use crate::vm::kick::monotonic_ns;
-use crate::vm::{KickTarget, MachineSpec, SetupError, Vcpu, quantum_timer, seccomp};
+use crate::vm::{CpuMode, GuestLayout, KickTarget, MachineSpec, SetupError, Vcpu, quantum_timer, seccomp};
 
 mod commands;
 mod debugging;
@@ -110,13 +110,24 @@ struct Slot {
 }
 
 impl Slot {
+    /// Sets up `config`'s VM. A CPU mode this host's KVM refuses is not the
+    /// user's mistake: that VM is shown crashed with the reason, beside the
+    /// others, on a protected-mode stand-in that never runs.
     fn new(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
-        let runtime = VmRuntime::new(kvm, &machine_spec(&config)).map_err(|source| VmSetupError {
-            name: config.name.clone(),
-            guest: config.guest.clone(),
-            source,
-        })?;
-        let state = if config.paused { VmState::Paused } else { VmState::Running };
+        let failed = |source| VmSetupError { name: config.name.clone(), guest: config.guest.clone(), source };
+        let spec = machine_spec(&config);
+        let (runtime, state) = match VmRuntime::new(kvm, &spec, config.ports.clone()) {
+            Ok(runtime) => (runtime, if config.paused { VmState::Paused } else { VmState::Running }),
+            Err(refused @ SetupError::ModeUnsupported { .. }) => {
+                let layout = GuestLayout { mode: CpuMode::Protected, ..spec.layout };
+                let stand_in = MachineSpec { layout, ..spec };
+                let reason = refused.to_string();
+                let mut runtime = VmRuntime::new(kvm, &stand_in, config.ports.clone()).map_err(|_| failed(refused))?;
+                runtime.console.note(format_args!("VM not started: {reason}"));
+                (runtime, VmState::Crashed { reason, registers: Default::default() })
+            }
+            Err(source) => return Err(failed(source)),
+        };
         Ok(Self {
             config,
             runtime,
@@ -144,7 +155,12 @@ fn candidates(slots: &[Slot]) -> Vec<Candidate> {
 }
 
 fn machine_spec(config: &VmConfig) -> MachineSpec {
-    MachineSpec { image: Arc::clone(&config.image), memory_size: config.memory_size, args: config.args.clone() }
+    MachineSpec {
+        image: Arc::clone(&config.image),
+        memory_size: config.memory_size,
+        args: config.args.clone(),
+        layout: config.layout,
+    }
 }
 
 struct Core {

@@ -143,8 +143,9 @@ impl Core {
                 Step::Io if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
                 Step::Io => continue,
                 Step::Yielded => break SliceEnd::Yield,
-                Step::Halted => {
-                    self.set_state(vm, VmState::Halted);
+                Step::Halted { registers } => {
+                    let t_ns = span.exited_ns.saturating_sub(self.epoch_ns);
+                    self.set_state(vm, VmState::Halted { registers, t_ns });
                     self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
                     break SliceEnd::Halt;
                 }

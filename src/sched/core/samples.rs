@@ -64,6 +64,7 @@ impl Core {
             .map(|slot| {
                 let (crash_reason, registers) = match &slot.state {
                     VmState::Crashed { reason, registers } => (Some(reason.clone()), Some(*registers)),
+                    VmState::Halted { registers, .. } => (None, Some(*registers)),
                     _ => (None, None),
                 };
                 let counters = &slot.runtime.counters;

@@ -1,0 +1,112 @@
+//! A VM's port map: ports that make one of the hypercalls besides the guest
+//! ABI's own (a course's guest prints on port 0x10), and whether accesses to
+//! ports that make none are shown as plain lines (`show_ports`), the way the
+//! course's own hypervisors printed them, instead of as errors.
+
+use super::decode::{
+    PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32, PORT_YIELD,
+};
+
+/// The hypercalls a port can be mapped to, by name, with the ABI port whose
+/// meaning the mapped port takes.
+const CALLS: &[(&str, u16)] = &[
+    ("print8bit", PORT_PRINT8),
+    ("print32bit", PORT_PRINT32),
+    ("numExits", PORT_NUM_EXITS),
+    ("printStr", PORT_PRINT_STR),
+    ("numExitsByType", PORT_NUM_EXITS_BY_TYPE),
+    ("gvaToHva", PORT_GVA_TO_HVA),
+    ("yield", PORT_YIELD),
+];
+
+/// Most ports one VM may map.
+pub const MAX_MAPPED_PORTS: usize = 64;
+
+/// A VM's mapped ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMap {
+    /// (port, the ABI port whose hypercall it makes), in the order given.
+    mapped: Vec<(u16, u16)>,
+    /// Show accesses to ports that make no hypercall as plain lines.
+    pub show_unknown: bool,
+}
+
+impl PortMap {
+    /// Maps `port` to the hypercall called `call` (`print32bit` or
+    /// `HC_print32bit`); a port mapped twice takes the later call.
+    pub fn map(&mut self, port: u16, call: &str) -> Result<(), String> {
+        let name = call.strip_prefix("HC_").unwrap_or(call);
+        let abi_port = CALLS
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|&(_, abi_port)| abi_port)
+            .ok_or_else(|| {
+                let names: Vec<&str> = CALLS.iter().map(|(name, _)| *name).collect();
+                format!("unknown hypercall '{}': give one of {}", crate::console::escape_input(call), names.join(", "))
+            })?;
+        self.mapped.retain(|&(mapped, _)| mapped != port);
+        if self.mapped.len() >= MAX_MAPPED_PORTS {
+            return Err(format!("a VM maps at most {MAX_MAPPED_PORTS} ports"));
+        }
+        self.mapped.push((port, abi_port));
+        Ok(())
+    }
+
+    /// The ABI port whose hypercall `port` makes, if it is mapped.
+    pub fn abi_port(&self, port: u16) -> Option<u16> {
+        if self.mapped.is_empty() {
+            return None;
+        }
+        self.mapped.iter().find(|&&(mapped, _)| mapped == port).map(|&(_, abi_port)| abi_port)
+    }
+
+    /// The mapped ports and their hypercalls' names, in the order given.
+    pub fn entries(&self) -> impl Iterator<Item = (u16, &'static str)> + '_ {
+        self.mapped.iter().map(|&(port, abi_port)| {
+            (port, CALLS.iter().find(|(_, abi)| *abi == abi_port).map_or("?", |(name, _)| *name))
+        })
+    }
+}
+
+/// Parses a port number: `0x10`, `16`.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| {
+        format!("port '{}' is not a number from 0 to 0xffff (e.g. 0x10)", crate::console::escape_input(text))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_map_to_hypercalls_by_name_and_unknown_names_list_the_known() {
+        let mut ports = PortMap::default();
+        ports.map(0x10, "print32bit").unwrap();
+        ports.map(0xE8, "HC_print32bit").unwrap();
+        ports.map(0x10, "numexits").unwrap();
+        assert_eq!(ports.abi_port(0x10), Some(PORT_NUM_EXITS));
+        assert_eq!(ports.abi_port(0xE8), Some(PORT_PRINT32));
+        assert_eq!(ports.abi_port(0x11), None);
+        assert_eq!(ports.entries().collect::<Vec<_>>(), [(0xE8, "print32bit"), (0x10, "numExits")]);
+        let error = ports.map(0x20, "print64bit").unwrap_err();
+        assert_eq!(
+            error,
+            "unknown hypercall 'print64bit': give one of print8bit, print32bit, numExits, printStr, \
+             numExitsByType, gvaToHva, yield"
+        );
+    }
+
+    #[test]
+    fn port_numbers_are_hex_or_decimal_and_at_most_0xffff() {
+        assert_eq!(parse_port("0x10"), Ok(0x10));
+        assert_eq!(parse_port("233"), Ok(0xE9));
+        assert!(parse_port("0x10000").unwrap_err().contains("0 to 0xffff"));
+        assert!(parse_port("ten").is_err());
+    }
+}
