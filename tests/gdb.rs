@@ -271,3 +271,36 @@ fn a_gdb_address_that_cannot_be_served_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("neither HOST:PORT"));
     drop(dir);
 }
+
+/// The `eip` values `info registers` printed, in order.
+fn eips(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("eip"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_real_mode_guest_stops_at_its_entry_and_steps_in_16_bit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    // The Matrix starter's counter: CS:IP = 0x1000:0, shown to gdb as the linear 0x10000.
+    let (mut run, socket) = ticker_beside(dir.path(), "c", "counter");
+    let script = format!(
+        "target remote {}\nset architecture i8086\ninfo registers eip\nx/3i $pc\nstepi\nstepi\nstepi\n\
+         info registers eip eax\nhbreak *0x10005\ncontinue\ncontinue\ninfo registers eip eax\ndetach\n",
+        socket.display()
+    );
+    let file = dir.path().join("real.gdb");
+    std::fs::write(&file, script).unwrap();
+    let output = Command::new("gdb").args(["-batch", "-nx", "-x"]).arg(&file).output().expect("gdb runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && !text.contains("Error in sourced command file"), "{text}");
+    // 16-bit code, disassembled as such at the entry.
+    assert!(text.contains("=> 0x10000:\txor    %ax,%ax"), "{text}");
+    assert!(text.contains("0x10002:\tout    %ax,$0x10"), "{text}");
+    assert_eq!(eips(&text), [0x10000, 0x10005, 0x10005], "{text}");
+    let eax: Vec<&str> = text.lines().filter(|line| line.starts_with("eax")).collect();
+    assert!(eax[0].contains("0x1 ") && eax[1].contains("0x3 "), "two more rounds of the loop: {eax:?}");
+    run.wait_for("c| [matrix] gdb: debugger detached; the VM goes on");
+}

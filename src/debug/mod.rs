@@ -10,6 +10,7 @@
 //! KVM honours.
 
 pub mod address;
+pub mod layout;
 pub mod read_cap;
 pub mod server;
 pub mod session;

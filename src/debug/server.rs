@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -27,12 +28,11 @@ use gdbstub::target::ext::breakpoints::{
     SwBreakpointOps,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
-use gdbstub_arch::x86::X86_64_SSE;
-use gdbstub_arch::x86::reg::X86_64CoreRegs;
+use gdbstub_arch::x86::{X86_64_SSE, X86_SSE};
 
+use super::layout::{I8086, Layout, RegisterLayout};
 use super::read_cap::{self, ReadCap};
 use super::{BreakKind, DebugEnd, DebugReply, DebugRequest, DebugStop, ListenAddress, WatchKind};
-use crate::vm::CpuState;
 
 /// How the server reaches the core: sends a request and kicks the core.
 pub type SendRequest = Arc<dyn Fn(DebugRequest) + Send + Sync>;
@@ -129,10 +129,15 @@ impl Stream {
     }
 }
 
-/// Starts serving `listener` for one VM: sessions send their requests with
-/// `send` and hear the core on `replies`. The thread lives as long as the
-/// process (it waits in accept).
-pub fn start(listener: Listener, send: SendRequest, replies: Receiver<DebugReply>) -> std::io::Result<()> {
+/// Starts serving `listener` for one VM, in register layout `layout`:
+/// sessions send their requests with `send` and hear the core on `replies`.
+/// The thread lives as long as the process (it waits in accept).
+pub fn start(
+    listener: Listener,
+    send: SendRequest,
+    replies: Receiver<DebugReply>,
+    layout: RegisterLayout,
+) -> std::io::Result<()> {
     let busy = Arc::new(AtomicBool::new(false));
     std::thread::Builder::new().name("matrix-gdb".into()).spawn(move || {
         loop {
@@ -149,7 +154,11 @@ pub fn start(listener: Listener, send: SendRequest, replies: Receiver<DebugReply
             }
             let (send, replies, done) = (Arc::clone(&send), replies.clone(), Arc::clone(&busy));
             let spawned = std::thread::Builder::new().name("matrix-gdb-session".into()).spawn(move || {
-                session(stream, peer, &send, replies);
+                match layout {
+                    RegisterLayout::X86_64 => session::<X86_64_SSE>(stream, peer, &send, replies, false),
+                    RegisterLayout::I386 { real: true } => session::<I8086>(stream, peer, &send, replies, true),
+                    RegisterLayout::I386 { real: false } => session::<X86_SSE>(stream, peer, &send, replies, false),
+                }
                 done.store(false, Ordering::Release);
             });
             if spawned.is_err() {
@@ -162,7 +171,7 @@ pub fn start(listener: Listener, send: SendRequest, replies: Receiver<DebugReply
 }
 
 /// Serves one debugger until it detaches, kills the VM or goes away.
-fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<DebugReply>) {
+fn session<L: Layout>(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<DebugReply>, real: bool) {
     // Answers meant for an earlier session are of no use to this one.
     while replies.try_recv().is_ok() {}
     let Ok(mut reading) = stream.try_clone() else { return stream.shutdown() };
@@ -181,7 +190,7 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
     if reader.is_err() {
         return stream.shutdown();
     }
-    let mut target = VmTarget { send: Arc::clone(send), replies };
+    let mut target = VmTarget::<L> { send: Arc::clone(send), replies, real, layout: PhantomData };
     if target.ask(DebugRequest::Attach { peer }).is_err() {
         return stream.shutdown();
     }
@@ -191,7 +200,7 @@ fn session(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<D
     let Ok(stub) = GdbStub::builder(wire).packet_buffer_size(read_cap::PACKET_SIZE).build() else {
         return closing.map_or((), |stream| stream.shutdown());
     };
-    let ending = match stub.run_blocking::<Session>(&mut target) {
+    let ending = match stub.run_blocking::<Session<L>>(&mut target) {
         Ok(DisconnectReason::Kill) => {
             // gdb waits for an OK to its vKill, which gdbstub sends only in
             // extended mode: give it one, so that `kill` ends cleanly.
@@ -264,16 +273,19 @@ impl ConnectionExt for Wire {
     }
 }
 
-/// One VM as gdb sees it: every question goes to the core.
-struct VmTarget {
+/// One VM as gdb sees it, in layout `L`: every question goes to the core.
+struct VmTarget<L> {
     send: SendRequest,
     replies: Receiver<DebugReply>,
+    /// A real-mode VM: its program counter is shown as CS base + IP.
+    real: bool,
+    layout: PhantomData<fn() -> L>,
 }
 
 /// Why a session cannot go on.
 type Fatal = String;
 
-impl VmTarget {
+impl<L: Layout> VmTarget<L> {
     fn ask(&mut self, request: DebugRequest) -> Result<DebugReply, Fatal> {
         (self.send)(request);
         self.replies.recv_timeout(REPLY_TIMEOUT).map_err(|_| "the run has ended".to_string())
@@ -288,8 +300,8 @@ impl VmTarget {
     }
 }
 
-impl Target for VmTarget {
-    type Arch = X86_64_SSE;
+impl<L: Layout> Target for VmTarget<L> {
+    type Arch = L;
     type Error = Fatal;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -301,25 +313,26 @@ impl Target for VmTarget {
     }
 }
 
-impl SingleThreadBase for VmTarget {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs) -> TargetResult<(), Self> {
+impl<L: Layout> SingleThreadBase for VmTarget<L> {
+    fn read_registers(&mut self, regs: &mut L::Registers) -> TargetResult<(), Self> {
         match self.ask(DebugRequest::ReadRegisters).map_err(TargetError::Fatal)? {
             DebugReply::Registers(Ok(state)) => {
-                *regs = to_gdb(&state);
+                *regs = L::to_gdb(&state, self.real);
                 Ok(())
             }
             _ => Err(TargetError::NonFatal),
         }
     }
 
-    fn write_registers(&mut self, regs: &X86_64CoreRegs) -> TargetResult<(), Self> {
-        let state = Box::new(from_gdb(regs));
+    fn write_registers(&mut self, regs: &L::Registers) -> TargetResult<(), Self> {
+        let state = Box::new(L::from_gdb(regs, self.real));
         self.done(DebugRequest::WriteRegisters(state)).map(|_| ())
     }
 
-    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+    fn read_addrs(&mut self, start: L::Usize, data: &mut [u8]) -> TargetResult<usize, Self> {
         let length = data.len().min(MAX_READ);
-        match self.ask(DebugRequest::ReadMemory { address: start, length }).map_err(TargetError::Fatal)? {
+        let address = L::widen(start);
+        match self.ask(DebugRequest::ReadMemory { address, length }).map_err(TargetError::Fatal)? {
             DebugReply::Memory(bytes) if !bytes.is_empty() => {
                 data[..bytes.len()].copy_from_slice(&bytes);
                 Ok(bytes.len())
@@ -329,8 +342,8 @@ impl SingleThreadBase for VmTarget {
         }
     }
 
-    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
-        match self.done(DebugRequest::WriteMemory { address: start, bytes: data.to_vec() })? {
+    fn write_addrs(&mut self, start: L::Usize, data: &[u8]) -> TargetResult<(), Self> {
+        match self.done(DebugRequest::WriteMemory { address: L::widen(start), bytes: data.to_vec() })? {
             true => Ok(()),
             false => Err(TargetError::NonFatal),
         }
@@ -341,7 +354,7 @@ impl SingleThreadBase for VmTarget {
     }
 }
 
-impl SingleThreadResume for VmTarget {
+impl<L: Layout> SingleThreadResume for VmTarget<L> {
     // Signals mean nothing to a guest here; continuing with one is continuing.
     fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         (self.send)(DebugRequest::Continue);
@@ -353,14 +366,14 @@ impl SingleThreadResume for VmTarget {
     }
 }
 
-impl SingleThreadSingleStep for VmTarget {
+impl<L: Layout> SingleThreadSingleStep for VmTarget<L> {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         (self.send)(DebugRequest::Step);
         Ok(())
     }
 }
 
-impl Breakpoints for VmTarget {
+impl<L: Layout> Breakpoints for VmTarget<L> {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -374,23 +387,23 @@ impl Breakpoints for VmTarget {
     }
 }
 
-impl SwBreakpoint for VmTarget {
-    fn add_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address, insert: true })
+impl<L: Layout> SwBreakpoint for VmTarget<L> {
+    fn add_sw_breakpoint(&mut self, address: L::Usize, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address: L::widen(address), insert: true })
     }
 
-    fn remove_sw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address, insert: false })
+    fn remove_sw_breakpoint(&mut self, address: L::Usize, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Software, address: L::widen(address), insert: false })
     }
 }
 
-impl HwBreakpoint for VmTarget {
-    fn add_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address, insert: true })
+impl<L: Layout> HwBreakpoint for VmTarget<L> {
+    fn add_hw_breakpoint(&mut self, address: L::Usize, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address: L::widen(address), insert: true })
     }
 
-    fn remove_hw_breakpoint(&mut self, address: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address, insert: false })
+    fn remove_hw_breakpoint(&mut self, address: L::Usize, _kind: usize) -> TargetResult<bool, Self> {
+        self.done(DebugRequest::Breakpoint { kind: BreakKind::Hardware, address: L::widen(address), insert: false })
     }
 }
 
@@ -403,38 +416,40 @@ fn watch_kind(kind: gdbstub::target::ext::breakpoints::WatchKind) -> WatchKind {
     }
 }
 
-impl HwWatchpoint for VmTarget {
+impl<L: Layout> HwWatchpoint for VmTarget<L> {
     fn add_hw_watchpoint(
         &mut self,
-        address: u64,
-        length: u64,
+        address: L::Usize,
+        length: L::Usize,
         kind: gdbstub::target::ext::breakpoints::WatchKind,
     ) -> TargetResult<bool, Self> {
+        let (address, length) = (L::widen(address), L::widen(length));
         self.done(DebugRequest::Watchpoint { kind: watch_kind(kind), address, length, insert: true })
     }
 
     fn remove_hw_watchpoint(
         &mut self,
-        address: u64,
-        length: u64,
+        address: L::Usize,
+        length: L::Usize,
         kind: gdbstub::target::ext::breakpoints::WatchKind,
     ) -> TargetResult<bool, Self> {
+        let (address, length) = (L::widen(address), L::widen(length));
         self.done(DebugRequest::Watchpoint { kind: watch_kind(kind), address, length, insert: false })
     }
 }
 
 /// How a session waits while its VM runs: for the core's stop, or for gdb
 /// (a Ctrl-C, or a packet).
-enum Session {}
+struct Session<L>(PhantomData<fn() -> L>);
 
-impl run_blocking::BlockingEventLoop for Session {
-    type Target = VmTarget;
+impl<L: Layout> run_blocking::BlockingEventLoop for Session<L> {
+    type Target = VmTarget<L>;
     type Connection = Wire;
-    type StopReason = SingleThreadStopReason<u64>;
+    type StopReason = SingleThreadStopReason<L::Usize>;
 
     #[allow(clippy::type_complexity)]
     fn wait_for_stop_reason(
-        target: &mut VmTarget,
+        target: &mut VmTarget<L>,
         conn: &mut Wire,
     ) -> Result<run_blocking::Event<Self::StopReason>, run_blocking::WaitForStopReasonError<Fatal, std::io::Error>>
     {
@@ -446,7 +461,7 @@ impl run_blocking::BlockingEventLoop for Session {
             select! {
                 recv(conn.incoming) -> bytes => conn.pending.extend(bytes.map_err(|_| Failed::Connection(gone()))?),
                 recv(target.replies) -> reply => match reply {
-                    Ok(DebugReply::Stopped(stop)) => return Ok(Event::TargetStopped(stop_reason(stop))),
+                    Ok(DebugReply::Stopped(stop)) => return Ok(Event::TargetStopped(stop_reason::<L>(stop))),
                     Ok(DebugReply::Ended(end)) => return Ok(Event::TargetStopped(end_reason(end))),
                     // Late answers to something else: not what is waited for.
                     Ok(_) => {}
@@ -456,14 +471,14 @@ impl run_blocking::BlockingEventLoop for Session {
         }
     }
 
-    fn on_interrupt(target: &mut VmTarget) -> Result<Option<Self::StopReason>, Fatal> {
+    fn on_interrupt(target: &mut VmTarget<L>) -> Result<Option<Self::StopReason>, Fatal> {
         // The core stops the VM and answers with the stop, which the wait above hears.
         (target.send)(DebugRequest::Interrupt);
         Ok(None)
     }
 }
 
-fn stop_reason(stop: DebugStop) -> SingleThreadStopReason<u64> {
+fn stop_reason<L: Layout>(stop: DebugStop) -> SingleThreadStopReason<L::Usize> {
     match stop {
         DebugStop::Breakpoint { .. } => SingleThreadStopReason::SwBreak(()),
         DebugStop::Step => SingleThreadStopReason::DoneStep,
@@ -474,7 +489,7 @@ fn stop_reason(stop: DebugStop) -> SingleThreadStopReason<u64> {
                 WatchKind::Read => Gdb::Read,
                 WatchKind::Access => Gdb::ReadWrite,
             };
-            SingleThreadStopReason::Watch { tid: (), kind, addr: address }
+            SingleThreadStopReason::Watch { tid: (), kind, addr: L::narrow(address) }
         }
         DebugStop::Interrupt => SingleThreadStopReason::Signal(Signal::SIGINT),
         DebugStop::Crashed => SingleThreadStopReason::Signal(Signal::SIGSEGV),
@@ -485,62 +500,11 @@ fn stop_reason(stop: DebugStop) -> SingleThreadStopReason<u64> {
     }
 }
 
-fn end_reason(end: DebugEnd) -> SingleThreadStopReason<u64> {
+fn end_reason<U>(end: DebugEnd) -> SingleThreadStopReason<U> {
     match end {
         DebugEnd::Halted => SingleThreadStopReason::Exited(0),
         DebugEnd::Crashed => SingleThreadStopReason::Terminated(Signal::SIGSEGV),
         DebugEnd::Killed => SingleThreadStopReason::Terminated(Signal::SIGKILL),
-    }
-}
-
-/// The x87 tag word gdb shows (two bits a register) from the abridged one
-/// FXSAVE keeps (a bit a register: in use or not). In-use registers are shown
-/// as valid.
-fn full_tag_word(abridged: u8) -> u32 {
-    (0..8).map(|i| if abridged & (1 << i) != 0 { 0 } else { 0b11 << (2 * i) }).sum()
-}
-
-fn abridged_tag_word(full: u32) -> u8 {
-    (0..8).filter(|i| (full >> (2 * i)) & 0b11 != 0b11).map(|i| 1 << i).sum()
-}
-
-fn to_gdb(state: &CpuState) -> X86_64CoreRegs {
-    let mut regs =
-        X86_64CoreRegs { regs: state.gprs, rip: state.rip, eflags: state.rflags as u32, ..Default::default() };
-    let [cs, ss, ds, es, fs, gs] = state.selectors.map(u32::from);
-    regs.segments = gdbstub_arch::x86::reg::X86SegmentRegs { cs, ss, ds, es, fs, gs };
-    regs.st = state.st;
-    regs.fpu = gdbstub_arch::x86::reg::X87FpuInternalRegs {
-        fctrl: state.fcw.into(),
-        fstat: state.fsw.into(),
-        ftag: full_tag_word(state.ftw),
-        fiseg: (state.fip >> 32) as u32,
-        fioff: state.fip as u32,
-        foseg: (state.fdp >> 32) as u32,
-        fooff: state.fdp as u32,
-        fop: state.fop.into(),
-    };
-    regs.xmm = state.xmm;
-    regs.mxcsr = state.mxcsr;
-    regs
-}
-
-fn from_gdb(regs: &X86_64CoreRegs) -> CpuState {
-    let s = &regs.segments;
-    CpuState {
-        gprs: regs.regs,
-        rip: regs.rip,
-        rflags: regs.eflags.into(),
-        selectors: [s.cs, s.ss, s.ds, s.es, s.fs, s.gs].map(|selector| selector as u16),
-        st: regs.st,
-        fcw: regs.fpu.fctrl as u16,
-        fsw: regs.fpu.fstat as u16,
-        ftw: abridged_tag_word(regs.fpu.ftag),
-        fop: regs.fpu.fop as u16,
-        fip: u64::from(regs.fpu.fiseg) << 32 | u64::from(regs.fpu.fioff),
-        fdp: u64::from(regs.fpu.foseg) << 32 | u64::from(regs.fpu.fooff),
-        xmm: regs.xmm,
-        mxcsr: regs.mxcsr,
     }
 }
 
@@ -562,30 +526,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registers_go_to_gdb_and_back() {
-        let state = CpuState {
-            gprs: std::array::from_fn(|i| i as u64 * 0x1111),
-            rip: 0x10042,
-            rflags: 0x246,
-            selectors: [0x8, 0x10, 0x10, 0x10, 0x10, 0x10],
-            fcw: 0x37f,
-            ftw: 0b1000_0001,
-            fip: 0x1234_5678_9abc,
-            xmm: std::array::from_fn(|i| i as u128),
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        let regs = to_gdb(&state);
-        assert_eq!((regs.rip, regs.regs[7], regs.segments.cs, regs.eflags), (0x10042, 7 * 0x1111, 0x8, 0x246));
-        assert_eq!(regs.fpu.ftag, 0b0011_1111_1111_1100, "st0 and st7 valid, the rest empty");
-        assert_eq!(from_gdb(&regs), state);
-    }
-
-    #[test]
     fn stops_are_told_to_gdb_as_signals_and_exits() {
-        assert_eq!(stop_reason(DebugStop::Interrupt), SingleThreadStopReason::Signal(Signal::SIGINT));
-        assert_eq!(stop_reason(DebugStop::Step), SingleThreadStopReason::DoneStep);
-        assert_eq!(end_reason(DebugEnd::Halted), SingleThreadStopReason::Exited(0));
-        assert_eq!(end_reason(DebugEnd::Killed), SingleThreadStopReason::Terminated(Signal::SIGKILL));
+        assert_eq!(stop_reason::<X86_64_SSE>(DebugStop::Interrupt), SingleThreadStopReason::Signal(Signal::SIGINT));
+        assert_eq!(stop_reason::<X86_SSE>(DebugStop::Step), SingleThreadStopReason::DoneStep);
+        assert_eq!(end_reason::<u64>(DebugEnd::Halted), SingleThreadStopReason::Exited(0));
+        assert_eq!(end_reason::<u32>(DebugEnd::Killed), SingleThreadStopReason::Terminated(Signal::SIGKILL));
     }
 }

@@ -4,6 +4,7 @@
 //! errors of starting.
 
 use super::*;
+use crate::debug::layout::RegisterLayout;
 
 /// A VM that could not be set up, with its name.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +257,9 @@ fn serve_debuggers(
         socket_paths.extend(listener.socket_path());
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
-        server::start(listener, send, reply_rx).map_err(|source| SpawnError::Thread { what: "gdb server", source })?;
+        let layout = RegisterLayout::for_mode(slot.config.layout.mode);
+        server::start(listener, send, reply_rx, layout)
+            .map_err(|source| SpawnError::Thread { what: "gdb server", source })?;
         slot.debug = Some(Debugged::new(listening, reply_tx, strategy));
         slot.state = VmState::Gdb { stop: DebugStop::Waiting };
     }
