@@ -185,6 +185,38 @@ fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
 }
 
 #[test]
+fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
+    let command = format!("{} lesson modes; sleep 60", binary().display());
+    let tmux = Tmux::start("matrix-tui-test-lesson-modes", &command);
+    tmux.wait_for(&["lesson: CPU modes", "step 1 of 5"]);
+    tmux.keys("e");
+    tmux.wait_for(&["real mode: CS:IP from the entry", "step 2 of 5"]);
+    tmux.keys("s");
+    tmux.wait_for(&["0x60000010", "step 3 of 5"]);
+    tmux.keys("Tab");
+    tmux.keys("Tab");
+    tmux.keys("Tab");
+    tmux.wait_for(&["long mode: CRs, EFER, segments"]);
+    tmux.keys("s");
+    tmux.wait_for(&["0x80050033", "step 4 of 5"]);
+    tmux.keys("Tab");
+    tmux.keys("p");
+    tmux.wait_for(&["exits of real", "hlt", "step 5 of 5"]);
+    // protected, then paged32 (crashed where the host refuses it: p does nothing), then long.
+    for _ in 0..3 {
+        tmux.keys("Tab");
+        tmux.keys("p");
+    }
+    tmux.wait_for(&["all 5 steps done"]);
+    tmux.keys("e");
+    tmux.keys("l");
+    // 80 columns: a row each, a halted VM's ending with its registers.
+    let screen = tmux.wait_for(&["eax=42 (0x2a)", "rax=42 (0x2a)"]);
+    assert_eq!(screen.matches("–  eax=42 (0x2a)").count(), 2, "real and protected: {screen}");
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_and_replays_the_panes() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");

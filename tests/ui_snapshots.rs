@@ -94,7 +94,7 @@ fn six_vms_at_160x48() {
 #[test]
 fn six_vms_at_80x24_as_rows() {
     let names = ["neo", "morpheus", "ticker-a", "ticker-b", "evil", "crash"];
-    let app = app(&names, &[40.0, 20.0, 20.0, 10.0, 5.0, 5.0], &[(3, VmState::Paused), (5, crashed())]);
+    let app = app(&names, &[40.0, 20.0, 20.0, 10.0, 5.0, 5.0], &[(3, VmState::Paused), (4, halted()), (5, crashed())]);
     insta::assert_snapshot!(render(&app, 80, 24).backend());
 }
 

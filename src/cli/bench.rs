@@ -16,7 +16,7 @@ pub(super) struct BenchArgs {
     /// Shorter runs.
     #[arg(long)]
     quick: bool,
-    /// Only these measurements (repeat): exit, hypercalls, preempt, baseline,
+    /// Only these measurements (repeat): exit, hypercalls, modes, preempt, baseline,
     /// share, overhead, trace, scale, flood, ui.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::MEASUREMENTS))]
     only: Vec<String>,

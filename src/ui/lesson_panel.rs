@@ -124,11 +124,12 @@ impl Widget for LessonPanel<'_> {
             .border_type(BorderType::Rounded)
             .border_style(Style::default().fg(Color::Yellow))
             .title(Span::styled(format!(" lesson: {} ", lesson.title), Style::default().bold()))
-            .title_bottom(format!(
-                " step {} of {} · l hides ",
-                (progress.done + 1).min(lesson.steps.len()),
-                lesson.steps.len()
-            ));
+            .title_bottom(if progress.finished() {
+                // Said where a short panel still shows it, not only below the steps.
+                format!(" all {} steps done · l hides ", lesson.steps.len())
+            } else {
+                format!(" step {} of {} · l hides ", progress.done + 1, lesson.steps.len())
+            });
         let mut lines = Vec::new();
         for (index, step) in lesson.steps.iter().enumerate() {
             let (mark, style) = match index.cmp(&progress.done) {

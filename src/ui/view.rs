@@ -375,8 +375,16 @@ fn draw_rows(frame: &mut Frame<'_>, app: &App, area: Rect) -> Vec<Rect> {
             ShareGauge { share: view.share, target: app.target(vm), color: state_color(&view.state) },
             gauge,
         );
-        let last = view.lines.back().map(String::as_str).unwrap_or("");
-        frame.render_widget(Paragraph::new(format!(" {:>6}/s  {last}", view.rates.exits.total())), rest);
+        // A halted VM's row says what it halted with (a course checks eax),
+        // in place of an exit rate that is 0.
+        let text = match &view.state {
+            VmState::Halted { registers, .. } => format!("  {}", registers.describe()),
+            _ => {
+                let last = view.lines.back().map(String::as_str).unwrap_or("");
+                format!(" {:>6}/s  {last}", view.rates.exits.total())
+            }
+        };
+        frame.render_widget(Paragraph::new(text), rest);
         rows.resize(vm, Rect::default());
         rows.push(row);
     }
