@@ -191,6 +191,8 @@ pub enum Event {
         vm: VmId,
         /// The steps, in order, timed.
         steps: Vec<SetupStep>,
+        /// The mode, where the image lies and where it starts, in a line.
+        summary: String,
     },
     /// The answer to [`Command::Step`].
     Stepped {

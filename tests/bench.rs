@@ -26,6 +26,21 @@ fn quick_bench_reports_every_figure() {
     assert!(report["machine"]["kernel"].is_string() && report["machine"]["cpus"].as_u64() > Some(0));
     assert_percentiles(&report, &["exit_roundtrip_ns"]);
     assert!(number(&report, &["calibration", "loop_iterations_per_ms"]) > 0.0);
+    for mode in ["real", "protected", "paged32", "long"] {
+        let figure = &report["setup_by_mode_us"][mode];
+        // A mode this host's KVM refuses says so instead of a figure.
+        if figure["refused"].is_null() {
+            assert_percentiles(&report, &["setup_by_mode_us", mode]);
+        }
+    }
+    assert_percentiles(&report, &["real_vs_long_exit_ns", "real"]);
+    assert_percentiles(&report, &["real_vs_long_exit_ns", "long"]);
+    let ratio = number(&report, &["real_vs_long_exit_ns", "ratio_p50"]);
+    let (real, long) = (
+        number(&report, &["real_vs_long_exit_ns", "real", "p50"]),
+        number(&report, &["real_vs_long_exit_ns", "long", "p50"]),
+    );
+    assert!((ratio - real / long).abs() < 1e-9, "the ratio is of the two medians shown");
     for call in ["print8bit", "print32bit", "numExits", "printStr64", "numExitsByType", "gvaToHva"] {
         assert_percentiles(&report, &["hypercall_ns", call]);
     }

@@ -258,3 +258,37 @@ fn a_guest_given_arguments_may_not_cover_them() {
     let error = vm::Machine::new(&kvm, &spec).err().expect("refused");
     assert!(error.to_string().contains("over the guest arguments' block (0x500..0x600)"), "{error}");
 }
+
+#[test]
+fn the_setup_flowchart_matches_the_long_mode_code_and_the_table_every_mode() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md")).unwrap();
+    let flowchart = doc.split("```mermaid").nth(1).and_then(|rest| rest.split("```").next()).expect("a flowchart");
+    let builtin = guests::builtin("part1").unwrap();
+    let spec = MachineSpec {
+        image: std::sync::Arc::from(builtin.image),
+        memory_size: 2 << 20,
+        args: Vec::new(),
+        layout: builtin.layout,
+    };
+    let machine = vm::Machine::new(&common::kvm(), &spec).unwrap();
+    for step in &machine.setup {
+        for ioctl in step.how.split(", ").filter(|how| how.starts_with("KVM_")) {
+            assert!(flowchart.contains(ioctl), "the flowchart lacks {ioctl} ({})", step.what);
+        }
+    }
+    use matrix_tui::vm::layout::{ARGS, GDT, IMAGE_BASE, PAGE_DIRECTORY, PDPT, PML4};
+    for (name, value) in [("PML4", PML4), ("PDPT", PDPT), ("PD", PAGE_DIRECTORY)] {
+        assert!(flowchart.contains(&format!("{name} 0x{value:x}")), "{name}");
+    }
+    for text in
+        [format!("GDT at 0x{GDT:x}"), format!("arguments at 0x{ARGS:x}"), format!("0x{IMAGE_BASE:x} by default")]
+    {
+        assert!(flowchart.contains(&text), "{text}");
+    }
+    assert!(flowchart.contains(&format!("CR3 = 0x{PML4:x}")));
+    let table = doc.split("### The four CPU modes").nth(1).expect("the modes table");
+    for mode in CpuMode::ALL {
+        assert!(table.contains(&format!("| `{}` |", mode.name())), "{mode:?}");
+    }
+    assert!(machine.summary().starts_with("long mode · image 0x10000.."), "{}", machine.summary());
+}

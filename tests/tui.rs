@@ -190,13 +190,13 @@ fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
     let tmux = Tmux::start("matrix-tui-test-lesson-modes", &command);
     tmux.wait_for(&["lesson: CPU modes", "step 1 of 5"]);
     tmux.keys("e");
-    tmux.wait_for(&["real mode: CS:IP from the entry", "step 2 of 5"]);
+    tmux.wait_for(&["real mode · image 0x0..0x42 · entered at 0x0:0x0 (CS:IP)", "step 2 of 5"]);
     tmux.keys("s");
     tmux.wait_for(&["0x60000010", "step 3 of 5"]);
     tmux.keys("Tab");
     tmux.keys("Tab");
     tmux.keys("Tab");
-    tmux.wait_for(&["long mode: CRs, EFER, segments"]);
+    tmux.wait_for(&["long mode · image 0x0..0x42 · entered at 0x0"]);
     tmux.keys("s");
     tmux.wait_for(&["0x80050033", "step 4 of 5"]);
     tmux.keys("Tab");

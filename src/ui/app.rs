@@ -207,9 +207,10 @@ impl App {
                 // Kept for the inspector; nothing on screen changed unless it shows them.
                 return self.inspector.is_some() && vm == self.selected;
             }
-            Event::Setup { vm, steps } => {
+            Event::Setup { vm, steps, summary } => {
                 if let Some(view) = self.vms.get_mut(vm) {
                     view.setup = steps;
+                    view.setup_summary = summary;
                 }
                 return self.inspector.is_some() && vm == self.selected;
             }

@@ -157,10 +157,13 @@ fn setup_lines(view: &VmView) -> Vec<Line<'static>> {
     }
     let dim = Style::default().fg(Color::DarkGray);
     let total: u64 = view.setup.iter().map(|step| step.ns).sum();
-    let mut lines = vec![Line::styled(
-        format!("set up in {:.2} ms, before its first instruction:", total as f64 / 1e6),
-        Style::default().fg(Color::Cyan),
-    )];
+    let mut lines = vec![
+        Line::styled(
+            format!("set up in {:.2} ms, before its first instruction:", total as f64 / 1e6),
+            Style::default().fg(Color::Cyan),
+        ),
+        Line::styled(view.setup_summary.clone(), Style::default().fg(Color::Cyan)),
+    ];
     for step in &view.setup {
         lines.push(Line::from(vec![
             Span::raw(format!("{:>9.1} us  ", step.ns as f64 / 1000.0)),

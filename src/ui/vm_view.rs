@@ -52,6 +52,8 @@ pub struct VmView {
     pub seen_hypercalls: Vec<&'static str>,
     /// How its machine was set up, step by step.
     pub setup: Vec<SetupStep>,
+    /// Its mode, image and entry, in a line.
+    pub setup_summary: String,
     /// Its debugger's latest news (for a VM run with `--gdb`).
     pub debugger: Option<DebuggerStatus>,
     /// Where its gdb server listens.
@@ -79,6 +81,7 @@ impl VmView {
             seen_kinds: Vec::new(),
             seen_hypercalls: Vec::new(),
             setup: Vec::new(),
+            setup_summary: String::new(),
             debugger: None,
             gdb_address: None,
         }

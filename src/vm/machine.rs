@@ -364,6 +364,25 @@ impl Machine {
         })
     }
 
+    /// Its mode, where its image lies and where it starts, in a line:
+    /// `real mode · image 0x0..0x42 · entered at 0:0 (CS:IP)`.
+    pub fn summary(&self) -> String {
+        let span = &self.image.span;
+        let entry = self.image.entry;
+        let entered = match self.mode {
+            CpuMode::Real => {
+                let segment = super::cpu_mode::real_mode_segment(entry);
+                format!("entered at 0x{segment:x}:0x{:x} (CS:IP)", entry & 0xffff)
+            }
+            _ => format!("entered at 0x{entry:x}"),
+        };
+        let moved = match self.area.shift {
+            0 => String::new(),
+            shift => format!(" · its structures moved up 0x{shift:x}"),
+        };
+        format!("{} mode · image 0x{:x}..0x{:x} · {entered}{moved}", self.mode.name(), span.start, span.end)
+    }
+
     /// Guest memory size in bytes.
     pub fn memory_size(&self) -> u64 {
         self.memory_size

@@ -110,8 +110,9 @@ impl Core {
     /// (only the UI's inspector shows it).
     pub(super) fn announce_setup(&mut self, vm: VmId) {
         if self.live_records {
-            let steps = self.slots[vm].runtime.machine.setup.clone();
-            self.outbox.push_back(Event::Setup { vm, steps });
+            let machine = &self.slots[vm].runtime.machine;
+            let (steps, summary) = (machine.setup.clone(), machine.summary());
+            self.outbox.push_back(Event::Setup { vm, steps, summary });
         }
     }
 

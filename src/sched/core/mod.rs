@@ -124,6 +124,8 @@ impl Slot {
                 let reason = refused.to_string();
                 let mut runtime = VmRuntime::new(kvm, &stand_in, config.ports.clone()).map_err(|_| failed(refused))?;
                 runtime.console.note(format_args!("VM not started: {reason}"));
+                // The stand-in's setup is not this VM's: the inspector shows none.
+                runtime.machine.setup.clear();
                 (runtime, VmState::Crashed { reason, registers: Default::default() })
             }
             Err(source) => return Err(failed(source)),
