@@ -33,7 +33,12 @@ fn list_guests() -> Result<ExitCode, Failure> {
     for guest in guests::BUILTIN {
         let _ = writeln!(out, "{:<10} {}", guest.name, guest.summary);
     }
-    let _ = writeln!(out, "\n(built for {})", guests::GUEST_TARGET);
+    let _ = writeln!(
+        out,
+        "\n(built for {}; hello16, hello32, hello64 and counter are flat binaries built by gcc from \
+         guest/examples/course, each run in its own mode and at its own load address unless told otherwise)",
+        guests::GUEST_TARGET
+    );
     let measured = vm::open_kvm()
         .map_err(|error| error.to_string())
         .and_then(|kvm| calibration::measure(&kvm).map_err(|error| error.to_string()));
@@ -73,7 +78,8 @@ fn export_guests(dir: &std::path::Path) -> Result<ExitCode, Failure> {
         std::fs::write(dir.join(guest.name), guest.image).map_err(failed)?;
     }
     print_stdout(&format!(
-        "wrote {} guests to {} (ELF with debug info: gdb {}/neo shows their symbols)\n",
+        "wrote {} guests to {} (the ELF ones with debug info: gdb {}/neo shows their symbols; the course's are \
+         flat binaries)\n",
         guests::BUILTIN.len(),
         dir.display(),
         dir.display()

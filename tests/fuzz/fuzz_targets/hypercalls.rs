@@ -1,15 +1,16 @@
 //! cargo-fuzz target for the hypercall handlers: the fuzzer picks the guest's
-//! memory contents, its page tables (identity bound and remaps), and a
-//! sequence of port accesses (port, direction, size, count, value).
+//! memory contents, its page tables (identity bound and remaps), its CPU mode
+//! and DS base, a mapped port and `show_ports`, and a sequence of port
+//! accesses (port, direction, size, count, value).
 //!
 //! Run: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz hypercalls
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use matrix_tui::console::ConsoleOut;
-use matrix_tui::hypercall::{self, GuestView, HypercallState, Translate, VmIo};
+use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VmIo};
 use matrix_tui::stats::VmCounters;
-use matrix_tui::vm::{PortAccess, memory};
+use matrix_tui::vm::{CpuMode, PortAccess, memory};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEMORY: u64 = 2 << 20;
@@ -17,6 +18,7 @@ const MEMORY: u64 = 2 << 20;
 struct Tables {
     mapped_below: u64,
     remap: Option<(u64, u64)>,
+    ds_base: u64,
 }
 
 impl Translate for Tables {
@@ -28,7 +30,13 @@ impl Translate for Tables {
         }
         (gva < self.mapped_below).then_some(gva)
     }
+
+    fn data_segment_base(&self) -> u64 {
+        self.ds_base
+    }
 }
+
+const CALLS: [&str; 7] = ["print8bit", "print32bit", "numExits", "printStr", "numExitsByType", "gvaToHva", "yield"];
 
 fn u64_at(data: &[u8], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
@@ -48,7 +56,12 @@ fuzz_target!(|data: &[u8]| {
     let tables = Tables {
         mapped_below: u64_at(data, 0),
         remap: (data[8] & 1 == 1).then(|| (u64_at(data, 8), u64_at(data, 16))),
+        ds_base: (u64_at(data, 16) & 0xffff) << 4,
     };
+    let mode = CpuMode::ALL[usize::from(data[17] % 4)];
+    let mut ports = PortMap::default();
+    ports.show_unknown = data[18] & 1 == 1;
+    ports.map(u16::from_le_bytes([data[19], data[20]]), CALLS[usize::from(data[21]) % CALLS.len()]).unwrap();
     let at = u64_at(data, 24) % (MEMORY - 4096);
     let rest = &data[32..];
     memory.write_slice(&rest[..rest.len().min(4096)], GuestAddress(at)).unwrap();
@@ -61,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         let count = u32::from(access[3] % 4).max(1);
         let value = u32::from_le_bytes([access[4], access[5], access[6], access[7]]);
         let access_shape = PortAccess { size, count };
-        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console };
+        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console, mode, ports: &ports };
         if access[8] & 1 == 0 {
             io.counters.exits.io_out += 1;
             let view = GuestView { memory: &memory, memory_size: MEMORY, translator: &tables };
