@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -215,13 +214,7 @@ fn matrix_elf(name: &str) -> std::path::PathBuf {
 #[test]
 fn the_example_c_guest_builds_with_gcc_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let make = std::process::Command::new("make")
-        .arg("-C")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/examples/c"))
-        .arg(format!("OUT={}", dir.path().display()))
-        .output()
-        .expect("make runs");
-    assert!(make.status.success(), "make failed: {}", String::from_utf8_lossy(&make.stderr));
+    common::make_example("c", dir.path());
     let image = dir.path().join("hello.elf");
     let output = run(&["run", "--vm", &format!("c={}", image.display()), "--args", "c=7,0x10"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use matrix_tui::guests;
 use matrix_tui::sched::{Step, VmRuntime};
@@ -16,13 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 /// Builds the course guests with their own Makefile into `dir`.
 fn build_course(dir: &Path) -> PathBuf {
-    let make = Command::new("make")
-        .arg("-C")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/examples/course"))
-        .arg(format!("OUT={}", dir.display()))
-        .output()
-        .expect("make runs (install make and gcc)");
-    assert!(make.status.success(), "make failed:\n{}", String::from_utf8_lossy(&make.stderr));
+    common::make_example("course", dir);
     dir.to_path_buf()
 }
 

@@ -94,13 +94,18 @@ fn gdb(dir: &Path, script: &str, elf: &Path) -> String {
     text
 }
 
-/// The rip values `info registers rip` printed, in order.
-fn rips(text: &str) -> Vec<u64> {
+/// The values of `register` that `info registers` printed, in order.
+fn values_of(register: &str, text: &str) -> Vec<u64> {
     text.lines()
-        .filter_map(|line| line.strip_prefix("rip"))
+        .filter_map(|line| line.strip_prefix(register))
         .filter_map(|rest| rest.split_whitespace().next())
         .map(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap())
         .collect()
+}
+
+/// The rip values `info registers rip` printed, in order.
+fn rips(text: &str) -> Vec<u64> {
+    values_of("rip", text)
 }
 
 /// `info symbol`-free check that `rip` lies inside `function`: gdb prints
@@ -116,13 +121,7 @@ fn export(dir: &Path, guest: &str) -> PathBuf {
 }
 
 fn build_c_example(dir: &Path) -> PathBuf {
-    let make = Command::new("make")
-        .arg("-C")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/examples/c"))
-        .arg(format!("OUT={}", dir.display()))
-        .output()
-        .expect("make runs");
-    assert!(make.status.success(), "make failed: {}", String::from_utf8_lossy(&make.stderr));
+    common::make_example("c", dir);
     dir.join("hello.elf")
 }
 
@@ -272,15 +271,6 @@ fn a_gdb_address_that_cannot_be_served_is_a_usage_error() {
     drop(dir);
 }
 
-/// The `eip` values `info registers` printed, in order.
-fn eips(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("eip"))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_real_mode_guest_stops_at_its_entry_and_steps_in_16_bit_code() {
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +289,7 @@ fn a_real_mode_guest_stops_at_its_entry_and_steps_in_16_bit_code() {
     // 16-bit code, disassembled as such at the entry.
     assert!(text.contains("=> 0x10000:\txor    %ax,%ax"), "{text}");
     assert!(text.contains("0x10002:\tout    %ax,$0x10"), "{text}");
-    assert_eq!(eips(&text), [0x10000, 0x10005, 0x10005], "{text}");
+    assert_eq!(values_of("eip", &text), [0x10000, 0x10005, 0x10005], "{text}");
     let eax: Vec<&str> = text.lines().filter(|line| line.starts_with("eax")).collect();
     assert!(eax[0].contains("0x1 ") && eax[1].contains("0x3 "), "two more rounds of the loop: {eax:?}");
     run.wait_for("c| [matrix] gdb: debugger detached; the VM goes on");

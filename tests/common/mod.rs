@@ -163,3 +163,14 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
+
+/// Builds `guest/examples/NAME` with its Makefile into `out`.
+pub fn make_example(name: &str, out: &std::path::Path) {
+    let make = std::process::Command::new("make")
+        .arg("-C")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/examples").join(name))
+        .arg(format!("OUT={}", out.display()))
+        .output()
+        .expect("make runs (install make and gcc; .ci/run does)");
+    assert!(make.status.success(), "make failed:\n{}", String::from_utf8_lossy(&make.stderr));
+}
