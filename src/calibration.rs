@@ -79,7 +79,7 @@ pub fn measure(kvm: &Kvm) -> Result<Calibration, SetupError> {
         let mut times = Vec::with_capacity(UNITS_TIMED + 1);
         // Time from the end of one unit's exit to the next exit, in KVM_RUN.
         while times.len() <= UNITS_TIMED && started.elapsed() < BUDGET {
-            let (step, span, _) = vm.step(&kick, 0);
+            let (step, span, _) = vm.step(&kick, 0, false);
             match step {
                 Step::Io => times.push(span.exited_ns - span.entered_ns),
                 Step::Interrupted => continue,

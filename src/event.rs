@@ -107,6 +107,12 @@ pub enum VmState {
     Running,
     /// Held by the user; not scheduled.
     Paused,
+    /// Waiting in `hlt` with interrupts on for its timer's next tick: not
+    /// runnable, charged nothing.
+    Sleeping {
+        /// When the tick comes due (ns since the run started).
+        until_ns: u64,
+    },
     /// Ended with HLT.
     Halted {
         /// Registers at the halt.
@@ -136,6 +142,7 @@ impl VmState {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Sleeping { .. } => "sleeping",
             Self::Halted { .. } => "halted",
             Self::Gdb { .. } => "gdb",
             Self::Killed => "killed",

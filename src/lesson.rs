@@ -24,11 +24,12 @@
 //! | `{ vm = "neo", preempted = 100 }` | the VM was preempted at least that many times |
 //! | `{ vm = "neo", share_within = 2 }` | its share is within that many points of its target |
 //! | `{ vm = "neo", target_at_least = 75 }` | its target is at least that many percent |
-//! | `{ vm = "crash", state = "crashed" }` | it is `running`, `paused`, `halted`, `crashed` or `ended` (halted or crashed) |
+//! | `{ vm = "crash", state = "crashed" }` | it is `running`, `paused`, `sleeping`, `halted`, `crashed` or `ended` (halted or crashed) |
 //! | `{ exit = "hlt" }` (`vm` optional) | an exit of that kind was seen |
 //! | `{ hypercall = "HC_printStr" }` (`vm` optional) | that hypercall was seen |
 //! | `{ vm = "part1", steps = 3 }` | the VM was stepped at least that many times |
 //! | `{ vm = "neo", lines = 5 }` | it printed at least that many lines |
+//! | `{ vm = "sleeper", injected = 5 }` | at least that many timer ticks were injected into it |
 //! | `{ file_guest_lines = 1 }` | a VM whose guest is loaded from a file printed that many lines |
 //! | `{ view = "timeline" }` | the `inspector` or `timeline` is open |
 //!
@@ -64,6 +65,8 @@ pub enum StateCheck {
     Running,
     /// Paused (by the user or a step).
     Paused,
+    /// Waiting in `hlt` for its timer's tick.
+    Sleeping,
     /// Halted.
     Halted,
     /// Crashed.
@@ -144,6 +147,13 @@ pub enum Check {
         /// How many.
         at_least: u64,
     },
+    /// At least this many timer ticks were injected into a VM.
+    Injected {
+        /// The VM.
+        vm: usize,
+        /// How many.
+        at_least: u64,
+    },
     /// A VM whose guest is loaded from a file printed at least this many lines.
     FileGuestLines {
         /// How many.
@@ -206,6 +216,7 @@ struct CheckSpec {
     hypercall: Option<String>,
     steps: Option<u64>,
     lines: Option<u64>,
+    injected: Option<u64>,
     file_guest_lines: Option<u64>,
     view: Option<String>,
 }
@@ -288,11 +299,12 @@ fn check_of(
         spec.hypercall.is_some(),
         spec.steps.is_some(),
         spec.lines.is_some(),
+        spec.injected.is_some(),
         spec.file_guest_lines.is_some(),
         spec.view.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      file_guest_lines or view";
+                      injected, file_guest_lines or view";
     match kinds.iter().filter(|&&set| set).count() {
         1 => {}
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
@@ -324,6 +336,7 @@ fn check_of(
         let state = match state.as_str() {
             "running" => StateCheck::Running,
             "paused" => StateCheck::Paused,
+            "sleeping" => StateCheck::Sleeping,
             "halted" => StateCheck::Halted,
             "crashed" => StateCheck::Crashed,
             "gdb" => StateCheck::Gdb,
@@ -331,7 +344,7 @@ fn check_of(
             other => {
                 return Err(error(
                     "state",
-                    format!("'{other}' is not a state; use running, paused, halted, crashed, gdb or ended"),
+                    format!("'{other}' is not a state; use running, paused, sleeping, halted, crashed, gdb or ended"),
                 ));
             }
         };
@@ -353,6 +366,8 @@ fn check_of(
         Check::Stepped { vm: needs_vm("steps")?, at_least }
     } else if let Some(at_least) = spec.lines {
         Check::Lines { vm: needs_vm("lines")?, at_least }
+    } else if let Some(at_least) = spec.injected {
+        Check::Injected { vm: needs_vm("injected")?, at_least }
     } else if let Some(at_least) = spec.file_guest_lines {
         Check::FileGuestLines { at_least }
     } else {

@@ -194,6 +194,7 @@ impl ExitRecord {
                     Some(Hypercall::PrintStr) => format!("{head} HC_printStr({arg}){text}"),
                     Some(Hypercall::GvaToHvaRequest) => format!("{head} HC_gvaToHva({arg}){result}"),
                     Some(Hypercall::GvaToHvaResult) => format!("{head} HC_gvaToHva() read{result}"),
+                    Some(Hypercall::TimerStart) => format!("{head} HC_timerStart({} us)", self.value),
                     Some(Hypercall::NumExitsByType) => match call.result {
                         Some(address) => format!("{head} HC_numExitsByType() = 0x{address:x}{text}"),
                         None => format!("{head} HC_numExitsByType()"),
@@ -232,6 +233,8 @@ pub enum SliceEnd {
     Yield,
     /// The guest halted.
     Halt,
+    /// The guest waits in `hlt` with interrupts on, for its timer's tick.
+    Sleep,
     /// The VM crashed.
     Crash,
     /// A front end's command needed the core (the slice's time is repaid).
@@ -251,6 +254,7 @@ impl SliceEnd {
             Self::IoSwitch => "io_switch",
             Self::Yield => "yield",
             Self::Halt => "halt",
+            Self::Sleep => "sleep",
             Self::Crash => "crash",
             Self::Command => "command",
             Self::Step => "step",

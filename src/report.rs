@@ -121,6 +121,10 @@ pub struct VmReport {
     pub preemptions: u64,
     /// Refused hypercalls (bad pointers).
     pub faults: u64,
+    /// Virtual timer ticks injected (KVM_INTERRUPT).
+    pub injected: u64,
+    /// Ticks that came due while one was pending, folded into it.
+    pub coalesced: u64,
     /// Console output (the last 64 KiB at most), as text.
     pub console: String,
     /// Console bytes the front end never received (it fell behind).

@@ -40,6 +40,10 @@ pub struct VmCounters {
     pub preemptions: u64,
     /// Hypercalls refused for a bad guest pointer (HC_printStr) or similar.
     pub faults: u64,
+    /// Virtual timer ticks injected (KVM_INTERRUPT); never in `exits`.
+    pub injected: u64,
+    /// Ticks that came due while one was still pending, folded into it.
+    pub coalesced: u64,
 }
 
 #[cfg(test)]

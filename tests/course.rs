@@ -68,7 +68,7 @@ fn the_hello_guest_halts_with_42_in_eax_and_at_0x400_in_every_mode() {
             other => other.unwrap_or_else(|error| panic!("{guest} in {mode:?}: {error}")),
         };
         let registers = loop {
-            match runtime.step(&kick, 0).0 {
+            match runtime.step(&kick, 0, false).0 {
                 Step::Halted { registers } => break registers,
                 Step::Io | Step::Interrupted => {}
                 other => panic!("{guest} in {mode:?} ended with {other:?}"),

@@ -38,6 +38,7 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
                         exits: ExitCounts { io_out: 40 * scale, io_in: 3 * scale, ..Default::default() },
                         preemptions: 900 * scale,
                         faults: 0,
+                        ..Default::default()
                     },
                     cpu_ns: cpu,
                     charged_ns: cpu,

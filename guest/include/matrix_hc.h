@@ -7,6 +7,13 @@
  * guest/link.ld. In exactly one file, write MATRIX_ENTRY(main) to get _start
  * (which aligns the stack, calls main and halts) and the memcpy/memset/memmove/
  * memcmp that gcc may emit calls to. See guest/examples/c/Makefile.
+ *
+ * Interrupts: the hypervisor injects MATRIX_TIMER_VECTOR every period once
+ * the guest starts its virtual timer (HC_timerStart) and turns interrupts on.
+ * Handlers are GCC interrupt functions (compile with -mgeneral-regs-only):
+ *     __attribute__((interrupt)) void tick(struct mh_interrupt_frame *f) { ... }
+ *     mh_idt_set(MATRIX_TIMER_VECTOR, tick); HC_timerStart(10000); mh_interrupts_on();
+ * mh_sleep_us(us) waits in hlt for one tick: the VM is not run meanwhile.
  */
 #ifndef MATRIX_HC_H
 #define MATRIX_HC_H
@@ -21,6 +28,11 @@
 #define HC_PORT_NUM_EXITS_BY_TYPE 0xED
 #define HC_PORT_GVA_TO_HVA 0xEE
 #define HC_PORT_YIELD 0xEF
+#define HC_PORT_TIMER_START 0xF0
+#define HC_PORT_TIMER_STOP 0xF1
+
+/* The vector the virtual timer interrupts on. */
+#define MATRIX_TIMER_VECTOR 0x20
 
 /* Guest arguments: a u64 count at 0x500, then up to 31 u64 values. */
 #define MATRIX_ARGS_ADDR 0x500
@@ -68,7 +80,60 @@ static inline uint32_t HC_gvaToHva(uint32_t gva) {
 /* HC_yield: gives up the rest of this VM's time slice. */
 static inline void HC_yield(void) { matrix_outb(HC_PORT_YIELD, 0); }
 
-/* Stops the vCPU; the hypervisor ends the VM. */
+/* HC_timerStart: vector MATRIX_TIMER_VECTOR every period_us of host time
+ * (at least 1000: shorter periods are raised to it). */
+static inline void HC_timerStart(uint32_t period_us) { matrix_outl(HC_PORT_TIMER_START, period_us); }
+
+/* HC_timerStop: no more ticks. */
+static inline void HC_timerStop(void) { matrix_outb(HC_PORT_TIMER_STOP, 0); }
+
+/* What the CPU pushes for an interrupt, as GCC's interrupt functions take it. */
+struct mh_interrupt_frame {
+    uint64_t rip, cs, rflags, rsp, ss;
+};
+
+/* A handler: __attribute__((interrupt)) void f(struct mh_interrupt_frame *). */
+typedef void (*mh_handler)(struct mh_interrupt_frame *);
+
+/* One 64-bit interrupt gate. The table is defined by MATRIX_ENTRY. */
+struct mh_gate {
+    uint16_t offset_low, selector;
+    uint8_t ist, type_attributes;
+    uint16_t offset_middle;
+    uint32_t offset_high, reserved;
+} __attribute__((packed));
+extern struct mh_gate mh_idt[256];
+
+/* The handler mh_sleep_us installs when the guest set none (does nothing). */
+__attribute__((interrupt)) void mh_default_tick(struct mh_interrupt_frame *frame);
+
+/* Points vector at handler (code selector 0x8, interrupts off inside it) and
+ * loads the IDT. Other vectors stay empty: an exception ends the VM. */
+static inline void mh_idt_set(uint8_t vector, mh_handler handler) {
+    uint64_t at = (uint64_t)(uintptr_t)handler;
+    struct mh_gate gate = {(uint16_t)at, 0x8, 0, 0x8e, (uint16_t)(at >> 16), (uint32_t)(at >> 32), 0};
+    struct {
+        uint16_t limit;
+        uint64_t base;
+    } __attribute__((packed)) pointer = {sizeof(struct mh_gate) * 256 - 1, (uint64_t)(uintptr_t)mh_idt};
+    mh_idt[vector] = gate;
+    __asm__ volatile("lidt %0" : : "m"(pointer) : "memory");
+}
+
+/* sti / cli. */
+static inline void mh_interrupts_on(void) { __asm__ volatile("sti" : : : "memory"); }
+static inline void mh_interrupts_off(void) { __asm__ volatile("cli" : : : "memory"); }
+
+/* Sleeps us microseconds of host time: starts the timer, waits for one tick
+ * with `sti; hlt` (the pair cannot miss it), stops the timer. */
+static inline void mh_sleep_us(uint32_t us) {
+    if (!(mh_idt[MATRIX_TIMER_VECTOR].type_attributes & 0x80)) mh_idt_set(MATRIX_TIMER_VECTOR, mh_default_tick);
+    HC_timerStart(us);
+    __asm__ volatile("sti\n\thlt\n\tcli" : : : "memory");
+    HC_timerStop();
+}
+
+/* Stops the vCPU; the hypervisor ends the VM (with interrupts off). */
 static inline void hlt(void) { __asm__ volatile("hlt"); }
 
 /* Number of guest arguments, and argument i (0 when not given). */
@@ -92,6 +157,8 @@ static inline uint64_t matrix_arg(uint64_t index) {
             "1:  hlt\n"                                                     \
             "    jmp 1b\n"                                                  \
             ".previous\n");                                                 \
+    struct mh_gate mh_idt[256] __attribute__((aligned(16)));                \
+    __attribute__((interrupt)) void mh_default_tick(struct mh_interrupt_frame *frame) { (void)frame; } \
     void *memcpy(void *dest, const void *src, size_t n) {                   \
         void *ret = dest;                                                   \
         __asm__ volatile("rep movsb" : "+D"(dest), "+S"(src), "+c"(n) : : "memory"); \

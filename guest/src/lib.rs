@@ -24,6 +24,7 @@ pub mod args;
 pub mod console;
 pub mod demo;
 pub mod hc;
+pub mod interrupts;
 pub mod io;
 mod mem;
 pub mod work;

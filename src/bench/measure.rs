@@ -100,10 +100,10 @@ fn round_trip(
     let mut times = Vec::with_capacity(exits + 1);
     // Warm up (first entry, page faults) before timing.
     for _ in 0..100 {
-        runtime.step(&kick, 0);
+        runtime.step(&kick, 0, false);
     }
     while times.len() <= exits {
-        let (step, span, _) = runtime.step(&kick, 0);
+        let (step, span, _) = runtime.step(&kick, 0, false);
         if step == Step::Io {
             times.push(span.exited_ns);
         }

@@ -19,6 +19,10 @@ pub const PORT_NUM_EXITS_BY_TYPE: u16 = 0xED;
 pub const PORT_GVA_TO_HVA: u16 = 0xEE;
 /// HC_yield.
 pub const PORT_YIELD: u16 = 0xEF;
+/// HC_timerStart(period_us): the VM's virtual timer ticks every period.
+pub const PORT_TIMER_START: u16 = 0xF0;
+/// HC_timerStop(): the virtual timer stops.
+pub const PORT_TIMER_STOP: u16 = 0xF1;
 
 /// Whether the guest wrote (`out`) or read (`in`) the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +61,15 @@ pub enum Hypercall {
     GvaToHvaResult,
     /// Give up the rest of the slice.
     Yield,
+    /// Start the virtual timer with a period in µs.
+    TimerStart,
+    /// Stop the virtual timer.
+    TimerStop,
 }
 
 impl Hypercall {
     /// Every hypercall, in port order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Print8,
         Self::Print32,
         Self::NumExits,
@@ -70,6 +78,8 @@ impl Hypercall {
         Self::GvaToHvaRequest,
         Self::GvaToHvaResult,
         Self::Yield,
+        Self::TimerStart,
+        Self::TimerStop,
     ];
 
     /// Its name in the guest ABI (`HC_print8bit`, ...).
@@ -126,6 +136,8 @@ const MAPPED_WIDTHS: &[(u16, Direction, &[u8])] = &[
     (PORT_GVA_TO_HVA, Direction::Out, &[2, 4]),
     (PORT_GVA_TO_HVA, Direction::In, &[4]),
     (PORT_YIELD, Direction::Out, &[1]),
+    (PORT_TIMER_START, Direction::Out, &[2, 4]),
+    (PORT_TIMER_STOP, Direction::Out, &[1]),
 ];
 
 /// Every hypercall with its port, direction and access size.
@@ -138,6 +150,8 @@ const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_GVA_TO_HVA, Direction::Out, 4, Hypercall::GvaToHvaRequest, "HC_gvaToHva"),
     (PORT_GVA_TO_HVA, Direction::In, 4, Hypercall::GvaToHvaResult, "HC_gvaToHva"),
     (PORT_YIELD, Direction::Out, 1, Hypercall::Yield, "HC_yield"),
+    (PORT_TIMER_START, Direction::Out, 4, Hypercall::TimerStart, "HC_timerStart"),
+    (PORT_TIMER_STOP, Direction::Out, 1, Hypercall::TimerStop, "HC_timerStop"),
 ];
 
 /// Decodes a port access on a VM with port map `ports`: a mapped port makes
@@ -203,6 +217,8 @@ mod tests {
             (0xEE, Out, 4, Hypercall::GvaToHvaRequest),
             (0xEE, In, 4, Hypercall::GvaToHvaResult),
             (0xEF, Out, 1, Hypercall::Yield),
+            (0xF0, Out, 4, Hypercall::TimerStart),
+            (0xF1, Out, 1, Hypercall::TimerStop),
         ];
         for (port, direction, size, call) in cases {
             assert_eq!(decode(port, direction, one(size)), Ok(call), "port 0x{port:x}");
@@ -225,7 +241,7 @@ mod tests {
             "HC_print8bit (port 0xe9) takes a 1-byte out, got a string out of 3 x 1 bytes"
         );
         assert!(decode(0xE8, In, one(4)).is_err());
-        assert!(decode(0xF0, Out, one(1)).is_err());
+        assert!(decode(0xF2, Out, one(1)).is_err());
     }
 
     #[test]

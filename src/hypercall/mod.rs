@@ -28,6 +28,10 @@ pub enum Outcome {
     Continue,
     /// The guest gave up the rest of its slice (HC_yield).
     Yield,
+    /// Start the VM's virtual timer with this period in µs (HC_timerStart).
+    TimerStart(u32),
+    /// Stop it (HC_timerStop).
+    TimerStop,
 }
 
 /// Hypercall state that lives between exits.
@@ -118,6 +122,8 @@ pub fn handle_out<T: Translate + ?Sized>(
             record.result = Some(result);
         }
         Hypercall::Yield => return (Outcome::Yield, record),
+        Hypercall::TimerStart => return (Outcome::TimerStart(value), record),
+        Hypercall::TimerStop => return (Outcome::TimerStop, record),
         Hypercall::NumExits | Hypercall::NumExitsByType | Hypercall::GvaToHvaResult => {
             unreachable!("decode returns only `out` hypercalls for an out")
         }
@@ -189,7 +195,9 @@ pub fn handle_in(
         | Hypercall::Print32
         | Hypercall::PrintStr
         | Hypercall::GvaToHvaRequest
-        | Hypercall::Yield => unreachable!("decode returns only `in` hypercalls for an in"),
+        | Hypercall::Yield
+        | Hypercall::TimerStart
+        | Hypercall::TimerStop => unreachable!("decode returns only `in` hypercalls for an in"),
     };
     data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
     record.result = Some(value);

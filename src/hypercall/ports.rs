@@ -4,7 +4,8 @@
 //! course's own hypervisors printed them, instead of as errors.
 
 use super::decode::{
-    PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32, PORT_YIELD,
+    PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32,
+    PORT_TIMER_START, PORT_TIMER_STOP, PORT_YIELD,
 };
 
 /// The hypercalls a port can be mapped to, by name, with the ABI port whose
@@ -17,6 +18,8 @@ const CALLS: &[(&str, u16)] = &[
     ("numExitsByType", PORT_NUM_EXITS_BY_TYPE),
     ("gvaToHva", PORT_GVA_TO_HVA),
     ("yield", PORT_YIELD),
+    ("timerStart", PORT_TIMER_START),
+    ("timerStop", PORT_TIMER_STOP),
 ];
 
 /// Most ports one VM may map.
@@ -98,7 +101,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown hypercall 'print64bit': give one of print8bit, print32bit, numExits, printStr, \
-             numExitsByType, gvaToHva, yield"
+             numExitsByType, gvaToHva, yield, timerStart, timerStop"
         );
     }
 

@@ -10,6 +10,8 @@ pub mod deadlines;
 pub mod policy;
 /// Time the host took the CPU away from the core thread.
 pub mod stolen;
+/// A VM's virtual timer and its ticks.
+pub mod virtual_timer;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 

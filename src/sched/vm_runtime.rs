@@ -4,6 +4,7 @@
 
 use kvm_ioctls::Kvm;
 
+use super::virtual_timer::{TIMER_VECTOR, VirtualTimer};
 use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
@@ -24,6 +25,11 @@ pub enum Step {
     Halted {
         /// Registers at the halt (a course's checker reads eax).
         registers: RegisterDump,
+    },
+    /// The guest waits in `hlt` with interrupts on for its next timer tick.
+    Sleeping {
+        /// When the tick comes due (monotonic ns).
+        until_ns: u64,
     },
     /// The VM crashed.
     Crashed {
@@ -67,6 +73,8 @@ pub struct VmRuntime {
     pub cpu_ns: u64,
     hypercalls: HypercallState,
     ports: PortMap,
+    /// The virtual timer the guest programs (HC_timerStart).
+    pub timer: VirtualTimer,
 }
 
 impl VmRuntime {
@@ -95,6 +103,7 @@ impl VmRuntime {
             console,
             cpu_ns: 0,
             ports,
+            timer: VirtualTimer::default(),
         })
     }
 
@@ -102,7 +111,14 @@ impl VmRuntime {
     /// returns what it came to, when it ran and, for a guest exit, its
     /// record (times in ns since `epoch_ns`, the start of the run; the
     /// record's `vm` is left 0 for the caller to fill in).
-    pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64) -> (Step, RunSpan, Option<ExitRecord>) {
+    ///
+    /// With `deliver`, a timer tick that is due goes in first if the guest
+    /// can take it (else KVM is asked to exit when it can); a stepped,
+    /// paused or debugger-held VM is run without `deliver`.
+    pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64, deliver: bool) -> (Step, RunSpan, Option<ExitRecord>) {
+        if deliver {
+            self.deliver_tick(monotonic_ns());
+        }
         let entered_ns = monotonic_ns();
         let (exit, rip) = self.machine.vcpu.run(kick);
         let exited_ns = monotonic_ns();
@@ -144,6 +160,20 @@ impl VmRuntime {
                 match outcome {
                     Outcome::Continue => Step::Io,
                     Outcome::Yield => Step::Yielded,
+                    Outcome::TimerStart(period_us) => {
+                        let started = self.timer.start(exited_ns, period_us);
+                        if let Some(asked) = started.raised_from {
+                            self.console.note(format_args!(
+                                "HC_timerStart({asked} us): raised to {} us, the shortest period",
+                                started.period_us
+                            ));
+                        }
+                        Step::Io
+                    }
+                    Outcome::TimerStop => {
+                        self.timer.stop();
+                        Step::Io
+                    }
                 }
             }
             Exit::In { port, access, data } => {
@@ -163,9 +193,19 @@ impl VmRuntime {
                 (record.kind, record.address) = (ExitKind::Mmio, address);
                 Step::Io
             }
-            Exit::Hlt => {
+            Exit::Hlt { interrupts_on: true } if self.timer.running() => {
                 io.counters.exits.hlt += 1;
                 record.kind = ExitKind::Hlt;
+                let until_ns =
+                    if self.timer.poll(exited_ns) { exited_ns } else { self.timer.next_due_ns().unwrap_or(exited_ns) };
+                Step::Sleeping { until_ns }
+            }
+            Exit::Hlt { interrupts_on } => {
+                io.counters.exits.hlt += 1;
+                record.kind = ExitKind::Hlt;
+                if interrupts_on {
+                    io.console.note(format_args!("hlt with interrupts on and no timer running: nothing can wake it"));
+                }
                 Step::Halted { registers: self.machine.vcpu.registers() }
             }
             Exit::Crash(kind) => {
@@ -190,7 +230,24 @@ impl VmRuntime {
             Exit::Debug(exit) => return (Step::Debug(exit), span, None),
         };
         record.number = self.counters.exits.total();
+        (self.counters.injected, self.counters.coalesced) = (self.timer.injected, self.timer.coalesced);
         record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;
         (step, span, Some(record))
+    }
+
+    /// Injects the pending timer tick if the guest can take it now; else
+    /// asks KVM to exit as soon as it can (the tick goes in then).
+    fn deliver_tick(&mut self, now_ns: u64) {
+        let vcpu = &mut self.machine.vcpu;
+        if !self.timer.poll(now_ns) {
+            return;
+        }
+        if vcpu.can_take_interrupt() && vcpu.inject(TIMER_VECTOR).is_ok() {
+            self.timer.injected();
+            vcpu.request_interrupt_window(false);
+        } else {
+            vcpu.request_interrupt_window(true);
+        }
+        (self.counters.injected, self.counters.coalesced) = (self.timer.injected, self.timer.coalesced);
     }
 }

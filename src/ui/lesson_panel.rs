@@ -86,6 +86,7 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::State { vm: index, state } => vm(index).is_some_and(|view| match state {
             StateCheck::Running => view.state == VmState::Running,
             StateCheck::Paused => view.state == VmState::Paused,
+            StateCheck::Sleeping => matches!(view.state, VmState::Sleeping { .. }),
             StateCheck::Halted => matches!(view.state, VmState::Halted { .. }),
             StateCheck::Crashed => matches!(view.state, VmState::Crashed { .. }),
             StateCheck::Gdb => matches!(view.state, VmState::Gdb { .. }),
@@ -101,6 +102,7 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         },
         Check::Stepped { vm: index, at_least } => vm(index).is_some_and(|view| view.steps >= at_least),
         Check::Lines { vm: index, at_least } => vm(index).is_some_and(|view| view.lines_printed >= at_least),
+        Check::Injected { vm: index, at_least } => vm(index).is_some_and(|view| view.counters.injected >= at_least),
         Check::FileGuestLines { at_least } => {
             file_vms.iter().any(|&index| vm(index).is_some_and(|view| view.lines_printed >= at_least))
         }

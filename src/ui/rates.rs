@@ -70,6 +70,8 @@ fn per_second(before: &VmCounters, after: &VmCounters, seconds: f64) -> VmCounte
         },
         preemptions: rate(before.preemptions, after.preemptions),
         faults: rate(before.faults, after.faults),
+        injected: rate(before.injected, after.injected),
+        coalesced: rate(before.coalesced, after.coalesced),
     }
 }
 

@@ -95,6 +95,7 @@ fn mark(end: SliceEnd) -> (char, u8) {
         SliceEnd::Halt => ('H', 5),
         SliceEnd::Step | SliceEnd::Debugger => ('s', 4),
         SliceEnd::Yield => ('y', 3),
+        SliceEnd::Sleep => ('z', 3),
         SliceEnd::IoSwitch => ('i', 2),
         SliceEnd::Deadline | SliceEnd::ExitAfterDeadline => ('k', 1),
         SliceEnd::Command => ('c', 0),
@@ -115,7 +116,7 @@ impl Widget for TimelineView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let window = self.timeline.window_ns();
         let title = format!(
-            " timeline · last {} · </> zoom · k kick i I/O switch y yield H halt X crash s step ",
+            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep H halt X crash s step ",
             format_span(window)
         );
         let block = Block::default().borders(Borders::ALL).border_type(BorderType::Rounded).title(title);

@@ -126,6 +126,7 @@ fn state_color(state: &VmState) -> Color {
     match state {
         VmState::Running => Color::Green,
         VmState::Paused => Color::Yellow,
+        VmState::Sleeping { .. } => Color::Blue,
         VmState::Halted { .. } => Color::Gray,
         VmState::Gdb { .. } => Color::Magenta,
         VmState::Killed | VmState::Crashed { .. } => Color::Red,
@@ -321,6 +322,17 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
         let (accumulator, rest) = text.split_once(") ").unwrap_or((&text, ""));
         lines.push(Line::styled(format!("halted: {accumulator})"), Style::default().fg(Color::Gray).bold()));
         lines.push(Line::styled(rest.to_string(), Style::default().fg(Color::Gray)));
+    }
+    let (injected, coalesced) = (view.counters.injected, view.counters.coalesced);
+    if injected + coalesced > 0 {
+        let until = match view.state {
+            VmState::Sleeping { until_ns } => format!(" · asleep until {}", crate::record::format_seconds(until_ns)),
+            _ => String::new(),
+        };
+        lines.push(Line::styled(
+            format!("timer: {injected} ticks injected, {coalesced} coalesced{until}"),
+            Style::default().fg(Color::Blue),
+        ));
     }
     if let VmState::Gdb { stop } = &view.state {
         let connect = match (&view.debugger, &view.gdb_address) {

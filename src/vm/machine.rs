@@ -157,8 +157,12 @@ pub enum Exit<'a> {
         /// Where the value read goes.
         data: &'a mut [u8],
     },
-    /// HLT.
-    Hlt,
+    /// HLT; `interrupts_on` when RFLAGS.IF was set (the guest waits for an
+    /// interrupt rather than ending).
+    Hlt {
+        /// RFLAGS.IF at the exit.
+        interrupts_on: bool,
+    },
     /// MMIO outside guest memory; reads get `data` filled (all ones by default).
     Mmio {
         /// Guest physical address.
@@ -225,6 +229,10 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// KVM copies the registers into kvm_run at each exit (KVM_CAP_SYNC_REGS).
     syncs_registers: bool,
+    /// At the last exit the vCPU could take an interrupt: KVM was ready to
+    /// inject one and RFLAGS.IF was set (KVM_INTERRUPT with IF clear is
+    /// accepted and delivered anyway, so IF is checked here).
+    can_take_interrupt: bool,
 }
 
 /// A guest ready to run: the VM, its vCPU and its memory.
@@ -353,7 +361,7 @@ impl Machine {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
         Ok(Self {
-            vcpu: Vcpu { fd, syncs_registers },
+            vcpu: Vcpu { fd, syncs_registers, can_take_interrupt: false },
             _vm: vm,
             memory,
             memory_size,
@@ -439,12 +447,40 @@ impl Vcpu {
         // that use them (IO, INTERNAL_ERROR) and ignored for the others.
         let details = unsafe { ExitDetails::read(run) };
         let rip = if self.syncs_registers { details.rip } else { 0 };
+        // Valid after every KVM_RUN, an interrupted one included.
+        self.can_take_interrupt = details.ready_for_interrupt && details.if_flag;
         let exit = match result {
             Ok(exit) => translate_exit(exit, details),
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(error) => Exit::Crash(CrashKind::RunFailed(error.to_string())),
         };
         (exit, rip)
+    }
+
+    /// Whether the vCPU could take an interrupt at its last exit.
+    pub fn can_take_interrupt(&self) -> bool {
+        self.can_take_interrupt
+    }
+
+    /// KVM_INTERRUPT: queues external interrupt `vector` for the next entry
+    /// (userspace irqchip). Call it only when [`Self::can_take_interrupt`]:
+    /// KVM delivers it even with interrupts off, and a second one before the
+    /// next KVM_RUN replaces the first.
+    pub fn inject(&mut self, vector: u8) -> std::io::Result<()> {
+        /// _IOW(KVMIO, 0x86, struct kvm_interrupt)
+        const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
+        let interrupt = kvm_bindings::kvm_interrupt { irq: u32::from(vector) };
+        // SAFETY: the fd is this vCPU's; KVM_INTERRUPT reads one
+        // `struct kvm_interrupt`, which `interrupt` is, alive for the call.
+        let result =
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&self.fd), KVM_INTERRUPT, &interrupt as *const _) };
+        if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+
+    /// Asks KVM to exit as soon as the guest can take an interrupt
+    /// (KVM_EXIT_IRQ_WINDOW_OPEN), or not to.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
     }
 
     /// The vCPU's fd, for the guest-debug probe (`guest_debug`), which runs
@@ -536,6 +572,10 @@ struct ExitDetails {
     internal_suberror: u32,
     /// From the synced registers (meaningful only with KVM_SYNC_X86_REGS).
     rip: u64,
+    /// KVM could inject an interrupt now.
+    ready_for_interrupt: bool,
+    /// RFLAGS.IF.
+    if_flag: bool,
 }
 
 impl ExitDetails {
@@ -551,6 +591,8 @@ impl ExitDetails {
                 io_count: (*exit).io.count,
                 internal_suberror: (*exit).internal.suberror,
                 rip,
+                ready_for_interrupt: ptr::addr_of!((*run).ready_for_interrupt_injection).read() != 0,
+                if_flag: ptr::addr_of!((*run).if_flag).read() != 0,
             }
         }
     }
@@ -569,7 +611,9 @@ fn translate_exit(exit: VcpuExit<'_>, details: ExitDetails) -> Exit<'_> {
         VcpuExit::IoIn(port, data) => {
             Exit::In { port, access: PortAccess { size: details.io_size, count: details.io_count }, data }
         }
-        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::Hlt => Exit::Hlt { interrupts_on: details.if_flag },
+        // Asked for with a tick pending: the tick goes in at the next entry.
+        VcpuExit::IrqWindowOpen => Exit::Interrupted,
         VcpuExit::MmioWrite(address, _) => Exit::Mmio { address, write: true, data: None },
         VcpuExit::MmioRead(address, data) => Exit::Mmio { address, write: false, data: Some(data) },
         VcpuExit::Intr => Exit::Interrupted,

@@ -56,8 +56,14 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
+            self.wake_sleepers(monotonic_ns());
             let now_ns = match self.planner.next_slice() {
-                Some(slice) => {
+                Some(mut slice) => {
+                    // A sleeper wakes on time even while another VM runs.
+                    if let (Some(length), Some(wake)) = (slice.length_ns, self.earliest_wake_ns()) {
+                        let left = wake.saturating_sub(monotonic_ns()).max(MIN_QUANTUM.as_nanos() as u64);
+                        slice.length_ns = Some(length.min(left));
+                    }
                     let record = self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
                         let batch = self.take_one_console(slice.vm);
@@ -67,7 +73,9 @@ impl Core {
                 }
                 None if self.stay_open
                     || !self.step_requests.is_empty()
-                    || self.slots.iter().any(|slot| matches!(slot.state, VmState::Paused | VmState::Gdb { .. })) =>
+                    || self.slots.iter().any(|slot| {
+                        matches!(slot.state, VmState::Paused | VmState::Gdb { .. } | VmState::Sleeping { .. })
+                    }) =>
                 {
                     deadlines.disarm();
                     self.idle();
@@ -120,7 +128,8 @@ impl Core {
         let mut in_guest = 0;
         let mut exits = 0;
         let end = loop {
-            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns);
+            let deliver = !stepping && self.slots[vm].state == VmState::Running;
+            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver);
             in_guest += span.charged_until(deadline);
             let rip = record.map_or(0, |record| record.rip);
             if let Some(mut record) = record {
@@ -148,6 +157,10 @@ impl Core {
                     self.set_state(vm, VmState::Halted { registers, t_ns });
                     self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
                     break SliceEnd::Halt;
+                }
+                Step::Sleeping { until_ns } => {
+                    self.set_state(vm, VmState::Sleeping { until_ns: until_ns.saturating_sub(self.epoch_ns) });
+                    break SliceEnd::Sleep;
                 }
                 Step::Crashed { kind, registers } => {
                     self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
@@ -205,7 +218,8 @@ impl Core {
             timings.slices.push(TimedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
         if !stepping {
-            self.planner.charge(vm, charged, matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Crash));
+            let gave_up = matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Sleep | SliceEnd::Crash);
+            self.planner.charge(vm, charged, gave_up);
         }
         let record = SliceRecord {
             vm,
@@ -293,9 +307,33 @@ impl Core {
         self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers });
     }
 
-    /// Nothing can run: wait for a command (a resume, a restart or a quit).
+    /// Sleeping VMs whose tick has come due run again.
+    fn wake_sleepers(&mut self, now_ns: u64) {
+        let since_epoch = now_ns.saturating_sub(self.epoch_ns);
+        for vm in 0..self.slots.len() {
+            if matches!(self.slots[vm].state, VmState::Sleeping { until_ns } if until_ns <= since_epoch) {
+                self.set_state(vm, VmState::Running);
+            }
+        }
+    }
+
+    /// When the first sleeping VM wakes (monotonic ns), if any sleeps.
+    fn earliest_wake_ns(&self) -> Option<u64> {
+        let wakes = self.slots.iter().filter_map(|slot| match slot.state {
+            VmState::Sleeping { until_ns } => Some(self.epoch_ns + until_ns),
+            _ => None,
+        });
+        wakes.min()
+    }
+
+    /// Nothing can run: wait for a command (a resume, a restart or a quit),
+    /// or until the first sleeper wakes: the thread sleeps too, it does not spin.
     pub(super) fn idle(&mut self) {
-        match self.commands.recv_timeout(IDLE_WAIT) {
+        let wait = match self.earliest_wake_ns() {
+            Some(wake) => Duration::from_nanos(wake.saturating_sub(monotonic_ns())).min(IDLE_WAIT),
+            None => IDLE_WAIT,
+        };
+        match self.commands.recv_timeout(wait) {
             Ok(command) => {
                 self.kick.take_request();
                 self.apply(command);

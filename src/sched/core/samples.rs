@@ -84,6 +84,8 @@ impl Core {
                     exits: counters.exits.into(),
                     preemptions: counters.preemptions,
                     faults: counters.faults,
+                    injected: counters.injected,
+                    coalesced: counters.coalesced,
                     console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
                     console_dropped: slot.console_dropped,
                 }

@@ -1,0 +1,136 @@
+//! The virtual timer and sleeping guests against real KVM: a sleeper wakes on
+//! time beside a spinner and costs nothing, the C header's timer works, and
+//! the guests that get interrupts wrong end alone, with a reason.
+
+mod common;
+
+use std::process::Output;
+
+use serde_json::Value;
+
+fn matrix(args: &[&str]) -> Output {
+    common::kvm();
+    common::binary().args(args).output().expect("the binary runs")
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("no JSON report ({error}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+fn vm<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["vms"].as_array().unwrap().iter().find(|vm| vm["name"] == name).expect("the VM is in the report")
+}
+
+/// A flat long-mode image of `code` in a file of its own.
+fn flat(dir: &std::path::Path, name: &str, code: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, code).unwrap();
+    format!("{}={}", name, path.display())
+}
+
+#[test]
+fn a_sleeper_beside_a_spinner_wakes_on_time_and_costs_nothing() {
+    let output =
+        matrix(&["run", "--vm", "s=sleeper", "--vm", "p=spin", "--duration", "2s", "--timestamps", "--headless"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let times: Vec<f64> = text
+        .lines()
+        .filter(|line| line.contains(" s| ") && !line.contains("[matrix]"))
+        .map(|line| line.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    // A print every 200 ms of host time for 2 s, while `spin` wants every cycle.
+    assert!((9..=11).contains(&times.len()), "{text}");
+    for gap in times.windows(2).map(|pair| pair[1] - pair[0]) {
+        assert!((0.195..0.260).contains(&gap), "a sleep of {gap:.3} s instead of 0.200: {text}");
+    }
+    let report = report(&matrix(&["run", "--vm", "s=sleeper", "--vm", "p=spin", "--duration", "2s", "--json"]));
+    let sleeper = vm(&report, "s");
+    assert!(sleeper["share"].as_f64().unwrap() < 0.01, "asleep, it is not run: {sleeper}");
+    assert!(sleeper["injected"].as_u64().unwrap() >= 9, "{sleeper}");
+    assert!(vm(&report, "p")["share"].as_f64().unwrap() > 0.99);
+}
+
+#[test]
+fn sleepers_alone_let_the_host_thread_sleep_too() {
+    // Two sleepers and nothing else to run for 2 s: the process spends its
+    // time waiting, not spinning (its own CPU time, from wait4).
+    common::kvm();
+    // Waited for with wait4 below, for its rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = common::binary()
+        .args(["run", "--vm", "a=sleeper", "--vm", "b=sleeper", "--args", "b=50", "--duration", "2s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.unwrap();
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut text).unwrap();
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: waits for our own child (not waited for elsewhere) and writes
+    // its rusage into the zeroed buffer.
+    let usage = unsafe {
+        assert_eq!(libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()), pid);
+        usage.assume_init()
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    let report: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(vm(&report, "a")["state"], "sleeping");
+    assert!(vm(&report, "b")["injected"].as_u64().unwrap() >= 30, "b sleeps 50 ms a round");
+    assert!(cpu < 0.5, "the run used {cpu:.2} s of CPU in 2 s of sleeping guests");
+}
+
+#[test]
+fn the_c_headers_timer_and_sleep_work_with_general_registers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_example("c", dir.path());
+    let arg = format!("t={}", dir.path().join("ticks.elf").display());
+    let report = report(&matrix(&["run", "--vm", &arg, "--json"]));
+    let ticks = vm(&report, "t");
+    assert_eq!(ticks["state"], "halted", "{ticks}");
+    assert_eq!(ticks["console"], "ticks: 5\nslept 100 ms\nslept 100 ms\nslept 100 ms\n");
+    assert!(ticks["injected"].as_u64().unwrap() >= 8, "{ticks}");
+}
+
+#[test]
+fn interrupts_on_without_an_idt_crash_that_vm_alone_and_bad_periods_are_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    // mov eax, 1000; out 0xf0, eax; sti; jmp $: a tick with no IDT to take it.
+    let no_idt = flat(dir.path(), "noidt", &[0xb8, 0xe8, 0x03, 0, 0, 0xe7, 0xf0, 0xfb, 0xeb, 0xfe]);
+    // mov eax, 10; out 0xf0, eax; hlt (interrupts off: the end).
+    let short = flat(dir.path(), "short", &[0xb8, 0x0a, 0, 0, 0, 0xe7, 0xf0, 0xf4]);
+    // sti; hlt with no timer: nothing could wake it.
+    let forever = flat(dir.path(), "forever", &[0xfb, 0xf4]);
+    let output = matrix(&[
+        "run",
+        "--vm",
+        &no_idt,
+        "--vm",
+        &short,
+        "--vm",
+        &forever,
+        "--vm",
+        "t=ticker",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "a VM crashed");
+    let report = report(&output);
+    let crashed = vm(&report, "noidt");
+    assert_eq!(crashed["crash_reason"], "triple fault (KVM_EXIT_SHUTDOWN)", "{crashed}");
+    assert_eq!(
+        vm(&report, "short")["console"],
+        "[matrix] HC_timerStart(10 us): raised to 1000 us, the shortest period\n"
+    );
+    let forever = vm(&report, "forever");
+    assert_eq!(
+        (forever["state"].as_str(), forever["console"].as_str()),
+        (Some("halted"), Some("[matrix] hlt with interrupts on and no timer running: nothing can wake it\n"))
+    );
+    assert_eq!(vm(&report, "t")["state"], "running", "the others go on");
+}
