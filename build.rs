@@ -35,6 +35,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
     ("debugme", "a global, a function with a local and a write of 42 to 0x400: for learning gdb (--gdb)"),
     ("sleeper", "prints a count, then sleeps 200 ms in hlt until its timer's tick: an idle VM (arg 0: ms)"),
+    ("tasks", "a tiny kernel: tasks A and B switched by its own timer interrupt every 50 ms, each saying when it runs"),
 ];
 
 /// The built-in course guests: the file the course Makefile builds, a line

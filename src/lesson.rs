@@ -56,6 +56,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("hostile", include_str!("../assets/lessons/hostile.toml")),
     ("your-guest", include_str!("../assets/lessons/your-guest.toml")),
     ("modes", include_str!("../assets/lessons/modes.toml")),
+    ("interrupts", include_str!("../assets/lessons/interrupts.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -401,7 +402,17 @@ mod tests {
         let names: Vec<&str> = titles.iter().map(|(name, _)| *name).collect();
         assert_eq!(
             names,
-            ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest", "modes"]
+            [
+                "setup",
+                "hypercalls",
+                "one-at-a-time",
+                "preemption",
+                "fractions",
+                "hostile",
+                "your-guest",
+                "modes",
+                "interrupts"
+            ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));
         for (name, _) in BUILTIN {

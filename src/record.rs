@@ -95,11 +95,14 @@ pub enum ExitKind {
     FailEntry,
     /// Anything else KVM reported, or KVM_RUN failing.
     Other,
+    /// Not an exit: the hypervisor injected a timer tick (vector in
+    /// `value`) before this entry. Never counted among the exits.
+    Interrupt,
 }
 
 impl ExitKind {
     /// Every kind, in the order counts are shown.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::IoOut,
         Self::IoIn,
         Self::Hlt,
@@ -108,6 +111,7 @@ impl ExitKind {
         Self::InternalError,
         Self::FailEntry,
         Self::Other,
+        Self::Interrupt,
     ];
 
     /// The name the trace uses.
@@ -121,6 +125,7 @@ impl ExitKind {
             Self::InternalError => "internal_error",
             Self::FailEntry => "fail_entry",
             Self::Other => "other",
+            Self::Interrupt => "interrupt",
         }
     }
 }
@@ -207,6 +212,7 @@ impl ExitRecord {
                 }
             }
             ExitKind::Mmio => format!("mmio 0x{:x}", self.address),
+            ExitKind::Interrupt => format!("interrupt 0x{:x} injected (timer tick)", self.value),
             _ => kind.to_string(),
         }
     }

@@ -268,12 +268,16 @@ fn shipped_scenarios_run() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(json(&output)["policy"], "io");
 
-    // Six VMs; crash crashes (status 3), evil halts, the rest run.
+    // Seven VMs; crash crashes (status 3), evil halts, the sleeper sleeps
+    // (or has just woken), the rest run.
     let output = run(&["run", &asset("classroom.toml"), "--duration", "2s", "--json"]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let report = json(&output);
     let states: Vec<&str> = report["vms"].as_array().unwrap().iter().map(|vm| vm["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["running", "running", "running", "running", "halted", "crashed"]);
+    assert_eq!(states[..6], ["running", "running", "running", "running", "halted", "crashed"]);
+    assert!(["sleeping", "running"].contains(&states[6]), "{states:?}");
+    let sleeper = &report["vms"][6];
+    assert!(sleeper["injected"].as_u64().unwrap() >= 8 && sleeper["share"].as_f64().unwrap() < 0.01, "{sleeper}");
 }
 
 #[test]

@@ -8,17 +8,37 @@ fn the_built_in_lessons_are_listed_a_line_each() {
     let output = common::binary().arg("lessons").output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    let names: Vec<&str> = text.lines().take(8).map(|line| line.split_whitespace().next().unwrap()).collect();
+    let names: Vec<&str> = text.lines().take(9).map(|line| line.split_whitespace().next().unwrap()).collect();
     assert_eq!(
         names,
-        ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest", "modes"]
+        [
+            "setup",
+            "hypercalls",
+            "one-at-a-time",
+            "preemption",
+            "fractions",
+            "hostile",
+            "your-guest",
+            "modes",
+            "interrupts"
+        ]
     );
     assert!(text.contains("Preemption: the timer takes the CPU back"), "{text}");
 }
 
 #[test]
 fn every_built_in_lesson_runs_headless() {
-    let names = ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest", "modes"];
+    let names = [
+        "setup",
+        "hypercalls",
+        "one-at-a-time",
+        "preemption",
+        "fractions",
+        "hostile",
+        "your-guest",
+        "modes",
+        "interrupts",
+    ];
     let runs: Vec<_> = names
         .iter()
         .map(|name| {

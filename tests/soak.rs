@@ -51,7 +51,7 @@ fn the_classroom_under_random_control_stays_exact_and_flat() {
         std::io::BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<String>>()
     });
 
-    let names = ["neo", "morpheus", "ticker-a", "ticker-b", "evil", "crash", "p"];
+    let names = ["neo", "morpheus", "ticker-a", "ticker-b", "evil", "crash", "sleeper", "p"];
     let mut random = common::Rng(0x5eed);
     let started = Instant::now();
     let warm_up = Duration::from_secs(seconds) / 4;

@@ -217,6 +217,24 @@ fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
 }
 
 #[test]
+fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
+    let command = format!("{} lesson interrupts; sleep 60", binary().display());
+    let tmux = Tmux::start("matrix-tui-test-lesson-interrupts", &command);
+    tmux.wait_for(&["lesson: Interrupts"]);
+    // The sleeper sleeps, then five ticks come in on their own.
+    tmux.wait_for(&["step 3 of 5", "sleeping"]);
+    tmux.keys("Tab");
+    tmux.keys("e");
+    // Its inspector lists the injections; tasks has printed its lines by now.
+    tmux.wait_for(&["exits of sleeper", "interrupt 0x20 injected (timer tick)", "step 5 of 5"]);
+    tmux.keys("e");
+    tmux.keys("t");
+    let screen = tmux.wait_for(&["all 5 steps done", "timeline"]);
+    assert!(screen.contains("z sleep"), "{screen}");
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_and_replays_the_panes() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");

@@ -42,8 +42,8 @@ const MISSING: Gate =
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[Gate; 256]>);
 
-// SAFETY: the guest has one vCPU, and the table is written only by `init`,
-// before `lidt` makes the CPU read it, with interrupts off.
+// SAFETY: the guest has one vCPU, and the table is written only by
+// `set_entry`, with interrupts off.
 unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([MISSING; 256]));
@@ -63,20 +63,30 @@ pub fn init() {
     if INSTALLED.swap(true, Ordering::Relaxed) {
         return;
     }
-    let stub = timer_stub as *const () as u64;
+    set_entry(TIMER_VECTOR, timer_stub);
+}
+
+/// Points `vector` at `entry`, an interrupt entry of the guest's own: a
+/// naked function that saves what it uses and ends in `iretq` (a guest
+/// kernel's task switch, say). It replaces the SDK's timer entry if
+/// `vector` is [`TIMER_VECTOR`].
+pub fn set_entry(vector: u8, entry: extern "C" fn()) {
+    INSTALLED.store(true, Ordering::Relaxed);
+    let address = entry as *const () as u64;
     let gate = Gate {
-        offset_low: stub as u16,
+        offset_low: address as u16,
         selector: 0x8,
         ist: 0,
         // Present, DPL 0, 64-bit interrupt gate (interrupts off in the handler).
         type_attributes: 0x8e,
-        offset_middle: (stub >> 16) as u16,
-        offset_high: (stub >> 32) as u32,
+        offset_middle: (address >> 16) as u16,
+        offset_high: (address >> 32) as u32,
         reserved: 0,
     };
-    // SAFETY: interrupts are off until the guest turns them on, and nothing
-    // else refers to the table yet (see `Idt`).
-    unsafe { (*IDT.0.get())[usize::from(TIMER_VECTOR)] = gate };
+    interrupts_off();
+    // SAFETY: interrupts are off while the gate is written, and the guest has
+    // one vCPU (see `Idt`).
+    unsafe { (*IDT.0.get())[usize::from(vector)] = gate };
     let pointer = IdtPointer { limit: (256 * 16 - 1) as u16, base: IDT.0.get() as u64 };
     // SAFETY: the pointer describes the static table above, which lives forever.
     unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };

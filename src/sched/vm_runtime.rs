@@ -75,6 +75,8 @@ pub struct VmRuntime {
     ports: PortMap,
     /// The virtual timer the guest programs (HC_timerStart).
     pub timer: VirtualTimer,
+    /// The record of the tick injected before the last entry, if one was.
+    pub injection: Option<ExitRecord>,
 }
 
 impl VmRuntime {
@@ -104,6 +106,7 @@ impl VmRuntime {
             cpu_ns: 0,
             ports,
             timer: VirtualTimer::default(),
+            injection: None,
         })
     }
 
@@ -117,7 +120,7 @@ impl VmRuntime {
     /// paused or debugger-held VM is run without `deliver`.
     pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64, deliver: bool) -> (Step, RunSpan, Option<ExitRecord>) {
         if deliver {
-            self.deliver_tick(monotonic_ns());
+            self.deliver_tick(monotonic_ns(), epoch_ns);
         }
         let entered_ns = monotonic_ns();
         let (exit, rip) = self.machine.vcpu.run(kick);
@@ -237,7 +240,7 @@ impl VmRuntime {
 
     /// Injects the pending timer tick if the guest can take it now; else
     /// asks KVM to exit as soon as it can (the tick goes in then).
-    fn deliver_tick(&mut self, now_ns: u64) {
+    fn deliver_tick(&mut self, now_ns: u64, epoch_ns: u64) {
         let vcpu = &mut self.machine.vcpu;
         if !self.timer.poll(now_ns) {
             return;
@@ -245,6 +248,19 @@ impl VmRuntime {
         if vcpu.can_take_interrupt() && vcpu.inject(TIMER_VECTOR).is_ok() {
             self.timer.injected();
             vcpu.request_interrupt_window(false);
+            self.injection = Some(ExitRecord {
+                t_ns: now_ns.saturating_sub(epoch_ns),
+                vm: 0,
+                number: self.counters.exits.total(),
+                kind: ExitKind::Interrupt,
+                port: 0,
+                size: 0,
+                value: u32::from(TIMER_VECTOR),
+                address: 0,
+                call: CallRecord::default(),
+                rip: 0,
+                handling_ns: 0,
+            });
         } else {
             vcpu.request_interrupt_window(true);
         }

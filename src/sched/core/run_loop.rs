@@ -130,6 +130,10 @@ impl Core {
         let end = loop {
             let deliver = !stepping && self.slots[vm].state == VmState::Running;
             let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver);
+            if let Some(mut injection) = self.slots[vm].runtime.injection.take() {
+                injection.vm = vm;
+                self.keep_exit(injection);
+            }
             in_guest += span.charged_until(deadline);
             let rip = record.map_or(0, |record| record.rip);
             if let Some(mut record) = record {
