@@ -294,3 +294,20 @@ fn a_real_mode_guest_stops_at_its_entry_and_steps_in_16_bit_code() {
     assert!(eax[0].contains("0x1 ") && eax[1].contains("0x3 "), "two more rounds of the loop: {eax:?}");
     run.wait_for("c| [matrix] gdb: debugger detached; the VM goes on");
 }
+
+#[test]
+fn gdb_breaks_in_a_timer_interrupt_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = export(dir.path(), "tasks");
+    let (mut run, socket) = ticker_beside(dir.path(), "k", &elf.display().to_string());
+    // `switch` runs only from the timer's interrupt entry.
+    let script = format!(
+        "set confirm off\ntarget remote {}\nhbreak tasks::switch\ncontinue\ninfo registers rip\nbacktrace 1\ndetach\n",
+        socket.display()
+    );
+    let text = gdb(dir.path(), &script, &elf);
+    assert!(text.contains("Breakpoint 1, tasks::switch"), "{text}");
+    assert!(inside(&text, "tasks::switch"), "{text}");
+    run.wait_for("k| [matrix] gdb: stopped: breakpoint");
+    run.wait_for("k| task B runs");
+}

@@ -134,3 +134,51 @@ fn interrupts_on_without_an_idt_crash_that_vm_alone_and_bad_periods_are_raised()
     );
     assert_eq!(vm(&report, "t")["state"], "running", "the others go on");
 }
+
+#[test]
+fn a_paused_vm_gets_no_tick_until_it_runs_and_a_storm_of_ticks_starves_nobody() {
+    // The sleeper sleeps, is paused for about a second, resumes: the ticks
+    // due meanwhile go in as one, the rest counted as coalesced.
+    let mut child = common::binary()
+        .args(["run", "--vm", "s=sleeper", "--args", "s=100", "--control", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write as _;
+    // The sleeps here are the intervals under test, measured, not waits for
+    // something to happen.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    writeln!(stdin, "pause s").unwrap();
+    let paused = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    writeln!(stdin, "resume s").unwrap();
+    let held_ticks = (paused.elapsed().as_millis() / 100) as u64;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    writeln!(stdin, "quit").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let held = report(&output);
+    let sleeper = vm(&held, "s");
+    let (injected, coalesced) = (sleeper["injected"].as_u64().unwrap(), sleeper["coalesced"].as_u64().unwrap());
+    // The ticks due while it was held came in as one: the others coalesced.
+    assert!(
+        (held_ticks.saturating_sub(3)..=held_ticks).contains(&coalesced),
+        "{coalesced} coalesced for about {held_ticks} ticks held, {injected} injected: {sleeper}"
+    );
+
+    // Six kernels taking a tick every millisecond beside a ticker: the
+    // ticker still gets its seventh, and the run ends when told.
+    let mut args = vec!["run", "--vm", "t=ticker", "--duration", "2s", "--json"];
+    let names: Vec<String> = (0..6).map(|i| format!("k{i}=tasks")).collect();
+    let periods: Vec<String> = (0..6).map(|i| format!("k{i}=1000")).collect();
+    for (name, period) in names.iter().zip(&periods) {
+        args.extend(["--vm", name, "--args", period]);
+    }
+    let started = std::time::Instant::now();
+    let report = report(&matrix(&args));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let ticker = vm(&report, "t")["share"].as_f64().unwrap();
+    assert!(ticker > 0.10, "the ticker got {ticker:.3} of the CPU beside six 1 ms tick storms");
+    assert!(vm(&report, "k0")["injected"].as_u64().unwrap() > 100);
+}

@@ -26,7 +26,12 @@ impl Core {
                 }
             }
             Command::Pause(vm) => {
-                if self.slots.get(vm).is_some_and(|slot| slot.state == VmState::Running) {
+                // A sleeping VM can be held too: its ticks wait, coalesced, until it resumes.
+                if self
+                    .slots
+                    .get(vm)
+                    .is_some_and(|slot| matches!(slot.state, VmState::Running | VmState::Sleeping { .. }))
+                {
                     self.set_state(vm, VmState::Paused);
                 }
             }
