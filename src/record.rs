@@ -284,6 +284,9 @@ pub struct SliceRecord {
     pub end: SliceEnd,
     /// Guest exits in it.
     pub exits: u32,
+    /// Timer ticks injected into the VM in it (a sleeper's wake-up starts
+    /// with one).
+    pub injected: u32,
 }
 
 #[cfg(test)]

@@ -246,6 +246,7 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
                 charged_ns: slice.charged_ns,
                 end: slice.end,
                 exits: slice.exits,
+                injected: slice.injected,
             },
         )
         .map_err(std::io::Error::from),
@@ -308,6 +309,13 @@ struct SliceLine<'a> {
     charged_ns: u64,
     end: SliceEnd,
     exits: u32,
+    /// Only on slices that had a tick injected: older traces stay as they were.
+    #[serde(skip_serializing_if = "is_zero")]
+    injected: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]
@@ -338,7 +346,15 @@ mod tests {
         let names = vec!["part1".to_string()];
         write_record(&mut out, &names, &exit(5)).unwrap();
         out.push(b'\n');
-        let slice = SliceRecord { vm: 0, start_ns: 1, end_ns: 9, charged_ns: 7, end: SliceEnd::IoSwitch, exits: 1 };
+        let slice = SliceRecord {
+            vm: 0,
+            start_ns: 1,
+            end_ns: 9,
+            charged_ns: 7,
+            end: SliceEnd::IoSwitch,
+            exits: 1,
+            injected: 0,
+        };
         write_record(&mut out, &names, &TraceRecord::Slice(slice)).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();

@@ -183,6 +183,7 @@ fn timeline_app() -> App {
             charged_ns: 195_000,
             end: SliceEnd::Deadline,
             exits: 0,
+            injected: 0,
         })
         .collect();
     app.apply(Event::Slices { records: slices, dropped: 0 });

@@ -560,7 +560,15 @@ mod tests {
     fn records_redraw_only_what_shows_them() {
         use crate::record::{SliceEnd, SliceRecord};
         let mut app = app();
-        let slice = SliceRecord { vm: 0, start_ns: 0, end_ns: 10, charged_ns: 10, end: SliceEnd::Deadline, exits: 0 };
+        let slice = SliceRecord {
+            vm: 0,
+            start_ns: 0,
+            end_ns: 10,
+            charged_ns: 10,
+            end: SliceEnd::Deadline,
+            exits: 0,
+            injected: 0,
+        };
         assert!(!app.apply(Event::Slices { records: vec![slice], dropped: 0 }), "the timeline is hidden");
         assert!(!app.apply(Event::Exits { vm: 0, records: Vec::new() }), "the inspector is closed");
         app.act(Action::ToggleTimeline);

@@ -88,6 +88,9 @@ pub struct TimelineView<'a> {
     pub now_ns: u64,
 }
 
+/// The weight of the mark for a slice that had a timer tick injected.
+const TICK_WEIGHT: u8 = 3;
+
 /// The mark for a slice that ended so, and its weight when several share a cell.
 fn mark(end: SliceEnd) -> (char, u8) {
     match end {
@@ -116,7 +119,7 @@ impl Widget for TimelineView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let window = self.timeline.window_ns();
         let title = format!(
-            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep H halt X crash s step ",
+            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep ^ tick H halt X crash s step ",
             format_span(window)
         );
         let block = Block::default().borders(Borders::ALL).border_type(BorderType::Rounded).title(title);
@@ -142,6 +145,13 @@ impl Widget for TimelineView<'_> {
                 let overlap = to.min(cell_start + cell_ns).saturating_sub(from.max(cell_start));
                 if let Some(row) = held.get_mut(slice.vm) {
                     row[cell as usize] += overlap;
+                }
+            }
+            if slice.injected > 0 && slice.start_ns >= start {
+                // A tick went in at the slice's start (a sleeper's wake-up) or during it.
+                let cell = (((slice.start_ns - start) / cell_ns) as usize).min(cells - 1);
+                if marks[cell].is_none_or(|(_, strongest, _)| TICK_WEIGHT > strongest) {
+                    marks[cell] = Some(('^', TICK_WEIGHT, slice.vm));
                 }
             }
             if slice.end_ns <= self.now_ns {
@@ -219,7 +229,7 @@ mod tests {
     use super::*;
 
     fn slice(vm: usize, start_us: u64, end_us: u64, end: SliceEnd) -> SliceRecord {
-        SliceRecord { vm, start_ns: start_us * 1000, end_ns: end_us * 1000, charged_ns: 0, end, exits: 0 }
+        SliceRecord { vm, start_ns: start_us * 1000, end_ns: end_us * 1000, charged_ns: 0, end, exits: 0, injected: 0 }
     }
 
     fn render(timeline: &Timeline, names: &[&str], now_us: u64, width: u16, height: u16) -> Vec<String> {
@@ -251,6 +261,20 @@ mod tests {
         assert_eq!(rows[2], "│morpheus  ····██····█████·····│");
         assert_eq!(rows[3], "│ends         k k   k    H     │");
         assert!(rows[4].contains("-2ms") && rows[4].contains("now"), "{}", rows[4]);
+    }
+
+    #[test]
+    fn a_sleepers_slices_end_in_z_and_its_wake_ups_are_marked_where_the_tick_went_in() {
+        // The sleeper (vm 1) runs 200-300 us and sleeps; woken by a tick, it
+        // runs 1200-1300 us and sleeps again.
+        let mut timeline = Timeline::default();
+        timeline.zoom(-5);
+        let mut woken = slice(1, 1200, 1300, SliceEnd::Sleep);
+        woken.injected = 1;
+        timeline.push(vec![slice(0, 0, 200, SliceEnd::Deadline), slice(1, 200, 300, SliceEnd::Sleep), woken], 0);
+        let rows = render(&timeline, &["spin", "sleeper"], 2000, 32, 6);
+        assert_eq!(rows[2], "│sleeper   ··█·········█·······│");
+        assert_eq!(rows[3], "│ends       kz         ^       │");
     }
 
     #[test]

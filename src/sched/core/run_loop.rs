@@ -127,11 +127,13 @@ impl Core {
         };
         let mut in_guest = 0;
         let mut exits = 0;
+        let mut injected = 0;
         let end = loop {
             let deliver = !stepping && self.slots[vm].state == VmState::Running;
             let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver);
             if let Some(mut injection) = self.slots[vm].runtime.injection.take() {
                 injection.vm = vm;
+                injected += 1;
                 self.keep_exit(injection);
             }
             in_guest += span.charged_until(deadline);
@@ -232,6 +234,7 @@ impl Core {
             charged_ns: charged,
             end,
             exits,
+            injected,
         };
         self.keep_slice(record);
         record
