@@ -34,7 +34,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("crash", "triple-faults (ud2 with no IDT): the VM ends as crashed"),
     ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
     ("debugme", "a global, a function with a local and a write of 42 to 0x400: for learning gdb (--gdb)"),
-    ("sleeper", "prints a count, then sleeps 200 ms in hlt until its timer's tick: an idle VM (arg 0: ms)"),
+    ("sleeper", "a 200 ms timer, each tick awaited in hlt and its count printed: an idle VM (args: ms, print every N)"),
     ("tasks", "a tiny kernel: tasks A and B switched by its own timer interrupt every 50 ms, each saying when it runs"),
 ];
 

@@ -40,8 +40,9 @@ fn a_sleeper_beside_a_spinner_wakes_on_time_and_costs_nothing() {
         .filter(|line| line.contains(" s| ") && !line.contains("[matrix]"))
         .map(|line| line.split_whitespace().next().unwrap().parse().unwrap())
         .collect();
-    // A print every 200 ms of host time for 2 s, while `spin` wants every cycle.
-    assert!((9..=11).contains(&times.len()), "{text}");
+    // 0 at the start, then a print a tick, every 200 ms of host time for 2 s,
+    // while `spin` wants every cycle.
+    assert!((10..=12).contains(&times.len()), "{text}");
     for gap in times.windows(2).map(|pair| pair[1] - pair[0]) {
         assert!((0.195..0.260).contains(&gap), "a sleep of {gap:.3} s instead of 0.200: {text}");
     }
@@ -181,4 +182,94 @@ fn a_paused_vm_gets_no_tick_until_it_runs_and_a_storm_of_ticks_starves_nobody() 
     let ticker = vm(&report, "t")["share"].as_f64().unwrap();
     assert!(ticker > 0.10, "the ticker got {ticker:.3} of the CPU beside six 1 ms tick storms");
     assert!(vm(&report, "k0")["injected"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn a_sleeper_on_a_1_ms_timer_gets_its_ticks_beside_a_spinner_and_is_charged_little() {
+    let report = report(&matrix(&[
+        "run",
+        "--vm",
+        "s=sleeper",
+        "--args",
+        "s=1,1000",
+        "--vm",
+        "p=spin",
+        "--policy",
+        "fair",
+        "--duration",
+        "3s",
+        "--json",
+    ]));
+    let sleeper = vm(&report, "s");
+    let ticks = sleeper["injected"].as_u64().unwrap() + sleeper["coalesced"].as_u64().unwrap();
+    assert!(ticks >= 2700, "{ticks} of 3000 ticks delivered or counted: {sleeper}");
+    assert!(sleeper["charged_share"].as_f64().unwrap() < 0.05, "{sleeper}");
+    assert!(vm(&report, "p")["charged_share"].as_f64().unwrap() > 0.95);
+}
+
+#[test]
+fn tasks_runs_both_its_tasks_in_equal_turns_inside_its_share() {
+    let output = matrix(&["run", "--vm", "k=tasks", "--vm", "t=ticker", "--duration", "2s", "--headless"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let turns: Vec<char> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("k| task "))
+        .map(|rest| rest.chars().next().unwrap())
+        .collect();
+    let (a, b) = (turns.iter().filter(|&&t| t == 'A').count(), turns.iter().filter(|&&t| t == 'B').count());
+    // Every 50 ms of host time a switch, while the VM has half the CPU.
+    assert!(a >= 15 && a.abs_diff(b) <= 1, "A ran {a} turns and B {b}: {text:.400}");
+    assert!(turns.windows(2).all(|pair| pair[0] != pair[1]), "they take turns: {turns:?}");
+}
+
+#[test]
+fn no_tick_goes_in_while_interrupts_are_off_and_none_is_lost() {
+    // A C guest counts ticks with interrupts off for 30 ms of 1 ms ticks
+    // (none may arrive), then waits for one with them on.
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("if_off.c");
+    std::fs::write(
+        &source,
+        r#"#include "matrix_hc.h"
+static volatile uint32_t ticks;
+__attribute__((interrupt)) static void on_tick(struct mh_interrupt_frame *frame) { (void)frame; ticks++; }
+int main(void) {
+    mh_idt_set(MATRIX_TIMER_VECTOR, on_tick);
+    HC_timerStart(1000);
+    uint32_t start = HC_numExits();
+    while (HC_numExits() - start < 3000) {}   /* interrupts off: 3000 exits, tens of ms */
+    HC_print32bit(ticks);
+    mh_interrupts_on();
+    __asm__ volatile("hlt");
+    mh_interrupts_off();
+    HC_print32bit(ticks);
+    return 0;
+}
+MATRIX_ENTRY(main)
+"#,
+    )
+    .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+    let elf = dir.path().join("if_off.elf");
+    let gcc = std::process::Command::new("gcc")
+        .args(["-O2", "-ffreestanding", "-mgeneral-regs-only", "-fno-pic", "-fno-stack-protector"])
+        .args(["-fno-asynchronous-unwind-tables", "-fcf-protection=none", "-nostdlib", "-static", "-no-pie"])
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(format!("-Wl,-T,{}", root.join("link.ld").display()))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&source)
+        .output()
+        .expect("gcc runs");
+    assert!(gcc.status.success(), "{}", String::from_utf8_lossy(&gcc.stderr));
+    let arg = format!("g={}", elf.display());
+    let report = report(&matrix(&["run", "--vm", &arg, "--json"]));
+    let guest = vm(&report, "g");
+    assert_eq!(guest["state"], "halted", "{guest}");
+    let console: Vec<u64> = guest["console"].as_str().unwrap().lines().map(|line| line.parse().unwrap()).collect();
+    assert_eq!(console[0], 0, "no tick went in with interrupts off: {guest}");
+    assert_eq!(console[1], 1, "the ticks due meanwhile went in as one: {guest}");
+    let (injected, coalesced) = (guest["injected"].as_u64().unwrap(), guest["coalesced"].as_u64().unwrap());
+    assert_eq!(injected, 1, "{guest}");
+    assert!(coalesced >= 5, "the ticks due with interrupts off were counted, not lost: {guest}");
 }
