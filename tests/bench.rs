@@ -33,6 +33,13 @@ fn quick_bench_reports_every_figure() {
             assert_percentiles(&report, &["setup_by_mode_us", mode]);
         }
     }
+    assert_percentiles(&report, &["interrupts", "injection_to_handler_us"]);
+    assert_percentiles(&report, &["interrupts", "wake_lateness_beside_2_spinners_us"]);
+    assert!(number(&report, &["interrupts", "sleepers_256_cpu_pct"]) > 0.0);
+    // The C program's figure is there wherever gcc is, and the ratio is of the two p99s.
+    let c_p99 = number(&report, &["interrupts", "c_lapic_to_handler_us", "p99"]);
+    let ours_p99 = number(&report, &["interrupts", "injection_to_handler_us", "p99"]);
+    assert!((number(&report, &["interrupts", "ratio_p99"]) - ours_p99 / c_p99).abs() < 1e-9);
     assert_percentiles(&report, &["real_vs_long_exit_ns", "real"]);
     assert_percentiles(&report, &["real_vs_long_exit_ns", "long"]);
     let ratio = number(&report, &["real_vs_long_exit_ns", "ratio_p50"]);

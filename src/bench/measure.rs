@@ -12,7 +12,8 @@ use super::windows::{self, ErrorStats, Spread};
 use crate::config::TimerKind;
 use crate::config::{Policy, RunConfig, VmConfig};
 use crate::event::{Command, Event};
-use crate::hypercall::PortMap;
+use crate::hypercall::{Hypercall, PortMap};
+use crate::record::ExitKind;
 use crate::report::{RunReport, VmTimings};
 use crate::sched::{self, SpawnError, Step, VmRuntime};
 use crate::stats::Percentiles;
@@ -617,4 +618,124 @@ fn c_error(what: &str, error: &dyn std::fmt::Display) -> BenchError {
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A long-mode guest timed as benches/c/lapic.c times KVM's LAPIC: it loads
+/// an IDT, starts its virtual timer (`out 0xF0` of the period), waits in
+/// `sti; hlt`; its handler's first instruction is an exit (`out 0xE9`).
+fn tick_probe_image(period_us: u32) -> Vec<u8> {
+    const HANDLER: usize = 0x80;
+    const IDTR: usize = 0x100;
+    const IDT: usize = 0x1000;
+    let mut image = vec![0u8; IDT + 256 * 16];
+    // lidt [rip + to IDTR]; mov eax, period; out 0xf0, eax; sti; hlt; jmp sti
+    let lidt_end = 7;
+    let mut code = vec![0x0f, 0x01, 0x1d];
+    code.extend_from_slice(&((IDTR - lidt_end) as i32).to_le_bytes());
+    code.push(0xb8);
+    code.extend_from_slice(&period_us.to_le_bytes());
+    code.extend_from_slice(&[0xe7, 0xf0, 0xfb, 0xf4, 0xeb, 0xfc]);
+    image[..code.len()].copy_from_slice(&code);
+    // out 0xe9, al; iretq
+    image[HANDLER..HANDLER + 4].copy_from_slice(&[0xe6, 0xe9, 0x48, 0xcf]);
+    let base = vm::layout::IMAGE_BASE;
+    image[IDTR..IDTR + 2].copy_from_slice(&((256 * 16 - 1) as u16).to_le_bytes());
+    image[IDTR + 2..IDTR + 10].copy_from_slice(&(base + IDT as u64).to_le_bytes());
+    let handler = base + HANDLER as u64;
+    let low = (handler & 0xffff) | 0x8 << 16 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48;
+    let gate = IDT + 0x20 * 16;
+    image[gate..gate + 8].copy_from_slice(&low.to_le_bytes());
+    image[gate + 8..gate + 16].copy_from_slice(&(handler >> 32).to_le_bytes());
+    image
+}
+
+/// How a virtual timer's ticks reached a guest (period `period_us`, `ticks`
+/// ticks) beside `spinners` spinning VMs: from each tick's due time
+/// (HC_timerStart's exit plus k periods, as the C program times its LAPIC)
+/// to its injection, and to the handler's first exit.
+pub fn timer_delivery(period_us: u64, ticks: u64, spinners: usize) -> Result<(Percentiles, Percentiles), BenchError> {
+    let image: Arc<[u8]> = Arc::from(tick_probe_image(period_us as u32));
+    let mut vms = vec![VmConfig::new("probe", "tick probe", image)];
+    vms.extend((0..spinners).map(|i| builtin(&format!("p{i}"), "spin", 1.0, &[])));
+    let mut config = RunConfig::new(vms);
+    config.live_records = true;
+    let core = sched::spawn(vm::open_kvm()?, config)?;
+    let deadline = core.started() + Duration::from_micros(period_us * (ticks + 3));
+    let mut exits = Vec::new();
+    core.run_until(Some(deadline), |event| {
+        if let Event::Exits { vm: 0, records } = event {
+            exits.extend(records);
+        }
+    });
+    let started = exits.iter().find(|exit| exit.call.hypercall == Some(Hypercall::TimerStart)).map(|exit| exit.t_ns);
+    let Some(started) = started else { return Err(BenchError::Tool("the probe never started its timer".into())) };
+    let period_ns = period_us * 1000;
+    let (mut injected, mut handled) = (Vec::new(), Vec::new());
+    for (at, exit) in exits.iter().enumerate().filter(|(_, exit)| exit.kind == ExitKind::Interrupt) {
+        let due = started + (exit.t_ns - started) / period_ns * period_ns;
+        injected.push(exit.t_ns - due);
+        if let Some(next) = exits[at + 1..].iter().find(|next| next.kind != ExitKind::Interrupt) {
+            handled.push(next.t_ns - due);
+        }
+    }
+    let none = || BenchError::Tool("no tick was injected".into());
+    Ok((Percentiles::of_ns(&injected).ok_or_else(none)?, Percentiles::of_ns(&handled).ok_or_else(none)?))
+}
+
+/// What `vms` sleepers on 10 ms timers cost the host over `duration`: the
+/// process's CPU time (user and system, all threads) per second of wall
+/// time, in percent of a core, and the report's time outside KVM_RUN.
+pub fn sleepers_cost(vms: usize, duration: Duration) -> Result<(f64, f64), BenchError> {
+    let sleepers = (0..vms).map(|i| builtin(&format!("s{i}"), "sleeper", 1.0, &[10, 1000])).collect();
+    let core = sched::spawn(vm::open_kvm()?, RunConfig::new(sleepers))?;
+    let (cpu_before, wall_before) = (process_cpu_ns(), Instant::now());
+    let report = core.run_until(Some(Instant::now() + duration), |_| {});
+    let (cpu, wall) = (process_cpu_ns() - cpu_before, wall_before.elapsed().as_nanos() as u64);
+    Ok((cpu as f64 * 100.0 / wall as f64, report.outside_kvm_run_pct))
+}
+
+/// This process's CPU time so far (CLOCK_PROCESS_CPUTIME_ID).
+fn process_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The C program beside the injection latency (benches/c/lapic.c), built into
+/// the binary so `bench` works anywhere.
+const C_LAPIC: &str = include_str!("../../benches/c/lapic.c");
+
+/// KVM's in-kernel LAPIC timer delivering to a halted guest, `ticks` ticks of
+/// `period_us`, timed as [`timer_delivery`] times ours: p50 and p99 in µs,
+/// or None without gcc.
+pub fn c_lapic_delivery(period_us: u64, ticks: u64) -> Result<Option<(f64, f64)>, BenchError> {
+    let dir = std::env::temp_dir().join(format!("matrix-tui-lapic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| c_error("temporary folder", &e))?;
+    let (source, binary) = (dir.join("lapic.c"), dir.join("lapic"));
+    std::fs::write(&source, C_LAPIC).map_err(|e| c_error("writing the LAPIC program", &e))?;
+    let result = (|| {
+        let Ok(compiled) = std::process::Command::new("gcc").args(["-O2", "-o"]).arg(&binary).arg(&source).output()
+        else {
+            return Ok(None);
+        };
+        if !compiled.status.success() {
+            return Err(c_error("gcc", &String::from_utf8_lossy(&compiled.stderr)));
+        }
+        let output = std::process::Command::new(&binary)
+            .args([period_us.to_string(), ticks.to_string()])
+            .output()
+            .map_err(|e| c_error("lapic", &e))?;
+        if !output.status.success() {
+            return Err(c_error("lapic", &String::from_utf8_lossy(&output.stderr)));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let figures: Vec<f64> = text.split_whitespace().filter_map(|field| field.parse().ok()).collect();
+        match figures[..] {
+            [p50, p99] => Ok(Some((p50, p99))),
+            _ => Err(c_error("lapic", &format!("unexpected output {text:?}"))),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -13,13 +13,25 @@ use crate::config::TimerKind;
 pub use measure::BenchError;
 
 /// The measurements, by the names `--only` takes.
-pub const MEASUREMENTS: &[&str] =
-    &["exit", "hypercalls", "modes", "preempt", "baseline", "share", "overhead", "trace", "scale", "flood", "ui"];
+pub const MEASUREMENTS: &[&str] = &[
+    "exit",
+    "hypercalls",
+    "modes",
+    "interrupts",
+    "preempt",
+    "baseline",
+    "share",
+    "overhead",
+    "trace",
+    "scale",
+    "flood",
+    "ui",
+];
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct BenchOptions {
-    /// Shorter runs (about 15 s in all instead of about 60 s).
+    /// Shorter runs (about 1 minute in all instead of about 3).
     pub quick: bool,
     /// Only these measurements (all when empty).
     pub only: Vec<String>,
@@ -62,6 +74,29 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
             json!({ "real": real, "long": long, "ratio_p50": real.p50 / long.p50 }),
             json!({ "real": "counter, port 0x10 mapped to print32bit (2-byte out)", "long": "hammer print32bit",
                     "calls": calls, "rounds_alternated": rounds, "figure": "the round with the median p50 of each" }),
+        );
+    }
+    if options.wants("interrupts") {
+        progress("timer ticks: injection latency against KVM's LAPIC timer, a sleeper beside spinners, 256 sleepers");
+        let (period_us, ticks) = (10_000, options.pick(100, 300));
+        let (_, handled) = measure::timer_delivery(period_us, ticks, 0)?;
+        let lapic = measure::c_lapic_delivery(period_us, ticks)?;
+        let (late, _) = measure::timer_delivery(period_us, ticks, 2)?;
+        let (cpu_pct, outside_pct) =
+            measure::sleepers_cost(256, options.pick(Duration::from_secs(2), Duration::from_secs(5)))?;
+        report["interrupts"] = with_params(
+            json!({
+                "injection_to_handler_us": handled,
+                "c_lapic_to_handler_us": lapic.map(|(p50, p99)| json!({ "p50": p50, "p99": p99 })),
+                "ratio_p99": lapic.map(|(_, p99)| handled.p99 / p99),
+                "wake_lateness_beside_2_spinners_us": late,
+                "sleepers_256_cpu_pct": cpu_pct,
+                "sleepers_256_outside_kvm_run_pct": outside_pct,
+            }),
+            json!({ "period_us": period_us, "ticks": ticks, "guest": "a long-mode probe whose handler exits first (out 0xe9)",
+                    "c": "benches/c/lapic.c: in-kernel LAPIC, periodic, halted long-mode guest",
+                    "due": "the arming exit's time + k periods, for both",
+                    "sleepers": "256 sleepers on 10 ms timers, printing every 1000th tick" }),
         );
     }
     if options.wants("hypercalls") {
@@ -320,6 +355,29 @@ pub fn table(report: &Value) -> String {
             };
             row(&mut out, &format!("setup of one VM, {mode} mode"), value);
         }
+    }
+    if report["interrupts"].is_object() {
+        let figure = &report["interrupts"];
+        row(&mut out, "tick due to handler's exit, ours", p(&figure["injection_to_handler_us"], "us"));
+        if figure["c_lapic_to_handler_us"].is_object() {
+            let c = &figure["c_lapic_to_handler_us"];
+            row(
+                &mut out,
+                "  C, KVM's LAPIC timer",
+                format!("p50 {:.1} us, p99 {:.1} us", num(&c["p50"]), num(&c["p99"])),
+            );
+            row(&mut out, "  ours / C (p99)", format!("{:.2}", num(&figure["ratio_p99"])));
+        }
+        row(&mut out, "tick due to injection, 2 spinners", p(&figure["wake_lateness_beside_2_spinners_us"], "us"));
+        row(
+            &mut out,
+            "256 sleepers (10 ms timers)",
+            format!(
+                "{:.2} % of a core, {:.1} % of wall time outside KVM_RUN",
+                num(&figure["sleepers_256_cpu_pct"]),
+                num(&figure["sleepers_256_outside_kvm_run_pct"])
+            ),
+        );
     }
     if report["real_vs_long_exit_ns"].is_object() {
         let figure = &report["real_vs_long_exit_ns"];

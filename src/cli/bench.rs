@@ -16,8 +16,7 @@ pub(super) struct BenchArgs {
     /// Shorter runs.
     #[arg(long)]
     quick: bool,
-    /// Only these measurements (repeat): exit, hypercalls, modes, preempt, baseline,
-    /// share, overhead, trace, scale, flood, ui.
+    /// Only these measurements (repeat; the possible values below).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::MEASUREMENTS))]
     only: Vec<String>,
 }

@@ -53,7 +53,7 @@ enum Command {
     /// panel (`l` hides it). NAME is a built-in lesson or a lesson file.
     Lesson(LessonArgs),
     /// Measure exit costs, preemption, fairness, overhead, scale and floods on
-    /// this machine (about 60 s; --quick about 15 s).
+    /// this machine (about 3 minutes; --quick about 1).
     Bench(BenchArgs),
 }
 
