@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::{matrix, report, vm};
+
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use matrix_tui::guests;
 use matrix_tui::sched::{Step, VmRuntime};
@@ -18,23 +19,6 @@ use vm_memory::{Bytes, GuestAddress};
 fn build_course(dir: &Path) -> PathBuf {
     common::make_example("course", dir);
     dir.to_path_buf()
-}
-
-/// Runs the binary with `args` and returns its output.
-fn matrix(args: &[&str]) -> Output {
-    common::kvm();
-    common::binary().args(args).output().expect("the binary runs")
-}
-
-/// The JSON report of a `--json` run.
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!("no JSON report ({error}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
-    })
-}
-
-fn vm<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["vms"].as_array().unwrap().iter().find(|vm| vm["name"] == name).expect("the VM is in the report")
 }
 
 /// Whether this host's KVM refused `vm` its mode (a host without legacy paging).

@@ -4,24 +4,9 @@
 
 mod common;
 
-use std::process::Output;
+use common::{matrix, report, vm};
 
 use serde_json::Value;
-
-fn matrix(args: &[&str]) -> Output {
-    common::kvm();
-    common::binary().args(args).output().expect("the binary runs")
-}
-
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!("no JSON report ({error}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
-    })
-}
-
-fn vm<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["vms"].as_array().unwrap().iter().find(|vm| vm["name"] == name).expect("the VM is in the report")
-}
 
 /// A flat long-mode image of `code` in a file of its own.
 fn flat(dir: &std::path::Path, name: &str, code: &[u8]) -> String {

@@ -3,43 +3,23 @@
 
 mod common;
 
+/// The built-in lessons, in course order.
+const LESSONS: [&str; 9] =
+    ["setup", "hypercalls", "one-at-a-time", "preemption", "fractions", "hostile", "your-guest", "modes", "interrupts"];
+
 #[test]
 fn the_built_in_lessons_are_listed_a_line_each() {
     let output = common::binary().arg("lessons").output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     let names: Vec<&str> = text.lines().take(9).map(|line| line.split_whitespace().next().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "setup",
-            "hypercalls",
-            "one-at-a-time",
-            "preemption",
-            "fractions",
-            "hostile",
-            "your-guest",
-            "modes",
-            "interrupts"
-        ]
-    );
+    assert_eq!(names, LESSONS);
     assert!(text.contains("Preemption: the timer takes the CPU back"), "{text}");
 }
 
 #[test]
 fn every_built_in_lesson_runs_headless() {
-    let names = [
-        "setup",
-        "hypercalls",
-        "one-at-a-time",
-        "preemption",
-        "fractions",
-        "hostile",
-        "your-guest",
-        "modes",
-        "interrupts",
-    ];
-    let runs: Vec<_> = names
+    let runs: Vec<_> = LESSONS
         .iter()
         .map(|name| {
             let child = common::binary()

@@ -12,7 +12,7 @@
  *                       after each entry; prints "p50_us p99_us max_us" of the
  *                       time from the deadline to KVM_RUN's return
  *
- * Build: gcc -O2 -o baseline baseline.c -lrt
+ * Build (beside bench.h): gcc -O2 -o baseline baseline.c -lrt
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,32 +27,11 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
+
+#include "bench.h"
 #include <unistd.h>
 
 static volatile struct kvm_run *run;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(1);
-}
-
-static int compare(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t rank(uint64_t *sorted, size_t n, double q) {
-    size_t index = (size_t)(q * (double)n + 0.999999);
-    if (index < 1) index = 1;
-    if (index > n) index = n;
-    return sorted[index - 1];
-}
 
 static void on_kick(int signal) {
     (void)signal;

@@ -12,7 +12,7 @@
  *                       then to the handler's exit returning from KVM_RUN.
  *                       Prints "p50_us p99_us" over N ticks.
  *
- * Build: gcc -O2 -o lapic lapic.c
+ * Build (beside bench.h): gcc -O2 -o lapic lapic.c
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -24,6 +24,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "bench.h"
+
 #define MEMORY (2u << 20)
 #define IDT 0x1000
 #define PML4 0x2000
@@ -34,29 +36,6 @@
 #define CODE 0x10000
 #define HANDLER 0x10100
 #define LAPIC 0xfee00000u
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(1);
-}
-
-static int compare(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t rank(uint64_t *sorted, size_t n, double q) {
-    size_t index = (size_t)(q * (double)n + 0.999999);
-    if (index < 1) index = 1;
-    if (index > n) index = n;
-    return sorted[index - 1];
-}
 
 /* `mov dword [rbx + offset], value`, rbx holding the LAPIC's base. */
 static uint8_t *store(uint8_t *at, uint32_t offset, uint32_t value) {

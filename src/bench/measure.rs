@@ -546,6 +546,8 @@ fn find_ui_thread(token: &str) -> Option<std::path::PathBuf> {
 
 /// The C baseline's source, built into the binary so `bench` works anywhere.
 const C_BASELINE: &str = include_str!("../../benches/c/baseline.c");
+/// What the C programs share (written beside each).
+const C_HELPERS: &str = include_str!("../../benches/c/bench.h");
 
 /// The C baseline (benches/c/baseline.c), built with gcc for this run.
 pub struct CBaseline {
@@ -560,6 +562,7 @@ impl CBaseline {
         std::fs::create_dir_all(&dir).map_err(|e| c_error("temporary folder", &e))?;
         let (source, binary) = (dir.join("baseline.c"), dir.join("baseline"));
         std::fs::write(&source, C_BASELINE).map_err(|e| c_error("writing the source", &e))?;
+        std::fs::write(dir.join("bench.h"), C_HELPERS).map_err(|e| c_error("writing the source", &e))?;
         let compiled = match std::process::Command::new("gcc")
             .args(["-O2", "-o"])
             .arg(&binary)
@@ -714,6 +717,7 @@ pub fn c_lapic_delivery(period_us: u64, ticks: u64) -> Result<Option<(f64, f64)>
     std::fs::create_dir_all(&dir).map_err(|e| c_error("temporary folder", &e))?;
     let (source, binary) = (dir.join("lapic.c"), dir.join("lapic"));
     std::fs::write(&source, C_LAPIC).map_err(|e| c_error("writing the LAPIC program", &e))?;
+    std::fs::write(dir.join("bench.h"), C_HELPERS).map_err(|e| c_error("writing the LAPIC program", &e))?;
     let result = (|| {
         let Ok(compiled) = std::process::Command::new("gcc").args(["-O2", "-o"]).arg(&binary).arg(&source).output()
         else {

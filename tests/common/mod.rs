@@ -174,3 +174,21 @@ pub fn make_example(name: &str, out: &std::path::Path) {
         .expect("make runs (install make and gcc; .ci/run does)");
     assert!(make.status.success(), "make failed:\n{}", String::from_utf8_lossy(&make.stderr));
 }
+
+/// Runs the binary (KVM checked first) with `args` and returns its output.
+pub fn matrix(args: &[&str]) -> std::process::Output {
+    kvm();
+    binary().args(args).output().expect("the binary runs")
+}
+
+/// The JSON report of a `--json` run.
+pub fn report(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("no JSON report ({error}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// The report's entry for VM `name`.
+pub fn vm<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["vms"].as_array().unwrap().iter().find(|vm| vm["name"] == name).expect("the VM is in the report")
+}
