@@ -1,8 +1,6 @@
-//! The port table of the guest ABI: which port access is which hypercall, and
-//! on a VM's mapped ports (`ports = { "0x10" = "print32bit" }`) which
-//! hypercall they make, with the narrower widths 16-bit code uses.
+//! The port table of the guest ABI: which port access is which hypercall.
+//! A VM's mapped ports are decoded by `ports`, on top of this table.
 
-use super::ports::PortMap;
 use crate::vm::PortAccess;
 
 /// HC_print8bit.
@@ -125,21 +123,6 @@ impl std::fmt::Display for Misuse {
     }
 }
 
-/// The widths a mapped port also takes for each hypercall (port, direction):
-/// a 16-bit guest prints with `out %ax` and reads counts with `in %ax`.
-const MAPPED_WIDTHS: &[(u16, Direction, &[u8])] = &[
-    (PORT_PRINT8, Direction::Out, &[1]),
-    (PORT_PRINT32, Direction::Out, &[1, 2, 4]),
-    (PORT_NUM_EXITS, Direction::In, &[2, 4]),
-    (PORT_PRINT_STR, Direction::Out, &[2, 4]),
-    (PORT_NUM_EXITS_BY_TYPE, Direction::In, &[2, 4]),
-    (PORT_GVA_TO_HVA, Direction::Out, &[2, 4]),
-    (PORT_GVA_TO_HVA, Direction::In, &[4]),
-    (PORT_YIELD, Direction::Out, &[1]),
-    (PORT_TIMER_START, Direction::Out, &[2, 4]),
-    (PORT_TIMER_STOP, Direction::Out, &[1]),
-];
-
 /// Every hypercall with its port, direction and access size.
 const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_PRINT8, Direction::Out, 1, Hypercall::Print8, "HC_print8bit"),
@@ -154,32 +137,9 @@ const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_TIMER_STOP, Direction::Out, 1, Hypercall::TimerStop, "HC_timerStop"),
 ];
 
-/// Decodes a port access on a VM with port map `ports`: a mapped port makes
-/// its hypercall in any of the widths [`MAPPED_WIDTHS`] lists; any other port
-/// is decoded as the guest ABI says.
-pub fn decode_mapped(
-    port: u16,
-    direction: Direction,
-    access: PortAccess,
-    ports: &PortMap,
-) -> Result<Hypercall, Misuse> {
-    let Some(abi_port) = ports.abi_port(port) else { return decode(port, direction, access) };
-    let widths = MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port && entry.1 == direction);
-    let exact = TABLE.iter().find(|entry| entry.0 == abi_port && entry.1 == direction);
-    match (widths, exact) {
-        (Some(&(_, _, sizes)), Some(entry)) if access.count == 1 && sizes.contains(&access.size) => Ok(entry.3),
-        _ => {
-            let expected = MAPPED_WIDTHS
-                .iter()
-                .find(|entry| entry.0 == abi_port && entry.1 == direction)
-                .or_else(|| MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port))
-                .and_then(|entry| {
-                    let name = TABLE.iter().find(|row| row.0 == entry.0 && row.1 == entry.1)?.4;
-                    Some((name, entry.1, entry.2))
-                });
-            Err(Misuse { port, direction, access, expected })
-        }
-    }
+/// The hypercall the ABI puts on `port` in `direction`, with its name.
+pub fn at(port: u16, direction: Direction) -> Option<(Hypercall, &'static str)> {
+    TABLE.iter().find(|entry| entry.0 == port && entry.1 == direction).map(|entry| (entry.3, entry.4))
 }
 
 /// Decodes a port access: the hypercall it makes, or why it makes none.
@@ -242,22 +202,5 @@ mod tests {
         );
         assert!(decode(0xE8, In, one(4)).is_err());
         assert!(decode(0xF2, Out, one(1)).is_err());
-    }
-
-    #[test]
-    fn mapped_ports_make_their_hypercall_in_16_bit_widths_too() {
-        let mut ports = PortMap::default();
-        ports.map(0x10, "print32bit").unwrap();
-        ports.map(0xE7, "HC_numExits").unwrap();
-        assert_eq!(decode_mapped(0x10, Out, one(2), &ports), Ok(Hypercall::Print32));
-        assert_eq!(decode_mapped(0x10, Out, one(4), &ports), Ok(Hypercall::Print32));
-        assert_eq!(decode_mapped(0xE7, In, one(2), &ports), Ok(Hypercall::NumExits));
-        // The ABI's own ports keep their exact widths.
-        assert!(decode_mapped(0xEA, Out, one(2), &ports).is_err());
-        let misuse = decode_mapped(0xE7, In, one(1), &ports).unwrap_err();
-        assert_eq!(misuse.to_string(), "HC_numExits (port 0xe7) takes a 2- or 4-byte in, got a 1-byte in");
-        let wrong_way = decode_mapped(0x10, In, one(2), &ports).unwrap_err();
-        assert_eq!(wrong_way.to_string(), "HC_print32bit (port 0x10) takes a 1-, 2- or 4-byte out, got a 2-byte in");
-        assert!(decode_mapped(0x11, Out, one(2), &ports).unwrap_err().expected.is_none());
     }
 }

@@ -8,9 +8,9 @@ pub mod ports;
 
 use vm_memory::{Bytes, GuestAddress};
 
-pub use decode::{Direction, Hypercall, Misuse, decode, decode_mapped};
+pub use decode::{Direction, Hypercall, Misuse, decode};
 pub use guest::{GuestView, PointerError, Translate, linear_pointer};
-pub use ports::PortMap;
+pub use ports::{PortMap, decode_mapped};
 
 use crate::console::ConsoleOut;
 use crate::record::{CallRecord, Snippet};

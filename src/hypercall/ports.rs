@@ -4,9 +4,10 @@
 //! course's own hypervisors printed them, instead of as errors.
 
 use super::decode::{
-    PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32,
-    PORT_TIMER_START, PORT_TIMER_STOP, PORT_YIELD,
+    self, Direction, Hypercall, Misuse, PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR,
+    PORT_PRINT8, PORT_PRINT32, PORT_TIMER_START, PORT_TIMER_STOP, PORT_YIELD,
 };
+use crate::vm::PortAccess;
 
 /// The hypercalls a port can be mapped to, by name, with the ABI port whose
 /// meaning the mapped port takes.
@@ -71,6 +72,45 @@ impl PortMap {
     }
 }
 
+/// The widths a mapped port also takes for each hypercall (port, direction):
+/// a 16-bit guest prints with `out %ax` and reads counts with `in %ax`.
+const MAPPED_WIDTHS: &[(u16, Direction, &[u8])] = &[
+    (PORT_PRINT8, Direction::Out, &[1]),
+    (PORT_PRINT32, Direction::Out, &[1, 2, 4]),
+    (PORT_NUM_EXITS, Direction::In, &[2, 4]),
+    (PORT_PRINT_STR, Direction::Out, &[2, 4]),
+    (PORT_NUM_EXITS_BY_TYPE, Direction::In, &[2, 4]),
+    (PORT_GVA_TO_HVA, Direction::Out, &[2, 4]),
+    (PORT_GVA_TO_HVA, Direction::In, &[4]),
+    (PORT_YIELD, Direction::Out, &[1]),
+    (PORT_TIMER_START, Direction::Out, &[2, 4]),
+    (PORT_TIMER_STOP, Direction::Out, &[1]),
+];
+
+/// Decodes a port access on a VM with port map `ports`: a mapped port makes
+/// its hypercall in any of the widths [`MAPPED_WIDTHS`] lists; any other port
+/// is decoded as the guest ABI says.
+pub fn decode_mapped(
+    port: u16,
+    direction: Direction,
+    access: PortAccess,
+    ports: &PortMap,
+) -> Result<Hypercall, Misuse> {
+    let Some(abi_port) = ports.abi_port(port) else { return decode::decode(port, direction, access) };
+    let widths = MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port && entry.1 == direction);
+    match (widths, decode::at(abi_port, direction)) {
+        (Some(&(_, _, sizes)), Some((call, _))) if access.count == 1 && sizes.contains(&access.size) => Ok(call),
+        _ => {
+            let expected = MAPPED_WIDTHS
+                .iter()
+                .find(|entry| entry.0 == abi_port && entry.1 == direction)
+                .or_else(|| MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port))
+                .and_then(|entry| Some((decode::at(entry.0, entry.1)?.1, entry.1, entry.2)));
+            Err(Misuse { port, direction, access, expected })
+        }
+    }
+}
+
 /// Parses a port number: `0x10`, `16`.
 pub fn parse_port(text: &str) -> Result<u16, String> {
     let text = text.trim();
@@ -86,6 +126,28 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Direction::{In, Out};
+
+    fn one(size: u8) -> PortAccess {
+        PortAccess { size, count: 1 }
+    }
+
+    #[test]
+    fn mapped_ports_make_their_hypercall_in_16_bit_widths_too() {
+        let mut ports = PortMap::default();
+        ports.map(0x10, "print32bit").unwrap();
+        ports.map(0xE7, "HC_numExits").unwrap();
+        assert_eq!(decode_mapped(0x10, Out, one(2), &ports), Ok(Hypercall::Print32));
+        assert_eq!(decode_mapped(0x10, Out, one(4), &ports), Ok(Hypercall::Print32));
+        assert_eq!(decode_mapped(0xE7, In, one(2), &ports), Ok(Hypercall::NumExits));
+        // The ABI's own ports keep their exact widths.
+        assert!(decode_mapped(0xEA, Out, one(2), &ports).is_err());
+        let misuse = decode_mapped(0xE7, In, one(1), &ports).unwrap_err();
+        assert_eq!(misuse.to_string(), "HC_numExits (port 0xe7) takes a 2- or 4-byte in, got a 1-byte in");
+        let wrong_way = decode_mapped(0x10, In, one(2), &ports).unwrap_err();
+        assert_eq!(wrong_way.to_string(), "HC_print32bit (port 0x10) takes a 1-, 2- or 4-byte out, got a 2-byte in");
+        assert!(decode_mapped(0x11, Out, one(2), &ports).unwrap_err().expected.is_none());
+    }
 
     #[test]
     fn ports_map_to_hypercalls_by_name_and_unknown_names_list_the_known() {
