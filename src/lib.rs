@@ -20,6 +20,7 @@ pub mod record;
 pub mod report;
 pub mod scenario;
 pub mod sched;
+pub mod snapshot;
 pub mod stats;
 pub mod trace;
 pub mod ui;

@@ -1,0 +1,230 @@
+//! The snapshot file format: one VM's state as readable JSON, and its memory
+//! with the zero pages left out, behind a header with a magic, a format
+//! version and a checksum. Pure: bytes in, bytes out, every refusal a
+//! [`FormatError`] that says what is wrong. Capturing and restoring the VM
+//! itself is `vm`'s job; this is the part a file or a stream carries.
+//!
+//! ```text
+//! magic        8 bytes   "MTXSNAP\0"
+//! version      u32 LE    FORMAT_VERSION
+//! flags        u32 LE    0
+//! state_len    u64 LE    bytes of the JSON state
+//! memory_size  u64 LE    guest memory in bytes (a multiple of 4 KiB)
+//! pages        u64 LE    pages stored
+//! checksum     u64 LE    FNV-1a 64 of everything after the header
+//! state        state_len bytes of UTF-8 JSON
+//! pages        `pages` times: index u64 LE, then 4096 bytes
+//! ```
+
+/// The first bytes of every snapshot.
+pub const MAGIC: &[u8; 8] = b"MTXSNAP\0";
+/// The format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the header.
+pub const HEADER_SIZE: usize = 8 + 4 + 4 + 8 * 4;
+/// Bytes of a memory page.
+pub const PAGE_SIZE: usize = 4096;
+/// The largest state a snapshot may carry.
+pub const MAX_STATE: u64 = 16 << 20;
+
+/// A snapshot as decoded: its state and memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The VM's state, as JSON text.
+    pub state: String,
+    /// Guest memory, zero pages included again.
+    pub memory: Vec<u8>,
+    /// How many pages the file stored (the others were zero).
+    pub stored_pages: u64,
+}
+
+/// A snapshot that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// Not a snapshot at all.
+    #[error("not a matrix-tui snapshot (it does not start with MTXSNAP)")]
+    BadMagic,
+    /// Written by another format version.
+    #[error(
+        "the snapshot is in format version {found}, and this matrix-tui reads version {FORMAT_VERSION}: \
+         take the snapshot again with this build"
+    )]
+    WrongVersion {
+        /// The version the file says.
+        found: u32,
+    },
+    /// The file ends before what its header announces.
+    #[error("the snapshot is cut short: {0}; the file is incomplete (a copy or a write that did not finish)")]
+    Truncated(&'static str),
+    /// The contents do not match the checksum.
+    #[error("the snapshot is corrupted: its checksum is 0x{expected:016x} but its contents give 0x{found:016x}")]
+    Checksum {
+        /// What the header says.
+        expected: u64,
+        /// What the contents give.
+        found: u64,
+    },
+    /// A size no VM can have.
+    #[error("the snapshot's {what} ({value} bytes) is out of range: {limit}")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// What it may be.
+        limit: &'static str,
+    },
+    /// A page past the end of memory, or stored twice.
+    #[error("the snapshot stores page {index} {why}")]
+    BadPage {
+        /// The page's index.
+        index: u64,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The state is not UTF-8.
+    #[error("the snapshot's state is not UTF-8 text")]
+    NotText,
+    /// Bytes after the last page.
+    #[error("the snapshot has {0} bytes after its last page")]
+    Trailing(usize),
+}
+
+/// FNV-1a, 64 bits: a checksum against damage, not against tampering.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Encodes `state` (JSON) and `memory` (a whole number of pages), leaving
+/// out the pages that are all zero.
+pub fn encode(state: &str, memory: &[u8]) -> Vec<u8> {
+    assert_eq!(memory.len() % PAGE_SIZE, 0, "guest memory is a whole number of pages");
+    let mut body = Vec::with_capacity(state.len());
+    body.extend_from_slice(state.as_bytes());
+    let mut pages = 0u64;
+    for (index, page) in memory.chunks_exact(PAGE_SIZE).enumerate() {
+        if page.iter().any(|&byte| byte != 0) {
+            body.extend_from_slice(&(index as u64).to_le_bytes());
+            body.extend_from_slice(page);
+            pages += 1;
+        }
+    }
+    let mut file = Vec::with_capacity(HEADER_SIZE + body.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file.extend_from_slice(&0u32.to_le_bytes());
+    for field in [state.len() as u64, memory.len() as u64, pages, fnv1a(&body)] {
+        file.extend_from_slice(&field.to_le_bytes());
+    }
+    file.extend_from_slice(&body);
+    file
+}
+
+/// Decodes a snapshot whose memory may be at most `max_memory` bytes.
+pub fn decode(file: &[u8], max_memory: u64) -> Result<Decoded, FormatError> {
+    if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    if file.len() < HEADER_SIZE {
+        return Err(FormatError::Truncated("the header"));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().expect("8 bytes"));
+    let found = u32_at(8);
+    if found != FORMAT_VERSION {
+        return Err(FormatError::WrongVersion { found });
+    }
+    let (state_len, memory_size, pages, expected) = (u64_at(16), u64_at(24), u64_at(32), u64_at(40));
+    if state_len > MAX_STATE {
+        return Err(FormatError::OutOfRange { what: "state", value: state_len, limit: "at most 16 MiB" });
+    }
+    if memory_size == 0 || memory_size > max_memory || memory_size % PAGE_SIZE as u64 != 0 {
+        return Err(FormatError::OutOfRange {
+            what: "memory size",
+            value: memory_size,
+            limit: "a whole number of 4 KiB pages, no more than the largest guest memory",
+        });
+    }
+    let body = &file[HEADER_SIZE..];
+    let pages_len = pages.checked_mul(8 + PAGE_SIZE as u64).ok_or(FormatError::Truncated("the pages"))?;
+    let needed = state_len.checked_add(pages_len).ok_or(FormatError::Truncated("the pages"))?;
+    if (body.len() as u64) < state_len {
+        return Err(FormatError::Truncated("the state"));
+    }
+    if (body.len() as u64) < needed {
+        return Err(FormatError::Truncated("the pages"));
+    }
+    if body.len() as u64 > needed {
+        return Err(FormatError::Trailing(body.len() - needed as usize));
+    }
+    let found = fnv1a(body);
+    if found != expected {
+        return Err(FormatError::Checksum { expected, found });
+    }
+    let state = std::str::from_utf8(&body[..state_len as usize]).map_err(|_| FormatError::NotText)?.to_string();
+    let mut memory = vec![0u8; memory_size as usize];
+    let mut seen = vec![false; memory_size as usize / PAGE_SIZE];
+    for record in body[state_len as usize..].chunks_exact(8 + PAGE_SIZE) {
+        let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+        let slot = usize::try_from(index).ok().filter(|&slot| slot < seen.len());
+        let Some(slot) = slot else { return Err(FormatError::BadPage { index, why: "past the end of memory" }) };
+        if std::mem::replace(&mut seen[slot], true) {
+            return Err(FormatError::BadPage { index, why: "twice" });
+        }
+        memory[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(&record[8..]);
+    }
+    Ok(Decoded { state, memory, stored_pages: pages })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Vec<u8> {
+        let mut memory = vec![0u8; 16 * PAGE_SIZE];
+        memory[5] = 1;
+        memory[7 * PAGE_SIZE + 100..7 * PAGE_SIZE + 104].copy_from_slice(b"neo!");
+        memory
+    }
+
+    #[test]
+    fn a_snapshot_comes_back_as_it_went_with_only_the_non_zero_pages_stored() {
+        let file = encode(r#"{"name":"neo"}"#, &memory());
+        assert_eq!(file.len(), HEADER_SIZE + 14 + 2 * (8 + PAGE_SIZE));
+        let decoded = decode(&file, 1 << 30).unwrap();
+        assert_eq!(decoded, Decoded { state: r#"{"name":"neo"}"#.into(), memory: memory(), stored_pages: 2 });
+    }
+
+    #[test]
+    fn damaged_files_are_refused_with_what_is_wrong() {
+        let file = encode("{}", &memory());
+        assert_eq!(decode(b"ELF", 1 << 30), Err(FormatError::BadMagic));
+        let mut version = file.clone();
+        version[8] = 2;
+        let error = decode(&version, 1 << 30).unwrap_err();
+        assert_eq!(error, FormatError::WrongVersion { found: 2 });
+        assert!(error.to_string().contains("this matrix-tui reads version 1"), "{error}");
+        assert_eq!(decode(&file[..HEADER_SIZE - 1], 1 << 30), Err(FormatError::Truncated("the header")));
+        assert_eq!(decode(&file[..file.len() - 1], 1 << 30), Err(FormatError::Truncated("the pages")));
+        let mut flipped = file.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(decode(&flipped, 1 << 30), Err(FormatError::Checksum { .. })));
+        let mut longer = file.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, 1 << 30), Err(FormatError::Trailing(1)));
+        assert!(matches!(decode(&file, PAGE_SIZE as u64), Err(FormatError::OutOfRange { what: "memory size", .. })));
+    }
+
+    #[test]
+    fn pages_outside_memory_or_stored_twice_are_refused() {
+        let mut file = encode("{}", &memory());
+        // Point the second stored page (index 7) past the end, then at page 0 again.
+        let second = HEADER_SIZE + 2 + 8 + PAGE_SIZE;
+        for (index, error) in [(99u64, "past the end of memory"), (0, "twice")] {
+            file[second..second + 8].copy_from_slice(&index.to_le_bytes());
+            let body_checksum = fnv1a(&file[HEADER_SIZE..]);
+            file[40..48].copy_from_slice(&body_checksum.to_le_bytes());
+            assert_eq!(decode(&file, 1 << 30), Err(FormatError::BadPage { index, why: error }));
+        }
+    }
+}
