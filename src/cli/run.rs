@@ -239,10 +239,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         vms.iter_mut().for_each(|vm| vm.memory = memory);
     }
     for (name, values) in &args.guest_args {
-        let vm = vms
-            .iter_mut()
-            .find(|vm| &vm.name == name)
-            .ok_or_else(|| Failure::Usage(anyhow!("--args names VM '{name}', which is not in this run")))?;
+        let vm = named(&mut vms, "--args", name)?;
         if values.len() > vm::layout::MAX_GUEST_ARGS {
             return Err(Failure::Usage(anyhow!("--args: a guest takes at most 31 arguments")));
         }
@@ -273,11 +270,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         if args.gdb[..at].iter().any(|(earlier, _)| earlier == name) {
             return Err(Failure::Usage(anyhow!("--gdb names VM '{name}' twice; a VM has one gdb server")));
         }
-        let vm = vms
-            .iter_mut()
-            .find(|vm| &vm.name == name)
-            .ok_or_else(|| Failure::Usage(anyhow!("--gdb names VM '{name}', which is not in this run")))?;
-        vm.gdb = Some(address.clone());
+        named(&mut vms, "--gdb", name)?.gdb = Some(address.clone());
     }
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
     if total > args.max_total_mem {

@@ -101,9 +101,7 @@ pub fn decode_mapped(
     match (widths, decode::at(abi_port, direction)) {
         (Some(&(_, _, sizes)), Some((call, _))) if access.count == 1 && sizes.contains(&access.size) => Ok(call),
         _ => {
-            let expected = MAPPED_WIDTHS
-                .iter()
-                .find(|entry| entry.0 == abi_port && entry.1 == direction)
+            let expected = widths
                 .or_else(|| MAPPED_WIDTHS.iter().find(|entry| entry.0 == abi_port))
                 .and_then(|entry| Some((decode::at(entry.0, entry.1)?.1, entry.1, entry.2)));
             Err(Misuse { port, direction, access, expected })

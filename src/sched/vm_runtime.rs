@@ -65,7 +65,7 @@ impl RunSpan {
 pub struct VmRuntime {
     /// The machine.
     pub machine: Machine,
-    /// Its counters.
+    /// Its counters; the timer's two are its own (see [`Self::counters`]).
     pub counters: VmCounters,
     /// Its console output.
     pub console: ConsoleOut,
@@ -119,7 +119,8 @@ impl VmRuntime {
     /// can take it (else KVM is asked to exit when it can); a stepped,
     /// paused or debugger-held VM is run without `deliver`.
     pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64, deliver: bool) -> (Step, RunSpan, Option<ExitRecord>) {
-        if deliver {
+        // A stopped timer has nothing pending (stopping drops the tick).
+        if deliver && self.timer.running() {
             self.deliver_tick(monotonic_ns(), epoch_ns);
         }
         let entered_ns = monotonic_ns();
@@ -233,7 +234,6 @@ impl VmRuntime {
             Exit::Debug(exit) => return (Step::Debug(exit), span, None),
         };
         record.number = self.counters.exits.total();
-        (self.counters.injected, self.counters.coalesced) = (self.timer.injected, self.timer.coalesced);
         record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;
         (step, span, Some(record))
     }
@@ -264,6 +264,10 @@ impl VmRuntime {
         } else {
             vcpu.request_interrupt_window(true);
         }
-        (self.counters.injected, self.counters.coalesced) = (self.timer.injected, self.timer.coalesced);
+    }
+
+    /// Every counter of the VM, its timer's ticks injected and coalesced included.
+    pub fn counters(&self) -> VmCounters {
+        VmCounters { injected: self.timer.injected, coalesced: self.timer.coalesced, ..self.counters }
     }
 }

@@ -136,6 +136,10 @@ impl Core {
         if state.is_finished() {
             self.queue_console(vm);
         }
+        let sleeps = |state: &VmState| matches!(state, VmState::Sleeping { .. });
+        if sleeps(&self.slots[vm].state) != sleeps(&state) {
+            if sleeps(&state) { self.sleeping += 1 } else { self.sleeping -= 1 }
+        }
         self.slots[vm].state = state.clone();
         self.planner.set_candidate(vm, self.slots[vm].candidate());
         self.outbox.push_back(Event::State { vm, state });

@@ -215,6 +215,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         preempted_at: None,
         // Started on the core thread: the CPU clock is the thread's.
         stolen: StolenWindow::default(),
+        sleeping: 0,
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())

@@ -214,6 +214,8 @@ struct Core {
     preempted_at: Option<u64>,
     /// The slices since the thread's CPU clock was last read.
     stolen: StolenWindow,
+    /// VMs sleeping now: the per-slice wake-up scans are skipped while none is.
+    sleeping: usize,
 }
 
 impl Core {}

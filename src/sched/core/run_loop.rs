@@ -60,7 +60,9 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
-            self.wake_sleepers(monotonic_ns());
+            if self.sleeping > 0 {
+                self.wake_sleepers(monotonic_ns());
+            }
             let now_ns = match self.planner.next_slice() {
                 Some(mut slice) => {
                     // A sleeper wakes on time even while another VM runs.
@@ -330,6 +332,9 @@ impl Core {
 
     /// When the first sleeping VM wakes (monotonic ns), if any sleeps.
     fn earliest_wake_ns(&self) -> Option<u64> {
+        if self.sleeping == 0 {
+            return None;
+        }
         let wakes = self.slots.iter().filter_map(|slot| match slot.state {
             VmState::Sleeping { until_ns } => Some(self.epoch_ns + until_ns),
             _ => None,

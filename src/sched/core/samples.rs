@@ -14,7 +14,7 @@ impl Core {
             .slots
             .iter()
             .map(|slot| VmSample {
-                counters: slot.runtime.counters,
+                counters: slot.runtime.counters(),
                 cpu_ns: slot.runtime.cpu_ns,
                 charged_ns: slot.charged_ns,
             })
@@ -67,7 +67,7 @@ impl Core {
                     VmState::Halted { registers, .. } => (None, Some(*registers)),
                     _ => (None, None),
                 };
-                let counters = &slot.runtime.counters;
+                let counters = slot.runtime.counters();
                 VmReport {
                     name: slot.config.name.clone(),
                     guest: slot.config.guest.clone(),
