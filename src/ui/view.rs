@@ -325,14 +325,12 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
     }
     let (injected, coalesced) = (view.counters.injected, view.counters.coalesced);
     if injected + coalesced > 0 {
-        let until = match view.state {
-            VmState::Sleeping { until_ns } => format!(" · asleep until {}", crate::record::format_seconds(until_ns)),
-            _ => String::new(),
-        };
-        lines.push(Line::styled(
-            format!("timer: {injected} ticks injected, {coalesced} coalesced{until}"),
-            Style::default().fg(Color::Blue),
-        ));
+        let style = Style::default().fg(Color::Blue);
+        lines.push(Line::styled(format!("timer: {injected} ticks injected, {coalesced} coalesced"), style));
+        // On a line of its own: a narrow pane would cut it off the one above.
+        if let VmState::Sleeping { until_ns } = view.state {
+            lines.push(Line::styled(format!("asleep until {} s", crate::record::format_seconds(until_ns)), style));
+        }
     }
     if let VmState::Gdb { stop } = &view.state {
         let connect = match (&view.debugger, &view.gdb_address) {
