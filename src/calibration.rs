@@ -74,6 +74,7 @@ pub fn measure(kvm: &Kvm) -> Result<Calibration, SetupError> {
             memory_size: 2 << 20,
             args: vec![unit],
             layout: Default::default(),
+            restore: None,
         };
         let mut vm = VmRuntime::new(kvm, &spec, Default::default())?;
         let mut times = Vec::with_capacity(UNITS_TIMED + 1);

@@ -62,6 +62,9 @@ pub struct VmConfig {
     pub layout: crate::vm::GuestLayout,
     /// Ports mapped to hypercalls, and whether other ports are shown.
     pub ports: crate::hypercall::PortMap,
+    /// A snapshot to restore instead of starting the image (a restart
+    /// restores it again).
+    pub snapshot: Option<Arc<crate::snapshot::Snapshot>>,
 }
 
 impl VmConfig {
@@ -78,6 +81,7 @@ impl VmConfig {
             gdb: None,
             layout: crate::vm::GuestLayout::default(),
             ports: crate::hypercall::PortMap::default(),
+            snapshot: None,
         }
     }
 }

@@ -34,6 +34,12 @@ pub struct ConsoleOut {
 }
 
 impl ConsoleOut {
+    /// A console whose earlier life is `history` (a restored snapshot's):
+    /// kept for the record, not sent again.
+    pub fn with_history(history: &[u8]) -> Self {
+        Self { bytes: history.to_vec(), sent: history.len(), ..Self::default() }
+    }
+
     /// Sets the time stamped on what is written from now on: the time of
     /// the exit being handled.
     pub fn set_clock(&mut self, now_ns: u64) {

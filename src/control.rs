@@ -7,6 +7,7 @@
 //! resume NAME            schedule it again
 //! restart NAME           start it afresh (new memory, image loaded again)
 //! step NAME              run it to its next exit and pause it there
+//! snapshot NAME FILE     save it to FILE (restore: run --vm NAME=snapshot:FILE)
 //! policy io|rr|fair      change the policy
 //! quantum DURATION       change the quantum (100us..1s)
 //! quit                   end the run
@@ -22,7 +23,8 @@ use crate::event::Command;
 use crate::units::parse_duration;
 
 /// The commands, for error messages.
-pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | policy io|rr|fair \
+pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | snapshot NAME FILE \
+                         | policy io|rr|fair \
                          | quantum DURATION | quit";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
@@ -46,6 +48,7 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
         ["step", name] => Command::Step(vm(name)?),
+        ["snapshot", name, file] => Command::Snapshot { vm: vm(name)?, path: std::path::PathBuf::from(file) },
         ["policy", policy] => Command::SetPolicy(match *policy {
             "io" => Policy::Io,
             "rr" => Policy::Rr,

@@ -76,6 +76,14 @@ pub enum Command {
     /// (answered with [`Event::Stepped`]). A VM that does not exit within
     /// 20 ms (or a quantum, if longer) is paused when it is preempted.
     Step(VmId),
+    /// Save a VM to a snapshot file at `path` (answered with
+    /// [`Event::Snapshot`]; the front end writes the file). The VM goes on.
+    Snapshot {
+        /// The VM.
+        vm: VmId,
+        /// Where the file goes.
+        path: std::path::PathBuf,
+    },
     /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
     /// to the server on the VM's own reply channel.
     Debug {
@@ -84,6 +92,37 @@ pub enum Command {
         /// The request.
         request: DebugRequest,
     },
+}
+
+/// A VM saved by the core, for a front end to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenSnapshot {
+    /// Its state.
+    pub state: crate::snapshot::SnapshotState,
+    /// A copy of its memory.
+    pub memory: Vec<u8>,
+    /// How long the core took to save it (the VMs waited that long).
+    pub took_ns: u64,
+}
+
+impl TakenSnapshot {
+    /// Encodes and writes it to `path` (whole or not at all); says what was
+    /// written, in a line for the VM's console.
+    pub fn write(&self, path: &std::path::Path) -> Result<String, String> {
+        let started = std::time::Instant::now();
+        let bytes = crate::snapshot::state::encode(&self.state, &self.memory);
+        crate::snapshot::file::write(path, &bytes).map_err(|error| {
+            format!("cannot write the snapshot {}: {error}; give a path in a writable directory", path.display())
+        })?;
+        Ok(format!(
+            "snapshot written to {} ({} KiB for {} KiB of memory; saved in {:.2} ms, written in {:.2} ms)",
+            path.display(),
+            bytes.len().div_ceil(1024),
+            self.memory.len() >> 10,
+            self.took_ns as f64 / 1e6,
+            started.elapsed().as_secs_f64() * 1e3
+        ))
+    }
 }
 
 /// How the core is scheduling, sent at the start and after every change.
@@ -211,6 +250,18 @@ pub enum Event {
         result: StepResult,
         /// Its registers after the step (the exit completed).
         registers: RegisterDump,
+    },
+    /// The answer to [`Command::Snapshot`]: the VM's state and memory for
+    /// the front end to write to `path`, or why it could not be saved.
+    Snapshot {
+        /// The VM.
+        vm: VmId,
+        /// When it was saved (ns since the run started).
+        t_ns: u64,
+        /// Where the file goes.
+        path: std::path::PathBuf,
+        /// What was saved.
+        result: Result<Box<TakenSnapshot>, String>,
     },
     /// A VM changed state.
     State {

@@ -129,6 +129,8 @@ pub struct HeadlessEnd {
     pub output: StreamEnd,
     /// Whether the JSON report (with `--json`) was written whole.
     pub report_written: bool,
+    /// Snapshots asked for that were not written, and why.
+    pub failed_snapshots: Vec<String>,
 }
 
 /// Runs the front end until the core finishes. `stop` delivers a signal's
@@ -150,6 +152,7 @@ pub fn run(
     let never = crossbeam_channel::never();
     let mut quitting = false;
     let mut control_closed = false;
+    let mut failed_snapshots = Vec::new();
     let report = loop {
         let timeout = match (deadline, quitting) {
             (Some(deadline), false) => crossbeam_channel::at(deadline),
@@ -189,6 +192,15 @@ pub fn run(
                 .and_then(|()| printer.note(vm, t_ns, &format!("{NOTE_PREFIX}halted: {}", registers.describe()))),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
+            Event::Snapshot { vm, t_ns, path, result } => {
+                let written = result.and_then(|taken| taken.write(&path));
+                let line = written.unwrap_or_else(|error| {
+                    let why = format!("snapshot not taken: {error}");
+                    failed_snapshots.push(format!("VM '{}': {why}", crate::console::escape_input(&printer.names[vm])));
+                    why
+                });
+                printer.note(vm, t_ns, &format!("{NOTE_PREFIX}{line}"))
+            }
             Event::Debugger { vm, t_ns, status } => {
                 printer.note(vm, t_ns, &format!("{NOTE_PREFIX}{}", status.describe()))
             }
@@ -220,7 +232,7 @@ pub fn run(
     }
     let output = out.finish(OUTPUT_FINISH_LIMIT);
     let report_written = !options.json || output.complete();
-    HeadlessEnd { report, output, report_written }
+    HeadlessEnd { report, output, report_written, failed_snapshots }
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub struct ScenarioVm {
     pub guest: String,
     /// Weight (1 ..= 10000; default 1).
     pub weight: f64,
+    /// The weight was given (a restored snapshot keeps its own otherwise).
+    pub weight_given: bool,
     /// Memory in bytes.
     pub memory: u64,
     /// Guest arguments.
@@ -99,6 +101,7 @@ impl ScenarioVm {
             name: name.into(),
             guest: guest.into(),
             weight: 1.0,
+            weight_given: false,
             memory: DEFAULT_MEMORY,
             args: Vec::new(),
             paused: false,
@@ -110,6 +113,9 @@ impl ScenarioVm {
         }
     }
 }
+
+/// How a guest names a snapshot to restore: `snapshot:FILE`.
+pub const SNAPSHOT_PREFIX: &str = "snapshot:";
 
 /// A scenario that cannot be used, located in its file.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -310,6 +316,7 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             name: name.clone(),
             guest,
             weight,
+            weight_given: vm.weight.is_some(),
             memory,
             args,
             paused: vm.paused,
@@ -335,8 +342,12 @@ pub fn check_vm_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A guest that is not built in is a path, taken relative to the scenario's folder.
+/// A guest that is not built in is a path, taken relative to the scenario's
+/// folder (also the FILE of `snapshot:FILE`).
 fn resolve_guest_path(guest: &str, base: &Path) -> String {
+    if let Some(file) = guest.strip_prefix(SNAPSHOT_PREFIX) {
+        return format!("{SNAPSHOT_PREFIX}{}", resolve_guest_path(file, base));
+    }
     if crate::guests::builtin(guest).is_some() || Path::new(guest).is_absolute() || base.as_os_str().is_empty() {
         return guest.to_string();
     }
@@ -370,11 +381,24 @@ mod tests {
         assert_eq!(scenario.duration, Some(Duration::from_secs(3)));
         assert_eq!(
             scenario.vms[0],
-            ScenarioVm { weight: 70.0, memory: 4 << 20, args: vec![500], ..ScenarioVm::new("a", "ticker") }
+            ScenarioVm {
+                weight: 70.0,
+                weight_given: true,
+                memory: 4 << 20,
+                args: vec![500],
+                ..ScenarioVm::new("a", "ticker")
+            }
         );
         assert_eq!(scenario.vms[1].guest, "/scenarios/my/guest.elf");
         assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));
         assert!(scenario.vms[1].paused, "paused = true starts the VM paused");
+        assert!(!scenario.vms[1].weight_given);
+    }
+
+    #[test]
+    fn a_snapshot_guest_is_found_beside_the_scenario() {
+        let scenario = parse_str("[[vm]]\nname = \"a\"\nguest = \"snapshot:saved/a-1.snap\"\n").unwrap();
+        assert_eq!(scenario.vms[0].guest, "snapshot:/scenarios/saved/a-1.snap");
     }
 
     #[test]

@@ -43,6 +43,7 @@ fn the_hello_guest_halts_with_42_in_eax_and_at_0x400_in_every_mode() {
             memory_size: 2 << 20,
             args: Vec::new(),
             layout: GuestLayout { mode, ..builtin.layout },
+            restore: None,
         };
         let mut runtime = match VmRuntime::new(&kvm, &spec, Default::default()) {
             Err(SetupError::ModeUnsupported { mode: "paged32", asked_cr0, kept_cr0 }) => {
@@ -232,6 +233,7 @@ fn a_guest_given_arguments_may_not_cover_them() {
         memory_size: 2 << 20,
         args: vec![7],
         layout: GuestLayout { mode: CpuMode::Long, load: Some(0), entry: None },
+        restore: None,
     };
     let error = vm::Machine::new(&kvm, &spec).err().expect("refused");
     assert!(error.to_string().contains("over the guest arguments' block (0x500..0x600)"), "{error}");
@@ -247,6 +249,7 @@ fn the_setup_flowchart_matches_the_long_mode_code_and_the_table_every_mode() {
         memory_size: 2 << 20,
         args: Vec::new(),
         layout: builtin.layout,
+        restore: None,
     };
     let machine = vm::Machine::new(&common::kvm(), &spec).unwrap();
     for step in &machine.setup {

@@ -82,6 +82,7 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
         memory_size: vm::layout::DEFAULT_MEMORY,
         args: vec![hammer_arg],
         layout: Default::default(),
+        restore: None,
     };
     round_trip(&spec, PortMap::default(), exits_per_call, calls)
 }
@@ -131,6 +132,7 @@ pub fn real_vs_long_round_trip(calls: usize, rounds: usize) -> Result<(NsPercent
         memory_size: vm::layout::DEFAULT_MEMORY,
         args: Vec::new(),
         layout: counter.layout,
+        restore: None,
     };
     let mut ports = PortMap::default();
     ports.map(0x10, "print32bit").expect("a known hypercall");
@@ -163,6 +165,7 @@ pub fn setup_by_mode(vms: usize) -> Result<BTreeMap<String, Value>, BenchError> 
             memory_size: vm::layout::DEFAULT_MEMORY,
             args: Vec::new(),
             layout: GuestLayout { mode, ..builtin.layout },
+            restore: None,
         };
         let mut totals = Vec::with_capacity(vms);
         let mut refused = None;

@@ -24,11 +24,13 @@ mod guests;
 mod lessons;
 mod run;
 mod run_args;
+mod snapshots;
 
 use self::bench::{BenchArgs, run_bench};
 use self::guests::GuestsArgs;
 use self::lessons::{LessonArgs, list_lessons, run_lesson};
 use self::run::{RunArgs, run};
+use self::snapshots::{SnapshotArgs, run_snapshot};
 
 /// Run several small VMs on one host thread with a scheduler of its own, and watch them.
 #[derive(Debug, Parser)]
@@ -52,6 +54,8 @@ enum Command {
     /// Follow a lesson: its scenario in the terminal UI with the lesson's
     /// panel (`l` hides it). NAME is a built-in lesson or a lesson file.
     Lesson(LessonArgs),
+    /// Look into a snapshot file (`snapshot show FILE`).
+    Snapshot(SnapshotArgs),
     /// Measure exit costs, preemption, fairness, overhead, scale and floods on
     /// this machine (about 3 minutes; --quick about 1).
     Bench(BenchArgs),
@@ -120,6 +124,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Some(Command::Lesson(args)) => run_lesson(args),
         Some(Command::Run(args)) => run(*args),
         Some(Command::Bench(args)) => run_bench(args),
+        Some(Command::Snapshot(args)) => run_snapshot(args),
         None => run(RunArgs::default()),
     };
     match result {

@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -19,6 +20,7 @@ use crate::os::signals;
 use crate::os::stream::StreamWriter;
 use crate::scenario::{self, Scenario, ScenarioVm};
 use crate::sched;
+use crate::snapshot::{self, Snapshot};
 use crate::ui::cast::CastWriter;
 use crate::units::{parse_duration, parse_size};
 use crate::{calibration, control, guests, ui, vm};
@@ -202,6 +204,26 @@ fn named<'a>(vms: &'a mut [ScenarioVm], option: &str, name: &str) -> Result<&'a 
         .ok_or_else(|| Failure::Usage(anyhow!("{option} names VM '{}', which is not in this run", escape_input(name))))
 }
 
+/// Reads the snapshot a `snapshot:FILE` guest names, and gives the VM the
+/// snapshot's memory, mode, ports and (unless one was given) weight.
+fn take_snapshot_settings(vm: &mut ScenarioVm) -> Result<Option<Arc<Snapshot>>, Failure> {
+    let Some(file) = vm.guest.strip_prefix(scenario::SNAPSHOT_PREFIX) else { return Ok(None) };
+    let snapshot = snapshot::file::read(std::path::Path::new(file))
+        .map_err(|error| Failure::Usage(anyhow!("VM '{}': {error}", escape_input(&vm.name))))?;
+    let machine = &snapshot.machine.state;
+    vm.memory = machine.memory_size;
+    vm.mode = Some(machine.mode);
+    if !vm.weight_given {
+        vm.weight = snapshot.vm.weight;
+    }
+    if vm.ports.entries().next().is_none() {
+        let mut ports = snapshot.vm.port_map().expect("checked when the snapshot was read");
+        ports.show_unknown |= vm.ports.show_unknown;
+        vm.ports = ports;
+    }
+    Ok(Some(Arc::new(snapshot)))
+}
+
 /// The run `args` describe: the scenario (or the built-in one) with the
 /// command line's VMs and settings on top. Also returns the run's duration.
 fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> {
@@ -221,9 +243,11 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             Some(vm) => {
                 vm.guest = arg.guest.clone();
                 vm.weight = arg.weight.unwrap_or(vm.weight);
+                vm.weight_given |= arg.weight.is_some();
             }
             None => vms.push(ScenarioVm {
                 weight: arg.weight.unwrap_or(1.0),
+                weight_given: arg.weight.is_some(),
                 ..ScenarioVm::new(arg.name.clone(), arg.guest.clone())
             }),
         }
@@ -272,6 +296,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         }
         named(&mut vms, "--gdb", name)?.gdb = Some(address.clone());
     }
+    let snapshots: Vec<Option<Arc<Snapshot>>> = vms.iter_mut().map(take_snapshot_settings).collect::<Result<_, _>>()?;
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
     if total > args.max_total_mem {
         return Err(Failure::Usage(anyhow!(
@@ -282,8 +307,12 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         )));
     }
     let mut configs = Vec::with_capacity(vms.len());
-    for vm in vms {
-        let image = guests::resolve(&vm.guest).map_err(|error| Failure::Usage(error.into()))?;
+    for (vm, snapshot) in vms.into_iter().zip(snapshots) {
+        let image = match snapshot {
+            // Its image is already in the snapshot's memory.
+            Some(_) => Arc::from(&[][..]),
+            None => guests::resolve(&vm.guest).map_err(|error| Failure::Usage(error.into()))?,
+        };
         let guest_default = guests::default_layout(&vm.guest);
         let layout = GuestLayout {
             mode: vm.mode.unwrap_or(guest_default.mode),
@@ -298,6 +327,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         config.args = vm.args;
         config.paused = vm.paused;
         config.gdb = vm.gdb;
+        config.snapshot = snapshot;
         configs.push(config);
     }
     let config = RunConfig {
@@ -404,7 +434,12 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 headless::OUTPUT_FINISH_LIMIT.as_secs()
             );
             lost_output = true;
-        } else if output.dropped_lines > 0 {
+        }
+        for failure in &end.failed_snapshots {
+            eprintln!("matrix-tui: {failure}");
+            lost_output = true;
+        }
+        if output.error.is_none() && end.report_written && output.dropped_lines > 0 {
             eprintln!(
                 "matrix-tui: stdout: {} lines dropped because stdout was not read fast enough",
                 output.dropped_lines

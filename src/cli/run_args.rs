@@ -26,7 +26,10 @@ pub(super) fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
         Some((name, rest)) => (Some(name.to_string()), rest),
         None => (None, text),
     };
-    let (guest, weight) = match rest.rsplit_once(':') {
+    // `snapshot:FILE[:WEIGHT]`: the first colon is the prefix's.
+    let prefix = if rest.starts_with(scenario::SNAPSHOT_PREFIX) { scenario::SNAPSHOT_PREFIX.len() } else { 0 };
+    let split = rest[prefix..].rsplit_once(':').map(|(guest, weight)| (&rest[..prefix + guest.len()], weight));
+    let (guest, weight) = match split {
         Some((guest, weight)) => {
             let weight: f64 = weight
                 .parse()
@@ -35,7 +38,7 @@ pub(super) fn parse_vm_arg(text: &str) -> Result<VmArg, String> {
         }
         None => (rest.to_string(), None),
     };
-    if guest.is_empty() {
+    if guest.is_empty() || guest == scenario::SNAPSHOT_PREFIX {
         return Err("GUEST is empty (NAME=GUEST[:WEIGHT])".into());
     }
     // A lone GUEST names its VM: `part1`, or `my-guest` for `./build/my-guest.elf`.
@@ -119,6 +122,11 @@ mod tests {
         assert!(parse_vm_arg("a=ticker:x").unwrap_err().contains("not a number"));
         assert!(parse_vm_arg("bad name=spin").unwrap_err().contains("VM name"));
         assert!(parse_vm_arg("a=").is_err());
+        let vm = parse_vm_arg("neo=snapshot:/tmp/x.snap:5").unwrap();
+        assert_eq!((vm.guest.as_str(), vm.weight), ("snapshot:/tmp/x.snap", Some(5.0)));
+        let vm = parse_vm_arg("snapshot:saved/neo-1.snap").unwrap();
+        assert_eq!((vm.name.as_str(), vm.guest.as_str(), vm.weight), ("neo-1", "snapshot:saved/neo-1.snap", None));
+        assert!(parse_vm_arg("a=snapshot:").is_err());
     }
 
     #[test]

@@ -56,6 +56,26 @@ impl HypercallState {
     pub fn with_mailbox(mailbox: u64) -> Self {
         Self { mailbox, mailbox_calls: 0, gva_result: None }
     }
+
+    /// What a snapshot keeps (the mailbox's place follows from the machine).
+    pub fn progress(&self) -> HypercallProgress {
+        HypercallProgress { mailbox_calls: self.mailbox_calls, gva_result: self.gva_result }
+    }
+
+    /// A restored VM's state: its mailbox at `mailbox`, its calls as saved.
+    pub fn resumed(mailbox: u64, progress: HypercallProgress) -> Self {
+        Self { mailbox, mailbox_calls: progress.mailbox_calls, gva_result: progress.gva_result }
+    }
+}
+
+/// How far a VM's hypercalls have got: the part of their state that a
+/// snapshot carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HypercallProgress {
+    /// Calls of HC_numExitsByType so far (they pick the mailbox slot).
+    pub mailbox_calls: u64,
+    /// An HC_gvaToHva result waiting for its `in`.
+    pub gva_result: Option<u32>,
 }
 
 /// The per-VM things a hypercall may change, and the VM settings it follows.

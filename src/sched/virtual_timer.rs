@@ -31,6 +31,21 @@ pub struct VirtualTimer {
     pub coalesced: u64,
 }
 
+/// A timer as a snapshot keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TimerState {
+    /// The period, while it runs.
+    pub period_us: Option<u32>,
+    /// How long after the snapshot the next tick was due.
+    pub due_in_ns: u64,
+    /// A tick was waiting to be injected.
+    pub pending: bool,
+    /// Ticks injected so far.
+    pub injected: u64,
+    /// Ticks coalesced so far.
+    pub coalesced: u64,
+}
+
 /// What starting the timer came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
@@ -82,6 +97,32 @@ impl VirtualTimer {
         self.pending
     }
 
+    /// What a snapshot keeps, with the next tick's time relative to `now_ns`
+    /// (host clocks differ between processes and hosts).
+    pub fn save(&self, now_ns: u64) -> TimerState {
+        TimerState {
+            period_us: self.period_ns.map(|period| (period / 1000) as u32),
+            due_in_ns: self.period_ns.map_or(0, |_| self.next_due_ns.saturating_sub(now_ns)),
+            pending: self.pending,
+            injected: self.injected,
+            coalesced: self.coalesced,
+        }
+    }
+
+    /// A timer as `state` left it, its next tick `due_in_ns` after `now_ns`.
+    /// A period under the floor (an edited snapshot) is raised to it, and
+    /// the next tick comes at most one period away.
+    pub fn restore(state: &TimerState, now_ns: u64) -> Self {
+        let period_ns = state.period_us.map(|period| u64::from(period.max(MIN_PERIOD_US)) * 1000);
+        Self {
+            period_ns,
+            next_due_ns: now_ns + period_ns.map_or(0, |period| state.due_in_ns.min(period)),
+            pending: state.pending && period_ns.is_some(),
+            injected: state.injected,
+            coalesced: state.coalesced,
+        }
+    }
+
     /// The pending tick was injected.
     pub fn injected(&mut self) {
         if self.pending {
@@ -125,6 +166,22 @@ mod tests {
         assert_eq!(timer.coalesced, 5);
         timer.injected();
         assert_eq!(timer.injected, 1);
+    }
+
+    #[test]
+    fn a_saved_timer_comes_back_with_its_next_tick_as_far_away() {
+        let mut timer = VirtualTimer::default();
+        timer.start(0, 5000);
+        timer.poll(11 * MS);
+        let state = timer.save(12 * MS);
+        assert_eq!((state.period_us, state.due_in_ns, state.pending), (Some(5000), 3 * MS, true));
+        let restored = VirtualTimer::restore(&state, 100 * MS);
+        assert_eq!(restored.next_due_ns(), Some(103 * MS));
+        assert_eq!((restored.injected, restored.coalesced), (timer.injected, timer.coalesced));
+        // An edited snapshot cannot ask for a tick past one period or under the floor.
+        let edited = TimerState { period_us: Some(1), due_in_ns: u64::MAX, ..state };
+        assert_eq!(VirtualTimer::restore(&edited, 0).next_due_ns(), Some(MS));
+        assert_eq!(VirtualTimer::restore(&TimerState::default(), 7).next_due_ns(), None);
     }
 
     #[test]

@@ -8,10 +8,13 @@ use super::virtual_timer::{TIMER_VECTOR, VirtualTimer};
 use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
+use crate::snapshot::{RuntimeState, Snapshot};
 use crate::stats::VmCounters;
+use crate::vm::MachineState;
 use crate::vm::guest_debug::DebugExit;
 use crate::vm::kick::monotonic_ns;
 use crate::vm::layout::Structure;
+use crate::vm::vcpu_state::VcpuStateError;
 use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
 
 /// What one step of a VM came to.
@@ -108,6 +111,62 @@ impl VmRuntime {
             timer: VirtualTimer::default(),
             injection: None,
         })
+    }
+
+    /// Brings back the VM `snapshot` saved (`spec` restores its machine),
+    /// with its counters, hypercall state, timer and console as they were;
+    /// its timer's next tick is as far from `now_ns` as it was from the
+    /// snapshot.
+    pub fn restored(
+        kvm: &Kvm,
+        spec: &MachineSpec,
+        ports: PortMap,
+        snapshot: &Snapshot,
+        now_ns: u64,
+    ) -> Result<Self, SetupError> {
+        let machine = Machine::new(kvm, spec)?;
+        let saved = &snapshot.runtime;
+        let mut console = ConsoleOut::with_history(saved.console.as_bytes());
+        console.note(format_args!(
+            "restored from the snapshot {} after {} exits (its TSC is this host's: it jumped by the time between)",
+            crate::console::escape_input(&snapshot.path),
+            saved.counters.exits.total()
+        ));
+        if !machine.refused_msrs.is_empty() {
+            let refused: Vec<String> = machine.refused_msrs.iter().map(|index| format!("0x{index:x}")).collect();
+            console.note(format_args!("this host's KVM refused MSRs {}; they were skipped", refused.join(", ")));
+        }
+        Ok(Self {
+            hypercalls: HypercallState::resumed(machine.area.start(Structure::Mailbox), saved.hypercalls),
+            machine,
+            counters: saved.counters,
+            console,
+            cpu_ns: saved.cpu_ns,
+            ports,
+            timer: VirtualTimer::restore(&saved.timer, now_ns),
+            injection: None,
+        })
+    }
+
+    /// Saves the VM at `now_ns` (between exits: the exit in progress is
+    /// completed first); `sleeping` when it waits in `hlt` for its tick. It
+    /// goes on running afterwards.
+    pub fn save(
+        &mut self,
+        kvm: &Kvm,
+        now_ns: u64,
+        sleeping: bool,
+    ) -> Result<(MachineState, RuntimeState, Vec<u8>), VcpuStateError> {
+        let (machine, memory) = self.machine.save(kvm)?;
+        let runtime = RuntimeState {
+            counters: self.counters(),
+            hypercalls: self.hypercalls.progress(),
+            timer: self.timer.save(now_ns),
+            sleeping,
+            console: String::from_utf8_lossy(self.console.history()).into_owned(),
+            cpu_ns: self.cpu_ns,
+        };
+        Ok((machine, runtime, memory))
     }
 
     /// Runs the vCPU once (until its next exit) and handles that exit;

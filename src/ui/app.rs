@@ -59,6 +59,8 @@ pub enum Action {
     CycleFilter,
     /// Run the selected VM to its next exit and pause it there.
     Step,
+    /// Save the selected VM to the next free NAME-N.snap here.
+    Snapshot,
     /// Show or hide the schedule timeline.
     ToggleTimeline,
     /// A shorter timeline window.
@@ -229,6 +231,16 @@ impl App {
                     }
                 }
             }
+            Event::Snapshot { vm, path, result, .. } => {
+                // Written here, on the UI thread: the core may not open files,
+                // and a key press's snapshot is worth a frame's delay.
+                let line = result
+                    .and_then(|taken| taken.write(&path))
+                    .unwrap_or_else(|error| format!("snapshot not taken: {error}"));
+                if let Some(view) = self.vms.get_mut(vm) {
+                    view.push_line(format!("{}{line}", crate::console::NOTE_PREFIX));
+                }
+            }
             Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, vms),
             Event::Finished(_) => {}
         }
@@ -277,6 +289,10 @@ impl App {
                 _ => {}
             },
             Action::Restart => return vec![Command::Restart(vm)],
+            Action::Snapshot => {
+                let path = crate::snapshot::file::next_free_name(std::path::Path::new("."), &self.vms[vm].name);
+                return vec![Command::Snapshot { vm, path }];
+            }
             Action::CyclePolicy => return vec![Command::SetPolicy(self.settings.policy.next())],
             Action::HalveQuantum => return self.scale_quantum(0.5),
             Action::DoubleQuantum => return self.scale_quantum(2.0),

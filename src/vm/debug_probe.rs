@@ -59,8 +59,13 @@ pub fn probe(kvm: &Kvm) -> Result<DebugCaps, SetupError> {
 /// Runs `code` once with guest debugging `control` and `debugreg`, until its
 /// first exit.
 fn run_probe(kvm: &Kvm, code: &[u8], control: u32, debugreg: [u64; 8]) -> Result<ProbeExit, SetupError> {
-    let spec =
-        MachineSpec { image: Arc::from(code), memory_size: 2 << 20, args: Vec::new(), layout: Default::default() };
+    let spec = MachineSpec {
+        image: Arc::from(code),
+        memory_size: 2 << 20,
+        args: Vec::new(),
+        layout: Default::default(),
+        restore: None,
+    };
     let mut machine = Machine::new(kvm, &spec)?;
     let debug = kvm_guest_debug {
         control: KVM_GUESTDBG_ENABLE | control,

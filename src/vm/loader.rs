@@ -29,7 +29,8 @@ pub struct GuestLayout {
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
 /// What kind of image a file was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageKind {
     /// A static ELF64 executable.
     Elf,

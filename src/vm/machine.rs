@@ -60,6 +60,9 @@ pub enum SetupError {
         /// The CR0 KVM kept.
         kept_cr0: u64,
     },
+    /// KVM would not take a snapshot's vCPU state.
+    #[error("cannot restore the snapshot on this host: {0}")]
+    Restore(#[from] super::vcpu_state::VcpuStateError),
     /// A KVM ioctl failed while creating the VM.
     #[error("KVM refused {what}: {source}")]
     Kvm {
@@ -93,6 +96,9 @@ pub struct MachineSpec {
     pub args: Vec<u64>,
     /// CPU mode, load address and entry.
     pub layout: GuestLayout,
+    /// A saved machine to bring back instead (the image, arguments and
+    /// layout are then those it was made with, already in its memory).
+    pub restore: Option<Arc<super::restore::SavedMachine>>,
 }
 
 /// A port access width and count, as the vCPU made it.
@@ -241,10 +247,10 @@ pub struct Vcpu {
 pub struct Machine {
     /// The vCPU (run it with [`Vcpu::run`]).
     pub vcpu: Vcpu,
-    _vm: VmFd,
+    pub(super) _vm: VmFd,
     /// Guest memory.
     pub memory: GuestMemory,
-    memory_size: u64,
+    pub(super) memory_size: u64,
     /// The CPU mode it started in.
     pub mode: CpuMode,
     /// Where the hypervisor's structures lie in its memory.
@@ -253,6 +259,8 @@ pub struct Machine {
     pub image: loader::LoadedImage,
     /// How the machine was set up, step by step, and how long each took.
     pub setup: Vec<SetupStep>,
+    /// MSRs of a restored snapshot that this host's KVM refused (skipped).
+    pub refused_msrs: Vec<u32>,
 }
 
 /// One step of setting up a VM (the flowchart of docs/architecture.md).
@@ -267,9 +275,9 @@ pub struct SetupStep {
 }
 
 /// Times the steps of [`Machine::new`] one after another.
-struct SetupTimer {
+pub(super) struct SetupTimer {
     last: std::time::Instant,
-    steps: Vec<SetupStep>,
+    pub(super) steps: Vec<SetupStep>,
 }
 
 impl Default for SetupTimer {
@@ -279,7 +287,7 @@ impl Default for SetupTimer {
 }
 
 impl SetupTimer {
-    fn done(&mut self, what: &'static str, how: &'static str) {
+    pub(super) fn done(&mut self, what: &'static str, how: &'static str) {
         let now = std::time::Instant::now();
         self.steps.push(SetupStep { what, how, ns: (now - self.last).as_nanos() as u64 });
         self.last = now;
@@ -290,6 +298,9 @@ impl Machine {
     /// Creates the VM, maps memory, loads the image, writes the arguments and
     /// puts the vCPU in its mode at the image's entry point.
     pub fn new(kvm: &Kvm, spec: &MachineSpec) -> Result<Self, SetupError> {
+        if let Some(saved) = &spec.restore {
+            return Self::restore(kvm, saved);
+        }
         let mode = spec.layout.mode;
         let memory_size = memory::check_size(spec.memory_size)?;
         if spec.args.len() > MAX_GUEST_ARGS {
@@ -305,28 +316,7 @@ impl Machine {
         write_args(&memory, area.start(Structure::Args), &spec.args);
         timer.done(mode.tables_step(), "memory writes");
 
-        let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
-        timer.done("create the VM", "KVM_CREATE_VM");
-        let region = memory.iter().next().expect("one region");
-        let slot = kvm_userspace_memory_region {
-            slot: 0,
-            guest_phys_addr: 0,
-            memory_size,
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
-        };
-        setup_ioctl("to map guest memory (KVM_SET_USER_MEMORY_REGION)", || {
-            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
-            // `memory`, which the Machine keeps until after the VM fd has closed
-            // (see the field order of Machine).
-            unsafe { vm.set_user_memory_region(slot) }
-        })?;
-        timer.done("register guest memory as slot 0", "KVM_SET_USER_MEMORY_REGION");
-        let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
-        timer.done("create the vCPU, map kvm_run", "KVM_CREATE_VCPU");
-        let cpuid = supported_cpuid(kvm)?;
-        setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
-        timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
+        let (vm, fd) = create_vm(kvm, &memory, memory_size, &mut timer)?;
         let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
         let sregs = mode.special_registers(sregs, area, image.entry);
         setup_ioctl("to set the CPU mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
@@ -353,15 +343,8 @@ impl Machine {
             },
             "KVM_SET_REGS",
         );
-        // With KVM_CAP_SYNC_REGS, KVM copies the general registers into
-        // kvm_run on every exit, so each exit's rip costs no extra ioctl.
-        let mut fd = fd;
-        let syncs_registers = kvm.check_extension(Cap::SyncRegs);
-        if syncs_registers {
-            fd.set_sync_valid_reg(SyncReg::Register);
-        }
         Ok(Self {
-            vcpu: Vcpu { fd, syncs_registers, can_take_interrupt: false },
+            vcpu: Vcpu::new(kvm, fd),
             _vm: vm,
             memory,
             memory_size,
@@ -369,6 +352,7 @@ impl Machine {
             area,
             image,
             setup: timer.steps,
+            refused_msrs: Vec::new(),
         })
     }
 
@@ -403,6 +387,39 @@ impl Machine {
     }
 }
 
+/// Creates the VM over `memory` and its vCPU with the host's CPUID: the
+/// steps every machine shares, new or restored.
+pub(super) fn create_vm(
+    kvm: &Kvm,
+    memory: &GuestMemory,
+    memory_size: u64,
+    timer: &mut SetupTimer,
+) -> Result<(VmFd, VcpuFd), SetupError> {
+    let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
+    timer.done("create the VM", "KVM_CREATE_VM");
+    let region = memory.iter().next().expect("one region");
+    let slot = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size,
+        userspace_addr: region.as_ptr() as u64,
+        flags: 0,
+    };
+    setup_ioctl("to map guest memory (KVM_SET_USER_MEMORY_REGION)", || {
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+        // `memory`, which the Machine keeps until after the VM fd has closed
+        // (see the field order of Machine).
+        unsafe { vm.set_user_memory_region(slot) }
+    })?;
+    timer.done("register guest memory as slot 0", "KVM_SET_USER_MEMORY_REGION");
+    let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
+    timer.done("create the vCPU, map kvm_run", "KVM_CREATE_VCPU");
+    let cpuid = supported_cpuid(kvm)?;
+    setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
+    timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
+    Ok((vm, fd))
+}
+
 /// The host's supported CPUID, asked of KVM once per process: it cannot
 /// change while we run, and asking costs about 0.6 ms here (every leaf is a
 /// trapped CPUID on this nested host), a third of setting up a small VM.
@@ -424,6 +441,22 @@ fn write_args(memory: &GuestMemory, at: u64, args: &[u64]) {
 }
 
 impl Vcpu {
+    /// Wraps a set-up vCPU. With KVM_CAP_SYNC_REGS, KVM copies the general
+    /// registers into kvm_run on every exit, so each exit's rip costs no
+    /// extra ioctl.
+    pub(super) fn new(kvm: &Kvm, mut fd: VcpuFd) -> Self {
+        let syncs_registers = kvm.check_extension(Cap::SyncRegs);
+        if syncs_registers {
+            fd.set_sync_valid_reg(SyncReg::Register);
+        }
+        Self { fd, syncs_registers, can_take_interrupt: false }
+    }
+
+    /// Its fd, for saving and restoring its state.
+    pub(super) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Runs the vCPU until it exits, unless a kick is already due (then
     /// [`Exit::Interrupted`] at once); also returns the guest's rip at the
     /// exit (0 where the host does not sync registers into kvm_run). The core

@@ -22,10 +22,14 @@ pub mod machine;
 pub mod memory;
 /// Timers that end slices by kicking the core thread.
 pub mod quantum_timer;
+/// Saving a machine and making it again.
+pub mod restore;
 /// The core thread's seccomp filter.
 pub mod seccomp;
 /// Flat segments and the GDT.
 pub mod segments;
+/// A vCPU's whole state, as a snapshot keeps it.
+pub mod vcpu_state;
 
 pub use cpu_mode::CpuMode;
 pub use cpu_state::CpuState;
@@ -34,6 +38,7 @@ pub use loader::GuestLayout;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;
 pub use quantum_timer::QuantumTimer;
+pub use restore::{MachineState, SavedMachine};
 
 /// Opens /dev/kvm, or says why it cannot and what to do.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, KvmUnavailable> {

@@ -65,6 +65,7 @@ pub fn runtime(guest: &str, args: &[u64]) -> matrix_tui::sched::VmRuntime {
         memory_size: 2 << 20,
         args: args.to_vec(),
         layout: builtin.layout,
+        restore: None,
     };
     matrix_tui::sched::VmRuntime::new(&kvm(), &spec, Default::default()).expect("the VM sets up")
 }

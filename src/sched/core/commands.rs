@@ -56,12 +56,44 @@ impl Core {
             Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
             Command::Debug { .. } => {}
             Command::Step(_) => {}
+            Command::Snapshot { vm, path } if vm < self.slots.len() => self.snapshot(vm, path),
+            Command::Snapshot { .. } => {}
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
             Command::SetQuantum(quantum) => {
                 let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
                 self.set_planner(self.planner.policy(), quantum);
             }
         }
+    }
+
+    /// Saves `vm` (between its slices, so its vCPU is out of KVM_RUN) and
+    /// hands the state and a copy of its memory to the front ends, which
+    /// write the file: this thread may not open files. The VM goes on as it was.
+    fn snapshot(&mut self, vm: VmId, path: std::path::PathBuf) {
+        let started_ns = monotonic_ns();
+        let slot = &mut self.slots[vm];
+        let result = if slot.state.is_finished() {
+            Err(format!("it has {}: restart it first", slot.state.name()))
+        } else {
+            let sleeping = matches!(slot.state, VmState::Sleeping { .. });
+            match slot.runtime.save(&self.kvm, started_ns, sleeping) {
+                Ok((machine, runtime, memory)) => {
+                    let config = &slot.config;
+                    let vm = VmIdentity {
+                        name: config.name.clone(),
+                        guest: config.guest.clone(),
+                        weight: config.weight,
+                        ports: config.ports.entries().map(|(port, call)| (port, call.to_string())).collect(),
+                        show_ports: config.ports.show_unknown,
+                    };
+                    let state = SnapshotState { vm, machine, runtime };
+                    Ok(Box::new(TakenSnapshot { state, memory, took_ns: monotonic_ns() - started_ns }))
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        self.outbox.push_back(Event::Snapshot { vm, t_ns, path, result });
     }
 
     pub(super) fn set_planner(&mut self, policy: Policy, quantum_ns: u64) {
@@ -77,7 +109,15 @@ impl Core {
         // What the old VM printed still goes out, before its new life starts.
         self.queue_console(vm);
         let slot = &mut self.slots[vm];
-        match VmRuntime::new(&self.kvm, &machine_spec(&slot.config), slot.config.ports.clone()) {
+        let spec = machine_spec(&slot.config);
+        let made = match &slot.config.snapshot {
+            // A restored VM starts its new life where the snapshot left it.
+            Some(snapshot) => {
+                VmRuntime::restored(&self.kvm, &spec, slot.config.ports.clone(), snapshot, monotonic_ns())
+            }
+            None => VmRuntime::new(&self.kvm, &spec, slot.config.ports.clone()),
+        };
+        match made {
             Ok(mut runtime) => {
                 // The console (already flushed above) goes on, so that the
                 // report's history holds every life with a note between them.

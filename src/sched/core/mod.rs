@@ -29,10 +29,11 @@ use crate::console::ConsoleBatch;
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
 use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
-use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, VmId, VmSample, VmState};
+use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, TakenSnapshot, VmId, VmSample, VmState};
 use crate::hypercall::GuestView;
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
+use crate::snapshot::{SnapshotState, VmIdentity};
 use crate::stats::LatencyLog;
 use crate::trace::{self, TraceBuffer, TraceRecord, TraceWriter};
 use crate::vm::debug_probe;
@@ -116,7 +117,11 @@ impl Slot {
     fn new(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
         let failed = |source| VmSetupError { name: config.name.clone(), guest: config.guest.clone(), source };
         let spec = machine_spec(&config);
-        let (runtime, state) = match VmRuntime::new(kvm, &spec, config.ports.clone()) {
+        let made = match &config.snapshot {
+            Some(snapshot) => VmRuntime::restored(kvm, &spec, config.ports.clone(), snapshot, monotonic_ns()),
+            None => VmRuntime::new(kvm, &spec, config.ports.clone()),
+        };
+        let (runtime, state) = match made {
             Ok(runtime) => (runtime, if config.paused { VmState::Paused } else { VmState::Running }),
             Err(refused @ SetupError::ModeUnsupported { .. }) => {
                 let layout = GuestLayout { mode: CpuMode::Protected, ..spec.layout };
@@ -162,6 +167,7 @@ fn machine_spec(config: &VmConfig) -> MachineSpec {
         memory_size: config.memory_size,
         args: config.args.clone(),
         layout: config.layout,
+        restore: config.snapshot.as_ref().map(|snapshot| Arc::clone(&snapshot.machine)),
     }
 }
 

@@ -317,6 +317,8 @@ impl Core {
             StepResult::Exit(exit) => exit.t_ns,
             _ => record.end_ns,
         };
+        // What the step printed goes out with it, not at the next round of flushes.
+        self.queue_console(vm);
         self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers });
     }
 

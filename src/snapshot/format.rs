@@ -1,8 +1,7 @@
 //! The snapshot file format: one VM's state as readable JSON, and its memory
 //! with the zero pages left out, behind a header with a magic, a format
 //! version and a checksum. Pure: bytes in, bytes out, every refusal a
-//! [`FormatError`] that says what is wrong. Capturing and restoring the VM
-//! itself is `vm`'s job; this is the part a file or a stream carries.
+//! [`FormatError`] that says what is wrong.
 //!
 //! ```text
 //! magic        8 bytes   "MTXSNAP\0"
@@ -27,15 +26,47 @@ pub const PAGE_SIZE: usize = 4096;
 /// The largest state a snapshot may carry.
 pub const MAX_STATE: u64 = 16 << 20;
 
-/// A snapshot as decoded: its state and memory.
+/// A snapshot as decoded: its state, and its memory as the pages it stored
+/// (the others are zero), kept in the file's own bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
     /// The VM's state, as JSON text.
     pub state: String,
-    /// Guest memory, zero pages included again.
-    pub memory: Vec<u8>,
+    /// Guest memory in bytes.
+    pub memory_size: u64,
+    /// The stored pages' indices, in file order.
+    indices: Vec<u64>,
+    /// The file; page `n` of `indices` is at `pages_at + n * RECORD + 8`.
+    file: Vec<u8>,
+    pages_at: usize,
+}
+
+/// Bytes of one stored page: its index, then its bytes.
+const RECORD: usize = 8 + PAGE_SIZE;
+
+impl Decoded {
+    /// The stored pages: (index, bytes).
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.indices.iter().enumerate().map(|(n, &index)| {
+            let at = self.pages_at + n * RECORD + 8;
+            (index, &self.file[at..at + PAGE_SIZE])
+        })
+    }
+
     /// How many pages the file stored (the others were zero).
-    pub stored_pages: u64,
+    pub fn stored_pages(&self) -> u64 {
+        self.indices.len() as u64
+    }
+
+    /// The whole memory, zero pages included.
+    pub fn memory(&self) -> Vec<u8> {
+        let mut memory = vec![0u8; self.memory_size as usize];
+        for (index, page) in self.pages() {
+            let at = index as usize * PAGE_SIZE;
+            memory[at..at + PAGE_SIZE].copy_from_slice(page);
+        }
+        memory
+    }
 }
 
 /// A snapshot that cannot be used.
@@ -120,8 +151,9 @@ pub fn encode(state: &str, memory: &[u8]) -> Vec<u8> {
     file
 }
 
-/// Decodes a snapshot whose memory may be at most `max_memory` bytes.
-pub fn decode(file: &[u8], max_memory: u64) -> Result<Decoded, FormatError> {
+/// Decodes a snapshot whose memory may be at most `max_memory` bytes; the
+/// pages stay in `file`, which the result keeps.
+pub fn decode(file: Vec<u8>, max_memory: u64) -> Result<Decoded, FormatError> {
     if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
         return Err(FormatError::BadMagic);
     }
@@ -146,7 +178,7 @@ pub fn decode(file: &[u8], max_memory: u64) -> Result<Decoded, FormatError> {
         });
     }
     let body = &file[HEADER_SIZE..];
-    let pages_len = pages.checked_mul(8 + PAGE_SIZE as u64).ok_or(FormatError::Truncated("the pages"))?;
+    let pages_len = pages.checked_mul(RECORD as u64).ok_or(FormatError::Truncated("the pages"))?;
     let needed = state_len.checked_add(pages_len).ok_or(FormatError::Truncated("the pages"))?;
     if (body.len() as u64) < state_len {
         return Err(FormatError::Truncated("the state"));
@@ -162,18 +194,19 @@ pub fn decode(file: &[u8], max_memory: u64) -> Result<Decoded, FormatError> {
         return Err(FormatError::Checksum { expected, found });
     }
     let state = std::str::from_utf8(&body[..state_len as usize]).map_err(|_| FormatError::NotText)?.to_string();
-    let mut memory = vec![0u8; memory_size as usize];
     let mut seen = vec![false; memory_size as usize / PAGE_SIZE];
-    for record in body[state_len as usize..].chunks_exact(8 + PAGE_SIZE) {
+    let mut indices = Vec::with_capacity(pages as usize);
+    for record in body[state_len as usize..].chunks_exact(RECORD) {
         let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
         let slot = usize::try_from(index).ok().filter(|&slot| slot < seen.len());
         let Some(slot) = slot else { return Err(FormatError::BadPage { index, why: "past the end of memory" }) };
         if std::mem::replace(&mut seen[slot], true) {
             return Err(FormatError::BadPage { index, why: "twice" });
         }
-        memory[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(&record[8..]);
+        indices.push(index);
     }
-    Ok(Decoded { state, memory, stored_pages: pages })
+    let pages_at = HEADER_SIZE + state_len as usize;
+    Ok(Decoded { state, memory_size, indices, file, pages_at })
 }
 
 #[cfg(test)]
@@ -191,28 +224,30 @@ mod tests {
     fn a_snapshot_comes_back_as_it_went_with_only_the_non_zero_pages_stored() {
         let file = encode(r#"{"name":"neo"}"#, &memory());
         assert_eq!(file.len(), HEADER_SIZE + 14 + 2 * (8 + PAGE_SIZE));
-        let decoded = decode(&file, 1 << 30).unwrap();
-        assert_eq!(decoded, Decoded { state: r#"{"name":"neo"}"#.into(), memory: memory(), stored_pages: 2 });
+        let decoded = decode(file, 1 << 30).unwrap();
+        assert_eq!((decoded.state.as_str(), decoded.stored_pages()), (r#"{"name":"neo"}"#, 2));
+        assert_eq!(decoded.memory(), memory());
+        assert_eq!(decoded.pages().map(|(index, _)| index).collect::<Vec<_>>(), [0, 7]);
     }
 
     #[test]
     fn damaged_files_are_refused_with_what_is_wrong() {
         let file = encode("{}", &memory());
-        assert_eq!(decode(b"ELF", 1 << 30), Err(FormatError::BadMagic));
+        assert_eq!(decode(b"ELF".to_vec(), 1 << 30), Err(FormatError::BadMagic));
         let mut version = file.clone();
         version[8] = 2;
-        let error = decode(&version, 1 << 30).unwrap_err();
+        let error = decode(version, 1 << 30).unwrap_err();
         assert_eq!(error, FormatError::WrongVersion { found: 2 });
         assert!(error.to_string().contains("this matrix-tui reads version 1"), "{error}");
-        assert_eq!(decode(&file[..HEADER_SIZE - 1], 1 << 30), Err(FormatError::Truncated("the header")));
-        assert_eq!(decode(&file[..file.len() - 1], 1 << 30), Err(FormatError::Truncated("the pages")));
+        assert_eq!(decode(file[..HEADER_SIZE - 1].to_vec(), 1 << 30), Err(FormatError::Truncated("the header")));
+        assert_eq!(decode(file[..file.len() - 1].to_vec(), 1 << 30), Err(FormatError::Truncated("the pages")));
         let mut flipped = file.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(decode(&flipped, 1 << 30), Err(FormatError::Checksum { .. })));
+        assert!(matches!(decode(flipped, 1 << 30), Err(FormatError::Checksum { .. })));
         let mut longer = file.clone();
         longer.push(0);
-        assert_eq!(decode(&longer, 1 << 30), Err(FormatError::Trailing(1)));
-        assert!(matches!(decode(&file, PAGE_SIZE as u64), Err(FormatError::OutOfRange { what: "memory size", .. })));
+        assert_eq!(decode(longer, 1 << 30), Err(FormatError::Trailing(1)));
+        assert!(matches!(decode(file, PAGE_SIZE as u64), Err(FormatError::OutOfRange { what: "memory size", .. })));
     }
 
     #[test]
@@ -224,7 +259,7 @@ mod tests {
             file[second..second + 8].copy_from_slice(&index.to_le_bytes());
             let body_checksum = fnv1a(&file[HEADER_SIZE..]);
             file[40..48].copy_from_slice(&body_checksum.to_le_bytes());
-            assert_eq!(decode(&file, 1 << 30), Err(FormatError::BadPage { index, why: error }));
+            assert_eq!(decode(file.clone(), 1 << 30), Err(FormatError::BadPage { index, why: error }));
         }
     }
 }

@@ -1,0 +1,185 @@
+//! What a snapshot's JSON holds: the VM as the run knew it (name, guest,
+//! weight, ports), its machine (vCPU state, mode, layout) and matrix-tui's
+//! own state of it (counters, hypercalls, timer, console), and the checks a
+//! file must pass before anything is made from it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::format::{self, FormatError};
+use crate::config::check_weight;
+use crate::hypercall::{HypercallProgress, PortMap};
+use crate::sched::virtual_timer::TimerState;
+use crate::stats::VmCounters;
+use crate::vm::layout::{MAX_MEMORY, SystemArea};
+use crate::vm::{MachineState, SavedMachine};
+
+/// One VM as a snapshot holds it (the JSON of the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// The VM as the run knew it.
+    pub vm: VmIdentity,
+    /// Its machine: mode, layout, vCPU.
+    pub machine: MachineState,
+    /// matrix-tui's own state of it.
+    pub runtime: RuntimeState,
+}
+
+/// The VM as the run that took the snapshot knew it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmIdentity {
+    /// Its name there.
+    pub name: String,
+    /// Its guest there (a built-in name or a path).
+    pub guest: String,
+    /// Its scheduling weight.
+    pub weight: f64,
+    /// Ports mapped to hypercalls: (port, call).
+    pub ports: Vec<(u16, String)>,
+    /// Show accesses to other ports.
+    pub show_ports: bool,
+}
+
+impl VmIdentity {
+    /// The port map these settings make.
+    pub fn port_map(&self) -> Result<PortMap, String> {
+        let mut map = PortMap::default();
+        map.show_unknown = self.show_ports;
+        for (port, call) in &self.ports {
+            map.map(*port, call)?;
+        }
+        Ok(map)
+    }
+}
+
+/// matrix-tui's own state of a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// Exit and preemption counters (HC_numExits goes on from them).
+    pub counters: VmCounters,
+    /// Hypercall state between exits.
+    pub hypercalls: HypercallProgress,
+    /// The virtual timer.
+    pub timer: TimerState,
+    /// It was waiting in `hlt` for its next tick.
+    pub sleeping: bool,
+    /// The last of its console output (for the record; not printed again).
+    pub console: String,
+    /// Nanoseconds it had spent inside KVM_RUN.
+    pub cpu_ns: u64,
+}
+
+/// A snapshot read and checked, ready to be restored (any number of times:
+/// a restart restores it again).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Where it was read from, as given.
+    pub path: String,
+    /// The VM as the run that took it knew it.
+    pub vm: VmIdentity,
+    /// Its machine and memory.
+    pub machine: Arc<SavedMachine>,
+    /// matrix-tui's state of it.
+    pub runtime: RuntimeState,
+}
+
+/// A snapshot that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are damaged or of another version.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The JSON is not a VM's state.
+    #[error("the snapshot's state cannot be read: {0}")]
+    State(String),
+    /// The state does not fit a machine.
+    #[error("the snapshot does not fit a VM: {0}")]
+    Unfit(String),
+}
+
+impl Snapshot {
+    /// Decodes and checks a snapshot's bytes.
+    pub fn decode(path: &str, bytes: Vec<u8>) -> Result<Self, SnapshotError> {
+        let decoded = format::decode(bytes, MAX_MEMORY)?;
+        let state: SnapshotState =
+            serde_json::from_str(&decoded.state).map_err(|error| SnapshotError::State(error.to_string()))?;
+        Self::check(&state).map_err(SnapshotError::Unfit)?;
+        let SnapshotState { vm, machine, runtime } = state;
+        let machine = SavedMachine::new(machine, decoded).map_err(SnapshotError::Unfit)?;
+        Ok(Self { path: path.to_string(), vm, machine, runtime })
+    }
+
+    fn check(state: &SnapshotState) -> Result<(), String> {
+        check_weight(state.vm.weight)?;
+        state.vm.port_map()?;
+        let machine = &state.machine;
+        let area = SystemArea { shift: machine.structures_shift };
+        let reach = machine.mode.reach(machine.memory_size);
+        let outside = machine.mode.structures().iter().find(|s| area.range(**s).end > reach);
+        if machine.structures_shift % 4096 != 0 || outside.is_some() {
+            return Err(format!(
+                "its structures, moved up 0x{:x}, do not lie inside its {} KiB of memory on 4 KiB pages",
+                machine.structures_shift,
+                machine.memory_size >> 10
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `state` and the VM's `memory` as a snapshot file's bytes.
+pub fn encode(state: &SnapshotState, memory: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_string_pretty(state).expect("a snapshot state serializes");
+    format::encode(&json, memory)
+}
+
+/// A snapshot's contents described for people (`matrix-tui snapshot show`).
+pub fn describe(snapshot: &Snapshot) -> String {
+    let decoded_pages = snapshot.machine.memory.stored_pages();
+    let machine = &snapshot.machine.state;
+    let regs = &machine.vcpu.regs;
+    let sregs = &machine.vcpu.sregs;
+    let runtime = &snapshot.runtime;
+    let timer = match runtime.timer.period_us {
+        Some(period) => {
+            format!("every {period} us, next tick {} us after the snapshot", runtime.timer.due_in_ns / 1000)
+        }
+        None => "not running".to_string(),
+    };
+    format!(
+        "VM '{}' (guest {}, weight {}) in {} mode\n\
+         memory: {} KiB, {} pages stored (the other {} were zero)\n\
+         rip=0x{:x} rsp=0x{:x} rflags=0x{:x} rax=0x{:x}\n\
+         cr0=0x{:x} cr3=0x{:x} cr4=0x{:x} efer=0x{:x} cs=0x{:x}\n\
+         {} MSRs, mp_state {}\n\
+         exits: {} ({} in, {} out, {} hlt), preemptions {}\n\
+         timer: {timer}; {} ticks injected, {} coalesced{}\n",
+        snapshot.vm.name,
+        snapshot.vm.guest,
+        snapshot.vm.weight,
+        machine.mode.name(),
+        machine.memory_size >> 10,
+        decoded_pages,
+        machine.memory_size / format::PAGE_SIZE as u64 - decoded_pages,
+        regs.rip,
+        regs.rsp,
+        regs.rflags,
+        regs.rax,
+        sregs.cr0,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.efer,
+        sregs.cs.selector,
+        machine.vcpu.msrs.len(),
+        machine.vcpu.mp_state,
+        runtime.counters.exits.total(),
+        runtime.counters.exits.io_in,
+        runtime.counters.exits.io_out,
+        runtime.counters.exits.hlt,
+        runtime.counters.preemptions,
+        runtime.timer.injected,
+        runtime.timer.coalesced,
+        if runtime.sleeping { "; asleep in hlt" } else { "" },
+    )
+}

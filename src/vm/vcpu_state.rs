@@ -1,0 +1,480 @@
+//! A vCPU's whole architectural state, as a snapshot keeps it: what KVM's
+//! save ioctls return, in plain serde types a student can read (registers by
+//! name) and the opaque parts (XSAVE area, pending events) as hex.
+//!
+//! The order of the ioctls follows the KVM API: KVM_GET_MP_STATE first (it
+//! may complete pending APIC events and change the rest), KVM_SET_VCPU_EVENTS
+//! last (it may queue an exception that the registers set before it must
+//! already describe). A port-I/O exit in progress must be completed before
+//! saving ([`super::Vcpu::complete_pending_exit`]).
+
+use kvm_bindings::{
+    KVM_MAX_MSR_ENTRIES, kvm_debugregs, kvm_dtable, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Everything KVM needs to bring a vCPU back exactly where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// KVM_GET_MP_STATE (0: runnable, 3: halted).
+    pub mp_state: u32,
+    /// General registers (KVM_GET_REGS).
+    pub regs: GeneralRegisters,
+    /// Segments, descriptor tables, control registers (KVM_GET_SREGS).
+    pub sregs: SpecialRegisters,
+    /// x87, SSE and AVX state: KVM_GET_XSAVE's 4 KiB area in hex (MXCSR is
+    /// only here: KVM_GET_FPU leaves it out on some hosts).
+    pub xsave: String,
+    /// Extended control registers (XCR0: which XSAVE features are on).
+    pub xcrs: Vec<ExtendedControl>,
+    /// Debug registers (KVM_GET_DEBUGREGS).
+    pub debug: DebugRegisters,
+    /// Model-specific registers that the host let us read (KVM_GET_MSRS).
+    pub msrs: Vec<ModelSpecific>,
+    /// Pending exceptions, interrupts and NMIs (KVM_GET_VCPU_EVENTS), in hex.
+    pub events: String,
+}
+
+/// rax..r15, rip, rflags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct GeneralRegisters {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// One segment register with its hidden descriptor cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u64,
+    pub limit: u32,
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub present: u8,
+    pub dpl: u8,
+    pub db: u8,
+    pub s: u8,
+    pub l: u8,
+    pub g: u8,
+    pub avl: u8,
+    pub unusable: u8,
+}
+
+/// GDTR or IDTR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DescriptorTable {
+    pub base: u64,
+    pub limit: u16,
+}
+
+/// What KVM_GET_SREGS returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct SpecialRegisters {
+    pub cs: Segment,
+    pub ds: Segment,
+    pub es: Segment,
+    pub fs: Segment,
+    pub gs: Segment,
+    pub ss: Segment,
+    pub tr: Segment,
+    pub ldt: Segment,
+    pub gdt: DescriptorTable,
+    pub idt: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+    /// Interrupts queued for injection (one bit per vector).
+    pub interrupt_bitmap: [u64; 4],
+}
+
+/// One XCR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct ExtendedControl {
+    pub xcr: u32,
+    pub value: u64,
+}
+
+/// DR0-DR3, DR6, DR7.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DebugRegisters {
+    pub db: [u64; 4],
+    pub dr6: u64,
+    pub dr7: u64,
+    pub flags: u64,
+}
+
+/// One MSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct ModelSpecific {
+    pub index: u32,
+    pub value: u64,
+}
+
+/// A state KVM cannot take back.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStateError {
+    /// A hex field is not hex, or not the size of its structure.
+    #[error("the vCPU state's {field} is not {bytes} bytes of hex")]
+    BadHex {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        bytes: usize,
+    },
+    /// KVM refused a step.
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuStateError {
+    move |source| VcpuStateError::Kvm { what, source }
+}
+
+impl VcpuState {
+    /// Saves `fd`'s state (its pending exit already completed); `msr_indices`
+    /// are the MSRs to try (the host's list; those it refuses are left out).
+    pub(super) fn save(fd: &VcpuFd, msr_indices: &[u32]) -> Result<Self, VcpuStateError> {
+        let mp_state = fd.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?.mp_state;
+        let regs = fd.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let xsave = fd.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?;
+        let xcrs = fd.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?;
+        let debug = fd.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
+        let msrs = save_msrs(fd, msr_indices)?;
+        let events = fd.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        let count = (xcrs.nr_xcrs as usize).min(xcrs.xcrs.len());
+        Ok(Self {
+            mp_state,
+            regs: GeneralRegisters::from(&regs),
+            sregs: SpecialRegisters::from(&sregs),
+            xsave: to_hex(xsave.as_bytes()),
+            xcrs: xcrs.xcrs[..count].iter().map(|x| ExtendedControl { xcr: x.xcr, value: x.value }).collect(),
+            debug: DebugRegisters { db: debug.db, dr6: debug.dr6, dr7: debug.dr7, flags: debug.flags },
+            msrs,
+            events: to_hex(events.as_bytes()),
+        })
+    }
+
+    /// Checks what only decoding can tell (the hex fields), before any VM is made.
+    pub fn check(&self) -> Result<(), VcpuStateError> {
+        self.xsave_area()?;
+        self.pending_events()?;
+        Ok(())
+    }
+
+    fn xsave_area(&self) -> Result<kvm_xsave, VcpuStateError> {
+        let bytes = from_hex(&self.xsave);
+        bytes
+            .and_then(|bytes| kvm_xsave::read_from_bytes(&bytes).ok())
+            .ok_or(VcpuStateError::BadHex { field: "xsave", bytes: std::mem::size_of::<kvm_xsave>() })
+    }
+
+    fn pending_events(&self) -> Result<kvm_vcpu_events, VcpuStateError> {
+        let bytes = from_hex(&self.events);
+        bytes
+            .and_then(|bytes| kvm_vcpu_events::read_from_bytes(&bytes).ok())
+            .ok_or(VcpuStateError::BadHex { field: "events", bytes: std::mem::size_of::<kvm_vcpu_events>() })
+    }
+
+    /// Loads this state into `fd`, a fresh vCPU of a VM whose memory already
+    /// holds the snapshot's. Returns the MSRs KVM refused (skipped).
+    pub(super) fn restore(&self, fd: &VcpuFd) -> Result<Vec<u32>, VcpuStateError> {
+        let xsave = self.xsave_area()?;
+        let events = self.pending_events()?;
+        fd.set_mp_state(kvm_mp_state { mp_state: self.mp_state }).map_err(kvm("KVM_SET_MP_STATE"))?;
+        fd.set_regs(&self.regs.into()).map_err(kvm("KVM_SET_REGS"))?;
+        fd.set_sregs(&self.sregs.into()).map_err(kvm("KVM_SET_SREGS"))?;
+        // SAFETY: `xsave` is a whole kvm_xsave (4 KiB), all KVM_SET_XSAVE reads
+        // unless the VM was given dynamic XSAVE features (AMX) through
+        // KVM_CAP_XSAVE2, which this hypervisor never asks for.
+        unsafe { fd.set_xsave(&xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        let mut xcrs = kvm_xcrs::default();
+        for (to, from) in xcrs.xcrs.iter_mut().zip(&self.xcrs) {
+            (to.xcr, to.value) = (from.xcr, from.value);
+        }
+        xcrs.nr_xcrs = self.xcrs.len().min(xcrs.xcrs.len()) as u32;
+        fd.set_xcrs(&xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        let debug = &self.debug;
+        let debugregs =
+            kvm_debugregs { db: debug.db, dr6: debug.dr6, dr7: debug.dr7, flags: debug.flags, ..Default::default() };
+        fd.set_debug_regs(&debugregs).map_err(kvm("KVM_SET_DEBUGREGS"))?;
+        let refused = restore_msrs(fd, &self.msrs)?;
+        fd.set_vcpu_events(&events).map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+        Ok(refused)
+    }
+}
+
+/// KVM_GET_MSRS reads entries in order and stops at the first it refuses:
+/// read in batches, and step over each refused one.
+fn save_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<ModelSpecific>, VcpuStateError> {
+    let mut saved = Vec::with_capacity(indices.len());
+    let mut at = 0;
+    while at < indices.len() {
+        let batch = &indices[at..indices.len().min(at + KVM_MAX_MSR_ENTRIES)];
+        let entries: Vec<kvm_msr_entry> =
+            batch.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = kvm_bindings::Msrs::from_entries(&entries).expect("at most KVM_MAX_MSR_ENTRIES");
+        let read = fd.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
+        saved.extend(msrs.as_slice()[..read].iter().map(|e| ModelSpecific { index: e.index, value: e.data }));
+        // A batch that stopped short stopped at a refused MSR: step over it.
+        at += read + usize::from(read < batch.len());
+    }
+    Ok(saved)
+}
+
+/// KVM_SET_MSRS stops at the first MSR it refuses (some exist only with an
+/// in-kernel irqchip): write in batches and step over each refused one.
+/// Returns the refused ones that held something other than 0.
+fn restore_msrs(fd: &VcpuFd, saved: &[ModelSpecific]) -> Result<Vec<u32>, VcpuStateError> {
+    let mut refused = Vec::new();
+    let mut at = 0;
+    while at < saved.len() {
+        let batch = &saved[at..saved.len().min(at + KVM_MAX_MSR_ENTRIES)];
+        let entries: Vec<kvm_msr_entry> =
+            batch.iter().map(|m| kvm_msr_entry { index: m.index, data: m.value, ..Default::default() }).collect();
+        let msrs = kvm_bindings::Msrs::from_entries(&entries).expect("at most KVM_MAX_MSR_ENTRIES");
+        let written = fd.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+        at += written;
+        if written < batch.len() {
+            // One still at its reset value (0) loses nothing by being skipped.
+            if batch[written].value != 0 {
+                refused.push(batch[written].index);
+            }
+            at += 1;
+        }
+    }
+    Ok(refused)
+}
+
+/// The MSRs this host's KVM can save (KVM_GET_MSR_INDEX_LIST), asked once.
+pub(super) fn msr_indices(kvm: &Kvm) -> &'static [u32] {
+    static INDICES: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    INDICES.get_or_init(|| kvm.get_msr_index_list().map(|list| list.as_slice().to_vec()).unwrap_or_default())
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok()).collect()
+}
+
+impl From<&kvm_regs> for GeneralRegisters {
+    fn from(r: &kvm_regs) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rsp: r.rsp,
+            rbp: r.rbp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }
+}
+
+impl From<GeneralRegisters> for kvm_regs {
+    fn from(r: GeneralRegisters) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rsp: r.rsp,
+            rbp: r.rbp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }
+}
+
+impl From<&kvm_segment> for Segment {
+    fn from(s: &kvm_segment) -> Self {
+        Self {
+            selector: s.selector,
+            base: s.base,
+            limit: s.limit,
+            kind: s.type_,
+            present: s.present,
+            dpl: s.dpl,
+            db: s.db,
+            s: s.s,
+            l: s.l,
+            g: s.g,
+            avl: s.avl,
+            unusable: s.unusable,
+        }
+    }
+}
+
+impl From<Segment> for kvm_segment {
+    fn from(s: Segment) -> Self {
+        Self {
+            base: s.base,
+            limit: s.limit,
+            selector: s.selector,
+            type_: s.kind,
+            present: s.present,
+            dpl: s.dpl,
+            db: s.db,
+            s: s.s,
+            l: s.l,
+            g: s.g,
+            avl: s.avl,
+            unusable: s.unusable,
+            padding: 0,
+        }
+    }
+}
+
+impl From<&kvm_sregs> for SpecialRegisters {
+    fn from(s: &kvm_sregs) -> Self {
+        let table = |t: &kvm_dtable| DescriptorTable { base: t.base, limit: t.limit };
+        Self {
+            cs: (&s.cs).into(),
+            ds: (&s.ds).into(),
+            es: (&s.es).into(),
+            fs: (&s.fs).into(),
+            gs: (&s.gs).into(),
+            ss: (&s.ss).into(),
+            tr: (&s.tr).into(),
+            ldt: (&s.ldt).into(),
+            gdt: table(&s.gdt),
+            idt: table(&s.idt),
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+            apic_base: s.apic_base,
+            interrupt_bitmap: s.interrupt_bitmap,
+        }
+    }
+}
+
+impl From<SpecialRegisters> for kvm_sregs {
+    fn from(s: SpecialRegisters) -> Self {
+        let table = |t: DescriptorTable| kvm_dtable { base: t.base, limit: t.limit, ..Default::default() };
+        Self {
+            cs: s.cs.into(),
+            ds: s.ds.into(),
+            es: s.es.into(),
+            fs: s.fs.into(),
+            gs: s.gs.into(),
+            ss: s.ss.into(),
+            tr: s.tr.into(),
+            ldt: s.ldt.into(),
+            gdt: table(s.gdt),
+            idt: table(s.idt),
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+            apic_base: s.apic_base,
+            interrupt_bitmap: s.interrupt_bitmap,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_go_round_the_kvm_structures_unchanged() {
+        let regs = kvm_regs { rax: 42, r15: 15, rip: 0x10000, rflags: 0x202, ..Default::default() };
+        assert_eq!(kvm_regs::from(GeneralRegisters::from(&regs)), regs);
+        let mut sregs = kvm_sregs { cr0: 0x8000_0011, efer: 0x500, ..Default::default() };
+        sregs.cs = kvm_segment { selector: 8, limit: 0xffff_ffff, type_: 11, present: 1, l: 1, ..Default::default() };
+        sregs.gdt.limit = 23;
+        sregs.interrupt_bitmap[0] = 1 << 32;
+        assert_eq!(kvm_sregs::from(SpecialRegisters::from(&sregs)), sregs);
+    }
+
+    #[test]
+    fn hex_fields_are_checked_before_use() {
+        assert_eq!(from_hex("00ff10"), Some(vec![0, 0xff, 0x10]));
+        assert_eq!(from_hex("0"), None);
+        assert_eq!(from_hex("zz"), None);
+        assert_eq!(from_hex("é1"), None);
+        let events = kvm_vcpu_events::default();
+        let state = VcpuState {
+            mp_state: 0,
+            regs: GeneralRegisters::default(),
+            sregs: SpecialRegisters::default(),
+            xsave: to_hex(kvm_xsave::default().as_bytes()),
+            xcrs: Vec::new(),
+            debug: DebugRegisters::default(),
+            msrs: Vec::new(),
+            events: to_hex(events.as_bytes()),
+        };
+        state.check().unwrap();
+        let short = VcpuState { xsave: "00".into(), ..state.clone() };
+        assert!(short.check().unwrap_err().to_string().contains("xsave is not 4096 bytes"));
+        let long = VcpuState { events: format!("{}00", state.events), ..state };
+        assert!(long.check().unwrap_err().to_string().contains("events"));
+    }
+}
