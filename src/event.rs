@@ -115,7 +115,7 @@ impl TakenSnapshot {
             format!("cannot write the snapshot {}: {error}; give a path in a writable directory", path.display())
         })?;
         Ok(format!(
-            "snapshot written to {} ({} KiB for {} KiB of memory; saved in {:.2} ms, written in {:.2} ms)",
+            "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms, written in {:.2} ms",
             path.display(),
             bytes.len().div_ceil(1024),
             self.memory.len() >> 10,

@@ -273,3 +273,27 @@ fn a_recording_is_asciicast_v2_and_replays_the_panes() {
     }
     assert!(last_time > 1.5, "the recording spans the run ({last_time} s)");
 }
+
+#[test]
+fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let after = dir.path().join("after");
+    let command = format!(
+        "cd {} && {} run --vm t=sleeper --args t=500,1 --vm s=spin; echo status=$? > {}; sleep 60",
+        dir.path().display(),
+        binary().display(),
+        after.display()
+    );
+    let tmux = Tmux::start("matrix-tui-test-snapshot", &command);
+    tmux.wait_for(&["s running"]);
+    tmux.keys("S");
+    tmux.wait_for(&["[matrix] snapshot t-1.snap written"]);
+    tmux.keys("S");
+    tmux.wait_for(&["[matrix] snapshot t-2.snap written"]);
+    tmux.keys("q");
+    assert_eq!(wait_for_file(&after).trim(), "status=0");
+    let show = Command::new(binary()).args(["snapshot", "show"]).arg(dir.path().join("t-1.snap")).output().unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success() && text.contains("VM 't' (guest sleeper, weight 1) in long mode"), "{text}");
+    assert!(dir.path().join("t-2.snap").exists());
+}

@@ -290,7 +290,7 @@ impl App {
             },
             Action::Restart => return vec![Command::Restart(vm)],
             Action::Snapshot => {
-                let path = crate::snapshot::file::next_free_name(std::path::Path::new("."), &self.vms[vm].name);
+                let path = crate::snapshot::file::next_free_name(std::path::Path::new(""), &self.vms[vm].name);
                 return vec![Command::Snapshot { vm, path }];
             }
             Action::CyclePolicy => return vec![Command::SetPolicy(self.settings.policy.next())],

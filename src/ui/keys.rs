@@ -21,7 +21,7 @@ pub const BINDINGS: &[(&str, &str, Action)] = &[
     ("e", "open or close the exit inspector on the selected VM", Action::ToggleInspector),
     ("f", "inspector filter: all, hypercalls, other exits", Action::CycleFilter),
     ("s", "step the selected VM to its next exit (p resumes)", Action::Step),
-    ("S", "snapshot the selected VM to NAME-N.snap here (it keeps running)", Action::Snapshot),
+    ("S", "save the selected VM to NAME-N.snap here (it runs on)", Action::Snapshot),
     ("t", "show or hide the schedule timeline", Action::ToggleTimeline),
     ("< / >", "timeline window shorter / longer (2 ms to 10 s)", Action::ZoomIn),
     ("l", "show or hide the lesson panel (matrix-tui lesson NAME)", Action::ToggleLesson),

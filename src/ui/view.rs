@@ -403,7 +403,7 @@ fn draw_rows(frame: &mut Frame<'_>, app: &App, area: Rect) -> Vec<Rect> {
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
     let width = area.width.min(72);
-    let height = (BINDINGS.len() as u16 + 4).min(area.height);
+    let height = (BINDINGS.len() as u16 + 2).min(area.height);
     let popup = Rect::new(area.x + (area.width - width) / 2, area.y + (area.height - height) / 2, width, height);
     let rows = BINDINGS
         .iter()

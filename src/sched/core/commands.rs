@@ -128,7 +128,13 @@ impl Core {
                 slot.stolen_unpaid_ns = 0;
                 // The note is stamped now, not at the old life's last exit.
                 slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
-                slot.runtime.console.note(format_args!("VM restarted"));
+                match &slot.config.snapshot {
+                    Some(snapshot) => slot.runtime.console.note(format_args!(
+                        "VM restarted from the snapshot {}",
+                        crate::console::escape_input(&snapshot.path)
+                    )),
+                    None => slot.runtime.console.note(format_args!("VM restarted")),
+                }
                 self.announce_setup(vm);
                 let state = match &mut self.slots[vm].debug {
                     // A VM under gdb starts its new life waiting at the entry, as its first.

@@ -1,0 +1,304 @@
+//! Snapshots through the real binary: a VM saved by `snapshot NAME FILE`
+//! under --control and restored by `--vm NAME=snapshot:FILE` in another
+//! process goes on exactly where it was; damaged files are refused.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use common::binary;
+use serde_json::Value;
+
+/// A headless run under --control, its stdout read line by line with a bound.
+struct Controlled {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Controlled {
+    fn start(args: &[&str]) -> Self {
+        let mut child = binary()
+            .args(["run", "--control"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self { child, stdin, lines, seen: Vec::new() }
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin.as_mut().unwrap(), "{command}").unwrap();
+    }
+
+    /// The next line, within 15 s.
+    fn next(&mut self) -> String {
+        match self.lines.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(RecvTimeoutError::Timeout) => panic!("no line in 15 s; so far:\n{}", self.seen.join("\n")),
+            Err(RecvTimeoutError::Disconnected) => panic!("the run ended; it printed:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    /// Reads lines until one contains `text`; returns it.
+    fn until(&mut self, text: &str) -> String {
+        loop {
+            let line = self.next();
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// Quits and returns the exit status and stderr.
+    fn quit(mut self) -> (i32, String) {
+        self.send("quit");
+        drop(self.stdin.take());
+        while self.lines.recv_timeout(Duration::from_secs(15)).is_ok() {}
+        let output = self.child.wait_with_output().unwrap();
+        (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Runs the binary to its end (at most 20 s) and returns status, stdout, stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let mut child = binary().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < give_up, "matrix-tui {args:?} did not end in 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+/// The guest's own lines of VM `name` (the hypervisor's `[matrix]` ones left out).
+fn guest_lines(stdout: &str, name: &str) -> Vec<String> {
+    let prefix = format!("{name}| ");
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter(|line| !line.starts_with("[matrix]"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn show_json(path: &Path) -> Value {
+    let (status, stdout, stderr) = run(&["snapshot", "show", "--json", path.to_str().unwrap()]);
+    assert_eq!(status, 0, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn part1_saved_after_its_fourth_line_prints_the_rest_byte_for_byte_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("part1.snap");
+    let mut run1 = Controlled::start(&["--vm", "part1", "--paused", "part1"]);
+    let mut printed = Vec::new();
+    while printed.len() < 4 {
+        run1.send("step part1");
+        loop {
+            let line = run1.next();
+            if line.contains("[step]") {
+                break;
+            }
+            if !line.starts_with("part1| [matrix]") {
+                printed.push(line.trim_start_matches("part1| ").to_string());
+            }
+        }
+    }
+    run1.send(&format!("snapshot part1 {}", file.display()));
+    let written = run1.until("snapshot");
+    assert!(written.contains(&format!("[matrix] snapshot {} written: ", file.display())), "{written}");
+    assert_eq!(run1.quit().0, 0);
+
+    let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &format!("p=snapshot:{}", file.display())]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.starts_with("p| [matrix] restored from the snapshot"), "{stdout}");
+    let rest = guest_lines(&stdout, "p");
+    // Line 7 is the host address of 0x400: this process's own.
+    let hva: u32 = rest[2].parse().unwrap();
+    let expected = common::part1_expected(hva);
+    let expected: Vec<&str> = expected.lines().collect();
+    assert_eq!(printed, expected[..4]);
+    assert_eq!(rest, expected[4..], "HC_numExits and the IO counts go on from the snapshot's");
+    assert!(stdout.contains("p| [matrix] halted: rax=4224"), "{stdout}");
+}
+
+#[test]
+fn a_ticker_restored_counts_on_from_its_snapshot_with_no_gap_and_no_repeat_beside_a_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.snap");
+    let mut run1 = Controlled::start(&["--vm", "t=ticker:3", "--vm", "s=spin", "--duration", "60s"]);
+    for _ in 0..20 {
+        run1.until("t| ");
+    }
+    run1.send(&format!("snapshot t {}", file.display()));
+    run1.until(" written: ");
+    // It keeps running after the snapshot.
+    let after: u64 = run1.until("t| ").trim_start_matches("t| ").parse().unwrap();
+    assert_eq!(run1.quit().0, 0);
+
+    let saved = show_json(&file);
+    assert_eq!((saved["vm"]["name"].as_str(), saved["vm"]["weight"].as_f64()), (Some("t"), Some(3.0)));
+    let console = saved["runtime"]["console"].as_str().unwrap();
+    let last: u64 = console.lines().filter_map(|line| line.parse().ok()).next_back().unwrap();
+    assert!(after > last);
+
+    let (status, stdout, stderr) = run(&[
+        "run",
+        "--headless",
+        "--vm",
+        &format!("t2=snapshot:{}", file.display()),
+        "--vm",
+        "n=ticker",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(status, 0, "{stderr}");
+    let counts: Vec<u64> = guest_lines(&stdout, "t2").iter().map(|line| line.parse().unwrap()).collect();
+    assert!(counts.len() > 5, "{stdout}");
+    let expected: Vec<u64> = (last + 1..last + 1 + counts.len() as u64).collect();
+    assert_eq!(counts, expected);
+    assert!(guest_lines(&stdout, "n").len() > 5, "its neighbour runs too");
+}
+
+#[test]
+fn a_sleeper_restored_keeps_its_timer_and_a_restart_restores_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("z.snap");
+    let mut run1 = Controlled::start(&["--vm", "z=sleeper", "--args", "z=10,5", "--duration", "60s"]);
+    run1.until("z| ");
+    run1.send(&format!("snapshot z {}", file.display()));
+    run1.until(" written: ");
+    run1.quit();
+    let saved = show_json(&file);
+    assert_eq!(saved["runtime"]["timer"]["period_us"].as_u64(), Some(10_000));
+    let injected = saved["runtime"]["counters"]["injected"].as_u64().unwrap();
+    assert!(injected > 0);
+
+    let mut run2 = Controlled::start(&["--vm", &format!("z=snapshot:{}", file.display()), "--json"]);
+    std::thread::sleep(Duration::from_millis(500));
+    run2.send("restart z");
+    std::thread::sleep(Duration::from_millis(500));
+    run2.send("quit");
+    drop(run2.stdin.take());
+    let mut json = String::new();
+    while let Ok(line) = run2.lines.recv_timeout(Duration::from_secs(15)) {
+        json.push_str(&line);
+        json.push('\n');
+    }
+    let status = run2.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let vm = &report["vms"][0];
+    let console = vm["console"].as_str().unwrap();
+    assert_eq!(console.matches("restored from the snapshot").count(), 1, "{console}");
+    assert_eq!(console.matches("VM restarted from the snapshot").count(), 1, "{console}");
+    // Both lives start from the snapshot's last line.
+    let first_after = |note: &str| console.split(note).nth(1).and_then(|rest| rest.lines().nth(1)).map(str::to_string);
+    assert_eq!(first_after("restored from the snapshot"), first_after("VM restarted from the snapshot"));
+    // Ticks injected went on from the snapshot's count (10 ms ticks for half a second).
+    assert!(vm["injected"].as_u64().unwrap() > injected + 10, "{vm}");
+}
+
+#[test]
+fn a_real_mode_guest_comes_back_in_real_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.snap");
+    let mut run1 = Controlled::start(&["--vm", "c=counter", "--ports", "c=0x10:print32bit", "--duration", "60s"]);
+    for _ in 0..5 {
+        run1.until("c| ");
+    }
+    run1.send(&format!("snapshot c {}", file.display()));
+    run1.until(" written: ");
+    run1.quit();
+    let saved = show_json(&file);
+    assert_eq!(saved["machine"]["mode"].as_str(), Some("real"));
+    assert_eq!(saved["machine"]["vcpu"]["sregs"]["cs"]["selector"].as_u64(), Some(0x1000));
+    assert_eq!(saved["vm"]["ports"], serde_json::json!([[16, "print32bit"]]), "its port map goes with it");
+    let console = saved["runtime"]["console"].as_str().unwrap();
+    let last: u64 = console.lines().filter_map(|line| line.parse().ok()).next_back().unwrap();
+    let (status, stdout, stderr) =
+        run(&["run", "--headless", "--vm", &format!("c=snapshot:{}", file.display()), "--duration", "1s"]);
+    assert_eq!(status, 0, "{stderr}");
+    let lines = guest_lines(&stdout, "c");
+    assert!(lines.len() > 3, "{stdout}");
+    assert_eq!(lines[0], (last + 1).to_string(), "it goes on from its last line, in real mode");
+}
+
+#[test]
+fn damaged_snapshots_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.snap");
+    let mut run1 = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+    run1.until("t| ");
+    run1.send(&format!("snapshot t {}", good.display()));
+    run1.until(" written: ");
+    run1.quit();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("magic", b"\x7fELF".to_vec(), "not a matrix-tui snapshot"),
+        ("truncated", bytes[..bytes.len() - 100].to_vec(), "cut short"),
+        ("empty", Vec::new(), "not a matrix-tui snapshot"),
+    ];
+    let mut version = bytes.clone();
+    version[8] = 9;
+    cases.push(("version", version, "format version 9"));
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x40;
+    cases.push(("corrupted", flipped, "corrupted"));
+    for (name, contents, says) in cases {
+        let path = dir.path().join(format!("{name}.snap"));
+        std::fs::write(&path, contents).unwrap();
+        let (status, stdout, stderr) =
+            run(&["run", "--headless", "--vm", &format!("t=snapshot:{}", path.display()), "--duration", "1s"]);
+        assert_eq!(status, 2, "{name}: {stderr}");
+        assert_eq!(stdout, "", "{name}: nothing runs");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        let (status, _, stderr) = run(&["snapshot", "show", path.to_str().unwrap()]);
+        assert_eq!(status, 2, "{name}: {stderr}");
+    }
+    let missing = dir.path().join("missing.snap");
+    let (status, _, stderr) = run(&["run", "--headless", "--vm", &format!("t=snapshot:{}", missing.display())]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("cannot read the snapshot"), "{stderr}");
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_written_is_an_error_and_the_vm_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run1 = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+    run1.until("t| ");
+    run1.send(&format!("snapshot t {}", dir.path().join("no/such/dir/t.snap").display()));
+    let line = run1.until("t| [matrix] snapshot");
+    assert!(line.contains("snapshot not taken: cannot write the snapshot"), "{line}");
+    run1.until("t| ");
+    let (status, stderr) = run1.quit();
+    assert_eq!(status, 4, "a lost snapshot is lost output");
+    assert!(stderr.contains("VM 't': snapshot not taken"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial file left");
+}
