@@ -99,8 +99,8 @@ pub enum Command {
 pub struct TakenSnapshot {
     /// Its state.
     pub state: crate::snapshot::SnapshotState,
-    /// A copy of its memory.
-    pub memory: Vec<u8>,
+    /// Its memory's non-zero pages, copied.
+    pub memory: crate::snapshot::format::Pages,
     /// How long the core took to save it (the VMs waited that long).
     pub took_ns: u64,
 }
@@ -118,7 +118,7 @@ impl TakenSnapshot {
             "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms, written in {:.2} ms",
             path.display(),
             bytes.len().div_ceil(1024),
-            self.memory.len() >> 10,
+            self.memory.memory_size >> 10,
             self.took_ns as f64 / 1e6,
             started.elapsed().as_secs_f64() * 1e3
         ))

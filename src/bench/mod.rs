@@ -3,6 +3,7 @@
 //! parameters of each figure, and checks them against the targets.
 
 pub mod measure;
+pub mod snapshots;
 pub mod windows;
 
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ pub const MEASUREMENTS: &[&str] = &[
     "hypercalls",
     "modes",
     "interrupts",
+    "snapshots",
     "preempt",
     "baseline",
     "share",
@@ -97,6 +99,18 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
                     "c": "benches/c/lapic.c: in-kernel LAPIC, periodic, halted long-mode guest",
                     "due": "the arming exit's time + k periods, for both",
                     "sleepers": "256 sleepers on 10 ms timers, printing every 1000th tick" }),
+        );
+    }
+    if options.wants("snapshots") {
+        progress("snapshot save, write, read and restore, 2 MiB and 64 MiB");
+        let rounds = options.pick(10, 30);
+        let small = snapshots::snapshot_costs(2 << 20, rounds)?;
+        let large = snapshots::snapshot_costs(64 << 20, rounds)?;
+        report["snapshots"] = with_params(
+            json!({ "mib_2": small, "mib_64": large }),
+            json!({ "guest": "ticker (unit 50 iterations) after 200 exits", "rounds": rounds,
+                    "restore": "Machine::new from the decoded file: mmap, stored pages copied, VM, vCPU, state set",
+                    "goals_us": { "restore_2_mib": 1000, "restore_64_mib": 10000 } }),
         );
     }
     if options.wants("hypercalls") {
@@ -354,6 +368,16 @@ pub fn table(report: &Value) -> String {
                 None => p(figure, "us"),
             };
             row(&mut out, &format!("setup of one VM, {mode} mode"), value);
+        }
+    }
+    if report["snapshots"].is_object() {
+        for size in ["mib_2", "mib_64"] {
+            let figure = &report["snapshots"][size];
+            let name = format!("snapshot, {} MiB", figure["memory_mib"]);
+            row(&mut out, &format!("{name}: save (the core's pause)"), p(&figure["save_us"], "us"));
+            row(&mut out, "  encode and write", p(&figure["write_us"], "us"));
+            row(&mut out, "  read and check", p(&figure["read_us"], "us"));
+            row(&mut out, "  restore", p(&figure["restore_us"], "us"));
         }
     }
     if report["interrupts"].is_object() {

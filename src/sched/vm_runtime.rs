@@ -8,6 +8,7 @@ use super::virtual_timer::{TIMER_VECTOR, VirtualTimer};
 use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
+use crate::snapshot::format::Pages;
 use crate::snapshot::{RuntimeState, Snapshot};
 use crate::stats::VmCounters;
 use crate::vm::MachineState;
@@ -156,7 +157,7 @@ impl VmRuntime {
         kvm: &Kvm,
         now_ns: u64,
         sleeping: bool,
-    ) -> Result<(MachineState, RuntimeState, Vec<u8>), VcpuStateError> {
+    ) -> Result<(MachineState, RuntimeState, Pages), VcpuStateError> {
         let (machine, memory) = self.machine.save(kvm)?;
         let runtime = RuntimeState {
             counters: self.counters(),

@@ -126,25 +126,68 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Encodes `state` (JSON) and `memory` (a whole number of pages), leaving
-/// out the pages that are all zero.
-pub fn encode(state: &str, memory: &[u8]) -> Vec<u8> {
-    assert_eq!(memory.len() % PAGE_SIZE, 0, "guest memory is a whole number of pages");
-    let mut body = Vec::with_capacity(state.len());
-    body.extend_from_slice(state.as_bytes());
-    let mut pages = 0u64;
-    for (index, page) in memory.chunks_exact(PAGE_SIZE).enumerate() {
-        if page.iter().any(|&byte| byte != 0) {
-            body.extend_from_slice(&(index as u64).to_le_bytes());
-            body.extend_from_slice(page);
-            pages += 1;
+/// Guest memory with its zero pages left out: what a snapshot stores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pages {
+    /// Guest memory in bytes (a whole number of pages).
+    pub memory_size: u64,
+    indices: Vec<u64>,
+    data: Vec<u8>,
+}
+
+impl Pages {
+    /// No pages yet of a memory of `memory_size` bytes.
+    pub fn new(memory_size: u64) -> Self {
+        assert_eq!(memory_size % PAGE_SIZE as u64, 0, "guest memory is a whole number of pages");
+        Self { memory_size, indices: Vec::new(), data: Vec::new() }
+    }
+
+    /// The non-zero pages of `memory`.
+    pub fn from_memory(memory: &[u8]) -> Self {
+        let mut pages = Self::new(memory.len() as u64);
+        for (index, page) in memory.chunks_exact(PAGE_SIZE).enumerate() {
+            pages.keep(index as u64, page);
         }
+        pages
+    }
+
+    /// Keeps page `index` unless it is all zero.
+    pub fn keep(&mut self, index: u64, page: &[u8]) {
+        if page.iter().any(|&byte| byte != 0) {
+            self.indices.push(index);
+            self.data.extend_from_slice(page);
+        }
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The pages kept: (index, bytes).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.indices.iter().copied().zip(self.data.chunks_exact(PAGE_SIZE))
+    }
+}
+
+/// Encodes `state` (JSON) and the non-zero `pages` of the VM's memory.
+pub fn encode(state: &str, pages: &Pages) -> Vec<u8> {
+    let mut body = Vec::with_capacity(state.len() + pages.len() * RECORD);
+    body.extend_from_slice(state.as_bytes());
+    for (index, page) in pages.iter() {
+        body.extend_from_slice(&index.to_le_bytes());
+        body.extend_from_slice(page);
     }
     let mut file = Vec::with_capacity(HEADER_SIZE + body.len());
     file.extend_from_slice(MAGIC);
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     file.extend_from_slice(&0u32.to_le_bytes());
-    for field in [state.len() as u64, memory.len() as u64, pages, fnv1a(&body)] {
+    for field in [state.len() as u64, pages.memory_size, pages.len() as u64, fnv1a(&body)] {
         file.extend_from_slice(&field.to_le_bytes());
     }
     file.extend_from_slice(&body);
@@ -222,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_comes_back_as_it_went_with_only_the_non_zero_pages_stored() {
-        let file = encode(r#"{"name":"neo"}"#, &memory());
+        let file = encode(r#"{"name":"neo"}"#, &Pages::from_memory(&memory()));
         assert_eq!(file.len(), HEADER_SIZE + 14 + 2 * (8 + PAGE_SIZE));
         let decoded = decode(file, 1 << 30).unwrap();
         assert_eq!((decoded.state.as_str(), decoded.stored_pages()), (r#"{"name":"neo"}"#, 2));
@@ -232,7 +275,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_refused_with_what_is_wrong() {
-        let file = encode("{}", &memory());
+        let file = encode("{}", &Pages::from_memory(&memory()));
         assert_eq!(decode(b"ELF".to_vec(), 1 << 30), Err(FormatError::BadMagic));
         let mut version = file.clone();
         version[8] = 2;
@@ -252,7 +295,7 @@ mod tests {
 
     #[test]
     fn pages_outside_memory_or_stored_twice_are_refused() {
-        let mut file = encode("{}", &memory());
+        let mut file = encode("{}", &Pages::from_memory(&memory()));
         // Point the second stored page (index 7) past the end, then at page 0 again.
         let second = HEADER_SIZE + 2 + 8 + PAGE_SIZE;
         for (index, error) in [(99u64, "past the end of memory"), (0, "twice")] {

@@ -128,10 +128,10 @@ impl Snapshot {
     }
 }
 
-/// Encodes `state` and the VM's `memory` as a snapshot file's bytes.
-pub fn encode(state: &SnapshotState, memory: &[u8]) -> Vec<u8> {
+/// Encodes `state` and the VM's memory `pages` as a snapshot file's bytes.
+pub fn encode(state: &SnapshotState, pages: &format::Pages) -> Vec<u8> {
     let json = serde_json::to_string_pretty(state).expect("a snapshot state serializes");
-    format::encode(&json, memory)
+    format::encode(&json, pages)
 }
 
 /// A snapshot's contents described for people (`matrix-tui snapshot show`).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::cpu_mode::CpuMode;
 use super::layout::SystemArea;
@@ -13,7 +13,7 @@ use super::loader::{ImageKind, LoadedImage};
 use super::machine::{Machine, SetupError, SetupTimer, Vcpu, create_vm};
 use super::memory;
 use super::vcpu_state::{VcpuState, VcpuStateError, msr_indices};
-use crate::snapshot::format::{Decoded, PAGE_SIZE};
+use crate::snapshot::format::{Decoded, PAGE_SIZE, Pages};
 
 /// What a machine is, apart from its memory: enough to make it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,15 +67,22 @@ impl SavedMachine {
     }
 }
 
+/// Whether the host has swap on (read once from /proc/swaps; yes if it
+/// cannot be read). Call it before the core thread is confined, as
+/// `sched::spawn` does.
+pub fn host_may_swap() -> bool {
+    static SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SWAP.get_or_init(|| std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| swaps.lines().count() > 1))
+}
+
 impl Machine {
     /// Saves the machine: the exit in progress is completed first (an `in`'s
     /// value reaches the guest's rax only then), then the vCPU's state is
-    /// read and the memory copied. The machine can go on running after.
-    pub fn save(&mut self, kvm: &Kvm) -> Result<(MachineState, Vec<u8>), VcpuStateError> {
+    /// read and the memory's non-zero pages copied. The machine can go on running after.
+    pub fn save(&mut self, kvm: &Kvm) -> Result<(MachineState, Pages), VcpuStateError> {
         self.vcpu.complete_pending_exit();
         let vcpu = VcpuState::save(self.vcpu.fd(), msr_indices(kvm))?;
-        let mut memory = vec![0u8; self.memory_size as usize];
-        self.memory.read_slice(&mut memory, GuestAddress(0)).expect("guest memory is memory_size bytes");
+        let memory = self.pages(self.resident_pages());
         let image = &self.image;
         let state = MachineState {
             mode: self.mode,
@@ -85,6 +92,41 @@ impl Machine {
             vcpu,
         };
         Ok((state, memory))
+    }
+
+    /// The non-zero pages among `indices`, copied. Only those are copied:
+    /// a whole copy of a large memory would fault in as many fresh pages
+    /// (30 ms for 64 MiB here) while every VM waits.
+    pub fn pages(&self, indices: impl IntoIterator<Item = u64>) -> Pages {
+        let mut pages = Pages::new(self.memory_size);
+        let mut page = [0u8; PAGE_SIZE];
+        for index in indices {
+            if self.memory.read_slice(&mut page, GuestAddress(index * PAGE_SIZE as u64)).is_ok() {
+                pages.keep(index, &page);
+            }
+        }
+        pages
+    }
+
+    /// The pages of guest memory the host has ever backed: the others were
+    /// never written and are zero, and reading them would fault each in.
+    /// All of them where a page could be in swap (mincore calls a swapped
+    /// page absent too) or where the host cannot tell.
+    fn resident_pages(&self) -> Vec<u64> {
+        let count = (self.memory_size / PAGE_SIZE as u64) as usize;
+        if host_may_swap() {
+            return (0..count as u64).collect();
+        }
+        let mut resident = vec![0u8; count];
+        let start = self.memory.get_host_address(GuestAddress(0)).expect("guest memory starts at 0");
+        // SAFETY: `start` is the start of this machine's one mapping of
+        // `memory_size` bytes (page-aligned: mmap'd); mincore writes one byte
+        // per 4 KiB page of it into `resident`, which has exactly that many.
+        let result = unsafe { libc::mincore(start.cast(), self.memory_size as usize, resident.as_mut_ptr()) };
+        if result != 0 {
+            return (0..count as u64).collect();
+        }
+        (0..count as u64).filter(|&index| resident[index as usize] & 1 != 0).collect()
     }
 
     /// Makes `saved` again in a new VM: memory first (only the stored pages

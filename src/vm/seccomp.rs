@@ -4,7 +4,8 @@
 //! gone wrong) cannot open a file, start a process or talk to the network.
 //!
 //! Allowed: KVM ioctls only (the ioctl type byte must be KVMIO, 0xAE); memory
-//! (guest memory and kvm_run mappings for restarts, the allocator); futex (the
+//! (guest memory and kvm_run mappings for restarts, the allocator, mincore
+//! for snapshots); futex (the
 //! channels); clocks, sleeps and the quantum timers; close and exit; signal
 //! return and masks; and write to stderr (a panic message).
 
@@ -55,6 +56,8 @@ const ALLOWED: &[i64] = &[
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
+    // Which guest pages were ever backed (a snapshot skips the others).
+    libc::SYS_mincore,
     libc::SYS_mprotect,
     libc::SYS_brk,
     libc::SYS_close,

@@ -160,6 +160,8 @@ impl CoreHandle {
 /// Sets up every VM of `config` (on the calling thread, so that errors come back
 /// at once) and starts the core thread running them.
 pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
+    // Asked here: the core thread may not open files.
+    crate::vm::restore::host_may_swap();
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
         let mut slot = Slot::new(&kvm, vm)?;
