@@ -159,7 +159,8 @@ pub(super) struct RunArgs {
     pub(super) lesson: Option<Lesson>,
 
     /// Read commands from stdin while running, one per line: weight NAME W,
-    /// pause NAME, resume NAME, restart NAME, policy io|rr|fair, quantum 2ms, quit.
+    /// pause NAME, resume NAME, restart NAME, step NAME, snapshot NAME FILE,
+    /// policy io|rr|fair, quantum 2ms, quit.
     #[arg(long)]
     pub(super) control: bool,
 }
