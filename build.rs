@@ -35,6 +35,10 @@ const GUESTS: &[(&str, &str)] = &[
     ("hammer", "issues one hypercall in a loop forever (arg 0 picks which), for measuring exits"),
     ("debugme", "a global, a function with a local and a write of 42 to 0x400: for learning gdb (--gdb)"),
     ("sleeper", "a 200 ms timer, each tick awaited in hlt and its count printed: an idle VM (args: ms, print every N)"),
+    (
+        "dirtier",
+        "writes N pages per unit over a working set of M pages, prints every K units: for live migration (args: N, M, K)",
+    ),
     ("tasks", "a tiny kernel: tasks A and B switched by its own timer interrupt every 50 ms, each saying when it runs"),
 ];
 

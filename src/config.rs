@@ -140,6 +140,8 @@ pub struct RunConfig {
     /// Arm each slice's timer early by the kick latency measured so far
     /// (`crate::sched::compensation`), so that slices end at their deadline.
     pub compensate: bool,
+    /// How VMs move out (`migrate NAME ADDR`).
+    pub migration: crate::migration::MigrationSettings,
 }
 
 impl RunConfig {
@@ -158,6 +160,7 @@ impl RunConfig {
             calibration: None,
             seccomp: true,
             compensate: true,
+            migration: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! restart NAME           start it afresh (new memory, image loaded again)
 //! step NAME              run it to its next exit and pause it there
 //! snapshot NAME FILE     save it to FILE (restore: run --vm NAME=snapshot:FILE)
+//! migrate NAME ADDR      move it to the matrix-tui run with --incoming ADDR
 //! policy io|rr|fair      change the policy
 //! quantum DURATION       change the quantum (100us..1s)
 //! quit                   end the run
@@ -24,6 +25,7 @@ use crate::units::parse_duration;
 
 /// The commands, for error messages.
 pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | snapshot NAME FILE \
+                         | migrate NAME ADDR \
                          | policy io|rr|fair \
                          | quantum DURATION | quit";
 
@@ -48,6 +50,10 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
         ["step", name] => Command::Step(vm(name)?),
+        ["migrate", name, address] => Command::MigrateTo {
+            vm: vm(name)?,
+            address: crate::debug::ListenAddress::parse(address).map_err(|message| escape_input(&message))?,
+        },
         ["snapshot", name, file] => Command::Snapshot { vm: vm(name)?, path: std::path::PathBuf::from(file) },
         ["policy", policy] => Command::SetPolicy(match *policy {
             "io" => Policy::Io,
@@ -118,9 +124,13 @@ pub fn read_lines(mut input: impl BufRead, mut on_line: impl FnMut(Result<&str, 
 
 /// Reads commands from stdin on a thread of its own (`matrix-control`) and sends
 /// them on; bad lines are reported on stderr and skipped. Ends at end of input.
-pub fn spawn_stdin_reader(names: Vec<String>, commands: Sender<Command>) -> std::io::Result<()> {
+pub fn spawn_stdin_reader(
+    names: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    commands: Sender<Command>,
+) -> std::io::Result<()> {
     std::thread::Builder::new().name("matrix-control".into()).spawn(move || {
         read_lines(std::io::stdin().lock(), |line| {
+            let names = names.lock().expect("names lock").clone();
             match line.and_then(|line| parse_line(line, &names)) {
                 Ok(Some(command)) => return commands.send(command).is_ok(),
                 Ok(None) => {}
@@ -150,6 +160,10 @@ mod tests {
             ("resume neo", Command::Resume(0)),
             ("  restart   morpheus ", Command::Restart(1)),
             ("step neo", Command::Step(0)),
+            (
+                "migrate neo 127.0.0.1:7000",
+                Command::MigrateTo { vm: 0, address: crate::debug::ListenAddress::Tcp("127.0.0.1:7000".into()) },
+            ),
             ("policy rr", Command::SetPolicy(Policy::Rr)),
             ("quantum 250us", Command::SetQuantum(Duration::from_micros(250))),
             ("quit", Command::Quit),

@@ -84,6 +84,67 @@ pub enum Command {
         /// Where the file goes.
         path: std::path::PathBuf,
     },
+    /// Move a running VM to the matrix-tui waiting at `address`
+    /// (`migrate NAME ADDR`): [`crate::sched::CoreHandle::send`] starts the
+    /// link thread and sends the core a [`Command::Migrate`] instead.
+    MigrateTo {
+        /// The VM.
+        vm: VmId,
+        /// Where the receiver listens.
+        address: crate::debug::ListenAddress,
+    },
+    /// Move a running VM to another matrix-tui: the link thread writes the
+    /// frames the core sends on `link` (see [`crate::migration`]).
+    Migrate {
+        /// The VM.
+        vm: VmId,
+        /// Where it goes, for messages.
+        to: String,
+        /// The link to the receiver.
+        link: Reply<crate::migration::protocol::Frame>,
+    },
+    /// A frame from a VM's receiver (or an Abandon when the link failed).
+    Migration {
+        /// The VM moving out.
+        vm: VmId,
+        /// The frame.
+        frame: crate::migration::protocol::Frame,
+    },
+    /// The link wrote the Go: the receiver owns the VM now.
+    MigrationGoSent {
+        /// The VM that moved out.
+        vm: VmId,
+    },
+    /// Add a VM that came in (paused until [`Command::StartIncoming`]);
+    /// answered with its id or why it cannot be made.
+    AddVm {
+        /// The VM, its snapshot inside.
+        vm: IncomingVm,
+        /// The answer.
+        reply: Reply<Result<VmId, String>>,
+        /// Rounds it came in.
+        rounds: u32,
+        /// Pages received.
+        pages: u64,
+    },
+    /// The sender gave up an incoming VM: run it, and report its downtime.
+    StartIncoming {
+        /// The VM.
+        vm: VmId,
+        /// When its last slice on the sender ended (monotonic ns there).
+        last_slice_ns: u64,
+        /// Where its downtime goes once it has run.
+        report: Reply<u64>,
+    },
+    /// An incoming VM was made but never handed over: it stays paused.
+    IncomingOrphaned {
+        /// The VM.
+        vm: VmId,
+        /// What happened.
+        why: String,
+    },
+    /// A line for the run's output that belongs to no VM.
+    Notice(String),
     /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
     /// to the server on the VM's own reply channel.
     Debug {
@@ -92,6 +153,34 @@ pub enum Command {
         /// The request.
         request: DebugRequest,
     },
+}
+
+/// A channel end that goes inside a [`Command`] (equal to another end of
+/// the same channel).
+#[derive(Debug, Clone)]
+pub struct Reply<T>(pub crossbeam_channel::Sender<T>);
+
+impl<T> PartialEq for Reply<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_channel(&other.0)
+    }
+}
+
+impl<T> Reply<T> {
+    /// Sends, if anyone still listens.
+    pub fn send(&self, value: T) {
+        let _ = self.0.send(value);
+    }
+}
+
+/// A VM that came in by migration (equal to another of the same name).
+#[derive(Debug, Clone)]
+pub struct IncomingVm(pub Box<crate::config::VmConfig>);
+
+impl PartialEq for IncomingVm {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
 }
 
 /// A VM saved by the core, for a front end to write.
@@ -166,6 +255,11 @@ pub enum VmState {
     },
     /// Ended by gdb's `kill`.
     Killed,
+    /// Moved to another matrix-tui, which runs it now.
+    Moved {
+        /// Where it went.
+        to: String,
+    },
     /// Ended by a fault KVM reported.
     Crashed {
         /// What happened.
@@ -185,13 +279,14 @@ impl VmState {
             Self::Halted { .. } => "halted",
             Self::Gdb { .. } => "gdb",
             Self::Killed => "killed",
+            Self::Moved { .. } => "moved",
             Self::Crashed { .. } => "crashed",
         }
     }
 
     /// Whether the VM is done for good (halted or crashed).
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Halted { .. } | Self::Killed | Self::Crashed { .. })
+        matches!(self, Self::Halted { .. } | Self::Killed | Self::Crashed { .. } | Self::Moved { .. })
     }
 }
 
@@ -262,6 +357,20 @@ pub enum Event {
         path: std::path::PathBuf,
         /// What was saved.
         result: Result<Box<TakenSnapshot>, String>,
+    },
+    /// A VM came in (by migration): front ends add it, in this order.
+    Added {
+        /// Its id (the number of VMs before it).
+        vm: VmId,
+        /// Its name.
+        name: String,
+    },
+    /// A line that belongs to no VM (an incoming migration refused, say).
+    Notice {
+        /// When (ns since the run started).
+        t_ns: u64,
+        /// The text.
+        text: String,
     },
     /// A VM changed state.
     State {

@@ -100,6 +100,24 @@ impl<W: Write> LinePrinter<W> {
         self.out.write_all(b"\n")
     }
 
+    /// Takes a VM that came in (its id is the next one).
+    pub fn add_vm(&mut self, name: String) {
+        self.names.push(name);
+        self.buffers.push(LineBuffer::default());
+        self.partial_ns.push(0);
+    }
+
+    /// Prints a line that belongs to no VM: `[matrix] text`.
+    pub fn notice(&mut self, t_ns: u64, text: &str) -> std::io::Result<()> {
+        if self.options.json {
+            return Ok(());
+        }
+        if self.options.timestamps {
+            write!(self.out, "{} ", format_seconds(t_ns))?;
+        }
+        writeln!(self.out, "{NOTE_PREFIX}{}", escape(text.as_bytes()))
+    }
+
     /// Pushes what was written to the terminal or pipe.
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
@@ -191,6 +209,11 @@ pub fn run(
                 .flush_partial(vm)
                 .and_then(|()| printer.note(vm, t_ns, &format!("{NOTE_PREFIX}halted: {}", registers.describe()))),
             Event::State { vm, state } if state.is_finished() => printer.flush_partial(vm),
+            Event::Added { name, .. } => {
+                printer.add_vm(name);
+                Ok(())
+            }
+            Event::Notice { t_ns, text } => printer.notice(t_ns, &text),
             Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
             Event::Snapshot { vm, t_ns, path, result } => {
                 let written = result.and_then(|taken| taken.write(&path));

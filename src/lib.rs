@@ -15,6 +15,7 @@ pub mod guests;
 pub mod headless;
 pub mod hypercall;
 pub mod lesson;
+pub mod migration;
 pub mod os;
 pub mod record;
 pub mod report;

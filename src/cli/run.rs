@@ -31,6 +31,8 @@ use super::run_args::{
 };
 use super::{Failure, OUTPUT_LOST, out_of_threads};
 use crate::hypercall::PortMap;
+use crate::migration::MigrationSettings;
+use crate::migration::link::IncomingListener;
 use crate::vm::{CpuMode, GuestLayout};
 
 /// Options of `matrix-tui run`.
@@ -123,6 +125,36 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "NAME=ADDR", value_parser = parse_gdb_arg)]
     pub(super) gdb: Vec<(String, ListenAddress)>,
 
+    /// Wait for VMs moved here by another matrix-tui (`migrate NAME ADDR`
+    /// there): ADDR is HOST:PORT or a Unix socket path. The run may start
+    /// with no VM of its own and lasts until quit (or --duration).
+    #[arg(long, value_name = "ADDR", value_parser = ListenAddress::parse)]
+    pub(super) incoming: Option<ListenAddress>,
+
+    /// Where `M` in the terminal UI moves the selected VM (a matrix-tui run
+    /// with --incoming ADDR).
+    #[arg(long, value_name = "ADDR", value_parser = ListenAddress::parse)]
+    pub(super) migrate_to: Option<ListenAddress>,
+
+    /// The pause a migration's last round may cost at most, at the measured
+    /// bandwidth [default: 5ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(super) downtime_limit: Option<Duration>,
+
+    /// Cap a migration's sending rate at this many bytes a second (e.g. 2M),
+    /// so that a class sees rounds that take time [default: no cap].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(super) migrate_bandwidth: Option<u64>,
+
+    /// Pre-copy rounds before the pause, whatever is still dirty (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(super) max_rounds: u32,
+
+    /// Throttle a migrating VM that dirties memory faster than the link
+    /// sends: its weight drops by 20 %, then 10 % more each round, to 99 %.
+    #[arg(long)]
+    pub(super) auto_converge: bool,
+
     /// Plain text output instead of the terminal UI (also what happens when
     /// stdout is not a terminal, and with --json or --control).
     #[arg(long)]
@@ -194,6 +226,12 @@ impl Default for RunArgs {
             no_seccomp: false,
             no_compensation: false,
             lesson: None,
+            incoming: None,
+            migrate_to: None,
+            downtime_limit: None,
+            migrate_bandwidth: None,
+            max_rounds: 30,
+            auto_converge: false,
         }
     }
 }
@@ -231,7 +269,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     let scenario = match &args.scenario {
         Some(path) => scenario::load(path)?,
         None if args.lesson.is_some() => args.lesson.as_ref().expect("checked").scenario.clone(),
-        None if args.vms.is_empty() => scenario::default_scenario(),
+        None if args.vms.is_empty() && args.incoming.is_none() => scenario::default_scenario(),
         None => Scenario { policy: None, quantum: None, timer: None, duration: None, vms: Vec::new() },
     };
     let mut vms = scenario.vms;
@@ -253,8 +291,10 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             }),
         }
     }
-    if vms.is_empty() {
-        return Err(Failure::Usage(anyhow!("the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST")));
+    if vms.is_empty() && args.incoming.is_none() {
+        return Err(Failure::Usage(anyhow!(
+            "the scenario has no VMs; add [[vm]] entries or --vm NAME=GUEST (or wait for some with --incoming ADDR)"
+        )));
     }
     if vms.len() > scenario::MAX_VMS {
         return Err(Failure::Usage(anyhow!("{} VMs; a run has at most {}", vms.len(), scenario::MAX_VMS)));
@@ -343,6 +383,12 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         calibration: None,
         seccomp: !args.no_seccomp,
         compensate: !args.no_compensation,
+        migration: MigrationSettings {
+            downtime_limit: args.downtime_limit.unwrap_or(crate::migration::DEFAULT_DOWNTIME_LIMIT),
+            bandwidth: args.migrate_bandwidth,
+            max_rounds: args.max_rounds,
+            auto_converge: args.auto_converge,
+        },
     };
     Ok((config, args.duration.or(scenario.duration)))
 }
@@ -362,8 +408,9 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         );
     }
     let tui = !wants_text && terminal;
-    // In the UI a finished VM can be restarted, so the run lasts until quit.
-    config.stay_open = tui;
+    // In the UI a finished VM can be restarted, and VMs may still come in:
+    // the run lasts until quit.
+    config.stay_open = tui || args.incoming.is_some();
     // The inspector and the timeline are made of exit and slice records.
     config.live_records = tui;
     let kvm = vm::open_kvm().map_err(|error| Failure::Host(error.into()))?;
@@ -373,6 +420,14 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         config.calibration = Some(measured);
     }
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
+    let incoming = match &args.incoming {
+        Some(address) => Some(IncomingListener::bind(address).map_err(|error| {
+            Failure::Usage(anyhow!("--incoming {address}: cannot listen there: {error}; give a free port or path"))
+        })?),
+        None => None,
+    };
+    let max_memory = args.max_total_mem;
+    let shared_names = Arc::new(std::sync::Mutex::new(names.clone()));
     let settings = ui::app::initial_settings(
         config.policy,
         config.quantum,
@@ -395,10 +450,14 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let file_vms: Vec<usize> =
         (0..config.vms.len()).filter(|&vm| guests::builtin(&config.vms[vm].guest).is_none()).collect();
     let core = sched::spawn(kvm, config)?;
+    if let Some(listener) = incoming {
+        crate::migration::link::start_incoming(listener, Arc::clone(&shared_names), max_memory, core.commander())
+            .map_err(|error| Failure::Host(out_of_threads("incoming migrations", &error)))?;
+    }
     let mut lost_output = false;
     let report = if tui {
         let lesson = args.lesson.clone().map(|lesson| ui::lesson_panel::LessonProgress::new(lesson, file_vms));
-        let options = ui::UiOptions { cast, duration, lesson };
+        let options = ui::UiOptions { cast, duration, lesson, migrate_to: args.migrate_to.clone() };
         let thread = std::thread::Builder::new()
             .name("matrix-ui".into())
             .spawn(move || ui::run(core, names, settings, options, &stop))
@@ -421,7 +480,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         }
         end.report
     } else {
-        let end = run_headless(core, names, &args, duration, &stop)?;
+        let end = run_headless(core, names, shared_names, &args, duration, &stop)?;
         let output = &end.output;
         if let Some(error) = &output.error {
             match args.json {
@@ -483,6 +542,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 fn run_headless(
     core: sched::CoreHandle,
     names: Vec<String>,
+    shared_names: Arc<std::sync::Mutex<Vec<String>>>,
     args: &RunArgs,
     duration: Option<Duration>,
     stop: &crossbeam_channel::Receiver<libc::c_int>,
@@ -490,7 +550,7 @@ fn run_headless(
     let options = HeadlessOptions { timestamps: args.timestamps, json: args.json, raw: args.raw, duration };
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     if args.control {
-        control::spawn_stdin_reader(names.clone(), control_tx)
+        control::spawn_stdin_reader(shared_names, control_tx)
             .map_err(|error| Failure::Host(out_of_threads("control input", &error)))?;
     } else {
         drop(control_tx);

@@ -15,5 +15,5 @@ pub mod virtual_timer;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 
-pub use self::core::{CoreHandle, SpawnError, VmSetupError, spawn};
+pub use self::core::{Commander, CoreHandle, SpawnError, VmSetupError, spawn};
 pub use vm_runtime::{RunSpan, Step, VmRuntime};

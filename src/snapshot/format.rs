@@ -159,6 +159,13 @@ impl Pages {
         }
     }
 
+    /// Keeps page `index`, zero or not (a page that became zero must reach
+    /// a copy that had it otherwise).
+    pub fn push(&mut self, index: u64, page: &[u8]) {
+        self.indices.push(index);
+        self.data.extend_from_slice(page);
+    }
+
     /// How many are kept.
     pub fn len(&self) -> usize {
         self.indices.len()

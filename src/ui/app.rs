@@ -61,6 +61,8 @@ pub enum Action {
     Step,
     /// Save the selected VM to the next free NAME-N.snap here.
     Snapshot,
+    /// Move the selected VM to the `--migrate-to` address.
+    Migrate,
     /// Show or hide the schedule timeline.
     ToggleTimeline,
     /// A shorter timeline window.
@@ -98,6 +100,8 @@ pub struct App {
     pub timeline: Timeline,
     /// The lesson being followed, if any.
     pub lesson: Option<LessonProgress>,
+    /// Where `M` moves the selected VM (`--migrate-to`).
+    pub migrate_to: Option<crate::debug::ListenAddress>,
     window: RateWindow,
 }
 
@@ -116,6 +120,7 @@ impl App {
             inspector: None,
             timeline: Timeline::default(),
             lesson: None,
+            migrate_to: None,
             window: RateWindow::default(),
         }
     }
@@ -241,6 +246,17 @@ impl App {
                     view.push_line(format!("{}{line}", crate::console::NOTE_PREFIX));
                 }
             }
+            Event::Added { vm, name } => {
+                if vm == self.vms.len() {
+                    self.vms.push(VmView::new(name));
+                }
+            }
+            Event::Notice { text, .. } => {
+                // No pane of its own: it goes to the selected VM's, marked as the hypervisor's.
+                if let Some(view) = self.vms.get_mut(self.selected) {
+                    view.push_line(format!("{}{text}", crate::console::NOTE_PREFIX));
+                }
+            }
             Event::Sample { elapsed_ns, vms } => self.apply_sample(elapsed_ns, vms),
             Event::Finished(_) => {}
         }
@@ -275,6 +291,15 @@ impl App {
     fn act_on(&mut self, action: Action) -> Vec<Command> {
         let count = self.vms.len();
         let vm = self.selected;
+        // A run waiting for incoming VMs may have none yet.
+        if count == 0 {
+            match action {
+                Action::Quit => self.quitting = true,
+                Action::ToggleHelp => self.help = !self.help,
+                _ => {}
+            }
+            return Vec::new();
+        }
         match action {
             Action::SelectNext => self.select((vm + 1) % count),
             Action::SelectPrevious => self.select((vm + count - 1) % count),
@@ -289,6 +314,13 @@ impl App {
                 _ => {}
             },
             Action::Restart => return vec![Command::Restart(vm)],
+            Action::Migrate => match &self.migrate_to {
+                Some(address) => return vec![Command::MigrateTo { vm, address: address.clone() }],
+                None => self.vms[vm].push_line(format!(
+                    "{}M moves a VM to the matrix-tui at --migrate-to ADDR: start with that option",
+                    crate::console::NOTE_PREFIX
+                )),
+            },
             Action::Snapshot => {
                 let path = crate::snapshot::file::next_free_name(std::path::Path::new(""), &self.vms[vm].name);
                 return vec![Command::Snapshot { vm, path }];

@@ -48,6 +48,8 @@ pub struct UiOptions {
     pub duration: Option<Duration>,
     /// The lesson to follow, with its panel.
     pub lesson: Option<lesson_panel::LessonProgress>,
+    /// Where `M` moves the selected VM.
+    pub migrate_to: Option<crate::debug::ListenAddress>,
 }
 
 /// What a UI run produced.
@@ -75,6 +77,7 @@ pub fn run(
     terminal.clear()?;
     let input = spawn_input_reader();
     let mut app = App::new(names, settings);
+    app.migrate_to = options.migrate_to.clone();
     app.lesson = options.lesson.clone();
     let ticks = crossbeam_channel::tick(TICK);
     let deadline = options.duration.map(|duration| crossbeam_channel::at(core.started() + duration));

@@ -130,6 +130,7 @@ fn state_color(state: &VmState) -> Color {
         VmState::Halted { .. } => Color::Gray,
         VmState::Gdb { .. } => Color::Magenta,
         VmState::Killed | VmState::Crashed { .. } => Color::Red,
+        VmState::Moved { .. } => Color::Cyan,
     }
 }
 

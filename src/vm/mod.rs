@@ -7,6 +7,8 @@ pub mod cpu_mode;
 pub mod cpu_state;
 /// What the host honours of KVM_SET_GUEST_DEBUG, probed.
 pub mod debug_probe;
+/// KVM's dirty page log, for live migration.
+pub mod dirty_log;
 pub mod guest_debug;
 /// Signal + immediate_exit kicks out of KVM_RUN.
 pub mod kick;

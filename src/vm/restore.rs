@@ -98,11 +98,17 @@ impl Machine {
     /// a whole copy of a large memory would fault in as many fresh pages
     /// (30 ms for 64 MiB here) while every VM waits.
     pub fn pages(&self, indices: impl IntoIterator<Item = u64>) -> Pages {
+        let indices: Vec<u64> = indices.into_iter().collect();
+        self.copy_pages(&indices, false)
+    }
+
+    /// Pages `indices` copied; zero ones too when `zeros`.
+    pub fn copy_pages(&self, indices: &[u64], zeros: bool) -> Pages {
         let mut pages = Pages::new(self.memory_size);
         let mut page = [0u8; PAGE_SIZE];
-        for index in indices {
+        for &index in indices {
             if self.memory.read_slice(&mut page, GuestAddress(index * PAGE_SIZE as u64)).is_ok() {
-                pages.keep(index, &page);
+                if zeros { pages.push(index, &page) } else { pages.keep(index, &page) }
             }
         }
         pages
@@ -112,7 +118,7 @@ impl Machine {
     /// never written and are zero, and reading them would fault each in.
     /// All of them where a page could be in swap (mincore calls a swapped
     /// page absent too) or where the host cannot tell.
-    fn resident_pages(&self) -> Vec<u64> {
+    pub fn resident_pages(&self) -> Vec<u64> {
         let count = (self.memory_size / PAGE_SIZE as u64) as usize;
         if host_may_swap() {
             return (0..count as u64).collect();

@@ -35,6 +35,16 @@ impl Core {
                     self.set_state(vm, VmState::Paused);
                 }
             }
+            Command::Resume(vm) | Command::Step(vm)
+                if self.slots.get(vm).and_then(|slot| slot.outgoing.as_ref()).is_some_and(|o| o.holds_vm()) =>
+            {
+                let console = &mut self.slots[vm].runtime.console;
+                console.note(format_args!("this VM is paused for its move to another matrix-tui"));
+            }
+            Command::Restart(vm) if self.slots.get(vm).is_some_and(|slot| slot.outgoing.is_some()) => {
+                self.abandon(vm, "the VM was restarted");
+                self.restart(vm);
+            }
             Command::Resume(vm) => {
                 let Some(slot) = self.slots.get(vm) else { return };
                 // A VM stopped for gdb with no gdb connected can be let go.
@@ -56,6 +66,27 @@ impl Core {
             Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
             Command::Debug { .. } => {}
             Command::Step(_) => {}
+            Command::Migrate { vm, to, link } if vm < self.slots.len() => self.migrate(vm, to, link.0),
+            // Turned into `Migrate` by the handle before it gets here.
+            Command::Migrate { .. } | Command::MigrateTo { .. } => {}
+            Command::Migration { vm, frame } => self.migration_frame(vm, frame),
+            Command::MigrationGoSent { vm } => self.migration_go_sent(vm),
+            Command::AddVm { vm, reply, rounds, pages } => reply.send(self.add_vm(*vm.0, rounds, pages)),
+            Command::StartIncoming { vm, last_slice_ns, report } => self.start_incoming(vm, last_slice_ns, report),
+            Command::IncomingOrphaned { vm, why } if vm < self.slots.len() => {
+                let why = crate::console::escape_input(&why);
+                let console = &mut self.slots[vm].runtime.console;
+                console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
+                console.note(format_args!(
+                    "the sender did not hand this VM over ({why}): it stays paused here; resume it only if it no \
+                     longer runs on the sender"
+                ));
+            }
+            Command::IncomingOrphaned { .. } => {}
+            Command::Notice(text) => {
+                let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+                self.outbox.push_back(Event::Notice { t_ns, text });
+            }
             Command::Snapshot { vm, path } if vm < self.slots.len() => self.snapshot(vm, path),
             Command::Snapshot { .. } => {}
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),

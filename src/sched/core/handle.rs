@@ -87,16 +87,51 @@ pub struct CoreHandle {
     trace_writer: Option<TraceWriter>,
     /// gdb servers' Unix sockets, removed when the run ends.
     socket_paths: Vec<std::path::PathBuf>,
+    /// The cap on a migration's sending rate (bytes a second).
+    migration_bandwidth: Option<u64>,
+}
+
+/// Sends commands to the core from any thread (a migration's link, the
+/// listener for incoming VMs), kicking it to read them.
+#[derive(Clone)]
+pub struct Commander {
+    commands: Sender<Command>,
+    kick: Arc<KickTarget>,
+}
+
+impl Commander {
+    /// Sends a command and kicks the core out of KVM_RUN to read it.
+    pub fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+        self.kick.request();
+    }
 }
 
 impl CoreHandle {
+    /// A sender of commands for another thread.
+    pub fn commander(&self) -> Commander {
+        Commander { commands: self.commands.clone(), kick: Arc::clone(&self.kick) }
+    }
+
     /// When the run started: the zero of timestamps, durations and `wall_ns`.
     pub fn started(&self) -> Instant {
         self.started
     }
 
-    /// Sends a command and kicks the core out of KVM_RUN to read it.
+    /// Sends a command and kicks the core out of KVM_RUN to read it. A
+    /// [`Command::MigrateTo`] starts its link thread here (the core thread
+    /// may not touch sockets) and reaches the core as [`Command::Migrate`].
     pub fn send(&self, command: Command) {
+        let command = match command {
+            Command::MigrateTo { vm, address } => {
+                let to = address.to_string();
+                match crate::migration::link::start_outgoing(vm, address, self.migration_bandwidth, self.commander()) {
+                    Ok(link) => Command::Migrate { vm, to, link: crate::event::Reply(link) },
+                    Err(error) => Command::Notice(format!("cannot start the migration to {to}: {error}")),
+                }
+            }
+            command => command,
+        };
         // The core holds the receiver until it finishes; after that there is
         // nobody to tell, so a failed send needs no handling.
         let _ = self.commands.send(command);
@@ -162,6 +197,7 @@ impl CoreHandle {
 pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     // Asked here: the core thread may not open files.
     crate::vm::restore::host_may_swap();
+    let migration_bandwidth = config.migration.bandwidth;
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
         let mut slot = Slot::new(&kvm, vm)?;
@@ -218,6 +254,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         // Started on the core thread: the CPU clock is the thread's.
         stolen: StolenWindow::default(),
         sleeping: 0,
+        migration: config.migration,
+        migrating: 0,
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())
@@ -234,7 +272,16 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             Ok(()) => unreachable!("the core thread reports readiness before it returns"),
         },
     }
-    Ok(CoreHandle { commands: command_tx, events: event_rx, kick, thread, started, trace_writer, socket_paths })
+    Ok(CoreHandle {
+        commands: command_tx,
+        events: event_rx,
+        kick,
+        thread,
+        started,
+        trace_writer,
+        socket_paths,
+        migration_bandwidth,
+    })
 }
 
 /// Starts a gdb server for each VM that asked for one (after probing what

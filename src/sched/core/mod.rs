@@ -44,12 +44,13 @@ use crate::vm::{CpuMode, GuestLayout, KickTarget, MachineSpec, SetupError, Vcpu,
 mod commands;
 mod debugging;
 mod handle;
+mod migrating;
 mod outbox;
 mod records;
 mod run_loop;
 mod samples;
 
-pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
+pub use self::handle::{Commander, CoreHandle, SpawnError, VmSetupError, spawn};
 
 /// Events waiting in the channel before the core starts coalescing. A console
 /// event carries a round's output of every VM, usually under
@@ -108,6 +109,13 @@ struct Slot {
     last_exit: Option<ExitRecord>,
     /// Its gdb server's side in the core, for a VM run with `--gdb`.
     debug: Option<Debugged>,
+    /// Its move to another matrix-tui, while one goes on.
+    outgoing: Option<Box<migrating::Outgoing>>,
+    /// Came in by migration and not run yet: when its last slice on the
+    /// sender ended, and where its downtime goes.
+    incoming: Option<(u64, crate::event::Reply<u64>)>,
+    /// When its last slice ended (monotonic ns).
+    last_slice_ns: u64,
 }
 
 impl Slot {
@@ -147,6 +155,9 @@ impl Slot {
             live_exits: VecDeque::new(),
             last_exit: None,
             debug: None,
+            outgoing: None,
+            incoming: None,
+            last_slice_ns: 0,
         })
     }
 
@@ -222,6 +233,10 @@ struct Core {
     stolen: StolenWindow,
     /// VMs sleeping now: the per-slice wake-up scans are skipped while none is.
     sleeping: usize,
+    /// How VMs move out.
+    migration: crate::migration::MigrationSettings,
+    /// VMs moving out now: the per-slice migration work is skipped while none is.
+    migrating: usize,
 }
 
 impl Core {}

@@ -44,6 +44,11 @@ impl Core {
         }
         // Steps asked for before a quit are answered before the run ends.
         while !self.quit || !self.step_requests.is_empty() {
+            // First, so that a command (a receiver's Ack) is acted on at once.
+            if self.migrating > 0 {
+                let settings = self.migration;
+                self.drive_migrations(&settings);
+            }
             if self.kick.take_request() {
                 self.apply_commands();
                 continue;
@@ -78,6 +83,7 @@ impl Core {
                     self.epoch_ns + record.end_ns
                 }
                 None if self.stay_open
+                    || self.migrating > 0
                     || !self.step_requests.is_empty()
                     || self.slots.iter().any(|slot| {
                         matches!(slot.state, VmState::Paused | VmState::Gdb { .. } | VmState::Sleeping { .. })
@@ -110,6 +116,9 @@ impl Core {
     pub(super) fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
         let wall_start = monotonic_ns();
+        if self.slots[vm].incoming.is_some() {
+            self.first_slice_here(vm, wall_start);
+        }
         self.kick.note_cpu();
         if let Some(previous) = self.preempted_at.take() {
             deadlines.observe_gap(previous, wall_start);
@@ -222,6 +231,7 @@ impl Core {
             slot.stolen_unpaid_ns += share.stolen_ns;
         }
         let slot = &mut self.slots[vm];
+        slot.last_slice_ns = wall_end;
         let repaid = slot.stolen_unpaid_ns.min(in_guest);
         slot.stolen_unpaid_ns -= repaid;
         let charged = in_guest - repaid;

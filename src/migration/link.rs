@@ -1,0 +1,293 @@
+//! The sockets of a migration, each on a thread of its own (the core thread
+//! may not touch sockets): the sender's link is a pipe between the core and
+//! the receiver, paced to the bandwidth cap; the receiver's listener takes
+//! one VM at a time, checks every frame, and asks the core to make the VM
+//! only once all of it has arrived whole.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::protocol::{Frame, MAX_PAGES_PER_FRAME, ProtocolError, VERSION, read_frame, write_frame};
+use crate::config::VmConfig;
+use crate::debug::ListenAddress;
+use crate::event::{Command, IncomingVm, Reply, VmId};
+use crate::sched::Commander;
+use crate::snapshot::format::{self, PAGE_SIZE, Pages};
+use crate::snapshot::{Snapshot, SnapshotState};
+
+/// How long a peer may say nothing in the middle of a migration.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+fn connect(address: &ListenAddress) -> std::io::Result<Halves> {
+    match address {
+        ListenAddress::Tcp(address) => {
+            let stream = TcpStream::connect(address)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+            Ok((Box::new(stream.try_clone()?), Box::new(stream)))
+        }
+        ListenAddress::Unix(path) => {
+            let stream = UnixStream::connect(path)?;
+            stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+            Ok((Box::new(stream.try_clone()?), Box::new(stream)))
+        }
+    }
+}
+
+/// Starts the sender's side of moving `vm` to `address`: a thread that
+/// connects, writes the frames the core sends on the returned channel (Pages
+/// no faster than `bandwidth` bytes a second, if set) and hands the
+/// receiver's frames to the core. Every failure reaches the core as an
+/// Abandon frame, so the core alone decides what becomes of the VM.
+pub fn start_outgoing(
+    vm: VmId,
+    address: ListenAddress,
+    bandwidth: Option<u64>,
+    core: Commander,
+) -> std::io::Result<Sender<Frame>> {
+    let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Frame>(4);
+    std::thread::Builder::new().name("matrix-migrate-out".into()).spawn(move || {
+        let give_up = |why: String| core.send(Command::Migration { vm, frame: Frame::Abandon(why) });
+        let (reader, writer) = match connect(&address) {
+            Ok(halves) => halves,
+            Err(error) => return give_up(format!("cannot connect to {address}: {error}")),
+        };
+        let reading = core.clone();
+        let reader_thread = std::thread::Builder::new().name("matrix-migrate-in".into()).spawn(move || {
+            let mut reader = BufReader::new(reader);
+            loop {
+                match read_frame(&mut reader) {
+                    Ok(frame) => reading.send(Command::Migration { vm, frame }),
+                    Err(error) => {
+                        let why = format!("the receiver's side: {error}");
+                        return reading.send(Command::Migration { vm, frame: Frame::Abandon(why) });
+                    }
+                }
+            }
+        });
+        if let Err(error) = reader_thread {
+            return give_up(format!("no thread to read the receiver: {error}"));
+        }
+        let mut writer = BufWriter::new(writer);
+        let started = Instant::now();
+        let mut allowed_at = Duration::ZERO;
+        for frame in frames_rx {
+            if let (Some(rate), Frame::Pages { .. }) = (bandwidth, &frame) {
+                // Paced: a frame goes out when the bytes before it have had their time.
+                let due = allowed_at.saturating_sub(started.elapsed());
+                std::thread::sleep(due);
+                let bytes = frame.encode().len() as u64;
+                allowed_at = allowed_at.max(started.elapsed()) + Duration::from_nanos(bytes * 1_000_000_000 / rate);
+            }
+            let last = matches!(frame, Frame::Go { .. } | Frame::Abandon(_));
+            if let Err(error) = write_frame(&mut writer, &frame) {
+                return give_up(format!("cannot send to {address}: {error}"));
+            }
+            if let Frame::Go { .. } = frame {
+                core.send(Command::MigrationGoSent { vm });
+            }
+            if last {
+                return;
+            }
+        }
+    })?;
+    Ok(frames_tx)
+}
+
+/// A listening socket for incoming VMs.
+pub enum IncomingListener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix socket.
+    Unix(UnixListener),
+}
+
+impl IncomingListener {
+    /// Binds `address` (a Unix socket left by an earlier run is replaced).
+    pub fn bind(address: &ListenAddress) -> std::io::Result<Self> {
+        match address {
+            ListenAddress::Tcp(address) => Ok(Self::Tcp(TcpListener::bind(address)?)),
+            ListenAddress::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Self::Unix(UnixListener::bind(path)?))
+            }
+        }
+    }
+
+    fn accept(&self) -> std::io::Result<(Halves, String)> {
+        match self {
+            Self::Tcp(listener) => {
+                let (stream, peer) = listener.accept()?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+                Ok(((Box::new(stream.try_clone()?), Box::new(stream)), peer.to_string()))
+            }
+            Self::Unix(listener) => {
+                let (stream, _) = listener.accept()?;
+                stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+                Ok(((Box::new(stream.try_clone()?), Box::new(stream)), "a local socket".to_string()))
+            }
+        }
+    }
+}
+
+/// Serves `listener` on a thread of its own: one incoming VM at a time,
+/// named as on the sender; `names` are the run's VM names (a clash is
+/// refused before anything moves). `max_memory` bounds what a sender may
+/// announce. Whatever goes wrong ends that migration only, with a notice.
+pub fn start_incoming(
+    listener: IncomingListener,
+    names: Arc<Mutex<Vec<String>>>,
+    max_memory: u64,
+    core: Commander,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("matrix-incoming".into()).spawn(move || {
+        loop {
+            let Ok(((reader, writer), peer)) = listener.accept() else { continue };
+            let mut session = Incoming {
+                reader: BufReader::new(reader),
+                writer: BufWriter::new(writer),
+                core: core.clone(),
+                names: Arc::clone(&names),
+                max_memory,
+            };
+            if let Err(why) = session.serve() {
+                core.send(Command::Notice(format!("incoming migration from {peer} ended: {why}")));
+                let _ = write_frame(&mut session.writer, &Frame::Abandon(why));
+            }
+        }
+    })?;
+    Ok(())
+}
+
+struct Incoming {
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: BufWriter<Box<dyn Write + Send>>,
+    core: Commander,
+    names: Arc<Mutex<Vec<String>>>,
+    max_memory: u64,
+}
+
+impl Incoming {
+    fn read(&mut self) -> Result<Frame, String> {
+        match read_frame(&mut self.reader) {
+            Ok(Frame::Abandon(why)) => Err(format!("the sender gave up: {}", crate::console::escape_input(&why))),
+            Ok(frame) => Ok(frame),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn send(&mut self, frame: &Frame) -> Result<(), String> {
+        write_frame(&mut self.writer, frame).map_err(|error: ProtocolError| error.to_string())
+    }
+
+    fn serve(&mut self) -> Result<(), String> {
+        let (name, memory_size) = match self.read()? {
+            Frame::Hello { version, .. } if version != VERSION => {
+                let why = format!(
+                    "the sender speaks migration protocol version {version}, this receiver version {VERSION}: \
+                     run the same matrix-tui on both sides"
+                );
+                self.send(&Frame::Refuse(why.clone()))?;
+                return Err(why);
+            }
+            Frame::Hello { name, memory_size, .. } => (name, memory_size),
+            other => return Err(format!("it began with {} instead of Hello", other.name())),
+        };
+        let refusal = crate::scenario::check_vm_name(&name)
+            .err()
+            .or_else(|| {
+                let names = self.names.lock().expect("names lock");
+                names.contains(&name).then(|| format!("a VM is already called '{name}' here"))
+            })
+            .or_else(|| crate::vm::memory::check_size(memory_size).err().map(|error| error.to_string()))
+            .or_else(|| {
+                (memory_size > self.max_memory)
+                    .then(|| format!("{} MiB is more memory than this run takes", memory_size >> 20))
+            });
+        if let Some(why) = refusal {
+            let why = crate::console::escape_input(&why);
+            self.send(&Frame::Refuse(why.clone()))?;
+            return Err(why);
+        }
+        self.send(&Frame::Accept)?;
+        let page_count = memory_size / PAGE_SIZE as u64;
+        let mut memory = vec![0u8; memory_size as usize];
+        let (mut rounds, mut received) = (0u32, 0u64);
+        let json = loop {
+            match self.read()? {
+                Frame::Pages { round, pages } => {
+                    if pages.len() > MAX_PAGES_PER_FRAME {
+                        return Err("a Pages frame with too many pages".into());
+                    }
+                    for (index, page) in &pages {
+                        if *index >= page_count {
+                            return Err(format!("page {index} is past the end of its {page_count} pages"));
+                        }
+                        let at = *index as usize * PAGE_SIZE;
+                        memory[at..at + PAGE_SIZE].copy_from_slice(page);
+                    }
+                    rounds = rounds.max(round + 1);
+                    received += pages.len() as u64;
+                    self.send(&Frame::Ack { bytes: (pages.len() * PAGE_SIZE) as u64 })?;
+                }
+                Frame::State(json) => break json,
+                other => return Err(format!("a {} frame in the middle of the pages", other.name())),
+            }
+        };
+        // The VM is checked as a snapshot file would be, from the same bytes.
+        let encoded = format::encode(&json, &Pages::from_memory(&memory));
+        drop(memory);
+        let snapshot = Snapshot::decode(&format!("migration of {name}"), encoded).map_err(|error| error.to_string())?;
+        let state: SnapshotState = serde_json::from_str(&json).map_err(|error| error.to_string())?;
+        let mut config = VmConfig::new(name.clone(), state.vm.guest.clone(), Arc::from(&[][..]));
+        config.weight = state.vm.weight;
+        config.memory_size = memory_size;
+        config.layout.mode = state.machine.mode;
+        config.ports = snapshot.vm.port_map()?;
+        config.paused = true;
+        config.snapshot = Some(Arc::new(snapshot));
+        let (reply, made) = crossbeam_channel::bounded(1);
+        self.core.send(Command::AddVm {
+            vm: IncomingVm(Box::new(config)),
+            reply: Reply(reply),
+            rounds,
+            pages: received,
+        });
+        let vm = match made.recv_timeout(PEER_TIMEOUT) {
+            Ok(Ok(vm)) => vm,
+            Ok(Err(why)) => return Err(why),
+            Err(_) => return Err("this run did not make the VM in time".into()),
+        };
+        self.names.lock().expect("names lock").push(name);
+        self.send(&Frame::Ready)?;
+        // From the Go on this side owns it; without a Go the VM stays paused here.
+        let last_slice_ns = match self.read() {
+            Ok(Frame::Go { last_slice_ns }) => last_slice_ns,
+            Ok(other) => return Err(self.orphaned(vm, &format!("a {} frame instead of Go", other.name()))),
+            Err(why) => return Err(self.orphaned(vm, &why)),
+        };
+        let (report, started) = crossbeam_channel::bounded(1);
+        self.core.send(Command::StartIncoming { vm, last_slice_ns, report: Reply(report) });
+        if let Ok(downtime_ns) = started.recv_timeout(PEER_TIMEOUT) {
+            let _ = self.send(&Frame::Started { downtime_ns });
+        }
+        Ok(())
+    }
+
+    /// The VM was made but the sender never said Go: it may still run there.
+    fn orphaned(&self, vm: VmId, why: &str) -> String {
+        self.core.send(Command::IncomingOrphaned { vm, why: why.to_string() });
+        format!("no Go after the VM was made ({why}); it stays paused here")
+    }
+}

@@ -1,0 +1,458 @@
+//! Live migration, the core's side: a VM moving out (pre-copy rounds of
+//! dirty pages while it runs, throttled if it dirties faster than the link
+//! sends, then a pause for the rest and its state, and the switch of owner),
+//! and VMs coming in (made paused, run on the sender's Go). The sockets are
+//! the link threads' (`crate::migration::link`); this thread alone touches
+//! KVM.
+
+use super::*;
+use crate::migration::MigrationSettings;
+use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
+use crate::snapshot::format::PAGE_SIZE;
+use crate::vm::layout::Structure;
+
+/// Where a VM moving out is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Hello sent; waiting for Accept.
+    Hello,
+    /// Pre-copy rounds while the VM runs.
+    Rounds,
+    /// The VM paused: the last pages, then its state.
+    Last,
+    /// State sent; waiting for Ready.
+    Ready,
+    /// Go queued; waiting for the link to have written it.
+    Go,
+    /// The receiver owns it.
+    Moved,
+}
+
+/// A VM moving out.
+pub(super) struct Outgoing {
+    to: String,
+    link: Sender<Frame>,
+    phase: Phase,
+    round: u32,
+    /// Pages still to send this round.
+    pending: Vec<u64>,
+    /// A frame the link had no room for yet.
+    held: Option<(Frame, u64)>,
+    round_pages: u64,
+    total_pages: u64,
+    sent_bytes: u64,
+    acked_bytes: u64,
+    started_ns: u64,
+    round_started_ns: u64,
+    /// Bytes a second the receiver acknowledged since the first page.
+    bandwidth: f64,
+    throttle_pct: u32,
+    weight: f64,
+    /// The VM's state before the pause, to go back to if the move fails.
+    before_pause: Option<VmState>,
+    /// When its last slice here ended (monotonic ns).
+    last_slice_ns: u64,
+    /// When the receiver took it over.
+    moved_ns: u64,
+}
+
+/// How long a run waits, after a VM moved out, to hear when it ran there.
+const STARTED_WAIT_NS: u64 = 2_000_000_000;
+
+impl Outgoing {
+    /// True while the VM is paused for the last round and the switch:
+    /// nothing may run it then.
+    pub(super) fn holds_vm(&self) -> bool {
+        matches!(self.phase, Phase::Last | Phase::Ready | Phase::Go)
+    }
+}
+
+/// QEMU's auto-converge steps: 20 % first, then 10 % more each round, at most 99 %.
+fn next_throttle(pct: u32) -> u32 {
+    if pct == 0 { 20 } else { (pct + 10).min(99) }
+}
+
+impl Core {
+    /// `migrate NAME ADDR`: starts moving `vm` over `link`.
+    pub(super) fn migrate(&mut self, vm: VmId, to: String, link: Sender<Frame>) {
+        let slot = &mut self.slots[vm];
+        let refusal = if slot.state.is_finished() {
+            Some(format!("it has {}", slot.state.name()))
+        } else if slot.outgoing.is_some() {
+            Some("it is already moving".to_string())
+        } else if slot.debug.as_ref().is_some_and(|debug| debug.peer.is_some()) {
+            Some("gdb is attached to it".to_string())
+        } else {
+            None
+        };
+        let now_ns = monotonic_ns();
+        slot.runtime.console.set_clock(now_ns.saturating_sub(self.epoch_ns));
+        if let Some(why) = refusal {
+            slot.runtime.console.note(format_args!("migration to {to} not started: {why}"));
+            let _ = link.try_send(Frame::Abandon(why));
+            return;
+        }
+        let hello = Frame::Hello {
+            version: VERSION,
+            name: slot.config.name.clone(),
+            memory_size: slot.runtime.machine.memory_size(),
+        };
+        if link.try_send(hello).is_err() {
+            slot.runtime.console.note(format_args!("migration to {to} not started: its link is gone"));
+            return;
+        }
+        slot.runtime.console.note(format_args!("migrating to {to}: connecting"));
+        slot.outgoing = Some(Box::new(Outgoing {
+            to,
+            link,
+            phase: Phase::Hello,
+            round: 0,
+            pending: Vec::new(),
+            held: None,
+            round_pages: 0,
+            total_pages: 0,
+            sent_bytes: 0,
+            acked_bytes: 0,
+            started_ns: now_ns,
+            round_started_ns: now_ns,
+            bandwidth: 0.0,
+            throttle_pct: 0,
+            weight: slot.config.weight,
+            before_pause: None,
+            last_slice_ns: slot.last_slice_ns,
+            moved_ns: 0,
+        }));
+        self.migrating += 1;
+    }
+
+    /// A frame from `vm`'s receiver (or an Abandon from its link).
+    pub(super) fn migration_frame(&mut self, vm: VmId, frame: Frame) {
+        let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
+        match (outgoing.phase, frame) {
+            (Phase::Moved, Frame::Started { downtime_ns }) => {
+                self.note(
+                    vm,
+                    format_args!(
+                        "the receiver ran it {:.3} ms after its last slice here (its downtime, on one host's clock)",
+                        downtime_ns as f64 / 1e6
+                    ),
+                );
+                self.slots[vm].outgoing = None;
+                self.migrating -= 1;
+            }
+            (Phase::Moved, _) => {}
+            (_, Frame::Refuse(why) | Frame::Abandon(why)) => self.abandon(vm, &why),
+            (Phase::Hello, Frame::Accept) => {
+                let slot = &mut self.slots[vm];
+                if let Err(error) = slot.runtime.machine.log_dirty_pages(true) {
+                    return self.abandon(vm, &format!("KVM would not log dirty pages: {error}"));
+                }
+                let outgoing = slot.outgoing.as_mut().expect("checked");
+                // Round 0 sends every page the guest has (the rest is zero on both sides).
+                outgoing.pending = slot.runtime.machine.resident_pages();
+                outgoing.pending.reverse();
+                outgoing.phase = Phase::Rounds;
+                let now_ns = monotonic_ns();
+                (outgoing.started_ns, outgoing.round_started_ns) = (now_ns, now_ns);
+            }
+            (_, Frame::Ack { bytes }) => {
+                outgoing.acked_bytes += bytes;
+                let seconds = monotonic_ns().saturating_sub(outgoing.started_ns) as f64 / 1e9;
+                if seconds > 0.0 {
+                    outgoing.bandwidth = outgoing.acked_bytes as f64 / seconds;
+                }
+            }
+            (Phase::Ready, Frame::Ready) => {
+                let go = Frame::Go { last_slice_ns: outgoing.last_slice_ns };
+                if outgoing.link.try_send(go).is_err() {
+                    return self.abandon(vm, "the link closed before the Go");
+                }
+                outgoing.phase = Phase::Go;
+            }
+            (phase, frame) => self.abandon(vm, &format!("the receiver sent {} during {phase:?}", frame.name())),
+        }
+    }
+
+    /// The link wrote the Go: the VM is the receiver's now.
+    pub(super) fn migration_go_sent(&mut self, vm: VmId) {
+        let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
+        if outgoing.phase != Phase::Go {
+            return;
+        }
+        outgoing.phase = Phase::Moved;
+        outgoing.moved_ns = monotonic_ns();
+        let (to, rounds, pages, started_ns) =
+            (outgoing.to.clone(), outgoing.round + 1, outgoing.total_pages, outgoing.started_ns);
+        let paused_ns = outgoing.last_slice_ns;
+        let slot = &mut self.slots[vm];
+        let _ = slot.runtime.machine.log_dirty_pages(false);
+        let memory_pages = slot.runtime.machine.memory_size() / PAGE_SIZE as u64;
+        let now_ns = monotonic_ns();
+        self.note(
+            vm,
+            format_args!(
+                "migrated to {to}: {rounds} rounds, {pages} pages sent for {memory_pages} pages of memory ({:.2}x), \
+             {:.1} ms in all, paused here for the last {:.3} ms",
+                pages as f64 / memory_pages as f64,
+                now_ns.saturating_sub(started_ns) as f64 / 1e6,
+                now_ns.saturating_sub(paused_ns) as f64 / 1e6
+            ),
+        );
+        self.set_state(vm, VmState::Moved { to });
+    }
+
+    /// Gives the move up: the VM runs on here as it did.
+    pub(super) fn abandon(&mut self, vm: VmId, why: &str) {
+        let slot = &mut self.slots[vm];
+        let Some(outgoing) = slot.outgoing.take() else { return };
+        self.migrating -= 1;
+        let _ = outgoing.link.try_send(Frame::Abandon(why.to_string()));
+        let _ = slot.runtime.machine.log_dirty_pages(false);
+        slot.config.weight = outgoing.weight;
+        let why = crate::console::escape_input(why);
+        self.note(vm, format_args!("migration to {} abandoned: {why}; the VM runs on here", outgoing.to));
+        if let Some(state) = outgoing.before_pause {
+            self.set_state(vm, state);
+        }
+        self.planner.set_candidate(vm, self.slots[vm].candidate());
+        self.outbox.push_back(Event::Settings(self.settings()));
+    }
+
+    fn note(&mut self, vm: VmId, text: std::fmt::Arguments<'_>) {
+        let console = &mut self.slots[vm].runtime.console;
+        console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
+        console.note(text);
+    }
+
+    /// Moves every migration on: sends what the links have room for, ends
+    /// rounds whose pages have all been acknowledged, and starts the last
+    /// one when the rest would fit the downtime limit.
+    pub(super) fn drive_migrations(&mut self, settings: &MigrationSettings) {
+        let now_ns = monotonic_ns();
+        for vm in 0..self.slots.len() {
+            // A moved VM's receiver has a while to say when it ran it.
+            if let Some(outgoing) = &self.slots[vm].outgoing {
+                if outgoing.phase == Phase::Moved && now_ns.saturating_sub(outgoing.moved_ns) > STARTED_WAIT_NS {
+                    self.slots[vm].outgoing = None;
+                    self.migrating -= 1;
+                    continue;
+                }
+            }
+            // A round that ends starts the next at once: no wait for the next slice.
+            while let Some(outgoing) = &self.slots[vm].outgoing {
+                if !matches!(outgoing.phase, Phase::Rounds | Phase::Last) {
+                    break;
+                }
+                if !self.send_pages(vm) {
+                    self.abandon(vm, "the link closed");
+                    break;
+                }
+                let outgoing = self.slots[vm].outgoing.as_ref().expect("checked");
+                let round_done = outgoing.pending.is_empty()
+                    && outgoing.held.is_none()
+                    && outgoing.acked_bytes >= outgoing.sent_bytes;
+                match (outgoing.phase, round_done) {
+                    (Phase::Rounds, true) => self.end_round(vm, settings),
+                    (Phase::Last, true) => self.send_state(vm),
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Sends the round's pages while the link has room; false if it closed.
+    fn send_pages(&mut self, vm: VmId) -> bool {
+        let slot = &mut self.slots[vm];
+        let outgoing = slot.outgoing.as_mut().expect("migrating");
+        loop {
+            let (frame, count) = match outgoing.held.take() {
+                Some(held) => held,
+                None if outgoing.pending.is_empty() => return true,
+                None => {
+                    let take = outgoing.pending.len().min(MAX_PAGES_PER_FRAME);
+                    let indices = outgoing.pending.split_off(outgoing.pending.len() - take);
+                    // Round 0 leaves zero pages out (the receiver's are zero);
+                    // later rounds send a dirtied page even if it became zero.
+                    let pages = slot.runtime.machine.copy_pages(&indices, outgoing.round > 0);
+                    let count = pages.len() as u64;
+                    let pages: Vec<(u64, Vec<u8>)> = pages.iter().map(|(index, page)| (index, page.to_vec())).collect();
+                    (Frame::Pages { round: outgoing.round, pages }, count)
+                }
+            };
+            match outgoing.link.try_send(frame) {
+                Ok(()) => {
+                    outgoing.sent_bytes += count * PAGE_SIZE as u64;
+                    outgoing.round_pages += count;
+                    outgoing.total_pages += count;
+                }
+                Err(crossbeam_channel::TrySendError::Full(frame)) => {
+                    outgoing.held = Some((frame, count));
+                    return true;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// The pages dirtied since the last call: KVM's log and the mailbox,
+    /// which the hypervisor writes itself (HC_numExitsByType) where KVM's
+    /// log does not see it.
+    fn dirtied(&mut self, vm: VmId) -> Result<Vec<u64>, String> {
+        let machine = &self.slots[vm].runtime.machine;
+        let mut pages = machine.dirty_pages().map_err(|error| format!("KVM_GET_DIRTY_LOG failed: {error}"))?;
+        let mailbox = machine.area.range(Structure::Mailbox);
+        pages.extend(mailbox.start / PAGE_SIZE as u64..mailbox.end.div_ceil(PAGE_SIZE as u64));
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
+    }
+
+    fn end_round(&mut self, vm: VmId, settings: &MigrationSettings) {
+        let dirty = match self.dirtied(vm) {
+            Ok(dirty) => dirty,
+            Err(why) => return self.abandon(vm, &why),
+        };
+        let now_ns = monotonic_ns();
+        let slot = &mut self.slots[vm];
+        let memory = slot.runtime.machine.memory_size();
+        let outgoing = slot.outgoing.as_mut().expect("migrating");
+        let round_s = (now_ns.saturating_sub(outgoing.round_started_ns) as f64 / 1e9).max(1e-6);
+        let dirty_bytes = dirty.len() as f64 * PAGE_SIZE as f64;
+        let dirty_rate = dirty_bytes / round_s;
+        let bandwidth = outgoing.bandwidth.max(1.0);
+        let expected_ns = (dirty_bytes / bandwidth * 1e9) as u64;
+        let limit_ns = settings.downtime_limit.as_nanos() as u64;
+        let capped = outgoing.round + 1 >= settings.max_rounds || outgoing.sent_bytes >= 3 * memory;
+        let line = format!(
+            "migration round {}: {} pages sent in {:.1} ms, {} dirtied ({:.0} pages/s), {:.2} MB/s, expected \
+             downtime {:.3} ms (limit {:.3} ms), throttle {} %",
+            outgoing.round,
+            outgoing.round_pages,
+            round_s * 1e3,
+            dirty.len(),
+            dirty_rate / PAGE_SIZE as f64,
+            bandwidth / 1e6,
+            expected_ns as f64 / 1e6,
+            limit_ns as f64 / 1e6,
+            outgoing.throttle_pct
+        );
+        let fits = expected_ns <= limit_ns;
+        let throttle = settings.auto_converge && !fits && !capped && dirty_rate > bandwidth;
+        if throttle {
+            outgoing.throttle_pct = next_throttle(outgoing.throttle_pct);
+            slot.config.weight = (outgoing.weight * f64::from(100 - outgoing.throttle_pct) / 100.0).max(1.0);
+        }
+        outgoing.round += 1;
+        outgoing.round_pages = 0;
+        outgoing.round_started_ns = now_ns;
+        outgoing.pending = dirty;
+        self.note(vm, format_args!("{line}"));
+        if throttle {
+            self.planner.set_candidate(vm, self.slots[vm].candidate());
+            self.outbox.push_back(Event::Settings(self.settings()));
+        }
+        if fits || capped {
+            let why = if fits { "the rest fits the downtime limit" } else { "the round or byte cap is reached" };
+            self.note(vm, format_args!("migration: pausing the VM for the last round ({why})"));
+            self.start_last_round(vm);
+        }
+    }
+
+    /// Pauses the VM and queues every page dirtied since the last round.
+    fn start_last_round(&mut self, vm: VmId) {
+        let slot = &mut self.slots[vm];
+        let before = slot.state.clone();
+        // Its exit in progress is completed now, so memory and registers agree.
+        slot.runtime.machine.vcpu.complete_pending_exit();
+        let last_slice_ns = slot.last_slice_ns;
+        if matches!(before, VmState::Running | VmState::Sleeping { .. }) {
+            self.set_state(vm, VmState::Paused);
+        }
+        let dirty = match self.dirtied(vm) {
+            Ok(dirty) => dirty,
+            Err(why) => return self.abandon(vm, &why),
+        };
+        let outgoing = self.slots[vm].outgoing.as_mut().expect("migrating");
+        outgoing.before_pause = Some(before);
+        outgoing.last_slice_ns = last_slice_ns;
+        outgoing.pending.extend(dirty);
+        outgoing.pending.sort_unstable();
+        outgoing.pending.dedup();
+        outgoing.phase = Phase::Last;
+    }
+
+    /// Sends the VM's state after its last pages: the receiver makes it then.
+    fn send_state(&mut self, vm: VmId) {
+        let now_ns = monotonic_ns();
+        let slot = &mut self.slots[vm];
+        let sleeping =
+            matches!(slot.outgoing.as_ref().and_then(|o| o.before_pause.as_ref()), Some(VmState::Sleeping { .. }));
+        let saved = match slot.runtime.save(&self.kvm, now_ns, sleeping) {
+            Ok((machine, runtime, _)) => {
+                let outgoing = slot.outgoing.as_ref().expect("migrating");
+                let vm_identity = VmIdentity {
+                    name: slot.config.name.clone(),
+                    guest: slot.config.guest.clone(),
+                    weight: outgoing.weight,
+                    ports: slot.config.ports.entries().map(|(port, call)| (port, call.to_string())).collect(),
+                    show_ports: slot.config.ports.show_unknown,
+                };
+                SnapshotState { vm: vm_identity, machine, runtime }
+            }
+            Err(error) => return self.abandon(vm, &error.to_string()),
+        };
+        let json = serde_json::to_string(&saved).expect("a snapshot state serializes");
+        let outgoing = slot.outgoing.as_mut().expect("migrating");
+        if outgoing.link.try_send(Frame::State(json)).is_err() {
+            return self.abandon(vm, "the link had no room for the state");
+        }
+        outgoing.phase = Phase::Ready;
+    }
+
+    /// A VM came in: made paused, shown to the front ends, run on its Go.
+    pub(super) fn add_vm(&mut self, config: VmConfig, rounds: u32, pages: u64) -> Result<VmId, String> {
+        let name = config.name.clone();
+        if self.slots.iter().any(|slot| slot.config.name == name) {
+            return Err(format!("a VM is already called '{name}' here"));
+        }
+        let memory_pages = config.memory_size / PAGE_SIZE as u64;
+        let slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
+        let vm = self.slots.len();
+        self.slots.push(slot);
+        self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
+        self.outbox.push_back(Event::Added { vm, name });
+        self.note(
+            vm,
+            format_args!(
+                "came in by migration: {rounds} rounds, {pages} pages received for {memory_pages} pages of memory"
+            ),
+        );
+        self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
+        self.outbox.push_back(Event::Settings(self.settings()));
+        self.announce_setup(vm);
+        Ok(vm)
+    }
+
+    /// The sender said Go: the VM runs here from now on.
+    pub(super) fn start_incoming(&mut self, vm: VmId, last_slice_ns: u64, report: crate::event::Reply<u64>) {
+        let Some(slot) = self.slots.get_mut(vm) else { return };
+        slot.incoming = Some((last_slice_ns, report));
+        if slot.state == VmState::Paused {
+            self.set_state(vm, VmState::Running);
+        }
+    }
+
+    /// Its first slice here: says the downtime (and tells the sender).
+    pub(super) fn first_slice_here(&mut self, vm: VmId, started_ns: u64) {
+        let Some((last_slice_ns, report)) = self.slots[vm].incoming.take() else { return };
+        let downtime_ns = started_ns.saturating_sub(last_slice_ns);
+        report.send(downtime_ns);
+        self.note(
+            vm,
+            format_args!(
+                "running here: {:.3} ms after its last slice on the sender (its downtime, on one host's clock)",
+                downtime_ns as f64 / 1e6
+            ),
+        );
+    }
+}
