@@ -248,6 +248,12 @@ pub enum VmState {
         /// When it halted (ns since the run started).
         t_ns: u64,
     },
+    /// Held off the CPU by its migration's auto-converge until `until_ns`
+    /// (ns since the run started): it runs at most a share of the time.
+    Throttled {
+        /// When it may run again.
+        until_ns: u64,
+    },
     /// Stopped for gdb (`--gdb`): not scheduled, charged nothing.
     Gdb {
         /// Why it is stopped.
@@ -276,6 +282,7 @@ impl VmState {
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Sleeping { .. } => "sleeping",
+            Self::Throttled { .. } => "throttled",
             Self::Halted { .. } => "halted",
             Self::Gdb { .. } => "gdb",
             Self::Killed => "killed",

@@ -223,6 +223,7 @@ impl Incoming {
         self.send(&Frame::Accept)?;
         let page_count = memory_size / PAGE_SIZE as u64;
         let mut memory = vec![0u8; memory_size as usize];
+        let mut received_pages = vec![false; page_count as usize];
         let (mut rounds, mut received) = (0u32, 0u64);
         let json = loop {
             match self.read()? {
@@ -236,6 +237,7 @@ impl Incoming {
                         }
                         let at = *index as usize * PAGE_SIZE;
                         memory[at..at + PAGE_SIZE].copy_from_slice(page);
+                        received_pages[*index as usize] = true;
                     }
                     rounds = rounds.max(round + 1);
                     received += pages.len() as u64;
@@ -245,11 +247,18 @@ impl Incoming {
                 other => return Err(format!("a {} frame in the middle of the pages", other.name())),
             }
         };
-        // The VM is checked as a snapshot file would be, from the same bytes.
-        let encoded = format::encode(&json, &Pages::from_memory(&memory));
+        // The VM is checked as a snapshot file's would be; only pages that
+        // came (and are not zero) are kept: the others are zero.
+        let mut pages = Pages::new(memory_size);
+        for (index, _) in received_pages.iter().enumerate().filter(|(_, came)| **came) {
+            let at = index * PAGE_SIZE;
+            pages.keep(index as u64, &memory[at..at + PAGE_SIZE]);
+        }
         drop(memory);
-        let snapshot = Snapshot::decode(&format!("migration of {name}"), encoded).map_err(|error| error.to_string())?;
         let state: SnapshotState = serde_json::from_str(&json).map_err(|error| error.to_string())?;
+        let decoded = format::Decoded::from_pages(json, &pages);
+        let snapshot =
+            Snapshot::from_decoded(&format!("migration of {name}"), decoded).map_err(|error| error.to_string())?;
         let mut config = VmConfig::new(name.clone(), state.vm.guest.clone(), Arc::from(&[][..]));
         config.weight = state.vm.weight;
         config.memory_size = memory_size;

@@ -45,6 +45,17 @@ pub struct Decoded {
 const RECORD: usize = 8 + PAGE_SIZE;
 
 impl Decoded {
+    /// A state and its pages, as if decoded from a file.
+    pub fn from_pages(state: String, pages: &Pages) -> Self {
+        let mut file = Vec::with_capacity(pages.len() * RECORD);
+        for (index, page) in pages.iter() {
+            file.extend_from_slice(&index.to_le_bytes());
+            file.extend_from_slice(page);
+        }
+        let indices = pages.iter().map(|(index, _)| index).collect();
+        Self { state, memory_size: pages.memory_size, indices, file, pages_at: 0 }
+    }
+
     /// The stored pages: (index, bytes).
     pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.indices.iter().enumerate().map(|(n, &index)| {

@@ -101,7 +101,12 @@ pub enum SnapshotError {
 impl Snapshot {
     /// Decodes and checks a snapshot's bytes.
     pub fn decode(path: &str, bytes: Vec<u8>) -> Result<Self, SnapshotError> {
-        let decoded = format::decode(bytes, MAX_MEMORY)?;
+        Self::from_decoded(path, format::decode(bytes, MAX_MEMORY)?)
+    }
+
+    /// Checks a state and memory that arrived some other way (a migration's
+    /// frames, each already checked) as a file's would be.
+    pub fn from_decoded(path: &str, decoded: format::Decoded) -> Result<Self, SnapshotError> {
         let state: SnapshotState =
             serde_json::from_str(&decoded.state).map_err(|error| SnapshotError::State(error.to_string()))?;
         Self::check(&state).map_err(SnapshotError::Unfit)?;

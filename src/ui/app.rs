@@ -308,7 +308,9 @@ impl App {
             Action::MoreShare => return self.move_share(SHARE_STEP),
             Action::LessShare => return self.move_share(-SHARE_STEP),
             Action::TogglePause => match self.vms[vm].state {
-                VmState::Running | VmState::Sleeping { .. } => return vec![Command::Pause(vm)],
+                VmState::Running | VmState::Sleeping { .. } | VmState::Throttled { .. } => {
+                    return vec![Command::Pause(vm)];
+                }
                 // Let go of a VM stopped for gdb (the core refuses while gdb is connected).
                 VmState::Paused | VmState::Gdb { .. } => return vec![Command::Resume(vm)],
                 _ => {}

@@ -127,6 +127,7 @@ fn state_color(state: &VmState) -> Color {
         VmState::Running => Color::Green,
         VmState::Paused => Color::Yellow,
         VmState::Sleeping { .. } => Color::Blue,
+        VmState::Throttled { .. } => Color::LightRed,
         VmState::Halted { .. } => Color::Gray,
         VmState::Gdb { .. } => Color::Magenta,
         VmState::Killed | VmState::Crashed { .. } => Color::Red,

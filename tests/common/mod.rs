@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod controlled;
+
 use matrix_tui::config::{Policy, RunConfig, VmConfig};
 use matrix_tui::event::{Command, Event};
 use matrix_tui::report::RunReport;

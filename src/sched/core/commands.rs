@@ -27,11 +27,9 @@ impl Core {
             }
             Command::Pause(vm) => {
                 // A sleeping VM can be held too: its ticks wait, coalesced, until it resumes.
-                if self
-                    .slots
-                    .get(vm)
-                    .is_some_and(|slot| matches!(slot.state, VmState::Running | VmState::Sleeping { .. }))
-                {
+                if self.slots.get(vm).is_some_and(|slot| {
+                    matches!(slot.state, VmState::Running | VmState::Sleeping { .. } | VmState::Throttled { .. })
+                }) {
                     self.set_state(vm, VmState::Paused);
                 }
             }
@@ -213,7 +211,8 @@ impl Core {
         if state.is_finished() {
             self.queue_console(vm);
         }
-        let sleeps = |state: &VmState| matches!(state, VmState::Sleeping { .. });
+        // Sleeping and throttled VMs both wait for a time: the core wakes them.
+        let sleeps = |state: &VmState| matches!(state, VmState::Sleeping { .. } | VmState::Throttled { .. });
         if sleeps(&self.slots[vm].state) != sleeps(&state) {
             if sleeps(&state) { self.sleeping += 1 } else { self.sleeping -= 1 }
         }

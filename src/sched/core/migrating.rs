@@ -337,25 +337,37 @@ impl Core {
             outgoing.throttle_pct
         );
         let fits = expected_ns <= limit_ns;
-        let throttle = settings.auto_converge && !fits && !capped && dirty_rate > bandwidth;
+        // QEMU's trigger: the guest dirtied more than half of what the round sent.
+        let not_converging = dirty.len() as u64 * 2 > outgoing.round_pages;
+        let throttle = settings.auto_converge && !fits && !capped && not_converging;
         if throttle {
             outgoing.throttle_pct = next_throttle(outgoing.throttle_pct);
-            slot.config.weight = (outgoing.weight * f64::from(100 - outgoing.throttle_pct) / 100.0).max(1.0);
         }
         outgoing.round += 1;
         outgoing.round_pages = 0;
         outgoing.round_started_ns = now_ns;
         outgoing.pending = dirty;
         self.note(vm, format_args!("{line}"));
-        if throttle {
-            self.planner.set_candidate(vm, self.slots[vm].candidate());
-            self.outbox.push_back(Event::Settings(self.settings()));
-        }
         if fits || capped {
             let why = if fits { "the rest fits the downtime limit" } else { "the round or byte cap is reached" };
             self.note(vm, format_args!("migration: pausing the VM for the last round ({why})"));
             self.start_last_round(vm);
         }
+    }
+
+    /// Auto-converge: a throttled VM that ran `ran_ns` is held off the CPU
+    /// for `ran_ns * pct / (100 - pct)`, so it runs at most `100 - pct` % of
+    /// the time, whoever else runs (its weight alone would not slow a VM
+    /// that runs alone).
+    pub(super) fn throttle_after_slice(&mut self, vm: VmId, ran_ns: u64, now_ns: u64) {
+        let Some(outgoing) = &self.slots[vm].outgoing else { return };
+        if outgoing.throttle_pct == 0 || outgoing.phase != Phase::Rounds {
+            return;
+        }
+        let pct = u64::from(outgoing.throttle_pct);
+        let rest_ns = ran_ns * pct / (100 - pct);
+        let until_ns = (now_ns + rest_ns).saturating_sub(self.epoch_ns);
+        self.set_state(vm, VmState::Throttled { until_ns });
     }
 
     /// Pauses the VM and queues every page dirtied since the last round.
@@ -365,6 +377,8 @@ impl Core {
         // Its exit in progress is completed now, so memory and registers agree.
         slot.runtime.machine.vcpu.complete_pending_exit();
         let last_slice_ns = slot.last_slice_ns;
+        // A throttled VM goes back to running if the move fails.
+        let before = if matches!(before, VmState::Throttled { .. }) { VmState::Running } else { before };
         if matches!(before, VmState::Running | VmState::Sleeping { .. }) {
             self.set_state(vm, VmState::Paused);
         }

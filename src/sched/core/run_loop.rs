@@ -86,7 +86,13 @@ impl Core {
                     || self.migrating > 0
                     || !self.step_requests.is_empty()
                     || self.slots.iter().any(|slot| {
-                        matches!(slot.state, VmState::Paused | VmState::Gdb { .. } | VmState::Sleeping { .. })
+                        matches!(
+                            slot.state,
+                            VmState::Paused
+                                | VmState::Gdb { .. }
+                                | VmState::Sleeping { .. }
+                                | VmState::Throttled { .. }
+                        )
                     }) =>
                 {
                     deadlines.disarm();
@@ -230,6 +236,9 @@ impl Core {
             slot.stolen_ns += share.stolen_ns;
             slot.stolen_unpaid_ns += share.stolen_ns;
         }
+        if !stepping && self.slots[vm].state == VmState::Running {
+            self.throttle_after_slice(vm, wall_end - wall_start, wall_end);
+        }
         let slot = &mut self.slots[vm];
         slot.last_slice_ns = wall_end;
         let repaid = slot.stolen_unpaid_ns.min(in_guest);
@@ -336,7 +345,9 @@ impl Core {
     fn wake_sleepers(&mut self, now_ns: u64) {
         let since_epoch = now_ns.saturating_sub(self.epoch_ns);
         for vm in 0..self.slots.len() {
-            if matches!(self.slots[vm].state, VmState::Sleeping { until_ns } if until_ns <= since_epoch) {
+            if matches!(self.slots[vm].state,
+                VmState::Sleeping { until_ns } | VmState::Throttled { until_ns } if until_ns <= since_epoch)
+            {
                 self.set_state(vm, VmState::Running);
             }
         }
@@ -348,7 +359,7 @@ impl Core {
             return None;
         }
         let wakes = self.slots.iter().filter_map(|slot| match slot.state {
-            VmState::Sleeping { until_ns } => Some(self.epoch_ns + until_ns),
+            VmState::Sleeping { until_ns } | VmState::Throttled { until_ns } => Some(self.epoch_ns + until_ns),
             _ => None,
         });
         wakes.min()

@@ -1,0 +1,181 @@
+//! Live migration between two real processes: a receiver run with
+//! `--incoming` and a sender told `migrate NAME ADDR` under --control.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::controlled::Controlled;
+
+/// A receiver listening on a Unix socket in `dir`, with a ticker of its own.
+fn receiver(dir: &Path) -> (Controlled, String) {
+    let socket = dir.join("in.sock").display().to_string();
+    let mut run = Controlled::start(&["--incoming", &socket, "--vm", "own=ticker", "--duration", "60s"]);
+    run.until("own| ");
+    (run, socket)
+}
+
+fn count(line: &str, name: &str) -> Option<u64> {
+    line.strip_prefix(&format!("{name}| "))?.parse().ok()
+}
+
+#[test]
+fn a_ticker_moves_with_no_gap_and_no_repeat_and_both_sides_run_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let mut from = Controlled::start(&["--vm", "t=ticker", "--vm", "stay=ticker", "--duration", "60s"]);
+    from.until("t| ");
+    from.send(&format!("migrate t {socket}"));
+    let moved = from.until("t| [matrix] migrated to");
+    assert!(moved.contains("2 rounds") || moved.contains("rounds,"), "{moved}");
+    let last_here = from.seen.iter().filter_map(|line| count(line, "t")).next_back().unwrap();
+    // The sender's neighbour runs on.
+    let stay_before = from.seen.iter().filter(|line| line.starts_with("stay| ")).count();
+    for _ in 0..3 {
+        from.until("stay| ");
+    }
+    assert!(from.seen.iter().filter(|line| line.starts_with("stay| ")).count() > stay_before);
+
+    to.until("t| [matrix] running here:");
+    let mut counts = Vec::new();
+    while counts.len() < 20 {
+        let line = to.next();
+        if let Some(value) = count(&line, "t") {
+            counts.push(value);
+        }
+    }
+    let expected: Vec<u64> = (last_here + 1..=last_here + 20).collect();
+    assert_eq!(counts, expected, "the receiver's counts go on from the sender's last");
+    assert!(to.seen.iter().any(|line| line.contains("t| [matrix] came in by migration")));
+    to.until("own| ");
+    let (status, stderr) = from.quit();
+    assert_eq!(status, 0, "a VM that moved is no failure: {stderr}");
+    assert_eq!(to.quit().0, 0);
+}
+
+#[test]
+fn a_dirtier_that_cannot_converge_stops_at_the_round_cap_or_is_throttled_as_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    for (extra, says) in [(None, "the round or byte cap is reached"), (Some("--auto-converge"), "throttle 20 %")] {
+        let mut args = vec!["--vm", "d=dirtier", "--args", "d=8,200", "--migrate-bandwidth", "2M", "--max-rounds", "4"];
+        args.extend(extra);
+        args.extend(["--duration", "60s"]);
+        let mut from = Controlled::start(&args);
+        from.until("d| ");
+        from.send(&format!("migrate d {socket}"));
+        from.until("d| [matrix] migrated to");
+        let rounds: Vec<&String> = from.seen.iter().filter(|line| line.contains("migration round")).collect();
+        assert!(rounds.len() >= 3, "{rounds:?}");
+        assert!(from.seen.iter().any(|line| line.contains(says)), "{:#?}", from.seen);
+        if extra.is_some() {
+            assert!(from.seen.iter().any(|line| line.contains("throttle 30 %")), "{:#?}", from.seen);
+        }
+        assert_eq!(from.quit().0, 0);
+        // The receiver runs it (and then has a VM of that name: quit and start afresh).
+        to.until("d| [matrix] running here:");
+        to.until("d| ");
+        to.quit();
+        let (fresh, _) = receiver(dir.path());
+        to = fresh;
+    }
+    to.quit();
+}
+
+#[test]
+fn a_receiver_killed_mid_move_leaves_the_vm_running_on_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    // 10 KB/s: round 0 alone takes many seconds.
+    let mut from = Controlled::start(&[
+        "--vm",
+        "d=dirtier",
+        "--args",
+        "d=1,64,20",
+        "--migrate-bandwidth",
+        "10K",
+        "--duration",
+        "60s",
+    ]);
+    from.until("d| ");
+    from.send(&format!("migrate d {socket}"));
+    to.until("");
+    std::thread::sleep(Duration::from_millis(500));
+    to.child.kill().unwrap();
+    let _ = to.child.wait();
+    let line = from.until("d| [matrix] migration to");
+    assert!(line.contains("abandoned") && line.contains("runs on here"), "{line}");
+    // It still runs here.
+    for _ in 0..3 {
+        from.until("d| ");
+    }
+    assert_eq!(from.quit().0, 0);
+}
+
+#[test]
+fn a_sender_killed_mid_move_leaves_the_receiver_running_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let mut from = Controlled::start(&[
+        "--vm",
+        "d=dirtier",
+        "--args",
+        "d=1,64,20",
+        "--migrate-bandwidth",
+        "10K",
+        "--duration",
+        "60s",
+    ]);
+    from.until("d| ");
+    from.send(&format!("migrate d {socket}"));
+    std::thread::sleep(Duration::from_millis(500));
+    from.child.kill().unwrap();
+    let _ = from.child.wait();
+    let notice = to.until("[matrix] incoming migration from");
+    assert!(notice.contains("ended"), "{notice}");
+    for _ in 0..3 {
+        to.until("own| ");
+    }
+    assert!(!to.seen.iter().any(|line| line.starts_with("d| ")), "no half VM came in");
+    assert_eq!(to.quit().0, 0);
+}
+
+#[test]
+fn strangers_other_versions_and_clashing_names_are_refused_and_the_receiver_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    // Not this protocol at all.
+    let mut stranger = UnixStream::connect(&socket).unwrap();
+    stranger.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let notice = to.until("[matrix] incoming migration from");
+    assert!(notice.contains("ended"), "{notice}");
+    drop(stranger);
+    // Another version: a Hello of version 2.
+    let mut other = UnixStream::connect(&socket).unwrap();
+    let mut hello = vec![1u8];
+    let mut payload = b"MTXMIGR\0".to_vec();
+    payload.extend_from_slice(&2u32.to_le_bytes());
+    payload.extend_from_slice(&(2u64 << 20).to_le_bytes());
+    payload.extend_from_slice(b"x");
+    hello.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    hello.extend_from_slice(&payload);
+    other.write_all(&hello).unwrap();
+    let mut answer = Vec::new();
+    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = other.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("the sender speaks migration protocol version 2, this receiver version 1"), "{text}");
+    // A VM of a name the receiver has.
+    let mut from = Controlled::start(&["--vm", "own=ticker", "--duration", "60s"]);
+    from.until("own| ");
+    from.send(&format!("migrate own {socket}"));
+    let line = from.until("own| [matrix] migration to");
+    assert!(line.contains("a VM is already called 'own' here") && line.contains("runs on here"), "{line}");
+    from.until("own| ");
+    assert_eq!(from.quit().0, 0);
+    to.until("own| ");
+    assert_eq!(to.quit().0, 0);
+}
