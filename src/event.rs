@@ -126,6 +126,8 @@ pub enum Command {
         rounds: u32,
         /// Pages received.
         pages: u64,
+        /// Where it came from.
+        from: String,
     },
     /// The sender gave up an incoming VM: run it, and report its downtime.
     StartIncoming {

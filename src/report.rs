@@ -129,6 +129,53 @@ pub struct VmReport {
     pub console: String,
     /// Console bytes the front end never received (it fell behind).
     pub console_dropped: u64,
+    /// Its live migration, if it moved out or came in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationReport>,
+}
+
+/// A VM's live migration, as the side that reports it saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MigrationReport {
+    /// `out` (the sender's) or `in` (the receiver's).
+    pub direction: &'static str,
+    /// Where it went (the receiver's address) or where it came from.
+    pub peer: String,
+    /// Each pre-copy round (the sender's).
+    pub rounds: Vec<RoundReport>,
+    /// Rounds in all (the last, paused one included).
+    pub round_count: u32,
+    /// Pages sent (or received) in all rounds.
+    pub pages: u64,
+    /// Pages of its memory.
+    pub memory_pages: u64,
+    /// From `migrate` to the switch of owner (the sender's).
+    pub total_ms: Option<f64>,
+    /// From its last slice on the sender to its first on the receiver:
+    /// both on one host's monotonic clock (see docs/snapshots.md for
+    /// other hosts).
+    pub downtime_ms: Option<f64>,
+    /// Why it was abandoned, if it was.
+    pub abandoned: Option<String>,
+}
+
+/// One pre-copy round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RoundReport {
+    /// Its number (0 sends every page).
+    pub round: u32,
+    /// Pages it sent.
+    pub pages_sent: u64,
+    /// Pages dirtied while it went.
+    pub pages_dirtied: u64,
+    /// How long it took.
+    pub ms: f64,
+    /// Bytes a second acknowledged since the first page.
+    pub bandwidth_bytes_s: f64,
+    /// The dirtied pages over that bandwidth: the pause if it ended here.
+    pub expected_downtime_ms: f64,
+    /// The auto-converge throttle during it.
+    pub throttle_pct: u32,
 }
 
 /// Exit counts with their total.

@@ -11,6 +11,7 @@
 //! {"type":"exit","t_ns":..,"vm":"part1","n":1,"kind":"io_out","port":233,"size":1,"value":72,
 //!  "hypercall":"HC_print8bit","text":"H","rip":..,"handling_ns":..,"decoded":"io_out 0xe9 HC_print8bit('H')"}
 //! {"type":"slice","vm":"part1","start_ns":..,"end_ns":..,"charged_ns":..,"end":"halt","exits":29}
+//! {"type":"round","vm":"t","t_ns":..,"round":0,"pages_sent":7,"pages_dirtied":1,"ms":1.9,...}
 //! {"type":"end","records":31,"dropped":0}
 //! ```
 
@@ -36,12 +37,21 @@ const BATCH: usize = 2048;
 const BATCHES_IN_FLIGHT: usize = 64;
 
 /// One record of the trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TraceRecord {
     /// A guest exit.
     Exit(ExitRecord),
     /// A slice.
     Slice(SliceRecord),
+    /// A pre-copy round of a VM moving out ended.
+    Round {
+        /// The VM.
+        vm: usize,
+        /// When (ns since the run started).
+        t_ns: u64,
+        /// The round.
+        round: crate::report::RoundReport,
+    },
 }
 
 enum Message {
@@ -236,6 +246,10 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
             )
             .map_err(std::io::Error::from)
         }
+        TraceRecord::Round { vm, t_ns, round } => {
+            serde_json::to_writer(&mut *out, &RoundLine { kind: "round", vm: name(*vm), t_ns: *t_ns, round: *round })
+                .map_err(std::io::Error::from)
+        }
         TraceRecord::Slice(slice) => serde_json::to_writer(
             &mut *out,
             &SliceLine {
@@ -297,6 +311,16 @@ struct ExitLine<'a> {
     rip: u64,
     handling_ns: u32,
     decoded: String,
+}
+
+#[derive(Serialize)]
+struct RoundLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vm: &'a str,
+    t_ns: u64,
+    #[serde(flatten)]
+    round: crate::report::RoundReport,
 }
 
 #[derive(Serialize)]

@@ -179,3 +179,36 @@ fn strangers_other_versions_and_clashing_names_are_refused_and_the_receiver_runs
     to.until("own| ");
     assert_eq!(to.quit().0, 0);
 }
+
+#[test]
+fn the_report_and_the_trace_carry_the_rounds_and_the_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let trace = dir.path().join("trace.jsonl");
+    let mut from = std::process::Command::new(env!("CARGO_BIN_EXE_matrix-tui"))
+        .args(["run", "--control", "--json", "--vm", "t=ticker", "--duration", "60s", "--trace"])
+        .arg(&trace)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = from.stdin.take().unwrap();
+    writeln!(stdin, "migrate t {socket}").unwrap();
+    // Its only VM gone, the sender's run ends by itself.
+    let output = from.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let vm = &report["vms"][0];
+    assert_eq!(vm["state"], "moved");
+    let migration = &vm["migration"];
+    assert_eq!(migration["direction"], "out");
+    assert!(migration["rounds"].as_array().is_some_and(|rounds| !rounds.is_empty()), "{migration}");
+    assert!(migration["downtime_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{migration}");
+    assert_eq!(migration["memory_pages"], 512);
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    assert!(lines.lines().any(|line| line.contains(r#""type":"round""#) && line.contains(r#""vm":"t""#)), "{lines}");
+    to.until("t| [matrix] running here:");
+    assert_eq!(to.quit().0, 0);
+}

@@ -160,6 +160,7 @@ pub fn start_incoming(
                 core: core.clone(),
                 names: Arc::clone(&names),
                 max_memory,
+                peer: peer.clone(),
             };
             if let Err(why) = session.serve() {
                 core.send(Command::Notice(format!("incoming migration from {peer} ended: {why}")));
@@ -176,6 +177,7 @@ struct Incoming {
     core: Commander,
     names: Arc<Mutex<Vec<String>>>,
     max_memory: u64,
+    peer: String,
 }
 
 impl Incoming {
@@ -272,6 +274,7 @@ impl Incoming {
             reply: Reply(reply),
             rounds,
             pages: received,
+            from: self.peer.clone(),
         });
         let vm = match made.recv_timeout(PEER_TIMEOUT) {
             Ok(Ok(vm)) => vm,

@@ -69,7 +69,9 @@ impl Core {
             Command::Migrate { .. } | Command::MigrateTo { .. } => {}
             Command::Migration { vm, frame } => self.migration_frame(vm, frame),
             Command::MigrationGoSent { vm } => self.migration_go_sent(vm),
-            Command::AddVm { vm, reply, rounds, pages } => reply.send(self.add_vm(*vm.0, rounds, pages)),
+            Command::AddVm { vm, reply, rounds, pages, from } => {
+                reply.send(self.add_vm(*vm.0, rounds, pages, from));
+            }
             Command::StartIncoming { vm, last_slice_ns, report } => self.start_incoming(vm, last_slice_ns, report),
             Command::IncomingOrphaned { vm, why } if vm < self.slots.len() => {
                 let why = crate::console::escape_input(&why);

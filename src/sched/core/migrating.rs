@@ -8,6 +8,7 @@
 use super::*;
 use crate::migration::MigrationSettings;
 use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
+use crate::report::{MigrationReport, RoundReport};
 use crate::snapshot::format::PAGE_SIZE;
 use crate::vm::layout::Structure;
 
@@ -102,6 +103,12 @@ impl Core {
             return;
         }
         slot.runtime.console.note(format_args!("migrating to {to}: connecting"));
+        slot.migration_report = Some(MigrationReport {
+            direction: "out",
+            peer: to.clone(),
+            memory_pages: slot.runtime.machine.memory_size() / PAGE_SIZE as u64,
+            ..Default::default()
+        });
         slot.outgoing = Some(Box::new(Outgoing {
             to,
             link,
@@ -130,6 +137,9 @@ impl Core {
         let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
         match (outgoing.phase, frame) {
             (Phase::Moved, Frame::Started { downtime_ns }) => {
+                if let Some(report) = &mut self.slots[vm].migration_report {
+                    report.downtime_ms = Some(downtime_ns as f64 / 1e6);
+                }
                 self.note(
                     vm,
                     format_args!(
@@ -188,6 +198,10 @@ impl Core {
         let _ = slot.runtime.machine.log_dirty_pages(false);
         let memory_pages = slot.runtime.machine.memory_size() / PAGE_SIZE as u64;
         let now_ns = monotonic_ns();
+        if let Some(report) = &mut self.slots[vm].migration_report {
+            (report.round_count, report.pages) = (rounds, pages);
+            report.total_ms = Some(now_ns.saturating_sub(started_ns) as f64 / 1e6);
+        }
         self.note(
             vm,
             format_args!(
@@ -210,6 +224,10 @@ impl Core {
         let _ = slot.runtime.machine.log_dirty_pages(false);
         slot.config.weight = outgoing.weight;
         let why = crate::console::escape_input(why);
+        if let Some(report) = &mut self.slots[vm].migration_report {
+            (report.round_count, report.pages) = (outgoing.round + 1, outgoing.total_pages);
+            report.abandoned = Some(why.clone());
+        }
         self.note(vm, format_args!("migration to {} abandoned: {why}; the VM runs on here", outgoing.to));
         if let Some(state) = outgoing.before_pause {
             self.set_state(vm, state);
@@ -336,6 +354,15 @@ impl Core {
             limit_ns as f64 / 1e6,
             outgoing.throttle_pct
         );
+        let record = RoundReport {
+            round: outgoing.round,
+            pages_sent: outgoing.round_pages,
+            pages_dirtied: dirty.len() as u64,
+            ms: round_s * 1e3,
+            bandwidth_bytes_s: bandwidth,
+            expected_downtime_ms: expected_ns as f64 / 1e6,
+            throttle_pct: outgoing.throttle_pct,
+        };
         let fits = expected_ns <= limit_ns;
         // QEMU's trigger: the guest dirtied more than half of what the round sent.
         let not_converging = dirty.len() as u64 * 2 > outgoing.round_pages;
@@ -348,6 +375,12 @@ impl Core {
         outgoing.round_started_ns = now_ns;
         outgoing.pending = dirty;
         self.note(vm, format_args!("{line}"));
+        if let Some(report) = &mut self.slots[vm].migration_report {
+            report.rounds.push(record);
+        }
+        if let Some((trace, _)) = &mut self.trace {
+            trace.push(TraceRecord::Round { vm, t_ns: now_ns.saturating_sub(self.epoch_ns), round: record });
+        }
         if fits || capped {
             let why = if fits { "the rest fits the downtime limit" } else { "the round or byte cap is reached" };
             self.note(vm, format_args!("migration: pausing the VM for the last round ({why})"));
@@ -424,7 +457,7 @@ impl Core {
     }
 
     /// A VM came in: made paused, shown to the front ends, run on its Go.
-    pub(super) fn add_vm(&mut self, config: VmConfig, rounds: u32, pages: u64) -> Result<VmId, String> {
+    pub(super) fn add_vm(&mut self, config: VmConfig, rounds: u32, pages: u64, from: String) -> Result<VmId, String> {
         let name = config.name.clone();
         if self.slots.iter().any(|slot| slot.config.name == name) {
             return Err(format!("a VM is already called '{name}' here"));
@@ -435,6 +468,14 @@ impl Core {
         self.slots.push(slot);
         self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
         self.outbox.push_back(Event::Added { vm, name });
+        self.slots[vm].migration_report = Some(MigrationReport {
+            direction: "in",
+            peer: from,
+            round_count: rounds,
+            pages,
+            memory_pages,
+            ..Default::default()
+        });
         self.note(
             vm,
             format_args!(
@@ -461,6 +502,9 @@ impl Core {
         let Some((last_slice_ns, report)) = self.slots[vm].incoming.take() else { return };
         let downtime_ns = started_ns.saturating_sub(last_slice_ns);
         report.send(downtime_ns);
+        if let Some(report) = &mut self.slots[vm].migration_report {
+            report.downtime_ms = Some(downtime_ns as f64 / 1e6);
+        }
         self.note(
             vm,
             format_args!(

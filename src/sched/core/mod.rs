@@ -116,6 +116,8 @@ struct Slot {
     incoming: Option<(u64, crate::event::Reply<u64>)>,
     /// When its last slice ended (monotonic ns).
     last_slice_ns: u64,
+    /// Its live migration, for the report.
+    migration_report: Option<crate::report::MigrationReport>,
 }
 
 impl Slot {
@@ -158,6 +160,7 @@ impl Slot {
             outgoing: None,
             incoming: None,
             last_slice_ns: 0,
+            migration_report: None,
         })
     }
 

@@ -88,6 +88,7 @@ impl Core {
                     coalesced: counters.coalesced,
                     console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
                     console_dropped: slot.console_dropped,
+                    migration: slot.migration_report.clone(),
                 }
             })
             .collect();
