@@ -9,6 +9,7 @@
 //! step NAME              run it to its next exit and pause it there
 //! snapshot NAME FILE     save it to FILE (restore: run --vm NAME=snapshot:FILE)
 //! migrate NAME ADDR      move it to the matrix-tui run with --incoming ADDR
+//! auto-converge on|off   throttle migrating VMs that dirty faster than they are sent
 //! policy io|rr|fair      change the policy
 //! quantum DURATION       change the quantum (100us..1s)
 //! quit                   end the run
@@ -25,7 +26,7 @@ use crate::units::parse_duration;
 
 /// The commands, for error messages.
 pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | snapshot NAME FILE \
-                         | migrate NAME ADDR \
+                         | migrate NAME ADDR | auto-converge on|off \
                          | policy io|rr|fair \
                          | quantum DURATION | quit";
 
@@ -50,6 +51,8 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
         ["step", name] => Command::Step(vm(name)?),
+        ["auto-converge", "on"] => Command::SetAutoConverge(true),
+        ["auto-converge", "off"] => Command::SetAutoConverge(false),
         ["migrate", name, address] => Command::MigrateTo {
             vm: vm(name)?,
             address: crate::debug::ListenAddress::parse(address).map_err(|message| escape_input(&message))?,

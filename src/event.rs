@@ -147,6 +147,9 @@ pub enum Command {
     },
     /// A line for the run's output that belongs to no VM.
     Notice(String),
+    /// Throttle VMs that dirty faster than their migration sends, or not
+    /// (for the migrations that start from now, and those under way).
+    SetAutoConverge(bool),
     /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
     /// to the server on the VM's own reply channel.
     Debug {

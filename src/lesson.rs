@@ -24,13 +24,14 @@
 //! | `{ vm = "neo", preempted = 100 }` | the VM was preempted at least that many times |
 //! | `{ vm = "neo", share_within = 2 }` | its share is within that many points of its target |
 //! | `{ vm = "neo", target_at_least = 75 }` | its target is at least that many percent |
-//! | `{ vm = "crash", state = "crashed" }` | it is `running`, `paused`, `sleeping`, `halted`, `crashed` or `ended` (halted or crashed) |
+//! | `{ vm = "crash", state = "crashed" }` | it is `running`, `paused`, `sleeping`, `halted`, `crashed`, `moved` or `ended` (halted, crashed, killed or moved) |
 //! | `{ exit = "hlt" }` (`vm` optional) | an exit of that kind was seen |
 //! | `{ hypercall = "HC_printStr" }` (`vm` optional) | that hypercall was seen |
 //! | `{ vm = "part1", steps = 3 }` | the VM was stepped at least that many times |
 //! | `{ vm = "neo", lines = 5 }` | it printed at least that many lines |
 //! | `{ vm = "sleeper", injected = 5 }` | at least that many timer ticks were injected into it |
 //! | `{ file_guest_lines = 1 }` | a VM whose guest is loaded from a file printed that many lines |
+//! | `{ vm = "neo", says = "snapshot" }` | a line of its pane (a `[matrix]` line too) has that text |
 //! | `{ view = "timeline" }` | the `inspector` or `timeline` is open |
 //!
 //! Mistakes are reported as `file:line: key: what is wrong`, like scenarios.
@@ -57,6 +58,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("your-guest", include_str!("../assets/lessons/your-guest.toml")),
     ("modes", include_str!("../assets/lessons/modes.toml")),
     ("interrupts", include_str!("../assets/lessons/interrupts.toml")),
+    ("migration", include_str!("../assets/lessons/migration.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -74,8 +76,10 @@ pub enum StateCheck {
     Crashed,
     /// Stopped for gdb (`--gdb`, or `gdb = ...` in the scenario).
     Gdb,
-    /// Ended: halted, crashed or killed from gdb.
+    /// Ended: halted, crashed or killed from gdb (or moved away).
     Ended,
+    /// Moved to another matrix-tui.
+    Moved,
 }
 
 /// A view a check can ask to be open.
@@ -88,7 +92,7 @@ pub enum View {
 }
 
 /// What must hold for a step to tick. VMs are indices into the scenario's VMs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Check {
     /// The policy is this one.
     Policy(Policy),
@@ -160,6 +164,13 @@ pub enum Check {
         /// How many.
         at_least: u64,
     },
+    /// The VM's pane has a line with this text (a `[matrix]` line too).
+    Says {
+        /// The VM.
+        vm: usize,
+        /// The text.
+        text: String,
+    },
     /// The view is open.
     ViewOpen(View),
 }
@@ -184,6 +195,27 @@ pub struct Lesson {
     pub scenario: Scenario,
     /// Its steps, in order.
     pub steps: Vec<LessonStep>,
+    /// Where and how it migrates VMs (`[migration]`), if it does.
+    pub migration: Option<LessonMigration>,
+}
+
+/// A lesson's migration settings: `[migration] to = "ADDR"`, `bandwidth = "2M"`, `max_rounds = 6`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LessonMigration {
+    /// Where `M` moves a VM.
+    pub to: crate::debug::ListenAddress,
+    /// The rate cap (bytes a second).
+    pub bandwidth: Option<u64>,
+    /// The round cap.
+    pub max_rounds: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationSpec {
+    to: Spanned<String>,
+    bandwidth: Option<Spanned<String>>,
+    max_rounds: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +226,7 @@ struct LessonSpec {
     scenario: FileSpec,
     #[serde(default)]
     step: Vec<StepSpec>,
+    migration: Option<MigrationSpec>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +252,7 @@ struct CheckSpec {
     lines: Option<u64>,
     injected: Option<u64>,
     file_guest_lines: Option<u64>,
+    says: Option<String>,
     view: Option<String>,
 }
 
@@ -277,11 +311,27 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Lesson, ScenarioErro
     if steps.is_empty() {
         return Err(at(spec.title.span(), "step", "a lesson needs at least one [[step]]".into()));
     }
+    let migration = match &spec.migration {
+        Some(migration) => Some(LessonMigration {
+            to: crate::debug::ListenAddress::parse(migration.to.get_ref())
+                .map_err(|message| at(migration.to.span(), "to", message))?,
+            bandwidth: match &migration.bandwidth {
+                Some(text) => Some(
+                    crate::units::parse_size(text.get_ref())
+                        .map_err(|message| at(text.span(), "bandwidth", message))?,
+                ),
+                None => None,
+            },
+            max_rounds: migration.max_rounds,
+        }),
+        None => None,
+    };
     Ok(Lesson {
         title: spec.title.get_ref().trim().to_string(),
         text: spec.text.get_ref().trim().to_string(),
         scenario,
         steps,
+        migration,
     })
 }
 
@@ -302,10 +352,11 @@ fn check_of(
         spec.lines.is_some(),
         spec.injected.is_some(),
         spec.file_guest_lines.is_some(),
+        spec.says.is_some(),
         spec.view.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines or view";
+                      injected, file_guest_lines, says or view";
     match kinds.iter().filter(|&&set| set).count() {
         1 => {}
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
@@ -342,10 +393,13 @@ fn check_of(
             "crashed" => StateCheck::Crashed,
             "gdb" => StateCheck::Gdb,
             "ended" => StateCheck::Ended,
+            "moved" => StateCheck::Moved,
             other => {
                 return Err(error(
                     "state",
-                    format!("'{other}' is not a state; use running, paused, sleeping, halted, crashed, gdb or ended"),
+                    format!(
+                        "'{other}' is not a state; use running, paused, sleeping, halted, crashed, gdb, ended or moved"
+                    ),
                 ));
             }
         };
@@ -371,6 +425,8 @@ fn check_of(
         Check::Injected { vm: needs_vm("injected")?, at_least }
     } else if let Some(at_least) = spec.file_guest_lines {
         Check::FileGuestLines { at_least }
+    } else if let Some(text) = &spec.says {
+        Check::Says { vm: needs_vm("says")?, text: text.clone() }
     } else {
         match spec.view.as_deref() {
             Some("inspector") => Check::ViewOpen(View::Inspector),
@@ -411,7 +467,8 @@ mod tests {
                 "hostile",
                 "your-guest",
                 "modes",
-                "interrupts"
+                "interrupts",
+                "migration"
             ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));
@@ -430,7 +487,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(lesson.title, "T");
-        let checks: Vec<Check> = lesson.steps.iter().map(|step| step.check).collect();
+        let checks: Vec<Check> = lesson.steps.iter().map(|step| step.check.clone()).collect();
         assert_eq!(
             checks,
             [

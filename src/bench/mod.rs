@@ -3,6 +3,7 @@
 //! parameters of each figure, and checks them against the targets.
 
 pub mod measure;
+pub mod migration;
 pub mod snapshots;
 pub mod windows;
 
@@ -20,6 +21,7 @@ pub const MEASUREMENTS: &[&str] = &[
     "modes",
     "interrupts",
     "snapshots",
+    "migration",
     "preempt",
     "baseline",
     "share",
@@ -111,6 +113,21 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
             json!({ "guest": "ticker (unit 50 iterations) after 200 exits", "rounds": rounds,
                     "restore": "Machine::new from the decoded file: mmap, stored pages copied, VM, vCPU, state set",
                     "goals_us": { "restore_2_mib": 1000, "restore_64_mib": 10000 } }),
+        );
+    }
+    if options.wants("migration") {
+        progress("live migration over loopback: an idle guest, a ticker, a dirtier");
+        let runs = options.pick(3, 10);
+        let warm = Duration::from_millis(300);
+        let idle = migration::migration_costs("sleeper", &[], 2 << 20, runs, warm)?;
+        let ticker = migration::migration_costs("ticker", &[], 2 << 20, runs, warm)?;
+        let neo = migration::migration_costs("neo", &[], 2 << 20, runs, warm)?;
+        let dirtier = migration::migration_costs("dirtier", &[8, 64], 2 << 20, runs, warm)?;
+        report["migration"] = with_params(
+            json!({ "idle": idle, "ticker": ticker, "neo": neo, "dirtier": dirtier }),
+            json!({ "link": "a Unix socket, no bandwidth cap", "downtime_limit_ms": 5, "warm_ms": 300, "runs": runs,
+                    "downtime": "the receiver's first slice minus the sender's last, one monotonic clock",
+                    "goal_downtime_us": { "neo": 1000 } }),
         );
     }
     if options.wants("hypercalls") {
@@ -378,6 +395,23 @@ pub fn table(report: &Value) -> String {
             row(&mut out, "  encode and write", p(&figure["write_us"], "us"));
             row(&mut out, "  read and check", p(&figure["read_us"], "us"));
             row(&mut out, "  restore", p(&figure["restore_us"], "us"));
+        }
+    }
+    if report["migration"].is_object() {
+        for name in ["idle", "ticker", "neo", "dirtier"] {
+            let figure = &report["migration"][name];
+            row(
+                &mut out,
+                &format!("migration, {name}"),
+                format!(
+                    "downtime p50 {:.0} us, p99 {:.0} us; total p50 {:.1} ms; {} rounds; sent {:.2}x memory",
+                    num(&figure["downtime_us"]["p50"]),
+                    num(&figure["downtime_us"]["p99"]),
+                    num(&figure["total_ms"]["p50"]),
+                    num(&figure["rounds_p50"]),
+                    num(&figure["sent_over_memory_p50"])
+                ),
+            );
         }
     }
     if report["interrupts"].is_object() {

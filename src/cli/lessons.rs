@@ -63,7 +63,11 @@ pub(super) fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
             escape_input(&lesson.title)
         );
     }
+    let migration = lesson.migration.clone();
     run(RunArgs {
+        migrate_to: migration.as_ref().map(|migration| migration.to.clone()),
+        migrate_bandwidth: migration.as_ref().and_then(|migration| migration.bandwidth),
+        max_rounds: migration.as_ref().and_then(|migration| migration.max_rounds).unwrap_or(30),
         vms: args.vms,
         duration: args.duration,
         headless: args.headless,

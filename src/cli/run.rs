@@ -457,7 +457,13 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let mut lost_output = false;
     let report = if tui {
         let lesson = args.lesson.clone().map(|lesson| ui::lesson_panel::LessonProgress::new(lesson, file_vms));
-        let options = ui::UiOptions { cast, duration, lesson, migrate_to: args.migrate_to.clone() };
+        let options = ui::UiOptions {
+            cast,
+            duration,
+            lesson,
+            migrate_to: args.migrate_to.clone(),
+            auto_converge: args.auto_converge,
+        };
         let thread = std::thread::Builder::new()
             .name("matrix-ui".into())
             .spawn(move || ui::run(core, names, settings, options, &stop))

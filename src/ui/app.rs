@@ -63,6 +63,8 @@ pub enum Action {
     Snapshot,
     /// Move the selected VM to the `--migrate-to` address.
     Migrate,
+    /// Turn auto-converge on or off.
+    ToggleAutoConverge,
     /// Show or hide the schedule timeline.
     ToggleTimeline,
     /// A shorter timeline window.
@@ -102,6 +104,8 @@ pub struct App {
     pub lesson: Option<LessonProgress>,
     /// Where `M` moves the selected VM (`--migrate-to`).
     pub migrate_to: Option<crate::debug::ListenAddress>,
+    /// Migrations throttle VMs that dirty faster than they are sent (`A`).
+    pub auto_converge: bool,
     window: RateWindow,
 }
 
@@ -121,6 +125,7 @@ impl App {
             timeline: Timeline::default(),
             lesson: None,
             migrate_to: None,
+            auto_converge: false,
             window: RateWindow::default(),
         }
     }
@@ -316,6 +321,10 @@ impl App {
                 _ => {}
             },
             Action::Restart => return vec![Command::Restart(vm)],
+            Action::ToggleAutoConverge => {
+                self.auto_converge = !self.auto_converge;
+                return vec![Command::SetAutoConverge(self.auto_converge)];
+            }
             Action::Migrate => match &self.migrate_to {
                 Some(address) => return vec![Command::MigrateTo { vm, address: address.clone() }],
                 None => self.vms[vm].push_line(format!(

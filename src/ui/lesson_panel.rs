@@ -91,6 +91,7 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
             StateCheck::Crashed => matches!(view.state, VmState::Crashed { .. }),
             StateCheck::Gdb => matches!(view.state, VmState::Gdb { .. }),
             StateCheck::Ended => view.state.is_finished(),
+            StateCheck::Moved => matches!(view.state, VmState::Moved { .. }),
         }),
         Check::ExitSeen { vm: index, kind } => match index {
             Some(index) => vm(index).is_some_and(|view| view.seen_kinds.contains(&kind)),
@@ -105,6 +106,9 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::Injected { vm: index, at_least } => vm(index).is_some_and(|view| view.counters.injected >= at_least),
         Check::FileGuestLines { at_least } => {
             file_vms.iter().any(|&index| vm(index).is_some_and(|view| view.lines_printed >= at_least))
+        }
+        Check::Says { vm: index, ref text } => {
+            vm(index).is_some_and(|view| view.lines.iter().any(|line| line.contains(text.as_str())))
         }
         Check::ViewOpen(View::Inspector) => app.inspector_open,
         Check::ViewOpen(View::Timeline) => app.timeline_shown,

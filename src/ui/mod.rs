@@ -50,6 +50,8 @@ pub struct UiOptions {
     pub lesson: Option<lesson_panel::LessonProgress>,
     /// Where `M` moves the selected VM.
     pub migrate_to: Option<crate::debug::ListenAddress>,
+    /// Whether auto-converge starts on.
+    pub auto_converge: bool,
 }
 
 /// What a UI run produced.
@@ -78,6 +80,7 @@ pub fn run(
     let input = spawn_input_reader();
     let mut app = App::new(names, settings);
     app.migrate_to = options.migrate_to.clone();
+    app.auto_converge = options.auto_converge;
     app.lesson = options.lesson.clone();
     let ticks = crossbeam_channel::tick(TICK);
     let deadline = options.duration.map(|duration| crossbeam_channel::at(core.started() + duration));

@@ -83,6 +83,12 @@ impl Core {
                 ));
             }
             Command::IncomingOrphaned { .. } => {}
+            Command::SetAutoConverge(on) => {
+                self.migration.auto_converge = on;
+                let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+                let text = format!("auto-converge {} for migrations", if on { "on" } else { "off" });
+                self.outbox.push_back(Event::Notice { t_ns, text });
+            }
             Command::Notice(text) => {
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });

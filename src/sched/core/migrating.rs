@@ -409,7 +409,11 @@ impl Core {
         let before = slot.state.clone();
         // Its exit in progress is completed now, so memory and registers agree.
         slot.runtime.machine.vcpu.complete_pending_exit();
-        let last_slice_ns = slot.last_slice_ns;
+        // A VM that was not running (asleep, paused) lost no time before the pause.
+        let last_slice_ns = match before {
+            VmState::Running | VmState::Throttled { .. } => slot.last_slice_ns,
+            _ => monotonic_ns(),
+        };
         // A throttled VM goes back to running if the move fails.
         let before = if matches!(before, VmState::Throttled { .. }) { VmState::Running } else { before };
         if matches!(before, VmState::Running | VmState::Sleeping { .. }) {
