@@ -37,6 +37,11 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
     frame.render_widget(header_line(app), header);
     frame.render_widget(footer_line(), footer);
+    if app.vms.is_empty() {
+        let waiting = "No VM yet: this run waits for VMs moved here (--incoming). q quits.";
+        frame.render_widget(Paragraph::new(waiting).wrap(Wrap { trim: true }), body);
+        return Vec::new();
+    }
     let body = match app.lesson.as_ref().filter(|lesson| lesson.shown) {
         Some(progress) => {
             // Beside the panes where there is room, under them where not.
@@ -147,7 +152,8 @@ fn header_line(app: &App) -> Line<'static> {
             settings.timer.name(),
             seconds / 60,
             seconds % 60,
-            app.exits_per_s,
+            // No VMs: no -0.
+            app.exits_per_s + 0.0,
         )),
     ];
     if app.frozen {
