@@ -98,7 +98,7 @@ pub struct MachineSpec {
     pub layout: GuestLayout,
     /// A saved machine to bring back instead (the image, arguments and
     /// layout are then those it was made with, already in its memory).
-    pub restore: Option<Arc<super::restore::SavedMachine>>,
+    pub restore: Option<Arc<super::saved::SavedMachine>>,
 }
 
 /// A port access width and count, as the vCPU made it.

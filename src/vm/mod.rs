@@ -26,6 +26,8 @@ pub mod memory;
 pub mod quantum_timer;
 /// Saving a machine and making it again.
 pub mod restore;
+/// A machine as saved.
+pub mod saved;
 /// The core thread's seccomp filter.
 pub mod seccomp;
 /// Flat segments and the GDT.
@@ -40,7 +42,7 @@ pub use loader::GuestLayout;
 pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
 pub use memory::GuestMemory;
 pub use quantum_timer::QuantumTimer;
-pub use restore::{MachineState, SavedMachine};
+pub use saved::{MachineState, SavedMachine};
 
 /// Opens /dev/kvm, or says why it cannot and what to do.
 pub fn open_kvm() -> Result<kvm_ioctls::Kvm, KvmUnavailable> {

@@ -1,71 +1,16 @@
 //! Saving a machine (its vCPU state and memory) and making one again from
 //! what was saved, in a fresh VM of this or another process.
 
-use std::sync::Arc;
-
 use kvm_ioctls::Kvm;
-use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-use super::cpu_mode::CpuMode;
 use super::layout::SystemArea;
-use super::loader::{ImageKind, LoadedImage};
+use super::loader::LoadedImage;
 use super::machine::{Machine, SetupError, SetupTimer, Vcpu, create_vm};
 use super::memory;
+use super::saved::{ImageState, MachineState, SavedMachine};
 use super::vcpu_state::{VcpuState, VcpuStateError, msr_indices};
-use crate::snapshot::format::{Decoded, PAGE_SIZE, Pages};
-
-/// What a machine is, apart from its memory: enough to make it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachineState {
-    /// The CPU mode it was started in (the vCPU may since have changed it).
-    pub mode: CpuMode,
-    /// Guest memory in bytes.
-    pub memory_size: u64,
-    /// How far the hypervisor's structures moved up from their ABI addresses.
-    pub structures_shift: u64,
-    /// Where its image was loaded.
-    pub image: ImageState,
-    /// The vCPU.
-    pub vcpu: VcpuState,
-}
-
-/// Where an image lies and where it was entered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageState {
-    /// "elf" or "flat".
-    pub kind: ImageKind,
-    /// Its lowest guest address.
-    pub start: u64,
-    /// One past its highest.
-    pub end: u64,
-    /// Where it was entered.
-    pub entry: u64,
-}
-
-/// A saved machine ready to be made again: its state and its memory's pages.
-#[derive(Debug)]
-pub struct SavedMachine {
-    /// The state.
-    pub state: MachineState,
-    /// The memory (the pages a snapshot stored; the others are zero).
-    pub memory: Decoded,
-}
-
-impl SavedMachine {
-    /// Pairs a state with the memory a snapshot decoded, if they agree.
-    pub fn new(state: MachineState, memory: Decoded) -> Result<Arc<Self>, String> {
-        if state.memory_size != memory.memory_size {
-            return Err(format!(
-                "its state says {} bytes of memory but it stores {}",
-                state.memory_size, memory.memory_size
-            ));
-        }
-        memory::check_size(state.memory_size).map_err(|error| error.to_string())?;
-        state.vcpu.check().map_err(|error| error.to_string())?;
-        Ok(Arc::new(Self { state, memory }))
-    }
-}
+use crate::snapshot::format::{PAGE_SIZE, Pages};
 
 /// Whether the host has swap on (read once from /proc/swaps; yes if it
 /// cannot be read). Call it before the core thread is confined, as

@@ -1,0 +1,64 @@
+//! A machine as saved: what it is apart from its memory, and a saved
+//! machine ready to be made again (`restore` makes it).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::cpu_mode::CpuMode;
+use super::loader::ImageKind;
+use super::memory;
+use super::vcpu_state::VcpuState;
+use crate::snapshot::format::Decoded;
+
+/// What a machine is, apart from its memory: enough to make it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// The CPU mode it was started in (the vCPU may since have changed it).
+    pub mode: CpuMode,
+    /// Guest memory in bytes.
+    pub memory_size: u64,
+    /// How far the hypervisor's structures moved up from their ABI addresses.
+    pub structures_shift: u64,
+    /// Where its image was loaded.
+    pub image: ImageState,
+    /// The vCPU.
+    pub vcpu: VcpuState,
+}
+
+/// Where an image lies and where it was entered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageState {
+    /// "elf" or "flat".
+    pub kind: ImageKind,
+    /// Its lowest guest address.
+    pub start: u64,
+    /// One past its highest.
+    pub end: u64,
+    /// Where it was entered.
+    pub entry: u64,
+}
+
+/// A saved machine ready to be made again: its state and its memory's pages.
+#[derive(Debug)]
+pub struct SavedMachine {
+    /// The state.
+    pub state: MachineState,
+    /// The memory (the pages a snapshot stored; the others are zero).
+    pub memory: Decoded,
+}
+
+impl SavedMachine {
+    /// Pairs a state with the memory a snapshot decoded, if they agree.
+    pub fn new(state: MachineState, memory: Decoded) -> Result<Arc<Self>, String> {
+        if state.memory_size != memory.memory_size {
+            return Err(format!(
+                "its state says {} bytes of memory but it stores {}",
+                state.memory_size, memory.memory_size
+            ));
+        }
+        memory::check_size(state.memory_size).map_err(|error| error.to_string())?;
+        state.vcpu.check().map_err(|error| error.to_string())?;
+        Ok(Arc::new(Self { state, memory }))
+    }
+}
