@@ -62,7 +62,7 @@ fn a_ticker_restored_counts_on_from_its_snapshot_with_no_gap_and_no_repeat_besid
     }
     run1.send(&format!("snapshot t {}", file.display()));
     run1.until(" written: ");
-    // It keeps running after the snapshot.
+    // It keeps running after the snapshot (the lines before it came first).
     let after: u64 = run1.until("t| ").trim_start_matches("t| ").parse().unwrap();
     assert_eq!(run1.quit().0, 0);
 
@@ -95,7 +95,8 @@ fn a_sleeper_restored_keeps_its_timer_and_a_restart_restores_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("z.snap");
     let mut run1 = Controlled::start(&["--vm", "z=sleeper", "--args", "z=10,5", "--duration", "60s"]);
-    run1.until("z| ");
+    // Its tenth tick has been injected.
+    run1.until("z| 10");
     run1.send(&format!("snapshot z {}", file.display()));
     run1.until(" written: ");
     run1.quit();

@@ -130,6 +130,8 @@ impl Core {
             }
         };
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        // What it printed before the snapshot goes out before the note of it.
+        self.queue_console(vm);
         self.outbox.push_back(Event::Snapshot { vm, t_ns, path, result });
     }
 
