@@ -39,7 +39,7 @@ fn a_ticker_moves_with_no_gap_and_no_repeat_and_both_sides_run_on() {
     }
     assert!(from.seen.iter().filter(|line| line.starts_with("stay| ")).count() > stay_before);
 
-    to.until("t| [matrix] running here:");
+    to.until("t| [matrix] running here;");
     let mut counts = Vec::new();
     while counts.len() < 20 {
         let line = to.next();
@@ -60,7 +60,7 @@ fn a_ticker_moves_with_no_gap_and_no_repeat_and_both_sides_run_on() {
 fn a_dirtier_that_cannot_converge_stops_at_the_round_cap_or_is_throttled_as_asked() {
     let dir = tempfile::tempdir().unwrap();
     let (mut to, socket) = receiver(dir.path());
-    for (extra, says) in [(None, "the round or byte cap is reached"), (Some("--auto-converge"), "throttle 20 %")] {
+    for (extra, says) in [(None, "the round or byte cap is reached"), (Some("--auto-converge"), "throttle 20%")] {
         let mut args = vec!["--vm", "d=dirtier", "--args", "d=8,200", "--migrate-bandwidth", "2M", "--max-rounds", "4"];
         args.extend(extra);
         args.extend(["--duration", "60s"]);
@@ -68,15 +68,15 @@ fn a_dirtier_that_cannot_converge_stops_at_the_round_cap_or_is_throttled_as_aske
         from.until("d| ");
         from.send(&format!("migrate d {socket}"));
         from.until("d| [matrix] migrated to");
-        let rounds: Vec<&String> = from.seen.iter().filter(|line| line.contains("migration round")).collect();
+        let rounds: Vec<&String> = from.seen.iter().filter(|line| line.contains("d| [matrix] round ")).collect();
         assert!(rounds.len() >= 3, "{rounds:?}");
         assert!(from.seen.iter().any(|line| line.contains(says)), "{:#?}", from.seen);
         if extra.is_some() {
-            assert!(from.seen.iter().any(|line| line.contains("throttle 30 %")), "{:#?}", from.seen);
+            assert!(from.seen.iter().any(|line| line.contains("throttle 30%")), "{:#?}", from.seen);
         }
         assert_eq!(from.quit().0, 0);
         // The receiver runs it (and then has a VM of that name: quit and start afresh).
-        to.until("d| [matrix] running here:");
+        to.until("d| [matrix] running here;");
         to.until("d| ");
         to.quit();
         let (fresh, _) = receiver(dir.path());
@@ -209,6 +209,6 @@ fn the_report_and_the_trace_carry_the_rounds_and_the_downtime() {
     assert_eq!(migration["memory_pages"], 512);
     let lines = std::fs::read_to_string(&trace).unwrap();
     assert!(lines.lines().any(|line| line.contains(r#""type":"round""#) && line.contains(r#""vm":"t""#)), "{lines}");
-    to.until("t| [matrix] running here:");
+    to.until("t| [matrix] running here;");
     assert_eq!(to.quit().0, 0);
 }

@@ -68,6 +68,15 @@ impl Outgoing {
     }
 }
 
+/// A duration in few characters: `850 us`, `2.61 ms`, `3.9 s`.
+fn short_time(ns: u64) -> String {
+    match ns {
+        0..1_000_000 => format!("{} us", ns / 1000),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.1} s", ns as f64 / 1e9),
+    }
+}
+
 /// QEMU's auto-converge steps: 20 % first, then 10 % more each round, at most 99 %.
 fn next_throttle(pct: u32) -> u32 {
     if pct == 0 { 20 } else { (pct + 10).min(99) }
@@ -143,7 +152,7 @@ impl Core {
                 self.note(
                     vm,
                     format_args!(
-                        "the receiver ran it {:.3} ms after its last slice here (its downtime, on one host's clock)",
+                        "downtime {:.3} ms: its last slice here to its first there (one host's clock)",
                         downtime_ns as f64 / 1e6
                     ),
                 );
@@ -193,7 +202,6 @@ impl Core {
         outgoing.moved_ns = monotonic_ns();
         let (to, rounds, pages, started_ns) =
             (outgoing.to.clone(), outgoing.round + 1, outgoing.total_pages, outgoing.started_ns);
-        let paused_ns = outgoing.last_slice_ns;
         let slot = &mut self.slots[vm];
         let _ = slot.runtime.machine.log_dirty_pages(false);
         let memory_pages = slot.runtime.machine.memory_size() / PAGE_SIZE as u64;
@@ -205,11 +213,9 @@ impl Core {
         self.note(
             vm,
             format_args!(
-                "migrated to {to}: {rounds} rounds, {pages} pages sent for {memory_pages} pages of memory ({:.2}x), \
-             {:.1} ms in all, paused here for the last {:.3} ms",
+                "migrated to {to}: {rounds} rounds, {pages} of {memory_pages} pages sent ({:.2}x), in {}",
                 pages as f64 / memory_pages as f64,
-                now_ns.saturating_sub(started_ns) as f64 / 1e6,
-                now_ns.saturating_sub(paused_ns) as f64 / 1e6
+                short_time(now_ns.saturating_sub(started_ns))
             ),
         );
         self.set_state(vm, VmState::Moved { to });
@@ -341,17 +347,20 @@ impl Core {
         let expected_ns = (dirty_bytes / bandwidth * 1e9) as u64;
         let limit_ns = settings.downtime_limit.as_nanos() as u64;
         let capped = outgoing.round + 1 >= settings.max_rounds || outgoing.sent_bytes >= 3 * memory;
+        // Two short lines: a pane of 50 columns shows them whole.
         let line = format!(
-            "migration round {}: {} pages sent in {:.1} ms, {} dirtied ({:.0} pages/s), {:.2} MB/s, expected \
-             downtime {:.3} ms (limit {:.3} ms), throttle {} %",
+            "round {}: {} sent, {} dirtied ({:.0}/s)",
             outgoing.round,
             outgoing.round_pages,
-            round_s * 1e3,
             dirty.len(),
             dirty_rate / PAGE_SIZE as f64,
+        );
+        let comparison = if expected_ns <= limit_ns { "<=" } else { ">" };
+        let second = format!(
+            "{:.2} MB/s, pause {} {comparison} {}, throttle {}%",
             bandwidth / 1e6,
-            expected_ns as f64 / 1e6,
-            limit_ns as f64 / 1e6,
+            short_time(expected_ns),
+            short_time(limit_ns),
             outgoing.throttle_pct
         );
         let record = RoundReport {
@@ -375,6 +384,7 @@ impl Core {
         outgoing.round_started_ns = now_ns;
         outgoing.pending = dirty;
         self.note(vm, format_args!("{line}"));
+        self.note(vm, format_args!("{second}"));
         if let Some(report) = &mut self.slots[vm].migration_report {
             report.rounds.push(record);
         }
@@ -383,7 +393,7 @@ impl Core {
         }
         if fits || capped {
             let why = if fits { "the rest fits the downtime limit" } else { "the round or byte cap is reached" };
-            self.note(vm, format_args!("migration: pausing the VM for the last round ({why})"));
+            self.note(vm, format_args!("last round, the VM paused: {why}"));
             self.start_last_round(vm);
         }
     }
@@ -512,7 +522,7 @@ impl Core {
         self.note(
             vm,
             format_args!(
-                "running here: {:.3} ms after its last slice on the sender (its downtime, on one host's clock)",
+                "running here; downtime {:.3} ms: its last slice there to its first here (one host's clock)",
                 downtime_ns as f64 / 1e6
             ),
         );
