@@ -17,9 +17,15 @@ struct Tmux {
 impl Tmux {
     /// Starts `command` in an 80x24 session.
     fn start(name: &str, command: &str) -> Self {
+        Self::start_sized(name, command, 80, 24)
+    }
+
+    /// Starts `command` in a session of `width` x `height`.
+    fn start_sized(name: &str, command: &str, width: u16, height: u16) -> Self {
         let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+        let (width, height) = (width.to_string(), height.to_string());
         let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", name, "-x", "80", "-y", "24", command])
+            .args(["new-session", "-d", "-s", name, "-x", &width, "-y", &height, command])
             .env("TERM", "xterm-256color")
             .status()
             .expect("tmux is installed (.ci/run installs it)");
@@ -296,4 +302,35 @@ fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(show.status.success() && text.contains("VM 't' (guest sleeper, weight 1) in long mode"), "{text}");
     assert!(dir.path().join("t-2.snap").exists());
+}
+
+#[test]
+fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
+    let dir = tempfile::tempdir().unwrap();
+    // The receiver the lesson's text asks a teacher to start, at the lesson's address.
+    let mut receiver = Command::new(binary())
+        .args(["run", "--headless", "--incoming", "/tmp/matrix-tui-lesson.sock", "--duration", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !Path::new("/tmp/matrix-tui-lesson.sock").exists() {
+        assert!(Instant::now() < give_up, "the receiver never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let command = format!("cd {} && {} lesson migration; sleep 60", dir.path().display(), binary().display());
+    let tmux = Tmux::start_sized("matrix-tui-test-migration", &command, 160, 48);
+    tmux.wait_for(&["neo running", "dirtier paused", "→ With neo selected press S"]);
+    tmux.keys("S");
+    tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ With neo selected"]);
+    assert!(dir.path().join("neo-1.snap").exists());
+    tmux.keys("M");
+    let screen = tmux.wait_for(&["neo moved", "[matrix] round 0:", "[matrix] migrated to", "✓ Press M"]);
+    assert!(screen.contains(", throttle 0%") && screen.contains("→ Tab to dirtier"), "{screen}");
+    tmux.keys("q");
+    let _ = receiver.kill();
+    let output = receiver.wait_with_output().unwrap();
+    let received = String::from_utf8_lossy(&output.stdout);
+    assert!(received.contains("neo| [matrix] came in by migration"), "{received}");
 }

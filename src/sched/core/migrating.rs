@@ -111,7 +111,12 @@ impl Core {
             slot.runtime.console.note(format_args!("migration to {to} not started: its link is gone"));
             return;
         }
-        slot.runtime.console.note(format_args!("migrating to {to}: connecting"));
+        slot.runtime.console.note(format_args!("migrating to {to}"));
+        slot.runtime.console.note(format_args!(
+            "pause limit {}, round cap {}",
+            short_time(self.migration.downtime_limit.as_nanos() as u64),
+            self.migration.max_rounds
+        ));
         slot.migration_report = Some(MigrationReport {
             direction: "out",
             peer: to.clone(),
@@ -355,12 +360,10 @@ impl Core {
             dirty.len(),
             dirty_rate / PAGE_SIZE as f64,
         );
-        let comparison = if expected_ns <= limit_ns { "<=" } else { ">" };
         let second = format!(
-            "{:.2} MB/s, pause {} {comparison} {}, throttle {}%",
+            "{:.1} MB/s, pause {}, throttle {}%",
             bandwidth / 1e6,
             short_time(expected_ns),
-            short_time(limit_ns),
             outgoing.throttle_pct
         );
         let record = RoundReport {
