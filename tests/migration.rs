@@ -18,6 +18,23 @@ fn receiver(dir: &Path) -> (Controlled, String) {
     (run, socket)
 }
 
+/// A dirtier told to move to `socket` at 10 KB/s: round 0 alone takes many seconds.
+fn slow_move(socket: &str) -> Controlled {
+    let mut from = Controlled::start(&[
+        "--vm",
+        "d=dirtier",
+        "--args",
+        "d=1,64,20",
+        "--migrate-bandwidth",
+        "10K",
+        "--duration",
+        "60s",
+    ]);
+    from.until("d| ");
+    from.send(&format!("migrate d {socket}"));
+    from
+}
+
 fn count(line: &str, name: &str) -> Option<u64> {
     line.strip_prefix(&format!("{name}| "))?.parse().ok()
 }
@@ -89,21 +106,8 @@ fn a_dirtier_that_cannot_converge_stops_at_the_round_cap_or_is_throttled_as_aske
 fn a_receiver_killed_mid_move_leaves_the_vm_running_on_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let (mut to, socket) = receiver(dir.path());
-    // 10 KB/s: round 0 alone takes many seconds.
-    let mut from = Controlled::start(&[
-        "--vm",
-        "d=dirtier",
-        "--args",
-        "d=1,64,20",
-        "--migrate-bandwidth",
-        "10K",
-        "--duration",
-        "60s",
-    ]);
-    from.until("d| ");
-    from.send(&format!("migrate d {socket}"));
-    to.until("");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut from = slow_move(&socket);
+    to.until("[matrix] incoming migration from a local socket: VM 'd'");
     to.child.kill().unwrap();
     let _ = to.child.wait();
     let line = from.until("d| [matrix] migration to");
@@ -119,19 +123,8 @@ fn a_receiver_killed_mid_move_leaves_the_vm_running_on_the_sender() {
 fn a_sender_killed_mid_move_leaves_the_receiver_running_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let (mut to, socket) = receiver(dir.path());
-    let mut from = Controlled::start(&[
-        "--vm",
-        "d=dirtier",
-        "--args",
-        "d=1,64,20",
-        "--migrate-bandwidth",
-        "10K",
-        "--duration",
-        "60s",
-    ]);
-    from.until("d| ");
-    from.send(&format!("migrate d {socket}"));
-    std::thread::sleep(Duration::from_millis(500));
+    let mut from = slow_move(&socket);
+    to.until("[matrix] incoming migration from a local socket: VM 'd'");
     from.child.kill().unwrap();
     let _ = from.child.wait();
     let notice = to.until("[matrix] incoming migration from");

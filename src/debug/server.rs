@@ -58,10 +58,7 @@ impl Listener {
         match address {
             ListenAddress::Tcp(address) => Ok(Self::Tcp(TcpListener::bind(address)?)),
             ListenAddress::Unix(path) => {
-                use std::os::unix::fs::FileTypeExt;
-                if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
-                    std::fs::remove_file(path)?;
-                }
+                crate::os::files::remove_stale_socket(path)?;
                 Ok(Self::Unix(UnixListener::bind(path)?, path.clone()))
             }
         }

@@ -115,10 +115,7 @@ impl IncomingListener {
         match address {
             ListenAddress::Tcp(address) => Ok(Self::Tcp(TcpListener::bind(address)?)),
             ListenAddress::Unix(path) => {
-                use std::os::unix::fs::FileTypeExt;
-                if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
-                    std::fs::remove_file(path)?;
-                }
+                crate::os::files::remove_stale_socket(path)?;
                 Ok(Self::Unix(UnixListener::bind(path)?))
             }
         }
@@ -223,6 +220,11 @@ impl Incoming {
             return Err(why);
         }
         self.send(&Frame::Accept)?;
+        self.core.send(Command::Notice(format!(
+            "incoming migration from {}: VM '{name}', {} MiB",
+            self.peer,
+            memory_size >> 20
+        )));
         let page_count = memory_size / PAGE_SIZE as u64;
         let mut memory = vec![0u8; memory_size as usize];
         let mut received_pages = vec![false; page_count as usize];

@@ -66,6 +66,15 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     Ok(bytes)
 }
 
+/// Removes a Unix socket an earlier run left at `path`, so that it can be
+/// bound again; any other file there is left for the bind to refuse.
+pub fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
 /// Creates (or truncates) the regular file at `path`; an existing path that
 /// is not a regular file is refused untouched.
 pub fn create_regular(path: &Path) -> Result<File, FileError> {
