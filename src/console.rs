@@ -40,6 +40,13 @@ impl ConsoleOut {
         Self { bytes: history.to_vec(), sent: history.len(), ..Self::default() }
     }
 
+    /// Stamps the lines not taken yet with `t_ns`: notes written before
+    /// the run's clock was known (a VM made while the run goes on).
+    pub fn restamp_pending(&mut self, t_ns: u64) {
+        self.line_ns.iter_mut().for_each(|line_ns| *line_ns = t_ns);
+        (self.written_ns, self.now_ns) = (t_ns, t_ns);
+    }
+
     /// Sets the time stamped on what is written from now on: the time of
     /// the exit being handled.
     pub fn set_clock(&mut self, now_ns: u64) {

@@ -483,6 +483,8 @@ impl Core {
         let slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
         let vm = self.slots.len();
         self.slots.push(slot);
+        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        self.slots[vm].runtime.console.restamp_pending(t_ns);
         self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
         self.outbox.push_back(Event::Added { vm, name });
         self.slots[vm].migration_report = Some(MigrationReport {
