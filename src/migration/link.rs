@@ -18,7 +18,7 @@ use crate::debug::ListenAddress;
 use crate::event::{Command, IncomingVm, Reply, VmId};
 use crate::sched::Commander;
 use crate::snapshot::format::{self, PAGE_SIZE, Pages};
-use crate::snapshot::{Snapshot, SnapshotState};
+use crate::snapshot::Snapshot;
 
 /// How long a peer may say nothing in the middle of a migration.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -259,14 +259,13 @@ impl Incoming {
             pages.keep(index as u64, &memory[at..at + PAGE_SIZE]);
         }
         drop(memory);
-        let state: SnapshotState = serde_json::from_str(&json).map_err(|error| error.to_string())?;
         let decoded = format::Decoded::from_pages(json, &pages);
         let snapshot =
             Snapshot::from_decoded(&format!("migration of {name}"), decoded).map_err(|error| error.to_string())?;
-        let mut config = VmConfig::new(name.clone(), state.vm.guest.clone(), Arc::from(&[][..]));
-        config.weight = state.vm.weight;
+        let mut config = VmConfig::new(name.clone(), snapshot.vm.guest.clone(), Arc::from(&[][..]));
+        config.weight = snapshot.vm.weight;
         config.memory_size = memory_size;
-        config.layout.mode = state.machine.mode;
+        config.layout.mode = snapshot.machine.state.mode;
         config.ports = snapshot.vm.port_map()?;
         config.paused = true;
         config.snapshot = Some(Arc::new(snapshot));
