@@ -27,7 +27,7 @@ impl Machine {
     pub fn save(&mut self, kvm: &Kvm) -> Result<(MachineState, Pages), VcpuStateError> {
         self.vcpu.complete_pending_exit();
         let vcpu = VcpuState::save(self.vcpu.fd(), msr_indices(kvm))?;
-        let memory = self.pages(self.resident_pages());
+        let memory = self.copy_pages(&self.resident_pages(), false);
         let image = &self.image;
         let state = MachineState {
             mode: self.mode,
@@ -39,15 +39,10 @@ impl Machine {
         Ok((state, memory))
     }
 
-    /// The non-zero pages among `indices`, copied. Only those are copied:
-    /// a whole copy of a large memory would fault in as many fresh pages
-    /// (30 ms for 64 MiB here) while every VM waits.
-    pub fn pages(&self, indices: impl IntoIterator<Item = u64>) -> Pages {
-        let indices: Vec<u64> = indices.into_iter().collect();
-        self.copy_pages(&indices, false)
-    }
-
-    /// Pages `indices` copied; zero ones too when `zeros`.
+    /// Pages `indices` copied, zero ones only when `zeros`. Only pages are
+    /// copied, not the whole memory: a whole copy of a large memory would
+    /// fault in as many fresh pages (30 ms for 64 MiB here) while every VM
+    /// waits.
     pub fn copy_pages(&self, indices: &[u64], zeros: bool) -> Pages {
         let mut pages = Pages::new(self.memory_size);
         let mut page = [0u8; PAGE_SIZE];

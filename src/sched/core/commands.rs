@@ -115,15 +115,7 @@ impl Core {
             let sleeping = matches!(slot.state, VmState::Sleeping { .. });
             match slot.runtime.save(&self.kvm, started_ns, sleeping) {
                 Ok((machine, runtime, memory)) => {
-                    let config = &slot.config;
-                    let vm = VmIdentity {
-                        name: config.name.clone(),
-                        guest: config.guest.clone(),
-                        weight: config.weight,
-                        ports: config.ports.entries().map(|(port, call)| (port, call.to_string())).collect(),
-                        show_ports: config.ports.show_unknown,
-                    };
-                    let state = SnapshotState { vm, machine, runtime };
+                    let state = SnapshotState { vm: identity(&slot.config), machine, runtime };
                     Ok(Box::new(TakenSnapshot { state, memory, took_ns: monotonic_ns() - started_ns }))
                 }
                 Err(error) => Err(error.to_string()),

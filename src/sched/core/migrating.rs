@@ -48,7 +48,6 @@ pub(super) struct Outgoing {
     /// Bytes a second the receiver acknowledged since the first page.
     bandwidth: f64,
     throttle_pct: u32,
-    weight: f64,
     /// The VM's state before the pause, to go back to if the move fails.
     before_pause: Option<VmState>,
     /// When its last slice here ended (monotonic ns).
@@ -138,7 +137,6 @@ impl Core {
             round_started_ns: now_ns,
             bandwidth: 0.0,
             throttle_pct: 0,
-            weight: slot.config.weight,
             before_pause: None,
             last_slice_ns: slot.last_slice_ns,
             moved_ns: 0,
@@ -233,7 +231,6 @@ impl Core {
         self.migrating -= 1;
         let _ = outgoing.link.try_send(Frame::Abandon(why.to_string()));
         let _ = slot.runtime.machine.log_dirty_pages(false);
-        slot.config.weight = outgoing.weight;
         let why = crate::console::escape_input(why);
         if let Some(report) = &mut self.slots[vm].migration_report {
             (report.round_count, report.pages) = (outgoing.round + 1, outgoing.total_pages);
@@ -243,8 +240,6 @@ impl Core {
         if let Some(state) = outgoing.before_pause {
             self.set_state(vm, state);
         }
-        self.planner.set_candidate(vm, self.slots[vm].candidate());
-        self.outbox.push_back(Event::Settings(self.settings()));
     }
 
     fn note(&mut self, vm: VmId, text: std::fmt::Arguments<'_>) {
@@ -452,17 +447,7 @@ impl Core {
         let sleeping =
             matches!(slot.outgoing.as_ref().and_then(|o| o.before_pause.as_ref()), Some(VmState::Sleeping { .. }));
         let saved = match slot.runtime.save(&self.kvm, now_ns, sleeping) {
-            Ok((machine, runtime, _)) => {
-                let outgoing = slot.outgoing.as_ref().expect("migrating");
-                let vm_identity = VmIdentity {
-                    name: slot.config.name.clone(),
-                    guest: slot.config.guest.clone(),
-                    weight: outgoing.weight,
-                    ports: slot.config.ports.entries().map(|(port, call)| (port, call.to_string())).collect(),
-                    show_ports: slot.config.ports.show_unknown,
-                };
-                SnapshotState { vm: vm_identity, machine, runtime }
-            }
+            Ok((machine, runtime, _)) => SnapshotState { vm: identity(&slot.config), machine, runtime },
             Err(error) => return self.abandon(vm, &error.to_string()),
         };
         let json = serde_json::to_string(&saved).expect("a snapshot state serializes");

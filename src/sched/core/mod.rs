@@ -175,6 +175,17 @@ fn candidates(slots: &[Slot]) -> Vec<Candidate> {
     slots.iter().map(Slot::candidate).collect()
 }
 
+/// The VM as a snapshot (or a migration's state) names it.
+fn identity(config: &VmConfig) -> VmIdentity {
+    VmIdentity {
+        name: config.name.clone(),
+        guest: config.guest.clone(),
+        weight: config.weight,
+        ports: config.ports.entries().map(|(port, call)| (port, call.to_string())).collect(),
+        show_ports: config.ports.show_unknown,
+    }
+}
+
 fn machine_spec(config: &VmConfig) -> MachineSpec {
     MachineSpec {
         image: Arc::clone(&config.image),
