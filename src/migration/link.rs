@@ -17,8 +17,8 @@ use crate::config::VmConfig;
 use crate::debug::ListenAddress;
 use crate::event::{Command, IncomingVm, Reply, VmId};
 use crate::sched::Commander;
-use crate::snapshot::format::{self, PAGE_SIZE, Pages};
 use crate::snapshot::Snapshot;
+use crate::snapshot::format::{self, PAGE_SIZE, Pages};
 
 /// How long a peer may say nothing in the middle of a migration.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
