@@ -307,13 +307,26 @@ fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
 #[test]
 fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
     let dir = tempfile::tempdir().unwrap();
-    // The receiver the lesson's text asks a teacher to start, at the lesson's address.
-    let mut receiver = Command::new(binary())
+    // The receiver the lesson's text asks a teacher to start, at the lesson's address
+    // (an earlier run's socket removed first, so that its file means this one listens).
+    let _ = std::fs::remove_file("/tmp/matrix-tui-lesson.sock");
+    let receiver = Command::new(binary())
         .args(["run", "--headless", "--incoming", "/tmp/matrix-tui-lesson.sock", "--duration", "60s"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends, so that no receiver outlives it on the lesson's address.
+    struct Receiver(Option<std::process::Child>);
+    impl Drop for Receiver {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut receiver = Receiver(Some(receiver));
     let give_up = Instant::now() + Duration::from_secs(10);
     while !Path::new("/tmp/matrix-tui-lesson.sock").exists() {
         assert!(Instant::now() < give_up, "the receiver never listened");
@@ -329,8 +342,9 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
     let screen = tmux.wait_for(&["neo moved", "[matrix] round 0:", "[matrix] migrated to", "✓ Press M"]);
     assert!(screen.contains(", throttle 0%") && screen.contains("→ Tab to dirtier"), "{screen}");
     tmux.keys("q");
-    let _ = receiver.kill();
-    let output = receiver.wait_with_output().unwrap();
+    let mut child = receiver.0.take().expect("running");
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
     let received = String::from_utf8_lossy(&output.stdout);
     assert!(received.contains("neo| [matrix] came in by migration"), "{received}");
 }
