@@ -163,6 +163,12 @@ impl Core {
                 self.migrating -= 1;
             }
             (Phase::Moved, _) => {}
+            // The receiver's Started can overtake the link thread's word that
+            // the Go was written: the Go reached it, so it owns the VM.
+            (Phase::Go, Frame::Started { downtime_ns }) => {
+                self.migration_go_sent(vm);
+                self.migration_frame(vm, Frame::Started { downtime_ns });
+            }
             (_, Frame::Refuse(why) | Frame::Abandon(why)) => self.abandon(vm, &why),
             (Phase::Hello, Frame::Accept) => {
                 let slot = &mut self.slots[vm];
