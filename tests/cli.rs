@@ -250,7 +250,9 @@ fn the_default_run_is_neo_70_morpheus_30_under_fair() {
     let vms = report["vms"].as_array().unwrap();
     assert_eq!((vms[0]["name"].as_str(), vms[0]["target_share"].as_f64()), (Some("neo"), Some(0.7)));
     assert_eq!((vms[1]["name"].as_str(), vms[1]["target_share"].as_f64()), (Some("morpheus"), Some(0.3)));
-    assert!((vms[0]["share"].as_f64().unwrap() - 0.7).abs() < 0.05, "{report}");
+    // The charged share is what fair steers (KVM_RUN time also holds the
+    // host's descheduling of the core thread on a busy machine).
+    assert!((vms[0]["charged_share"].as_f64().unwrap() - 0.7).abs() < 0.03, "{report}");
 }
 
 #[test]

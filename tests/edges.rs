@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmux::{PATIENCE, Tmux};
+
 /// How long a run may take to end after a stop signal, a duration's end or
 /// a `quit` (docs/safety.md promises it; ending takes milliseconds here).
 const STOP_BOUND: Duration = Duration::from_secs(3);
 /// How long a run may take past its duration when its readers stall: the
 /// trace's handover and writer get 1 s each, stdout 2 s (docs/safety.md).
 const STALLED_BOUND: Duration = Duration::from_secs(5);
-/// How long anything else here may take before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 fn binary() -> Command {
     common::kvm();
@@ -139,48 +139,6 @@ fn stop_signals_end_a_controlled_run_and_one_with_a_debugger_attached() {
     }
 }
 
-/// A tmux session, killed when the test ends.
-struct Tmux(String);
-
-impl Tmux {
-    fn start(name: &str, command: &str) -> Self {
-        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
-        // Another test's session ending can take the tmux server down just
-        // as this one connects ("server exited unexpectedly"): try again.
-        for _ in 0..5 {
-            let output = Command::new("tmux")
-                .args(["new-session", "-d", "-s", name, "-x", "100", "-y", "30", command])
-                .env("TERM", "xterm-256color")
-                .output()
-                .expect("tmux is installed (.ci/run installs it)");
-            if output.status.success() {
-                return Self(name.to_string());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("tmux did not start a session");
-    }
-
-    fn screen(&self) -> String {
-        let output = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.screen().contains(needle) {
-            assert!(start.elapsed() < PATIENCE, "the screen never showed {needle:?}:\n{}", self.screen());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
-    }
-}
-
 /// A shell command that writes its pid to `pid`, runs the binary with
 /// `args` (exec: same pid), then writes its status and the terminal's
 /// mode to `after`.
@@ -218,8 +176,8 @@ fn stop_signals_end_the_terminal_ui_and_restore_the_terminal() {
     for round in 0..2 {
         for sig in STOP_SIGNALS {
             let (command, pid, after) = tui_command(dir.path(), "run --vm s=spin --vm t=ticker", "");
-            let tmux = Tmux::start(&format!("matrix-tui-edges-{round}-{sig}"), &command);
-            tmux.wait_for("t running");
+            let tmux = Tmux::start(&format!("edges-{round}-{sig}"), &command, 100, 30);
+            tmux.wait_for(&["t running"]);
             let pid: libc::pid_t = wait_for_line(&pid, PATIENCE).trim().parse().unwrap();
             // SAFETY: kill with the pid the run wrote and a valid signal.
             assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -340,7 +298,7 @@ fn a_file_size_limit_cuts_the_trace_and_the_recording_at_a_whole_line() {
     let cast = dir.path().join("full.cast");
     let (command, _, after) =
         tui_command(dir.path(), &format!("run --vm chatty --duration 2s --record {}", cast.display()), "ulimit -f 8;");
-    let _tmux = Tmux::start("matrix-tui-edges-cast-limit", &command);
+    let _tmux = Tmux::start("cast-limit", &command, 100, 30);
     let after = wait_for_line(&after, PATIENCE);
     let err = text(&dir.path().join("err"));
     assert!(after.starts_with("status=4 icanon echo"), "{after} {err}");
@@ -360,7 +318,7 @@ fn the_recording_must_go_to_a_regular_file_and_its_errors_name_the_flag() {
         ("/no-such-dir/x.cast".into(), "--record /no-such-dir/x.cast: cannot record there: No such file"),
     ] {
         let (command, _, after) = tui_command(dir.path(), &format!("run --vm part1 --record {path}"), "");
-        let _tmux = Tmux::start("matrix-tui-edges-record", &command);
+        let _tmux = Tmux::start("record", &command, 100, 30);
         let after = wait_for_line(&after, PATIENCE);
         let err = text(&dir.path().join("err"));
         assert!(after.starts_with("status=2 icanon echo"), "{path}: {after} {err}");

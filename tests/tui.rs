@@ -5,81 +5,17 @@
 //! timeline. And `--record` leaves a valid asciicast v2 file of what the
 //! terminal showed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A tmux session that is killed when the test ends, however it ends.
-struct Tmux {
-    name: String,
-}
+use common::tmux::{PATIENCE, Tmux, unique_name};
 
-impl Tmux {
-    /// Starts `command` in an 80x24 session.
-    fn start(name: &str, command: &str) -> Self {
-        Self::start_sized(name, command, 80, 24)
-    }
-
-    /// Starts `command` in a session of `width` x `height`.
-    fn start_sized(name: &str, command: &str, width: u16, height: u16) -> Self {
-        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
-        let (width, height) = (width.to_string(), height.to_string());
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", name, "-x", &width, "-y", &height, command])
-            .env("TERM", "xterm-256color")
-            .status()
-            .expect("tmux is installed (.ci/run installs it)");
-        assert!(status.success());
-        Self { name: name.to_string() }
-    }
-
-    fn screen(&self) -> String {
-        let output = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &str) {
-        Command::new("tmux").args(["send-keys", "-t", &self.name, keys]).status().unwrap();
-    }
-
-    /// Waits until the screen shows all of `texts` (10 s at most).
-    fn wait_for(&self, texts: &[&str]) -> String {
-        let give_up = Instant::now() + Duration::from_secs(10);
-        loop {
-            let screen = self.screen();
-            if texts.iter().all(|text| screen.contains(text)) {
-                return screen;
-            }
-            assert!(Instant::now() < give_up, "the screen never showed {texts:?}:\n{screen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Tmux {
-    /// Waits until the screen no longer shows `text` (10 s at most).
-    fn wait_without(&self, text: &str) {
-        let give_up = Instant::now() + Duration::from_secs(10);
-        loop {
-            let screen = self.screen();
-            if !screen.contains(text) {
-                return;
-            }
-            assert!(Instant::now() < give_up, "the screen still shows {text:?}:\n{screen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).output();
-    }
-}
-
-/// Waits for `path` to exist and hold a line (10 s at most).
+/// Waits for `path` to exist and hold a line ([`PATIENCE`] at most).
 fn wait_for_file(path: &Path) -> String {
-    let give_up = Instant::now() + Duration::from_secs(10);
+    let give_up = Instant::now() + PATIENCE;
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
             if text.ends_with('\n') {
@@ -105,7 +41,7 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("matrix-tui-test-ui", &command);
+    let tmux = Tmux::start("ui", &command, 80, 24);
     // Shares are drawn once the first samples are in: wait for the bars too.
     tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:", "█"]);
     let screen = tmux.screen();
@@ -132,7 +68,7 @@ fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("matrix-tui-test-step", &command);
+    let tmux = Tmux::start("step", &command, 80, 24);
     tmux.wait_for(&["part1 paused", "neo running"]);
     // Each `s` runs part1 to its next exit; the inspector opens on it.
     tmux.keys("s");
@@ -158,7 +94,7 @@ fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
 #[test]
 fn the_preemption_lesson_ticks_every_step_as_its_panel_asks() {
     let command = format!("{} lesson preemption; sleep 60", binary().display());
-    let tmux = Tmux::start("matrix-tui-test-lesson-preemption", &command);
+    let tmux = Tmux::start("lesson-preemption", &command, 80, 24);
     tmux.wait_for(&["lesson: Preemption", "→ Press t", "step 1 of 4", "io · 1ms"]);
     tmux.keys("t");
     tmux.wait_for(&["✓ Press t", "→ Press m", "step 2 of 4"]);
@@ -174,7 +110,7 @@ fn the_preemption_lesson_ticks_every_step_as_its_panel_asks() {
 #[test]
 fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
     let command = format!("{} lesson fractions; sleep 60", binary().display());
-    let tmux = Tmux::start("matrix-tui-test-lesson-fractions", &command);
+    let tmux = Tmux::start("lesson-fractions", &command, 80, 24);
     tmux.wait_for(&["lesson: Fractions", "step 1 of 5"]);
     tmux.keys("t");
     // The share settles within 2 points of 70 % by itself.
@@ -193,7 +129,7 @@ fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
 #[test]
 fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
     let command = format!("{} lesson modes; sleep 60", binary().display());
-    let tmux = Tmux::start("matrix-tui-test-lesson-modes", &command);
+    let tmux = Tmux::start("lesson-modes", &command, 80, 24);
     tmux.wait_for(&["lesson: CPU modes", "step 1 of 5"]);
     tmux.keys("e");
     tmux.wait_for(&["real mode · image 0x0..0x42 · entered at 0x0:0x0 (CS:IP)", "step 2 of 5"]);
@@ -225,7 +161,7 @@ fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
 #[test]
 fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
     let command = format!("{} lesson interrupts; sleep 60", binary().display());
-    let tmux = Tmux::start("matrix-tui-test-lesson-interrupts", &command);
+    let tmux = Tmux::start("lesson-interrupts", &command, 80, 24);
     tmux.wait_for(&["lesson: Interrupts"]);
     // The sleeper sleeps, then five ticks come in on their own.
     tmux.wait_for(&["step 3 of 5", "sleeping"]);
@@ -241,43 +177,58 @@ fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
 }
 
 #[test]
-fn a_recording_is_asciicast_v2_and_replays_the_panes() {
+fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");
     let done = dir.path().join("done");
     let command = format!(
-        "{} run --record {} --duration 2s; echo status=$? > {}; sleep 60",
+        "{} run --record {}; echo status=$? > {}; sleep 60",
         binary().display(),
         cast.display(),
         done.display()
     );
-    let _tmux = Tmux::start("matrix-tui-test-record", &command);
+    let tmux = Tmux::start("record", &command, 80, 24);
+    tmux.wait_for(&["→ 70%", "neo running"]);
+    tmux.keys("+");
+    tmux.wait_for(&["w75 → 75%"]);
+    tmux.keys("q");
     assert_eq!(wait_for_file(&done).trim(), "status=0");
 
-    let text = std::fs::read_to_string(&cast).unwrap();
-    let mut lines = text.lines();
-    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!(
-        (header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()),
-        (Some(2), Some(80), Some(24))
-    );
-    assert!(header["timestamp"].as_u64().is_some() && header["env"]["TERM"].is_string());
-    let mut replay = String::new();
-    let mut last_time = 0.0;
-    for line in lines {
-        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        let time = event[0].as_f64().unwrap();
-        assert!(time >= last_time, "events are in time order");
-        last_time = time;
-        assert!(matches!(event[1].as_str(), Some("o" | "r")), "{line}");
-        if event[1] == "o" {
-            replay.push_str(event[2].as_str().unwrap());
-        }
-    }
+    let recording = common::cast::Cast::read(&cast);
+    assert_eq!(recording.size, (80, 24));
+    let replay: String =
+        recording.events.iter().filter(|(_, kind, _)| kind == "o").map(|(_, _, data)| data.as_str()).collect();
     for text in ["neo", "morpheus", "running", "→ 70%", "\u{1b}[?1049h"] {
         assert!(replay.contains(text), "the replay lacks {text:?}");
     }
-    assert!(last_time > 1.5, "the recording spans the run ({last_time} s)");
+    assert_eq!(recording.markers(), ["key +", "key q"]);
+    recording.assert_ends_cleanly("a recording ended by q");
+    // The user's last screen is the last frame before the leave sequence.
+    let (_, kind, last) = recording.events.last().unwrap();
+    assert!(kind == "o" && last.contains("\u{1b}[?1049l"), "the recording ends by leaving: {last:?}");
+}
+
+#[test]
+fn a_recording_ended_by_a_stop_signal_ends_cleanly() {
+    for signal in ["TERM", "HUP", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cast = dir.path().join("session.cast");
+        let done = dir.path().join("done");
+        let command = format!(
+            "sh -c 'echo $$ > {pid}; exec {} run --vm t=ticker --record {}'; echo ended > {}; sleep 60",
+            binary().display(),
+            cast.display(),
+            done.display(),
+            pid = dir.path().join("pid").display(),
+        );
+        let tmux = Tmux::start("record-signal", &command, 80, 24);
+        tmux.wait_for(&["t running"]);
+        let pid = wait_for_file(&dir.path().join("pid"));
+        let status = Command::new("kill").args([&format!("-{signal}"), pid.trim()]).status().unwrap();
+        assert!(status.success());
+        wait_for_file(&done);
+        common::cast::Cast::read(&cast).assert_ends_cleanly(&format!("a recording ended by SIG{signal}"));
+    }
 }
 
 #[test]
@@ -290,7 +241,7 @@ fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("matrix-tui-test-snapshot", &command);
+    let tmux = Tmux::start("snapshot", &command, 80, 24);
     tmux.wait_for(&["s running"]);
     tmux.keys("S");
     tmux.wait_for(&["[matrix] snapshot t-1.snap written"]);
@@ -307,33 +258,40 @@ fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
 #[test]
 fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
     let dir = tempfile::tempdir().unwrap();
-    // The receiver the lesson's text asks a teacher to start, at the lesson's address
-    // (an earlier run's socket removed first, so that its file means this one listens).
-    let _ = std::fs::remove_file("/tmp/matrix-tui-lesson.sock");
+    // The receiver the lesson's text asks a teacher to start, at an address
+    // of this test's own (the lesson's would answer another run's test).
+    let socket = std::env::temp_dir().join(unique_name("matrix-tui-lesson-test")).with_extension("sock");
     let receiver = Command::new(binary())
-        .args(["run", "--headless", "--incoming", "/tmp/matrix-tui-lesson.sock", "--duration", "60s"])
+        .args(["run", "--headless", "--duration", "60s", "--incoming"])
+        .arg(&socket)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed however the test ends, so that no receiver outlives it on the lesson's address.
-    struct Receiver(Option<std::process::Child>);
+    // Killed however the test ends, its socket removed, so that no receiver outlives it.
+    struct Receiver(Option<std::process::Child>, PathBuf);
     impl Drop for Receiver {
         fn drop(&mut self) {
             if let Some(child) = &mut self.0 {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            let _ = std::fs::remove_file(&self.1);
         }
     }
-    let mut receiver = Receiver(Some(receiver));
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while !Path::new("/tmp/matrix-tui-lesson.sock").exists() {
+    let mut receiver = Receiver(Some(receiver), socket.clone());
+    let give_up = Instant::now() + PATIENCE;
+    while !socket.exists() {
         assert!(Instant::now() < give_up, "the receiver never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let command = format!("cd {} && {} lesson migration; sleep 60", dir.path().display(), binary().display());
-    let tmux = Tmux::start_sized("matrix-tui-test-migration", &command, 160, 48);
+    let command = format!(
+        "cd {} && {} lesson migration --migrate-to {}; sleep 60",
+        dir.path().display(),
+        binary().display(),
+        socket.display()
+    );
+    let tmux = Tmux::start("migration", &command, 160, 48);
     tmux.wait_for(&["neo running", "dirtier paused", "→ With neo selected press S"]);
     tmux.keys("S");
     tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ With neo selected"]);

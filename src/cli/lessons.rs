@@ -12,6 +12,7 @@ use super::run::{RunArgs, run};
 use super::run_args::{VmArg, parse_vm_arg};
 use super::{Failure, print_stdout};
 use crate::console::escape_input;
+use crate::debug::ListenAddress;
 use crate::lesson;
 use crate::units::parse_duration;
 
@@ -42,6 +43,11 @@ pub(super) struct LessonArgs {
     /// Run without the core thread's seccomp filter.
     #[arg(long)]
     no_seccomp: bool,
+
+    /// Where `M` moves the selected VM, instead of the lesson's own address
+    /// (two classes on one machine, each with its receiver).
+    #[arg(long, value_name = "ADDR", value_parser = ListenAddress::parse)]
+    migrate_to: Option<ListenAddress>,
 }
 
 pub(super) fn list_lessons() -> Result<ExitCode, Failure> {
@@ -65,7 +71,7 @@ pub(super) fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
     }
     let migration = lesson.migration.clone();
     run(RunArgs {
-        migrate_to: migration.as_ref().map(|migration| migration.to.clone()),
+        migrate_to: args.migrate_to.or_else(|| migration.as_ref().map(|migration| migration.to.clone())),
         migrate_bandwidth: migration.as_ref().and_then(|migration| migration.bandwidth),
         max_rounds: migration.as_ref().and_then(|migration| migration.max_rounds).unwrap_or(30),
         vms: args.vms,

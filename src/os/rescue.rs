@@ -8,8 +8,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Mouse capture off, alternate screen off, cursor on.
-const RESTORE: &[u8] = b"\x1b[?1006l\x1b[?1015l\x1b[?1003l\x1b[?1002l\x1b[?1000l\x1b[?1049l\x1b[?25h";
+/// Mouse capture off, alternate screen off, cursor on (the UI's own leave
+/// sequence, kept here as bytes for a signal handler).
+pub(crate) const RESTORE: &[u8] = b"\x1b[?1006l\x1b[?1015l\x1b[?1003l\x1b[?1002l\x1b[?1000l\x1b[?1049l\x1b[?25h";
 const ABORTED: &[u8] =
     b"matrix-tui: the process aborted (a failed allocation is named above: raise ulimit -v, or give \
                          the VMs less memory)\n";

@@ -2,8 +2,12 @@
 //! (`--record FILE.cast`, play it with `asciinema play FILE.cast`).
 //!
 //! A header line, then one `[seconds, "o", text]` line per flush of the
-//! terminal and `[seconds, "r", "WxH"]` on resizes. Every line is flushed as it
-//! is written, so a run that is killed still leaves a playable file.
+//! terminal, `[seconds, "r", "WxH"]` on resizes and `[seconds, "m", label]`
+//! markers at key presses and lesson steps (a player can jump to them).
+//! Every line is flushed as it is written, so a run that is killed still
+//! leaves a playable file. A recording ends with what the terminal receives
+//! when the UI leaves it (alternate screen off, mouse off, cursor shown), so
+//! that playing it back leaves the viewer's terminal as it was.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -20,6 +24,8 @@ use crate::os::line_file::LineFile;
 pub struct CastWriter {
     file: LineFile,
     started: Instant,
+    /// The closing sequence is in the file.
+    closed: bool,
 }
 
 /// How a recording ended.
@@ -47,10 +53,13 @@ impl CastWriter {
         let header = json!({ "version": 2, "width": width, "height": height, "timestamp": timestamp, "env": env });
         file.line(|out| serde_json::to_writer(out, &header).map_err(Into::into))?;
         file.flush()?;
-        Ok(Self { file, started: Instant::now() })
+        Ok(Self { file, started: Instant::now(), closed: false })
     }
 
     fn event(&mut self, kind: &str, data: &str) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         let line = json!([self.started.elapsed().as_secs_f64(), kind, data]);
         self.file.line(|out| serde_json::to_writer(out, &line).map_err(Into::into))?;
         self.file.flush()
@@ -69,6 +78,22 @@ impl CastWriter {
         self.event("r", &format!("{width}x{height}"))
     }
 
+    /// Records a marker (a key press, a lesson step) a player can jump to.
+    pub fn marker(&mut self, label: &str) -> io::Result<()> {
+        self.event("m", label)
+    }
+
+    /// Records what the terminal receives when the UI leaves it: the last
+    /// event of the file (once; nothing is written after it).
+    pub fn close(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let written = self.event("o", &String::from_utf8_lossy(&super::terminal::leave_sequence()));
+        self.closed = true;
+        written
+    }
+
     /// What the file got (the header is not an event).
     pub fn end(&self) -> CastEnd {
         CastEnd {
@@ -76,6 +101,13 @@ impl CastWriter {
             lost: self.file.lost_lines(),
             error: self.file.error().map(|error| error.to_string()),
         }
+    }
+}
+
+impl Drop for CastWriter {
+    /// A recording that ends by an error ends with the closing sequence too.
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }
 

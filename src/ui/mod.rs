@@ -72,7 +72,18 @@ pub fn run(
     stop: &Receiver<libc::c_int>,
 ) -> io::Result<UiEnd> {
     let cast: SharedCast = Rc::new(RefCell::new(options.cast));
-    let cast_end = || cast.borrow().as_ref().map(CastWriter::end);
+    // The recording ends with the terminal's leave sequence, then says how it went.
+    let cast_end = || {
+        let mut cast = cast.borrow_mut();
+        let writer = cast.as_mut()?;
+        let _ = writer.close();
+        Some(writer.end())
+    };
+    let mark = |label: &str| {
+        if let Some(writer) = cast.borrow_mut().as_mut() {
+            let _ = writer.marker(label);
+        }
+    };
     let mut out = TerminalOut::new(io::stdout(), Rc::clone(&cast));
     let _guard = terminal::TerminalGuard::enter(&mut out)?;
     let mut terminal = Terminal::new(CrosstermBackend::new(out))?;
@@ -88,7 +99,15 @@ pub fn run(
     let mut panes: Vec<Rect> = Vec::new();
     let mut dirty = true;
     let mut last_frame = Instant::now() - FRAME;
+    let mut lesson_done = app.lesson.as_ref().map_or(0, |lesson| lesson.done);
     loop {
+        if let Some(lesson) = &app.lesson {
+            for (index, step) in lesson.lesson.steps.iter().enumerate().take(lesson.done).skip(lesson_done) {
+                let instruction: String = step.instruction.chars().take(48).collect();
+                mark(&format!("step {} done: {instruction}", index + 1));
+            }
+            lesson_done = lesson.done;
+        }
         if dirty && last_frame.elapsed() >= FRAME {
             panes = draw(&mut terminal, &app)?;
             last_frame = Instant::now();
@@ -115,6 +134,9 @@ pub fn run(
                     }
                 }
                 if let Some(action) = action_of(&event, &panes) {
+                    if let term_event::Event::Key(key) = event {
+                        mark(&format!("key {}", key.code));
+                    }
                     for command in app.act(action) {
                         core.send(command);
                     }

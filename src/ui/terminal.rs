@@ -37,12 +37,22 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// What the terminal is sent when the UI leaves it: mouse capture off, the
+/// alternate screen left, the cursor shown (a recording ends with it too).
+pub fn leave_sequence() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = execute!(bytes, DisableMouseCapture, LeaveAlternateScreen, cursor::Show);
+    bytes
+}
+
 /// Leaves the alternate screen and raw mode, if we entered them. Safe to call
 /// more than once, and from a panic hook.
 pub fn restore() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
         crate::os::rescue::disarm();
-        let _ = execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, cursor::Show);
+        let mut stdout = io::stdout();
+        let _ = stdout.write_all(&leave_sequence()).and_then(|()| stdout.flush());
         let _ = disable_raw_mode();
     }
 }
@@ -56,4 +66,14 @@ fn install_panic_hook() {
             previous(info);
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rescue_sends_what_the_ui_sends_when_it_leaves() {
+        assert_eq!(leave_sequence(), crate::os::rescue::RESTORE);
+    }
 }

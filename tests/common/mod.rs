@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+pub mod cast;
 pub mod controlled;
+pub mod tmux;
 
 use matrix_tui::config::{Policy, RunConfig, VmConfig};
 use matrix_tui::event::{Command, Event};
