@@ -27,21 +27,43 @@ pub const MIN_UNIT_NS: u64 = 200_000;
 /// Units timed once the unit is long enough (their median is taken).
 const UNITS_TIMED: usize = 5;
 
-/// The built-in guests whose first argument is a work unit in loop
-/// iterations, and the guest CPU time one unit is sized to.
-pub const TIMED_UNITS: &[(&str, Duration)] =
-    &[("ticker", Duration::from_millis(1)), ("neo", Duration::from_millis(1)), ("morpheus", Duration::from_millis(1))];
+/// A built-in guest's argument that is a work unit in loop iterations,
+/// sized here to a time of guest CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedUnit {
+    /// The guest.
+    pub guest: &'static str,
+    /// Which of its arguments.
+    pub arg: usize,
+    /// The guest CPU time one unit is sized to.
+    pub time: Duration,
+    /// Whether a missing argument is sized too (else only an explicit 0,
+    /// where the guest has an iteration count of its own by default).
+    pub when_missing: bool,
+}
+
+/// The built-in guests' work units sized in time: ticker, neo and morpheus
+/// print one unit each; dirtier writes its pages once a unit, so its rate
+/// in pages per second of guest CPU holds on any host.
+pub const TIMED_UNITS: &[TimedUnit] = &[
+    TimedUnit { guest: "ticker", arg: 0, time: Duration::from_millis(1), when_missing: true },
+    TimedUnit { guest: "neo", arg: 0, time: Duration::from_millis(1), when_missing: true },
+    TimedUnit { guest: "morpheus", arg: 0, time: Duration::from_millis(1), when_missing: true },
+    TimedUnit { guest: "dirtier", arg: 3, time: Duration::from_millis(1), when_missing: false },
+];
 
 /// Gives every VM of a built-in timed guest without an explicit unit
-/// (no argument 0, or 0) the unit its time asks for here; true if any
-/// VM got one. Explicit units are left as they are.
+/// (its unit's argument 0, or missing where that sizes it) the unit its
+/// time asks for here; true if any VM got one. Explicit units are left as
+/// they are.
 pub fn size_units(calibration: &Calibration, vms: &mut [VmConfig]) -> bool {
     let mut sized = false;
     for vm in vms.iter_mut() {
-        let Some(time) = unit_wanted(vm) else { continue };
-        let unit = calibration.iterations_for(time);
-        match vm.args.first_mut() {
-            Some(first) => *first = unit,
+        let Some(timed) = unit_wanted(vm) else { continue };
+        let unit = calibration.iterations_for(timed.time);
+        match vm.args.get_mut(timed.arg) {
+            Some(arg) => *arg = unit,
+            // Only a missing argument 0 is sized (see TIMED_UNITS): it goes first.
             None => vm.args.push(unit),
         }
         sized = true;
@@ -49,11 +71,15 @@ pub fn size_units(calibration: &Calibration, vms: &mut [VmConfig]) -> bool {
     sized
 }
 
-/// The time `vm`'s unit is to take, if it is a timed built-in guest without
-/// an explicit unit (argument 0 missing or 0).
-fn unit_wanted(vm: &VmConfig) -> Option<Duration> {
-    let (_, time) = TIMED_UNITS.iter().find(|(name, _)| *name == vm.guest)?;
-    vm.args.first().is_none_or(|&unit| unit == 0).then_some(*time)
+/// `vm`'s timed unit, if it is a timed built-in guest without an explicit
+/// unit.
+fn unit_wanted(vm: &VmConfig) -> Option<TimedUnit> {
+    let timed = TIMED_UNITS.iter().find(|timed| timed.guest == vm.guest)?;
+    let wanted = match vm.args.get(timed.arg) {
+        Some(&unit) => unit == 0,
+        None => timed.when_missing && vm.args.len() == timed.arg,
+    };
+    wanted.then_some(*timed)
 }
 
 /// Whether any VM would take a calibrated unit (so calibrating is worth it).
@@ -125,11 +151,19 @@ mod tests {
         let calibration = Calibration { loop_iterations_per_ms: 850, measured_ms: 3.0 };
         assert_eq!(calibration.iterations_for(Duration::from_millis(1)), 850);
         assert_eq!(calibration.iterations_for(Duration::from_micros(1)), 1);
-        let mut vms = vec![vm("ticker", &[]), vm("neo", &[0, 50]), vm("morpheus", &[123]), vm("spin", &[])];
+        let mut vms = vec![
+            vm("ticker", &[]),
+            vm("neo", &[0, 50]),
+            vm("morpheus", &[123]),
+            vm("spin", &[]),
+            vm("dirtier", &[1, 1000, 1000, 0]),
+            vm("dirtier", &[8]),
+        ];
         assert!(wanted(&vms));
         assert!(size_units(&calibration, &mut vms));
         let args: Vec<&[u64]> = vms.iter().map(|vm| vm.args.as_slice()).collect();
-        assert_eq!(args, [&[850][..], &[850, 50], &[123], &[]]);
+        assert_eq!(args, [&[850][..], &[850, 50], &[123], &[], &[1, 1000, 1000, 850], &[8]]);
+        assert!(!wanted(&[vm("dirtier", &[])]), "dirtier's default busy work stays unless 0 asks for a size");
         assert!(!wanted(&[vm("ticker", &[5]), vm("part1", &[])]));
         assert!(!size_units(&calibration, &mut [vm("ticker", &[5])]), "an explicit unit is not sized");
     }

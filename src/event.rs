@@ -384,6 +384,16 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// A pre-copy round of a VM moving out ended (`ends`: and with it the
+    /// rounds, the last one beginning).
+    Round {
+        /// The VM.
+        vm: VmId,
+        /// What the round sent and saw dirtied.
+        round: crate::report::RoundReport,
+        /// Why the rounds end here, if they do.
+        ends: Option<crate::report::RoundsEnd>,
+    },
     /// A VM changed state.
     State {
         /// The VM.

@@ -228,6 +228,7 @@ pub fn run(
                 printer.note(vm, t_ns, &format!("{NOTE_PREFIX}{}", status.describe()))
             }
             Event::State { .. }
+            | Event::Round { .. }
             | Event::Sample { .. }
             | Event::Settings(_)
             | Event::Exits { .. }

@@ -171,8 +171,29 @@ pub enum Check {
         /// The text.
         text: String,
     },
+    /// The VM moved, and its migration's rounds show the claim.
+    Migrated {
+        /// The VM.
+        vm: usize,
+        /// What its rounds show.
+        claim: MigrationClaim,
+    },
     /// The view is open.
     ViewOpen(View),
+}
+
+/// What a migration's rounds show (a `migrated` check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationClaim {
+    /// The rest fit the downtime limit, and the VM moved.
+    Converged,
+    /// The rounds did not shrink (each after round 0 dirtied at least 90 %
+    /// of round 1's), nothing throttled it, and the round cap ended them.
+    AtRoundCap,
+    /// Auto-converge throttled it in two or more rounds, the throttle never
+    /// fell, the dirtied pages fell below half of round 1's, and the rest
+    /// fit the limit.
+    ThrottledToFit,
 }
 
 /// One step of a lesson.
@@ -199,7 +220,8 @@ pub struct Lesson {
     pub migration: Option<LessonMigration>,
 }
 
-/// A lesson's migration settings: `[migration] to = "ADDR"`, `bandwidth = "2M"`, `max_rounds = 6`.
+/// A lesson's migration settings: `[migration] to = "ADDR"`, `bandwidth = "2M"`, `max_rounds = 6`,
+/// `downtime_limit = "10ms"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LessonMigration {
     /// Where `M` moves a VM.
@@ -208,6 +230,8 @@ pub struct LessonMigration {
     pub bandwidth: Option<u64>,
     /// The round cap.
     pub max_rounds: Option<u32>,
+    /// The pause the last round may cost at most.
+    pub downtime_limit: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +240,7 @@ struct MigrationSpec {
     to: Spanned<String>,
     bandwidth: Option<Spanned<String>>,
     max_rounds: Option<u32>,
+    downtime_limit: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +279,7 @@ struct CheckSpec {
     file_guest_lines: Option<u64>,
     says: Option<String>,
     view: Option<String>,
+    migrated: Option<String>,
 }
 
 /// The names of the built-in lessons with their titles, in course order.
@@ -323,6 +349,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Lesson, ScenarioErro
                 None => None,
             },
             max_rounds: migration.max_rounds,
+            downtime_limit: match &migration.downtime_limit {
+                Some(text) => Some(
+                    crate::units::parse_duration(text.get_ref())
+                        .map_err(|message| at(text.span(), "downtime_limit", message))?,
+                ),
+                None => None,
+            },
         }),
         None => None,
     };
@@ -354,9 +387,10 @@ fn check_of(
         spec.file_guest_lines.is_some(),
         spec.says.is_some(),
         spec.view.is_some(),
+        spec.migrated.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines, says or view";
+                      injected, file_guest_lines, says, view or migrated";
     match kinds.iter().filter(|&&set| set).count() {
         1 => {}
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
@@ -404,6 +438,19 @@ fn check_of(
             }
         };
         Check::State { vm: needs_vm("state")?, state }
+    } else if let Some(claim) = &spec.migrated {
+        let claim = match claim.as_str() {
+            "converged" => MigrationClaim::Converged,
+            "at_round_cap" => MigrationClaim::AtRoundCap,
+            "throttled_to_fit" => MigrationClaim::ThrottledToFit,
+            other => {
+                return Err(error(
+                    "migrated",
+                    format!("'{other}' is not a migration's outcome; use converged, at_round_cap or throttled_to_fit"),
+                ));
+            }
+        };
+        Check::Migrated { vm: needs_vm("migrated")?, claim }
     } else if let Some(kind) = &spec.exit {
         let kind = ExitKind::ALL.into_iter().find(|known| known.name() == kind).ok_or_else(|| {
             let names: Vec<&str> = ExitKind::ALL.iter().map(|kind| kind.name()).collect();

@@ -159,6 +159,16 @@ pub struct MigrationReport {
     pub abandoned: Option<String>,
 }
 
+/// Why a migration's pre-copy rounds ended (its last round began).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundsEnd {
+    /// What was left fits the downtime limit at the measured bandwidth.
+    Fits,
+    /// The round cap or the byte cap (3x memory) was reached.
+    Capped,
+}
+
 /// One pre-copy round.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct RoundReport {

@@ -200,15 +200,24 @@ fn a_sleeper_on_a_1_ms_timer_gets_its_ticks_beside_a_spinner_and_is_charged_litt
 fn tasks_runs_both_its_tasks_in_equal_turns_inside_its_share() {
     let output = matrix(&["run", "--vm", "k=tasks", "--vm", "t=ticker", "--duration", "2s", "--headless"]);
     let text = String::from_utf8_lossy(&output.stdout);
-    let turns: Vec<char> = text
+    // "task A runs (switch 4), ...": the task and the switch it came in on.
+    let turns: Vec<(char, u64)> = text
         .lines()
         .filter_map(|line| line.strip_prefix("k| task "))
-        .map(|rest| rest.chars().next().unwrap())
+        .map(|rest| {
+            let switch = rest.split("(switch ").nth(1).and_then(|s| s.split(')').next()).unwrap();
+            (rest.chars().next().unwrap(), switch.parse().unwrap())
+        })
         .collect();
-    let (a, b) = (turns.iter().filter(|&&t| t == 'A').count(), turns.iter().filter(|&&t| t == 'B').count());
-    // Every 50 ms of host time a switch, while the VM has half the CPU.
-    assert!(a >= 15 && a.abs_diff(b) <= 1, "A ran {a} turns and B {b}: {text:.400}");
-    assert!(turns.windows(2).all(|pair| pair[0] != pair[1]), "they take turns: {turns:?}");
+    let (a, b) = (turns.iter().filter(|t| t.0 == 'A').count(), turns.iter().filter(|t| t.0 == 'B').count());
+    // Every 50 ms of host time a switch, while the VM has half the CPU (on
+    // a busy host some ticks come late and coalesce: fewer turns).
+    assert!(a >= 10 && a.abs_diff(b) <= 3, "A ran {a} turns and B {b}: {text:.400}");
+    // Each switch hands the CPU to the other task: even switches to A, odd
+    // to B, in order. (A task given less than a unit of work before the
+    // next switch prints nothing: a late tick followed by one on time.)
+    assert!(turns.iter().all(|&(task, switch)| task == if switch % 2 == 0 { 'A' } else { 'B' }), "{turns:?}");
+    assert!(turns.windows(2).all(|pair| pair[0].1 < pair[1].1), "switches in order: {turns:?}");
 }
 
 #[test]

@@ -49,12 +49,15 @@ fn list_guests() -> Result<ExitCode, Failure> {
                 "\nWork units on this machine ({} loop iterations per ms of guest CPU, measured in {:.1} ms):",
                 measured.loop_iterations_per_ms, measured.measured_ms
             );
-            for (name, time) in calibration::TIMED_UNITS {
+            for timed in calibration::TIMED_UNITS {
+                let when = if timed.when_missing { "" } else { " when it is 0" };
                 let _ = writeln!(
                     out,
-                    "  {name:<9} a unit is {} ms of guest CPU: {} iterations (argument 0 overrides it)",
-                    time.as_secs_f64() * 1000.0,
-                    measured.iterations_for(*time)
+                    "  {:<9} a unit is {} ms of guest CPU: {} iterations (argument {}{when}; another value overrides it)",
+                    timed.guest,
+                    timed.time.as_secs_f64() * 1000.0,
+                    measured.iterations_for(timed.time),
+                    timed.arg,
                 );
             }
         }

@@ -74,6 +74,7 @@ pub(super) fn run_lesson(args: LessonArgs) -> Result<ExitCode, Failure> {
         migrate_to: args.migrate_to.or_else(|| migration.as_ref().map(|migration| migration.to.clone())),
         migrate_bandwidth: migration.as_ref().and_then(|migration| migration.bandwidth),
         max_rounds: migration.as_ref().and_then(|migration| migration.max_rounds).unwrap_or(30),
+        downtime_limit: migration.as_ref().and_then(|migration| migration.downtime_limit),
         vms: args.vms,
         duration: args.duration,
         headless: args.headless,

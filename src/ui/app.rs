@@ -195,6 +195,11 @@ impl App {
                 }
             }
             Event::Settings(settings) => self.settings = settings,
+            Event::Round { vm, round, ends } => {
+                if let Some(view) = self.vms.get_mut(vm) {
+                    view.move_rounds.push(round, ends);
+                }
+            }
             Event::Debugger { vm, status, .. } => {
                 if let Some(view) = self.vms.get_mut(vm) {
                     if let DebuggerStatus::Listening { address, .. } = &status {

@@ -110,6 +110,9 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::Says { vm: index, ref text } => {
             vm(index).is_some_and(|view| view.lines.iter().any(|line| line.contains(text.as_str())))
         }
+        Check::Migrated { vm: index, claim } => {
+            vm(index).is_some_and(|view| matches!(view.state, VmState::Moved { .. }) && view.move_rounds.shows(claim))
+        }
         Check::ViewOpen(View::Inspector) => app.inspector_open,
         Check::ViewOpen(View::Timeline) => app.timeline_shown,
     }

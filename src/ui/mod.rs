@@ -9,6 +9,7 @@ pub mod cast;
 pub mod inspector;
 pub mod keys;
 pub mod lesson_panel;
+pub mod move_rounds;
 pub mod rates;
 pub mod share_gauge;
 pub mod terminal;

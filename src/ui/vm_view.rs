@@ -58,6 +58,8 @@ pub struct VmView {
     pub debugger: Option<DebuggerStatus>,
     /// Where its gdb server listens.
     pub gdb_address: Option<String>,
+    /// The rounds of its latest migration out.
+    pub move_rounds: super::move_rounds::MoveRounds,
 }
 
 impl VmView {
@@ -84,6 +86,7 @@ impl VmView {
             setup_summary: String::new(),
             debugger: None,
             gdb_address: None,
+            move_rounds: Default::default(),
         }
     }
 

@@ -66,7 +66,13 @@ impl Tmux {
     /// Waits until the screen shows all of `texts` ([`PATIENCE`] at most)
     /// and returns it.
     pub fn wait_for(&self, texts: &[&str]) -> String {
-        let give_up = Instant::now() + PATIENCE;
+        self.wait_for_within(texts, PATIENCE)
+    }
+
+    /// Waits until the screen shows all of `texts` (`bound` at most) and
+    /// returns it.
+    pub fn wait_for_within(&self, texts: &[&str], bound: Duration) -> String {
+        let give_up = Instant::now() + bound;
         loop {
             let screen = self.screen();
             if texts.iter().all(|text| screen.contains(text)) {

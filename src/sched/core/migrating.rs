@@ -8,7 +8,7 @@
 use super::*;
 use crate::migration::MigrationSettings;
 use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
-use crate::report::{MigrationReport, RoundReport};
+use crate::report::{MigrationReport, RoundReport, RoundsEnd};
 use crate::snapshot::format::PAGE_SIZE;
 use crate::vm::layout::Structure;
 
@@ -395,6 +395,8 @@ impl Core {
         if let Some((trace, _)) = &mut self.trace {
             trace.push(TraceRecord::Round { vm, t_ns: now_ns.saturating_sub(self.epoch_ns), round: record });
         }
+        let ends = if fits { Some(RoundsEnd::Fits) } else { capped.then_some(RoundsEnd::Capped) };
+        self.outbox.push_back(Event::Round { vm, round: record, ends });
         if fits || capped {
             let why = if fits { "the rest fits the downtime limit" } else { "the round or byte cap is reached" };
             self.note(vm, format_args!("last round, the VM paused: {why}"));
