@@ -171,6 +171,18 @@ pub enum Check {
         /// The text.
         text: String,
     },
+    /// The VM is the selected one (its pane has the heavy border).
+    Selected {
+        /// The VM.
+        vm: usize,
+    },
+    /// The timeline is shown with a window of at least this many ns.
+    TimelineSpan {
+        /// Nanoseconds.
+        at_least_ns: u64,
+    },
+    /// Every one of these holds (a step's `checks = [...]`).
+    All(Vec<Check>),
     /// The VM moved, and its migration's rounds show the claim.
     Migrated {
         /// The VM.
@@ -259,7 +271,10 @@ struct LessonSpec {
 struct StepSpec {
     #[serde(rename = "do")]
     instruction: Spanned<String>,
-    check: Spanned<CheckSpec>,
+    /// One check, or
+    check: Option<Spanned<CheckSpec>>,
+    /// several that must all hold.
+    checks: Option<Spanned<Vec<CheckSpec>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -280,6 +295,8 @@ struct CheckSpec {
     says: Option<String>,
     view: Option<String>,
     migrated: Option<String>,
+    selected: Option<bool>,
+    timeline_span: Option<String>,
 }
 
 /// The names of the built-in lessons with their titles, in course order.
@@ -331,7 +348,23 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Lesson, ScenarioErro
         if step.instruction.get_ref().trim().is_empty() {
             return Err(at(step.instruction.span(), "do", "is empty: say what to do".into()));
         }
-        let check = check_of(step.check.get_ref(), &scenario, &|key, message| at(step.check.span(), key, message))?;
+        let check = match (&step.check, &step.checks) {
+            (Some(check), None) => check_of(check.get_ref(), &scenario, &|key, message| at(check.span(), key, message))?,
+            (None, Some(checks)) if !checks.get_ref().is_empty() => Check::All(
+                checks
+                    .get_ref()
+                    .iter()
+                    .map(|check| check_of(check, &scenario, &|key, message| at(checks.span(), key, message)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                return Err(at(
+                    step.instruction.span(),
+                    "check",
+                    "a step needs one `check = { ... }` or a non-empty `checks = [{ ... }, ...]`, not both".into(),
+                ));
+            }
+        };
         steps.push(LessonStep { instruction: step.instruction.get_ref().trim().to_string(), check });
     }
     if steps.is_empty() {
@@ -388,9 +421,11 @@ fn check_of(
         spec.says.is_some(),
         spec.view.is_some(),
         spec.migrated.is_some(),
+        spec.selected.is_some(),
+        spec.timeline_span.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines, says, view or migrated";
+                      injected, file_guest_lines, says, view, migrated, selected or timeline_span";
     match kinds.iter().filter(|&&set| set).count() {
         1 => {}
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
@@ -438,6 +473,14 @@ fn check_of(
             }
         };
         Check::State { vm: needs_vm("state")?, state }
+    } else if let Some(selected) = spec.selected {
+        if !selected {
+            return Err(error("selected", "`selected = false` checks nothing; write `selected = true`".into()));
+        }
+        Check::Selected { vm: needs_vm("selected")? }
+    } else if let Some(span) = &spec.timeline_span {
+        let window = crate::units::parse_duration(span).map_err(|message| error("timeline_span", message))?;
+        Check::TimelineSpan { at_least_ns: window.as_nanos() as u64 }
     } else if let Some(claim) = &spec.migrated {
         let claim = match claim.as_str() {
             "converged" => MigrationClaim::Converged,
@@ -530,7 +573,9 @@ mod tests {
             "{HEAD}[[step]]\ndo = \"Press m\"\ncheck = {{ policy = \"rr\" }}\n\
              [[step]]\ndo = \"Wait\"\ncheck = {{ vm = \"neo\", preempted = 50 }}\n\
              [[step]]\ndo = \"Open it\"\ncheck = {{ view = \"timeline\" }}\n\
-             [[step]]\ndo = \"See\"\ncheck = {{ hypercall = \"HC_printStr\" }}\n"
+             [[step]]\ndo = \"See\"\ncheck = {{ hypercall = \"HC_printStr\" }}\n\
+             [[step]]\ndo = \"Both\"\nchecks = [{{ vm = \"neo\", selected = true }}, {{ timeline_span = \"500ms\" }}]\n\
+             [[step]]\ndo = \"Move\"\ncheck = {{ vm = \"neo\", migrated = \"throttled_to_fit\" }}\n"
         ))
         .unwrap();
         assert_eq!(lesson.title, "T");
@@ -542,6 +587,8 @@ mod tests {
                 Check::Preempted { vm: 0, at_least: 50 },
                 Check::ViewOpen(View::Timeline),
                 Check::HypercallSeen { vm: None, name: "HC_printStr" },
+                Check::All(vec![Check::Selected { vm: 0 }, Check::TimelineSpan { at_least_ns: 500_000_000 }]),
+                Check::Migrated { vm: 0, claim: MigrationClaim::ThrottledToFit },
             ]
         );
         assert_eq!(lesson.scenario.policy, Some(Policy::Io));
@@ -563,6 +610,13 @@ mod tests {
             ("[[step]]\ndo = \"x\"\ncheck = { state = \"asleep\" }\n", 10, "state", "not a state"),
             ("[[step]]\ndo = \"x\"\ncheck = { speed = 3 }\n", 10, "speed", "unknown field"),
             ("[[step]]\ndo = \"\"\ncheck = { view = \"timeline\" }\n", 9, "do", "is empty"),
+            ("[[step]]\ndo = \"x\"\n", 9, "check", "needs one `check"),
+            ("[[step]]\ndo = \"x\"\nchecks = []\n", 9, "check", "non-empty"),
+            ("[[step]]\ndo = \"x\"\ncheck = { view = \"timeline\" }\nchecks = [{ policy = \"rr\" }]\n", 9, "check", "not both"),
+            ("[[step]]\ndo = \"x\"\nchecks = [{ policy = \"rr\" }, { selected = true }]\n", 10, "vm", "needs the VM"),
+            ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", selected = false }\n", 10, "selected", "checks nothing"),
+            ("[[step]]\ndo = \"x\"\ncheck = { timeline_span = \"soon\" }\n", 10, "timeline_span", ""),
+            ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", migrated = \"yes\" }\n", 10, "migrated", "not a migration"),
         ];
         for (steps, line, key, message) in cases {
             let error = parse_str(&format!("{HEAD}{steps}")).unwrap_err();

@@ -144,10 +144,15 @@ fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
     tmux.keys("Tab");
     tmux.keys("p");
     tmux.wait_for(&["exits of real", "hlt", "step 5 of 5"]);
-    // protected, then paged32 (crashed where the host refuses it: p does nothing), then long.
-    for _ in 0..3 {
-        tmux.keys("Tab");
-        tmux.keys("p");
+    // long alone halting is not the step: it asks for protected and paged32 too.
+    for key in ["Tab", "Tab", "Tab", "p"] {
+        tmux.keys(key);
+    }
+    let screen = tmux.wait_for(&["exits of long", "hlt"]);
+    assert!(screen.contains("step 5 of 5"), "{screen}");
+    // Back to paged32 (crashed where the host refuses it: p does nothing), then protected.
+    for key in ["BTab", "p", "BTab", "p"] {
+        tmux.keys(key);
     }
     tmux.wait_for(&["all 5 steps done"]);
     tmux.keys("e");
@@ -167,12 +172,22 @@ fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
     tmux.wait_for(&["step 3 of 5", "sleeping"]);
     tmux.keys("Tab");
     tmux.keys("e");
-    // Its inspector lists the injections; tasks has printed its lines by now.
-    tmux.wait_for(&["exits of sleeper", "interrupt 0x20 injected (timer tick)", "step 5 of 5"]);
+    // Its inspector lists the injections.
+    tmux.wait_for(&["exits of sleeper", "interrupt 0x20 injected (timer tick)", "step 4 of 5"]);
+    // Tab to tasks, as step 4 asks (its lines alone do not tick it).
+    tmux.keys("Tab");
+    tmux.wait_for(&["step 5 of 5"]);
     tmux.keys("e");
     tmux.keys("t");
-    let screen = tmux.wait_for(&["all 5 steps done", "timeline"]);
-    assert!(screen.contains("z sleep"), "{screen}");
+    // The step ticks only once the window is wide enough for the sleeper's z.
+    for _ in 0..5 {
+        tmux.keys(">");
+    }
+    tmux.wait_for(&["timeline · last 500ms", "step 5 of 5"]);
+    tmux.keys(">");
+    let screen = tmux.wait_for(&["all 5 steps done", "timeline · last 1s"]);
+    let ends = screen.lines().find(|line| line.starts_with("│end")).expect("the timeline's row of ends");
+    assert!(ends.contains('z'), "the sleeper's sleeps show: {screen}");
     tmux.keys("q");
 }
 

@@ -168,6 +168,8 @@ impl App {
             targets: (0..self.vms.len()).map(|vm| self.target(vm)).collect(),
             inspector_open: self.inspector.is_some(),
             timeline_shown: self.timeline.shown,
+            timeline_window_ns: self.timeline.window_ns(),
+            selected: self.selected,
         };
         let ticked = lesson.advance(&state);
         self.lesson = Some(lesson);

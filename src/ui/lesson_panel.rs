@@ -62,6 +62,10 @@ pub struct LessonState<'a> {
     pub inspector_open: bool,
     /// Whether the timeline is shown.
     pub timeline_shown: bool,
+    /// The timeline's window, in ns.
+    pub timeline_window_ns: u64,
+    /// The selected VM.
+    pub selected: usize,
 }
 
 impl LessonState<'_> {
@@ -74,6 +78,9 @@ impl LessonState<'_> {
 pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
     let vm = |index: usize| app.vms.get(index);
     match *check {
+        Check::All(ref checks) => checks.iter().all(|check| holds(check, app, file_vms)),
+        Check::Selected { vm: index } => app.selected == index,
+        Check::TimelineSpan { at_least_ns } => app.timeline_shown && app.timeline_window_ns >= at_least_ns,
         Check::Policy(policy) => app.policy == policy,
         Check::Preempted { vm: index, at_least } => vm(index).is_some_and(|v| v.counters.preemptions >= at_least),
         Check::ShareWithin { vm: index, points } => match (vm(index), app.target(index)) {

@@ -91,14 +91,16 @@ pub struct TimelineView<'a> {
 /// The weight of the mark for a slice that had a timer tick injected.
 const TICK_WEIGHT: u8 = 3;
 
-/// The mark for a slice that ended so, and its weight when several share a cell.
+/// The mark for a slice that ended so, and its weight when several share a
+/// cell. A sleep outweighs a tick: a sleeper's slice (woken by a tick, back
+/// to hlt) mostly fits in one cell, and its `z` is what shows it slept.
 fn mark(end: SliceEnd) -> (char, u8) {
     match end {
-        SliceEnd::Crash => ('X', 6),
-        SliceEnd::Halt => ('H', 5),
-        SliceEnd::Step | SliceEnd::Debugger => ('s', 4),
+        SliceEnd::Crash => ('X', 7),
+        SliceEnd::Halt => ('H', 6),
+        SliceEnd::Step | SliceEnd::Debugger => ('s', 5),
+        SliceEnd::Sleep => ('z', 4),
         SliceEnd::Yield => ('y', 3),
-        SliceEnd::Sleep => ('z', 3),
         SliceEnd::IoSwitch => ('i', 2),
         SliceEnd::Deadline | SliceEnd::ExitAfterDeadline => ('k', 1),
         SliceEnd::Command => ('c', 0),
@@ -266,15 +268,20 @@ mod tests {
     #[test]
     fn a_sleepers_slices_end_in_z_and_its_wake_ups_are_marked_where_the_tick_went_in() {
         // The sleeper (vm 1) runs 200-300 us and sleeps; woken by a tick, it
-        // runs 1200-1300 us and sleeps again.
+        // runs 1200-1300 us and sleeps again (one cell: its z shows, as at
+        // any zoom where a wake-up is shorter than a cell); woken again, it
+        // runs 1500-1800 us: the tick where it began, the z where it ended.
         let mut timeline = Timeline::default();
         timeline.zoom(-5);
         let mut woken = slice(1, 1200, 1300, SliceEnd::Sleep);
         woken.injected = 1;
-        timeline.push(vec![slice(0, 0, 200, SliceEnd::Deadline), slice(1, 200, 300, SliceEnd::Sleep), woken], 0);
+        let mut woken_longer = slice(1, 1500, 1800, SliceEnd::Sleep);
+        woken_longer.injected = 1;
+        let slices = vec![slice(0, 0, 200, SliceEnd::Deadline), slice(1, 200, 300, SliceEnd::Sleep), woken, woken_longer];
+        timeline.push(slices, 0);
         let rows = render(&timeline, &["spin", "sleeper"], 2000, 32, 6);
-        assert_eq!(rows[2], "│sleeper   ··█·········█·······│");
-        assert_eq!(rows[3], "│ends       kz         ^       │");
+        assert_eq!(rows[2], "│sleeper   ··█·········█··███··│");
+        assert_eq!(rows[3], "│ends       kz         z  ^ z  │");
     }
 
     #[test]
