@@ -349,7 +349,9 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Lesson, ScenarioErro
             return Err(at(step.instruction.span(), "do", "is empty: say what to do".into()));
         }
         let check = match (&step.check, &step.checks) {
-            (Some(check), None) => check_of(check.get_ref(), &scenario, &|key, message| at(check.span(), key, message))?,
+            (Some(check), None) => {
+                check_of(check.get_ref(), &scenario, &|key, message| at(check.span(), key, message))?
+            }
             (None, Some(checks)) if !checks.get_ref().is_empty() => Check::All(
                 checks
                     .get_ref()
@@ -612,7 +614,12 @@ mod tests {
             ("[[step]]\ndo = \"\"\ncheck = { view = \"timeline\" }\n", 9, "do", "is empty"),
             ("[[step]]\ndo = \"x\"\n", 9, "check", "needs one `check"),
             ("[[step]]\ndo = \"x\"\nchecks = []\n", 9, "check", "non-empty"),
-            ("[[step]]\ndo = \"x\"\ncheck = { view = \"timeline\" }\nchecks = [{ policy = \"rr\" }]\n", 9, "check", "not both"),
+            (
+                "[[step]]\ndo = \"x\"\ncheck = { view = \"timeline\" }\nchecks = [{ policy = \"rr\" }]\n",
+                9,
+                "check",
+                "not both",
+            ),
             ("[[step]]\ndo = \"x\"\nchecks = [{ policy = \"rr\" }, { selected = true }]\n", 10, "vm", "needs the VM"),
             ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", selected = false }\n", 10, "selected", "checks nothing"),
             ("[[step]]\ndo = \"x\"\ncheck = { timeline_span = \"soon\" }\n", 10, "timeline_span", ""),

@@ -307,9 +307,9 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
         socket.display()
     );
     let tmux = Tmux::start("migration", &command, 160, 48);
-    tmux.wait_for(&["neo running", "dirtier paused", "→ With neo selected press S"]);
+    tmux.wait_for(&["neo running", "dirtier paused", "→ First, in another terminal, start the receiver"]);
     tmux.keys("S");
-    tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ With neo selected"]);
+    tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ First, in another terminal"]);
     assert!(dir.path().join("neo-1.snap").exists());
     tmux.keys("M");
     // Its rounds in its pane (on a busy host neo's few pages can take all

@@ -277,6 +277,9 @@ impl App {
 
     fn apply_sample(&mut self, elapsed_ns: u64, samples: Vec<VmSample>) {
         self.elapsed_ns = elapsed_ns;
+        for view in &mut self.vms {
+            view.clock_ns = elapsed_ns;
+        }
         for (view, sample) in self.vms.iter_mut().zip(&samples) {
             view.counters = sample.counters;
         }

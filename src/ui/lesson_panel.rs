@@ -7,7 +7,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget, Wrap};
+use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget};
 
 use super::vm_view::VmView;
 use crate::config::Policy;
@@ -146,22 +146,59 @@ impl Widget for LessonPanel<'_> {
             } else {
                 format!(" step {} of {} · l hides ", progress.done + 1, lesson.steps.len())
             });
-        let mut lines = Vec::new();
-        for (index, step) in lesson.steps.iter().enumerate() {
-            let (mark, style) = match index.cmp(&progress.done) {
-                std::cmp::Ordering::Less => ("✓ ", Style::default().fg(Color::Green)),
-                std::cmp::Ordering::Equal => ("→ ", Style::default().fg(Color::Yellow).bold()),
-                std::cmp::Ordering::Greater => ("· ", Style::default().fg(Color::DarkGray)),
-            };
-            lines.push(Line::from(vec![Span::styled(mark, style), Span::styled(step.instruction.clone(), style)]));
-        }
-        if progress.finished() {
-            lines.push(Line::styled("All done. Try it your own way, or q to quit.", Style::default().fg(Color::Green)));
-        }
-        lines.push(Line::raw(""));
-        lines.push(Line::styled(lesson.text.replace('\n', " "), Style::default().fg(Color::Gray)));
-        Paragraph::new(lines).wrap(Wrap { trim: true }).block(block).render(area, buf);
+        // Every step in full where they fit; where not (80x24), the step to
+        // do in full and the others a row each, cut at the edge, scrolled
+        // so that every word of what to do now shows.
+        let width = usize::from(block.inner(area).width).max(1);
+        let height = usize::from(block.inner(area).height);
+        let full = step_rows(progress, width, true);
+        let (mut rows, current_at, current_rows) =
+            if full.0.len() <= height { full } else { step_rows(progress, width, false) };
+        rows.push(Line::raw(""));
+        let text = lesson.text.replace('\n', " ");
+        let gray = Style::default().fg(Color::Gray);
+        rows.extend(
+            textwrap::wrap(&text, textwrap::Options::new(width))
+                .into_iter()
+                .map(|row| Line::styled(row.into_owned(), gray)),
+        );
+        // Scroll no further than the step to do, and only as far as needed
+        // to show it whole.
+        let scroll = (current_at + current_rows.min(height)).saturating_sub(height).min(current_at);
+        Paragraph::new(rows).scroll((scroll as u16, 0)).block(block).render(area, buf);
     }
+}
+
+/// The steps' rows at `width` (each in full, or only the one to do), with
+/// where the one to do (or "All done") begins and how many rows it takes.
+fn step_rows(progress: &LessonProgress, width: usize, all_in_full: bool) -> (Vec<Line<'static>>, usize, usize) {
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    let (mut current_at, mut current_rows) = (0, 1);
+    for (index, step) in progress.lesson.steps.iter().enumerate() {
+        let (mark, style) = match index.cmp(&progress.done) {
+            std::cmp::Ordering::Less => ("✓ ", Style::default().fg(Color::Green)),
+            std::cmp::Ordering::Equal => ("→ ", Style::default().fg(Color::Yellow).bold()),
+            std::cmp::Ordering::Greater => ("· ", Style::default().fg(Color::DarkGray)),
+        };
+        let text = format!("{mark}{}", step.instruction);
+        if all_in_full || index == progress.done {
+            let wrapped = textwrap::wrap(&text, textwrap::Options::new(width).subsequent_indent("  "));
+            if index == progress.done {
+                (current_at, current_rows) = (rows.len(), wrapped.len());
+            }
+            rows.extend(wrapped.into_iter().map(|row| Line::styled(row.into_owned(), style)));
+        } else if text.chars().count() > width {
+            let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+            rows.push(Line::styled(format!("{cut}…"), style));
+        } else {
+            rows.push(Line::styled(text, style));
+        }
+    }
+    if progress.finished() {
+        (current_at, current_rows) = (rows.len(), 1);
+        rows.push(Line::styled("All done. Try it your own way, or q to quit.", Style::default().fg(Color::Green)));
+    }
+    (rows, current_at, current_rows)
 }
 
 #[cfg(test)]

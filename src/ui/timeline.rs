@@ -277,7 +277,8 @@ mod tests {
         woken.injected = 1;
         let mut woken_longer = slice(1, 1500, 1800, SliceEnd::Sleep);
         woken_longer.injected = 1;
-        let slices = vec![slice(0, 0, 200, SliceEnd::Deadline), slice(1, 200, 300, SliceEnd::Sleep), woken, woken_longer];
+        let slices =
+            vec![slice(0, 0, 200, SliceEnd::Deadline), slice(1, 200, 300, SliceEnd::Sleep), woken, woken_longer];
         timeline.push(slices, 0);
         let rows = render(&timeline, &["spin", "sleeper"], 2000, 32, 6);
         assert_eq!(rows[2], "│sleeper   ··█·········█··███··│");

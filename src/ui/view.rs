@@ -36,7 +36,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
     frame.render_widget(header_line(app), header);
-    frame.render_widget(footer_line(), footer);
+    frame.render_widget(footer_line(footer.width), footer);
     if app.vms.is_empty() {
         let waiting = "No VM yet: this run waits for VMs moved here (--incoming). q quits.";
         frame.render_widget(Paragraph::new(waiting).wrap(Wrap { trim: true }), body);
@@ -170,29 +170,46 @@ fn format_quantum(micros: u64) -> String {
     if micros >= 1000 && micros % 1000 == 0 { format!("{}ms", micros / 1000) } else { format!("{micros}us") }
 }
 
-fn footer_line() -> Line<'static> {
-    let keys = [
-        ("Tab", "select"),
-        ("+/-", "share"),
-        ("p", "pause"),
-        ("s", "step"),
-        ("e", "exits"),
-        ("t", "timeline"),
-        ("m", "policy"),
-        ("?", "help"),
-        ("q", "quit"),
-    ];
+/// The keys the footer names, most needed first: how to quit and where
+/// the rest is listed always show; the others as the width allows, in
+/// this order on screen.
+const FOOTER_KEYS: [(u8, &str, &str); 9] = [
+    (2, "Tab", "select"),
+    (3, "+/-", "share"),
+    (4, "p", "pause"),
+    (5, "s", "step"),
+    (6, "e", "exits"),
+    (7, "t", "timeline"),
+    (8, "m", "policy"),
+    (1, "?", "help"),
+    (0, "q", "quit"),
+];
+
+fn footer_line(width: u16) -> Line<'static> {
+    let cost = |(_, key, what): &(u8, &str, &str)| key.chars().count() + what.chars().count() + 3;
+    let mut by_need = FOOTER_KEYS;
+    by_need.sort_by_key(|(need, _, _)| *need);
+    let mut room = usize::from(width);
+    let mut shown = [false; FOOTER_KEYS.len()];
+    for item in by_need {
+        if cost(&item) <= room {
+            room -= cost(&item);
+            shown[FOOTER_KEYS.iter().position(|other| other.0 == item.0).unwrap_or(0)] = true;
+        }
+    }
     let mut spans = Vec::new();
-    for (key, what) in keys {
+    for (_, key, what) in FOOTER_KEYS.iter().zip(shown).filter(|(_, shown)| *shown).map(|(item, _)| *item) {
         spans.push(Span::styled(format!(" {key}"), Style::default().bold()));
         spans.push(Span::styled(format!(" {what} "), Style::default().fg(Color::DarkGray)));
     }
     Line::from(spans)
 }
 
-fn title(app: &App, vm: usize) -> Line<'static> {
+/// A pane's title, fitted to `width` columns: the longer wordings of the
+/// weight and target first, then shorter ones, then none.
+fn title(app: &App, vm: usize, width: u16) -> Line<'static> {
     let view = &app.vms[vm];
-    let weight = app.settings.weights.get(vm).copied().unwrap_or(0.0);
+    let weight = trim_weight(app.settings.weights.get(vm).copied().unwrap_or(0.0));
     let mut spans = vec![
         Span::styled(format!(" {} ", view.name), Style::default().bold()),
         Span::styled(view.state.name(), Style::default().fg(state_color(&view.state))),
@@ -200,13 +217,20 @@ fn title(app: &App, vm: usize) -> Line<'static> {
     if let Some(debugger) = &view.debugger {
         spans.push(Span::styled(debugger_mark(debugger), Style::default().fg(Color::Magenta)));
     }
-    spans.push(Span::raw(match app.target(vm) {
-        Some(target) => format!(" · w{} → {:.0}% ", trim_weight(weight), target * 100.0),
+    let wordings = match app.target(vm) {
+        Some(target) => vec![format!(" · w{weight} → {:.0}% ", target * 100.0), format!(" → {:.0}% ", target * 100.0)],
         None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
-            format!(" · w{} · io: no target ", trim_weight(weight))
+            vec![format!(" · w{weight} · io: no target "), format!(" · w{weight} · io "), " · io ".to_string()]
         }
-        None => format!(" · w{} ", trim_weight(weight)),
-    }));
+        None => vec![format!(" · w{weight} ")],
+    };
+    let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();
+    let room = usize::from(width).saturating_sub(2 + used);
+    if let Some(wording) = wordings.into_iter().find(|wording| wording.chars().count() <= room) {
+        spans.push(Span::raw(wording));
+    } else {
+        spans.push(Span::raw(" "));
+    }
     Line::from(spans)
 }
 
@@ -230,7 +254,7 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
         .borders(Borders::ALL)
         .border_type(if selected { BorderType::Thick } else { BorderType::Rounded })
         .border_style(if selected { Style::default().fg(Color::Cyan) } else { Style::default().fg(Color::DarkGray) })
-        .title(title(app, vm));
+        .title(title(app, vm, area.width));
     let inner = block.inner(area);
     frame.render_widget(block, area);
     // A short pane (a lesson panel or the timeline below it) drops the
@@ -253,7 +277,7 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     let visible = &history[history.len().saturating_sub(usize::from(spark.width))..];
     frame.render_widget(Sparkline::default().data(visible).max(1000).style(Style::default().fg(Color::Blue)), spark);
     frame.render_widget(counter_table(view, counters.width, compact), counters);
-    frame.render_widget(console_paragraph(view, console.height), console);
+    frame.render_widget(console_paragraph(view, console.width, console.height), console);
 }
 
 /// The kvm_stat-like counters, total and per second: two columns in a wide
@@ -313,10 +337,32 @@ fn compact(value: u64) -> String {
     }
 }
 
-fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
+/// The hypervisor's `[matrix]` lines wrapped to `width` (their words kept
+/// whole where they fit), so that a narrow pane shows them entire; the
+/// guest's lines are its own and stay one row each.
+fn console_rows(line: &str, width: u16) -> Vec<String> {
+    if !line.starts_with(crate::console::NOTE_PREFIX) || line.chars().count() <= usize::from(width) || width < 8 {
+        return vec![line.to_string()];
+    }
+    let options = textwrap::Options::new(usize::from(width))
+        .subsequent_indent("  ")
+        .word_splitter(textwrap::WordSplitter::NoHyphenation);
+    textwrap::wrap(line, options).into_iter().map(|row| row.into_owned()).collect()
+}
+
+fn console_paragraph(view: &VmView, width: u16, height: u16) -> Paragraph<'static> {
     let mut lines: Vec<Line<'static>> = Vec::new();
     if let VmState::Crashed { reason, registers } = &view.state {
-        lines.push(Line::styled(format!("crashed: {reason}"), Style::default().fg(Color::Red).bold()));
+        // The reason whole (it says what to do), at most half the pane.
+        let reason = format!("crashed: {reason}");
+        let options = textwrap::Options::new(usize::from(width.max(8)))
+            .subsequent_indent("  ")
+            .word_splitter(textwrap::WordSplitter::NoHyphenation);
+        let wrapped = textwrap::wrap(&reason, options);
+        let keep = wrapped.len().min(usize::from(height / 2).max(1));
+        for row in wrapped.into_iter().take(keep) {
+            lines.push(Line::styled(row.into_owned(), Style::default().fg(Color::Red).bold()));
+        }
         lines.push(Line::styled(
             format!(
                 "rip {:#x} rsp {:#x} cr2 {:#x} rflags {:#x}",
@@ -356,15 +402,24 @@ fn console_paragraph(view: &VmView, height: u16) -> Paragraph<'static> {
         view.lines.iter().map(String::as_str).chain((!view.pending.is_empty()).then_some(view.pending.as_str()));
     let all: Vec<&str> = with_pending.collect();
     let end = all.len().saturating_sub(view.scroll);
-    let start = end.saturating_sub(room);
-    for line in &all[start..end] {
+    // The newest lines that fit, a wrapped note counting its rows.
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    for line in all[..end].iter().rev() {
         let style = if line.starts_with(crate::console::NOTE_PREFIX) {
             Style::default().fg(Color::Magenta)
         } else {
             Style::default()
         };
-        lines.push(Line::styled(line.to_string(), style));
+        let mut wrapped = console_rows(line, width);
+        if rows.len() + wrapped.len() > room {
+            // The pane's top row or rows show the end of the note that does not fit.
+            wrapped.drain(..wrapped.len() - (room - rows.len()));
+            rows.extend(wrapped.into_iter().rev().map(|row| Line::styled(row, style)));
+            break;
+        }
+        rows.extend(wrapped.into_iter().rev().map(|row| Line::styled(row, style)));
     }
+    lines.extend(rows.into_iter().rev());
     if view.scroll > 0 {
         lines.push(Line::styled(format!("-- {} lines below (PgDn) --", view.scroll), Style::default().fg(Color::Cyan)));
     }
@@ -394,9 +449,16 @@ fn draw_rows(frame: &mut Frame<'_>, app: &App, area: Rect) -> Vec<Rect> {
             gauge,
         );
         // A halted VM's row says what it halted with (a course checks eax),
-        // in place of an exit rate that is 0.
-        let text = match &view.state {
-            VmState::Halted { registers, .. } => format!("  {}", registers.describe()),
+        // in place of an exit rate that is 0; a note stays a while in
+        // place of the guest's lines, which would hide it at once.
+        let recent_note = view
+            .last_note
+            .as_ref()
+            .filter(|(_, at_ns)| view.clock_ns.saturating_sub(*at_ns) < ROW_NOTE_NS)
+            .map(|(note, _)| note.as_str());
+        let text = match (&view.state, recent_note) {
+            (VmState::Halted { registers, .. }, _) => format!("  {}", registers.describe()),
+            (_, Some(note)) => format!(" {:>6}/s  {note}", view.rates.exits.total()),
             _ => {
                 let last = view.lines.back().map(String::as_str).unwrap_or("");
                 format!(" {:>6}/s  {last}", view.rates.exits.total())
@@ -406,8 +468,24 @@ fn draw_rows(frame: &mut Frame<'_>, app: &App, area: Rect) -> Vec<Rect> {
         rows.resize(vm, Rect::default());
         rows.push(row);
     }
+    // Below the rows, the selected VM's latest lines, its notes whole.
+    let used = rows.len().saturating_sub(first) as u16;
+    if area.height >= used + 4 {
+        let below = Rect::new(area.x, area.y + used, area.width, area.height - used);
+        let view = &app.vms[app.selected];
+        let block = Block::default()
+            .borders(Borders::TOP)
+            .border_style(Style::default().fg(Color::DarkGray))
+            .title(format!(" {} (Tab selects another) ", view.name));
+        let inner = block.inner(below);
+        frame.render_widget(block, below);
+        frame.render_widget(console_paragraph(view, inner.width, inner.height), inner);
+    }
     rows
 }
+
+/// How long a compact row shows a VM's latest note.
+const ROW_NOTE_NS: u64 = 5_000_000_000;
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
     let width = area.width.min(72);
@@ -440,6 +518,29 @@ mod tests {
         assert_eq!((six[0].width, six[0].height), (53, 23));
         assert!(pane_areas(Rect::new(0, 1, 80, 22), 6).is_none(), "too small for six panes: rows instead");
         assert_eq!(pane_areas(Rect::new(0, 0, 80, 22), 0), Some(vec![]));
+    }
+
+    #[test]
+    fn the_footer_always_says_how_to_quit_and_where_help_is() {
+        let text =
+            |width: u16| -> String { footer_line(width).spans.iter().map(|span| span.content.as_ref()).collect() };
+        for width in [24, 60, 80, 100, 200] {
+            let footer = text(width);
+            assert!(footer.contains(" q quit") && footer.contains(" ? help"), "{width}: {footer}");
+            assert!(footer.chars().count() <= usize::from(width), "{width}: {footer}");
+        }
+        assert!(text(200).contains(" m policy"), "all keys where they fit");
+        assert!(text(200).find(" Tab").unwrap() < text(200).find(" q quit").unwrap(), "in the screen's order");
+    }
+
+    #[test]
+    fn a_note_wider_than_its_pane_wraps_and_a_guest_line_does_not() {
+        let note = "[matrix] snapshot morpheus-1.snap written: 48 KiB for 2048 KiB of memory";
+        let rows = console_rows(note, 30);
+        assert!(rows.len() > 1 && rows.iter().all(|row| row.chars().count() <= 30), "{rows:#?}");
+        assert_eq!(rows.concat().split_whitespace().collect::<Vec<_>>(), note.split_whitespace().collect::<Vec<_>>());
+        let guest = "[0001] Neo: Wake up, Neo... (150 units) and a long tail";
+        assert_eq!(console_rows(guest, 30), [guest]);
     }
 
     #[test]

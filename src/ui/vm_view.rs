@@ -60,6 +60,11 @@ pub struct VmView {
     pub gdb_address: Option<String>,
     /// The rounds of its latest migration out.
     pub move_rounds: super::move_rounds::MoveRounds,
+    /// Its latest `[matrix]` line and when it came (the run's clock as the
+    /// UI last heard it), for a compact row to show it a while.
+    pub last_note: Option<(String, u64)>,
+    /// The run's clock as the UI last heard it (ns since the start).
+    pub(super) clock_ns: u64,
 }
 
 impl VmView {
@@ -87,6 +92,8 @@ impl VmView {
             debugger: None,
             gdb_address: None,
             move_rounds: Default::default(),
+            last_note: None,
+            clock_ns: 0,
         }
     }
 
@@ -136,6 +143,9 @@ impl VmView {
     }
 
     pub(super) fn push_line(&mut self, line: String) {
+        if line.starts_with(crate::console::NOTE_PREFIX) {
+            self.last_note = Some((line.clone(), self.clock_ns));
+        }
         if self.lines.len() == CONSOLE_LINES {
             self.lines.pop_front();
         }
