@@ -138,3 +138,123 @@ fn anchors_follow_github() {
     }
     assert_eq!(links("see [x](a.md#b) and `[y](c.md)`"), ["a.md#b"]);
 }
+
+/// Every `matrix-tui ...` command of README.md and docs/: in code spans
+/// (a paragraph's, across its line breaks) and at the start of a line of a
+/// code block (a synopsis's explanation after two spaces left off; a
+/// screen's header line starts with a space). Each with its page and line.
+fn documented_commands() -> Vec<(String, String)> {
+    let mut commands = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let name = page.strip_prefix(ROOT).unwrap().display().to_string();
+        let (mut fenced, mut paragraph, mut starts) = (false, String::new(), 0);
+        let mut spans_of = |paragraph: &mut String, starts: usize, commands: &mut Vec<(String, String)>| {
+            for span in paragraph.split('`').skip(1).step_by(2) {
+                if span.starts_with("matrix-tui ") || span == "matrix-tui" {
+                    commands.push((format!("{name}:{starts}"), span.to_string()));
+                }
+            }
+            paragraph.clear();
+        };
+        for (number, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                spans_of(&mut paragraph, starts, &mut commands);
+                continue;
+            }
+            if fenced {
+                let line = line.strip_prefix("$ ").unwrap_or(line);
+                if line.starts_with("matrix-tui") {
+                    let command = line.split("  ").next().unwrap().split(" # ").next().unwrap().trim();
+                    commands.push((format!("{name}:{}", number + 1), command.to_string()));
+                }
+            } else if line.trim().is_empty() {
+                spans_of(&mut paragraph, starts, &mut commands);
+            } else {
+                if paragraph.is_empty() {
+                    starts = number + 1;
+                }
+                paragraph.push_str(line);
+                paragraph.push(' ');
+            }
+        }
+        spans_of(&mut paragraph, starts, &mut commands);
+    }
+    commands
+}
+
+/// Placeholders in the docs' commands and values that stand for them.
+const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("OPTIONS", ""),
+    ("--only NAME", "--only preempt"),
+    ("NAME|LESSON.toml", "preemption"),
+    ("NAME|FILE", "preemption"),
+    ("NAME=GUEST[:WEIGHT]", "neo=ticker:2"),
+    ("NAME=GUEST", "neo=ticker"),
+    ("NAME=ARGS", "neo=1,2"),
+    ("NAME=ADDR", "neo=127.0.0.1:1234"),
+    ("NAME=MODE", "neo=long"),
+    ("NAME=N", "neo=2"),
+    ("FILE.cast", "x.cast"),
+    ("FILE.toml", "assets/matrix.toml"),
+    ("FILE.jsonl", "x.jsonl"),
+    ("SCENARIO.toml", "assets/matrix.toml"),
+    ("PATH", "x.elf"),
+    ("ADDR", "/tmp/x.sock"),
+    ("FILE", "x.snap"),
+    ("NAME", "neo"),
+    ("DIR", "/tmp"),
+];
+
+#[test]
+fn every_documented_command_parses_and_its_files_exist() {
+    use clap::Parser;
+    let commands = documented_commands();
+    assert!(commands.len() > 30, "the docs' commands were found: {}", commands.len());
+    let mut wrong = Vec::new();
+    for (place, command) in &commands {
+        // A synopsis ([--flag VALUE], A|B, ...) names flags: each must exist.
+        let mut text = command.replace(['[', ']'], " ").replace("...", " ");
+        for (placeholder, value) in PLACEHOLDERS {
+            text = text.replace(placeholder, value);
+        }
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if let Err(error) = matrix_tui::cli::Cli::try_parse_from(&words) {
+            if !matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                wrong.push(format!("{place}: `{command}`: {}", error.render().to_string().lines().next().unwrap()));
+            }
+        }
+        for word in &words {
+            let file = Path::new(ROOT).join(word);
+            if word.starts_with("assets/") && !file.exists() {
+                wrong.push(format!("{place}: `{command}`: {word} does not exist"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "commands in the docs that would fail:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_check_kind_and_state_a_lesson_accepts_is_documented() {
+    let docs = std::fs::read_to_string(Path::new(ROOT).join("docs/lessons.md")).unwrap();
+    let head = "title = \"T\"\ntext = \"x\"\n[scenario]\n[[scenario.vm]]\nname = \"neo\"\nguest = \"neo\"\n\
+                [[step]]\ndo = \"x\"\n";
+    // The parser's own refusals list what it accepts.
+    let accepted = |check: &str, after: &str| -> Vec<String> {
+        let text = format!("{head}check = {check}\n");
+        let error = matrix_tui::lesson::parse(&text, "t.toml", Path::new("")).unwrap_err().to_string();
+        let list = error.split(after).nth(1).unwrap_or_else(|| panic!("{error}"));
+        list.split([',', ' ']).filter(|word| !word.is_empty() && *word != "or").map(str::to_string).collect()
+    };
+    let kinds = accepted("{ }", "give one of ");
+    let states = accepted("{ vm = \"neo\", state = \"x\" }", "use ");
+    let outcomes = accepted("{ vm = \"neo\", migrated = \"x\" }", "use ");
+    assert!(kinds.len() > 10 && states.len() > 5 && outcomes.len() == 3, "{kinds:?} {states:?} {outcomes:?}");
+    for kind in &kinds {
+        assert!(docs.contains(&format!("{kind} = ")), "docs/lessons.md does not show the check `{kind}`");
+    }
+    for word in states.iter().chain(&outcomes) {
+        assert!(docs.contains(&format!("`{word}`")), "docs/lessons.md does not name `{word}`");
+    }
+}
