@@ -49,8 +49,31 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
 
     tmux.keys("+");
     tmux.wait_for(&["w75 → 75%", "w25 → 25%"]);
+    // The bar shows charged CPU (the header says so): it settles on the
+    // new target within a window of samples.
+    assert!(screen.contains("bars: charged CPU"), "{screen}");
+    let bar_settles = |target: &str| {
+        let give_up = Instant::now() + PATIENCE;
+        loop {
+            let screen = tmux.screen();
+            let shown = screen
+                .split(&format!("% → {target}%"))
+                .next()
+                .and_then(|before| before.rsplit(' ').next())
+                .and_then(|share| share.parse::<f64>().ok());
+            let target: f64 = target.parse().unwrap();
+            if shown.is_some_and(|share| (share - target).abs() <= 1.0) {
+                return;
+            }
+            assert!(Instant::now() < give_up, "the bar never settled on {target}%:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    bar_settles("75");
+    tmux.keys("+");
+    bar_settles("80");
     tmux.keys("p");
-    tmux.wait_for(&["neo paused", "1 paused"]);
+    tmux.wait_for(&["neo paused · w80", "1 paused"]);
     tmux.keys("q");
 
     let after = wait_for_file(&after);

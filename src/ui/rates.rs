@@ -21,7 +21,9 @@ pub struct RateWindow {
 pub struct WindowFigures {
     /// Counters per second.
     pub rates: VmCounters,
-    /// Its fraction of all KVM_RUN time in the window.
+    /// Its fraction of all the CPU time charged in the window: what the
+    /// policy steers by, so that it converges on the target (KVM_RUN time
+    /// also holds each slice's run past its deadline, which goes uncharged).
     pub share: f64,
 }
 
@@ -40,7 +42,7 @@ impl RateWindow {
     pub fn figures(&self) -> Option<Vec<WindowFigures>> {
         let ((from_ns, from), (to_ns, to)) = (self.samples.front()?, self.samples.back()?);
         let seconds = to_ns.checked_sub(*from_ns).filter(|&ns| ns > 0)? as f64 / 1e9;
-        let cpu: Vec<u64> = from.iter().zip(to).map(|(a, b)| b.cpu_ns.saturating_sub(a.cpu_ns)).collect();
+        let cpu: Vec<u64> = from.iter().zip(to).map(|(a, b)| b.charged_ns.saturating_sub(a.charged_ns)).collect();
         let total_cpu: u64 = cpu.iter().sum();
         Some(
             from.iter()

@@ -35,7 +35,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
     }
     let [header, body, footer] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(area);
-    frame.render_widget(header_line(app), header);
+    frame.render_widget(header_line(app, header.width), header);
     frame.render_widget(footer_line(footer.width), footer);
     if app.vms.is_empty() {
         let waiting = "No VM yet: this run waits for VMs moved here (--incoming). q quits.";
@@ -140,7 +140,7 @@ fn state_color(state: &VmState) -> Color {
     }
 }
 
-fn header_line(app: &App) -> Line<'static> {
+fn header_line(app: &App, width: u16) -> Line<'static> {
     let settings = &app.settings;
     let seconds = app.elapsed_ns / 1_000_000_000;
     let mut spans = vec![
@@ -162,6 +162,12 @@ fn header_line(app: &App) -> Line<'static> {
     let paused = app.vms.iter().filter(|vm| vm.state == VmState::Paused).count();
     if paused > 0 {
         spans.push(Span::styled(format!("  {paused} paused"), Style::default().fg(Color::Yellow)));
+    }
+    // What the bars measure, where there is room to say it.
+    let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();
+    let legend = "  bars: charged CPU";
+    if used + legend.chars().count() <= usize::from(width) {
+        spans.push(Span::styled(legend, Style::default().fg(Color::DarkGray)));
     }
     Line::from(spans)
 }
