@@ -31,6 +31,8 @@ pub struct ConsoleOut {
     /// When the last byte was written.
     written_ns: u64,
     now_ns: u64,
+    /// Bytes trimmed off the front of `bytes` so far.
+    trimmed: u64,
 }
 
 impl ConsoleOut {
@@ -64,6 +66,19 @@ impl ConsoleOut {
     /// The last [`HISTORY_BYTES`] (at most) of everything written.
     pub fn history(&self) -> &[u8] {
         &self.bytes[self.bytes.len().saturating_sub(HISTORY_BYTES)..]
+    }
+
+    /// The last [`HISTORY_BYTES`] (at most) from the start of a line, for
+    /// a report, with how many bytes written before it are left out.
+    pub fn report_history(&self) -> (&[u8], u64) {
+        let mut start = self.bytes.len().saturating_sub(HISTORY_BYTES);
+        if start > 0 && self.bytes[start - 1] != b'\n' {
+            // Into the next line, unless the tail is one unbroken line.
+            if let Some(newline) = self.bytes[start..].iter().position(|&byte| byte == b'\n') {
+                start += newline + 1;
+            }
+        }
+        (&self.bytes[start..], self.trimmed + start as u64)
     }
 
     /// Adds a line from the hypervisor (on a line of its own).
@@ -106,6 +121,7 @@ impl ConsoleOut {
         if self.bytes.len() > 2 * HISTORY_BYTES {
             let excess = (self.bytes.len() - HISTORY_BYTES).min(self.sent);
             self.bytes.drain(..excess);
+            self.trimmed += excess as u64;
             self.sent -= excess;
         }
     }
@@ -295,6 +311,24 @@ mod tests {
         assert_eq!(only(&take(&mut out)).bytes, b"ne\ntwo\n");
         out.write(b"three\n");
         assert_eq!(out.history(), b"one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn a_report_keeps_whole_lines_and_says_how_much_came_before() {
+        let mut out = ConsoleOut::default();
+        out.write(b"short\n");
+        assert_eq!(out.report_history(), (&b"short\n"[..], 0));
+        let line = [b'x'; 99].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        let mut batch = ConsoleBatch::default();
+        for _ in 0..2000 {
+            out.write(&line);
+            out.take_into(0, 0, &mut batch);
+            batch = ConsoleBatch::default();
+        }
+        let (kept, cut) = out.report_history();
+        assert!(kept.len() <= HISTORY_BYTES && kept.len() > HISTORY_BYTES - 100, "{}", kept.len());
+        assert!(kept.starts_with(&line) && kept.ends_with(b"\n"), "cut at a line's start");
+        assert_eq!(cut + kept.len() as u64, 6 + 2000 * 100, "what was cut and kept is all that was written");
     }
 
     #[test]

@@ -125,8 +125,11 @@ pub struct VmReport {
     pub injected: u64,
     /// Ticks that came due while one was pending, folded into it.
     pub coalesced: u64,
-    /// Console output (the last 64 KiB at most), as text.
+    /// Console output (the last 64 KiB at most, from the start of a line),
+    /// as text.
     pub console: String,
+    /// Bytes of console output before `console`, left out of the report.
+    pub console_cut_bytes: u64,
     /// Console bytes the front end never received (it fell behind).
     pub console_dropped: u64,
     /// Its live migration, if it moved out or came in.

@@ -98,6 +98,7 @@ fn the_json_report_has_every_field() {
         "preemptions",
         "faults",
         "console",
+        "console_cut_bytes",
     ] {
         assert!(vm.get(key).is_some(), "no vms[0].{key}");
     }
@@ -405,4 +406,17 @@ fn a_low_open_file_limit_is_raised_and_one_too_low_is_explained() {
     assert_eq!(low.status.code(), Some(1), "{}", stderr(&low));
     let text = stderr(&low);
     assert!(text.contains("ulimit -n") && text.matches("may open no more files").count() == 1, "{text}");
+}
+
+#[test]
+fn the_reports_console_keeps_whole_lines_and_says_how_much_it_left_out() {
+    let output = run(&["run", "--vm", "chatty", "--duration", "1s", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    let vm = &report["vms"][0];
+    let console = vm["console"].as_str().unwrap();
+    let cut = vm["console_cut_bytes"].as_u64().unwrap();
+    assert!(cut > 0 && console.len() <= 64 * 1024, "chatty prints more than the report keeps: {cut}");
+    // Every kept line is whole: chatty's lines all start alike.
+    assert!(console.lines().all(|line| line.starts_with("chatty ")), "{:.200}", console);
 }

@@ -86,7 +86,8 @@ impl Core {
                     faults: counters.faults,
                     injected: counters.injected,
                     coalesced: counters.coalesced,
-                    console: String::from_utf8_lossy(slot.runtime.console.history()).into_owned(),
+                    console: String::from_utf8_lossy(slot.runtime.console.report_history().0).into_owned(),
+                    console_cut_bytes: slot.runtime.console.report_history().1,
                     console_dropped: slot.console_dropped,
                     migration: slot.migration_report.clone(),
                 }
