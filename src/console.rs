@@ -33,6 +33,8 @@ pub struct ConsoleOut {
     now_ns: u64,
     /// Bytes trimmed off the front of `bytes` so far.
     trimmed: u64,
+    /// Whether `bytes` begins inside a line (trimmed there).
+    front_mid_line: bool,
 }
 
 impl ConsoleOut {
@@ -72,7 +74,8 @@ impl ConsoleOut {
     /// a report, with how many bytes written before it are left out.
     pub fn report_history(&self) -> (&[u8], u64) {
         let mut start = self.bytes.len().saturating_sub(HISTORY_BYTES);
-        if start > 0 && self.bytes[start - 1] != b'\n' {
+        let mid_line = if start > 0 { self.bytes[start - 1] != b'\n' } else { self.front_mid_line };
+        if mid_line {
             // Into the next line, unless the tail is one unbroken line.
             if let Some(newline) = self.bytes[start..].iter().position(|&byte| byte == b'\n') {
                 start += newline + 1;
@@ -120,6 +123,10 @@ impl ConsoleOut {
     fn trim_history(&mut self) {
         if self.bytes.len() > 2 * HISTORY_BYTES {
             let excess = (self.bytes.len() - HISTORY_BYTES).min(self.sent);
+            if excess == 0 {
+                return;
+            }
+            self.front_mid_line = self.bytes[excess - 1] != b'\n';
             self.bytes.drain(..excess);
             self.trimmed += excess as u64;
             self.sent -= excess;
