@@ -39,10 +39,10 @@ pub enum Action {
     Restart,
     /// Next policy.
     CyclePolicy,
-    /// Halve the quantum.
-    HalveQuantum,
-    /// Double the quantum.
-    DoubleQuantum,
+    /// The next shorter quantum of [`QUANTUM_LADDER`].
+    ShorterQuantum,
+    /// The next longer quantum of [`QUANTUM_LADDER`].
+    LongerQuantum,
     /// Freeze or unfreeze the display.
     ToggleFreeze,
     /// Clear the selected console.
@@ -347,8 +347,8 @@ impl App {
                 return vec![Command::Snapshot { vm, path }];
             }
             Action::CyclePolicy => return vec![Command::SetPolicy(self.settings.policy.next())],
-            Action::HalveQuantum => return self.scale_quantum(0.5),
-            Action::DoubleQuantum => return self.scale_quantum(2.0),
+            Action::ShorterQuantum => return self.step_quantum(false),
+            Action::LongerQuantum => return self.step_quantum(true),
             Action::ToggleFreeze => self.frozen = !self.frozen,
             Action::ClearConsole => {
                 let view = &mut self.vms[vm];
@@ -451,15 +451,38 @@ impl App {
         group.into_iter().zip(weights).map(|(vm, weight)| Command::SetWeight { vm, weight }).collect()
     }
 
-    fn scale_quantum(&mut self, factor: f64) -> Vec<Command> {
-        let quantum = self.settings.quantum.mul_f64(factor).clamp(MIN_QUANTUM, MAX_QUANTUM);
-        if quantum == self.settings.quantum {
-            return Vec::new();
-        }
+    /// The next rung of [`QUANTUM_LADDER`] above or below the quantum in
+    /// force (which may lie between rungs, given on the command line).
+    fn step_quantum(&mut self, longer: bool) -> Vec<Command> {
+        let now = self.settings.quantum;
+        let next = if longer {
+            QUANTUM_LADDER.iter().find(|&&rung| rung > now)
+        } else {
+            QUANTUM_LADDER.iter().rev().find(|&&rung| rung < now)
+        };
+        let Some(&quantum) = next else { return Vec::new() };
         self.settings.quantum = quantum;
         vec![Command::SetQuantum(quantum)]
     }
 }
+
+/// The quanta `[` and `]` step through, 1-2-5 from [`MIN_QUANTUM`] to
+/// [`MAX_QUANTUM`]: any way up and down comes back to where it began.
+pub const QUANTUM_LADDER: [Duration; 13] = [
+    MIN_QUANTUM,
+    Duration::from_micros(200),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    MAX_QUANTUM,
+];
 
 /// Settings for a UI that has not heard from the core yet.
 pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, weights: Vec<f64>) -> Settings {
@@ -557,8 +580,8 @@ mod tests {
         assert_eq!(app.act(Action::TogglePause), [Command::Resume(1)]);
         assert_eq!(app.act(Action::Restart), [Command::Restart(1)]);
         assert_eq!(app.act(Action::CyclePolicy), [Command::SetPolicy(Policy::Io)]);
-        assert_eq!(app.act(Action::HalveQuantum), [Command::SetQuantum(Duration::from_micros(500))]);
-        assert_eq!(app.act(Action::DoubleQuantum), [Command::SetQuantum(Duration::from_millis(1))]);
+        assert_eq!(app.act(Action::ShorterQuantum), [Command::SetQuantum(Duration::from_micros(500))]);
+        assert_eq!(app.act(Action::LongerQuantum), [Command::SetQuantum(Duration::from_millis(1))]);
         assert_eq!(app.act(Action::Quit), [Command::Quit]);
         assert!(app.quitting);
     }
@@ -567,10 +590,25 @@ mod tests {
     fn the_quantum_stops_at_its_bounds() {
         let mut app = app();
         for _ in 0..10 {
-            app.act(Action::HalveQuantum);
+            app.act(Action::ShorterQuantum);
         }
         assert_eq!(app.settings.quantum, MIN_QUANTUM);
-        assert!(app.act(Action::HalveQuantum).is_empty());
+        assert!(app.act(Action::ShorterQuantum).is_empty());
+        // Back up the ladder to where it began: 1 ms, as the run started.
+        for _ in 0..3 {
+            app.act(Action::LongerQuantum);
+        }
+        assert_eq!(app.settings.quantum, Duration::from_millis(1));
+        for _ in 0..20 {
+            app.act(Action::LongerQuantum);
+        }
+        assert_eq!(app.settings.quantum, MAX_QUANTUM);
+        assert!(app.act(Action::LongerQuantum).is_empty());
+        // A quantum between rungs (--quantum 300us) steps to the rung beside it.
+        app.settings.quantum = Duration::from_micros(300);
+        assert_eq!(app.act(Action::ShorterQuantum), [Command::SetQuantum(Duration::from_micros(200))]);
+        app.settings.quantum = Duration::from_micros(300);
+        assert_eq!(app.act(Action::LongerQuantum), [Command::SetQuantum(Duration::from_micros(500))]);
     }
 
     #[test]
