@@ -35,13 +35,23 @@ pub struct ConsoleOut {
     trimmed: u64,
     /// Whether `bytes` begins inside a line (trimmed there).
     front_mid_line: bool,
+    /// Notes held back while the guest is in the middle of a line: a note
+    /// never splits a guest's line (see [`ConsoleOut::note`]).
+    held: Vec<u8>,
+    /// `bytes.len()` when the held notes were last looked at, and how many
+    /// takes in a row found the guest's line no longer.
+    held_at_len: usize,
+    stale_takes: u8,
 }
 
 impl ConsoleOut {
     /// A console whose earlier life is `history` (a restored snapshot's):
-    /// kept for the record, not sent again.
+    /// kept for the record, not sent again, but for a last line the guest
+    /// had not finished: that goes out again, so that the line it goes on
+    /// with reads whole here.
     pub fn with_history(history: &[u8]) -> Self {
-        Self { bytes: history.to_vec(), sent: history.len(), ..Self::default() }
+        let sent = history.iter().rposition(|&byte| byte == b'\n').map_or(0, |newline| newline + 1);
+        Self { bytes: history.to_vec(), sent, ..Self::default() }
     }
 
     /// Stamps the lines not taken yet with `t_ns`: notes written before
@@ -57,8 +67,22 @@ impl ConsoleOut {
         self.now_ns = now_ns;
     }
 
-    /// Appends guest output as it is.
+    /// Appends guest output as it is (and, once the guest ends the line it
+    /// was in, the notes held back meanwhile).
     pub fn write(&mut self, bytes: &[u8]) {
+        if !self.held.is_empty() {
+            if let Some(newline) = bytes.iter().position(|&byte| byte == b'\n') {
+                self.append(&bytes[..=newline]);
+                let held = std::mem::take(&mut self.held);
+                self.append(&held);
+                self.append(&bytes[newline + 1..]);
+                return;
+            }
+        }
+        self.append(bytes);
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
         let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
         self.line_ns.extend(std::iter::repeat_n(self.now_ns, lines));
         self.bytes.extend_from_slice(bytes);
@@ -84,19 +108,43 @@ impl ConsoleOut {
         (&self.bytes[start..], self.trimmed + start as u64)
     }
 
-    /// Adds a line from the hypervisor (on a line of its own).
+    /// Adds a line from the hypervisor, on a line of its own. While the
+    /// guest is in the middle of a line the note waits for its end, so that
+    /// it never splits one; a line the guest leaves unfinished through two
+    /// takes in a row is ended for it, so that no note waits long.
     pub fn note(&mut self, text: std::fmt::Arguments<'_>) {
         let mut line = String::new();
-        if self.bytes.last().is_some_and(|&last| last != b'\n') {
-            line.push('\n');
-        }
         let _ = writeln!(line, "{NOTE_PREFIX}{text}");
-        self.write(line.as_bytes());
+        if self.bytes.last().is_some_and(|&last| last != b'\n') || !self.held.is_empty() {
+            if self.held.is_empty() {
+                (self.held_at_len, self.stale_takes) = (self.bytes.len(), 0);
+            }
+            self.held.extend_from_slice(line.as_bytes());
+        } else {
+            self.append(line.as_bytes());
+        }
+    }
+
+    /// Lets held notes out once the guest's unfinished line has not grown
+    /// through two takes.
+    fn release_stale_notes(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if self.bytes.len() != self.held_at_len {
+            (self.held_at_len, self.stale_takes) = (self.bytes.len(), 0);
+            return;
+        }
+        self.stale_takes += 1;
+        if self.stale_takes >= 2 {
+            self.release_held_notes();
+        }
     }
 
     /// Takes the pending bytes into `batch`, as VM `vm`'s, after `dropped`
     /// bytes lost before them.
     pub fn take_into(&mut self, vm: usize, dropped: u64, batch: &mut ConsoleBatch) {
+        self.release_stale_notes();
         self.trim_history();
         let piece = ConsolePiece {
             vm,
@@ -113,6 +161,7 @@ impl ConsoleOut {
 
     /// Drops the pending bytes, as taken by a reader that discards them.
     pub fn discard_pending(&mut self) {
+        self.release_stale_notes();
         self.trim_history();
         self.sent = self.bytes.len();
         self.line_ns.clear();
@@ -144,9 +193,19 @@ impl ConsoleOut {
         self.line_ns.splice(0..0, piece.line_ns.iter().copied());
     }
 
-    /// Bytes waiting to be taken.
+    /// Bytes waiting to be taken (held notes too: takes let them out).
     pub fn pending_len(&self) -> usize {
-        self.bytes.len() - self.sent
+        self.bytes.len() - self.sent + self.held.len()
+    }
+
+    /// Lets held notes out now, ending the guest's unfinished line: for
+    /// what must go out before an event that follows (a state change).
+    pub fn release_held_notes(&mut self) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.append(b"\n");
+            self.append(&held);
+        }
     }
 }
 
@@ -273,13 +332,29 @@ mod tests {
     }
 
     #[test]
-    fn notes_start_on_a_line_of_their_own() {
+    fn notes_start_on_a_line_of_their_own_and_never_split_a_guests_line() {
         let mut out = ConsoleOut::default();
-        out.write(b"partial");
+        out.note(format_args!("first"));
+        out.write(b"Hel");
         out.note(format_args!("something {}", 1));
         out.note(format_args!("again"));
-        assert_eq!(only(&take(&mut out)).bytes, b"partial\n[matrix] something 1\n[matrix] again\n");
+        // The guest ends its line: the notes come after it.
+        out.write(b"lo\nnext");
+        assert_eq!(only(&take(&mut out)).bytes, b"[matrix] first\nHello\n[matrix] something 1\n[matrix] again\nnext");
+        // A line left unfinished through two takes is ended for the note.
+        out.note(format_args!("late"));
+        assert_eq!(only(&take(&mut out)).bytes, b"");
+        assert_eq!(only(&take(&mut out)).bytes, b"\n[matrix] late\n");
         assert_eq!(out.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_restored_consoles_unfinished_line_goes_out_again_and_its_note_waits_for_its_end() {
+        let mut out = ConsoleOut::with_history(b"one\ntwo\nHel");
+        out.note(format_args!("restored"));
+        out.write(b"lo\n");
+        assert_eq!(only(&take(&mut out)).bytes, b"Hello\n[matrix] restored\n");
+        assert_eq!(out.history(), b"one\ntwo\nHello\n[matrix] restored\n");
     }
 
     #[test]

@@ -86,10 +86,20 @@ impl Widget for InspectorView<'_> {
         let inner = block.inner(area);
         block.render(area, buf);
         let mut lines = vec![counts_line(view)];
-        if let Some((result, registers)) = &view.last_step {
-            let paused = matches!(view.state, VmState::Paused);
-            let head = if paused { "paused after " } else { "last " };
-            lines.push(Line::styled(format!("{head}{}", result.describe()), Style::default().fg(Color::Yellow)));
+        // The registers where the VM ended, else after its last step.
+        let shown = match (&view.state, &view.last_step) {
+            (VmState::Halted { registers, t_ns }, _) => {
+                Some((format!("halted at {} s: the registers at its hlt", format_seconds(*t_ns)), registers))
+            }
+            (VmState::Crashed { registers, .. }, _) => Some(("crashed: the registers at the crash".into(), registers)),
+            (state, Some((result, registers))) => {
+                let head = if matches!(state, VmState::Paused) { "paused after " } else { "last " };
+                Some((format!("{head}{}", result.describe()), registers))
+            }
+            (_, None) => None,
+        };
+        if let Some((head, registers)) = shown {
+            lines.push(Line::styled(head, Style::default().fg(Color::Yellow)));
             let r = registers;
             let dim = Style::default().fg(Color::DarkGray);
             let rows: [&[(&str, u64)]; 4] = [
@@ -198,5 +208,19 @@ mod tests {
         assert_eq!(filter, ExitFilter::All);
         assert_eq!(filter.next().next().next(), ExitFilter::All);
         assert_eq!(filter.next(), ExitFilter::Hypercalls);
+    }
+
+    #[test]
+    fn after_a_halt_the_registers_are_the_halts_not_the_last_steps() {
+        let mut view = VmView::new("hello".into());
+        let stepped = crate::vm::RegisterDump { rax: 0x48, ..Default::default() };
+        view.last_step = Some((StepResult::Finished, stepped));
+        view.state = VmState::Halted { registers: crate::vm::RegisterDump { rax: 42, ..Default::default() }, t_ns: 0 };
+        let area = Rect::new(0, 0, 90, 12);
+        let mut buf = Buffer::empty(area);
+        InspectorView { view: &view, inspector: &Inspector::default() }.render(area, &mut buf);
+        let text: String = (0..12).map(|y| (0..90).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n").collect();
+        assert!(text.contains("halted at 0.000000 s") && text.contains("rax 0x2a"), "{text}");
+        assert!(!text.contains("0x48"), "{text}");
     }
 }

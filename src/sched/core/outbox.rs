@@ -34,6 +34,7 @@ impl Core {
     /// Queues `vm`'s pending console bytes in the outbox, so that they go out
     /// before the events queued after them.
     pub(super) fn queue_console(&mut self, vm: VmId) {
+        self.slots[vm].runtime.console.release_held_notes();
         let batch = self.take_one_console(vm);
         if !batch.is_empty() {
             self.outbox.push_back(Event::Console(batch));

@@ -32,6 +32,10 @@ impl Core {
         for event in std::mem::take(&mut self.outbox) {
             let _ = self.events.send(event);
         }
+        // The last notes go out whole, even after a line a guest left unfinished.
+        for slot in &mut self.slots {
+            slot.runtime.console.release_held_notes();
+        }
         let batch = self.take_consoles();
         if !batch.is_empty() {
             let _ = self.events.send(Event::Console(batch));
