@@ -149,7 +149,7 @@ fn documented_commands() -> Vec<(String, String)> {
         let text = std::fs::read_to_string(&page).unwrap();
         let name = page.strip_prefix(ROOT).unwrap().display().to_string();
         let (mut fenced, mut paragraph, mut starts) = (false, String::new(), 0);
-        let mut spans_of = |paragraph: &mut String, starts: usize, commands: &mut Vec<(String, String)>| {
+        let spans_of = |paragraph: &mut String, starts: usize, commands: &mut Vec<(String, String)>| {
             for span in paragraph.split('`').skip(1).step_by(2) {
                 if span.starts_with("matrix-tui ") || span == "matrix-tui" {
                     commands.push((format!("{name}:{starts}"), span.to_string()));
