@@ -247,9 +247,25 @@ fn show_port(io: &mut VmIo<'_>, line: std::fmt::Arguments<'_>) -> CallRecord {
     CallRecord::default()
 }
 
+/// Unknown-port accesses after which a VM is told what may be wrong, once.
+pub const UNKNOWN_PORT_HINT_AFTER: u64 = 10;
+
 fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) -> CallRecord {
     io.counters.exits.unknown_port += 1;
     io.console.note(format_args!("{misuse}; {consequence}"));
+    if io.counters.exits.unknown_port == UNKNOWN_PORT_HINT_AFTER {
+        // The usual causes: code for another mode (16-bit code run as
+        // 64-bit reads its own instructions wrong) or a course's own ports.
+        let mode = match io.mode {
+            CpuMode::Long => "this VM runs in long mode: a guest built for real or protected mode needs --mode NAME=real \
+                              (or protected; mode = \"real\" in a scenario)",
+            _ => "check that the VM's --mode is the one its guest was built for",
+        };
+        io.console.note(format_args!(
+            "{UNKNOWN_PORT_HINT_AFTER} port accesses made no hypercall: {mode}; a guest that prints through ports of \
+             its own needs them mapped (--ports NAME=0x10:print32bit) or shown (--show-ports NAME)"
+        ));
+    }
     CallRecord { refused: true, ..Default::default() }
 }
 
@@ -405,6 +421,14 @@ mod tests {
         assert_eq!(console.lines().count(), 6, "{console}");
         assert!(console.lines().all(|line| line.starts_with("[matrix] ")), "{console}");
         assert!(console.contains("unknown port 0x80: a 1-byte out; value 0x42 ignored"));
+        assert!(!console.contains("made no hypercall"), "no hint after {} accesses", rig.counters.exits.unknown_port);
+        // Ten say what may be wrong, once.
+        for _ in 0..20 {
+            rig.out(0x10, 2, 0);
+        }
+        let hinted = rig.console();
+        assert_eq!(hinted.matches("10 port accesses made no hypercall: this VM runs in long mode").count(), 1, "{hinted}");
+        assert!(hinted.contains("--mode NAME=real") && hinted.contains("--ports NAME=0x10:print32bit"));
         assert!(console.contains("HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"));
     }
 
