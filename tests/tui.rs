@@ -362,3 +362,20 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
     let received = String::from_utf8_lossy(&output.stdout);
     assert!(received.contains("neo| [matrix] came in by migration"), "{received}");
 }
+
+#[test]
+fn a_resize_then_q_leaves_nothing_of_the_ui_on_the_screen() {
+    for (width, height) in [(100, 30), (64, 18)] {
+        let command = format!("{}; echo ended with $?; sleep 60", binary().display());
+        let tmux = Tmux::start("resize", &command, 80, 24);
+        tmux.wait_for(&["neo running", "morpheus running"]);
+        tmux.resize(width, height);
+        // Drawn again at the new size: the footer is as wide as it allows.
+        tmux.wait_for(&["q quit"]);
+        tmux.keys("q");
+        let screen = tmux.wait_for(&["ended with 0"]);
+        for ui in ["neo", "morpheus", "q quit", "━", "─", "█"] {
+            assert!(!screen.contains(ui), "{width}x{height}: {ui:?} is left on the screen:\n{screen}");
+        }
+    }
+}
