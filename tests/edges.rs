@@ -491,3 +491,40 @@ fn out_of_memory_is_a_host_error_that_names_the_limit_never_a_panic() {
         assert!(!stderr.contains("panicked"), "{limit_kib} KiB: {stderr}");
     }
 }
+
+#[test]
+fn under_control_the_process_ends_with_the_run_while_its_input_stays_open() {
+    // A controller (a script, a teacher's panel) keeps the pipe open: the
+    // run ends by its duration, by quit, or by its last VM's halt, and the
+    // process with it.
+    for (args, line) in [
+        (&["--vm", "t=ticker", "--duration", "1s"][..], None),
+        (&["--vm", "t=ticker"][..], Some("quit\n")),
+        (&["--vm", "part1"][..], None),
+    ] {
+        let mut child = binary()
+            .args(["run", "--control", "--json"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(line) = line {
+            input.write_all(line.as_bytes()).unwrap();
+        }
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        // Within the bound on ending (docs/safety.md), past the 1 s duration.
+        let (status, took) = wait_exit(&mut child, PATIENCE);
+        assert!(status.success(), "{args:?}: {status:?}");
+        assert!(took < STOP_BOUND + Duration::from_secs(1), "{args:?}: the process took {took:?} to end");
+        assert!(reader.join().unwrap().contains("\"vms\""), "{args:?}: the report came");
+        drop(input);
+    }
+}
