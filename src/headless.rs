@@ -151,6 +151,12 @@ pub struct HeadlessEnd {
     pub failed_snapshots: Vec<String>,
 }
 
+/// The core thread ended without its report: it panicked (its message is
+/// on stderr above).
+#[derive(Debug, thiserror::Error)]
+#[error("the core thread ended without a report: it failed (see the message above); please report it as a bug")]
+pub struct CoreLost;
+
 /// Runs the front end until the core finishes. `stop` delivers a signal's
 /// number when the user asks to stop (SIGINT, SIGTERM, SIGHUP); `control`
 /// carries commands to pass on (`run --control`). Lines go to `out`, a
@@ -164,7 +170,7 @@ pub fn run(
     mut out: StreamWriter,
     stop: &Receiver<libc::c_int>,
     control: &Receiver<Command>,
-) -> HeadlessEnd {
+) -> Result<HeadlessEnd, CoreLost> {
     let mut printer = LinePrinter::new(Vec::new(), names, options);
     let deadline = options.duration.map(|duration| core.started() + duration);
     let never = crossbeam_channel::never();
@@ -181,7 +187,7 @@ pub fn run(
         let event = select! {
             recv(core.events()) -> event => match event {
                 Ok(event) => event,
-                Err(_) => panic!("the core thread ended without a report"),
+                Err(_) => return Err(CoreLost),
             },
             recv(timeout) -> _ => {
                 core.send(Command::Quit);
@@ -256,7 +262,7 @@ pub fn run(
     }
     let output = out.finish(OUTPUT_FINISH_LIMIT);
     let report_written = !options.json || output.complete();
-    HeadlessEnd { report, output, report_written, failed_snapshots }
+    Ok(HeadlessEnd { report, output, report_written, failed_snapshots })
 }
 
 #[cfg(test)]

@@ -528,3 +528,25 @@ fn under_control_the_process_ends_with_the_run_while_its_input_stays_open() {
         drop(input);
     }
 }
+
+#[test]
+fn a_panic_on_the_seccomped_core_thread_restores_the_terminal_and_exits_1() {
+    common::kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (command, _, after) =
+        tui_command(dir.path(), "run --vm s=spin --vm t=ticker", "MATRIX_TUI_TEST_CORE_PANIC_MS=1500");
+    let tmux = Tmux::start("core-panic", &command, 100, 30);
+    let after = wait_for_line(&after, PATIENCE);
+    assert_eq!(after.trim(), "status=1 icanon echo", "the terminal is back in cooked mode");
+    assert!(!tmux.screen().contains("t running"), "the alternate screen is gone:\n{}", tmux.screen());
+    let err = text(&dir.path().join("err"));
+    assert!(err.contains("a panic injected into the core thread"), "{err}");
+    assert!(err.contains("the core thread ended without a report"), "{err}");
+    // Headless the same: status 1, the reason said.
+    let output = binary()
+        .args(["run", "--vm", "t=ticker", "--headless"])
+        .env("MATRIX_TUI_TEST_CORE_PANIC_MS", "200")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+}

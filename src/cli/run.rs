@@ -563,7 +563,7 @@ fn run_headless(
     }
     let out = StreamWriter::spawn("matrix-stdout", std::io::stdout())
         .map_err(|error| Failure::Host(out_of_threads("output", &error)))?;
-    Ok(headless::run(core, names, options, out, stop, &control_rx))
+    headless::run(core, names, options, out, stop, &control_rx).map_err(|error| Failure::Host(error.into()))
 }
 
 #[cfg(test)]

@@ -257,8 +257,10 @@ fn refuse(io: &mut VmIo<'_>, misuse: &Misuse, consequence: &str) -> CallRecord {
         // The usual causes: code for another mode (16-bit code run as
         // 64-bit reads its own instructions wrong) or a course's own ports.
         let mode = match io.mode {
-            CpuMode::Long => "this VM runs in long mode: a guest built for real or protected mode needs --mode NAME=real \
-                              (or protected; mode = \"real\" in a scenario)",
+            CpuMode::Long => {
+                "this VM runs in long mode: a guest built for real or protected mode needs --mode NAME=real \
+                              (or protected; mode = \"real\" in a scenario)"
+            }
             _ => "check that the VM's --mode is the one its guest was built for",
         };
         io.console.note(format_args!(
@@ -427,7 +429,11 @@ mod tests {
             rig.out(0x10, 2, 0);
         }
         let hinted = rig.console();
-        assert_eq!(hinted.matches("10 port accesses made no hypercall: this VM runs in long mode").count(), 1, "{hinted}");
+        assert_eq!(
+            hinted.matches("10 port accesses made no hypercall: this VM runs in long mode").count(),
+            1,
+            "{hinted}"
+        );
         assert!(hinted.contains("--mode NAME=real") && hinted.contains("--ports NAME=0x10:print32bit"));
         assert!(console.contains("HC_numExits (port 0xeb) takes a 4-byte in, got a 1-byte in; it reads all ones"));
     }

@@ -125,7 +125,7 @@ pub fn run(
                     return Ok(UiEnd { report: *report, cast: cast_end() });
                 }
                 Ok(event) => dirty |= app.apply(event),
-                Err(_) => return Err(io::Error::other("the core thread ended without a report")),
+                Err(_) => return Err(io::Error::other(crate::headless::CoreLost)),
             },
             recv(input) -> event => {
                 let Ok(event) = event else { continue };

@@ -47,13 +47,19 @@ pub fn leave_sequence() -> Vec<u8> {
 }
 
 /// Leaves the alternate screen and raw mode, if we entered them. Safe to call
-/// more than once, and from a panic hook.
+/// more than once, and from a panic hook on any thread: on one that may not
+/// touch the terminal (the core thread, under seccomp) it fails, and the
+/// terminal stays marked for the UI thread's own restore (its guard, as the
+/// core's end reaches it) and for the rescue.
 pub fn restore() {
-    if ACTIVE.swap(false, Ordering::SeqCst) {
+    if !ACTIVE.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut stdout = io::stdout();
+    let left = stdout.write_all(&leave_sequence()).and_then(|()| stdout.flush());
+    let cooked = disable_raw_mode();
+    if left.is_ok() && cooked.is_ok() && ACTIVE.swap(false, Ordering::SeqCst) {
         crate::os::rescue::disarm();
-        let mut stdout = io::stdout();
-        let _ = stdout.write_all(&leave_sequence()).and_then(|()| stdout.flush());
-        let _ = disable_raw_mode();
     }
 }
 

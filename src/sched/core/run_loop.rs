@@ -30,6 +30,7 @@ impl Core {
             }
         }
         let _ = ready.send(Ok(()));
+        let panic_at = injected_panic_at();
         self.stolen.start(ThreadClocks::now());
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
@@ -44,6 +45,9 @@ impl Core {
         }
         // Steps asked for before a quit are answered before the run ends.
         while !self.quit || !self.step_requests.is_empty() {
+            if panic_at.is_some_and(|at| std::time::Instant::now() >= at) {
+                panic!("a panic injected into the core thread (MATRIX_TUI_TEST_CORE_PANIC_MS)");
+            }
             // First, so that a command (a receiver's Ack) is acted on at once.
             if self.migrating > 0 {
                 let settings = self.migration;
@@ -382,4 +386,15 @@ impl Core {
             Err(RecvTimeoutError::Disconnected) => self.quit = true,
         }
     }
+}
+
+/// When the core thread is to panic, for the tests of what a panic on the
+/// seccomp'd thread does to the terminal: `MATRIX_TUI_TEST_CORE_PANIC_MS`
+/// after the start, in debug builds (the ones `cargo test` runs) only.
+fn injected_panic_at() -> Option<std::time::Instant> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let ms: u64 = std::env::var("MATRIX_TUI_TEST_CORE_PANIC_MS").ok()?.parse().ok()?;
+    Some(std::time::Instant::now() + std::time::Duration::from_millis(ms))
 }
