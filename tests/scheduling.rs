@@ -279,3 +279,27 @@ fn a_kick_after_the_vm_is_gone_is_harmless() {
         kick.set_deadline(u64::MAX);
     }
 }
+
+#[test]
+fn a_front_end_that_stops_reading_beside_busy_sleepers_keeps_memory_flat() {
+    // Eight sleepers on 1 ms timers change state some 16,000 times a second;
+    // nobody reads the events for 8 s (a frozen display).
+    let mut vms: Vec<_> = (0..8).map(|i| common::weighted(&format!("s{i}"), "sleeper", 1.0, &[1, 1000])).collect();
+    vms.push(common::builtin("t", "ticker"));
+    let core = common::start(RunConfig::new(vms));
+    let rss = |at: Duration| {
+        while core.started().elapsed() < at {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        matrix_tui::bench::measure::rss_kib()
+    };
+    let early_kib = rss(Duration::from_secs(1));
+    let late_kib = rss(Duration::from_secs(8));
+    let outcome = common::quit(core, Vec::new());
+    assert!(late_kib < early_kib + 5 * 1024, "RSS grew from {early_kib} KiB to {late_kib} KiB");
+    let injected: u64 = outcome.report.vms[..8].iter().map(|vm| vm.injected).sum();
+    assert!(injected > 8 * 1000, "the sleepers kept waking meanwhile: {injected} ticks");
+    // The states that came through are each VM's newest, not a backlog.
+    let states = outcome.events.iter().filter(|event| matches!(event, Event::State { .. })).count();
+    assert!(states < 10_000, "{states} state events waited for the front end");
+}

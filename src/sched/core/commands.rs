@@ -220,6 +220,19 @@ impl Core {
         }
         self.slots[vm].state = state.clone();
         self.planner.set_candidate(vm, self.slots[vm].candidate());
+        // A front end that does not read (a frozen display) must not make the
+        // outbox grow with every sleep and wake: the newest of a VM's passing
+        // states replaces one still queued. Ends, pauses and the like stay.
+        let passing =
+            |state: &VmState| matches!(state, VmState::Running | VmState::Sleeping { .. } | VmState::Throttled { .. });
+        if passing(&state) {
+            let queued = self.outbox.iter().rposition(|event| matches!(event, Event::State { vm: v, .. } if *v == vm));
+            if let Some(at) =
+                queued.filter(|&at| matches!(&self.outbox[at], Event::State { state, .. } if passing(state)))
+            {
+                self.outbox.remove(at);
+            }
+        }
         self.outbox.push_back(Event::State { vm, state });
     }
 }
