@@ -266,8 +266,10 @@ MATRIX_ENTRY(main)
     assert_eq!(guest["state"], "halted", "{guest}");
     let console: Vec<u64> = guest["console"].as_str().unwrap().lines().map(|line| line.parse().unwrap()).collect();
     assert_eq!(console[0], 0, "no tick went in with interrupts off: {guest}");
-    assert_eq!(console[1], 1, "the ticks due meanwhile went in as one: {guest}");
+    // The ticks due meanwhile went in as one; on a busy host the next may
+    // come due before the guest's cli after its hlt, and go in too.
     let (injected, coalesced) = (guest["injected"].as_u64().unwrap(), guest["coalesced"].as_u64().unwrap());
-    assert_eq!(injected, 1, "{guest}");
+    assert!((1..=2).contains(&console[1]), "the ticks due meanwhile went in as one: {guest}");
+    assert_eq!(injected, console[1], "each injection ran the handler once: {guest}");
     assert!(coalesced >= 5, "the ticks due with interrupts off were counted, not lost: {guest}");
 }
