@@ -205,8 +205,11 @@ impl TakenSnapshot {
     pub fn write(&self, path: &std::path::Path) -> Result<String, String> {
         let started = std::time::Instant::now();
         let bytes = crate::snapshot::state::encode(&self.state, &self.memory);
-        crate::snapshot::file::write(path, &bytes).map_err(|error| {
-            format!("cannot write the snapshot {}: {error}; give a path in a writable directory", path.display())
+        crate::snapshot::file::write(path, &bytes).map_err(|error| match error {
+            crate::os::files::FileError::Io(_) => {
+                format!("cannot write the snapshot {}: {error}; give a path in a writable directory", path.display())
+            }
+            _ => format!("cannot write the snapshot {}: {error}", path.display()),
         })?;
         Ok(format!(
             "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms, written in {:.2} ms",

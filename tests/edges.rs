@@ -550,3 +550,39 @@ fn a_panic_on_the_seccomped_core_thread_restores_the_terminal_and_exits_1() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn a_snapshot_the_ui_could_not_take_makes_the_status_4_and_says_why_as_headless() {
+    common::kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (command, _, after) =
+        tui_command(dir.path(), "run --vm part1 --vm t=ticker", &format!("cd {} &&", dir.path().display()));
+    let tmux = Tmux::start("snapshot-refused", &command, 100, 30);
+    tmux.wait_for(&["part1 halted"]);
+    // part1 is selected: a halted VM has nothing to save.
+    tmux.keys("S");
+    tmux.wait_for(&["snapshot not taken"]);
+    tmux.keys("q");
+    let after = wait_for_line(&after, PATIENCE);
+    let err = text(&dir.path().join("err"));
+    assert!(after.starts_with("status=4 icanon echo"), "{after} {err}");
+    assert!(err.contains("matrix-tui: VM 'part1': snapshot not taken"), "{err}");
+    // Headless, the same status and line.
+    let mut child = binary()
+        .args(["run", "--vm", "part1", "--vm", "t=ticker", "--control", "--duration", "2s"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once part1 has said it halted, ask for its snapshot; read the rest meanwhile.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().expect("part1 halts").unwrap().starts_with("part1| [matrix] halted") {}
+    let drain = std::thread::spawn(move || lines.count());
+    child.stdin.take().unwrap().write_all(b"snapshot part1 part1.snap\n").unwrap();
+    let (status, stderr) = exit_and_stderr(&mut child, PATIENCE);
+    drain.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("matrix-tui: VM 'part1': snapshot not taken"), "{stderr}");
+}

@@ -484,6 +484,10 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 lost_output = true;
             }
         }
+        for failure in &end.failed_snapshots {
+            eprintln!("matrix-tui: {failure}");
+            lost_output = true;
+        }
         end.report
     } else {
         let end = run_headless(core, names, shared_names, &args, duration, &stop)?;

@@ -85,6 +85,72 @@ pub fn create_regular(path: &Path) -> Result<File, FileError> {
     Ok(File::create(path)?)
 }
 
+/// Temporary files being written, removed by [`remove_partial_files`] when
+/// the process must end at once (a second stop signal).
+static PARTIAL_FILES: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes `bytes` to `path` whole or not at all, and durably: the target
+/// must be a regular file or not exist (a device, a FIFO, a socket, a
+/// directory or a symbolic link is refused untouched); the bytes go to a
+/// new temporary file beside it (created with `O_EXCL | O_NOFOLLOW`, so no
+/// planted file or link is written through), which is synced, renamed over
+/// the target, and the directory synced, so that a file reported written
+/// survives a power cut. On any failure, and on a forced exit meanwhile,
+/// the temporary file is removed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    use std::io::Write as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.is_file() => return Err(FileError::NotRegular(kind_of(metadata.file_type()))),
+        _ => {}
+    }
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(name);
+    partial_name.push(format!(
+        ".partial-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let partial = path.with_file_name(partial_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&partial)?;
+    lock_partials().push(partial.clone());
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&partial, path))
+        .and_then(|()| sync_directory_of(path));
+    lock_partials().retain(|listed| listed != &partial);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    Ok(written?)
+}
+
+/// The directory holding `path`, synced (its entry for a renamed file made durable).
+fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+fn lock_partials() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
+    PARTIAL_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the temporary files being written now: for a process that must
+/// end at once. Never blocks (a writer holding the list is skipped).
+pub fn remove_partial_files() {
+    if let Ok(partials) = PARTIAL_FILES.try_lock() {
+        for partial in partials.iter() {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+}
+
 /// Opens `path` to write a stream to: a regular file is created or
 /// truncated; an existing FIFO, character device or socket is opened as it
 /// is (without blocking: a FIFO must already have a reader); the file comes

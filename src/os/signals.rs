@@ -130,6 +130,8 @@ fn wait(set: &libc::sigset_t, limit: Option<Duration>) -> Option<libc::c_int> {
 
 fn exit_now(signal: libc::c_int, why: Option<&str>) -> ! {
     rescue::restore_terminal();
+    // A snapshot half written is not left behind.
+    super::files::remove_partial_files();
     if let Some(why) = why {
         eprintln!("matrix-tui: stopped by {} without the run's report: {why}", name(signal));
     }

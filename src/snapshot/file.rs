@@ -2,7 +2,6 @@
 //! from them; written whole or not at all (to a temporary name beside the
 //! target, then renamed over it).
 
-use std::io::Write;
 use std::path::Path;
 
 use super::format::{HEADER_SIZE, MAX_STATE, PAGE_SIZE};
@@ -42,22 +41,10 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotFileError> {
     Snapshot::decode(&shown, bytes).map_err(|source| SnapshotFileError::Invalid { path: shown, source })
 }
 
-/// Writes `bytes` to `path`: to a temporary file in the same directory
-/// first, renamed over `path` once complete, so a failed write never leaves
-/// a half snapshot under its name.
-pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let mut partial = name.to_os_string();
-    partial.push(format!(".partial-{}", std::process::id()));
-    let partial = path.with_file_name(partial);
-    let result = files::create_regular(&partial)
-        .map_err(|error| std::io::Error::other(error.to_string()))
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.flush()))
-        .and_then(|()| std::fs::rename(&partial, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
+/// Writes `bytes` to `path` whole, durably and only there, or not at all
+/// ([`files::write_atomically`]).
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    files::write_atomically(path, bytes)
 }
 
 /// The first of `NAME-1.snap`, `NAME-2.snap`, ... in `dir` that does not
@@ -83,6 +70,35 @@ mod tests {
         let missing = dir.path().join("no/such/dir.snap");
         assert!(write(&missing, b"x").is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial file left behind");
+    }
+
+    #[test]
+    fn only_a_regular_file_is_replaced_and_nothing_is_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        // A symbolic link as the target: refused, its target untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let link = dir.path().join("link.snap");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let error = write(&link, b"x").unwrap_err().to_string();
+        assert!(error.contains("a symbolic link, not a regular file"), "{error}");
+        // A FIFO and a directory as the target: refused.
+        let fifo = dir.path().join("fifo.snap");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert!(write(&fifo, b"x").unwrap_err().to_string().contains("a FIFO"));
+        assert!(write(dir.path(), b"x").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(&fifo).unwrap().file_type()));
+        // A regular file is replaced whole.
+        let plain = dir.path().join("plain.snap");
+        std::fs::write(&plain, b"old contents, longer").unwrap();
+        write(&plain, b"new").unwrap();
+        assert_eq!(std::fs::read(&plain).unwrap(), b"new");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.iter().all(|name| !name.to_string_lossy().contains(".partial-")), "{left:?}");
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct App {
     pub migrate_to: Option<crate::debug::ListenAddress>,
     /// Migrations throttle VMs that dirty faster than they are sent (`A`).
     pub auto_converge: bool,
+    /// Snapshots asked for that were not written, and why (the run's
+    /// status and stderr say so at the end, as headless).
+    pub failed_snapshots: Vec<String>,
     window: RateWindow,
 }
 
@@ -126,6 +129,7 @@ impl App {
             lesson: None,
             migrate_to: None,
             auto_converge: false,
+            failed_snapshots: Vec::new(),
             window: RateWindow::default(),
         }
     }
@@ -251,9 +255,12 @@ impl App {
             Event::Snapshot { vm, path, result, .. } => {
                 // Written here, on the UI thread: the core may not open files,
                 // and a key press's snapshot is worth a frame's delay.
-                let line = result
-                    .and_then(|taken| taken.write(&path))
-                    .unwrap_or_else(|error| format!("snapshot not taken: {error}"));
+                let line = result.and_then(|taken| taken.write(&path)).unwrap_or_else(|error| {
+                    let why = format!("snapshot not taken: {error}");
+                    let name = self.vms.get(vm).map_or("?", |view| view.name.as_str());
+                    self.failed_snapshots.push(format!("VM '{}': {why}", crate::console::escape_input(name)));
+                    why
+                });
                 if let Some(view) = self.vms.get_mut(vm) {
                     view.push_line(format!("{}{line}", crate::console::NOTE_PREFIX));
                 }

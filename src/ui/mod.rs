@@ -61,6 +61,8 @@ pub struct UiEnd {
     pub report: RunReport,
     /// How the recording went, with `--record`.
     pub cast: Option<CastEnd>,
+    /// Snapshots asked for (`S`) that were not written, and why.
+    pub failed_snapshots: Vec<String>,
 }
 
 /// Runs the UI until the user quits (or `stop` fires, or the duration ends);
@@ -122,7 +124,8 @@ pub fn run(
             recv(events) -> event => match event {
                 Ok(Event::Finished(mut report)) => {
                     core.finish(&mut report);
-                    return Ok(UiEnd { report: *report, cast: cast_end() });
+                    let failed_snapshots = std::mem::take(&mut app.failed_snapshots);
+                    return Ok(UiEnd { report: *report, cast: cast_end(), failed_snapshots });
                 }
                 Ok(event) => dirty |= app.apply(event),
                 Err(_) => return Err(io::Error::other(crate::headless::CoreLost)),
