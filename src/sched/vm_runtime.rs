@@ -129,7 +129,7 @@ impl VmRuntime {
         let saved = &snapshot.runtime;
         let mut console = ConsoleOut::with_history(saved.console.as_bytes());
         console.note(format_args!(
-            "restored from the snapshot {} after {} exits (its TSC is this host's: it jumped by the time between)",
+            "restored from the snapshot {} after {} exits (its TSC, not saved, reads this host's: it may have jumped)",
             crate::console::escape_input(&snapshot.path),
             saved.counters.exits.total()
         ));

@@ -1,6 +1,8 @@
 //! One guest: a KVM VM with one vCPU in its CPU mode, its memory and its image.
-//! This is the only place that calls KVM ioctls; [`Vcpu::run`] turns what
-//! KVM_RUN returns into our own [`Exit`], so nothing else sees KVM types.
+//! The VM's and vCPU's setup and KVM_RUN are here (the saved state, the
+//! dirty log and the debug probe have modules of their own beside it);
+//! [`Vcpu::run`] turns what KVM_RUN returns into our own [`Exit`], so
+//! nothing outside `vm/` sees KVM types.
 
 use std::ptr;
 use std::sync::{Arc, OnceLock};

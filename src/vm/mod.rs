@@ -1,5 +1,7 @@
-//! Everything that touches KVM: one module per concern, and the only `unsafe`
-//! in the host.
+//! Everything that touches KVM: one module per concern. Its `unsafe` is
+//! KVM's (mappings, the run structure, signals into KVM_RUN); the rest of
+//! the host's is the operating system's (`os/`: signals, the terminal's
+//! rescue, file flags) and a few libc calls, each with its `SAFETY:`.
 
 /// The four CPU modes a VM can start in.
 pub mod cpu_mode;
