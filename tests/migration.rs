@@ -205,3 +205,15 @@ fn the_report_and_the_trace_carry_the_rounds_and_the_downtime() {
     to.until("t| [matrix] running here;");
     assert_eq!(to.quit().0, 0);
 }
+
+#[test]
+fn a_move_to_nowhere_says_it_cannot_connect_and_the_vm_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("nobody.sock").display().to_string();
+    let mut from = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+    from.until("t| ");
+    from.send(&format!("migrate t {nowhere}"));
+    let line = from.until("abandoned");
+    assert!(line.contains(&format!("cannot connect to {nowhere}")) && line.contains("the VM runs on here"), "{line}");
+    from.until("t| ");
+}

@@ -325,7 +325,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     for (name, ports) in &args.ports {
         let vm = named(&mut vms, "--ports", name)?;
         for (port, call) in ports.entries() {
-            vm.ports.map(port, call).map_err(|message| Failure::Usage(anyhow!("--ports: {message}")))?;
+            vm.ports.remap(port, call).map_err(|message| Failure::Usage(anyhow!("--ports: {message}")))?;
         }
     }
     for name in &args.show_ports {

@@ -37,8 +37,21 @@ pub struct PortMap {
 
 impl PortMap {
     /// Maps `port` to the hypercall called `call` (`print32bit` or
-    /// `HC_print32bit`); a port mapped twice takes the later call.
+    /// `HC_print32bit`). A port already mapped is refused: one list (a
+    /// `--ports`, a scenario's table) maps each port once.
     pub fn map(&mut self, port: u16, call: &str) -> Result<(), String> {
+        if let Some((_, earlier)) = self.entries().find(|&(mapped, _)| mapped == port) {
+            return Err(format!(
+                "port 0x{port:x} is mapped twice ({earlier}, then {}); map each port once",
+                crate::console::escape_input(call)
+            ));
+        }
+        self.remap(port, call)
+    }
+
+    /// Maps `port` to `call`, in place of what it made before (the command
+    /// line's `--ports` over a scenario's).
+    pub fn remap(&mut self, port: u16, call: &str) -> Result<(), String> {
         let name = call.strip_prefix("HC_").unwrap_or(call);
         let abi_port = CALLS
             .iter()
@@ -152,7 +165,10 @@ mod tests {
         let mut ports = PortMap::default();
         ports.map(0x10, "print32bit").unwrap();
         ports.map(0xE8, "HC_print32bit").unwrap();
-        ports.map(0x10, "numexits").unwrap();
+        let twice = ports.map(0x10, "numexits").unwrap_err();
+        assert_eq!(twice, "port 0x10 is mapped twice (print32bit, then numexits); map each port once");
+        // The command line's over a scenario's: replaced.
+        ports.remap(0x10, "numexits").unwrap();
         assert_eq!(ports.abi_port(0x10), Some(PORT_NUM_EXITS));
         assert_eq!(ports.abi_port(0xE8), Some(PORT_PRINT32));
         assert_eq!(ports.abi_port(0x11), None);

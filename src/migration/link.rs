@@ -57,7 +57,13 @@ pub fn start_outgoing(
         let give_up = |why: String| core.send(Command::Migration { vm, frame: Frame::Abandon(why) });
         let (reader, writer) = match connect(&address) {
             Ok(halves) => halves,
-            Err(error) => return give_up(format!("cannot connect to {address}: {error}")),
+            Err(error) => {
+                // The core's first frame (its Hello) is taken first, so that
+                // the move it starts ends with this reason, not with a link
+                // already gone.
+                let _ = frames_rx.recv_timeout(Duration::from_secs(5));
+                return give_up(format!("cannot connect to {address}: {error}"));
+            }
         };
         let reading = core.clone();
         let reader_thread = std::thread::Builder::new().name("matrix-migrate-in".into()).spawn(move || {
