@@ -137,12 +137,14 @@ pub fn start(
 ) -> std::io::Result<()> {
     let busy = Arc::new(AtomicBool::new(false));
     std::thread::Builder::new().name("matrix-gdb".into()).spawn(move || {
+        let mut backoff = crate::os::backoff::AcceptBackoff::default();
         loop {
             let Ok((stream, peer)) = listener.accept() else {
                 // Out of descriptors, say: try again a little later rather than spin.
-                std::thread::sleep(Duration::from_millis(100));
+                backoff.wait_after_failure();
                 continue;
             };
+            backoff.succeeded();
             if busy.swap(true, Ordering::AcqRel) {
                 // One debugger at a time: the second hears nothing and is cut off.
                 stream.shutdown();

@@ -155,8 +155,13 @@ pub fn start_incoming(
     core: Commander,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("matrix-incoming".into()).spawn(move || {
+        let mut backoff = crate::os::backoff::AcceptBackoff::default();
         loop {
-            let Ok(((reader, writer), peer)) = listener.accept() else { continue };
+            let Ok(((reader, writer), peer)) = listener.accept() else {
+                backoff.wait_after_failure();
+                continue;
+            };
+            backoff.succeeded();
             let mut session = Incoming {
                 reader: BufReader::new(reader),
                 writer: BufWriter::new(writer),
