@@ -9,6 +9,9 @@
 //! step NAME              run it to its next exit and pause it there
 //! snapshot NAME FILE     save it to FILE (restore: run --vm NAME=snapshot:FILE)
 //! migrate NAME ADDR      move it to the matrix-tui run with --incoming ADDR
+//! migrate cancel NAME    call its move off before the hand-over (it runs on here)
+//! adopt NAME             take an incoming VM whose sender went silent (it may
+//!                        still run there: only if it does not), paused
 //! auto-converge on|off   throttle migrating VMs that dirty faster than they are sent
 //! policy io|rr|fair      change the policy
 //! quantum DURATION       change the quantum (100us..1s)
@@ -26,7 +29,7 @@ use crate::units::parse_duration;
 
 /// The commands, for error messages.
 pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | snapshot NAME FILE \
-                         | migrate NAME ADDR | auto-converge on|off \
+                         | migrate NAME ADDR | migrate cancel NAME | adopt NAME | auto-converge on|off \
                          | policy io|rr|fair \
                          | quantum DURATION | quit";
 
@@ -53,6 +56,13 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["step", name] => Command::Step(vm(name)?),
         ["auto-converge", "on"] => Command::SetAutoConverge(true),
         ["auto-converge", "off"] => Command::SetAutoConverge(false),
+        // A VM called "cancel" can still be moved: `migrate cancel ADDR` has an address.
+        ["migrate", "cancel", name]
+            if crate::debug::ListenAddress::parse(name).is_err() || names.contains(&name.to_string()) =>
+        {
+            Command::CancelMigration(vm(name)?)
+        }
+        ["adopt", name] => Command::Adopt(vm(name)?),
         ["migrate", name, address] => Command::MigrateTo {
             vm: vm(name)?,
             address: crate::debug::ListenAddress::parse(address).map_err(|message| escape_input(&message))?,
@@ -167,6 +177,8 @@ mod tests {
                 "migrate neo 127.0.0.1:7000",
                 Command::MigrateTo { vm: 0, address: crate::debug::ListenAddress::Tcp("127.0.0.1:7000".into()) },
             ),
+            ("migrate cancel neo", Command::CancelMigration(0)),
+            ("adopt morpheus", Command::Adopt(1)),
             ("policy rr", Command::SetPolicy(Policy::Rr)),
             ("quantum 250us", Command::SetQuantum(Duration::from_micros(250))),
             ("quit", Command::Quit),

@@ -98,6 +98,9 @@ pub enum Command {
     Migrate {
         /// The VM.
         vm: VmId,
+        /// This attempt's number: the frames of its link carry it, and a
+        /// frame of another attempt is not this one's business.
+        attempt: u64,
         /// Where it goes, for messages.
         to: String,
         /// The link to the receiver.
@@ -107,6 +110,8 @@ pub enum Command {
     Migration {
         /// The VM moving out.
         vm: VmId,
+        /// The attempt whose link it came on.
+        attempt: u64,
         /// The frame.
         frame: crate::migration::protocol::Frame,
     },
@@ -114,7 +119,15 @@ pub enum Command {
     MigrationGoSent {
         /// The VM that moved out.
         vm: VmId,
+        /// The attempt whose link wrote it.
+        attempt: u64,
     },
+    /// Call off a VM's move before its Go (`migrate cancel NAME`): it runs
+    /// on here.
+    CancelMigration(VmId),
+    /// Make an orphaned incoming VM this run's, paused (`adopt NAME`): for a
+    /// person who knows it no longer runs on its sender.
+    Adopt(VmId),
     /// Add a VM that came in (paused until [`Command::StartIncoming`]);
     /// answered with its id or why it cannot be made.
     AddVm {
@@ -138,12 +151,15 @@ pub enum Command {
         /// Where its downtime goes once it has run.
         report: Reply<u64>,
     },
-    /// An incoming VM was made but never handed over: it stays paused.
+    /// An incoming VM was made but will not be handed over: dropped when
+    /// the sender called the move off, else orphaned (held until adopted).
     IncomingOrphaned {
         /// The VM.
         vm: VmId,
         /// What happened.
         why: String,
+        /// The sender said Abandon (it runs the VM on): drop this copy.
+        dropped: bool,
     },
     /// A line for the run's output that belongs to no VM.
     Notice(String),
@@ -274,6 +290,15 @@ pub enum VmState {
         /// Where it went.
         to: String,
     },
+    /// Came in by migration, waiting for the sender's Go: not runnable, and
+    /// every command but quit refused.
+    Arriving,
+    /// Came in, but the sender went silent after Ready without its Go: it
+    /// may still run there. Not runnable until `adopt NAME`.
+    Orphaned,
+    /// Came in, but the sender called the move off after Ready: it runs
+    /// there, and this copy is dropped for good.
+    Dropped,
     /// Ended by a fault KVM reported.
     Crashed {
         /// What happened.
@@ -296,12 +321,16 @@ impl VmState {
             Self::Killed => "killed",
             Self::Moved { .. } => "moved",
             Self::Crashed { .. } => "crashed",
+            Self::Arriving => "arriving",
+            Self::Orphaned => "orphaned",
+            Self::Dropped => "dropped",
         }
     }
 
-    /// Whether the VM is done for good (halted or crashed).
+    /// Whether the VM is done for good (halted, crashed, killed, moved away
+    /// or dropped).
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Halted { .. } | Self::Killed | Self::Crashed { .. } | Self::Moved { .. })
+        matches!(self, Self::Halted { .. } | Self::Killed | Self::Crashed { .. } | Self::Moved { .. } | Self::Dropped)
     }
 }
 

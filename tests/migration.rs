@@ -217,3 +217,62 @@ fn a_move_to_nowhere_says_it_cannot_connect_and_the_vm_runs_on() {
     assert!(line.contains(&format!("cannot connect to {nowhere}")) && line.contains("the VM runs on here"), "{line}");
     from.until("t| ");
 }
+
+#[test]
+fn a_second_migrate_is_refused_without_touching_the_first_which_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let mut from = slow_move(&socket);
+    from.until("d| [matrix] migrating to");
+    // A second move to nowhere: refused, and its link's failure is not the first move's.
+    from.send("migrate d /nonexistent/x.sock");
+    let line = from.until("d| [matrix] migration to /nonexistent/x.sock not started");
+    assert!(line.contains("it is already moving"), "{line}");
+    from.send("migrate cancel d");
+    let line = from.until("abandoned");
+    assert!(
+        line.contains("migration to") && line.contains("cancelled here") && line.contains("runs on here"),
+        "{line}"
+    );
+    // It runs on here; the receiver dropped what it had begun and runs on too.
+    from.until("d| ");
+    assert_eq!(from.quit().0, 0);
+    to.until("own| ");
+    assert_eq!(to.quit().0, 0);
+}
+
+#[test]
+fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
+    use matrix_tui::migration::protocol::{Frame, read_frame, write_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("stalled.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // A receiver that takes everything, acknowledges the pages, and then
+    // keeps the sender waiting for its Ready.
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        loop {
+            match read_frame(&mut reader) {
+                Ok(Frame::Hello { .. }) => write_frame(&mut stream, &Frame::Accept).unwrap(),
+                Ok(Frame::Pages { pages, .. }) => {
+                    write_frame(&mut stream, &Frame::Ack { bytes: (pages.len() * 4096) as u64 }).unwrap()
+                }
+                Ok(Frame::State(_)) => {}
+                Ok(Frame::Abandon(why)) => return why,
+                Ok(other) => panic!("an unexpected {}", other.name()),
+                Err(error) => return error.to_string(),
+            }
+        }
+    });
+    let mut from = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+    from.until("t| ");
+    from.send(&format!("migrate t {}", socket.display()));
+    from.until("t| [matrix] last round, the VM paused");
+    let line = from.until("abandoned");
+    assert!(line.contains("did not take it within 10 s of its final pause"), "{line}");
+    // The sender runs it on; the fake receiver was told.
+    from.until("t| ");
+    assert!(fake.join().unwrap().contains("within 10 s"));
+    assert_eq!(from.quit().0, 0);
+}

@@ -303,3 +303,61 @@ fn a_front_end_that_stops_reading_beside_busy_sleepers_keeps_memory_flat() {
     let states = outcome.events.iter().filter(|event| matches!(event, Event::State { .. })).count();
     assert!(states < 10_000, "{states} state events waited for the front end");
 }
+
+#[test]
+fn an_arriving_vm_runs_only_when_handed_over_and_an_orphan_only_when_adopted() {
+    use matrix_tui::event::{IncomingVm, Reply};
+    let core = common::start(RunConfig::new(vec![common::builtin("home", "ticker")]));
+    let mut events = Vec::new();
+    let add = |name: &str| {
+        let (reply, made) = crossbeam_channel::bounded(1);
+        let vm = IncomingVm(Box::new(common::builtin(name, "ticker")));
+        core.send(Command::AddVm { vm, reply: Reply(reply), rounds: 1, pages: 0, from: "a test".into() });
+        made.recv_timeout(Duration::from_secs(15)).unwrap().unwrap()
+    };
+    let state_of = |events: &mut Vec<Event>, vm: usize, state: VmState| {
+        common::wait_for(&core, events, |event| {
+            matches!(event, Event::State { vm: v, state: s } if *v == vm && *s == state).then_some(())
+        })
+    };
+    // Arriving: every command but quit refused; the Go runs it.
+    let arriving = add("arriving");
+    state_of(&mut events, arriving, VmState::Arriving);
+    for command in [Command::Resume(arriving), Command::Step(arriving), Command::Restart(arriving)] {
+        core.send(command);
+    }
+    let (reply, _downtime) = crossbeam_channel::bounded(1);
+    core.send(Command::StartIncoming { vm: arriving, last_slice_ns: 0, report: Reply(reply) });
+    state_of(&mut events, arriving, VmState::Running);
+    // The sender went silent: an orphan, held until adopted, then paused.
+    let orphan = add("orphan");
+    core.send(Command::IncomingOrphaned { vm: orphan, why: "the link broke".into(), dropped: false });
+    state_of(&mut events, orphan, VmState::Orphaned);
+    core.send(Command::Resume(orphan));
+    core.send(Command::Adopt(orphan));
+    state_of(&mut events, orphan, VmState::Paused);
+    core.send(Command::Resume(orphan));
+    state_of(&mut events, orphan, VmState::Running);
+    // The sender called it off: dropped for good, adopt refused.
+    let dropped = add("dropped");
+    core.send(Command::IncomingOrphaned { vm: dropped, why: "cancelled there".into(), dropped: true });
+    state_of(&mut events, dropped, VmState::Dropped);
+    core.send(Command::Adopt(dropped));
+    let outcome = common::quit(core, events);
+    let console = outcome.console(arriving);
+    assert_eq!(console.matches("refused: it is arriving").count(), 3, "{console}");
+    let console = outcome.console(orphan);
+    assert!(console.contains("resume refused: its sender went silent") && console.contains("adopted"), "{console}");
+    assert!(outcome.console(dropped).contains("adopt refused"), "{}", outcome.console(dropped));
+    assert_eq!(outcome.report.vms[dropped].state, "dropped");
+    // Nothing ran before it was handed over or adopted: Running came after Arriving and after Paused only.
+    let states: Vec<&VmState> = outcome
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::State { vm, state } if *vm == orphan => Some(state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [&VmState::Arriving, &VmState::Orphaned, &VmState::Paused, &VmState::Running]);
+}

@@ -4,6 +4,7 @@
 //! one VM at a time, checks every frame, and asks the core to make the VM
 //! only once all of it has arrived whole.
 
+use crate::console::escape_input;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -48,13 +49,14 @@ fn connect(address: &ListenAddress) -> std::io::Result<Halves> {
 /// Abandon frame, so the core alone decides what becomes of the VM.
 pub fn start_outgoing(
     vm: VmId,
+    attempt: u64,
     address: ListenAddress,
     bandwidth: Option<u64>,
     core: Commander,
 ) -> std::io::Result<Sender<Frame>> {
     let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Frame>(4);
     std::thread::Builder::new().name("matrix-migrate-out".into()).spawn(move || {
-        let give_up = |why: String| core.send(Command::Migration { vm, frame: Frame::Abandon(why) });
+        let give_up = |why: String| core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
         let (reader, writer) = match connect(&address) {
             Ok(halves) => halves,
             Err(error) => {
@@ -70,10 +72,10 @@ pub fn start_outgoing(
             let mut reader = BufReader::new(reader);
             loop {
                 match read_frame(&mut reader) {
-                    Ok(frame) => reading.send(Command::Migration { vm, frame }),
+                    Ok(frame) => reading.send(Command::Migration { vm, attempt, frame }),
                     Err(error) => {
                         let why = format!("the receiver's side: {error}");
-                        return reading.send(Command::Migration { vm, frame: Frame::Abandon(why) });
+                        return reading.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
                     }
                 }
             }
@@ -97,7 +99,7 @@ pub fn start_outgoing(
                 return give_up(format!("cannot send to {address}: {error}"));
             }
             if let Frame::Go { .. } = frame {
-                core.send(Command::MigrationGoSent { vm });
+                core.send(Command::MigrationGoSent { vm, attempt });
             }
             if last {
                 return;
@@ -133,11 +135,13 @@ impl IncomingListener {
                 let (stream, peer) = listener.accept()?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+                stream.set_write_timeout(Some(PEER_TIMEOUT))?;
                 Ok(((Box::new(stream.try_clone()?), Box::new(stream)), peer.to_string()))
             }
             Self::Unix(listener) => {
                 let (stream, _) = listener.accept()?;
                 stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+                stream.set_write_timeout(Some(PEER_TIMEOUT))?;
                 Ok(((Box::new(stream.try_clone()?), Box::new(stream)), "a local socket".to_string()))
             }
         }
@@ -156,31 +160,75 @@ pub fn start_incoming(
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("matrix-incoming".into()).spawn(move || {
         let mut backoff = crate::os::backoff::AcceptBackoff::default();
+        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
             let Ok(((reader, writer), peer)) = listener.accept() else {
                 backoff.wait_after_failure();
                 continue;
             };
             backoff.succeeded();
+            let mut writer = BufWriter::new(writer);
+            // Each session on a thread of its own: a slow or hostile peer
+            // holds one of them, never the others.
+            if sessions.load(std::sync::atomic::Ordering::Acquire) >= MAX_INCOMING_SESSIONS {
+                let why = format!("{MAX_INCOMING_SESSIONS} migrations are coming in already; try again later");
+                core.send(Command::Notice(format!("incoming migration from {peer} refused: {why}")));
+                let _ = write_frame(&mut writer, &Frame::Refuse(why));
+                continue;
+            }
             let mut session = Incoming {
-                reader: BufReader::new(reader),
-                writer: BufWriter::new(writer),
+                reader: BufReader::new(SessionReader { inner: reader, give_up: Instant::now() + SESSION_LIMIT }),
+                writer,
                 core: core.clone(),
                 names: Arc::clone(&names),
                 max_memory,
                 peer: peer.clone(),
             };
-            if let Err(why) = session.serve() {
-                core.send(Command::Notice(format!("incoming migration from {peer} ended: {why}")));
-                let _ = write_frame(&mut session.writer, &Frame::Abandon(why));
+            let (core, active) = (core.clone(), Arc::clone(&sessions));
+            active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let spawned = std::thread::Builder::new().name("matrix-incoming-vm".into()).spawn(move || {
+                if let Err(why) = session.serve() {
+                    core.send(Command::Notice(format!("incoming migration from {peer} ended: {why}")));
+                    let _ = write_frame(&mut session.writer, &Frame::Abandon(why));
+                }
+                active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            });
+            if spawned.is_err() {
+                sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             }
         }
     })?;
     Ok(())
 }
 
+/// Incoming migrations served at once; more are refused until one ends.
+pub const MAX_INCOMING_SESSIONS: usize = 4;
+
+/// The longest one incoming migration may take, however its peer paces its
+/// bytes (each read has [`PEER_TIMEOUT`] on top).
+pub const SESSION_LIMIT: Duration = Duration::from_secs(600);
+
+/// A session's reads, cut off at its deadline.
+struct SessionReader {
+    inner: Box<dyn Read + Send>,
+    give_up: Instant,
+}
+
+impl Read for SessionReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.give_up {
+            let minutes = SESSION_LIMIT.as_secs() / 60;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the migration took longer than {minutes} minutes"),
+            ));
+        }
+        self.inner.read(buffer)
+    }
+}
+
 struct Incoming {
-    reader: BufReader<Box<dyn Read + Send>>,
+    reader: BufReader<SessionReader>,
     writer: BufWriter<Box<dyn Write + Send>>,
     core: Commander,
     names: Arc<Mutex<Vec<String>>>,
@@ -295,11 +343,20 @@ impl Incoming {
         };
         self.names.lock().expect("names lock").push(name);
         self.send(&Frame::Ready)?;
-        // From the Go on this side owns it; without a Go the VM stays paused here.
-        let last_slice_ns = match self.read() {
+        // From the Go on this side owns it. An Abandon says the sender runs
+        // it on (this copy is dropped); silence or a broken link may mean
+        // either, so the VM is held here as an orphan.
+        let last_slice_ns = match read_frame(&mut self.reader) {
             Ok(Frame::Go { last_slice_ns }) => last_slice_ns,
+            Ok(Frame::Abandon(why)) => {
+                self.core.send(Command::IncomingOrphaned { vm, why: why.clone(), dropped: true });
+                return Err(format!(
+                    "the sender called the move off after Ready ({}); dropped here",
+                    escape_input(&why)
+                ));
+            }
             Ok(other) => return Err(self.orphaned(vm, &format!("a {} frame instead of Go", other.name()))),
-            Err(why) => return Err(self.orphaned(vm, &why)),
+            Err(error) => return Err(self.orphaned(vm, &error.to_string())),
         };
         let (report, started) = crossbeam_channel::bounded(1);
         self.core.send(Command::StartIncoming { vm, last_slice_ns, report: Reply(report) });
@@ -311,7 +368,7 @@ impl Incoming {
 
     /// The VM was made but the sender never said Go: it may still run there.
     fn orphaned(&self, vm: VmId, why: &str) -> String {
-        self.core.send(Command::IncomingOrphaned { vm, why: why.to_string() });
-        format!("no Go after the VM was made ({why}); it stays paused here")
+        self.core.send(Command::IncomingOrphaned { vm, why: why.to_string(), dropped: false });
+        format!("no Go after the VM was made ({why}); it is held here as an orphan (adopt NAME takes it)")
     }
 }

@@ -5,6 +5,7 @@
 //! `sched::core::migrating`.
 
 pub mod link;
+pub mod ownership;
 pub mod protocol;
 
 use std::time::Duration;

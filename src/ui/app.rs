@@ -39,6 +39,8 @@ pub enum Action {
     Restart,
     /// Next policy.
     CyclePolicy,
+    /// Call the selected VM's move off before its hand-over.
+    CancelMigration,
     /// The next shorter quantum of [`QUANTUM_LADDER`].
     ShorterQuantum,
     /// The next longer quantum of [`QUANTUM_LADDER`].
@@ -349,6 +351,7 @@ impl App {
                     crate::console::NOTE_PREFIX
                 )),
             },
+            Action::CancelMigration => return vec![Command::CancelMigration(vm)],
             Action::Snapshot => {
                 let path = crate::snapshot::file::next_free_name(std::path::Path::new(""), &self.vms[vm].name);
                 return vec![Command::Snapshot { vm, path }];

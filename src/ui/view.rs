@@ -136,7 +136,8 @@ fn state_color(state: &VmState) -> Color {
         VmState::Halted { .. } => Color::Gray,
         VmState::Gdb { .. } => Color::Magenta,
         VmState::Killed | VmState::Crashed { .. } => Color::Red,
-        VmState::Moved { .. } => Color::Cyan,
+        VmState::Moved { .. } | VmState::Arriving => Color::Cyan,
+        VmState::Orphaned | VmState::Dropped => Color::LightRed,
     }
 }
 

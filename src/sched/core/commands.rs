@@ -3,6 +3,7 @@
 //! states they change.
 
 use super::*;
+use crate::migration::ownership::{self, Request};
 
 impl Core {
     /// Applies the commands waiting, in order, up to and including the
@@ -25,6 +26,12 @@ impl Core {
                     self.outbox.push_back(Event::Settings(self.settings()));
                 }
             }
+            // Every path that could run, change or move a VM asks the
+            // migration's ownership first (migration/ownership.rs).
+            Command::Pause(vm) if vm < self.slots.len() && self.refuses(vm, Request::Pause, "pause") => {}
+            Command::Resume(vm) if vm < self.slots.len() && self.refuses(vm, Request::Resume, "resume") => {}
+            Command::Step(vm) if vm < self.slots.len() && self.refuses(vm, Request::Step, "step") => {}
+            Command::Restart(vm) if vm < self.slots.len() && self.refuses(vm, Request::Restart, "restart") => {}
             Command::Pause(vm) => {
                 // A sleeping VM can be held too: its ticks wait, coalesced, until it resumes.
                 if self.slots.get(vm).is_some_and(|slot| {
@@ -32,12 +39,6 @@ impl Core {
                 }) {
                     self.set_state(vm, VmState::Paused);
                 }
-            }
-            Command::Resume(vm) | Command::Step(vm)
-                if self.slots.get(vm).and_then(|slot| slot.outgoing.as_ref()).is_some_and(|o| o.holds_vm()) =>
-            {
-                let console = &mut self.slots[vm].runtime.console;
-                console.note(format_args!("this VM is paused for its move to another matrix-tui"));
             }
             Command::Restart(vm) if self.slots.get(vm).is_some_and(|slot| slot.outgoing.is_some()) => {
                 self.abandon(vm, "the VM was restarted");
@@ -64,25 +65,36 @@ impl Core {
             Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
             Command::Debug { .. } => {}
             Command::Step(_) => {}
-            Command::Migrate { vm, to, link } if vm < self.slots.len() => self.migrate(vm, to, link.0),
+            Command::Migrate { vm, attempt, to, link } if vm < self.slots.len() => {
+                if let Err(why) = ownership::decide(self.holding(vm), Request::Migrate) {
+                    // Told to its own link only: the move under way is not touched.
+                    self.note(vm, format_args!("migration to {to} not started: {why}"));
+                    let _ = link.0.try_send(crate::migration::protocol::Frame::Abandon(why.to_string()));
+                } else {
+                    self.migrate(vm, attempt, to, link.0);
+                }
+            }
+            Command::CancelMigration(vm) if vm < self.slots.len() => {
+                if !self.refuses(vm, Request::CancelMigration, "migrate cancel") {
+                    self.abandon(vm, "cancelled here");
+                }
+            }
+            Command::CancelMigration(_) => {}
+            Command::Adopt(vm) if vm < self.slots.len() => {
+                if !self.refuses(vm, Request::Adopt, "adopt") {
+                    self.adopt(vm);
+                }
+            }
+            Command::Adopt(_) => {}
             // Turned into `Migrate` by the handle before it gets here.
             Command::Migrate { .. } | Command::MigrateTo { .. } => {}
-            Command::Migration { vm, frame } => self.migration_frame(vm, frame),
-            Command::MigrationGoSent { vm } => self.migration_go_sent(vm),
+            Command::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
+            Command::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
             Command::AddVm { vm, reply, rounds, pages, from } => {
                 reply.send(self.add_vm(*vm.0, rounds, pages, from));
             }
             Command::StartIncoming { vm, last_slice_ns, report } => self.start_incoming(vm, last_slice_ns, report),
-            Command::IncomingOrphaned { vm, why } if vm < self.slots.len() => {
-                let why = crate::console::escape_input(&why);
-                let console = &mut self.slots[vm].runtime.console;
-                console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
-                console.note(format_args!(
-                    "the sender did not hand this VM over ({why}): it stays paused here; resume it only if it no \
-                     longer runs on the sender"
-                ));
-            }
-            Command::IncomingOrphaned { .. } => {}
+            Command::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
             Command::SetAutoConverge(on) => {
                 self.migration.auto_converge = on;
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
@@ -93,7 +105,14 @@ impl Core {
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });
             }
-            Command::Snapshot { vm, path } if vm < self.slots.len() => self.snapshot(vm, path),
+            Command::Snapshot { vm, path } if vm < self.slots.len() => {
+                if let Err(why) = ownership::decide(self.holding(vm), Request::Snapshot) {
+                    let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+                    self.outbox.push_back(Event::Snapshot { vm, t_ns, path, result: Err(why.to_string()) });
+                } else {
+                    self.snapshot(vm, path);
+                }
+            }
             Command::Snapshot { .. } => {}
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
             Command::SetQuantum(quantum) => {

@@ -3,6 +3,7 @@
 //! touches the vCPU for a debugger happens here, on the core thread.
 
 use super::*;
+use crate::migration::ownership::Request;
 
 /// The `hlt` opcode.
 const HLT: u8 = 0xF4;
@@ -16,6 +17,32 @@ fn view(runtime: &VmRuntime) -> GuestView<'_, Vcpu> {
 impl Core {
     /// Serves one request of `vm`'s gdb server.
     pub(super) fn debug_request(&mut self, vm: VmId, request: DebugRequest) {
+        // gdb may look at a VM that is moving, but neither run it nor change
+        // it once it is paused for its move: its registers would be newer
+        // than the memory the receiver got.
+        let runs_or_changes = matches!(
+            request,
+            DebugRequest::Continue
+                | DebugRequest::Step
+                | DebugRequest::WriteRegisters(_)
+                | DebugRequest::WriteMemory { .. }
+                | DebugRequest::Breakpoint { .. }
+                | DebugRequest::Watchpoint { .. }
+        );
+        if runs_or_changes {
+            if let Err(why) = crate::migration::ownership::decide(self.holding(vm), Request::GdbRun) {
+                self.note(vm, format_args!("gdb's request refused: {why}"));
+                let reply = match request {
+                    // gdb waits for a stop: it gets one at once, where the VM is.
+                    DebugRequest::Continue | DebugRequest::Step => DebugReply::Stopped(DebugStop::Interrupt),
+                    _ => DebugReply::Done(Err(why.to_string())),
+                };
+                if let Some(debug) = self.slots[vm].debug.as_mut() {
+                    debug.reply(reply);
+                }
+                return;
+            }
+        }
         let slot = &mut self.slots[vm];
         let Some(debug) = slot.debug.as_mut() else { return };
         let runtime = &mut slot.runtime;
@@ -102,7 +129,8 @@ impl Core {
             None if finished => "detached (the VM has ended)".to_string(),
             Some(why) if finished => format!("left: {why}"),
             None => {
-                if self.slots[vm].state != VmState::Running {
+                let may_run = crate::migration::ownership::may_run(self.holding(vm));
+                if self.slots[vm].state != VmState::Running && may_run {
                     self.set_state(vm, VmState::Running);
                 }
                 "detached; the VM goes on".to_string()
@@ -192,6 +220,10 @@ impl Core {
     /// Runs one instruction of `vm` for gdb (charged to the VM, not to the
     /// policy) and tells gdb where it stopped.
     pub(super) fn gdb_step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
+        if !crate::migration::ownership::may_run(self.holding(vm)) {
+            self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Interrupt));
+            return;
+        }
         let rip = self.slots[vm].runtime.machine.vcpu.registers().rip;
         if self.halts_next(vm, rip) {
             self.halt_for_debugger(vm);

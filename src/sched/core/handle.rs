@@ -124,9 +124,12 @@ impl CoreHandle {
     pub fn send(&self, command: Command) {
         let command = match command {
             Command::MigrateTo { vm, address } => {
+                static NEXT_ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                let attempt = NEXT_ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let to = address.to_string();
-                match crate::migration::link::start_outgoing(vm, address, self.migration_bandwidth, self.commander()) {
-                    Ok(link) => Command::Migrate { vm, to, link: crate::event::Reply(link) },
+                let bandwidth = self.migration_bandwidth;
+                match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, self.commander()) {
+                    Ok(link) => Command::Migrate { vm, attempt, to, link: crate::event::Reply(link) },
                     Err(error) => Command::Notice(format!("cannot start the migration to {to}: {error}")),
                 }
             }

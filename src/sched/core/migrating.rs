@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::migration::MigrationSettings;
+use crate::migration::ownership::{self, Holding, Request};
 use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
 use crate::report::{MigrationReport, RoundReport, RoundsEnd};
 use crate::snapshot::format::PAGE_SIZE;
@@ -31,6 +32,8 @@ enum Phase {
 
 /// A VM moving out.
 pub(super) struct Outgoing {
+    /// This attempt's number (its link's frames carry it).
+    attempt: u64,
     to: String,
     link: Sender<Frame>,
     phase: Phase,
@@ -54,18 +57,17 @@ pub(super) struct Outgoing {
     last_slice_ns: u64,
     /// When the receiver took it over.
     moved_ns: u64,
+    /// When the final pause began (monotonic ns).
+    paused_ns: u64,
 }
 
 /// How long a run waits, after a VM moved out, to hear when it ran there.
 const STARTED_WAIT_NS: u64 = 2_000_000_000;
 
-impl Outgoing {
-    /// True while the VM is paused for the last round and the switch:
-    /// nothing may run it then.
-    pub(super) fn holds_vm(&self) -> bool {
-        matches!(self.phase, Phase::Last | Phase::Ready | Phase::Go)
-    }
-}
+/// The longest the sender's final pause may last before the Go: the last
+/// pages, the state and the receiver's Ready. A receiver slower than that
+/// (stalled, hostile) gets an Abandon, and the VM runs on here.
+pub(super) const FINAL_PAUSE_LIMIT_NS: u64 = 10_000_000_000;
 
 /// A duration in few characters: `850 us`, `2.61 ms`, `3.9 s`.
 fn short_time(ns: u64) -> String {
@@ -82,8 +84,8 @@ fn next_throttle(pct: u32) -> u32 {
 }
 
 impl Core {
-    /// `migrate NAME ADDR`: starts moving `vm` over `link`.
-    pub(super) fn migrate(&mut self, vm: VmId, to: String, link: Sender<Frame>) {
+    /// `migrate NAME ADDR`: starts moving `vm` over `link`, as `attempt`.
+    pub(super) fn migrate(&mut self, vm: VmId, attempt: u64, to: String, link: Sender<Frame>) {
         let slot = &mut self.slots[vm];
         let refusal = if slot.state.is_finished() {
             Some(format!("it has {}", slot.state.name()))
@@ -123,6 +125,7 @@ impl Core {
             ..Default::default()
         });
         slot.outgoing = Some(Box::new(Outgoing {
+            attempt,
             to,
             link,
             phase: Phase::Hello,
@@ -140,13 +143,19 @@ impl Core {
             before_pause: None,
             last_slice_ns: slot.last_slice_ns,
             moved_ns: 0,
+            paused_ns: 0,
         }));
         self.migrating += 1;
     }
 
-    /// A frame from `vm`'s receiver (or an Abandon from its link).
-    pub(super) fn migration_frame(&mut self, vm: VmId, frame: Frame) {
+    /// A frame from `vm`'s receiver (or an Abandon from its link), on the
+    /// link of `attempt`: one of another attempt (a second `migrate`
+    /// refused while this one goes on) is not this move's business.
+    pub(super) fn migration_frame(&mut self, vm: VmId, attempt: u64, frame: Frame) {
         let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
+        if outgoing.attempt != attempt {
+            return;
+        }
         match (outgoing.phase, frame) {
             (Phase::Moved, Frame::Started { downtime_ns }) => {
                 if let Some(report) = &mut self.slots[vm].migration_report {
@@ -166,8 +175,8 @@ impl Core {
             // The receiver's Started can overtake the link thread's word that
             // the Go was written: the Go reached it, so it owns the VM.
             (Phase::Go, Frame::Started { downtime_ns }) => {
-                self.migration_go_sent(vm);
-                self.migration_frame(vm, Frame::Started { downtime_ns });
+                self.migration_go_sent(vm, attempt);
+                self.migration_frame(vm, attempt, Frame::Started { downtime_ns });
             }
             (_, Frame::Refuse(why) | Frame::Abandon(why)) => self.abandon(vm, &why),
             (Phase::Hello, Frame::Accept) => {
@@ -201,10 +210,10 @@ impl Core {
         }
     }
 
-    /// The link wrote the Go: the VM is the receiver's now.
-    pub(super) fn migration_go_sent(&mut self, vm: VmId) {
+    /// The link of `attempt` wrote the Go: the VM is the receiver's now.
+    pub(super) fn migration_go_sent(&mut self, vm: VmId, attempt: u64) {
         let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
-        if outgoing.phase != Phase::Go {
+        if outgoing.phase != Phase::Go || outgoing.attempt != attempt {
             return;
         }
         outgoing.phase = Phase::Moved;
@@ -248,7 +257,7 @@ impl Core {
         }
     }
 
-    fn note(&mut self, vm: VmId, text: std::fmt::Arguments<'_>) {
+    pub(super) fn note(&mut self, vm: VmId, text: std::fmt::Arguments<'_>) {
         let console = &mut self.slots[vm].runtime.console;
         console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
         console.note(text);
@@ -267,6 +276,15 @@ impl Core {
                     self.migrating -= 1;
                     continue;
                 }
+            }
+            let overdue = self.slots[vm].outgoing.as_ref().is_some_and(|outgoing| {
+                matches!(outgoing.phase, Phase::Last | Phase::Ready)
+                    && now_ns.saturating_sub(outgoing.paused_ns) > FINAL_PAUSE_LIMIT_NS
+            });
+            if overdue {
+                let limit = FINAL_PAUSE_LIMIT_NS / 1_000_000_000;
+                self.abandon(vm, &format!("the receiver did not take it within {limit} s of its final pause"));
+                continue;
             }
             // A round that ends starts the next at once: no wait for the next slice.
             while let Some(outgoing) = &self.slots[vm].outgoing {
@@ -442,6 +460,7 @@ impl Core {
         let outgoing = self.slots[vm].outgoing.as_mut().expect("migrating");
         outgoing.before_pause = Some(before);
         outgoing.last_slice_ns = last_slice_ns;
+        outgoing.paused_ns = monotonic_ns();
         outgoing.pending.extend(dirty);
         outgoing.pending.sort_unstable();
         outgoing.pending.dedup();
@@ -473,7 +492,9 @@ impl Core {
             return Err(format!("a VM is already called '{name}' here"));
         }
         let memory_pages = config.memory_size / PAGE_SIZE as u64;
-        let slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
+        let mut slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
+        // Held until the sender's Go: the sender may still run it.
+        slot.state = VmState::Arriving;
         let vm = self.slots.len();
         self.slots.push(slot);
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
@@ -504,9 +525,63 @@ impl Core {
     pub(super) fn start_incoming(&mut self, vm: VmId, last_slice_ns: u64, report: crate::event::Reply<u64>) {
         let Some(slot) = self.slots.get_mut(vm) else { return };
         slot.incoming = Some((last_slice_ns, report));
-        if slot.state == VmState::Paused {
+        if slot.state == VmState::Arriving {
             self.set_state(vm, VmState::Running);
         }
+    }
+
+    /// An arriving VM that will not be handed over: `dropped` when the
+    /// sender called the move off (it runs there: this copy goes), else
+    /// orphaned (the sender went silent: it may still run there; held
+    /// until `adopt`).
+    pub(super) fn incoming_ended(&mut self, vm: VmId, why: &str, dropped: bool) {
+        if self.slots.get(vm).is_none_or(|slot| slot.state != VmState::Arriving) {
+            return;
+        }
+        let why = crate::console::escape_input(why);
+        if dropped {
+            self.note(vm, format_args!("the sender called the move off ({why}): it runs there; this copy is dropped"));
+            self.set_state(vm, VmState::Dropped);
+        } else {
+            self.note(
+                vm,
+                format_args!(
+                    "the sender did not hand this VM over ({why}) and may still run it: held here; if it does \
+                     not run there, adopt it (adopt NAME) and resume it"
+                ),
+            );
+            self.set_state(vm, VmState::Orphaned);
+        }
+    }
+
+    /// `adopt NAME`: an orphaned VM becomes this run's, paused.
+    pub(super) fn adopt(&mut self, vm: VmId) {
+        self.note(vm, format_args!("adopted: it is this run's now, paused; resume it to run it"));
+        self.set_state(vm, VmState::Paused);
+    }
+
+    /// Where `vm` stands in a migration, for [`ownership::decide`].
+    pub(super) fn holding(&self, vm: VmId) -> Holding {
+        let Some(slot) = self.slots.get(vm) else { return Holding::Gone };
+        match (&slot.state, slot.outgoing.as_ref().map(|outgoing| outgoing.phase)) {
+            (VmState::Arriving, _) => Holding::Arriving,
+            (VmState::Orphaned, _) => Holding::Orphaned,
+            (VmState::Moved { .. }, _) | (_, Some(Phase::Moved)) => Holding::Gone,
+            (_, Some(Phase::Hello | Phase::Rounds)) => Holding::LeavingInRounds,
+            (_, Some(Phase::Last | Phase::Ready)) => Holding::LeavingPaused,
+            (_, Some(Phase::Go)) => Holding::HandingOver,
+            (_, None) => Holding::Free,
+        }
+    }
+
+    /// Carries out nothing and says why when `request` may not be carried
+    /// out for `vm` now; true if it was refused.
+    pub(super) fn refuses(&mut self, vm: VmId, request: Request, what: &str) -> bool {
+        let Err(why) = ownership::decide(self.holding(vm), request) else { return false };
+        if vm < self.slots.len() {
+            self.note(vm, format_args!("{what} refused: {why}"));
+        }
+        true
     }
 
     /// Its first slice here: says the downtime (and tells the sender).

@@ -303,6 +303,11 @@ impl Core {
     /// [`STEP_LIMIT`] or a quantum), pauses it there, and tells the front end
     /// what happened.
     pub(super) fn step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
+        // Asked for before its move paused it: it may not run now.
+        if !crate::migration::ownership::may_run(self.holding(vm)) {
+            self.note(vm, format_args!("step refused: it is held for its move"));
+            return;
+        }
         let slot = &mut self.slots[vm];
         if slot.state.is_finished() {
             let registers = slot.runtime.machine.vcpu.registers();
