@@ -232,14 +232,8 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
     let vms = vec![common::builtin("chatty", "chatty"), common::builtin("t", "ticker")];
     let core = common::start(RunConfig::new(vms));
     // Nobody reads events for 3 s: the channel fills and the core must coalesce.
-    let rss = |at: Duration| {
-        while core.started().elapsed() < at {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        matrix_tui::bench::measure::rss_kib()
-    };
-    let early_kib = rss(Duration::from_secs(1));
-    let late_kib = rss(Duration::from_secs(3));
+    let early_kib = common::rss_at(&core, Duration::from_secs(1));
+    let late_kib = common::rss_at(&core, Duration::from_secs(3));
     assert!(early_kib > 0, "RSS could be read from /proc");
     let outcome = common::quit(core, Vec::new());
     assert!(late_kib < early_kib + 5 * 1024, "RSS grew from {early_kib} KiB to {late_kib} KiB");
@@ -287,14 +281,8 @@ fn a_front_end_that_stops_reading_beside_busy_sleepers_keeps_memory_flat() {
     let mut vms: Vec<_> = (0..8).map(|i| common::weighted(&format!("s{i}"), "sleeper", 1.0, &[1, 1000])).collect();
     vms.push(common::builtin("t", "ticker"));
     let core = common::start(RunConfig::new(vms));
-    let rss = |at: Duration| {
-        while core.started().elapsed() < at {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        matrix_tui::bench::measure::rss_kib()
-    };
-    let early_kib = rss(Duration::from_secs(1));
-    let late_kib = rss(Duration::from_secs(8));
+    let early_kib = common::rss_at(&core, Duration::from_secs(1));
+    let late_kib = common::rss_at(&core, Duration::from_secs(8));
     let outcome = common::quit(core, Vec::new());
     assert!(late_kib < early_kib + 5 * 1024, "RSS grew from {early_kib} KiB to {late_kib} KiB");
     let injected: u64 = outcome.report.vms[..8].iter().map(|vm| vm.injected).sum();

@@ -109,6 +109,15 @@ pub fn start(config: RunConfig) -> sched::CoreHandle {
     sched::spawn(kvm(), config).expect("VMs set up")
 }
 
+/// The process's resident memory in KiB once the run is `at` old (the
+/// run's events left unread meanwhile, as a frozen front end leaves them).
+pub fn rss_at(core: &sched::CoreHandle, at: Duration) -> u64 {
+    while core.started().elapsed() < at {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    matrix_tui::bench::measure::rss_kib()
+}
+
 /// Quits a run and collects everything it still sends.
 pub fn quit(core: sched::CoreHandle, mut events: Vec<Event>) -> Outcome {
     core.send(Command::Quit);
