@@ -36,8 +36,10 @@ pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.
 pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
+    // The newest VM of a name: one that moved away and came back is the
+    // one here now.
     let vm = |name: &str| {
-        names.iter().position(|known| known == name).ok_or_else(|| {
+        names.iter().rposition(|known| known == name).ok_or_else(|| {
             let known: Vec<String> = names.iter().map(escape_input).collect();
             format!("no VM is called '{}' (VMs: {})", escape_input(name), known.join(", "))
         })

@@ -128,7 +128,17 @@ pub enum Command {
     /// Make an orphaned incoming VM this run's, paused (`adopt NAME`): for a
     /// person who knows it no longer runs on its sender.
     Adopt(VmId),
-    /// Add a VM that came in (paused until [`Command::StartIncoming`]);
+    /// May a VM of this name and memory come in? Asked at its Hello, so
+    /// that a VM this run cannot take is refused before its pages are sent.
+    CheckArrival {
+        /// Its name.
+        name: String,
+        /// Its memory in bytes.
+        memory_size: u64,
+        /// Ok, or why not.
+        reply: Reply<Result<(), String>>,
+    },
+    /// Add a VM that came in (arriving until [`Command::StartIncoming`]);
     /// answered with its id or why it cannot be made.
     AddVm {
         /// The VM, its snapshot inside.

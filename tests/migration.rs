@@ -276,3 +276,49 @@ fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
     assert!(fake.join().unwrap().contains("within 10 s"));
     assert_eq!(from.quit().0, 0);
 }
+
+#[test]
+fn a_vm_that_moved_away_can_come_back_and_the_receivers_memory_cap_counts_its_own_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two runs that each receive: a ticker goes there and back.
+    let (mut there, there_socket) = receiver(dir.path());
+    let here_socket = dir.path().join("here.sock").display().to_string();
+    let mut here = Controlled::start(&["--incoming", &here_socket, "--vm", "mv=ticker", "--duration", "60s"]);
+    here.until("mv| ");
+    here.send(&format!("migrate mv {there_socket}"));
+    here.until("mv| [matrix] migrated to");
+    there.until("mv| [matrix] came in by migration");
+    there.send(&format!("migrate mv {here_socket}"));
+    there.until("mv| [matrix] migrated to");
+    let line = here.until("mv| [matrix] came in by migration");
+    assert!(line.contains("rounds"), "{line}");
+    // Back here it runs on, and its name is the one here now (the copy
+    // that moved away would refuse a snapshot).
+    here.until("mv| ");
+    let snapshot = dir.path().join("back.snap");
+    here.send(&format!("snapshot mv {}", snapshot.display()));
+    let line = here.until("mv| [matrix] snapshot");
+    assert!(line.contains("written"), "{line}");
+    assert_eq!(here.quit().0, 0);
+    assert_eq!(there.quit().0, 0);
+    // A receiver of 4 MiB with a 2 MiB VM of its own takes no 4 MiB VM.
+    let small_socket = dir.path().join("small.sock").display().to_string();
+    let mut small = Controlled::start(&[
+        "--incoming",
+        &small_socket,
+        "--vm",
+        "own=ticker",
+        "--max-total-mem",
+        "4M",
+        "--duration",
+        "60s",
+    ]);
+    small.until("own| ");
+    let mut big = Controlled::start(&["--vm", "big=ticker", "--mem", "4M", "--duration", "60s"]);
+    big.until("big| ");
+    big.send(&format!("migrate big {small_socket}"));
+    let line = big.until("big| [matrix] migration to");
+    assert!(line.contains("past its --max-total-mem of 4 MiB") && line.contains("runs on here"), "{line}");
+    assert_eq!(big.quit().0, 0);
+    assert_eq!(small.quit().0, 0);
+}

@@ -151,7 +151,8 @@ pub(super) struct RunArgs {
     pub(super) max_rounds: u32,
 
     /// Throttle a migrating VM that dirties memory faster than the link
-    /// sends: its weight drops by 20 %, then 10 % more each round, to 99 %.
+    /// sends: it is held off the CPU for 20 % of its time, then 10 % more each
+    /// round that does not shrink, to 99 %.
     #[arg(long)]
     pub(super) auto_converge: bool,
 
@@ -207,7 +208,7 @@ impl Default for RunArgs {
             timer: None,
             duration: None,
             mem: None,
-            max_total_mem: 8 << 30,
+            max_total_mem: crate::migration::DEFAULT_MAX_TOTAL_MEMORY,
             guest_args: Vec::new(),
             modes: Vec::new(),
             loads: Vec::new(),
@@ -388,6 +389,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             bandwidth: args.migrate_bandwidth,
             max_rounds: args.max_rounds,
             auto_converge: args.auto_converge,
+            max_total_memory: args.max_total_mem,
         },
     };
     Ok((config, args.duration.or(scenario.duration)))

@@ -264,14 +264,19 @@ impl Incoming {
         };
         let refusal = crate::scenario::check_vm_name(&name)
             .err()
-            .or_else(|| {
-                let names = self.names.lock().expect("names lock");
-                names.contains(&name).then(|| format!("a VM is already called '{name}' here"))
-            })
             .or_else(|| crate::vm::memory::check_size(memory_size).err().map(|error| error.to_string()))
             .or_else(|| {
                 (memory_size > self.max_memory)
                     .then(|| format!("{} MiB is more memory than this run takes", memory_size >> 20))
+            })
+            .or_else(|| {
+                // The core knows the VMs here: their names, their number, their memory.
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                self.core.send(Command::CheckArrival { name: name.clone(), memory_size, reply: Reply(reply) });
+                match answer.recv_timeout(PEER_TIMEOUT) {
+                    Ok(answer) => answer.err(),
+                    Err(_) => Some("this run did not answer in time".into()),
+                }
             });
         if let Some(why) = refusal {
             let why = crate::console::escape_input(&why);

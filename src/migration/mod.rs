@@ -21,7 +21,13 @@ pub struct MigrationSettings {
     pub max_rounds: u32,
     /// Throttle a VM that dirties faster than the link sends.
     pub auto_converge: bool,
+    /// The guest memory all of the run's VMs may have together, those that
+    /// come in counted with those already here (`--max-total-mem`).
+    pub max_total_memory: u64,
 }
+
+/// The default cap on a run's guest memory: 8 GiB.
+pub const DEFAULT_MAX_TOTAL_MEMORY: u64 = 8 << 30;
 
 /// The default downtime limit: 5 ms. A person does not see a pause that short
 /// (a 60 Hz frame is 16.7 ms), and a class's small VMs over a local link stay
@@ -31,6 +37,12 @@ pub const DEFAULT_DOWNTIME_LIMIT: Duration = Duration::from_millis(5);
 
 impl Default for MigrationSettings {
     fn default() -> Self {
-        Self { downtime_limit: DEFAULT_DOWNTIME_LIMIT, bandwidth: None, max_rounds: 30, auto_converge: false }
+        Self {
+            downtime_limit: DEFAULT_DOWNTIME_LIMIT,
+            bandwidth: None,
+            max_rounds: 30,
+            auto_converge: false,
+            max_total_memory: DEFAULT_MAX_TOTAL_MEMORY,
+        }
     }
 }

@@ -90,6 +90,9 @@ impl Core {
             Command::Migrate { .. } | Command::MigrateTo { .. } => {}
             Command::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
             Command::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
+            Command::CheckArrival { name, memory_size, reply } => {
+                reply.send(self.arrival_refusal(&name, memory_size).map_or(Ok(()), Err));
+            }
             Command::AddVm { vm, reply, rounds, pages, from } => {
                 reply.send(self.add_vm(*vm.0, rounds, pages, from));
             }

@@ -486,10 +486,34 @@ impl Core {
     }
 
     /// A VM came in: made paused, shown to the front ends, run on its Go.
+    /// Why a VM of `name` and `memory_size` may not come in, if it may not:
+    /// its name is a VM's here (one that moved away or was dropped frees
+    /// its name), or it would take the run past its VM cap or its memory cap.
+    pub(super) fn arrival_refusal(&self, name: &str, memory_size: u64) -> Option<String> {
+        let here: Vec<&Slot> =
+            self.slots.iter().filter(|slot| !matches!(slot.state, VmState::Moved { .. } | VmState::Dropped)).collect();
+        let memory: u64 = here.iter().map(|slot| slot.config.memory_size).sum();
+        let limit = self.migration.max_total_memory;
+        if here.iter().any(|slot| slot.config.name == name) {
+            Some(format!("a VM is already called '{name}' here"))
+        } else if here.len() >= crate::scenario::MAX_VMS {
+            Some(format!("this run has {} VMs, the most a run may have", here.len()))
+        } else if memory + memory_size > limit {
+            Some(format!(
+                "{} MiB more would take this run's VMs to {} MiB, past its --max-total-mem of {} MiB",
+                memory_size >> 20,
+                (memory + memory_size) >> 20,
+                limit >> 20
+            ))
+        } else {
+            None
+        }
+    }
+
     pub(super) fn add_vm(&mut self, config: VmConfig, rounds: u32, pages: u64, from: String) -> Result<VmId, String> {
         let name = config.name.clone();
-        if self.slots.iter().any(|slot| slot.config.name == name) {
-            return Err(format!("a VM is already called '{name}' here"));
+        if let Some(why) = self.arrival_refusal(&name, config.memory_size) {
+            return Err(why);
         }
         let memory_pages = config.memory_size / PAGE_SIZE as u64;
         let mut slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
