@@ -140,6 +140,9 @@ fn a_sender_killed_mid_move_leaves_the_receiver_running_its_own() {
 fn strangers_other_versions_and_clashing_names_are_refused_and_the_receiver_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     let (mut to, socket) = receiver(dir.path());
+    // Only its user may connect to the receiver's socket.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // Not this protocol at all.
     let mut stranger = UnixStream::connect(&socket).unwrap();
     stranger.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

@@ -124,7 +124,10 @@ impl IncomingListener {
             ListenAddress::Tcp(address) => Ok(Self::Tcp(TcpListener::bind(address)?)),
             ListenAddress::Unix(path) => {
                 crate::os::files::remove_stale_socket(path)?;
-                Ok(Self::Unix(UnixListener::bind(path)?))
+                let listener = UnixListener::bind(path)?;
+                // Only this user may hand this run a VM.
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok(Self::Unix(listener))
             }
         }
     }
