@@ -174,6 +174,9 @@ fn damaged_snapshots_are_refused_before_anything_runs() {
     let mut version = bytes.clone();
     version[8] = 9;
     cases.push(("version", version, "format version 9"));
+    let mut flagged = bytes.clone();
+    flagged[12] = 1;
+    cases.push(("flags", flagged, "header flags 0x1"));
     let mut flipped = bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 0x40;
@@ -189,6 +192,19 @@ fn damaged_snapshots_are_refused_before_anything_runs() {
         let (status, _, stderr) = run(&["snapshot", "show", path.to_str().unwrap()]);
         assert_eq!(status, 2, "{name}: {stderr}");
     }
+    // Options that set up a guest from its image do not apply to a restored one.
+    for option in [["--mode", "t=real"], ["--load", "t=0x1000"], ["--entry", "t=0x1000"], ["--args", "t=5"]] {
+        let guest = format!("t=snapshot:{}", good.display());
+        let (status, _, stderr) = run(&["run", "--headless", "--vm", &guest, option[0], option[1], "--duration", "1s"]);
+        assert_eq!(status, 2, "{option:?}: {stderr}");
+        assert!(stderr.contains("is restored from a snapshot") && stderr.contains(option[0]), "{stderr}");
+    }
+    // A hostile path and name never reach the terminal as escapes.
+    let odd = dir.path().join("a\x1b]0;title\x07\x1b[2J.snap");
+    std::fs::copy(&good, &odd).unwrap();
+    let (status, stdout, _) = run(&["snapshot", "show", odd.to_str().unwrap()]);
+    assert_eq!(status, 0);
+    assert!(!stdout.contains('\x1b') && !stdout.contains('\x07') && stdout.contains("\\x1b]0;title"), "{stdout:?}");
     let missing = dir.path().join("missing.snap");
     let (status, _, stderr) = run(&["run", "--headless", "--vm", &format!("t=snapshot:{}", missing.display())]);
     assert_eq!(status, 2);
@@ -208,4 +224,22 @@ fn a_snapshot_that_cannot_be_written_is_an_error_and_the_vm_runs_on() {
     assert_eq!(status, 4, "a lost snapshot is lost output");
     assert!(stderr.contains("VM 't': snapshot not taken"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial file left");
+}
+
+#[test]
+fn a_version_1_file_kept_from_before_restores_and_counts_on() {
+    // Written on 2026-12-07 by `snapshot t FILE` of a ticker with a unit of
+    // 20,000 iterations (`--args t=20000`); kept as it is, so that every
+    // later build must read this format version.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-ticker.snap");
+    let state = show_json(&golden);
+    let saved = state["runtime"]["console"].as_str().expect("the console is kept");
+    let last: u64 = saved.lines().last().and_then(|line| line.parse().ok()).expect("its last count");
+    let guest = format!("t=snapshot:{}", golden.display());
+    let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
+    assert_eq!(status, 0, "{stderr}");
+    let counts: Vec<u64> = guest_lines(&stdout, "t").iter().filter_map(|line| line.parse().ok()).collect();
+    assert!(counts.len() > 3, "it counted on: {stdout}");
+    let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
+    assert_eq!(counts, expected, "no gap, no repeat after {last}");
 }

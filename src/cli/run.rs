@@ -244,6 +244,21 @@ fn named<'a>(vms: &'a mut [ScenarioVm], option: &str, name: &str) -> Result<&'a 
         .ok_or_else(|| Failure::Usage(anyhow!("{option} names VM '{}', which is not in this run", escape_input(name))))
 }
 
+/// [`named`], for an option that sets up a guest from its image: a VM
+/// restored from a snapshot brings all that with it, so the option is refused
+/// rather than ignored.
+fn named_image<'a>(vms: &'a mut [ScenarioVm], option: &str, name: &str) -> Result<&'a mut ScenarioVm, Failure> {
+    let vm = named(vms, option, name)?;
+    if vm.guest.starts_with(scenario::SNAPSHOT_PREFIX) {
+        return Err(Failure::Usage(anyhow!(
+            "{option}: VM '{}' is restored from a snapshot, which brings its mode, memory and state with it; \
+             leave {option} out for it",
+            escape_input(name)
+        )));
+    }
+    Ok(vm)
+}
+
 /// Reads the snapshot a `snapshot:FILE` guest names, and gives the VM the
 /// snapshot's memory, mode, ports and (unless one was given) weight.
 fn take_snapshot_settings(vm: &mut ScenarioVm) -> Result<Option<Arc<Snapshot>>, Failure> {
@@ -305,7 +320,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         vms.iter_mut().for_each(|vm| vm.memory = memory);
     }
     for (name, values) in &args.guest_args {
-        let vm = named(&mut vms, "--args", name)?;
+        let vm = named_image(&mut vms, "--args", name)?;
         if values.len() > vm::layout::MAX_GUEST_ARGS {
             return Err(Failure::Usage(anyhow!("--args: a guest takes at most 31 arguments")));
         }
@@ -315,13 +330,13 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         named(&mut vms, "--paused", name)?.paused = true;
     }
     for (name, mode) in &args.modes {
-        named(&mut vms, "--mode", name)?.mode = Some(*mode);
+        named_image(&mut vms, "--mode", name)?.mode = Some(*mode);
     }
     for (name, load) in &args.loads {
-        named(&mut vms, "--load", name)?.load = Some(*load);
+        named_image(&mut vms, "--load", name)?.load = Some(*load);
     }
     for (name, entry) in &args.entries {
-        named(&mut vms, "--entry", name)?.entry = Some(*entry);
+        named_image(&mut vms, "--entry", name)?.entry = Some(*entry);
     }
     for (name, ports) in &args.ports {
         let vm = named(&mut vms, "--ports", name)?;

@@ -43,7 +43,8 @@ pub(super) fn run_snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
         };
         format!("{}\n", serde_json::to_string_pretty(&whole).expect("a snapshot state serializes"))
     } else {
-        format!("{}: {}", file.display(), state::describe(&snapshot))
+        let shown = crate::console::escape_input(file.as_os_str().as_encoded_bytes());
+        format!("{shown}: {}", state::describe(&snapshot))
     };
     print_stdout(&text)?;
     Ok(ExitCode::SUCCESS)

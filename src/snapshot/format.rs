@@ -95,6 +95,12 @@ pub enum FormatError {
         /// The version the file says.
         found: u32,
     },
+    /// Header flags this build does not know (a later format's features).
+    #[error(
+        "the snapshot sets header flags 0x{0:x}, which this matrix-tui does not know: it was written by a later \
+         one; restore it with that one"
+    )]
+    UnknownFlags(u32),
     /// The file ends before what its header announces.
     #[error("the snapshot is cut short: {0}; the file is incomplete (a copy or a write that did not finish)")]
     Truncated(&'static str),
@@ -226,6 +232,11 @@ pub fn decode(file: Vec<u8>, max_memory: u64) -> Result<Decoded, FormatError> {
     let found = u32_at(8);
     if found != FORMAT_VERSION {
         return Err(FormatError::WrongVersion { found });
+    }
+    // No flag is defined in version 1: any set one is a feature this build lacks.
+    let flags = u32_at(12);
+    if flags != 0 {
+        return Err(FormatError::UnknownFlags(flags));
     }
     let (state_len, memory_size, pages, expected) = (u64_at(16), u64_at(24), u64_at(32), u64_at(40));
     if state_len > MAX_STATE {

@@ -160,8 +160,9 @@ pub fn describe(snapshot: &Snapshot) -> String {
          {} MSRs, mp_state {}\n\
          exits: {} ({} in, {} out, {} hlt), preemptions {}\n\
          timer: {timer}; {} ticks injected, {} coalesced{}\n",
-        snapshot.vm.name,
-        snapshot.vm.guest,
+        // A hostile file's names must not reach the terminal as escapes.
+        crate::console::escape_input(&snapshot.vm.name),
+        crate::console::escape_input(&snapshot.vm.guest),
         snapshot.vm.weight,
         machine.mode.name(),
         machine.memory_size >> 10,

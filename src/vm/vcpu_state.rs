@@ -239,13 +239,18 @@ impl VcpuState {
     }
 }
 
+/// MSRs per KVM_GET_MSRS / KVM_SET_MSRS: the kernel refuses `nmsrs >=
+/// MAX_IO_MSRS` (256, arch/x86/kvm/x86.c, `-E2BIG`), so a batch of
+/// kvm-bindings' KVM_MAX_MSR_ENTRIES (also 256) is one too many.
+const MSR_BATCH: usize = KVM_MAX_MSR_ENTRIES - 1;
+
 /// KVM_GET_MSRS reads entries in order and stops at the first it refuses:
 /// read in batches, and step over each refused one.
 fn save_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<ModelSpecific>, VcpuStateError> {
     let mut saved = Vec::with_capacity(indices.len());
     let mut at = 0;
     while at < indices.len() {
-        let batch = &indices[at..indices.len().min(at + KVM_MAX_MSR_ENTRIES)];
+        let batch = &indices[at..indices.len().min(at + MSR_BATCH)];
         let entries: Vec<kvm_msr_entry> =
             batch.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
         let mut msrs = kvm_bindings::Msrs::from_entries(&entries).expect("at most KVM_MAX_MSR_ENTRIES");
@@ -264,7 +269,7 @@ fn restore_msrs(fd: &VcpuFd, saved: &[ModelSpecific]) -> Result<Vec<u32>, VcpuSt
     let mut refused = Vec::new();
     let mut at = 0;
     while at < saved.len() {
-        let batch = &saved[at..saved.len().min(at + KVM_MAX_MSR_ENTRIES)];
+        let batch = &saved[at..saved.len().min(at + MSR_BATCH)];
         let entries: Vec<kvm_msr_entry> =
             batch.iter().map(|m| kvm_msr_entry { index: m.index, data: m.value, ..Default::default() }).collect();
         let msrs = kvm_bindings::Msrs::from_entries(&entries).expect("at most KVM_MAX_MSR_ENTRIES");
