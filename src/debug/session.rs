@@ -226,6 +226,17 @@ impl Debugged {
         Ok(true)
     }
 
+    /// Puts the guest's own bytes back under every int3 (`lifted`) or the
+    /// int3s back over them (not `lifted`): around a save, so that a
+    /// breakpoint's byte never leaves the host in a snapshot.
+    pub fn lift_breakpoints<T: Translate>(&self, lifted: bool, memory: &GuestView<'_, T>) {
+        for breakpoint in &self.breakpoints {
+            if let Some(original) = breakpoint.original {
+                let _ = memory.write(breakpoint.address, &[if lifted { original } else { INT3 }]);
+            }
+        }
+    }
+
     /// Hides the int3 bytes in memory gdb reads at `address`.
     pub fn unpatch(&self, address: u64, bytes: &mut [u8]) {
         for breakpoint in &self.breakpoints {
@@ -375,6 +386,11 @@ mod tests {
         let mut read = [0x90, INT3, 0xc3];
         debug.unpatch(0x10000, &mut read);
         assert_eq!(read, [0x90, 0x55, 0xc3]);
+        // Around a save the guest's byte is back, then the int3 again.
+        debug.lift_breakpoints(true, &view(&mem));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10001)).unwrap(), 0x55);
+        debug.lift_breakpoints(false, &view(&mem));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10001)).unwrap(), INT3);
         assert_eq!(debug.write_memory(0x10000, &[0x91, 0x56], &view(&mem)), Ok(()));
         assert_eq!(mem.read_obj::<[u8; 2]>(GuestAddress(0x10000)).unwrap(), [0x91, INT3], "the int3 stays");
         assert_eq!(debug.breakpoint(BreakKind::Software, 0x10001, false, &view(&mem)), Ok(true));

@@ -135,7 +135,15 @@ impl Core {
             Err(format!("it has {}: restart it first", slot.state.name()))
         } else {
             let sleeping = matches!(slot.state, VmState::Sleeping { .. });
-            match slot.runtime.save(&self.kvm, started_ns, sleeping) {
+            // gdb's int3s are the host's, not the guest's: saved without them.
+            if let Some(debug) = &slot.debug {
+                debug.lift_breakpoints(true, &super::debugging::view(&slot.runtime));
+            }
+            let saved = slot.runtime.save(&self.kvm, started_ns, sleeping);
+            if let Some(debug) = &slot.debug {
+                debug.lift_breakpoints(false, &super::debugging::view(&slot.runtime));
+            }
+            match saved {
                 Ok((machine, runtime, memory)) => {
                     let state = SnapshotState { vm: identity(&slot.config), machine, runtime };
                     Ok(Box::new(TakenSnapshot { state, memory, took_ns: monotonic_ns() - started_ns }))

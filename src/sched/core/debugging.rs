@@ -9,7 +9,7 @@ use crate::migration::ownership::Request;
 const HLT: u8 = 0xF4;
 
 /// `vm`'s memory seen through its page tables.
-fn view(runtime: &VmRuntime) -> GuestView<'_, Vcpu> {
+pub(super) fn view(runtime: &VmRuntime) -> GuestView<'_, Vcpu> {
     let machine = &runtime.machine;
     GuestView { memory: &machine.memory, memory_size: machine.memory_size(), translator: &machine.vcpu }
 }
