@@ -142,6 +142,8 @@ pub struct RunConfig {
     pub compensate: bool,
     /// How VMs move out (`migrate NAME ADDR`).
     pub migration: crate::migration::MigrationSettings,
+    /// The secret this run's migrations prove (`--migrate-secret`).
+    pub migrate_secret: Option<std::sync::Arc<crate::migration::secret::Secret>>,
 }
 
 impl RunConfig {
@@ -161,6 +163,7 @@ impl RunConfig {
             seccomp: true,
             compensate: true,
             migration: Default::default(),
+            migrate_secret: None,
         }
     }
 

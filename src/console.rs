@@ -250,12 +250,21 @@ pub const ECHO_LIMIT: usize = 80;
 /// escaped as in guest output, invalid UTF-8 shown as `\xNN`, and anything
 /// past [`ECHO_LIMIT`] characters cut, with how much was left out.
 pub fn escape_input(text: impl AsRef<[u8]>) -> String {
+    escape_bounded(text, ECHO_LIMIT)
+}
+
+/// The most characters of a reason that a peer (a migration's other side)
+/// gave, shown whole where it says what to do.
+pub const REASON_LIMIT: usize = 240;
+
+/// [`escape_input`] with a bound of `limit` characters.
+pub fn escape_bounded(text: impl AsRef<[u8]>, limit: usize) -> String {
     let bytes = text.as_ref();
     let mut out = String::new();
     let mut shown = 0;
     for chunk in bytes.utf8_chunks() {
         for ch in chunk.valid().chars() {
-            if shown == ECHO_LIMIT {
+            if shown == limit {
                 let _ = write!(out, "... ({} bytes in all)", bytes.len());
                 return out;
             }
@@ -263,7 +272,7 @@ pub fn escape_input(text: impl AsRef<[u8]>) -> String {
             shown += 1;
         }
         for byte in chunk.invalid() {
-            if shown == ECHO_LIMIT {
+            if shown == limit {
                 let _ = write!(out, "... ({} bytes in all)", bytes.len());
                 return out;
             }

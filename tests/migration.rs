@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::controlled::Controlled;
+use matrix_tui::migration::protocol::{Frame, read_frame, write_frame};
+use matrix_tui::migration::secret::answer;
 
 /// A receiver listening on a Unix socket in `dir`, with a ticker of its own.
 fn receiver(dir: &Path) -> (Controlled, String) {
@@ -149,21 +151,24 @@ fn strangers_other_versions_and_clashing_names_are_refused_and_the_receiver_runs
     let notice = to.until("[matrix] incoming migration from");
     assert!(notice.contains("ended"), "{notice}");
     drop(stranger);
-    // Another version: a Hello of version 2.
+    // Another version: a Hello of version 3, after the handshake.
     let mut other = UnixStream::connect(&socket).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = std::io::BufReader::new(other.try_clone().unwrap());
+    let Ok(Frame::Challenge(challenge)) = read_frame(&mut reader) else { panic!("no challenge") };
+    write_frame(&mut other, &Frame::Proof(answer(None, &challenge))).unwrap();
     let mut hello = vec![1u8];
     let mut payload = b"MTXMIGR\0".to_vec();
-    payload.extend_from_slice(&2u32.to_le_bytes());
+    payload.extend_from_slice(&3u32.to_le_bytes());
     payload.extend_from_slice(&(2u64 << 20).to_le_bytes());
     payload.extend_from_slice(b"x");
     hello.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     hello.extend_from_slice(&payload);
     other.write_all(&hello).unwrap();
-    let mut answer = Vec::new();
-    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = other.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.contains("the sender speaks migration protocol version 2, this receiver version 1"), "{text}");
+    let mut refusal = Vec::new();
+    let _ = reader.read_to_end(&mut refusal);
+    let text = String::from_utf8_lossy(&refusal);
+    assert!(text.contains("the sender speaks migration protocol version 3, this receiver version 2"), "{text}");
     // A VM of a name the receiver has.
     let mut from = Controlled::start(&["--vm", "own=ticker", "--duration", "60s"]);
     from.until("own| ");
@@ -246,7 +251,6 @@ fn a_second_migrate_is_refused_without_touching_the_first_which_can_be_cancelled
 
 #[test]
 fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
-    use matrix_tui::migration::protocol::{Frame, read_frame, write_frame};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("stalled.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
@@ -255,8 +259,10 @@ fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
     let fake = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        write_frame(&mut stream, &Frame::Challenge([7; 32])).unwrap();
         loop {
             match read_frame(&mut reader) {
+                Ok(Frame::Proof(_)) => {}
                 Ok(Frame::Hello { .. }) => write_frame(&mut stream, &Frame::Accept).unwrap(),
                 Ok(Frame::Pages { pages, .. }) => {
                     write_frame(&mut stream, &Frame::Ack { bytes: (pages.len() * 4096) as u64 }).unwrap()
@@ -324,4 +330,50 @@ fn a_vm_that_moved_away_can_come_back_and_the_receivers_memory_cap_counts_its_ow
     assert!(line.contains("past its --max-total-mem of 4 MiB") && line.contains("runs on here"), "{line}");
     assert_eq!(big.quit().0, 0);
     assert_eq!(small.quit().0, 0);
+}
+
+#[test]
+fn over_tcp_only_a_sender_that_knows_the_secret_hands_over_a_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::write(&ours, "0123456789abcdef-our-class\n").unwrap();
+    std::fs::write(&theirs, "0123456789abcdef-not-ours\n").unwrap();
+    // Another address than loopback needs a secret; a short one is refused.
+    let (status, _, stderr) = common::controlled::run(&["run", "--incoming", "0.0.0.0:1", "--duration", "1s"]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("give --migrate-secret FILE"), "{stderr}");
+    std::fs::write(dir.path().join("short"), "abc").unwrap();
+    let short = dir.path().join("short").display().to_string();
+    let (status, _, stderr) = common::controlled::run(&["run", "--vm", "t=ticker", "--migrate-secret", &short]);
+    assert!(status == 2 && stderr.contains("at least 16"), "{stderr}");
+    // A free port on loopback, for a receiver that asks for the secret anyway.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let ours = ours.display().to_string();
+    let mut to = Controlled::start(&[
+        "--incoming",
+        &address,
+        "--migrate-secret",
+        &ours,
+        "--vm",
+        "own=ticker",
+        "--duration",
+        "60s",
+    ]);
+    to.until("own| ");
+    let theirs = theirs.display().to_string();
+    let mut stranger = Controlled::start(&["--vm", "x=ticker", "--migrate-secret", &theirs, "--duration", "60s"]);
+    stranger.until("x| ");
+    stranger.send(&format!("migrate x {address}"));
+    let line = stranger.until("x| [matrix] migration to");
+    assert!(line.contains("does not know this receiver's secret") && line.contains("runs on here"), "{line}");
+    assert_eq!(stranger.quit().0, 0);
+    let mut friend =
+        Controlled::start(&["--vm", "f=ticker", "--vm", "stay=ticker", "--migrate-secret", &ours, "--duration", "60s"]);
+    friend.until("f| ");
+    friend.send(&format!("migrate f {address}"));
+    friend.until("f| [matrix] migrated to");
+    to.until("f| [matrix] came in by migration");
+    assert_eq!(friend.quit().0, 0);
+    assert_eq!(to.quit().0, 0);
 }

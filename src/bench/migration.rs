@@ -53,7 +53,7 @@ pub fn migration_costs(
         let mut receiving = RunConfig::new(Vec::new());
         receiving.stay_open = true;
         let receiver = sched::spawn(vm::open_kvm()?, receiving)?;
-        start_incoming(listener, Arc::new(Mutex::new(Vec::new())), 1 << 30, receiver.commander())
+        start_incoming(listener, Arc::new(Mutex::new(Vec::new())), 1 << 30, None, receiver.commander())
             .map_err(|error| tool("no listener thread", &error))?;
         let image = Arc::from(guests::builtin(guest).expect("built in").image);
         let mut moving = VmConfig::new("moving", guest, image);

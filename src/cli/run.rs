@@ -131,6 +131,14 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "ADDR", value_parser = ListenAddress::parse)]
     pub(super) incoming: Option<ListenAddress>,
 
+    /// A file whose contents both sides of a migration share: a receiver on
+    /// TCP takes VMs only from senders that prove they know it (a fresh
+    /// challenge each time; the secret never crosses the link), and one on
+    /// an address other than loopback needs it. Make one with
+    /// `head -c 32 /dev/urandom | base64 > FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub(super) migrate_secret: Option<PathBuf>,
+
     /// Where `M` in the terminal UI moves the selected VM (a matrix-tui run
     /// with --incoming ADDR).
     #[arg(long, value_name = "ADDR", value_parser = ListenAddress::parse)]
@@ -229,6 +237,7 @@ impl Default for RunArgs {
             lesson: None,
             incoming: None,
             migrate_to: None,
+            migrate_secret: None,
             downtime_limit: None,
             migrate_bandwidth: None,
             max_rounds: 30,
@@ -406,6 +415,15 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             auto_converge: args.auto_converge,
             max_total_memory: args.max_total_mem,
         },
+        migrate_secret: match &args.migrate_secret {
+            Some(path) => Some(Arc::new(crate::migration::secret::Secret::read(path).map_err(|error| {
+                Failure::Usage(anyhow!(
+                    "--migrate-secret {}: {error}",
+                    escape_input(path.as_os_str().as_encoded_bytes())
+                ))
+            })?)),
+            None => None,
+        },
     };
     Ok((config, args.duration.or(scenario.duration)))
 }
@@ -437,6 +455,14 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         config.calibration = Some(measured);
     }
     let names: Vec<String> = config.vms.iter().map(|vm| vm.name.clone()).collect();
+    if let (Some(ListenAddress::Tcp(address)), None) = (&args.incoming, &config.migrate_secret) {
+        if !is_loopback(address) {
+            return Err(Failure::Usage(anyhow!(
+                "--incoming {address}: anyone who can reach it could hand this run a VM; give --migrate-secret FILE \
+                 (the same on the sending side), or listen on 127.0.0.1 or a Unix socket"
+            )));
+        }
+    }
     let incoming = match &args.incoming {
         Some(address) => Some(IncomingListener::bind(address).map_err(|error| {
             Failure::Usage(anyhow!("--incoming {address}: cannot listen there: {error}; give a free port or path"))
@@ -444,6 +470,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         None => None,
     };
     let max_memory = args.max_total_mem;
+    let config_secret = config.migrate_secret.clone();
     let shared_names = Arc::new(std::sync::Mutex::new(names.clone()));
     let settings = ui::app::initial_settings(
         config.policy,
@@ -468,8 +495,14 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         (0..config.vms.len()).filter(|&vm| guests::builtin(&config.vms[vm].guest).is_none()).collect();
     let core = sched::spawn(kvm, config)?;
     if let Some(listener) = incoming {
-        crate::migration::link::start_incoming(listener, Arc::clone(&shared_names), max_memory, core.commander())
-            .map_err(|error| Failure::Host(out_of_threads("incoming migrations", &error)))?;
+        crate::migration::link::start_incoming(
+            listener,
+            Arc::clone(&shared_names),
+            max_memory,
+            config_secret.clone(),
+            core.commander(),
+        )
+        .map_err(|error| Failure::Host(out_of_threads("incoming migrations", &error)))?;
     }
     let mut lost_output = false;
     let report = if tui {
@@ -587,9 +620,25 @@ fn run_headless(
     headless::run(core, names, options, out, stop, &control_rx).map_err(|error| Failure::Host(error.into()))
 }
 
+/// Whether `HOST:PORT` names this machine only (127.0.0.0/8, ::1, localhost).
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_addresses_go_without_a_secret() {
+        for address in ["127.0.0.1:7000", "127.1.2.3:7000", "localhost:7000", "[::1]:7000"] {
+            assert!(is_loopback(address), "{address}");
+        }
+        for address in ["0.0.0.0:7000", "10.0.0.5:7000", "example.org:7000", "[::]:7000"] {
+            assert!(!is_loopback(address), "{address}");
+        }
+    }
 
     #[test]
     fn duplicate_names_and_unknown_guests_are_usage_errors() {

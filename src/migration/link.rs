@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::protocol::{Frame, MAX_PAGES_PER_FRAME, ProtocolError, VERSION, read_frame, write_frame};
+use super::secret::{self, Secret};
 use crate::config::VmConfig;
 use crate::debug::ListenAddress;
 use crate::event::{Command, IncomingVm, Reply, VmId};
@@ -52,24 +53,43 @@ pub fn start_outgoing(
     attempt: u64,
     address: ListenAddress,
     bandwidth: Option<u64>,
+    secret: Option<Arc<Secret>>,
     core: Commander,
 ) -> std::io::Result<Sender<Frame>> {
     let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Frame>(4);
     std::thread::Builder::new().name("matrix-migrate-out".into()).spawn(move || {
-        let give_up = |why: String| core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
-        let (reader, writer) = match connect(&address) {
-            Ok(halves) => halves,
-            Err(error) => {
-                // The core's first frame (its Hello) is taken first, so that
-                // the move it starts ends with this reason, not with a link
-                // already gone.
-                let _ = frames_rx.recv_timeout(Duration::from_secs(5));
-                return give_up(format!("cannot connect to {address}: {error}"));
-            }
+        // A failure before the link works waits for the core's first frame
+        // (its Hello), so that the move it starts ends with this reason, not
+        // with a link already gone.
+        let give_up_early = |why: String| {
+            let _ = frames_rx.recv_timeout(Duration::from_secs(5));
+            core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
         };
+        let (reader, mut writer) = match connect(&address) {
+            Ok(halves) => halves,
+            Err(error) => return give_up_early(format!("cannot connect to {address}: {error}")),
+        };
+        let mut reader = BufReader::new(reader);
+        // The receiver's challenge, answered with the secret (never sent).
+        match read_frame(&mut reader) {
+            Ok(Frame::Challenge(challenge)) => {
+                let proof = Frame::Proof(secret::answer(secret.as_deref(), &challenge));
+                if let Err(error) = write_frame(&mut writer, &proof) {
+                    return give_up_early(format!("cannot send to {address}: {error}"));
+                }
+            }
+            Ok(other) => {
+                return give_up_early(format!("the receiver began with {} instead of a challenge", other.name()));
+            }
+            Err(error) => {
+                return give_up_early(format!(
+                    "the receiver did not open the handshake ({error}): run the same matrix-tui on both sides"
+                ));
+            }
+        }
+        let give_up = |why: String| core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
         let reading = core.clone();
         let reader_thread = std::thread::Builder::new().name("matrix-migrate-in".into()).spawn(move || {
-            let mut reader = BufReader::new(reader);
             loop {
                 match read_frame(&mut reader) {
                     Ok(frame) => reading.send(Command::Migration { vm, attempt, frame }),
@@ -159,6 +179,7 @@ pub fn start_incoming(
     listener: IncomingListener,
     names: Arc<Mutex<Vec<String>>>,
     max_memory: u64,
+    secret: Option<Arc<Secret>>,
     core: Commander,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("matrix-incoming".into()).spawn(move || {
@@ -186,6 +207,7 @@ pub fn start_incoming(
                 names: Arc::clone(&names),
                 max_memory,
                 peer: peer.clone(),
+                secret: secret.clone(),
             };
             let (core, active) = (core.clone(), Arc::clone(&sessions));
             active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -237,12 +259,17 @@ struct Incoming {
     names: Arc<Mutex<Vec<String>>>,
     max_memory: u64,
     peer: String,
+    /// The secret a sender must prove it knows, if any.
+    secret: Option<Arc<Secret>>,
 }
 
 impl Incoming {
     fn read(&mut self) -> Result<Frame, String> {
         match read_frame(&mut self.reader) {
-            Ok(Frame::Abandon(why)) => Err(format!("the sender gave up: {}", crate::console::escape_input(&why))),
+            Ok(Frame::Abandon(why)) => Err(format!(
+                "the sender gave up: {}",
+                crate::console::escape_bounded(&why, crate::console::REASON_LIMIT)
+            )),
             Ok(frame) => Ok(frame),
             Err(error) => Err(error.to_string()),
         }
@@ -253,6 +280,19 @@ impl Incoming {
     }
 
     fn serve(&mut self) -> Result<(), String> {
+        // First the sender proves it knows the secret (a fresh challenge
+        // each time: an answer overheard is worth nothing next time).
+        let challenge = secret::challenge().map_err(|error| format!("no random numbers for a challenge: {error}"))?;
+        self.send(&Frame::Challenge(challenge))?;
+        match self.read()? {
+            Frame::Proof(proof) if secret::accepts(self.secret.as_deref(), &challenge, &proof) => {}
+            Frame::Proof(_) => {
+                let why = "the sender does not know this receiver's secret: give both the same --migrate-secret FILE";
+                self.send(&Frame::Refuse(why.into()))?;
+                return Err(why.into());
+            }
+            other => return Err(format!("it began with {} instead of a Proof", other.name())),
+        }
         let (name, memory_size) = match self.read()? {
             Frame::Hello { version, .. } if version != VERSION => {
                 let why = format!(

@@ -7,6 +7,7 @@
 pub mod link;
 pub mod ownership;
 pub mod protocol;
+pub mod secret;
 
 use std::time::Duration;
 

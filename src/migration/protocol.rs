@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! sender                                receiver
+//!                                     ← Challenge {32 random bytes}
+//! Proof {HMAC-SHA256 of it}           → (zeros without --migrate-secret)
 //! Hello {version, name, memory_size} →
 //!                                     ← Accept | Refuse(why)
 //! Pages {round, (index, 4096 bytes)*} → (any number, each acknowledged)
@@ -21,7 +23,7 @@ use std::io::{Read, Write};
 use crate::snapshot::format::{MAX_STATE, PAGE_SIZE};
 
 /// The protocol this build speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// What a Hello starts with, so that a stranger on the port is told apart.
 pub const MAGIC: &[u8; 8] = b"MTXMIGR\0";
 /// Pages in one Pages frame at most.
@@ -77,6 +79,10 @@ pub enum Frame {
     },
     /// Either side gives up, and why.
     Abandon(String),
+    /// The receiver's first frame: random bytes for the sender to answer.
+    Challenge([u8; 32]),
+    /// The sender's answer: the challenge's HMAC under the shared secret.
+    Proof([u8; 32]),
 }
 
 /// A stream that is not this protocol.
@@ -112,6 +118,8 @@ const READY: u8 = 7;
 const GO: u8 = 8;
 const STARTED: u8 = 9;
 const ABANDON: u8 = 10;
+const CHALLENGE: u8 = 11;
+const PROOF: u8 = 12;
 
 impl Frame {
     /// The frame as bytes.
@@ -141,6 +149,8 @@ impl Frame {
             Self::Go { last_slice_ns } => (GO, last_slice_ns.to_le_bytes().to_vec()),
             Self::Started { downtime_ns } => (STARTED, downtime_ns.to_le_bytes().to_vec()),
             Self::Abandon(why) => (ABANDON, cut(why).into_bytes()),
+            Self::Challenge(bytes) => (CHALLENGE, bytes.to_vec()),
+            Self::Proof(bytes) => (PROOF, bytes.to_vec()),
         };
         let mut bytes = Vec::with_capacity(5 + payload.len());
         bytes.push(kind);
@@ -162,6 +172,8 @@ impl Frame {
             Self::Go { .. } => "Go",
             Self::Started { .. } => "Started",
             Self::Abandon(_) => "Abandon",
+            Self::Challenge(_) => "Challenge",
+            Self::Proof(_) => "Proof",
         }
     }
 
@@ -209,6 +221,8 @@ impl Frame {
             GO => Self::Go { last_slice_ns: u64_of(payload, "Go")? },
             STARTED => Self::Started { downtime_ns: u64_of(payload, "Started")? },
             ABANDON if payload.len() <= MAX_REASON => Self::Abandon(text(payload, "Abandon")?),
+            CHALLENGE => Self::Challenge(payload.try_into().map_err(|_| ProtocolError::Malformed("Challenge"))?),
+            PROOF => Self::Proof(payload.try_into().map_err(|_| ProtocolError::Malformed("Proof"))?),
             ACCEPT => return Err(ProtocolError::Malformed("Accept")),
             READY => return Err(ProtocolError::Malformed("Ready")),
             REFUSE => return Err(ProtocolError::Malformed("Refuse")),
@@ -275,6 +289,8 @@ mod tests {
         round_trip(Frame::Go { last_slice_ns: 12 });
         round_trip(Frame::Started { downtime_ns: 345 });
         round_trip(Frame::Abandon("stopped".into()));
+        round_trip(Frame::Challenge([3; 32]));
+        round_trip(Frame::Proof([9; 32]));
     }
 
     #[test]
@@ -286,6 +302,8 @@ mod tests {
         assert_eq!(Frame::decode(ACK, &[0; 3]), Err(ProtocolError::Malformed("Ack")));
         assert_eq!(Frame::decode(READY, &[1]), Err(ProtocolError::Malformed("Ready")));
         assert_eq!(Frame::decode(STATE, &[0xff]), Err(ProtocolError::Malformed("State")));
+        assert_eq!(Frame::decode(PROOF, &[0; 31]), Err(ProtocolError::Malformed("Proof")));
+        assert_eq!(Frame::decode(CHALLENGE, &[0; 33]), Err(ProtocolError::Malformed("Challenge")));
         assert_eq!(Frame::decode(HELLO, b"GET / HTTP/1.1\r\nHost: x\r\n"), Err(ProtocolError::NotMatrix));
         let too_many = vec![0u8; 4 + (MAX_PAGES_PER_FRAME + 1) * (8 + PAGE_SIZE)];
         assert_eq!(Frame::decode(PAGES, &too_many), Err(ProtocolError::Malformed("Pages")));

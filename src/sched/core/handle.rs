@@ -89,6 +89,7 @@ pub struct CoreHandle {
     socket_paths: Vec<std::path::PathBuf>,
     /// The cap on a migration's sending rate (bytes a second).
     migration_bandwidth: Option<u64>,
+    migrate_secret: Option<Arc<crate::migration::secret::Secret>>,
 }
 
 /// Sends commands to the core from any thread (a migration's link, the
@@ -128,7 +129,9 @@ impl CoreHandle {
                 let attempt = NEXT_ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let to = address.to_string();
                 let bandwidth = self.migration_bandwidth;
-                match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, self.commander()) {
+                let secret = self.migrate_secret.clone();
+                match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, secret, self.commander())
+                {
                     Ok(link) => Command::Migrate { vm, attempt, to, link: crate::event::Reply(link) },
                     Err(error) => Command::Notice(format!("cannot start the migration to {to}: {error}")),
                 }
@@ -201,6 +204,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     // Asked here: the core thread may not open files.
     crate::vm::restore::host_may_swap();
     let migration_bandwidth = config.migration.bandwidth;
+    let migrate_secret = config.migrate_secret.clone();
     let mut slots = Vec::with_capacity(config.vms.len());
     for vm in config.vms {
         let mut slot = Slot::new(&kvm, vm)?;
@@ -284,6 +288,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         trace_writer,
         socket_paths,
         migration_bandwidth,
+        migrate_secret,
     })
 }
 

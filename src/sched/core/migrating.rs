@@ -246,7 +246,7 @@ impl Core {
         self.migrating -= 1;
         let _ = outgoing.link.try_send(Frame::Abandon(why.to_string()));
         let _ = slot.runtime.machine.log_dirty_pages(false);
-        let why = crate::console::escape_input(why);
+        let why = crate::console::escape_bounded(why, crate::console::REASON_LIMIT);
         if let Some(report) = &mut self.slots[vm].migration_report {
             (report.round_count, report.pages) = (outgoing.round + 1, outgoing.total_pages);
             report.abandoned = Some(why.clone());
@@ -562,7 +562,7 @@ impl Core {
         if self.slots.get(vm).is_none_or(|slot| slot.state != VmState::Arriving) {
             return;
         }
-        let why = crate::console::escape_input(why);
+        let why = crate::console::escape_bounded(why, crate::console::REASON_LIMIT);
         if dropped {
             self.note(vm, format_args!("the sender called the move off ({why}): it runs there; this copy is dropped"));
             self.set_state(vm, VmState::Dropped);
