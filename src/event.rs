@@ -158,6 +158,8 @@ pub enum Command {
         vm: VmId,
         /// When its last slice on the sender ended (monotonic ns there).
         last_slice_ns: u64,
+        /// It was paused on the sender: it arrives paused.
+        paused: bool,
         /// Where its downtime goes once it has run.
         report: Reply<u64>,
     },

@@ -377,3 +377,22 @@ fn over_tcp_only_a_sender_that_knows_the_secret_hands_over_a_vm() {
     assert_eq!(friend.quit().0, 0);
     assert_eq!(to.quit().0, 0);
 }
+
+#[test]
+fn a_vm_paused_on_the_sender_arrives_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let mut from = Controlled::start(&["--vm", "p=ticker:40", "--vm", "stay=ticker", "--duration", "60s"]);
+    from.until("p| ");
+    from.send("pause p");
+    from.send(&format!("migrate p {socket}"));
+    from.until("p| [matrix] migrated to");
+    let line = to.until("p| [matrix] it was paused on the sender");
+    assert!(line.contains("stays paused here"), "{line}");
+    // Resumed there, it counts on.
+    to.send("resume p");
+    to.until("p| ");
+    assert_eq!(from.quit().0, 0);
+    let (status, _) = to.quit();
+    assert_eq!(status, 0);
+}

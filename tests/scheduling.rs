@@ -315,7 +315,7 @@ fn an_arriving_vm_runs_only_when_handed_over_and_an_orphan_only_when_adopted() {
         core.send(command);
     }
     let (reply, _downtime) = crossbeam_channel::bounded(1);
-    core.send(Command::StartIncoming { vm: arriving, last_slice_ns: 0, report: Reply(reply) });
+    core.send(Command::StartIncoming { vm: arriving, last_slice_ns: 0, paused: false, report: Reply(reply) });
     state_of(&mut events, arriving, VmState::Running);
     // The sender went silent: an orphan, held until adopted, then paused.
     let orphan = add("orphan");

@@ -394,8 +394,8 @@ impl Incoming {
         // From the Go on this side owns it. An Abandon says the sender runs
         // it on (this copy is dropped); silence or a broken link may mean
         // either, so the VM is held here as an orphan.
-        let last_slice_ns = match read_frame(&mut self.reader) {
-            Ok(Frame::Go { last_slice_ns }) => last_slice_ns,
+        let (last_slice_ns, paused) = match read_frame(&mut self.reader) {
+            Ok(Frame::Go { last_slice_ns, paused }) => (last_slice_ns, paused),
             Ok(Frame::Abandon(why)) => {
                 self.core.send(Command::IncomingOrphaned { vm, why: why.clone(), dropped: true });
                 return Err(format!(
@@ -407,7 +407,7 @@ impl Incoming {
             Err(error) => return Err(self.orphaned(vm, &error.to_string())),
         };
         let (report, started) = crossbeam_channel::bounded(1);
-        self.core.send(Command::StartIncoming { vm, last_slice_ns, report: Reply(report) });
+        self.core.send(Command::StartIncoming { vm, last_slice_ns, paused, report: Reply(report) });
         if let Ok(downtime_ns) = started.recv_timeout(PEER_TIMEOUT) {
             let _ = self.send(&Frame::Started { downtime_ns });
         }

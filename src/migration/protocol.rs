@@ -13,7 +13,7 @@
 //!                                     ← Ack {bytes}
 //! State {json}                        → (the VM, paused on the sender)
 //!                                     ← Ready (a paused VM made) | Abandon(why)
-//! Go {last_slice_ns}                  → (from here the receiver owns it)
+//! Go {last_slice_ns, paused}          → (from here the receiver owns it)
 //!                                     ← Started {downtime_ns}
 //! Abandon(why)                        ↔ either side, at any step before Go
 //! ```
@@ -70,6 +70,8 @@ pub enum Frame {
     Go {
         /// When its last slice on the sender ended.
         last_slice_ns: u64,
+        /// It was paused there (by a person): it arrives paused.
+        paused: bool,
     },
     /// The VM ran its first slice on the receiver, `downtime_ns` after its last
     /// on the sender (meaningful where both share a monotonic clock).
@@ -146,7 +148,11 @@ impl Frame {
             Self::Ack { bytes } => (ACK, bytes.to_le_bytes().to_vec()),
             Self::State(json) => (STATE, json.as_bytes().to_vec()),
             Self::Ready => (READY, Vec::new()),
-            Self::Go { last_slice_ns } => (GO, last_slice_ns.to_le_bytes().to_vec()),
+            Self::Go { last_slice_ns, paused } => {
+                let mut payload = last_slice_ns.to_le_bytes().to_vec();
+                payload.push(u8::from(*paused));
+                (GO, payload)
+            }
             Self::Started { downtime_ns } => (STARTED, downtime_ns.to_le_bytes().to_vec()),
             Self::Abandon(why) => (ABANDON, cut(why).into_bytes()),
             Self::Challenge(bytes) => (CHALLENGE, bytes.to_vec()),
@@ -218,7 +224,10 @@ impl Frame {
             ACK => Self::Ack { bytes: u64_of(payload, "Ack")? },
             STATE => Self::State(text(payload, "State")?),
             READY if payload.is_empty() => Self::Ready,
-            GO => Self::Go { last_slice_ns: u64_of(payload, "Go")? },
+            GO if payload.len() == 9 && payload[8] <= 1 => {
+                Self::Go { last_slice_ns: u64_of(&payload[..8], "Go")?, paused: payload[8] == 1 }
+            }
+            GO => return Err(ProtocolError::Malformed("Go")),
             STARTED => Self::Started { downtime_ns: u64_of(payload, "Started")? },
             ABANDON if payload.len() <= MAX_REASON => Self::Abandon(text(payload, "Abandon")?),
             CHALLENGE => Self::Challenge(payload.try_into().map_err(|_| ProtocolError::Malformed("Challenge"))?),
@@ -286,7 +295,8 @@ mod tests {
         round_trip(Frame::Ack { bytes: 8192 });
         round_trip(Frame::State("{}".into()));
         round_trip(Frame::Ready);
-        round_trip(Frame::Go { last_slice_ns: 12 });
+        round_trip(Frame::Go { last_slice_ns: 12, paused: false });
+        round_trip(Frame::Go { last_slice_ns: 12, paused: true });
         round_trip(Frame::Started { downtime_ns: 345 });
         round_trip(Frame::Abandon("stopped".into()));
         round_trip(Frame::Challenge([3; 32]));

@@ -96,7 +96,9 @@ impl Core {
             Command::AddVm { vm, reply, rounds, pages, from } => {
                 reply.send(self.add_vm(*vm.0, rounds, pages, from));
             }
-            Command::StartIncoming { vm, last_slice_ns, report } => self.start_incoming(vm, last_slice_ns, report),
+            Command::StartIncoming { vm, last_slice_ns, paused, report } => {
+                self.start_incoming(vm, last_slice_ns, paused, report)
+            }
             Command::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
             Command::SetAutoConverge(on) => {
                 self.migration.auto_converge = on;

@@ -200,7 +200,8 @@ impl Core {
                 }
             }
             (Phase::Ready, Frame::Ready) => {
-                let go = Frame::Go { last_slice_ns: outgoing.last_slice_ns };
+                let paused = outgoing.before_pause == Some(VmState::Paused);
+                let go = Frame::Go { last_slice_ns: outgoing.last_slice_ns, paused };
                 if outgoing.link.try_send(go).is_err() {
                     return self.abandon(vm, "the link closed before the Go");
                 }
@@ -546,10 +547,23 @@ impl Core {
     }
 
     /// The sender said Go: the VM runs here from now on.
-    pub(super) fn start_incoming(&mut self, vm: VmId, last_slice_ns: u64, report: crate::event::Reply<u64>) {
+    pub(super) fn start_incoming(
+        &mut self,
+        vm: VmId,
+        last_slice_ns: u64,
+        paused: bool,
+        report: crate::event::Reply<u64>,
+    ) {
         let Some(slot) = self.slots.get_mut(vm) else { return };
-        slot.incoming = Some((last_slice_ns, report));
-        if slot.state == VmState::Arriving {
+        if slot.state != VmState::Arriving {
+            return;
+        }
+        if paused {
+            // Paused by a person there: paused here, its downtime not measured.
+            self.note(vm, format_args!("it was paused on the sender: it stays paused here"));
+            self.set_state(vm, VmState::Paused);
+        } else {
+            slot.incoming = Some((last_slice_ns, report));
             self.set_state(vm, VmState::Running);
         }
     }
