@@ -86,13 +86,29 @@ pub enum Command {
     },
     /// Move a running VM to the matrix-tui waiting at `address`
     /// (`migrate NAME ADDR`): [`crate::sched::CoreHandle::send`] starts the
-    /// link thread and sends the core a [`Command::Migrate`] instead.
+    /// link thread and sends the core its internal `Migrate` instead.
     MigrateTo {
         /// The VM.
         vm: VmId,
         /// Where the receiver listens.
         address: crate::debug::ListenAddress,
     },
+    /// Call off a VM's move before its Go (`migrate cancel NAME`): it runs
+    /// on here.
+    CancelMigration(VmId),
+    /// Make an orphaned incoming VM this run's, paused (`adopt NAME`): for a
+    /// person who knows it no longer runs on its sender.
+    Adopt(VmId),
+    /// Throttle VMs that dirty faster than their migration sends, or not
+    /// (for the migrations that start from now, and those under way).
+    SetAutoConverge(bool),
+}
+
+/// What the core's helper threads tell it (a migration's link threads, the
+/// gdb server, the handle): not the front ends' to send, so that no front
+/// end can claim a move's Go or hand the core a VM.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Internal {
     /// Move a running VM to another matrix-tui: the link thread writes the
     /// frames the core sends on `link` (see [`crate::migration`]).
     Migrate {
@@ -122,12 +138,6 @@ pub enum Command {
         /// The attempt whose link wrote it.
         attempt: u64,
     },
-    /// Call off a VM's move before its Go (`migrate cancel NAME`): it runs
-    /// on here.
-    CancelMigration(VmId),
-    /// Make an orphaned incoming VM this run's, paused (`adopt NAME`): for a
-    /// person who knows it no longer runs on its sender.
-    Adopt(VmId),
     /// May a VM of this name and memory come in? Asked at its Hello, so
     /// that a VM this run cannot take is refused before its pages are sent.
     CheckArrival {
@@ -175,9 +185,6 @@ pub enum Command {
     },
     /// A line for the run's output that belongs to no VM.
     Notice(String),
-    /// Throttle VMs that dirty faster than their migration sends, or not
-    /// (for the migrations that start from now, and those under way).
-    SetAutoConverge(bool),
     /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
     /// to the server on the VM's own reply channel.
     Debug {
@@ -186,6 +193,15 @@ pub enum Command {
         /// The request.
         request: DebugRequest,
     },
+}
+
+/// What reaches the core on its one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Message {
+    /// A front end's command.
+    Command(Command),
+    /// A helper thread's message.
+    Internal(Internal),
 }
 
 /// A channel end that goes inside a [`Command`] (equal to another end of

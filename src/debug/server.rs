@@ -507,15 +507,15 @@ fn end_reason<U>(end: DebugEnd) -> SingleThreadStopReason<U> {
     }
 }
 
-/// Sends each request on `commands` (as the core's command) and kicks the
-/// core out of KVM_RUN to read it.
-pub fn request_sender(
+/// Sends each request on `commands` (as a message of the core's helper
+/// threads) and kicks the core out of KVM_RUN to read it.
+pub(crate) fn request_sender(
     vm: usize,
-    commands: Sender<crate::event::Command>,
+    commands: Sender<crate::event::Message>,
     kick: Arc<crate::vm::KickTarget>,
 ) -> SendRequest {
     Arc::new(move |request| {
-        let _ = commands.send(crate::event::Command::Debug { vm, request });
+        let _ = commands.send(crate::event::Message::Internal(crate::event::Internal::Debug { vm, request }));
         kick.request();
     })
 }

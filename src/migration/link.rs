@@ -17,7 +17,7 @@ use super::protocol::{Frame, MAX_PAGES_PER_FRAME, ProtocolError, VERSION, read_f
 use super::secret::{self, Secret};
 use crate::config::VmConfig;
 use crate::debug::ListenAddress;
-use crate::event::{Command, IncomingVm, Reply, VmId};
+use crate::event::{IncomingVm, Internal, Reply, VmId};
 use crate::sched::Commander;
 use crate::snapshot::Snapshot;
 use crate::snapshot::format::{self, PAGE_SIZE, Pages};
@@ -48,7 +48,7 @@ fn connect(address: &ListenAddress) -> std::io::Result<Halves> {
 /// no faster than `bandwidth` bytes a second, if set) and hands the
 /// receiver's frames to the core. Every failure reaches the core as an
 /// Abandon frame, so the core alone decides what becomes of the VM.
-pub fn start_outgoing(
+pub(crate) fn start_outgoing(
     vm: VmId,
     attempt: u64,
     address: ListenAddress,
@@ -63,7 +63,7 @@ pub fn start_outgoing(
         // with a link already gone.
         let give_up_early = |why: String| {
             let _ = frames_rx.recv_timeout(Duration::from_secs(5));
-            core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
+            core.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
         };
         let (reader, mut writer) = match connect(&address) {
             Ok(halves) => halves,
@@ -87,15 +87,15 @@ pub fn start_outgoing(
                 ));
             }
         }
-        let give_up = |why: String| core.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
+        let give_up = |why: String| core.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
         let reading = core.clone();
         let reader_thread = std::thread::Builder::new().name("matrix-migrate-in".into()).spawn(move || {
             loop {
                 match read_frame(&mut reader) {
-                    Ok(frame) => reading.send(Command::Migration { vm, attempt, frame }),
+                    Ok(frame) => reading.send(Internal::Migration { vm, attempt, frame }),
                     Err(error) => {
                         let why = format!("the receiver's side: {error}");
-                        return reading.send(Command::Migration { vm, attempt, frame: Frame::Abandon(why) });
+                        return reading.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
                     }
                 }
             }
@@ -119,7 +119,7 @@ pub fn start_outgoing(
                 return give_up(format!("cannot send to {address}: {error}"));
             }
             if let Frame::Go { .. } = frame {
-                core.send(Command::MigrationGoSent { vm, attempt });
+                core.send(Internal::MigrationGoSent { vm, attempt });
             }
             if last {
                 return;
@@ -175,7 +175,7 @@ impl IncomingListener {
 /// named as on the sender; `names` are the run's VM names (a clash is
 /// refused before anything moves). `max_memory` bounds what a sender may
 /// announce. Whatever goes wrong ends that migration only, with a notice.
-pub fn start_incoming(
+pub(crate) fn start_incoming(
     listener: IncomingListener,
     names: Arc<Mutex<Vec<String>>>,
     max_memory: u64,
@@ -196,7 +196,7 @@ pub fn start_incoming(
             // holds one of them, never the others.
             if sessions.load(std::sync::atomic::Ordering::Acquire) >= MAX_INCOMING_SESSIONS {
                 let why = format!("{MAX_INCOMING_SESSIONS} migrations are coming in already; try again later");
-                core.send(Command::Notice(format!("incoming migration from {peer} refused: {why}")));
+                core.send(Internal::Notice(format!("incoming migration from {peer} refused: {why}")));
                 let _ = write_frame(&mut writer, &Frame::Refuse(why));
                 continue;
             }
@@ -213,7 +213,7 @@ pub fn start_incoming(
             active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let spawned = std::thread::Builder::new().name("matrix-incoming-vm".into()).spawn(move || {
                 if let Err(why) = session.serve() {
-                    core.send(Command::Notice(format!("incoming migration from {peer} ended: {why}")));
+                    core.send(Internal::Notice(format!("incoming migration from {peer} ended: {why}")));
                     let _ = write_frame(&mut session.writer, &Frame::Abandon(why));
                 }
                 active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -315,7 +315,7 @@ impl Incoming {
             .or_else(|| {
                 // The core knows the VMs here: their names, their number, their memory.
                 let (reply, answer) = crossbeam_channel::bounded(1);
-                self.core.send(Command::CheckArrival { name: name.clone(), memory_size, reply: Reply(reply) });
+                self.core.send(Internal::CheckArrival { name: name.clone(), memory_size, reply: Reply(reply) });
                 match answer.recv_timeout(PEER_TIMEOUT) {
                     Ok(answer) => answer.err(),
                     Err(_) => Some("this run did not answer in time".into()),
@@ -327,7 +327,7 @@ impl Incoming {
             return Err(why);
         }
         self.send(&Frame::Accept)?;
-        self.core.send(Command::Notice(format!(
+        self.core.send(Internal::Notice(format!(
             "incoming migration from {}: VM '{name}', {} MiB",
             self.peer,
             memory_size >> 20
@@ -377,7 +377,7 @@ impl Incoming {
         config.paused = true;
         config.snapshot = Some(Arc::new(snapshot));
         let (reply, made) = crossbeam_channel::bounded(1);
-        self.core.send(Command::AddVm {
+        self.core.send(Internal::AddVm {
             vm: IncomingVm(Box::new(config)),
             reply: Reply(reply),
             rounds,
@@ -397,7 +397,7 @@ impl Incoming {
         let (last_slice_ns, paused) = match read_frame(&mut self.reader) {
             Ok(Frame::Go { last_slice_ns, paused }) => (last_slice_ns, paused),
             Ok(Frame::Abandon(why)) => {
-                self.core.send(Command::IncomingOrphaned { vm, why: why.clone(), dropped: true });
+                self.core.send(Internal::IncomingOrphaned { vm, why: why.clone(), dropped: true });
                 return Err(format!(
                     "the sender called the move off after Ready ({}); dropped here",
                     escape_input(&why)
@@ -407,7 +407,7 @@ impl Incoming {
             Err(error) => return Err(self.orphaned(vm, &error.to_string())),
         };
         let (report, started) = crossbeam_channel::bounded(1);
-        self.core.send(Command::StartIncoming { vm, last_slice_ns, paused, report: Reply(report) });
+        self.core.send(Internal::StartIncoming { vm, last_slice_ns, paused, report: Reply(report) });
         if let Ok(downtime_ns) = started.recv_timeout(PEER_TIMEOUT) {
             let _ = self.send(&Frame::Started { downtime_ns });
         }
@@ -416,7 +416,7 @@ impl Incoming {
 
     /// The VM was made but the sender never said Go: it may still run there.
     fn orphaned(&self, vm: VmId, why: &str) -> String {
-        self.core.send(Command::IncomingOrphaned { vm, why: why.to_string(), dropped: false });
+        self.core.send(Internal::IncomingOrphaned { vm, why: why.to_string(), dropped: false });
         format!("no Go after the VM was made ({why}); it is held here as an orphan (adopt NAME takes it)")
     }
 }

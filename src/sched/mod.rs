@@ -15,5 +15,6 @@ pub mod virtual_timer;
 /// One VM: stepping it and handling its exits.
 pub mod vm_runtime;
 
-pub use self::core::{Commander, CoreHandle, SpawnError, VmSetupError, spawn};
+pub(crate) use self::core::Commander;
+pub use self::core::{CoreHandle, SpawnError, VmSetupError, spawn};
 pub use vm_runtime::{RunSpan, Step, VmRuntime};

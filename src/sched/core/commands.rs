@@ -16,7 +16,16 @@ impl Core {
         }
     }
 
-    pub(super) fn apply(&mut self, command: Command) {
+    /// Carries out what reached the core: a front end's command or a helper
+    /// thread's message.
+    pub(super) fn apply(&mut self, message: Message) {
+        match message {
+            Message::Command(command) => self.apply_command(command),
+            Message::Internal(internal) => self.apply_internal(internal),
+        }
+    }
+
+    fn apply_command(&mut self, command: Command) {
         match command {
             Command::Quit => self.quit = true,
             Command::SetWeight { vm, weight } => {
@@ -62,18 +71,7 @@ impl Core {
                     .note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
             }
             Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
-            Command::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
-            Command::Debug { .. } => {}
             Command::Step(_) => {}
-            Command::Migrate { vm, attempt, to, link } if vm < self.slots.len() => {
-                if let Err(why) = ownership::decide(self.holding(vm), Request::Migrate) {
-                    // Told to its own link only: the move under way is not touched.
-                    self.note(vm, format_args!("migration to {to} not started: {why}"));
-                    let _ = link.0.try_send(crate::migration::protocol::Frame::Abandon(why.to_string()));
-                } else {
-                    self.migrate(vm, attempt, to, link.0);
-                }
-            }
             Command::CancelMigration(vm) if vm < self.slots.len() => {
                 if !self.refuses(vm, Request::CancelMigration, "migrate cancel") {
                     self.abandon(vm, "cancelled here");
@@ -86,28 +84,10 @@ impl Core {
                 }
             }
             Command::Adopt(_) => {}
-            // Turned into `Migrate` by the handle before it gets here.
-            Command::Migrate { .. } | Command::MigrateTo { .. } => {}
-            Command::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
-            Command::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
-            Command::CheckArrival { name, memory_size, reply } => {
-                reply.send(self.arrival_refusal(&name, memory_size).map_or(Ok(()), Err));
-            }
-            Command::AddVm { vm, reply, rounds, pages, from } => {
-                reply.send(self.add_vm(*vm.0, rounds, pages, from));
-            }
-            Command::StartIncoming { vm, last_slice_ns, paused, report } => {
-                self.start_incoming(vm, last_slice_ns, paused, report)
-            }
-            Command::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
             Command::SetAutoConverge(on) => {
                 self.migration.auto_converge = on;
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 let text = format!("auto-converge {} for migrations", if on { "on" } else { "off" });
-                self.outbox.push_back(Event::Notice { t_ns, text });
-            }
-            Command::Notice(text) => {
-                let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });
             }
             Command::Snapshot { vm, path } if vm < self.slots.len() => {
@@ -123,6 +103,41 @@ impl Core {
             Command::SetQuantum(quantum) => {
                 let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
                 self.set_planner(self.planner.policy(), quantum);
+            }
+            // Turned into the internal `Migrate` by the handle before it gets here.
+            Command::MigrateTo { .. } => {}
+        }
+    }
+
+    fn apply_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
+            Internal::Debug { .. } => {}
+            Internal::Migrate { vm, attempt, to, link } if vm < self.slots.len() => {
+                if let Err(why) = ownership::decide(self.holding(vm), Request::Migrate) {
+                    // Told to its own link only: the move under way is not touched.
+                    self.note(vm, format_args!("migration to {to} not started: {why}"));
+                    let _ = link.0.try_send(crate::migration::protocol::Frame::Abandon(why.to_string()));
+                } else {
+                    self.migrate(vm, attempt, to, link.0);
+                }
+            }
+            Internal::Migrate { .. } => {}
+            Internal::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
+            Internal::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
+            Internal::CheckArrival { name, memory_size, reply } => {
+                reply.send(self.arrival_refusal(&name, memory_size).map_or(Ok(()), Err));
+            }
+            Internal::AddVm { vm, reply, rounds, pages, from } => {
+                reply.send(self.add_vm(*vm.0, rounds, pages, from));
+            }
+            Internal::StartIncoming { vm, last_slice_ns, paused, report } => {
+                self.start_incoming(vm, last_slice_ns, paused, report)
+            }
+            Internal::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
+            Internal::Notice(text) => {
+                let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+                self.outbox.push_back(Event::Notice { t_ns, text });
             }
         }
     }

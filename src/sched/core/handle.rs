@@ -79,7 +79,7 @@ fn trace_advice(error: &crate::os::files::FileError) -> &'static str {
 
 /// The front end's side of a running core.
 pub struct CoreHandle {
-    commands: Sender<Command>,
+    commands: Sender<Message>,
     events: Receiver<Event>,
     kick: Arc<KickTarget>,
     thread: JoinHandle<()>,
@@ -92,25 +92,26 @@ pub struct CoreHandle {
     migrate_secret: Option<Arc<crate::migration::secret::Secret>>,
 }
 
-/// Sends commands to the core from any thread (a migration's link, the
-/// listener for incoming VMs), kicking it to read them.
+/// Sends the core's helper threads' messages (a migration's link, the
+/// listener for incoming VMs), kicking it to read them. The crate's own:
+/// front ends send [`Command`]s through [`CoreHandle::send`].
 #[derive(Clone)]
-pub struct Commander {
-    commands: Sender<Command>,
+pub(crate) struct Commander {
+    commands: Sender<Message>,
     kick: Arc<KickTarget>,
 }
 
 impl Commander {
-    /// Sends a command and kicks the core out of KVM_RUN to read it.
-    pub fn send(&self, command: Command) {
-        let _ = self.commands.send(command);
+    /// Sends a message and kicks the core out of KVM_RUN to read it.
+    pub(crate) fn send(&self, internal: Internal) {
+        let _ = self.commands.send(Message::Internal(internal));
         self.kick.request();
     }
 }
 
 impl CoreHandle {
-    /// A sender of commands for another thread.
-    pub fn commander(&self) -> Commander {
+    /// A sender of helper threads' messages.
+    pub(crate) fn commander(&self) -> Commander {
         Commander { commands: self.commands.clone(), kick: Arc::clone(&self.kick) }
     }
 
@@ -121,9 +122,9 @@ impl CoreHandle {
 
     /// Sends a command and kicks the core out of KVM_RUN to read it. A
     /// [`Command::MigrateTo`] starts its link thread here (the core thread
-    /// may not touch sockets) and reaches the core as [`Command::Migrate`].
+    /// may not touch sockets) and reaches the core as its internal `Migrate`.
     pub fn send(&self, command: Command) {
-        let command = match command {
+        let message = match command {
             Command::MigrateTo { vm, address } => {
                 static NEXT_ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 let attempt = NEXT_ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -132,15 +133,19 @@ impl CoreHandle {
                 let secret = self.migrate_secret.clone();
                 match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, secret, self.commander())
                 {
-                    Ok(link) => Command::Migrate { vm, attempt, to, link: crate::event::Reply(link) },
-                    Err(error) => Command::Notice(format!("cannot start the migration to {to}: {error}")),
+                    Ok(link) => {
+                        Message::Internal(Internal::Migrate { vm, attempt, to, link: crate::event::Reply(link) })
+                    }
+                    Err(error) => {
+                        Message::Internal(Internal::Notice(format!("cannot start the migration to {to}: {error}")))
+                    }
                 }
             }
-            command => command,
+            command => Message::Command(command),
         };
         // The core holds the receiver until it finishes; after that there is
         // nobody to tell, so a failed send needs no handling.
-        let _ = self.commands.send(command);
+        let _ = self.commands.send(message);
         self.kick.request();
     }
 
@@ -298,7 +303,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
 fn serve_debuggers(
     kvm: &Kvm,
     slots: &mut [Slot],
-    commands: &Sender<Command>,
+    commands: &Sender<Message>,
     kick: &Arc<KickTarget>,
 ) -> Result<Vec<std::path::PathBuf>, SpawnError> {
     let mut strategy = None;

@@ -29,7 +29,9 @@ use crate::console::ConsoleBatch;
 use crate::debug::server::{self, Listener};
 use crate::debug::session::{Debugged, Resume};
 use crate::debug::{DebugEnd, DebugReply, DebugRequest, DebugStop, DebuggerStatus};
-use crate::event::{Command, Event, LIVE_EXITS, Settings, StepResult, TakenSnapshot, VmId, VmSample, VmState};
+use crate::event::{
+    Command, Event, Internal, LIVE_EXITS, Message, Settings, StepResult, TakenSnapshot, VmId, VmSample, VmState,
+};
 use crate::hypercall::GuestView;
 use crate::record::{ExitRecord, SliceEnd, SliceRecord};
 use crate::report::{RunReport, TimedSlice, TraceReport, VmReport, VmTimings};
@@ -41,6 +43,8 @@ use crate::vm::guest_debug::{DebugExit, GuestDebug};
 use crate::vm::kick::monotonic_ns;
 use crate::vm::{CpuMode, GuestLayout, KickTarget, MachineSpec, SetupError, Vcpu, quantum_timer, seccomp};
 
+#[cfg(test)]
+mod arrival_tests;
 mod commands;
 mod debugging;
 mod handle;
@@ -50,7 +54,8 @@ mod records;
 mod run_loop;
 mod samples;
 
-pub use self::handle::{Commander, CoreHandle, SpawnError, VmSetupError, spawn};
+pub(crate) use self::handle::Commander;
+pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
 
 /// Events waiting in the channel before the core starts coalescing. A console
 /// event carries a round's output of every VM, usually under
@@ -204,7 +209,7 @@ struct Core {
     planner: Planner,
     timer_kind: TimerKind,
     kick: Arc<KickTarget>,
-    commands: Receiver<Command>,
+    commands: Receiver<Message>,
     events: Sender<Event>,
     /// Events that must arrive (state changes), waiting for room in the channel.
     outbox: VecDeque<Event>,
