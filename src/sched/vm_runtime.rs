@@ -133,8 +133,21 @@ impl VmRuntime {
             crate::console::escape_input(&snapshot.path),
             saved.counters.exits.total()
         ));
-        if !machine.refused_msrs.is_empty() {
-            let refused: Vec<String> = machine.refused_msrs.iter().map(|index| format!("0x{index:x}")).collect();
+        let notes = &machine.restore_notes;
+        if notes.cpuid_differs > 0 {
+            console.note(format_args!(
+                "its saved CPUID differs from what this host's KVM offers in {} leaves: the guest sees the saved one",
+                notes.cpuid_differs
+            ));
+        }
+        if let Some((saved, here)) = notes.tsc_khz {
+            console.note(format_args!(
+                "its TSC ran at {saved} kHz where it was saved; this host's KVM keeps {here} kHz (time read from it \
+                 runs at another rate)"
+            ));
+        }
+        if !notes.refused_msrs.is_empty() {
+            let refused: Vec<String> = notes.refused_msrs.iter().map(|index| format!("0x{index:x}")).collect();
             console.note(format_args!("this host's KVM refused MSRs {}; they were skipped", refused.join(", ")));
         }
         Ok(Self {

@@ -261,8 +261,8 @@ pub struct Machine {
     pub image: loader::LoadedImage,
     /// How the machine was set up, step by step, and how long each took.
     pub setup: Vec<SetupStep>,
-    /// MSRs of a restored snapshot that this host's KVM refused (skipped).
-    pub refused_msrs: Vec<u32>,
+    /// What a restored snapshot's vCPU could not get back as it was saved.
+    pub restore_notes: crate::vm::vcpu_state::RestoreNotes,
 }
 
 /// One step of setting up a VM (the flowchart of docs/architecture.md).
@@ -354,7 +354,7 @@ impl Machine {
             area,
             image,
             setup: timer.steps,
-            refused_msrs: Vec::new(),
+            restore_notes: Default::default(),
         })
     }
 

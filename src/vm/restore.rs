@@ -92,10 +92,10 @@ impl Machine {
         }
         timer.done("copy the snapshot's pages in", "memory writes");
         let (vm, fd) = create_vm(kvm, &memory, memory_size, &mut timer)?;
-        let refused_msrs = state.vcpu.restore(&fd)?;
+        let notes = state.vcpu.restore(&fd)?;
         timer.done(
             "restore the vCPU's state",
-            "KVM_SET_MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",
+            "KVM_SET_CPUID2, _TSC_KHZ, _MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",
         );
         let image = &state.image;
         Ok(Self {
@@ -107,7 +107,7 @@ impl Machine {
             area: SystemArea { shift: state.structures_shift },
             image: LoadedImage { entry: image.entry, kind: image.kind, span: image.start..image.end },
             setup: timer.steps,
-            refused_msrs,
+            restore_notes: notes,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! saving ([`super::Vcpu::complete_pending_exit`]).
 
 use kvm_bindings::{
-    KVM_MAX_MSR_ENTRIES, kvm_debugregs, kvm_dtable, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, kvm_cpuid_entry2, kvm_debugregs, kvm_dtable, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -36,6 +36,76 @@ pub struct VcpuState {
     pub msrs: Vec<ModelSpecific>,
     /// Pending exceptions, interrupts and NMIs (KVM_GET_VCPU_EVENTS), in hex.
     pub events: String,
+    /// The CPUID the guest saw (KVM_GET_CPUID2), set again on restore so
+    /// that it sees the same CPU; empty in files saved before it was kept
+    /// (those get this host's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpuid: Vec<CpuidLeaf>,
+    /// Its TSC's frequency in kHz (KVM_GET_TSC_KHZ), where the host says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsc_khz: Option<u32>,
+}
+
+/// One CPUID leaf as KVM holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct CpuidLeaf {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+impl From<&kvm_cpuid_entry2> for CpuidLeaf {
+    fn from(entry: &kvm_cpuid_entry2) -> Self {
+        let kvm_cpuid_entry2 { function, index, flags, eax, ebx, ecx, edx, .. } = *entry;
+        Self { function, index, flags, eax, ebx, ecx, edx }
+    }
+}
+
+impl From<&CpuidLeaf> for kvm_cpuid_entry2 {
+    fn from(leaf: &CpuidLeaf) -> Self {
+        let CpuidLeaf { function, index, flags, eax, ebx, ecx, edx } = *leaf;
+        Self { function, index, flags, eax, ebx, ecx, edx, ..Default::default() }
+    }
+}
+
+/// What a restore could not give back as it was saved, for the VM's console.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreNotes {
+    /// MSRs KVM refused (skipped).
+    pub refused_msrs: Vec<u32>,
+    /// Leaves of the saved CPUID that this host's KVM does not offer as
+    /// they were (the guest sees the saved ones).
+    pub cpuid_differs: usize,
+    /// The saved TSC frequency and this host's, where they differ and the
+    /// host would not take the saved one.
+    pub tsc_khz: Option<(u32, u32)>,
+}
+
+/// How many of `saved`'s leaves `here` has otherwise (or not at all); the
+/// APIC id (leaf 1 EBX[31:24], leaves 0xB and 0x1F EDX) is each vCPU's own
+/// and not counted.
+pub fn cpuid_differences(saved: &[CpuidLeaf], here: &[CpuidLeaf]) -> usize {
+    let comparable = |leaf: &CpuidLeaf| {
+        let mut leaf = *leaf;
+        match leaf.function {
+            1 => leaf.ebx &= 0x00ff_ffff,
+            0xb | 0x1f => leaf.edx = 0,
+            _ => {}
+        }
+        leaf
+    };
+    saved
+        .iter()
+        .filter(|leaf| {
+            let found = here.iter().find(|other| other.function == leaf.function && other.index == leaf.index);
+            found.is_none_or(|other| comparable(other) != comparable(leaf))
+        })
+        .count()
 }
 
 /// rax..r15, rip, rflags.
@@ -151,6 +221,9 @@ pub enum VcpuStateError {
         /// Its size.
         bytes: usize,
     },
+    /// More CPUID leaves than KVM takes.
+    #[error("the vCPU state has {0} CPUID leaves; KVM takes at most {KVM_MAX_CPUID_ENTRIES}")]
+    TooManyLeaves(usize),
     /// KVM refused a step.
     #[error("KVM refused {what}: {source}")]
     Kvm {
@@ -177,6 +250,8 @@ impl VcpuState {
         let debug = fd.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
         let msrs = save_msrs(fd, msr_indices)?;
         let events = fd.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        let cpuid = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_CPUID2"))?;
+        let tsc_khz = fd.get_tsc_khz().ok();
         let count = (xcrs.nr_xcrs as usize).min(xcrs.xcrs.len());
         Ok(Self {
             mp_state,
@@ -187,11 +262,16 @@ impl VcpuState {
             debug: DebugRegisters { db: debug.db, dr6: debug.dr6, dr7: debug.dr7, flags: debug.flags },
             msrs,
             events: to_hex(events.as_bytes()),
+            cpuid: cpuid.as_slice().iter().map(CpuidLeaf::from).collect(),
+            tsc_khz,
         })
     }
 
     /// Checks what only decoding can tell (the hex fields), before any VM is made.
     pub fn check(&self) -> Result<(), VcpuStateError> {
+        if self.cpuid.len() > KVM_MAX_CPUID_ENTRIES {
+            return Err(VcpuStateError::TooManyLeaves(self.cpuid.len()));
+        }
         self.xsave_area()?;
         self.pending_events()?;
         Ok(())
@@ -213,9 +293,25 @@ impl VcpuState {
 
     /// Loads this state into `fd`, a fresh vCPU of a VM whose memory already
     /// holds the snapshot's. Returns the MSRs KVM refused (skipped).
-    pub(super) fn restore(&self, fd: &VcpuFd) -> Result<Vec<u32>, VcpuStateError> {
+    pub(super) fn restore(&self, fd: &VcpuFd) -> Result<RestoreNotes, VcpuStateError> {
         let xsave = self.xsave_area()?;
         let events = self.pending_events()?;
+        let mut notes = RestoreNotes::default();
+        // The CPU the guest saw first: XSAVE and the MSRs depend on it.
+        if !self.cpuid.is_empty() {
+            // What a new vCPU here has (the host's, as KVM fitted it), to compare.
+            let here = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_CPUID2"))?;
+            let here: Vec<CpuidLeaf> = here.as_slice().iter().map(CpuidLeaf::from).collect();
+            let entries: Vec<kvm_cpuid_entry2> = self.cpuid.iter().map(kvm_cpuid_entry2::from).collect();
+            let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuStateError::TooManyLeaves(entries.len()))?;
+            fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+            notes.cpuid_differs = cpuid_differences(&self.cpuid, &here);
+        }
+        if let (Some(saved), Ok(here)) = (self.tsc_khz, fd.get_tsc_khz()) {
+            if saved != here && fd.set_tsc_khz(saved).is_err() {
+                notes.tsc_khz = Some((saved, here));
+            }
+        }
         fd.set_mp_state(kvm_mp_state { mp_state: self.mp_state }).map_err(kvm("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs.into()).map_err(kvm("KVM_SET_REGS"))?;
         fd.set_sregs(&self.sregs.into()).map_err(kvm("KVM_SET_SREGS"))?;
@@ -233,9 +329,9 @@ impl VcpuState {
         let debugregs =
             kvm_debugregs { db: debug.db, dr6: debug.dr6, dr7: debug.dr7, flags: debug.flags, ..Default::default() };
         fd.set_debug_regs(&debugregs).map_err(kvm("KVM_SET_DEBUGREGS"))?;
-        let refused = restore_msrs(fd, &self.msrs)?;
+        notes.refused_msrs = restore_msrs(fd, &self.msrs)?;
         fd.set_vcpu_events(&events).map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
-        Ok(refused)
+        Ok(notes)
     }
 }
 
@@ -446,6 +542,18 @@ impl From<SpecialRegisters> for kvm_sregs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpuid_differences_leave_out_each_vcpus_apic_id() {
+        let leaf = |function, index, ebx, edx| CpuidLeaf { function, index, ebx, edx, eax: 1, ..Default::default() };
+        let here = [leaf(0, 0, 5, 0), leaf(1, 0, 0x0000_0800, 0), leaf(0xb, 0, 1, 0), leaf(7, 0, 0xff, 0)];
+        // The same CPU on vCPU 3: only APIC ids differ.
+        let saved = [leaf(0, 0, 5, 0), leaf(1, 0, 0x0300_0800, 0), leaf(0xb, 0, 1, 3), leaf(7, 0, 0xff, 0)];
+        assert_eq!(cpuid_differences(&saved, &here), 0);
+        // A feature this host lacks, and a leaf it has not at all.
+        let saved = [leaf(7, 0, 0x1ff, 0), leaf(0x14, 0, 1, 0)];
+        assert_eq!(cpuid_differences(&saved, &here), 2);
+    }
+
     use super::*;
 
     #[test]
@@ -475,8 +583,12 @@ mod tests {
             debug: DebugRegisters::default(),
             msrs: Vec::new(),
             events: to_hex(events.as_bytes()),
+            cpuid: Vec::new(),
+            tsc_khz: None,
         };
         state.check().unwrap();
+        let leaves = VcpuState { cpuid: vec![CpuidLeaf::default(); KVM_MAX_CPUID_ENTRIES + 1], ..state.clone() };
+        assert!(leaves.check().unwrap_err().to_string().contains("CPUID leaves"));
         let short = VcpuState { xsave: "00".into(), ..state.clone() };
         assert!(short.check().unwrap_err().to_string().contains("xsave is not 4096 bytes"));
         let long = VcpuState { events: format!("{}00", state.events), ..state };
