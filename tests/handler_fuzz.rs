@@ -86,7 +86,7 @@ fn random_port_accesses_never_upset_the_handlers() {
             ports.show_unknown = rng.next() % 2 == 0;
             for _ in 0..rng.next() % 4 {
                 let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
-                ports.map(port, CALLS[(rng.next() % CALLS.len() as u64) as usize]).unwrap();
+                ports.remap(port, CALLS[(rng.next() % CALLS.len() as u64) as usize]).unwrap();
             }
         }
         let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
