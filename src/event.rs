@@ -239,8 +239,10 @@ pub struct TakenSnapshot {
     pub state: crate::snapshot::SnapshotState,
     /// Its memory's non-zero pages, copied.
     pub memory: crate::snapshot::format::Pages,
-    /// How long the core took to save it (the VMs waited that long).
+    /// How long the core took to save it (the VM was held that long).
     pub took_ns: u64,
+    /// In how many steps its memory was copied (the other VMs ran between).
+    pub steps: u32,
 }
 
 impl TakenSnapshot {
@@ -256,11 +258,12 @@ impl TakenSnapshot {
             _ => format!("cannot write the snapshot {}: {error}", path.display()),
         })?;
         Ok(format!(
-            "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms, written in {:.2} ms",
+            "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms{}, written in {:.2} ms",
             path.display(),
             bytes.len().div_ceil(1024),
             self.memory.memory_size >> 10,
             self.took_ns as f64 / 1e6,
+            if self.steps > 1 { format!(" ({} steps)", self.steps) } else { String::new() },
             started.elapsed().as_secs_f64() * 1e3
         ))
     }

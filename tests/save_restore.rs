@@ -243,3 +243,36 @@ fn a_version_1_file_kept_from_before_restores_and_counts_on() {
     let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
     assert_eq!(counts, expected, "no gap, no repeat after {last}");
 }
+
+#[test]
+fn a_large_vm_is_saved_in_steps_while_its_neighbour_runs_and_restores_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.snap");
+    // 16 MiB of its 64 MiB written (8 pages a unit over 4,000 pages), more
+    // than one step of 8 MiB; a ticker beside it.
+    let mut run1 =
+        Controlled::start(&["--vm", "d=dirtier", "--args", "d=8,4000,100,10", "--mem", "64M", "--vm", "t=ticker"]);
+    run1.until("d| 600");
+    run1.send(&format!("snapshot d {}", file.display()));
+    let line = run1.until("d| [matrix] snapshot");
+    let steps: u32 = line
+        .split(" steps)")
+        .next()
+        .and_then(|before| before.rsplit('(').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("a save in steps: {line}"));
+    assert!(steps >= 2, "{line}");
+    // Both go on: the saved VM was let go again, its neighbour never stopped.
+    run1.until("d| ");
+    run1.until("t| ");
+    let saved = show_json(&file);
+    let last: u64 =
+        saved["runtime"]["console"].as_str().unwrap().lines().filter_map(|l| l.parse().ok()).last().unwrap();
+    run1.quit();
+    // Whole: restored elsewhere, it counts on from where it was saved.
+    let guest = format!("d=snapshot:{}", file.display());
+    let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
+    assert_eq!(status, 0, "{stderr}");
+    let counts: Vec<u64> = guest_lines(&stdout, "d").iter().filter_map(|line| line.parse().ok()).collect();
+    assert_eq!(counts.first(), Some(&(last + 100)), "{stdout}");
+}

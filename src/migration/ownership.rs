@@ -24,6 +24,8 @@ pub enum Holding {
     HandingOver,
     /// Moved out: the receiver owns it.
     Gone,
+    /// Being saved: held still while its memory is copied in steps.
+    Saving,
     /// Received, waiting for the sender's Go.
     Arriving,
     /// Received, but the sender went silent after Ready: it may still run
@@ -68,7 +70,8 @@ pub const REQUESTS: [Request; 9] = [
 ];
 
 /// Every holding, for tables.
-pub const HOLDINGS: [Holding; 7] = [
+pub const HOLDINGS: [Holding; 8] = [
+    Holding::Saving,
     Holding::Free,
     Holding::LeavingInRounds,
     Holding::LeavingPaused,
@@ -89,13 +92,15 @@ pub fn decide(holding: Holding, request: Request) -> Result<(), &'static str> {
         (Free, _) => Ok(()),
         // In rounds it runs as usual; a pause or a restart ends the move
         // (the core abandons it first), a second move waits for this one.
-        (LeavingInRounds, Resume | Pause | Step | Snapshot | CancelMigration | GdbRun | Restart) => Ok(()),
+        (LeavingInRounds, Resume | Pause | Step | CancelMigration | GdbRun | Restart) => Ok(()),
+        (LeavingInRounds, Snapshot) => Err("it is moving; save it before its move or after one that was called off"),
         (LeavingInRounds, Migrate) => Err("it is already moving; cancel that move first (migrate cancel NAME)"),
         (LeavingInRounds, Adopt) => Err("it is moving out, not in"),
         (LeavingPaused, CancelMigration) => Ok(()),
         (LeavingPaused, Pause | Snapshot) => Err("it is paused for its move: its last pages and state are going over"),
         (LeavingPaused, _) => Err("it is paused for its move to another matrix-tui, which may be about to run it; \
              cancel the move first (migrate cancel NAME), or wait for it to end"),
+        (Saving, _) => Err("it is being saved: its memory is copied in steps while it is held; a moment"),
         (HandingOver, _) => Err("it is being handed over to another matrix-tui, which runs it from now on"),
         (Gone, _) => Err("it moved to another matrix-tui, which runs it now"),
         (Arriving, _) => Err("it is arriving: it runs here once the sender hands it over"),
@@ -106,6 +111,9 @@ pub fn decide(holding: Holding, request: Request) -> Result<(), &'static str> {
 }
 
 /// Whether a VM in `holding` may run at all (be scheduled).
+///
+/// A VM being saved is held still (its memory must not change while it is
+/// copied), so it may not.
 pub fn may_run(holding: Holding) -> bool {
     matches!(holding, Holding::Free | Holding::LeavingInRounds)
 }

@@ -171,7 +171,20 @@ impl VmRuntime {
         now_ns: u64,
         sleeping: bool,
     ) -> Result<(MachineState, RuntimeState, Pages), VcpuStateError> {
-        let (machine, memory) = self.machine.save(kvm)?;
+        let (machine, runtime) = self.save_state(kvm, now_ns, sleeping)?;
+        let memory = self.machine.copy_pages(&self.machine.resident_pages(), false);
+        Ok((machine, runtime, memory))
+    }
+
+    /// [`Self::save`] without the memory: the vCPU's and this VM's state
+    /// (for a save whose pages are copied in steps while the VM is held).
+    pub fn save_state(
+        &mut self,
+        kvm: &Kvm,
+        now_ns: u64,
+        sleeping: bool,
+    ) -> Result<(MachineState, RuntimeState), VcpuStateError> {
+        let machine = self.machine.save_state(kvm)?;
         let runtime = RuntimeState {
             counters: self.counters(),
             hypercalls: self.hypercalls.progress(),
@@ -180,7 +193,7 @@ impl VmRuntime {
             console: String::from_utf8_lossy(self.console.history()).into_owned(),
             cpu_ns: self.cpu_ns,
         };
-        Ok((machine, runtime, memory))
+        Ok((machine, runtime))
     }
 
     /// Runs the vCPU once (until its next exit) and handles that exit;

@@ -25,9 +25,14 @@ impl Machine {
     /// value reaches the guest's rax only then), then the vCPU's state is
     /// read and the memory's non-zero pages copied. The machine can go on running after.
     pub fn save(&mut self, kvm: &Kvm) -> Result<(MachineState, Pages), VcpuStateError> {
+        let state = self.save_state(kvm)?;
+        Ok((state, self.copy_pages(&self.resident_pages(), false)))
+    }
+
+    /// [`Self::save`] without the memory.
+    pub fn save_state(&mut self, kvm: &Kvm) -> Result<MachineState, VcpuStateError> {
         self.vcpu.complete_pending_exit();
         let vcpu = VcpuState::save(self.vcpu.fd(), msr_indices(kvm))?;
-        let memory = self.copy_pages(&self.resident_pages(), false);
         let image = &self.image;
         let state = MachineState {
             mode: self.mode,
@@ -36,7 +41,7 @@ impl Machine {
             image: ImageState { kind: image.kind, start: image.span.start, end: image.span.end, entry: image.entry },
             vcpu,
         };
-        Ok((state, memory))
+        Ok(state)
     }
 
     /// Pages `indices` copied, zero ones only when `zeros`. Only pages are
@@ -45,13 +50,18 @@ impl Machine {
     /// waits.
     pub fn copy_pages(&self, indices: &[u64], zeros: bool) -> Pages {
         let mut pages = Pages::new(self.memory_size);
+        self.copy_pages_into(indices, zeros, &mut pages);
+        pages
+    }
+
+    /// [`Self::copy_pages`] added to `pages`.
+    pub fn copy_pages_into(&self, indices: &[u64], zeros: bool, pages: &mut Pages) {
         let mut page = [0u8; PAGE_SIZE];
         for &index in indices {
             if self.memory.read_slice(&mut page, GuestAddress(index * PAGE_SIZE as u64)).is_ok() {
                 if zeros { pages.push(index, &page) } else { pages.keep(index, &page) }
             }
         }
-        pages
     }
 
     /// The pages of guest memory the host has ever backed: the others were

@@ -142,38 +142,6 @@ impl Core {
         }
     }
 
-    /// Saves `vm` (between its slices, so its vCPU is out of KVM_RUN) and
-    /// hands the state and a copy of its memory to the front ends, which
-    /// write the file: this thread may not open files. The VM goes on as it was.
-    fn snapshot(&mut self, vm: VmId, path: std::path::PathBuf) {
-        let started_ns = monotonic_ns();
-        let slot = &mut self.slots[vm];
-        let result = if slot.state.is_finished() {
-            Err(format!("it has {}: restart it first", slot.state.name()))
-        } else {
-            let sleeping = matches!(slot.state, VmState::Sleeping { .. });
-            // gdb's int3s are the host's, not the guest's: saved without them.
-            if let Some(debug) = &slot.debug {
-                debug.lift_breakpoints(true, &super::debugging::view(&slot.runtime));
-            }
-            let saved = slot.runtime.save(&self.kvm, started_ns, sleeping);
-            if let Some(debug) = &slot.debug {
-                debug.lift_breakpoints(false, &super::debugging::view(&slot.runtime));
-            }
-            match saved {
-                Ok((machine, runtime, memory)) => {
-                    let state = SnapshotState { vm: identity(&slot.config), machine, runtime };
-                    Ok(Box::new(TakenSnapshot { state, memory, took_ns: monotonic_ns() - started_ns }))
-                }
-                Err(error) => Err(error.to_string()),
-            }
-        };
-        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
-        // What it printed before the snapshot goes out before the note of it.
-        self.queue_console(vm);
-        self.outbox.push_back(Event::Snapshot { vm, t_ns, path, result });
-    }
-
     pub(super) fn set_planner(&mut self, policy: Policy, quantum_ns: u64) {
         if policy == self.planner.policy() {
             self.planner.set_quantum(quantum_ns);

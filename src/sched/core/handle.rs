@@ -268,6 +268,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         sleeping: 0,
         migration: config.migration,
         migrating: 0,
+        saving: 0,
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())

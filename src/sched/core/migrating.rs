@@ -601,6 +601,9 @@ impl Core {
     /// Where `vm` stands in a migration, for [`ownership::decide`].
     pub(super) fn holding(&self, vm: VmId) -> Holding {
         let Some(slot) = self.slots.get(vm) else { return Holding::Gone };
+        if slot.saving.is_some() {
+            return Holding::Saving;
+        }
         match (&slot.state, slot.outgoing.as_ref().map(|outgoing| outgoing.phase)) {
             (VmState::Arriving, _) => Holding::Arriving,
             (VmState::Orphaned, _) => Holding::Orphaned,

@@ -53,6 +53,7 @@ mod outbox;
 mod records;
 mod run_loop;
 mod samples;
+mod saving;
 
 pub(crate) use self::handle::Commander;
 pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
@@ -116,6 +117,8 @@ struct Slot {
     debug: Option<Debugged>,
     /// Its move to another matrix-tui, while one goes on.
     outgoing: Option<Box<migrating::Outgoing>>,
+    /// Its save under way, if one is (its memory copied in steps).
+    saving: Option<Box<saving::Saving>>,
     /// Came in by migration and not run yet: when its last slice on the
     /// sender ended, and where its downtime goes.
     incoming: Option<(u64, crate::event::Reply<u64>)>,
@@ -163,6 +166,7 @@ impl Slot {
             last_exit: None,
             debug: None,
             outgoing: None,
+            saving: None,
             incoming: None,
             last_slice_ns: 0,
             migration_report: None,
@@ -256,6 +260,8 @@ struct Core {
     migration: crate::migration::MigrationSettings,
     /// VMs moving out now: the per-slice migration work is skipped while none is.
     migrating: usize,
+    /// Saves under way now.
+    saving: usize,
 }
 
 impl Core {}

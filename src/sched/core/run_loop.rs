@@ -69,6 +69,9 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
+            if self.saving > 0 {
+                self.drive_saves();
+            }
             if self.sleeping > 0 {
                 self.wake_sleepers(monotonic_ns());
             }
@@ -88,6 +91,7 @@ impl Core {
                 }
                 None if self.stay_open
                     || self.migrating > 0
+                    || self.saving > 0
                     || !self.step_requests.is_empty()
                     || self.slots.iter().any(|slot| {
                         matches!(
@@ -378,6 +382,8 @@ impl Core {
     /// or until the first sleeper wakes: the thread sleeps too, it does not spin.
     pub(super) fn idle(&mut self) {
         let wait = match self.earliest_wake_ns() {
+            // A save under way goes on at once: only commands are looked at.
+            _ if self.saving > 0 => Duration::ZERO,
             Some(wake) => Duration::from_nanos(wake.saturating_sub(monotonic_ns())).min(IDLE_WAIT),
             None => IDLE_WAIT,
         };

@@ -32,6 +32,8 @@ impl Core {
         for event in std::mem::take(&mut self.outbox) {
             let _ = self.events.send(event);
         }
+        // A save under way is finished: the run's end does not lose it.
+        self.finish_saves();
         // The last notes go out whole, even after a line a guest left unfinished.
         for slot in &mut self.slots {
             slot.runtime.console.release_held_notes();
