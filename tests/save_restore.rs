@@ -266,8 +266,7 @@ fn a_large_vm_is_saved_in_steps_while_its_neighbour_runs_and_restores_whole() {
     run1.until("d| ");
     run1.until("t| ");
     let saved = show_json(&file);
-    let last: u64 =
-        saved["runtime"]["console"].as_str().unwrap().lines().filter_map(|l| l.parse().ok()).last().unwrap();
+    let last: u64 = saved["runtime"]["console"].as_str().unwrap().lines().rev().find_map(|l| l.parse().ok()).unwrap();
     run1.quit();
     // Whole: restored elsewhere, it counts on from where it was saved.
     let guest = format!("d=snapshot:{}", file.display());
