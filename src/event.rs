@@ -250,8 +250,14 @@ impl TakenSnapshot {
     /// written, in a line for the VM's console.
     pub fn write(&self, path: &std::path::Path) -> Result<String, String> {
         let started = std::time::Instant::now();
-        let bytes = crate::snapshot::state::encode(&self.state, &self.memory);
-        crate::snapshot::file::write(path, &bytes).map_err(|error| match error {
+        // Written as it is encoded: a large VM's file is never whole in memory
+        // beside the copy of its pages.
+        let json = crate::snapshot::state::state_json(&self.state);
+        let length = crate::snapshot::format::encoded_len(&json, &self.memory);
+        let written = crate::os::files::write_atomically_with(path, |file| {
+            crate::snapshot::format::encode_to(file, &json, &self.memory)
+        });
+        written.map_err(|error| match error {
             crate::os::files::FileError::Io(_) => {
                 format!("cannot write the snapshot {}: {error}; give a path in a writable directory", path.display())
             }
@@ -260,7 +266,7 @@ impl TakenSnapshot {
         Ok(format!(
             "snapshot {} written: {} KiB for {} KiB of memory, saved in {:.2} ms{}, written in {:.2} ms",
             path.display(),
-            bytes.len().div_ceil(1024),
+            length.div_ceil(1024),
             self.memory.memory_size >> 10,
             self.took_ns as f64 / 1e6,
             if self.steps > 1 { format!(" ({} steps)", self.steps) } else { String::new() },

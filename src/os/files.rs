@@ -99,6 +99,16 @@ static PARTIAL_FILES: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mut
 /// the temporary file is removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     use std::io::Write as _;
+    write_atomically_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomically`], the contents written by `write` as it goes (a
+/// large file need not be whole in memory first).
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<(), FileError> {
+    use std::io::Write as _;
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if !metadata.is_file() => return Err(FileError::NotRegular(kind_of(metadata.file_type()))),
         _ => {}
@@ -113,15 +123,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let partial = path.with_file_name(partial_name);
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&partial)?;
     lock_partials().push(partial.clone());
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
+    let written = {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &file);
+        write(&mut buffered).and_then(|()| buffered.flush())
+    }
+    .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&partial, path))
         .and_then(|()| sync_directory_of(path));
     lock_partials().retain(|listed| listed != &partial);

@@ -140,7 +140,15 @@ pub enum FormatError {
 
 /// FNV-1a, 64 bits: a checksum against damage, not against tampering.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    fnv1a_on(FNV_START, bytes)
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `bytes` following what gave `hash` (so a file's parts can
+/// be hashed as they are, without being put together first).
+fn fnv1a_on(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Guest memory with its zero pages left out: what a snapshot stores.
@@ -201,21 +209,34 @@ impl Pages {
 
 /// Encodes `state` (JSON) and the non-zero `pages` of the VM's memory.
 pub fn encode(state: &str, pages: &Pages) -> Vec<u8> {
-    let mut body = Vec::with_capacity(state.len() + pages.len() * RECORD);
-    body.extend_from_slice(state.as_bytes());
-    for (index, page) in pages.iter() {
-        body.extend_from_slice(&index.to_le_bytes());
-        body.extend_from_slice(page);
-    }
-    let mut file = Vec::with_capacity(HEADER_SIZE + body.len());
-    file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    file.extend_from_slice(&0u32.to_le_bytes());
-    for field in [state.len() as u64, pages.memory_size, pages.len() as u64, fnv1a(&body)] {
-        file.extend_from_slice(&field.to_le_bytes());
-    }
-    file.extend_from_slice(&body);
+    let mut file = Vec::with_capacity(encoded_len(state, pages));
+    encode_to(&mut file, state, pages).expect("writing into a Vec cannot fail");
     file
+}
+
+/// How many bytes [`encode`] makes of `state` and `pages`.
+pub fn encoded_len(state: &str, pages: &Pages) -> usize {
+    HEADER_SIZE + state.len() + pages.len() * RECORD
+}
+
+/// Writes the file [`encode`] makes to `out` as it goes, without making it
+/// in memory first: the checksum is taken over the parts where they are.
+pub fn encode_to(out: &mut impl std::io::Write, state: &str, pages: &Pages) -> std::io::Result<()> {
+    let checksum = pages.iter().fold(fnv1a(state.as_bytes()), |hash, (index, page)| {
+        fnv1a_on(fnv1a_on(hash, &index.to_le_bytes()), page)
+    });
+    out.write_all(MAGIC)?;
+    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    out.write_all(&0u32.to_le_bytes())?;
+    for field in [state.len() as u64, pages.memory_size, pages.len() as u64, checksum] {
+        out.write_all(&field.to_le_bytes())?;
+    }
+    out.write_all(state.as_bytes())?;
+    for (index, page) in pages.iter() {
+        out.write_all(&index.to_le_bytes())?;
+        out.write_all(page)?;
+    }
+    Ok(())
 }
 
 /// Decodes a snapshot whose memory may be at most `max_memory` bytes; the

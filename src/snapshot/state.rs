@@ -135,8 +135,12 @@ impl Snapshot {
 
 /// Encodes `state` and the VM's memory `pages` as a snapshot file's bytes.
 pub fn encode(state: &SnapshotState, pages: &format::Pages) -> Vec<u8> {
-    let json = serde_json::to_string_pretty(state).expect("a snapshot state serializes");
-    format::encode(&json, pages)
+    format::encode(&state_json(state), pages)
+}
+
+/// The state as the file holds it.
+pub fn state_json(state: &SnapshotState) -> String {
+    serde_json::to_string_pretty(state).expect("a snapshot state serializes")
 }
 
 /// A snapshot's contents described for people (`matrix-tui snapshot show`).
