@@ -134,8 +134,8 @@ pub fn write_atomically_with(
         write(&mut buffered).and_then(|()| buffered.flush())
     }
     .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&partial, path))
-        .and_then(|()| sync_directory_of(path));
+    .and_then(|()| std::fs::rename(&partial, path))
+    .and_then(|()| sync_directory_of(path));
     lock_partials().retain(|listed| listed != &partial);
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);

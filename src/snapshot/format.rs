@@ -222,9 +222,9 @@ pub fn encoded_len(state: &str, pages: &Pages) -> usize {
 /// Writes the file [`encode`] makes to `out` as it goes, without making it
 /// in memory first: the checksum is taken over the parts where they are.
 pub fn encode_to(out: &mut impl std::io::Write, state: &str, pages: &Pages) -> std::io::Result<()> {
-    let checksum = pages.iter().fold(fnv1a(state.as_bytes()), |hash, (index, page)| {
-        fnv1a_on(fnv1a_on(hash, &index.to_le_bytes()), page)
-    });
+    let checksum = pages
+        .iter()
+        .fold(fnv1a(state.as_bytes()), |hash, (index, page)| fnv1a_on(fnv1a_on(hash, &index.to_le_bytes()), page));
     out.write_all(MAGIC)?;
     out.write_all(&FORMAT_VERSION.to_le_bytes())?;
     out.write_all(&0u32.to_le_bytes())?;
