@@ -269,6 +269,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         migration: config.migration,
         migrating: 0,
         saving: 0,
+        next_save_step_ns: 0,
     };
     let thread = std::thread::Builder::new()
         .name("matrix-core".into())

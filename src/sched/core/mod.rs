@@ -262,6 +262,9 @@ struct Core {
     migrating: usize,
     /// Saves under way now.
     saving: usize,
+    /// When the next step of a save may run (monotonic ns): the other VMs
+    /// get as long as the last step took.
+    next_save_step_ns: u64,
 }
 
 impl Core {}

@@ -382,8 +382,8 @@ impl Core {
     /// or until the first sleeper wakes: the thread sleeps too, it does not spin.
     pub(super) fn idle(&mut self) {
         let wait = match self.earliest_wake_ns() {
-            // A save under way goes on at once: only commands are looked at.
-            _ if self.saving > 0 => Duration::ZERO,
+            // A save under way goes on as soon as its next step is due.
+            _ if self.saving > 0 => Duration::from_nanos(self.next_save_step_ns.saturating_sub(monotonic_ns())),
             Some(wake) => Duration::from_nanos(wake.saturating_sub(monotonic_ns())).min(IDLE_WAIT),
             None => IDLE_WAIT,
         };

@@ -1,15 +1,20 @@
 //! Snapshots that do not stop the others: a VM's vCPU and its state are
-//! read at once, then its memory is copied in steps of [`SAVE_STEP_PAGES`]
-//! between the other VMs' slices while it is held still, so that a large
-//! VM's save never keeps its neighbours off the CPU for long (a 1 GiB copy
-//! in one go took 0.7-1 s here). A VM small enough for one step is saved at
-//! once, without being held.
+//! read at once, then its memory is copied in steps of at most
+//! [`SAVE_STEP_PAGES`] pages and [`SAVE_STEP_NS`] while it is held still,
+//! and after each step the other VMs get as long as it took before the
+//! next: a large VM's save takes at most half the core and never keeps its
+//! neighbours off the CPU for more than a step (a 1 GiB copy in one go took
+//! 0.7-1 s here). A VM small enough for one step is saved at once, without
+//! being held.
 
 use super::*;
 use crate::snapshot::format::Pages;
 
-/// Pages copied a step: 8 MiB, a few milliseconds here.
+/// Pages copied a step at most: 8 MiB.
 pub(super) const SAVE_STEP_PAGES: usize = 2048;
+/// The longest a step copies: 2 ms (checked every [`SAVE_STEP_CHECK`] pages).
+pub(super) const SAVE_STEP_NS: u64 = 2_000_000;
+const SAVE_STEP_CHECK: usize = 128;
 
 /// A save under way.
 pub(super) struct Saving {
@@ -62,21 +67,31 @@ impl Core {
                 self.set_state(vm, VmState::Paused);
             }
         }
-        self.save_step(vm);
+        // Its first step now (all of a small VM), the next ones when due.
+        self.next_save_step_ns = 0;
+        self.drive_saves();
     }
 
-    /// One step of every save under way.
+    /// One step of every save under way, once the other VMs have had as
+    /// long as the last step took.
     pub(super) fn drive_saves(&mut self) {
+        let started_ns = monotonic_ns();
+        if started_ns < self.next_save_step_ns {
+            return;
+        }
         for vm in 0..self.slots.len() {
             if self.slots[vm].saving.is_some() {
                 self.save_step(vm);
             }
         }
+        let now_ns = monotonic_ns();
+        self.next_save_step_ns = now_ns + (now_ns - started_ns);
     }
 
     /// Every save under way, to its end (the run is ending).
     pub(super) fn finish_saves(&mut self) {
         while self.saving > 0 {
+            self.next_save_step_ns = 0;
             self.drive_saves();
         }
     }
@@ -85,9 +100,17 @@ impl Core {
     fn save_step(&mut self, vm: VmId) {
         let slot = &mut self.slots[vm];
         let Some(saving) = slot.saving.as_mut() else { return };
-        let end = (saving.next + SAVE_STEP_PAGES).min(saving.resident.len());
-        slot.runtime.machine.copy_pages_into(&saving.resident[saving.next..end], false, &mut saving.memory);
-        saving.next = end;
+        let step_started_ns = monotonic_ns();
+        let last = (saving.next + SAVE_STEP_PAGES).min(saving.resident.len());
+        while saving.next < last {
+            let end = (saving.next + SAVE_STEP_CHECK).min(last);
+            slot.runtime.machine.copy_pages_into(&saving.resident[saving.next..end], false, &mut saving.memory);
+            saving.next = end;
+            if monotonic_ns() - step_started_ns >= SAVE_STEP_NS {
+                break;
+            }
+        }
+        let end = saving.next;
         saving.steps += 1;
         if end < saving.resident.len() {
             return;
