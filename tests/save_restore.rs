@@ -229,9 +229,17 @@ fn a_snapshot_that_cannot_be_written_is_an_error_and_the_vm_runs_on() {
 #[test]
 fn a_version_1_file_kept_from_before_restores_and_counts_on() {
     // Written on 2026-12-07 by `snapshot t FILE` of a ticker with a unit of
-    // 20,000 iterations (`--args t=20000`); kept as it is, so that every
-    // later build must read this format version.
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-ticker.snap");
+    // 20,000 iterations (`--args t=20000`); kept byte for byte (as base64
+    // text in the repository), so that every later build must read this
+    // format version.
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-ticker.snap.b64"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.unwrap().split_whitespace().collect::<String>())
+        .expect("the golden file is base64");
+    let dir = tempfile::tempdir().unwrap();
+    let golden = dir.path().join("v1-ticker.snap");
+    std::fs::write(&golden, bytes).unwrap();
     let state = show_json(&golden);
     let saved = state["runtime"]["console"].as_str().expect("the console is kept");
     let last: u64 = saved.lines().last().and_then(|line| line.parse().ok()).expect("its last count");
