@@ -201,7 +201,8 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
     ("FILE.jsonl", "x.jsonl"),
     ("SCENARIO.toml", "assets/matrix.toml"),
     ("PATH", "x.elf"),
-    ("ADDR", "/tmp/x.sock"),
+    // Parsed only, never bound.
+    ("ADDR", "./in.sock"),
     ("FILE", "x.snap"),
     ("NAME", "neo"),
     ("DIR", "/tmp"),

@@ -173,10 +173,10 @@ fn wait_for_line(path: &Path, bound: Duration) -> String {
 fn stop_signals_end_the_terminal_ui_and_restore_the_terminal() {
     common::kvm();
     let dir = tempfile::tempdir().unwrap();
-    for round in 0..2 {
+    for _ in 0..2 {
         for sig in STOP_SIGNALS {
             let (command, pid, after) = tui_command(dir.path(), "run --vm s=spin --vm t=ticker", "");
-            let tmux = Tmux::start(&format!("edges-{round}-{sig}"), &command, 100, 30);
+            let tmux = Tmux::start(&command, 100, 30);
             tmux.wait_for(&["t running"]);
             let pid: libc::pid_t = wait_for_line(&pid, PATIENCE).trim().parse().unwrap();
             // SAFETY: kill with the pid the run wrote and a valid signal.
@@ -298,7 +298,7 @@ fn a_file_size_limit_cuts_the_trace_and_the_recording_at_a_whole_line() {
     let cast = dir.path().join("full.cast");
     let (command, _, after) =
         tui_command(dir.path(), &format!("run --vm chatty --duration 2s --record {}", cast.display()), "ulimit -f 8;");
-    let _tmux = Tmux::start("cast-limit", &command, 100, 30);
+    let _tmux = Tmux::start(&command, 100, 30);
     let after = wait_for_line(&after, PATIENCE);
     let err = text(&dir.path().join("err"));
     assert!(after.starts_with("status=4 icanon echo"), "{after} {err}");
@@ -318,7 +318,7 @@ fn the_recording_must_go_to_a_regular_file_and_its_errors_name_the_flag() {
         ("/no-such-dir/x.cast".into(), "--record /no-such-dir/x.cast: cannot record there: No such file"),
     ] {
         let (command, _, after) = tui_command(dir.path(), &format!("run --vm part1 --record {path}"), "");
-        let _tmux = Tmux::start("record", &command, 100, 30);
+        let _tmux = Tmux::start(&command, 100, 30);
         let after = wait_for_line(&after, PATIENCE);
         let err = text(&dir.path().join("err"));
         assert!(after.starts_with("status=2 icanon echo"), "{path}: {after} {err}");
@@ -535,7 +535,7 @@ fn a_panic_on_the_seccomped_core_thread_restores_the_terminal_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let (command, _, after) =
         tui_command(dir.path(), "run --vm s=spin --vm t=ticker", "MATRIX_TUI_TEST_CORE_PANIC_MS=1500");
-    let tmux = Tmux::start("core-panic", &command, 100, 30);
+    let tmux = Tmux::start(&command, 100, 30);
     let after = wait_for_line(&after, PATIENCE);
     assert_eq!(after.trim(), "status=1 icanon echo", "the terminal is back in cooked mode");
     assert!(!tmux.screen().contains("t running"), "the alternate screen is gone:\n{}", tmux.screen());
@@ -557,7 +557,7 @@ fn a_snapshot_the_ui_could_not_take_makes_the_status_4_and_says_why_as_headless(
     let dir = tempfile::tempdir().unwrap();
     let (command, _, after) =
         tui_command(dir.path(), "run --vm part1 --vm t=ticker", &format!("cd {} &&", dir.path().display()));
-    let tmux = Tmux::start("snapshot-refused", &command, 100, 30);
+    let tmux = Tmux::start(&command, 100, 30);
     tmux.wait_for(&["part1 halted"]);
     // part1 is selected: a halted VM has nothing to save.
     tmux.keys("S");

@@ -41,7 +41,7 @@ fn the_ui_shows_neo_and_morpheus_steers_them_and_restores_the_terminal() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("ui", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     // Shares are drawn once the first samples are in: wait for the bars too.
     tmux.wait_for(&["neo running", "morpheus running", "→ 70%", "→ 30%", "[0001] Neo:", "[0001] Morpheus:", "█"]);
     let screen = tmux.screen();
@@ -91,7 +91,7 @@ fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("step", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["part1 paused", "neo running"]);
     // Each `s` runs part1 to its next exit; the inspector opens on it.
     tmux.keys("s");
@@ -117,7 +117,7 @@ fn step_inspect_and_watch_the_timeline_in_the_real_binary() {
 #[test]
 fn the_preemption_lesson_ticks_every_step_as_its_panel_asks() {
     let command = format!("{} lesson preemption; sleep 60", binary().display());
-    let tmux = Tmux::start("lesson-preemption", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["lesson: Preemption", "→ Press t", "step 1 of 4", "io · 1ms"]);
     tmux.keys("t");
     tmux.wait_for(&["✓ Press t", "→ Press m", "step 2 of 4"]);
@@ -133,7 +133,7 @@ fn the_preemption_lesson_ticks_every_step_as_its_panel_asks() {
 #[test]
 fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
     let command = format!("{} lesson fractions; sleep 60", binary().display());
-    let tmux = Tmux::start("lesson-fractions", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["lesson: Fractions", "step 1 of 5"]);
     tmux.keys("t");
     // The share settles within 2 points of 70 % by itself.
@@ -152,7 +152,7 @@ fn the_fractions_lesson_ticks_every_step_as_its_panel_asks() {
 #[test]
 fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
     let command = format!("{} lesson modes; sleep 60", binary().display());
-    let tmux = Tmux::start("lesson-modes", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["lesson: CPU modes", "step 1 of 5"]);
     tmux.keys("e");
     tmux.wait_for(&["real mode · image 0x0..0x42 · entered at 0x0:0x0 (CS:IP)", "step 2 of 5"]);
@@ -189,7 +189,7 @@ fn the_modes_lesson_walks_one_guest_through_the_four_modes() {
 #[test]
 fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
     let command = format!("{} lesson interrupts; sleep 60", binary().display());
-    let tmux = Tmux::start("lesson-interrupts", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["lesson: Interrupts"]);
     // The sleeper sleeps, then five ticks come in on their own.
     tmux.wait_for(&["step 3 of 5", "sleeping"]);
@@ -225,7 +225,7 @@ fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
         cast.display(),
         done.display()
     );
-    let tmux = Tmux::start("record", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["→ 70%", "neo running"]);
     tmux.keys("+");
     tmux.wait_for(&["w75 → 75%"]);
@@ -259,7 +259,7 @@ fn a_recording_ended_by_a_stop_signal_ends_cleanly() {
             done.display(),
             pid = dir.path().join("pid").display(),
         );
-        let tmux = Tmux::start("record-signal", &command, 80, 24);
+        let tmux = Tmux::start(&command, 80, 24);
         tmux.wait_for(&["t running"]);
         let pid = wait_for_file(&dir.path().join("pid"));
         let status = Command::new("kill").args([&format!("-{signal}"), pid.trim()]).status().unwrap();
@@ -279,7 +279,7 @@ fn shift_s_saves_the_selected_vm_beside_the_run_and_it_runs_on() {
         binary().display(),
         after.display()
     );
-    let tmux = Tmux::start("snapshot", &command, 80, 24);
+    let tmux = Tmux::start(&command, 80, 24);
     tmux.wait_for(&["s running"]);
     tmux.keys("S");
     tmux.wait_for(&["[matrix] snapshot t-1.snap written"]);
@@ -329,7 +329,7 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
         binary().display(),
         socket.display()
     );
-    let tmux = Tmux::start("migration", &command, 160, 48);
+    let tmux = Tmux::start(&command, 160, 48);
     tmux.wait_for(&["neo running", "dirtier paused", "→ First, in another terminal, start the receiver"]);
     tmux.keys("S");
     tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ First, in another terminal"]);
@@ -367,7 +367,7 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
 fn a_resize_then_q_leaves_nothing_of_the_ui_on_the_screen() {
     for (width, height) in [(100, 30), (64, 18)] {
         let command = format!("{}; echo ended with $?; sleep 60", binary().display());
-        let tmux = Tmux::start("resize", &command, 80, 24);
+        let tmux = Tmux::start(&command, 80, 24);
         tmux.wait_for(&["neo running", "morpheus running"]);
         tmux.resize(width, height);
         // Drawn again at the new size: the footer is as wide as it allows.

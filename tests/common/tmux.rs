@@ -1,8 +1,8 @@
-//! The one tmux harness of the tests: every session runs on a tmux server of
-//! its own (`tmux -L` with a name unique to this process and session, and no
-//! user configuration), so that tests running at once, or two test runs on
-//! one machine, never see or end each other's sessions; the server is killed
-//! when the session is dropped, however the test ends.
+//! The one tmux harness of the tests: every terminal runs on a tmux server
+//! of its own (`tmux -L` with a name unique to this process and terminal,
+//! and no user configuration), so that tests running at once, or two test
+//! runs on one machine, never see or end each other's terminals; the server
+//! is killed when the terminal is dropped, however the test ends.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,12 +18,10 @@ pub struct Tmux {
 }
 
 impl Tmux {
-    /// Starts `command` in a terminal of `width` x `height`. `label` names
-    /// the server (with the process id and a counter) for a reader of `ps`.
-    pub fn start(label: &str, command: &str, width: u16, height: u16) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let server = format!("mtui-{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let tmux = Self { server };
+    /// Starts `command` in a terminal of `width` x `height`, on a server
+    /// named uniquely ([`unique_name`]).
+    pub fn start(command: &str, width: u16, height: u16) -> Self {
+        let tmux = Self { server: unique_name("mtui") };
         let output = tmux
             .command()
             .args(["new-session", "-d", "-s", "main", "-x", &width.to_string(), "-y", &height.to_string(), command])
@@ -34,7 +32,7 @@ impl Tmux {
         tmux
     }
 
-    /// A tmux command addressed to this session's server.
+    /// A tmux command addressed to this terminal's server.
     fn command(&self) -> Command {
         let mut command = Command::new("tmux");
         command.args(["-L", &self.server, "-f", "/dev/null"]);
