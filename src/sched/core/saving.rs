@@ -24,8 +24,11 @@ pub(super) struct Saving {
     /// The pages to copy (those the host ever backed), and how far it got.
     resident: Vec<u64>,
     next: usize,
-    /// The VM's state before it was held, to go back to.
+    /// The VM's state before the save, to go back to.
     before: VmState,
+    /// Its copy takes steps, so it is held still meanwhile; a VM of one
+    /// step's pages is copied whole at once, whatever that takes.
+    stepped: bool,
     started_ns: u64,
     steps: u32,
 }
@@ -59,13 +62,14 @@ impl Core {
         let resident = slot.runtime.machine.resident_pages();
         let memory = Pages::new(slot.runtime.machine.memory_size());
         let before = slot.state.clone();
-        slot.saving = Some(Box::new(Saving { path, state, memory, resident, next: 0, before, started_ns, steps: 0 }));
+        let stepped = resident.len() > SAVE_STEP_PAGES;
+        let saving = Saving { path, state, memory, resident, next: 0, before, stepped, started_ns, steps: 0 };
+        slot.saving = Some(Box::new(saving));
         self.saving += 1;
-        if self.slots[vm].saving.as_ref().is_some_and(|saving| saving.resident.len() > SAVE_STEP_PAGES) {
-            // Held still until its copy is whole: its memory must not change meanwhile.
-            if matches!(self.slots[vm].state, VmState::Running | VmState::Sleeping { .. } | VmState::Throttled { .. }) {
-                self.set_state(vm, VmState::Paused);
-            }
+        // Held still until its copy is whole: its memory must not change meanwhile.
+        let runs = matches!(slot.state, VmState::Running | VmState::Sleeping { .. } | VmState::Throttled { .. });
+        if stepped && runs {
+            self.set_state(vm, VmState::Paused);
         }
         // Its first step now (all of a small VM), the next ones when due.
         self.next_save_step_ns = 0;
@@ -106,7 +110,7 @@ impl Core {
             let end = (saving.next + SAVE_STEP_CHECK).min(last);
             slot.runtime.machine.copy_pages_into(&saving.resident[saving.next..end], false, &mut saving.memory);
             saving.next = end;
-            if monotonic_ns() - step_started_ns >= SAVE_STEP_NS {
+            if saving.stepped && monotonic_ns() - step_started_ns >= SAVE_STEP_NS {
                 break;
             }
         }
