@@ -177,35 +177,33 @@ fn format_quantum(micros: u64) -> String {
     if micros >= 1000 && micros % 1000 == 0 { format!("{}ms", micros / 1000) } else { format!("{micros}us") }
 }
 
-/// The keys the footer names, most needed first: how to quit and where
-/// the rest is listed always show; the others as the width allows, in
-/// this order on screen.
-const FOOTER_KEYS: [(u8, &str, &str); 9] = [
-    (2, "Tab", "select"),
-    (3, "+/-", "share"),
-    (4, "p", "pause"),
-    (5, "s", "step"),
-    (6, "e", "exits"),
-    (7, "t", "timeline"),
-    (8, "m", "policy"),
-    (1, "?", "help"),
-    (0, "q", "quit"),
+/// The keys the footer names, in their order on screen. The last
+/// [`FOOTER_ALWAYS`] (how to quit, where the rest is listed) always show;
+/// the others as the width allows.
+const FOOTER_KEYS: [(&str, &str); 9] = [
+    ("Tab", "select"),
+    ("+/-", "share"),
+    ("p", "pause"),
+    ("s", "step"),
+    ("e", "exits"),
+    ("t", "timeline"),
+    ("m", "policy"),
+    ("?", "help"),
+    ("q", "quit"),
 ];
+const FOOTER_ALWAYS: usize = 2;
 
 fn footer_line(width: u16) -> Line<'static> {
-    let cost = |(_, key, what): &(u8, &str, &str)| key.chars().count() + what.chars().count() + 3;
-    let mut by_need = FOOTER_KEYS;
-    by_need.sort_by_key(|(need, _, _)| *need);
-    let mut room = usize::from(width);
-    let mut shown = [false; FOOTER_KEYS.len()];
-    for item in by_need {
-        if cost(&item) <= room {
-            room -= cost(&item);
-            shown[FOOTER_KEYS.iter().position(|other| other.0 == item.0).unwrap_or(0)] = true;
-        }
-    }
+    let cost = |(key, what): &(&str, &str)| key.chars().count() + what.chars().count() + 3;
+    let (optional, always) = FOOTER_KEYS.split_at(FOOTER_KEYS.len() - FOOTER_ALWAYS);
+    let mut room = usize::from(width).saturating_sub(always.iter().map(cost).sum());
+    let fitting = optional.iter().filter(|item| {
+        let fits = cost(item) <= room;
+        room -= if fits { cost(item) } else { 0 };
+        fits
+    });
     let mut spans = Vec::new();
-    for (_, key, what) in FOOTER_KEYS.iter().zip(shown).filter(|(_, shown)| *shown).map(|(item, _)| *item) {
+    for (key, what) in fitting.chain(always) {
         spans.push(Span::styled(format!(" {key}"), Style::default().bold()));
         spans.push(Span::styled(format!(" {what} "), Style::default().fg(Color::DarkGray)));
     }
@@ -351,24 +349,26 @@ fn console_rows(line: &str, width: u16) -> Vec<String> {
     if !line.starts_with(crate::console::NOTE_PREFIX) || line.chars().count() <= usize::from(width) || width < 8 {
         return vec![line.to_string()];
     }
+    wrap_rows(line, width)
+}
+
+/// `text` in rows of `width`, the rows after the first indented, words
+/// (paths too) kept whole where they fit.
+fn wrap_rows(text: &str, width: u16) -> Vec<String> {
     let options = textwrap::Options::new(usize::from(width))
         .subsequent_indent("  ")
         .word_splitter(textwrap::WordSplitter::NoHyphenation);
-    textwrap::wrap(line, options).into_iter().map(|row| row.into_owned()).collect()
+    textwrap::wrap(text, options).into_iter().map(|row| row.into_owned()).collect()
 }
 
 fn console_paragraph(view: &VmView, width: u16, height: u16) -> Paragraph<'static> {
     let mut lines: Vec<Line<'static>> = Vec::new();
     if let VmState::Crashed { reason, registers } = &view.state {
         // The reason whole (it says what to do), at most half the pane.
-        let reason = format!("crashed: {reason}");
-        let options = textwrap::Options::new(usize::from(width.max(8)))
-            .subsequent_indent("  ")
-            .word_splitter(textwrap::WordSplitter::NoHyphenation);
-        let wrapped = textwrap::wrap(&reason, options);
+        let wrapped = wrap_rows(&format!("crashed: {reason}"), width.max(8));
         let keep = wrapped.len().min(usize::from(height / 2).max(1));
         for row in wrapped.into_iter().take(keep) {
-            lines.push(Line::styled(row.into_owned(), Style::default().fg(Color::Red).bold()));
+            lines.push(Line::styled(row, Style::default().fg(Color::Red).bold()));
         }
         lines.push(Line::styled(
             format!(

@@ -74,6 +74,7 @@ impl Core {
                     _ => (None, None),
                 };
                 let counters = slot.runtime.counters();
+                let (console, console_cut_bytes) = slot.runtime.console.report_history();
                 VmReport {
                     name: slot.config.name.clone(),
                     guest: slot.config.guest.clone(),
@@ -92,8 +93,8 @@ impl Core {
                     faults: counters.faults,
                     injected: counters.injected,
                     coalesced: counters.coalesced,
-                    console: String::from_utf8_lossy(slot.runtime.console.report_history().0).into_owned(),
-                    console_cut_bytes: slot.runtime.console.report_history().1,
+                    console: String::from_utf8_lossy(console).into_owned(),
+                    console_cut_bytes,
                     console_dropped: slot.console_dropped,
                     migration: slot.migration_report.clone(),
                 }
