@@ -1,12 +1,12 @@
 //! Per-VM counters: guest-caused exits by type (what HC_numExits and
 //! HC_numExitsByType report) and the host-side events kept apart from them.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Exits the guest's own instructions caused, by type (the kvm_stat view).
 /// Port I/O is counted by direction whether or not the port is a hypercall;
 /// `unknown_port` counts the misused or unknown ones among them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ExitCounts {
     /// `in` instructions.
     pub io_in: u64,
@@ -32,7 +32,7 @@ impl ExitCounts {
 }
 
 /// Everything counted for one VM.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct VmCounters {
     /// Guest-caused exits.
     pub exits: ExitCounts,

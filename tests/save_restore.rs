@@ -227,29 +227,44 @@ fn a_snapshot_that_cannot_be_written_is_an_error_and_the_vm_runs_on() {
 }
 
 #[test]
-fn a_version_1_file_kept_from_before_restores_and_counts_on() {
-    // Written on 2026-12-07 by `snapshot t FILE` of a ticker with a unit of
-    // 20,000 iterations (`--args t=20000`); kept byte for byte (as base64
-    // text in the repository), so that every later build must read this
-    // format version.
+fn every_golden_file_of_every_format_version_restores_and_counts_on() {
+    // tests/golden keeps, byte for byte (as base64 text), a file of every
+    // format version this project wrote: each is `snapshot t FILE` of a
+    // ticker with a unit of 20,000 iterations (`--args t=20000`), written on
+    // 2026-12-07 by the build of its day. Every later build must read them.
     use base64::Engine as _;
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-ticker.snap.b64"));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.unwrap().split_whitespace().collect::<String>())
-        .expect("the golden file is base64");
+    use matrix_tui::snapshot::format::{FORMAT_MAJOR, FORMAT_MINOR};
+    let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let dir = tempfile::tempdir().unwrap();
-    let golden = dir.path().join("v1-ticker.snap");
-    std::fs::write(&golden, bytes).unwrap();
-    let state = show_json(&golden);
-    let saved = state["runtime"]["console"].as_str().expect("the console is kept");
-    let last: u64 = saved.lines().last().and_then(|line| line.parse().ok()).expect("its last count");
-    let guest = format!("t=snapshot:{}", golden.display());
-    let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
-    assert_eq!(status, 0, "{stderr}");
-    let counts: Vec<u64> = guest_lines(&stdout, "t").iter().filter_map(|line| line.parse().ok()).collect();
-    assert!(counts.len() > 3, "it counted on: {stdout}");
-    let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
-    assert_eq!(counts, expected, "no gap, no repeat after {last}");
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(&golden_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().trim_end_matches(".b64").to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.split_whitespace().collect::<String>())
+            .unwrap_or_else(|error| panic!("{name} is not base64: {error}"));
+        let golden = dir.path().join(&name);
+        std::fs::write(&golden, bytes).unwrap();
+        let (status, shown, stderr) = run(&["snapshot", "show", golden.to_str().unwrap()]);
+        assert_eq!(status, 0, "{name}: {stderr}");
+        let version = shown.split("file format ").nth(1).and_then(|rest| rest.lines().next()).unwrap().to_string();
+        versions.push(version);
+        let state = show_json(&golden);
+        let saved = state["runtime"]["console"].as_str().expect("the console is kept");
+        let last: u64 = saved.lines().last().and_then(|line| line.parse().ok()).expect("its last count");
+        let guest = format!("t=snapshot:{}", golden.display());
+        let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
+        assert_eq!(status, 0, "{name}: {stderr}");
+        let counts: Vec<u64> = guest_lines(&stdout, "t").iter().filter_map(|line| line.parse().ok()).collect();
+        assert!(counts.len() > 3, "{name} counted on: {stdout}");
+        let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
+        assert_eq!(counts, expected, "{name}: no gap, no repeat after {last}");
+    }
+    versions.sort();
+    let current = format!("{FORMAT_MAJOR}.{FORMAT_MINOR}");
+    assert!(versions.contains(&"1.0".to_string()), "{versions:?}");
+    assert!(versions.contains(&current), "a golden file of this build's version {current}: {versions:?}");
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub(super) fn run_snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
             machine: snapshot.machine.state.clone(),
             runtime: snapshot.runtime.clone(),
         };
-        format!("{}\n", serde_json::to_string_pretty(&whole).expect("a snapshot state serializes"))
+        format!("{}\n", state::state_json(&whole))
     } else {
         let shown = crate::console::escape_input(file.as_os_str().as_encoded_bytes());
         format!("{shown}: {}", state::describe(&snapshot))

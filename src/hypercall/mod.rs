@@ -70,7 +70,7 @@ impl HypercallState {
 
 /// How far a VM's hypercalls have got: the part of their state that a
 /// snapshot carries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HypercallProgress {
     /// Calls of HC_numExitsByType so far (they pick the mailbox slot).
     pub mailbox_calls: u64,

@@ -32,7 +32,7 @@ pub struct VirtualTimer {
 }
 
 /// A timer as a snapshot keeps it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TimerState {
     /// The period, while it runs.
     pub period_us: Option<u32>,

@@ -5,20 +5,30 @@
 //!
 //! ```text
 //! magic        8 bytes   "MTXSNAP\0"
-//! version      u32 LE    FORMAT_VERSION
+//! major        u16 LE    FORMAT_MAJOR (2; version 1 files wrote a u32 1 here)
+//! minor        u16 LE    FORMAT_MINOR (0)
 //! flags        u32 LE    0
 //! state_len    u64 LE    bytes of the JSON state
 //! memory_size  u64 LE    guest memory in bytes (a multiple of 4 KiB)
 //! pages        u64 LE    pages stored
-//! checksum     u64 LE    FNV-1a 64 of everything after the header
-//! state        state_len bytes of UTF-8 JSON
+//! checksum     u64 LE    CRC-32 (IEEE) of everything after the header, in
+//!                        the low 32 bits (version 1: FNV-1a 64)
+//! state        state_len bytes of UTF-8 JSON (`super::schema`)
 //! pages        `pages` times: index u64 LE, then 4096 bytes
 //! ```
+//!
+//! The version rule: a reader reads every file of its own major version
+//! whose minor is not newer than its own (a minor adds only what older
+//! readers of the same major may skip), and every older major it knows:
+//! version 1 differs from 2.0 only in its checksum.
 
 /// The first bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"MTXSNAP\0";
-/// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format's major version this build writes: a file of another major
+/// is read only if this build knows it (1 and 2).
+pub const FORMAT_MAJOR: u16 = 2;
+/// The minor version this build writes; it reads any minor up to it.
+pub const FORMAT_MINOR: u16 = 0;
 /// Bytes of the header.
 pub const HEADER_SIZE: usize = 8 + 4 + 4 + 8 * 4;
 /// Bytes of a memory page.
@@ -30,6 +40,8 @@ pub const MAX_STATE: u64 = 16 << 20;
 /// (the others are zero), kept in the file's own bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
+    /// The format version the file was written in: (major, minor).
+    pub version: (u16, u16),
     /// The VM's state, as JSON text.
     pub state: String,
     /// Guest memory in bytes.
@@ -53,7 +65,8 @@ impl Decoded {
             file.extend_from_slice(page);
         }
         let indices = pages.iter().map(|(index, _)| index).collect();
-        Self { state, memory_size: pages.memory_size, indices, file, pages_at: 0 }
+        let version = (FORMAT_MAJOR, FORMAT_MINOR);
+        Self { version, state, memory_size: pages.memory_size, indices, file, pages_at: 0 }
     }
 
     /// The stored pages: (index, bytes).
@@ -86,14 +99,18 @@ pub enum FormatError {
     /// Not a snapshot at all.
     #[error("not a matrix-tui snapshot (it does not start with MTXSNAP)")]
     BadMagic,
-    /// Written by another format version.
+    /// Written in a format version this build cannot read.
     #[error(
-        "the snapshot is in format version {found}, and this matrix-tui reads version {FORMAT_VERSION}: \
-         take the snapshot again with this build"
+        "the snapshot is in format version {}.{}, and this matrix-tui reads versions 1 and 2.0 to \
+         {FORMAT_MAJOR}.{FORMAT_MINOR}: {}", found.0, found.1, if Self::is_newer(*found) {
+            "it was written by a later matrix-tui; restore it with that one"
+        } else {
+            "it is not a version any matrix-tui wrote"
+        }
     )]
     WrongVersion {
-        /// The version the file says.
-        found: u32,
+        /// The version the file says: (major, minor).
+        found: (u16, u16),
     },
     /// Header flags this build does not know (a later format's features).
     #[error(
@@ -138,17 +155,47 @@ pub enum FormatError {
     Trailing(usize),
 }
 
-/// FNV-1a, 64 bits: a checksum against damage, not against tampering.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    fnv1a_on(FNV_START, bytes)
+impl FormatError {
+    fn is_newer(found: (u16, u16)) -> bool {
+        found > (FORMAT_MAJOR, FORMAT_MINOR)
+    }
 }
 
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+/// The checksum a file's major version uses: against damage, not tampering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checksum {
+    /// Version 1's FNV-1a 64 (kept only to read those files).
+    Fnv1a64,
+    /// CRC-32 (IEEE), from version 2 on.
+    Crc32,
+}
 
-/// FNV-1a 64 of `bytes` following what gave `hash` (so a file's parts can
-/// be hashed as they are, without being put together first).
-fn fnv1a_on(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+impl Checksum {
+    /// Which one a file of `version` carries, if this build reads it.
+    fn of(version: (u16, u16)) -> Result<Self, FormatError> {
+        match version {
+            (1, 0) => Ok(Self::Fnv1a64),
+            // Always true while the minor is 0; the rule for when it is not.
+            #[allow(clippy::absurd_extreme_comparisons)]
+            (FORMAT_MAJOR, minor) if minor <= FORMAT_MINOR => Ok(Self::Crc32),
+            found => Err(FormatError::WrongVersion { found }),
+        }
+    }
+
+    /// The checksum of `parts`, one after another.
+    fn of_parts<'a>(self, parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        match self {
+            Self::Fnv1a64 => parts
+                .into_iter()
+                .flatten()
+                .fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)),
+            Self::Crc32 => {
+                let mut hasher = crc32fast::Hasher::new();
+                parts.into_iter().for_each(|part| hasher.update(part));
+                u64::from(hasher.finalize())
+            }
+        }
+    }
 }
 
 /// Guest memory with its zero pages left out: what a snapshot stores.
@@ -222,11 +269,12 @@ pub fn encoded_len(state: &str, pages: &Pages) -> usize {
 /// Writes the file [`encode`] makes to `out` as it goes, without making it
 /// in memory first: the checksum is taken over the parts where they are.
 pub fn encode_to(out: &mut impl std::io::Write, state: &str, pages: &Pages) -> std::io::Result<()> {
-    let checksum = pages
-        .iter()
-        .fold(fnv1a(state.as_bytes()), |hash, (index, page)| fnv1a_on(fnv1a_on(hash, &index.to_le_bytes()), page));
+    let indices: Vec<[u8; 8]> = pages.iter().map(|(index, _)| index.to_le_bytes()).collect();
+    let records = indices.iter().zip(pages.iter()).flat_map(|(index, (_, page))| [index.as_slice(), page]);
+    let checksum = Checksum::Crc32.of_parts(std::iter::once(state.as_bytes()).chain(records));
     out.write_all(MAGIC)?;
-    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    out.write_all(&FORMAT_MAJOR.to_le_bytes())?;
+    out.write_all(&FORMAT_MINOR.to_le_bytes())?;
     out.write_all(&0u32.to_le_bytes())?;
     for field in [state.len() as u64, pages.memory_size, pages.len() as u64, checksum] {
         out.write_all(&field.to_le_bytes())?;
@@ -248,13 +296,12 @@ pub fn decode(file: Vec<u8>, max_memory: u64) -> Result<Decoded, FormatError> {
     if file.len() < HEADER_SIZE {
         return Err(FormatError::Truncated("the header"));
     }
+    let u16_at = |at: usize| u16::from_le_bytes(file[at..at + 2].try_into().expect("2 bytes"));
     let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().expect("8 bytes"));
-    let found = u32_at(8);
-    if found != FORMAT_VERSION {
-        return Err(FormatError::WrongVersion { found });
-    }
-    // No flag is defined in version 1: any set one is a feature this build lacks.
+    let version = (u16_at(8), u16_at(10));
+    let checksum = Checksum::of(version)?;
+    // No flag is defined in versions 1 and 2.0: a set one is a feature this build lacks.
     let flags = u32_at(12);
     if flags != 0 {
         return Err(FormatError::UnknownFlags(flags));
@@ -282,7 +329,7 @@ pub fn decode(file: Vec<u8>, max_memory: u64) -> Result<Decoded, FormatError> {
     if body.len() as u64 > needed {
         return Err(FormatError::Trailing(body.len() - needed as usize));
     }
-    let found = fnv1a(body);
+    let found = checksum.of_parts([body]);
     if found != expected {
         return Err(FormatError::Checksum { expected, found });
     }
@@ -299,7 +346,7 @@ pub fn decode(file: Vec<u8>, max_memory: u64) -> Result<Decoded, FormatError> {
         indices.push(index);
     }
     let pages_at = HEADER_SIZE + state_len as usize;
-    Ok(Decoded { state, memory_size, indices, file, pages_at })
+    Ok(Decoded { version, state, memory_size, indices, file, pages_at })
 }
 
 #[cfg(test)]
@@ -318,6 +365,7 @@ mod tests {
         let file = encode(r#"{"name":"neo"}"#, &Pages::from_memory(&memory()));
         assert_eq!(file.len(), HEADER_SIZE + 14 + 2 * (8 + PAGE_SIZE));
         let decoded = decode(file, 1 << 30).unwrap();
+        assert_eq!(decoded.version, (FORMAT_MAJOR, FORMAT_MINOR));
         assert_eq!((decoded.state.as_str(), decoded.stored_pages()), (r#"{"name":"neo"}"#, 2));
         assert_eq!(decoded.memory(), memory());
         assert_eq!(decoded.pages().map(|(index, _)| index).collect::<Vec<_>>(), [0, 7]);
@@ -327,11 +375,18 @@ mod tests {
     fn damaged_files_are_refused_with_what_is_wrong() {
         let file = encode("{}", &Pages::from_memory(&memory()));
         assert_eq!(decode(b"ELF".to_vec(), 1 << 30), Err(FormatError::BadMagic));
-        let mut version = file.clone();
-        version[8] = 2;
-        let error = decode(version, 1 << 30).unwrap_err();
-        assert_eq!(error, FormatError::WrongVersion { found: 2 });
-        assert!(error.to_string().contains("this matrix-tui reads version 1"), "{error}");
+        for (bytes, found, why) in [
+            ([2, 0, 1, 0], (2, 1), "written by a later matrix-tui"),
+            ([3, 0, 0, 0], (3, 0), "written by a later matrix-tui"),
+            ([0, 0, 0, 0], (0, 0), "not a version any matrix-tui wrote"),
+            ([1, 0, 1, 0], (1, 1), "not a version any matrix-tui wrote"),
+        ] {
+            let mut version = file.clone();
+            version[8..12].copy_from_slice(&bytes);
+            let error = decode(version, 1 << 30).unwrap_err();
+            assert_eq!(error, FormatError::WrongVersion { found });
+            assert!(error.to_string().contains(why), "{error}");
+        }
         assert_eq!(decode(file[..HEADER_SIZE - 1].to_vec(), 1 << 30), Err(FormatError::Truncated("the header")));
         assert_eq!(decode(file[..file.len() - 1].to_vec(), 1 << 30), Err(FormatError::Truncated("the pages")));
         let mut flipped = file.clone();
@@ -350,9 +405,34 @@ mod tests {
         let second = HEADER_SIZE + 2 + 8 + PAGE_SIZE;
         for (index, error) in [(99u64, "past the end of memory"), (0, "twice")] {
             file[second..second + 8].copy_from_slice(&index.to_le_bytes());
-            let body_checksum = fnv1a(&file[HEADER_SIZE..]);
+            let body_checksum = Checksum::Crc32.of_parts([&file[HEADER_SIZE..]]);
             file[40..48].copy_from_slice(&body_checksum.to_le_bytes());
             assert_eq!(decode(file.clone(), 1 << 30), Err(FormatError::BadPage { index, why: error }));
         }
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_with_its_own_checksum() {
+        let file = encode("{}", &Pages::from_memory(&memory()));
+        let mut old = file.clone();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let fnv = Checksum::Fnv1a64.of_parts([&old[HEADER_SIZE..]]);
+        old[40..48].copy_from_slice(&fnv.to_le_bytes());
+        let decoded = decode(old.clone(), 1 << 30).unwrap();
+        assert_eq!((decoded.version, decoded.memory()), ((1, 0), memory()));
+        // Its checksum is not version 2's: the checksum follows the version.
+        old[8..12].copy_from_slice(&[2, 0, 0, 0]);
+        assert!(matches!(decode(old, 1 << 30), Err(FormatError::Checksum { .. })));
+        // A set flag is a later format's feature.
+        let mut flagged = file;
+        flagged[12] = 1;
+        assert_eq!(decode(flagged, 1 << 30), Err(FormatError::UnknownFlags(1)));
+    }
+
+    #[test]
+    fn the_checksums_are_the_published_ones() {
+        // CRC-32/ISO-HDLC and FNV-1a 64 of "123456789" (their check values).
+        assert_eq!(Checksum::Crc32.of_parts([b"1234".as_slice(), b"56789"]), 0xcbf4_3926);
+        assert_eq!(Checksum::Fnv1a64.of_parts([b"123456789".as_slice()]), 0x06d5_573923c6cdfc);
     }
 }

@@ -5,70 +5,12 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::format::{self, FormatError};
+pub use super::identity::VmIdentity;
+pub use super::running::{RuntimeState, SnapshotState};
 use crate::config::check_weight;
-use crate::hypercall::{HypercallProgress, PortMap};
-use crate::sched::virtual_timer::TimerState;
-use crate::stats::VmCounters;
+use crate::vm::SavedMachine;
 use crate::vm::layout::{MAX_MEMORY, SystemArea};
-use crate::vm::{MachineState, SavedMachine};
-
-/// One VM as a snapshot holds it (the JSON of the file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotState {
-    /// The VM as the run knew it.
-    pub vm: VmIdentity,
-    /// Its machine: mode, layout, vCPU.
-    pub machine: MachineState,
-    /// matrix-tui's own state of it.
-    pub runtime: RuntimeState,
-}
-
-/// The VM as the run that took the snapshot knew it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmIdentity {
-    /// Its name there.
-    pub name: String,
-    /// Its guest there (a built-in name or a path).
-    pub guest: String,
-    /// Its scheduling weight.
-    pub weight: f64,
-    /// Ports mapped to hypercalls: (port, call).
-    pub ports: Vec<(u16, String)>,
-    /// Show accesses to other ports.
-    pub show_ports: bool,
-}
-
-impl VmIdentity {
-    /// The port map these settings make.
-    pub fn port_map(&self) -> Result<PortMap, String> {
-        let mut map = PortMap::default();
-        map.show_unknown = self.show_ports;
-        for (port, call) in &self.ports {
-            map.map(*port, call)?;
-        }
-        Ok(map)
-    }
-}
-
-/// matrix-tui's own state of a VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuntimeState {
-    /// Exit and preemption counters (HC_numExits goes on from them).
-    pub counters: VmCounters,
-    /// Hypercall state between exits.
-    pub hypercalls: HypercallProgress,
-    /// The virtual timer.
-    pub timer: TimerState,
-    /// It was waiting in `hlt` for its next tick.
-    pub sleeping: bool,
-    /// The last of its console output (for the record; not printed again).
-    pub console: String,
-    /// Nanoseconds it had spent inside KVM_RUN.
-    pub cpu_ns: u64,
-}
 
 /// A snapshot read and checked, ready to be restored (any number of times:
 /// a restart restores it again).
@@ -107,8 +49,8 @@ impl Snapshot {
     /// Checks a state and memory that arrived some other way (a migration's
     /// frames, each already checked) as a file's would be.
     pub fn from_decoded(path: &str, decoded: format::Decoded) -> Result<Self, SnapshotError> {
-        let state: SnapshotState =
-            serde_json::from_str(&decoded.state).map_err(|error| SnapshotError::State(error.to_string()))?;
+        let state =
+            super::schema::from_json(&decoded.state).map_err(|error| SnapshotError::State(error.to_string()))?;
         Self::check(&state).map_err(SnapshotError::Unfit)?;
         let SnapshotState { vm, machine, runtime } = state;
         let machine = SavedMachine::new(machine, decoded).map_err(SnapshotError::Unfit)?;
@@ -140,7 +82,7 @@ pub fn encode(state: &SnapshotState, pages: &format::Pages) -> Vec<u8> {
 
 /// The state as the file holds it.
 pub fn state_json(state: &SnapshotState) -> String {
-    serde_json::to_string_pretty(state).expect("a snapshot state serializes")
+    super::schema::to_json(state)
 }
 
 /// A snapshot's contents described for people (`matrix-tui snapshot show`).
@@ -157,7 +99,7 @@ pub fn describe(snapshot: &Snapshot) -> String {
         None => "not running".to_string(),
     };
     format!(
-        "VM '{}' (guest {}, weight {}) in {} mode\n\
+        "VM '{}' (guest {}, weight {}) in {} mode, file format {}.{}\n\
          memory: {} KiB, {} pages stored (the other {} were zero)\n\
          rip=0x{:x} rsp=0x{:x} rflags=0x{:x} rax=0x{:x}\n\
          cr0=0x{:x} cr3=0x{:x} cr4=0x{:x} efer=0x{:x} cs=0x{:x}\n\
@@ -169,6 +111,8 @@ pub fn describe(snapshot: &Snapshot) -> String {
         crate::console::escape_input(&snapshot.vm.guest),
         snapshot.vm.weight,
         machine.mode.name(),
+        snapshot.machine.memory.version.0,
+        snapshot.machine.memory.version.1,
         machine.memory_size >> 10,
         decoded_pages,
         machine.memory_size / format::PAGE_SIZE as u64 - decoded_pages,

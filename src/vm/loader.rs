@@ -29,8 +29,7 @@ pub struct GuestLayout {
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
 /// What kind of image a file was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageKind {
     /// A static ELF64 executable.
     Elf,

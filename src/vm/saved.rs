@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::cpu_mode::CpuMode;
 use super::loader::ImageKind;
 use super::memory;
-use super::vcpu_state::VcpuState;
 use crate::snapshot::format::Decoded;
+use crate::snapshot::vcpu_record::VcpuState;
 
 /// What a machine is, apart from its memory: enough to make it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineState {
     /// The CPU mode it was started in (the vCPU may since have changed it).
     pub mode: CpuMode,
@@ -27,7 +25,7 @@ pub struct MachineState {
 }
 
 /// Where an image lies and where it was entered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageState {
     /// "elf" or "flat".
     pub kind: ImageKind,

@@ -1,6 +1,6 @@
-//! A vCPU's whole architectural state, as a snapshot keeps it: what KVM's
-//! save ioctls return, in plain serde types a student can read (registers by
-//! name) and the opaque parts (XSAVE area, pending events) as hex.
+//! Saving and restoring a vCPU's whole architectural state through KVM's
+//! ioctls, into and out of the snapshot format's record of it
+//! ([`crate::snapshot::vcpu_record`]).
 //!
 //! The order of the ioctls follows the KVM API: KVM_GET_MP_STATE first (it
 //! may complete pending APIC events and change the rest), KVM_SET_VCPU_EVENTS
@@ -8,56 +8,16 @@
 //! already describe). A port-I/O exit in progress must be completed before
 //! saving ([`super::Vcpu::complete_pending_exit`]).
 
+pub use crate::snapshot::vcpu_record::{
+    CpuidLeaf, DebugRegisters, DescriptorTable, ExtendedControl, GeneralRegisters, ModelSpecific, Segment,
+    SpecialRegisters, VcpuState,
+};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, kvm_cpuid_entry2, kvm_debugregs, kvm_dtable, kvm_mp_state,
     kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
-use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, IntoBytes};
-
-/// Everything KVM needs to bring a vCPU back exactly where it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VcpuState {
-    /// KVM_GET_MP_STATE (0: runnable, 3: halted).
-    pub mp_state: u32,
-    /// General registers (KVM_GET_REGS).
-    pub regs: GeneralRegisters,
-    /// Segments, descriptor tables, control registers (KVM_GET_SREGS).
-    pub sregs: SpecialRegisters,
-    /// x87, SSE and AVX state: KVM_GET_XSAVE's 4 KiB area in hex (MXCSR is
-    /// only here: KVM_GET_FPU leaves it out on some hosts).
-    pub xsave: String,
-    /// Extended control registers (XCR0: which XSAVE features are on).
-    pub xcrs: Vec<ExtendedControl>,
-    /// Debug registers (KVM_GET_DEBUGREGS).
-    pub debug: DebugRegisters,
-    /// Model-specific registers that the host let us read (KVM_GET_MSRS).
-    pub msrs: Vec<ModelSpecific>,
-    /// Pending exceptions, interrupts and NMIs (KVM_GET_VCPU_EVENTS), in hex.
-    pub events: String,
-    /// The CPUID the guest saw (KVM_GET_CPUID2), set again on restore so
-    /// that it sees the same CPU; empty in files saved before it was kept
-    /// (those get this host's).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cpuid: Vec<CpuidLeaf>,
-    /// Its TSC's frequency in kHz (KVM_GET_TSC_KHZ), where the host says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tsc_khz: Option<u32>,
-}
-
-/// One CPUID leaf as KVM holds it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct CpuidLeaf {
-    pub function: u32,
-    pub index: u32,
-    pub flags: u32,
-    pub eax: u32,
-    pub ebx: u32,
-    pub ecx: u32,
-    pub edx: u32,
-}
 
 impl From<&kvm_cpuid_entry2> for CpuidLeaf {
     fn from(entry: &kvm_cpuid_entry2) -> Self {
@@ -106,108 +66,6 @@ pub fn cpuid_differences(saved: &[CpuidLeaf], here: &[CpuidLeaf]) -> usize {
             found.is_none_or(|other| comparable(other) != comparable(leaf))
         })
         .count()
-}
-
-/// rax..r15, rip, rflags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct GeneralRegisters {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rsp: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    pub rip: u64,
-    pub rflags: u64,
-}
-
-/// One segment register with its hidden descriptor cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct Segment {
-    pub selector: u16,
-    pub base: u64,
-    pub limit: u32,
-    #[serde(rename = "type")]
-    pub kind: u8,
-    pub present: u8,
-    pub dpl: u8,
-    pub db: u8,
-    pub s: u8,
-    pub l: u8,
-    pub g: u8,
-    pub avl: u8,
-    pub unusable: u8,
-}
-
-/// GDTR or IDTR.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct DescriptorTable {
-    pub base: u64,
-    pub limit: u16,
-}
-
-/// What KVM_GET_SREGS returns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct SpecialRegisters {
-    pub cs: Segment,
-    pub ds: Segment,
-    pub es: Segment,
-    pub fs: Segment,
-    pub gs: Segment,
-    pub ss: Segment,
-    pub tr: Segment,
-    pub ldt: Segment,
-    pub gdt: DescriptorTable,
-    pub idt: DescriptorTable,
-    pub cr0: u64,
-    pub cr2: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub cr8: u64,
-    pub efer: u64,
-    pub apic_base: u64,
-    /// Interrupts queued for injection (one bit per vector).
-    pub interrupt_bitmap: [u64; 4],
-}
-
-/// One XCR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct ExtendedControl {
-    pub xcr: u32,
-    pub value: u64,
-}
-
-/// DR0-DR3, DR6, DR7.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct DebugRegisters {
-    pub db: [u64; 4],
-    pub dr6: u64,
-    pub dr7: u64,
-    pub flags: u64,
-}
-
-/// One MSR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct ModelSpecific {
-    pub index: u32,
-    pub value: u64,
 }
 
 /// A state KVM cannot take back.

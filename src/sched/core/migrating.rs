@@ -478,7 +478,7 @@ impl Core {
             Ok((machine, runtime, _)) => SnapshotState { vm: identity(&slot.config), machine, runtime },
             Err(error) => return self.abandon(vm, &error.to_string()),
         };
-        let json = serde_json::to_string(&saved).expect("a snapshot state serializes");
+        let json = crate::snapshot::state::state_json(&saved);
         let outgoing = slot.outgoing.as_mut().expect("migrating");
         if outgoing.link.try_send(Frame::State(json)).is_err() {
             return self.abandon(vm, "the link had no room for the state");
