@@ -138,29 +138,36 @@ pub(crate) enum Internal {
         /// The attempt whose link wrote it.
         attempt: u64,
     },
-    /// May a VM of this name and memory come in? Asked at its Hello, so
-    /// that a VM this run cannot take is refused before its pages are sent.
-    CheckArrival {
+    /// A VM would come in: unless this run cannot take it (its name, its
+    /// VM cap, its memory cap), make it now, arriving and blank, and hand
+    /// its memory to the link thread, which writes the pages into it as
+    /// they come. Asked at its Hello, so that the VM is made before the
+    /// sender's final pause and a VM this run cannot take is refused
+    /// before its pages are sent.
+    PrepareArrival {
         /// Its name.
         name: String,
         /// Its memory in bytes.
         memory_size: u64,
-        /// Ok, or why not.
-        reply: Reply<Result<(), String>>,
+        /// Where it comes from.
+        from: String,
+        /// Its id and memory, or why it may not come.
+        reply: Reply<Result<(VmId, ArrivalMemory), String>>,
     },
-    /// Add a VM that came in (arriving until [`Command::StartIncoming`]);
-    /// answered with its id or why it cannot be made.
-    AddVm {
-        /// The VM, its snapshot inside.
-        vm: IncomingVm,
-        /// The answer.
-        reply: Reply<Result<VmId, String>>,
+    /// The arriving VM's pages are all in its memory: it takes the state its
+    /// sender saved (checked as a snapshot file's), still arriving until
+    /// [`Internal::StartIncoming`]; answered once it has it.
+    ArrivalState {
+        /// The VM.
+        vm: VmId,
+        /// Its state.
+        state: Box<crate::snapshot::SnapshotState>,
         /// Rounds it came in.
         rounds: u32,
         /// Pages received.
         pages: u64,
-        /// Where it came from.
-        from: String,
+        /// Ok, or why it cannot take it.
+        reply: Reply<Result<(), String>>,
     },
     /// The sender gave up an incoming VM: run it, and report its downtime.
     StartIncoming {
@@ -174,7 +181,8 @@ pub(crate) enum Internal {
         report: Reply<u64>,
     },
     /// An incoming VM was made but will not be handed over: dropped when
-    /// the sender called the move off, else orphaned (held until adopted).
+    /// the sender keeps it for sure (the move ended before Ready, or the
+    /// sender called it off), else orphaned (held until adopted).
     IncomingOrphaned {
         /// The VM.
         vm: VmId,
@@ -222,13 +230,15 @@ impl<T> Reply<T> {
     }
 }
 
-/// A VM that came in by migration (equal to another of the same name).
+/// An arriving VM's memory, for the link thread to write its pages into
+/// (equal to another over the same mapping).
 #[derive(Debug, Clone)]
-pub struct IncomingVm(pub Box<crate::config::VmConfig>);
+pub struct ArrivalMemory(pub crate::vm::memory::GuestMemory);
 
-impl PartialEq for IncomingVm {
+impl PartialEq for ArrivalMemory {
     fn eq(&self, other: &Self) -> bool {
-        self.0.name == other.0.name
+        use vm_memory::{GuestAddress, GuestMemoryBackend as _};
+        self.0.get_host_address(GuestAddress(0)).ok() == other.0.get_host_address(GuestAddress(0)).ok()
     }
 }
 
@@ -333,8 +343,9 @@ pub enum VmState {
     /// Came in, but the sender went silent after Ready without its Go: it
     /// may still run there. Not runnable until `adopt NAME`.
     Orphaned,
-    /// Came in, but the sender called the move off after Ready: it runs
-    /// there, and this copy is dropped for good.
+    /// Was coming in, but the sender kept it (the move ended before Ready,
+    /// or the sender called it off after): it runs there, and this copy is
+    /// dropped for good.
     Dropped,
     /// Ended by a fault KVM reported.
     Crashed {

@@ -1,8 +1,9 @@
 //! The sockets of a migration, each on a thread of its own (the core thread
 //! may not touch sockets): the sender's link is a pipe between the core and
-//! the receiver, paced to the bandwidth cap; the receiver's listener takes
-//! one VM at a time, checks every frame, and asks the core to make the VM
-//! only once all of it has arrived whole.
+//! the receiver, paced to the bandwidth cap; the receiver's listener serves
+//! each incoming VM on a thread of its own, has the core make the VM blank
+//! at its Hello, writes the pages straight into its memory, checks every
+//! frame, and gives the core the VM's state once all of it has arrived.
 
 use crate::console::escape_input;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -15,12 +16,13 @@ use crossbeam_channel::Sender;
 
 use super::protocol::{Frame, MAX_PAGES_PER_FRAME, ProtocolError, VERSION, read_frame, write_frame};
 use super::secret::{self, Secret};
-use crate::config::VmConfig;
 use crate::debug::ListenAddress;
-use crate::event::{IncomingVm, Internal, Reply, VmId};
+use crate::event::{Internal, Reply, VmId};
 use crate::sched::Commander;
 use crate::snapshot::Snapshot;
-use crate::snapshot::format::{self, PAGE_SIZE, Pages};
+use crate::snapshot::format::PAGE_SIZE;
+use crate::vm::memory::GuestMemory;
+use vm_memory::{Bytes as _, GuestAddress};
 
 /// How long a peer may say nothing in the middle of a migration.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -311,85 +313,43 @@ impl Incoming {
             .or_else(|| {
                 (memory_size > self.max_memory)
                     .then(|| format!("{} MiB is more memory than this run takes", memory_size >> 20))
-            })
-            .or_else(|| {
-                // The core knows the VMs here: their names, their number, their memory.
-                let (reply, answer) = crossbeam_channel::bounded(1);
-                self.core.send(Internal::CheckArrival { name: name.clone(), memory_size, reply: Reply(reply) });
-                match answer.recv_timeout(PEER_TIMEOUT) {
-                    Ok(answer) => answer.err(),
-                    Err(_) => Some("this run did not answer in time".into()),
-                }
             });
-        if let Some(why) = refusal {
-            let why = crate::console::escape_input(&why);
-            self.send(&Frame::Refuse(why.clone()))?;
-            return Err(why);
-        }
-        self.send(&Frame::Accept)?;
-        self.core.send(Internal::Notice(format!(
-            "incoming migration from {}: VM '{name}', {} MiB",
-            self.peer,
-            memory_size >> 20
-        )));
-        let page_count = memory_size / PAGE_SIZE as u64;
-        let mut memory = vec![0u8; memory_size as usize];
-        let mut received_pages = vec![false; page_count as usize];
-        let (mut rounds, mut received) = (0u32, 0u64);
-        let json = loop {
-            match self.read()? {
-                Frame::Pages { round, pages } => {
-                    if pages.len() > MAX_PAGES_PER_FRAME {
-                        return Err("a Pages frame with too many pages".into());
-                    }
-                    for (index, page) in &pages {
-                        if *index >= page_count {
-                            return Err(format!("page {index} is past the end of its {page_count} pages"));
-                        }
-                        let at = *index as usize * PAGE_SIZE;
-                        memory[at..at + PAGE_SIZE].copy_from_slice(page);
-                        received_pages[*index as usize] = true;
-                    }
-                    rounds = rounds.max(round + 1);
-                    received += pages.len() as u64;
-                    self.send(&Frame::Ack { bytes: (pages.len() * PAGE_SIZE) as u64 })?;
-                }
-                Frame::State(json) => break json,
-                other => return Err(format!("a {} frame in the middle of the pages", other.name())),
+        // The core knows the VMs here (their names, number and memory) and
+        // makes the VM now, blank, so that making it costs the sender's
+        // final pause nothing.
+        let arrival = match refusal {
+            Some(why) => Err(why),
+            None => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                let from = self.peer.clone();
+                self.core.send(Internal::PrepareArrival { name: name.clone(), memory_size, from, reply: Reply(reply) });
+                answer.recv_timeout(PEER_TIMEOUT).unwrap_or_else(|_| Err("this run did not answer in time".into()))
             }
         };
-        // The VM is checked as a snapshot file's would be; only pages that
-        // came (and are not zero) are kept: the others are zero.
-        let mut pages = Pages::new(memory_size);
-        for (index, _) in received_pages.iter().enumerate().filter(|(_, came)| **came) {
-            let at = index * PAGE_SIZE;
-            pages.keep(index as u64, &memory[at..at + PAGE_SIZE]);
-        }
-        drop(memory);
-        let decoded = format::Decoded::from_pages(json, &pages);
-        let snapshot =
-            Snapshot::from_decoded(&format!("migration of {name}"), decoded).map_err(|error| error.to_string())?;
-        let mut config = VmConfig::new(name.clone(), snapshot.vm.guest.clone(), Arc::from(&[][..]));
-        config.weight = snapshot.vm.weight;
-        config.memory_size = memory_size;
-        config.layout.mode = snapshot.machine.state.mode;
-        config.ports = snapshot.vm.port_map()?;
-        config.paused = true;
-        config.snapshot = Some(Arc::new(snapshot));
-        let (reply, made) = crossbeam_channel::bounded(1);
-        self.core.send(Internal::AddVm {
-            vm: IncomingVm(Box::new(config)),
-            reply: Reply(reply),
-            rounds,
-            pages: received,
-            from: self.peer.clone(),
-        });
-        let vm = match made.recv_timeout(PEER_TIMEOUT) {
-            Ok(Ok(vm)) => vm,
-            Ok(Err(why)) => return Err(why),
-            Err(_) => return Err("this run did not make the VM in time".into()),
+        let (vm, memory) = match arrival {
+            Ok(made) => made,
+            Err(why) => {
+                let why = crate::console::escape_input(&why);
+                self.send(&Frame::Refuse(why.clone()))?;
+                return Err(why);
+            }
         };
-        self.names.lock().expect("names lock").push(name);
+        {
+            // Ids are places in the run: the name goes at the VM's own.
+            let mut names = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if names.len() <= vm {
+                names.resize(vm + 1, String::new());
+            }
+            names[vm] = name.clone();
+        }
+        // Until Ready the sender runs it: whatever ends the move before, the
+        // blank copy here goes.
+        let received = self.receive(vm, &name, memory_size, &memory.0);
+        drop(memory);
+        if let Err(why) = received {
+            self.core.send(Internal::IncomingOrphaned { vm, why: why.clone(), dropped: true });
+            return Err(why);
+        }
         self.send(&Frame::Ready)?;
         // From the Go on this side owns it. An Abandon says the sender runs
         // it on (this copy is dropped); silence or a broken link may mean
@@ -412,6 +372,52 @@ impl Incoming {
             let _ = self.send(&Frame::Started { downtime_ns });
         }
         Ok(())
+    }
+
+    /// Accepts the pages, written straight into the arriving VM's `memory`
+    /// (it runs nowhere here, so nothing else touches it), then its state,
+    /// checked as a snapshot file's, which the core gives the VM.
+    fn receive(&mut self, vm: VmId, name: &str, memory_size: u64, memory: &GuestMemory) -> Result<(), String> {
+        self.send(&Frame::Accept)?;
+        self.core.send(Internal::Notice(format!(
+            "incoming migration from {}: VM '{name}', {} MiB",
+            self.peer,
+            memory_size >> 20
+        )));
+        let page_count = memory_size / PAGE_SIZE as u64;
+        let (mut rounds, mut received) = (0u32, 0u64);
+        let json = loop {
+            match self.read()? {
+                Frame::Pages { round, pages } => {
+                    if pages.len() > MAX_PAGES_PER_FRAME {
+                        return Err("a Pages frame with too many pages".into());
+                    }
+                    for (index, page) in &pages {
+                        if *index >= page_count {
+                            return Err(format!("page {index} is past the end of its {page_count} pages"));
+                        }
+                        memory
+                            .write_slice(page, GuestAddress(index * PAGE_SIZE as u64))
+                            .map_err(|error| format!("page {index} could not be written: {error}"))?;
+                    }
+                    rounds = rounds.max(round + 1);
+                    received += pages.len() as u64;
+                    self.send(&Frame::Ack { bytes: (pages.len() * PAGE_SIZE) as u64 })?;
+                }
+                Frame::State(json) => break json,
+                other => return Err(format!("a {} frame in the middle of the pages", other.name())),
+            }
+        };
+        let state = Snapshot::checked_state(&json, memory_size).map_err(|error| error.to_string())?;
+        let (reply, taken) = crossbeam_channel::bounded(1);
+        self.core.send(Internal::ArrivalState {
+            vm,
+            state: Box::new(state),
+            rounds,
+            pages: received,
+            reply: Reply(reply),
+        });
+        taken.recv_timeout(PEER_TIMEOUT).unwrap_or_else(|_| Err("this run did not take the VM's state in time".into()))
     }
 
     /// The VM was made but the sender never said Go: it may still run there.

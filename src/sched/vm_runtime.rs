@@ -102,16 +102,7 @@ impl VmRuntime {
                 area.start(Structure::Mailbox)
             ));
         }
-        Ok(Self {
-            hypercalls: HypercallState::with_mailbox(machine.area.start(Structure::Mailbox)),
-            machine,
-            counters: VmCounters::default(),
-            console,
-            cpu_ns: 0,
-            ports,
-            timer: VirtualTimer::default(),
-            injection: None,
-        })
+        Ok(Self { console, ..Self::around(machine, ports) })
     }
 
     /// Brings back the VM `snapshot` saved (`spec` restores its machine),
@@ -125,15 +116,56 @@ impl VmRuntime {
         snapshot: &Snapshot,
         now_ns: u64,
     ) -> Result<Self, SetupError> {
-        let machine = Machine::new(kvm, spec)?;
-        let saved = &snapshot.runtime;
+        let mut runtime = Self::around(Machine::new(kvm, spec)?, ports);
+        runtime.resume(&snapshot.path, &snapshot.runtime, now_ns);
+        Ok(runtime)
+    }
+
+    /// A VM whose memory a migration writes as its pages come, before it
+    /// [takes its state](Self::take_arrival) (see [`Machine::blank`]).
+    pub fn arriving(kvm: &Kvm, memory_size: u64) -> Result<Self, SetupError> {
+        Ok(Self::around(Machine::blank(kvm, memory_size)?, PortMap::default()))
+    }
+
+    /// The arriving VM, its memory complete, takes the vCPU and the state
+    /// its sender saved (`from` names the move in its console).
+    pub fn take_arrival(
+        &mut self,
+        machine: &MachineState,
+        saved: &RuntimeState,
+        ports: PortMap,
+        from: &str,
+        now_ns: u64,
+    ) -> Result<(), SetupError> {
+        self.machine.take_state(machine)?;
+        self.ports = ports;
+        self.resume(from, saved, now_ns);
+        Ok(())
+    }
+
+    fn around(machine: Machine, ports: PortMap) -> Self {
+        Self {
+            hypercalls: HypercallState::with_mailbox(machine.area.start(Structure::Mailbox)),
+            machine,
+            counters: VmCounters::default(),
+            console: ConsoleOut::default(),
+            cpu_ns: 0,
+            ports,
+            timer: VirtualTimer::default(),
+            injection: None,
+        }
+    }
+
+    /// Takes the counters, hypercall state, timer and console `saved` (by
+    /// `source`, a path or a migration) kept, its machine already restored.
+    fn resume(&mut self, source: &str, saved: &RuntimeState, now_ns: u64) {
         let mut console = ConsoleOut::with_history(saved.console.as_bytes());
         console.note(format_args!(
             "restored from the snapshot {} after {} exits (its TSC, not saved, reads this host's: it may have jumped)",
-            crate::console::escape_input(&snapshot.path),
+            crate::console::escape_input(source),
             saved.counters.exits.total()
         ));
-        let notes = &machine.restore_notes;
+        let notes = &self.machine.restore_notes;
         if notes.cpuid_differs > 0 {
             console.note(format_args!(
                 "its saved CPUID differs from what this host's KVM offers in {} leaves: the guest sees the saved one",
@@ -150,16 +182,12 @@ impl VmRuntime {
             let refused: Vec<String> = notes.refused_msrs.iter().map(|index| format!("0x{index:x}")).collect();
             console.note(format_args!("this host's KVM refused MSRs {}; they were skipped", refused.join(", ")));
         }
-        Ok(Self {
-            hypercalls: HypercallState::resumed(machine.area.start(Structure::Mailbox), saved.hypercalls),
-            machine,
-            counters: saved.counters,
-            console,
-            cpu_ns: saved.cpu_ns,
-            ports,
-            timer: VirtualTimer::restore(&saved.timer, now_ns),
-            injection: None,
-        })
+        self.console = console;
+        self.hypercalls = HypercallState::resumed(self.machine.area.start(Structure::Mailbox), saved.hypercalls);
+        self.counters = saved.counters;
+        self.cpu_ns = saved.cpu_ns;
+        self.timer = VirtualTimer::restore(&saved.timer, now_ns);
+        self.injection = None;
     }
 
     /// Saves the VM at `now_ns` (between exits: the exit in progress is

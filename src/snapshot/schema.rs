@@ -231,6 +231,12 @@ pub fn to_json(state: &SnapshotState) -> String {
     serde_json::to_string_pretty(&FileState::from(state)).expect("a snapshot state serializes")
 }
 
+/// The same JSON without the spaces and newlines (a migration's State
+/// frame: it is encoded and parsed inside the VM's final pause).
+pub fn to_compact_json(state: &SnapshotState) -> String {
+    serde_json::to_string(&FileState::from(state)).expect("a snapshot state serializes")
+}
+
 /// The state a file's JSON holds.
 pub fn from_json(json: &str) -> Result<SnapshotState, serde_json::Error> {
     serde_json::from_str::<FileState>(json).map(SnapshotState::from)

@@ -49,12 +49,26 @@ impl Snapshot {
     /// Checks a state and memory that arrived some other way (a migration's
     /// frames, each already checked) as a file's would be.
     pub fn from_decoded(path: &str, decoded: format::Decoded) -> Result<Self, SnapshotError> {
-        let state =
-            super::schema::from_json(&decoded.state).map_err(|error| SnapshotError::State(error.to_string()))?;
-        Self::check(&state).map_err(SnapshotError::Unfit)?;
-        let SnapshotState { vm, machine, runtime } = state;
+        let SnapshotState { vm, machine, runtime } = Self::checked_state(&decoded.state, decoded.memory_size)?;
         let machine = SavedMachine::new(machine, decoded).map_err(SnapshotError::Unfit)?;
         Ok(Self { path: path.to_string(), vm, machine, runtime })
+    }
+
+    /// The state `json` holds, checked as a file's would be, for a VM of
+    /// `memory_size` bytes (a migration's, whose pages went straight into
+    /// the VM's memory).
+    pub fn checked_state(json: &str, memory_size: u64) -> Result<SnapshotState, SnapshotError> {
+        let state = super::schema::from_json(json).map_err(|error| SnapshotError::State(error.to_string()))?;
+        Self::check(&state).map_err(SnapshotError::Unfit)?;
+        if state.machine.memory_size != memory_size {
+            return Err(SnapshotError::Unfit(format!(
+                "its state says {} bytes of memory but it stores {memory_size}",
+                state.machine.memory_size
+            )));
+        }
+        crate::vm::memory::check_size(memory_size).map_err(|error| SnapshotError::Unfit(error.to_string()))?;
+        state.machine.vcpu.check().map_err(|error| SnapshotError::Unfit(error.to_string()))?;
+        Ok(state)
     }
 
     fn check(state: &SnapshotState) -> Result<(), String> {

@@ -418,15 +418,30 @@ pub(super) fn create_vm(
     timer.done("create the vCPU, map kvm_run", "KVM_CREATE_VCPU");
     let cpuid = supported_cpuid(kvm)?;
     setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
+    if GIVEN.get().is_none() {
+        let given = setup_ioctl("to read CPUID (KVM_GET_CPUID2)", || fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        let _ = GIVEN.set(given.as_slice().to_vec());
+    }
     timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
     Ok((vm, fd))
+}
+
+static SUPPORTED: OnceLock<CpuId> = OnceLock::new();
+
+/// The CPUID a vCPU of this process holds once made (KVM_GET_CPUID2 of the
+/// first): KVM fills in more than the supported list it was given.
+static GIVEN: OnceLock<Vec<kvm_bindings::kvm_cpuid_entry2>> = OnceLock::new();
+
+/// The CPUID every vCPU of this process holds once [`create_vm`] made it
+/// (empty before the first).
+pub(super) fn given_cpuid() -> &'static [kvm_bindings::kvm_cpuid_entry2] {
+    GIVEN.get().map_or(&[], Vec::as_slice)
 }
 
 /// The host's supported CPUID, asked of KVM once per process: it cannot
 /// change while we run, and asking costs about 0.6 ms here (every leaf is a
 /// trapped CPUID on this nested host), a third of setting up a small VM.
 fn supported_cpuid(kvm: &Kvm) -> Result<&'static CpuId, SetupError> {
-    static SUPPORTED: OnceLock<CpuId> = OnceLock::new();
     if let Some(cpuid) = SUPPORTED.get() {
         return Ok(cpuid);
     }

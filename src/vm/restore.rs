@@ -4,8 +4,9 @@
 use kvm_ioctls::Kvm;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
+use super::cpu_mode::CpuMode;
 use super::layout::SystemArea;
-use super::loader::LoadedImage;
+use super::loader::{ImageKind, LoadedImage};
 use super::machine::{Machine, SetupError, SetupTimer, Vcpu, create_vm};
 use super::memory;
 use super::saved::{ImageState, MachineState, SavedMachine};
@@ -90,34 +91,62 @@ impl Machine {
     /// state in the order the KVM API asks. MSRs the host refuses are
     /// skipped and listed in [`Machine::refused_msrs`].
     pub(super) fn restore(kvm: &Kvm, saved: &SavedMachine) -> Result<Self, SetupError> {
-        let state = &saved.state;
-        let memory_size = memory::check_size(state.memory_size)?;
+        let mut machine = Self::blank(kvm, saved.state.memory_size)?;
         let mut timer = SetupTimer::default();
-        let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
-        timer.done("allocate guest memory", "mmap");
         for (index, page) in saved.memory.pages() {
-            memory
+            machine
+                .memory
                 .write_slice(page, GuestAddress(index * PAGE_SIZE as u64))
                 .map_err(|error| SetupError::Memory(std::io::Error::other(error.to_string())))?;
         }
         timer.done("copy the snapshot's pages in", "memory writes");
+        machine.setup.extend(timer.steps);
+        machine.take_state(&saved.state)?;
+        Ok(machine)
+    }
+
+    /// A VM with `memory_size` bytes of zeroed memory and a vCPU with the
+    /// host's CPUID, in no state yet: what a migration's pages are written
+    /// into as they come, before [`Self::take_state`] gives it its vCPU.
+    pub fn blank(kvm: &Kvm, memory_size: u64) -> Result<Self, SetupError> {
+        let memory_size = memory::check_size(memory_size)?;
+        let mut timer = SetupTimer::default();
+        let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
+        timer.done("allocate guest memory", "mmap");
         let (vm, fd) = create_vm(kvm, &memory, memory_size, &mut timer)?;
-        let notes = state.vcpu.restore(&fd)?;
-        timer.done(
-            "restore the vCPU's state",
-            "KVM_SET_CPUID2, _TSC_KHZ, _MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",
-        );
-        let image = &state.image;
         Ok(Self {
             vcpu: Vcpu::new(kvm, fd),
             _vm: vm,
             memory,
             memory_size,
-            mode: state.mode,
-            area: SystemArea { shift: state.structures_shift },
-            image: LoadedImage { entry: image.entry, kind: image.kind, span: image.start..image.end },
+            mode: CpuMode::Long,
+            area: SystemArea { shift: 0 },
+            image: LoadedImage { entry: 0, kind: ImageKind::Flat, span: 0..0 },
             setup: timer.steps,
-            restore_notes: notes,
+            restore_notes: Default::default(),
         })
+    }
+
+    /// Gives this machine (its memory already the saved one's) the saved
+    /// vCPU, mode and layout of `state`.
+    pub fn take_state(&mut self, state: &MachineState) -> Result<(), SetupError> {
+        if state.memory_size != self.memory_size {
+            return Err(SetupError::Memory(std::io::Error::other(format!(
+                "the saved machine has {} bytes of memory, this one {}",
+                state.memory_size, self.memory_size
+            ))));
+        }
+        let mut timer = SetupTimer::default();
+        self.restore_notes = state.vcpu.restore(self.vcpu.fd(), super::machine::given_cpuid())?;
+        timer.done(
+            "restore the vCPU's state",
+            "KVM_SET_CPUID2, _TSC_KHZ, _MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",
+        );
+        self.setup.extend(timer.steps);
+        let image = &state.image;
+        self.mode = state.mode;
+        self.area = SystemArea { shift: state.structures_shift };
+        self.image = LoadedImage { entry: image.entry, kind: image.kind, span: image.start..image.end };
+        Ok(())
     }
 }

@@ -125,11 +125,11 @@ impl Core {
             Internal::Migrate { .. } => {}
             Internal::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
             Internal::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
-            Internal::CheckArrival { name, memory_size, reply } => {
-                reply.send(self.arrival_refusal(&name, memory_size).map_or(Ok(()), Err));
+            Internal::PrepareArrival { name, memory_size, from, reply } => {
+                reply.send(self.prepare_arrival(name, memory_size, from));
             }
-            Internal::AddVm { vm, reply, rounds, pages, from } => {
-                reply.send(self.add_vm(*vm.0, rounds, pages, from));
+            Internal::ArrivalState { vm, state, rounds, pages, reply } => {
+                reply.send(self.arrival_state(vm, *state, rounds, pages));
             }
             Internal::StartIncoming { vm, last_slice_ns, paused, report } => {
                 self.start_incoming(vm, last_slice_ns, paused, report)
@@ -152,6 +152,16 @@ impl Core {
     }
 
     pub(super) fn restart(&mut self, vm: VmId) {
+        if self.slots[vm].config.image.is_empty() && self.slots[vm].config.snapshot.is_none() {
+            self.note(
+                vm,
+                format_args!(
+                    "restart refused: it came by migration, so there is no image or snapshot here to start it \
+                     from again; snapshot it and restore that file instead"
+                ),
+            );
+            return;
+        }
         // What the old VM printed still goes out, before its new life starts.
         self.queue_console(vm);
         let slot = &mut self.slots[vm];

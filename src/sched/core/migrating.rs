@@ -6,10 +6,12 @@
 //! KVM.
 
 use super::*;
+use crate::event::ArrivalMemory;
 use crate::migration::MigrationSettings;
 use crate::migration::ownership::{self, Holding, Request};
 use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
 use crate::report::{MigrationReport, RoundReport, RoundsEnd};
+use crate::snapshot::SnapshotState;
 use crate::snapshot::format::PAGE_SIZE;
 use crate::vm::layout::Structure;
 
@@ -297,12 +299,13 @@ impl Core {
                     break;
                 }
                 let outgoing = self.slots[vm].outgoing.as_ref().expect("checked");
-                let round_done = outgoing.pending.is_empty()
-                    && outgoing.held.is_none()
-                    && outgoing.acked_bytes >= outgoing.sent_bytes;
-                match (outgoing.phase, round_done) {
-                    (Phase::Rounds, true) => self.end_round(vm, settings),
-                    (Phase::Last, true) => self.send_state(vm),
+                let all_sent = outgoing.pending.is_empty() && outgoing.held.is_none();
+                // A round ends when the receiver has every page (its time
+                // measures the link); the last needs no wait: the state
+                // follows its pages on the same ordered stream.
+                match (outgoing.phase, all_sent, outgoing.acked_bytes >= outgoing.sent_bytes) {
+                    (Phase::Rounds, true, true) => self.end_round(vm, settings),
+                    (Phase::Last, true, _) => self.send_state(vm),
                     _ => break,
                 }
             }
@@ -474,11 +477,12 @@ impl Core {
         let slot = &mut self.slots[vm];
         let sleeping =
             matches!(slot.outgoing.as_ref().and_then(|o| o.before_pause.as_ref()), Some(VmState::Sleeping { .. }));
-        let saved = match slot.runtime.save(&self.kvm, now_ns, sleeping) {
-            Ok((machine, runtime, _)) => SnapshotState { vm: identity(&slot.config), machine, runtime },
+        // Its memory went in the rounds: only the vCPU's and the run's state now.
+        let saved = match slot.runtime.save_state(&self.kvm, now_ns, sleeping) {
+            Ok((machine, runtime)) => SnapshotState { vm: identity(&slot.config), machine, runtime },
             Err(error) => return self.abandon(vm, &error.to_string()),
         };
-        let json = crate::snapshot::state::state_json(&saved);
+        let json = crate::snapshot::schema::to_compact_json(&saved);
         let outgoing = slot.outgoing.as_mut().expect("migrating");
         if outgoing.link.try_send(Frame::State(json)).is_err() {
             return self.abandon(vm, "the link had no room for the state");
@@ -486,7 +490,6 @@ impl Core {
         outgoing.phase = Phase::Ready;
     }
 
-    /// A VM came in: made paused, shown to the front ends, run on its Go.
     /// Why a VM of `name` and `memory_size` may not come in, if it may not:
     /// its name is a VM's here (one that moved away or was dropped frees
     /// its name), or it would take the run past its VM cap or its memory cap.
@@ -511,39 +514,84 @@ impl Core {
         }
     }
 
-    pub(super) fn add_vm(&mut self, config: VmConfig, rounds: u32, pages: u64, from: String) -> Result<VmId, String> {
-        let name = config.name.clone();
-        if let Some(why) = self.arrival_refusal(&name, config.memory_size) {
+    /// A VM would come in: made now, blank and arriving, so that making it
+    /// is not part of the sender's final pause; its memory goes to the link
+    /// thread, which writes the pages into it as they come.
+    pub(super) fn prepare_arrival(
+        &mut self,
+        name: String,
+        memory_size: u64,
+        from: String,
+    ) -> Result<(VmId, ArrivalMemory), String> {
+        if let Some(why) = self.arrival_refusal(&name, memory_size) {
             return Err(why);
         }
-        let memory_pages = config.memory_size / PAGE_SIZE as u64;
-        let mut slot = Slot::new(&self.kvm, config).map_err(|error| error.to_string())?;
-        // Held until the sender's Go: the sender may still run it.
-        slot.state = VmState::Arriving;
+        let mut config = VmConfig::new(name.clone(), format!("(arriving from {from})"), Arc::from(&[][..]));
+        config.memory_size = memory_size;
+        config.paused = true;
+        let slot = Slot::arriving(&self.kvm, config).map_err(|error| error.to_string())?;
+        let memory = ArrivalMemory(slot.runtime.machine.memory.clone());
         let vm = self.slots.len();
         self.slots.push(slot);
-        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
-        self.slots[vm].runtime.console.restamp_pending(t_ns);
         self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
         self.outbox.push_back(Event::Added { vm, name });
-        self.slots[vm].migration_report = Some(MigrationReport {
-            direction: "in",
-            peer: from,
-            round_count: rounds,
-            pages,
-            memory_pages,
-            ..Default::default()
-        });
+        let memory_pages = memory_size / PAGE_SIZE as u64;
+        self.slots[vm].migration_report =
+            Some(MigrationReport { direction: "in", peer: from.clone(), memory_pages, ..Default::default() });
+        self.note(
+            vm,
+            format_args!("arriving from {from}: {} KiB of memory, its pages go straight in", memory_size >> 10),
+        );
+        self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
+        self.outbox.push_back(Event::Settings(self.settings()));
+        Ok((vm, memory))
+    }
+
+    /// The arriving VM's pages are in: it takes its sender's state (already
+    /// checked as a snapshot file's), and waits for the Go.
+    pub(super) fn arrival_state(
+        &mut self,
+        vm: VmId,
+        state: SnapshotState,
+        rounds: u32,
+        pages: u64,
+    ) -> Result<(), String> {
+        let Some(slot) = self.slots.get_mut(vm) else { return Err("the VM is gone".into()) };
+        if slot.state != VmState::Arriving || slot.arrived {
+            return Err("the VM is no longer waiting for its state".into());
+        }
+        let SnapshotState { vm: identity, machine, runtime } = state;
+        let ports = identity.port_map()?;
+        // What it said while arriving goes out before its console becomes
+        // the sender's (kept for the record there).
+        self.queue_console(vm);
+        let slot = &mut self.slots[vm];
+        let source = format!("migration of {}", slot.config.name);
+        slot.runtime
+            .take_arrival(&machine, &runtime, ports.clone(), &source, monotonic_ns())
+            .map_err(|error| error.to_string())?;
+        slot.arrived = true;
+        slot.config.guest = identity.guest;
+        slot.config.weight = identity.weight;
+        slot.config.ports = ports;
+        slot.config.layout.mode = machine.mode;
+        let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+        slot.runtime.console.restamp_pending(t_ns);
+        if let Some(report) = &mut slot.migration_report {
+            report.round_count = rounds;
+            report.pages = pages;
+        }
+        let memory_pages = machine.memory_size / PAGE_SIZE as u64;
+        self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
         self.note(
             vm,
             format_args!(
                 "came in by migration: {rounds} rounds, {pages} pages received for {memory_pages} pages of memory"
             ),
         );
-        self.outbox.push_back(Event::State { vm, state: self.slots[vm].state.clone() });
         self.outbox.push_back(Event::Settings(self.settings()));
         self.announce_setup(vm);
-        Ok(vm)
+        Ok(())
     }
 
     /// The sender said Go: the VM runs here from now on.
@@ -555,7 +603,9 @@ impl Core {
         report: crate::event::Reply<u64>,
     ) {
         let Some(slot) = self.slots.get_mut(vm) else { return };
-        if slot.state != VmState::Arriving {
+        // A Go before its state would run a blank machine: the link never
+        // sends one (Ready follows the state), and nothing else may.
+        if slot.state != VmState::Arriving || !slot.arrived {
             return;
         }
         if paused {
@@ -569,7 +619,8 @@ impl Core {
     }
 
     /// An arriving VM that will not be handed over: `dropped` when the
-    /// sender called the move off (it runs there: this copy goes), else
+    /// sender keeps it for sure (the move ended before Ready, or the sender
+    /// called it off after: it runs there, and this copy goes), else
     /// orphaned (the sender went silent: it may still run there; held
     /// until `adopt`).
     pub(super) fn incoming_ended(&mut self, vm: VmId, why: &str, dropped: bool) {
@@ -578,7 +629,7 @@ impl Core {
         }
         let why = crate::console::escape_bounded(why, crate::console::REASON_LIMIT);
         if dropped {
-            self.note(vm, format_args!("the sender called the move off ({why}): it runs there; this copy is dropped"));
+            self.note(vm, format_args!("not handed over ({why}): the sender keeps it; this copy is dropped"));
             self.set_state(vm, VmState::Dropped);
         } else {
             self.note(

@@ -126,6 +126,9 @@ struct Slot {
     last_slice_ns: u64,
     /// Its live migration, for the report.
     migration_report: Option<crate::report::MigrationReport>,
+    /// Arriving by migration, it has taken its sender's state: the Go may
+    /// run it.
+    arrived: bool,
 }
 
 impl Slot {
@@ -153,7 +156,19 @@ impl Slot {
             }
             Err(source) => return Err(failed(source)),
         };
-        Ok(Self {
+        Ok(Self::around(config, runtime, state))
+    }
+
+    /// A VM coming in by migration: blank until its state comes, arriving.
+    fn arriving(kvm: &Kvm, config: VmConfig) -> Result<Self, VmSetupError> {
+        match VmRuntime::arriving(kvm, config.memory_size) {
+            Ok(runtime) => Ok(Self::around(config, runtime, VmState::Arriving)),
+            Err(source) => Err(VmSetupError { name: config.name.clone(), guest: config.guest.clone(), source }),
+        }
+    }
+
+    fn around(config: VmConfig, runtime: VmRuntime, state: VmState) -> Self {
+        Self {
             config,
             runtime,
             console_dropped: 0,
@@ -170,7 +185,8 @@ impl Slot {
             incoming: None,
             last_slice_ns: 0,
             migration_report: None,
-        })
+            arrived: false,
+        }
     }
 
     /// What the planner needs of it.
