@@ -237,6 +237,29 @@ impl Debugged {
         }
     }
 
+    /// Puts the guest's own bytes back under the int3s in `pages`, copies
+    /// of guest pages (index, bytes): a migration's rounds send them, and a
+    /// breakpoint's byte never leaves the host.
+    pub fn hide_in_pages<'p, T: Translate>(
+        &self,
+        memory: &GuestView<'_, T>,
+        pages: impl Iterator<Item = (u64, &'p mut [u8])>,
+    ) {
+        let hidden: Vec<(u64, u8)> = (self.breakpoints.iter())
+            .filter_map(|breakpoint| Some((memory.physical(breakpoint.address).ok()?, breakpoint.original?)))
+            .collect();
+        if hidden.is_empty() {
+            return;
+        }
+        for (index, page) in pages {
+            for &(physical, original) in &hidden {
+                if physical / page.len() as u64 == index {
+                    page[(physical % page.len() as u64) as usize] = original;
+                }
+            }
+        }
+    }
+
     /// Hides the int3 bytes in memory gdb reads at `address`.
     pub fn unpatch(&self, address: u64, bytes: &mut [u8]) {
         for breakpoint in &self.breakpoints {
@@ -386,6 +409,13 @@ mod tests {
         let mut read = [0x90, INT3, 0xc3];
         debug.unpatch(0x10000, &mut read);
         assert_eq!(read, [0x90, 0x55, 0xc3]);
+        // A copy of its page for a migration's round shows the guest's byte.
+        let mut copy = [[0u8; 4096]; 2];
+        mem.read_slice(&mut copy[1], GuestAddress(0x10000)).unwrap();
+        let pages = copy.iter_mut().zip([0x0f, 0x10]).map(|(page, index)| (index, page.as_mut_slice()));
+        debug.hide_in_pages(&view(&mem), pages);
+        assert_eq!((copy[1][..3].to_vec(), copy[0][1]), (vec![0x90, 0x55, 0xc3], 0));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10001)).unwrap(), INT3, "memory keeps the int3");
         // Around a save the guest's byte is back, then the int3 again.
         debug.lift_breakpoints(true, &view(&mem));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10001)).unwrap(), 0x55);

@@ -117,7 +117,8 @@ impl VmRuntime {
         now_ns: u64,
     ) -> Result<Self, SetupError> {
         let mut runtime = Self::around(Machine::new(kvm, spec)?, ports);
-        runtime.resume(&snapshot.path, &snapshot.runtime, now_ns);
+        let source = format!("the snapshot {}", crate::console::escape_input(&snapshot.path));
+        runtime.resume(&source, &snapshot.runtime, now_ns);
         Ok(runtime)
     }
 
@@ -128,7 +129,7 @@ impl VmRuntime {
     }
 
     /// The arriving VM, its memory complete, takes the vCPU and the state
-    /// its sender saved (`from` names the move in its console).
+    /// its sender saved (`from` says where from, for its console).
     pub fn take_arrival(
         &mut self,
         machine: &MachineState,
@@ -156,13 +157,12 @@ impl VmRuntime {
         }
     }
 
-    /// Takes the counters, hypercall state, timer and console `saved` (by
-    /// `source`, a path or a migration) kept, its machine already restored.
+    /// Takes the counters, hypercall state, timer and console `saved` kept,
+    /// its machine already restored; `source` says from what, for people.
     fn resume(&mut self, source: &str, saved: &RuntimeState, now_ns: u64) {
         let mut console = ConsoleOut::with_history(saved.console.as_bytes());
         console.note(format_args!(
-            "restored from the snapshot {} after {} exits (its TSC, not saved, reads this host's: it may have jumped)",
-            crate::console::escape_input(source),
+            "restored from {source} after {} exits (its TSC, not saved, reads this host's: it may have jumped)",
             saved.counters.exits.total()
         ));
         let notes = &self.machine.restore_notes;

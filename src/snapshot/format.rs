@@ -252,6 +252,11 @@ impl Pages {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.indices.iter().copied().zip(self.data.chunks_exact(PAGE_SIZE))
     }
+
+    /// The pages kept, to change: (index, bytes).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut [u8])> + '_ {
+        self.indices.iter().copied().zip(self.data.chunks_exact_mut(PAGE_SIZE))
+    }
 }
 
 /// Encodes `state` (JSON) and the non-zero `pages` of the VM's memory.

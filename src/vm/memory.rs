@@ -1,12 +1,17 @@
 //! Guest memory: one anonymous mapping per VM, sized and checked here. Every
-//! guest access in the project goes through vm-memory's bounds-checked calls.
+//! guest access in the project goes through vm-memory's bounds-checked calls,
+//! and every write the hypervisor makes through them (the mailbox, a
+//! hypercall's result, a debugger's bytes) sets the page's bit in the
+//! region's dirty bitmap: KVM's dirty log sees only the guest's own writes,
+//! and a migration must send both (as Firecracker tracks them).
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap, MmapRegion};
 
 use super::layout::{MAX_MEMORY, MIN_MEMORY, PAGE_2M};
 
 /// The guest memory type every VM uses.
-pub type GuestMemory = GuestMemoryMmap<()>;
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
 
 /// A guest memory size that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +45,22 @@ pub fn allocate(bytes: u64) -> std::io::Result<GuestMemory> {
         .map_err(|error| std::io::Error::other(format!("cannot map {bytes} bytes of guest memory: {error}")))
 }
 
+/// The pages the hypervisor wrote since the last call (its own writes, not
+/// the guest's), in order; their bits are cleared.
+pub fn take_host_writes(memory: &GuestMemory) -> Vec<u64> {
+    let Some(region) = memory.iter().next() else { return Vec::new() };
+    let words = MmapRegion::bitmap(region).get_and_reset();
+    let mut pages = Vec::new();
+    for (word_index, word) in words.into_iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            pages.push(word_index as u64 * 64 + u64::from(bits.trailing_zeros()));
+            bits &= bits - 1;
+        }
+    }
+    pages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +73,18 @@ mod tests {
         assert_eq!(check_size((1 << 30) + PAGE_2M), Err(MemorySizeError::OutOfRange((1 << 30) + PAGE_2M)));
         assert_eq!(check_size(3 << 20), Err(MemorySizeError::NotMultipleOf2M(3 << 20)));
         assert!(check_size(3 << 20).unwrap_err().to_string().contains("try 4 MiB"));
+    }
+
+    #[test]
+    fn the_hypervisors_writes_are_tracked_by_page_and_taken_once() {
+        use vm_memory::Bytes as _;
+        let memory = allocate(4 << 20).unwrap();
+        memory.write_obj(7u64, GuestAddress(0x5000)).unwrap();
+        memory.write_slice(&[1; 8], GuestAddress(3 * 4096 - 4)).unwrap();
+        memory.write_obj(1u8, GuestAddress((4 << 20) - 1)).unwrap();
+        let mut byte = [0];
+        memory.read_slice(&mut byte, GuestAddress(0x9000)).unwrap();
+        assert_eq!(take_host_writes(&memory), [2, 3, 5, 1023], "reads are not writes");
+        assert_eq!(take_host_writes(&memory), Vec::<u64>::new());
     }
 }

@@ -13,7 +13,6 @@ use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
 use crate::report::{MigrationReport, RoundReport, RoundsEnd};
 use crate::snapshot::SnapshotState;
 use crate::snapshot::format::PAGE_SIZE;
-use crate::vm::layout::Structure;
 
 /// Where a VM moving out is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +186,9 @@ impl Core {
                     return self.abandon(vm, &format!("KVM would not log dirty pages: {error}"));
                 }
                 let outgoing = slot.outgoing.as_mut().expect("checked");
-                // Round 0 sends every page the guest has (the rest is zero on both sides).
+                // Round 0 sends every page the guest has (the rest is zero on
+                // both sides): the hypervisor's writes so far are in it.
+                crate::vm::memory::take_host_writes(&slot.runtime.machine.memory);
                 outgoing.pending = slot.runtime.machine.resident_pages();
                 outgoing.pending.reverse();
                 outgoing.phase = Phase::Rounds;
@@ -291,7 +292,7 @@ impl Core {
             }
             // A round that ends starts the next at once: no wait for the next slice.
             while let Some(outgoing) = &self.slots[vm].outgoing {
-                if !matches!(outgoing.phase, Phase::Rounds | Phase::Last) {
+                if !matches!(outgoing.phase, Phase::Rounds | Phase::Last | Phase::Ready) {
                     break;
                 }
                 if !self.send_pages(vm) {
@@ -306,13 +307,15 @@ impl Core {
                 match (outgoing.phase, all_sent, outgoing.acked_bytes >= outgoing.sent_bytes) {
                     (Phase::Rounds, true, true) => self.end_round(vm, settings),
                     (Phase::Last, true, _) => self.send_state(vm),
+                    // Ready: the state waits in `held` until the link has room.
                     _ => break,
                 }
             }
         }
     }
 
-    /// Sends the round's pages while the link has room; false if it closed.
+    /// Sends the held frame and the round's pages while the link has room;
+    /// false if it closed.
     fn send_pages(&mut self, vm: VmId) -> bool {
         let slot = &mut self.slots[vm];
         let outgoing = slot.outgoing.as_mut().expect("migrating");
@@ -325,7 +328,10 @@ impl Core {
                     let indices = outgoing.pending.split_off(outgoing.pending.len() - take);
                     // Round 0 leaves zero pages out (the receiver's are zero);
                     // later rounds send a dirtied page even if it became zero.
-                    let pages = slot.runtime.machine.copy_pages(&indices, outgoing.round > 0);
+                    let mut pages = slot.runtime.machine.copy_pages(&indices, outgoing.round > 0);
+                    if let Some(debug) = &slot.debug {
+                        debug.hide_in_pages(&super::debugging::view(&slot.runtime), pages.iter_mut());
+                    }
                     let count = pages.len() as u64;
                     let pages: Vec<(u64, Vec<u8>)> = pages.iter().map(|(index, page)| (index, page.to_vec())).collect();
                     (Frame::Pages { round: outgoing.round, pages }, count)
@@ -346,14 +352,13 @@ impl Core {
         }
     }
 
-    /// The pages dirtied since the last call: KVM's log and the mailbox,
-    /// which the hypervisor writes itself (HC_numExitsByType) where KVM's
-    /// log does not see it.
+    /// The pages dirtied since the last call: KVM's log (the guest's own
+    /// writes) and guest memory's dirty bitmap (the hypervisor's: the
+    /// mailbox, hypercall results, a debugger's bytes).
     fn dirtied(&mut self, vm: VmId) -> Result<Vec<u64>, String> {
         let machine = &self.slots[vm].runtime.machine;
         let mut pages = machine.dirty_pages().map_err(|error| format!("KVM_GET_DIRTY_LOG failed: {error}"))?;
-        let mailbox = machine.area.range(Structure::Mailbox);
-        pages.extend(mailbox.start / PAGE_SIZE as u64..mailbox.end.div_ceil(PAGE_SIZE as u64));
+        pages.extend(crate::vm::memory::take_host_writes(&machine.memory));
         pages.sort_unstable();
         pages.dedup();
         Ok(pages)
@@ -484,9 +489,9 @@ impl Core {
         };
         let json = crate::snapshot::schema::to_compact_json(&saved);
         let outgoing = slot.outgoing.as_mut().expect("migrating");
-        if outgoing.link.try_send(Frame::State(json)).is_err() {
-            return self.abandon(vm, "the link had no room for the state");
-        }
+        // Behind the last pages, which may still fill the link: sent as
+        // soon as it has room (the next pass of `drive_migrations`).
+        outgoing.held = Some((Frame::State(json), 0));
         outgoing.phase = Phase::Ready;
     }
 
@@ -566,7 +571,10 @@ impl Core {
         // the sender's (kept for the record there).
         self.queue_console(vm);
         let slot = &mut self.slots[vm];
-        let source = format!("migration of {}", slot.config.name);
+        let source = match &slot.migration_report {
+            Some(report) => format!("its sender's state ({})", report.peer),
+            None => "its sender's state".to_string(),
+        };
         slot.runtime
             .take_arrival(&machine, &runtime, ports.clone(), &source, monotonic_ns())
             .map_err(|error| error.to_string())?;
