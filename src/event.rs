@@ -122,7 +122,7 @@ pub(crate) enum Internal {
         /// The link to the receiver.
         link: Reply<crate::migration::protocol::Frame>,
     },
-    /// A frame from a VM's receiver (or an Abandon when the link failed).
+    /// A frame from a VM's receiver.
     Migration {
         /// The VM moving out.
         vm: VmId,
@@ -130,6 +130,19 @@ pub(crate) enum Internal {
         attempt: u64,
         /// The frame.
         frame: crate::migration::protocol::Frame,
+    },
+    /// A VM's link failed: `sending` when its writer could not write a
+    /// frame (nothing from it on went out whole), else its reader lost the
+    /// link (what was written may have arrived).
+    MigrationFailed {
+        /// The VM moving out.
+        vm: VmId,
+        /// The attempt whose link it was.
+        attempt: u64,
+        /// What happened.
+        why: String,
+        /// The writer's failure, not the reader's.
+        sending: bool,
     },
     /// The link wrote the Go: the receiver owns the VM now.
     MigrationGoSent {

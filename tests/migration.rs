@@ -281,10 +281,24 @@ fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
     from.until("t| ");
     from.send(&format!("migrate t {}", socket.display()));
     from.until("t| [matrix] last round, the VM paused");
+    let last_before = from.seen.iter().filter_map(|line| count(line, "t")).next_back().unwrap();
+    // Nothing runs it in its final pause: its registers would be newer
+    // than the memory the receiver got.
+    for command in ["step t", "resume t", "restart t"] {
+        from.send(command);
+        let verb = command.split(' ').next().unwrap();
+        let line = from.until(&format!("t| [matrix] {verb} refused"));
+        assert!(line.contains("it is paused for its move"), "{line}");
+    }
     let line = from.until("abandoned");
     assert!(line.contains("did not take it within 10 s of its final pause"), "{line}");
-    // The sender runs it on; the fake receiver was told.
-    from.until("t| ");
+    // The sender runs it on from where it paused; the fake receiver was told.
+    let next = loop {
+        if let Some(value) = count(&from.next(), "t") {
+            break value;
+        }
+    };
+    assert_eq!(next, last_before + 1, "no count lost or repeated over the pause");
     assert!(fake.join().unwrap().contains("within 10 s"));
     assert_eq!(from.quit().0, 0);
 }
@@ -398,4 +412,148 @@ fn a_vm_paused_on_the_sender_arrives_paused() {
     assert_eq!(from.quit().0, 0);
     let (status, _) = to.quit();
     assert_eq!(status, 0);
+}
+
+/// A link between `listen` and `to` that delays every chunk by `lag` and is
+/// cut `cut_after` after its first connection: what a slow network that
+/// breaks at a bad moment does to a move.
+fn lagging_link(listen: &Path, to: &Path, lag: Duration, cut_after: Duration) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(listen).unwrap();
+    let to = to.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok((near, _)) = listener.accept() else { return };
+        let far = UnixStream::connect(&to).unwrap();
+        let cut_at = std::time::Instant::now() + cut_after;
+        let forward = |mut from: UnixStream, mut into: UnixStream| {
+            std::thread::spawn(move || {
+                let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+                let writer = std::thread::spawn(move || {
+                    for (due, bytes) in rx {
+                        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                        if into.write_all(&bytes).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(read @ 1..) = from.read(&mut buffer) {
+                    if tx.send((std::time::Instant::now() + lag, buffer[..read].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+                let _ = writer.join();
+            })
+        };
+        let ends = [near.try_clone().unwrap(), far.try_clone().unwrap()];
+        let one = forward(near.try_clone().unwrap(), far.try_clone().unwrap());
+        let other = forward(far, near);
+        std::thread::sleep(cut_at.saturating_duration_since(std::time::Instant::now()));
+        for end in ends {
+            let _ = end.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = (one.join(), other.join());
+    })
+}
+
+#[test]
+fn a_link_that_lags_and_breaks_at_any_moment_never_leaves_the_vm_running_twice() {
+    // Each try cuts a 100 ms link at another moment of the move (the whole
+    // move takes some 1 s through it here: cut before the handshake, in the
+    // rounds, between Ready and Go, after) while the receiver's operator keeps
+    // typing `resume t`. Whatever happens, no count is printed twice: the
+    // VM ran on one side at a time.
+    for (try_number, cut_ms) in [50u64, 300, 450, 600, 700, 800, 900, 1_000, 1_500].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut to, socket) = receiver(dir.path());
+        let proxy = dir.path().join("lagging.sock");
+        let link = lagging_link(&proxy, Path::new(&socket), Duration::from_millis(100), Duration::from_millis(cut_ms));
+        let mut from = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+        from.until("t| ");
+        from.send(&format!("migrate t {}", proxy.display()));
+        // Until the sender has said how the move ended and the receiver has
+        // said what became of its copy (or never heard of it), and a while
+        // after: every line of both, the receiver told to resume t meanwhile.
+        let sender_done = |line: &str| line.contains("t| [matrix] migrated to") || line.contains("abandoned");
+        let receiver_done = |line: &str| {
+            ["t| [matrix] running here", "copy is dropped", "held here", "orphan"]
+                .iter()
+                .any(|text| line.contains(text))
+        };
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        let (mut sender_ended, mut receiver_ended, mut settled_at) = (false, false, None);
+        loop {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "try {try_number}: the move never ended ({sender_ended} {receiver_ended})\nsender:\n{}\nreceiver:\n{}",
+                from.seen.iter().filter(|l| l.contains("[matrix]")).cloned().collect::<Vec<_>>().join("\n"),
+                to.seen.iter().filter(|l| !l.starts_with("own|")).cloned().collect::<Vec<_>>().join("\n")
+            );
+            if writeln!(to.stdin.as_mut().unwrap(), "resume t").is_err() {
+                let output = to.child.wait_with_output().unwrap();
+                panic!(
+                    "try {try_number}: the receiver ended: {:?}\n{}\n{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr),
+                    to.seen.iter().filter(|l| !l.starts_with("own|")).cloned().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            while let Ok(line) = from.lines.try_recv() {
+                sender_ended |= sender_done(&line);
+                from.seen.push(line);
+            }
+            while let Ok(line) = to.lines.try_recv() {
+                receiver_ended |= receiver_done(&line);
+                to.seen.push(line);
+            }
+            let receiver_never_heard = !to.seen.iter().any(|line| line.starts_with("t| "));
+            if sender_ended && (receiver_ended || receiver_never_heard) {
+                // Some more of both, for a second run of the VM to show.
+                let settled = *settled_at.get_or_insert_with(std::time::Instant::now);
+                if settled.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+            }
+        }
+        let mut counts: Vec<u64> = from.seen.iter().chain(&to.seen).filter_map(|line| count(line, "t")).collect();
+        let printed = counts.len();
+        counts.sort_unstable();
+        counts.dedup();
+        assert_eq!(
+            counts.len(),
+            printed,
+            "try {try_number} (cut at {cut_ms} ms): a count was printed twice\nsender:\n{}\nreceiver:\n{}",
+            from.seen.join("\n"),
+            to.seen.join("\n")
+        );
+        let _ = (from.quit(), to.quit());
+        let _ = link.join();
+    }
+}
+
+#[test]
+fn a_hung_peer_and_a_slow_one_beside_a_real_move_do_not_hold_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    // One connects and says nothing; another dribbles a byte at a time.
+    let hung = UnixStream::connect(&socket).unwrap();
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    let dribble = std::thread::spawn(move || {
+        for byte in b"MTXMIGR-slowly".iter().cycle().take(40) {
+            if slow.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let mut from = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
+    from.until("t| ");
+    from.send(&format!("migrate t {socket}"));
+    from.until("t| [matrix] migrated to");
+    to.until("t| [matrix] running here");
+    to.until("t| ");
+    drop(hung);
+    let _ = dribble.join();
+    assert_eq!(to.quit().0, 0);
 }

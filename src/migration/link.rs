@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::handover::{self, Arriving, ReceiverEvent};
 use super::protocol::{Frame, MAX_PAGES_PER_FRAME, ProtocolError, VERSION, read_frame, write_frame};
 use super::secret::{self, Secret};
 use crate::debug::ListenAddress;
@@ -48,8 +49,10 @@ fn connect(address: &ListenAddress) -> std::io::Result<Halves> {
 /// Starts the sender's side of moving `vm` to `address`: a thread that
 /// connects, writes the frames the core sends on the returned channel (Pages
 /// no faster than `bandwidth` bytes a second, if set) and hands the
-/// receiver's frames to the core. Every failure reaches the core as an
-/// Abandon frame, so the core alone decides what becomes of the VM.
+/// receiver's frames to the core. Every failure reaches the core, which
+/// alone decides what becomes of the VM: the writer's (nothing from the
+/// failed frame on went out whole) apart from the reader's (what was
+/// written may have arrived, a Go among it).
 pub(crate) fn start_outgoing(
     vm: VmId,
     attempt: u64,
@@ -65,7 +68,7 @@ pub(crate) fn start_outgoing(
         // with a link already gone.
         let give_up_early = |why: String| {
             let _ = frames_rx.recv_timeout(Duration::from_secs(5));
-            core.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
+            core.send(Internal::MigrationFailed { vm, attempt, why, sending: true });
         };
         let (reader, mut writer) = match connect(&address) {
             Ok(halves) => halves,
@@ -89,7 +92,7 @@ pub(crate) fn start_outgoing(
                 ));
             }
         }
-        let give_up = |why: String| core.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
+        let give_up = |why: String| core.send(Internal::MigrationFailed { vm, attempt, why, sending: true });
         let reading = core.clone();
         let reader_thread = std::thread::Builder::new().name("matrix-migrate-in".into()).spawn(move || {
             loop {
@@ -97,7 +100,7 @@ pub(crate) fn start_outgoing(
                     Ok(frame) => reading.send(Internal::Migration { vm, attempt, frame }),
                     Err(error) => {
                         let why = format!("the receiver's side: {error}");
-                        return reading.send(Internal::Migration { vm, attempt, frame: Frame::Abandon(why) });
+                        return reading.send(Internal::MigrationFailed { vm, attempt, why, sending: false });
                     }
                 }
             }
@@ -342,30 +345,34 @@ impl Incoming {
             }
             names[vm] = name.clone();
         }
-        // Until Ready the sender runs it: whatever ends the move before, the
-        // blank copy here goes.
+        // The hand-over's table says what an end means here: before Ready
+        // the sender has no Go to send and runs the VM on (this copy goes);
+        // after, an Abandon says the same, while silence or a broken link may
+        // mean either, so the VM is held as an orphan.
+        let mut phase = Arriving::Blank;
         let received = self.receive(vm, &name, memory_size, &memory.0);
         drop(memory);
         if let Err(why) = received {
-            self.core.send(Internal::IncomingOrphaned { vm, why: why.clone(), dropped: true });
-            return Err(why);
+            return Err(self.ended(vm, phase, ReceiverEvent::Failed, why));
         }
-        self.send(&Frame::Ready)?;
-        // From the Go on this side owns it. An Abandon says the sender runs
-        // it on (this copy is dropped); silence or a broken link may mean
-        // either, so the VM is held here as an orphan.
+        phase = handover::receiver_on(phase, ReceiverEvent::StateTaken);
+        if let Err(why) = self.send(&Frame::Ready) {
+            return Err(self.ended(vm, phase, ReceiverEvent::Failed, why));
+        }
+        phase = handover::receiver_on(phase, ReceiverEvent::ReadyWritten);
         let (last_slice_ns, paused) = match read_frame(&mut self.reader) {
             Ok(Frame::Go { last_slice_ns, paused }) => (last_slice_ns, paused),
             Ok(Frame::Abandon(why)) => {
-                self.core.send(Internal::IncomingOrphaned { vm, why: why.clone(), dropped: true });
-                return Err(format!(
-                    "the sender called the move off after Ready ({}); dropped here",
-                    escape_input(&why)
-                ));
+                let why = format!("the sender called the move off after Ready: {}", escape_input(&why));
+                return Err(self.ended(vm, phase, ReceiverEvent::SenderGaveUp, why));
             }
-            Ok(other) => return Err(self.orphaned(vm, &format!("a {} frame instead of Go", other.name()))),
-            Err(error) => return Err(self.orphaned(vm, &error.to_string())),
+            Ok(other) => {
+                let why = format!("a {} frame instead of Go", other.name());
+                return Err(self.ended(vm, phase, ReceiverEvent::Failed, why));
+            }
+            Err(error) => return Err(self.ended(vm, phase, ReceiverEvent::Failed, error.to_string())),
         };
+        debug_assert_eq!(handover::receiver_on(phase, ReceiverEvent::Go), Arriving::HandedOver);
         let (report, started) = crossbeam_channel::bounded(1);
         self.core.send(Internal::StartIncoming { vm, last_slice_ns, paused, report: Reply(report) });
         if let Ok(downtime_ns) = started.recv_timeout(PEER_TIMEOUT) {
@@ -420,9 +427,16 @@ impl Incoming {
         taken.recv_timeout(PEER_TIMEOUT).unwrap_or_else(|_| Err("this run did not take the VM's state in time".into()))
     }
 
-    /// The VM was made but the sender never said Go: it may still run there.
-    fn orphaned(&self, vm: VmId, why: &str) -> String {
-        self.core.send(Internal::IncomingOrphaned { vm, why: why.to_string(), dropped: false });
-        format!("no Go after the VM was made ({why}); it is held here as an orphan (adopt NAME takes it)")
+    /// The move ended in `phase` on `event`: the core drops the VM or holds
+    /// it as an orphan, as the hand-over's table says; the reason, for the
+    /// notice and the sender.
+    fn ended(&self, vm: VmId, phase: Arriving, event: ReceiverEvent, why: String) -> String {
+        let dropped = handover::receiver_on(phase, event) == Arriving::Dropped;
+        self.core.send(Internal::IncomingOrphaned { vm, why: why.clone(), dropped });
+        if dropped {
+            format!("{why}; its copy here is dropped")
+        } else {
+            format!("no Go after Ready ({why}); it is held here as an orphan (adopt NAME takes it)")
+        }
     }
 }

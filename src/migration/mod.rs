@@ -4,6 +4,7 @@
 //! core's side (rounds, dirty pages, throttling, the switch of owner) is in
 //! `sched::core::migrating`.
 
+pub mod handover;
 pub mod link;
 pub mod ownership;
 pub mod protocol;

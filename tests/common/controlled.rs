@@ -67,7 +67,8 @@ impl Controlled {
 
     /// Quits and returns the exit status and stderr.
     pub fn quit(mut self) -> (i32, String) {
-        self.send("quit");
+        // A run may have ended by itself (its last VM moved away).
+        let _ = writeln!(self.stdin.as_mut().unwrap(), "quit");
         drop(self.stdin.take());
         while self.lines.recv_timeout(Duration::from_secs(15)).is_ok() {}
         let output = self.child.wait_with_output().unwrap();

@@ -74,7 +74,7 @@ impl Core {
             Command::Step(_) => {}
             Command::CancelMigration(vm) if vm < self.slots.len() => {
                 if !self.refuses(vm, Request::CancelMigration, "migrate cancel") {
-                    self.abandon(vm, "cancelled here");
+                    self.sender_event(vm, crate::migration::handover::SenderEvent::Cancelled, "cancelled here");
                 }
             }
             Command::CancelMigration(_) => {}
@@ -125,6 +125,9 @@ impl Core {
             Internal::Migrate { .. } => {}
             Internal::Migration { vm, attempt, frame } => self.migration_frame(vm, attempt, frame),
             Internal::MigrationGoSent { vm, attempt } => self.migration_go_sent(vm, attempt),
+            Internal::MigrationFailed { vm, attempt, why, sending } => {
+                self.migration_failed(vm, attempt, &why, sending)
+            }
             Internal::PrepareArrival { name, memory_size, from, reply } => {
                 reply.send(self.prepare_arrival(name, memory_size, from));
             }

@@ -8,28 +8,15 @@
 use super::*;
 use crate::event::ArrivalMemory;
 use crate::migration::MigrationSettings;
+use crate::migration::handover::{self, SenderEvent, SenderOutcome};
 use crate::migration::ownership::{self, Holding, Request};
 use crate::migration::protocol::{Frame, MAX_PAGES_PER_FRAME, VERSION};
 use crate::report::{MigrationReport, RoundReport, RoundsEnd};
 use crate::snapshot::SnapshotState;
 use crate::snapshot::format::PAGE_SIZE;
 
-/// Where a VM moving out is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Hello sent; waiting for Accept.
-    Hello,
-    /// Pre-copy rounds while the VM runs.
-    Rounds,
-    /// The VM paused: the last pages, then its state.
-    Last,
-    /// State sent; waiting for Ready.
-    Ready,
-    /// Go queued; waiting for the link to have written it.
-    Go,
-    /// The receiver owns it.
-    Moved,
-}
+/// Where a VM moving out is: the hand-over's own phases.
+use crate::migration::handover::Leaving as Phase;
 
 /// A VM moving out.
 pub(super) struct Outgoing {
@@ -149,38 +136,72 @@ impl Core {
         self.migrating += 1;
     }
 
-    /// A frame from `vm`'s receiver (or an Abandon from its link), on the
-    /// link of `attempt`: one of another attempt (a second `migrate`
-    /// refused while this one goes on) is not this move's business.
+    /// A frame from `vm`'s receiver, on the link of `attempt`: one of
+    /// another attempt (a second `migrate` refused while this one goes on)
+    /// is not this move's business.
     pub(super) fn migration_frame(&mut self, vm: VmId, attempt: u64, frame: Frame) {
         let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
         if outgoing.attempt != attempt {
             return;
         }
-        match (outgoing.phase, frame) {
-            (Phase::Moved, Frame::Started { downtime_ns }) => {
+        let (event, why) = match frame {
+            Frame::Ack { bytes } => {
+                outgoing.acked_bytes += bytes;
+                let seconds = monotonic_ns().saturating_sub(outgoing.started_ns) as f64 / 1e9;
+                if seconds > 0.0 {
+                    outgoing.bandwidth = outgoing.acked_bytes as f64 / seconds;
+                }
+                return;
+            }
+            Frame::Accept => (SenderEvent::Accepted, String::new()),
+            Frame::Ready => (SenderEvent::Ready, String::new()),
+            Frame::Started { downtime_ns } => {
                 if let Some(report) = &mut self.slots[vm].migration_report {
                     report.downtime_ms = Some(downtime_ns as f64 / 1e6);
                 }
-                self.note(
-                    vm,
-                    format_args!(
-                        "downtime {:.3} ms: its last slice here to its first there (one host's clock)",
-                        downtime_ns as f64 / 1e6
-                    ),
-                );
-                self.slots[vm].outgoing = None;
-                self.migrating -= 1;
+                (SenderEvent::Started, String::new())
             }
-            (Phase::Moved, _) => {}
-            // The receiver's Started can overtake the link thread's word that
-            // the Go was written: the Go reached it, so it owns the VM.
-            (Phase::Go, Frame::Started { downtime_ns }) => {
-                self.migration_go_sent(vm, attempt);
-                self.migration_frame(vm, attempt, Frame::Started { downtime_ns });
+            Frame::Refuse(why) | Frame::Abandon(why) => (SenderEvent::ReceiverGaveUp, why),
+            other => {
+                let why = format!("the receiver sent {} during {:?}", other.name(), outgoing.phase);
+                (SenderEvent::Unexpected, why)
             }
-            (_, Frame::Refuse(why) | Frame::Abandon(why)) => self.abandon(vm, &why),
-            (Phase::Hello, Frame::Accept) => {
+        };
+        self.sender_event(vm, event, &why);
+    }
+
+    /// The link of `attempt` wrote the Go whole.
+    pub(super) fn migration_go_sent(&mut self, vm: VmId, attempt: u64) {
+        let Some(outgoing) = self.slots.get(vm).and_then(|slot| slot.outgoing.as_ref()) else { return };
+        if outgoing.attempt == attempt {
+            self.sender_event(vm, SenderEvent::GoWritten, "");
+        }
+    }
+
+    /// The link of `attempt` failed: `sending` when its writer could not
+    /// write (nothing from that frame on went out whole), else its reader
+    /// lost the link (frames already written may have arrived, a Go among
+    /// them).
+    pub(super) fn migration_failed(&mut self, vm: VmId, attempt: u64, why: &str, sending: bool) {
+        let Some(outgoing) = self.slots.get(vm).and_then(|slot| slot.outgoing.as_ref()) else { return };
+        if outgoing.attempt == attempt {
+            let event = if sending { SenderEvent::SendFailed } else { SenderEvent::ReceiveFailed };
+            self.sender_event(vm, event, why);
+        }
+    }
+
+    /// Carries out what the hand-over's table says of `event` for `vm`'s move.
+    pub(super) fn sender_event(&mut self, vm: VmId, event: SenderEvent, why: &str) {
+        let Some(outgoing) = self.slots[vm].outgoing.as_mut() else { return };
+        let phase = outgoing.phase;
+        match handover::sender_on(phase, event) {
+            SenderOutcome::Stay => {
+                if phase == Phase::Go && event == SenderEvent::ReceiveFailed {
+                    let why = crate::console::escape_bounded(why, crate::console::REASON_LIMIT);
+                    self.note(vm, format_args!("the link broke ({why}) with the Go on its way: its writer decides"));
+                }
+            }
+            SenderOutcome::To(Phase::Rounds) => {
                 let slot = &mut self.slots[vm];
                 if let Err(error) = slot.runtime.machine.log_dirty_pages(true) {
                     return self.abandon(vm, &format!("KVM would not log dirty pages: {error}"));
@@ -195,31 +216,46 @@ impl Core {
                 let now_ns = monotonic_ns();
                 (outgoing.started_ns, outgoing.round_started_ns) = (now_ns, now_ns);
             }
-            (_, Frame::Ack { bytes }) => {
-                outgoing.acked_bytes += bytes;
-                let seconds = monotonic_ns().saturating_sub(outgoing.started_ns) as f64 / 1e9;
-                if seconds > 0.0 {
-                    outgoing.bandwidth = outgoing.acked_bytes as f64 / seconds;
-                }
-            }
-            (Phase::Ready, Frame::Ready) => {
+            SenderOutcome::To(Phase::Go) => {
                 let paused = outgoing.before_pause == Some(VmState::Paused);
                 let go = Frame::Go { last_slice_ns: outgoing.last_slice_ns, paused };
+                // Nothing else is queued now (the receiver read the state):
+                // a link with no room is a link gone, and the Go did not go.
                 if outgoing.link.try_send(go).is_err() {
                     return self.abandon(vm, "the link closed before the Go");
                 }
                 outgoing.phase = Phase::Go;
             }
-            (phase, frame) => self.abandon(vm, &format!("the receiver sent {} during {phase:?}", frame.name())),
+            SenderOutcome::To(next) => outgoing.phase = next,
+            SenderOutcome::RunAtHome => {
+                let why = if why.is_empty() { "called off".to_string() } else { why.to_string() };
+                self.abandon(vm, &why);
+            }
+            SenderOutcome::HandedOver => {
+                self.handed_over(vm);
+                if event == SenderEvent::Started {
+                    self.sender_event(vm, event, why);
+                }
+            }
+            SenderOutcome::Finished => {
+                if let Some(downtime_ms) = self.slots[vm].migration_report.as_ref().and_then(|r| r.downtime_ms) {
+                    self.note(
+                        vm,
+                        format_args!(
+                            "downtime {downtime_ms:.3} ms: its last slice here to its first there (one host's clock)"
+                        ),
+                    );
+                }
+                self.slots[vm].outgoing = None;
+                self.migrating -= 1;
+            }
         }
     }
 
-    /// The link of `attempt` wrote the Go: the VM is the receiver's now.
-    pub(super) fn migration_go_sent(&mut self, vm: VmId, attempt: u64) {
+    /// The Go went out (its writer said so, or the receiver's Started came
+    /// first): the VM is the receiver's now.
+    fn handed_over(&mut self, vm: VmId) {
         let Some(outgoing) = self.slots.get_mut(vm).and_then(|slot| slot.outgoing.as_mut()) else { return };
-        if outgoing.phase != Phase::Go || outgoing.attempt != attempt {
-            return;
-        }
         outgoing.phase = Phase::Moved;
         outgoing.moved_ns = monotonic_ns();
         let (to, rounds, pages, started_ns) =
@@ -282,13 +318,16 @@ impl Core {
                 }
             }
             let overdue = self.slots[vm].outgoing.as_ref().is_some_and(|outgoing| {
-                matches!(outgoing.phase, Phase::Last | Phase::Ready)
-                    && now_ns.saturating_sub(outgoing.paused_ns) > FINAL_PAUSE_LIMIT_NS
+                outgoing.paused_ns > 0 && now_ns.saturating_sub(outgoing.paused_ns) > FINAL_PAUSE_LIMIT_NS
             });
             if overdue {
                 let limit = FINAL_PAUSE_LIMIT_NS / 1_000_000_000;
-                self.abandon(vm, &format!("the receiver did not take it within {limit} s of its final pause"));
-                continue;
+                let why = format!("the receiver did not take it within {limit} s of its final pause");
+                // Past the Go the deadline no longer applies (the table says so).
+                self.sender_event(vm, SenderEvent::Overdue, &why);
+                if self.slots[vm].outgoing.is_none() {
+                    continue;
+                }
             }
             // A round that ends starts the next at once: no wait for the next slice.
             while let Some(outgoing) = &self.slots[vm].outgoing {
@@ -473,7 +512,7 @@ impl Core {
         outgoing.pending.extend(dirty);
         outgoing.pending.sort_unstable();
         outgoing.pending.dedup();
-        outgoing.phase = Phase::Last;
+        self.sender_event(vm, SenderEvent::RoundsDone, "");
     }
 
     /// Sends the VM's state after its last pages: the receiver makes it then.
@@ -492,7 +531,7 @@ impl Core {
         // Behind the last pages, which may still fill the link: sent as
         // soon as it has room (the next pass of `drive_migrations`).
         outgoing.held = Some((Frame::State(json), 0));
-        outgoing.phase = Phase::Ready;
+        self.sender_event(vm, SenderEvent::StateQueued, "");
     }
 
     /// Why a VM of `name` and `memory_size` may not come in, if it may not:
