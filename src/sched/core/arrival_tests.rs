@@ -100,14 +100,14 @@ fn an_arriving_vm_runs_only_when_handed_over_and_an_orphan_only_when_adopted() {
     core.send(Command::Adopt(dropped));
     core.send(Command::Quit);
     let report = core.run_until(None, |event| events.push(event));
-    let arriving_states: Vec<&VmState> = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::State { vm, state } if *vm == arriving => Some(state),
+    let states_of = |of: usize| -> Vec<&VmState> {
+        let states = events.iter().filter_map(|event| match event {
+            Event::State { vm, state } if *vm == of => Some(state),
             _ => None,
-        })
-        .collect();
-    assert_eq!(arriving_states[..2], [&VmState::Arriving, &VmState::Running], "the early Go did not run it");
+        });
+        states.collect()
+    };
+    assert_eq!(states_of(arriving)[..2], [&VmState::Arriving, &VmState::Running], "the early Go did not run it");
     let console = |vm: usize| -> String {
         let mut bytes = Vec::new();
         for event in &events {
@@ -123,12 +123,5 @@ fn an_arriving_vm_runs_only_when_handed_over_and_an_orphan_only_when_adopted() {
     assert!(console(dropped).contains("adopt refused"), "{}", console(dropped));
     assert_eq!(report.vms[dropped].state, "dropped");
     // Nothing ran it before it was handed over or adopted.
-    let states: Vec<&VmState> = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::State { vm, state } if *vm == orphan => Some(state),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(states, [&VmState::Arriving, &VmState::Orphaned, &VmState::Paused, &VmState::Running]);
+    assert_eq!(states_of(orphan), [&VmState::Arriving, &VmState::Orphaned, &VmState::Paused, &VmState::Running]);
 }
