@@ -256,27 +256,7 @@ fn a_second_migrate_is_refused_without_touching_the_first_which_can_be_cancelled
 fn a_receiver_that_never_says_ready_costs_the_sender_a_bounded_pause() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("stalled.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    // A receiver that takes everything, acknowledges the pages, and then
-    // keeps the sender waiting for its Ready.
-    let fake = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-        write_frame(&mut stream, &Frame::Challenge([7; 32])).unwrap();
-        loop {
-            match read_frame(&mut reader) {
-                Ok(Frame::Proof(_)) => {}
-                Ok(Frame::Hello { .. }) => write_frame(&mut stream, &Frame::Accept).unwrap(),
-                Ok(Frame::Pages { pages, .. }) => {
-                    write_frame(&mut stream, &Frame::Ack { bytes: (pages.len() * 4096) as u64 }).unwrap()
-                }
-                Ok(Frame::State(_)) => {}
-                Ok(Frame::Abandon(why)) => return why,
-                Ok(other) => panic!("an unexpected {}", other.name()),
-                Err(error) => return error.to_string(),
-            }
-        }
-    });
+    let fake = stalled_receiver(&socket);
     let mut from = Controlled::start(&["--vm", "t=ticker", "--duration", "60s"]);
     from.until("t| ");
     from.send(&format!("migrate t {}", socket.display()));
@@ -556,4 +536,69 @@ fn a_hung_peer_and_a_slow_one_beside_a_real_move_do_not_hold_it_up() {
     drop(hung);
     let _ = dribble.join();
     assert_eq!(to.quit().0, 0);
+}
+
+/// A fake receiver on `socket` that takes everything and never says Ready
+/// (the sender's final pause lasts until its deadline); returns how it ended.
+fn stalled_receiver(socket: &Path) -> std::thread::JoinHandle<String> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        write_frame(&mut stream, &Frame::Challenge([7; 32])).unwrap();
+        loop {
+            match read_frame(&mut reader) {
+                Ok(Frame::Proof(_) | Frame::State(_)) => {}
+                Ok(Frame::Hello { .. }) => write_frame(&mut stream, &Frame::Accept).unwrap(),
+                Ok(Frame::Pages { pages, .. }) => {
+                    write_frame(&mut stream, &Frame::Ack { bytes: (pages.len() * 4096) as u64 }).unwrap()
+                }
+                Ok(Frame::Abandon(why)) => return why,
+                Ok(other) => panic!("an unexpected {}", other.name()),
+                Err(error) => return error.to_string(),
+            }
+        }
+    })
+}
+
+#[test]
+fn gdb_cannot_run_a_vm_in_its_final_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let gdb_socket = dir.path().join("t.gdb.sock");
+    let mut from =
+        Controlled::start(&["--vm", "t=ticker", "--gdb", &format!("t={}", gdb_socket.display()), "--duration", "60s"]);
+    from.until("t| [matrix] gdb: waiting at the entry point");
+    let gdb = |commands: &[&str]| {
+        let mut gdb = std::process::Command::new("gdb");
+        gdb.args(["-batch", "-nx", "-ex", "set architecture i386:x86-64"]);
+        gdb.args(["-ex", &format!("target remote {}", gdb_socket.display())]);
+        for command in commands {
+            gdb.args(["-ex", command]);
+        }
+        let output = gdb.output().expect("gdb runs (install it: apt-get install gdb; .ci/run does)");
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    gdb(&["detach"]);
+    from.until("t| 1");
+    let socket = dir.path().join("stalled.sock");
+    let fake = stalled_receiver(&socket);
+    from.send(&format!("migrate t {}", socket.display()));
+    from.until("t| [matrix] last round, the VM paused");
+    let last_before = from.seen.iter().filter_map(|line| count(line, "t")).next_back().unwrap();
+    // gdb may look, but its stepi and continue run nothing: each gets a stop where the VM is.
+    let text = gdb(&["info registers rip", "stepi", "info registers rip", "continue", "detach"]);
+    let rips: Vec<&str> = text.lines().filter(|line| line.starts_with("rip")).collect();
+    assert_eq!(rips.len(), 2, "{text}");
+    assert_eq!(rips[0], rips[1], "stepi did not move it: {text}");
+    let refused = from.until("t| [matrix] gdb's request refused");
+    assert!(refused.contains("it is paused for its move"), "{refused}");
+    from.until("abandoned");
+    assert!(fake.join().unwrap().contains("within 10 s"));
+    let next = loop {
+        if let Some(value) = count(&from.next(), "t") {
+            break value;
+        }
+    };
+    assert_eq!(next, last_before + 1, "no count lost or repeated over the pause");
+    assert_eq!(from.quit().0, 0);
 }
