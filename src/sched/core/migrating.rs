@@ -1,9 +1,11 @@
 //! Live migration, the core's side: a VM moving out (pre-copy rounds of
 //! dirty pages while it runs, throttled if it dirties faster than the link
 //! sends, then a pause for the rest and its state, and the switch of owner),
-//! and VMs coming in (made paused, run on the sender's Go). The sockets are
-//! the link threads' (`crate::migration::link`); this thread alone touches
-//! KVM.
+//! and VMs coming in (made blank at their Hello, given their state, run on
+//! the sender's Go). The sockets are the link threads'
+//! (`crate::migration::link`); this thread alone touches KVM. What each
+//! event means for a move is the hand-over's table
+//! (`crate::migration::handover`).
 
 use super::*;
 use crate::event::ArrivalMemory;
