@@ -44,11 +44,14 @@ impl MoveRounds {
         match claim {
             MigrationClaim::Converged => ended == RoundsEnd::Fits,
             MigrationClaim::AtRoundCap => {
-                // No round dirtied less than 90 % of the first: none shrank.
+                // No round dirtied less than half the first: none shrank
+                // toward the pause limit. (A guest given less CPU in one
+                // round, on a busy host, dirties somewhat less in it; what
+                // converges falls far further, as ThrottledToFit asks.)
                 ended == RoundsEnd::Capped
                     && after_first.len() >= 2
                     && after_first.iter().all(|round| round.throttle_pct == 0)
-                    && after_first.iter().all(|round| round.pages_dirtied * 10 >= first.pages_dirtied * 9)
+                    && after_first.iter().all(|round| round.pages_dirtied * 2 >= first.pages_dirtied)
             }
             MigrationClaim::ThrottledToFit => {
                 let last = after_first.last().unwrap_or(first);
@@ -80,6 +83,9 @@ mod tests {
     fn rounds_that_stay_level_to_the_cap_show_the_cap_and_nothing_else() {
         let level = rounds(&[(1001, 0), (1001, 0), (998, 0), (1001, 0), (1001, 0)], Some(RoundsEnd::Capped));
         assert!(level.shows(MigrationClaim::AtRoundCap));
+        // A round with less CPU on a busy host dirties less, and still did not shrink toward the limit.
+        let busy = rounds(&[(1001, 0), (1001, 0), (802, 0), (1001, 0), (640, 0)], Some(RoundsEnd::Capped));
+        assert!(busy.shows(MigrationClaim::AtRoundCap));
         assert!(!level.shows(MigrationClaim::Converged) && !level.shows(MigrationClaim::ThrottledToFit));
         // Rounds that shrank (the guest slower than the link) do not show it,
         // even when the cap ended them.
