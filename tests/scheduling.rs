@@ -291,3 +291,24 @@ fn a_front_end_that_stops_reading_beside_busy_sleepers_keeps_memory_flat() {
     let states = outcome.events.iter().filter(|event| matches!(event, Event::State { .. })).count();
     assert!(states < 10_000, "{states} state events waited for the front end");
 }
+
+#[test]
+fn a_busy_vm_keeps_its_share_beside_a_hundred_sleepers_on_1_ms_timers() {
+    // Each wake costs a sleeper far more guest time under emulated KVM than
+    // its share: they all want more than the CPU, so every VM's share is
+    // 1/101. A sleeper used to fall asleep before its slice was charged and
+    // to wake forgiven, and the ticker got a fraction of its share; by
+    // charged time (what fair controls) it now gets its share.
+    let mut vms = vec![common::builtin("t", "ticker")];
+    vms.extend((0..100).map(|i| common::weighted(&format!("s{i}"), "sleeper", 1.0, &[1, 1000])));
+    let core = common::start(RunConfig::new(vms));
+    // Three seconds of it, its events read and dropped.
+    let end = core.started() + Duration::from_secs(3);
+    while core.events().recv_deadline(end).is_ok() {}
+    let outcome = common::quit(core, Vec::new());
+    let vms = &outcome.report.vms;
+    let sleepers: Vec<u64> = vms[1..].iter().map(|vm| vm.charged_ns).collect();
+    let mean = sleepers.iter().sum::<u64>() as f64 / sleepers.len() as f64;
+    let ticker = vms[0].charged_ns as f64;
+    assert!(ticker >= 0.8 * mean, "the ticker was charged {ticker} ns, a sleeper {mean} ns on average");
+}

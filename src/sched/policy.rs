@@ -52,6 +52,9 @@ pub struct Candidate {
     pub weight: f64,
     /// Whether it can run now (not paused, halted or crashed).
     pub runnable: bool,
+    /// This change is a sleep or the wake from one: the VM keeps its lag
+    /// across it (a sleeper that ran ahead does not come back forgiven).
+    pub keeps_lag: bool,
 }
 
 /// The next slice: a VM, and how long it may run (None: until its next I/O exit).
@@ -122,7 +125,7 @@ impl Planner {
             self.runnable.remove(&vm);
         }
         if self.policy == Policy::Fair {
-            self.fair.set(vm, candidate.runnable.then_some(candidate.weight));
+            self.fair.set(vm, candidate.runnable.then_some(candidate.weight), candidate.keeps_lag);
             self.fair.set_bounds(self.quantum_ns, self.fair_unit_ns());
         }
     }
@@ -184,7 +187,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn candidates(weights: &[f64]) -> Vec<Candidate> {
-        weights.iter().map(|&weight| Candidate { weight, runnable: true }).collect()
+        weights.iter().map(|&weight| Candidate { weight, runnable: true, keeps_lag: false }).collect()
     }
 
     /// Runs the planner for `total_ns` of simulated time. `use_of` says how much

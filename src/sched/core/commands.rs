@@ -246,8 +246,14 @@ impl Core {
         if sleeps(&self.slots[vm].state) != sleeps(&state) {
             if sleeps(&state) { self.sleeping += 1 } else { self.sleeping -= 1 }
         }
+        if let VmState::Sleeping { until_ns } | VmState::Throttled { until_ns } = state {
+            self.wakes.push(std::cmp::Reverse((until_ns, vm)));
+        }
+        // A sleep, and the wake from one, keep the VM's lag (see FairQueue).
+        let keeps_lag = matches!((&self.slots[vm].state, &state), (VmState::Running, VmState::Sleeping { .. }))
+            || matches!((&self.slots[vm].state, &state), (VmState::Sleeping { .. }, VmState::Running));
         self.slots[vm].state = state.clone();
-        self.planner.set_candidate(vm, self.slots[vm].candidate());
+        self.planner.set_candidate(vm, Candidate { keeps_lag, ..self.slots[vm].candidate() });
         // A front end that does not read (a frozen display) must not make the
         // outbox grow with every sleep and wake: the newest of a VM's passing
         // states replaces one still queued. Ends, pauses and the like stay.

@@ -266,6 +266,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         // Started on the core thread: the CPU clock is the thread's.
         stolen: StolenWindow::default(),
         sleeping: 0,
+        wakes: Default::default(),
         migration: config.migration,
         migrating: 0,
         saving: 0,

@@ -191,7 +191,7 @@ impl Slot {
 
     /// What the planner needs of it.
     fn candidate(&self) -> Candidate {
-        Candidate { weight: self.config.weight, runnable: self.state == VmState::Running }
+        Candidate { weight: self.config.weight, runnable: self.state == VmState::Running, keeps_lag: false }
     }
 }
 
@@ -270,8 +270,12 @@ struct Core {
     preempted_at: Option<u64>,
     /// The slices since the thread's CPU clock was last read.
     stolen: StolenWindow,
-    /// VMs sleeping now: the per-slice wake-up scans are skipped while none is.
+    /// VMs sleeping now: the per-slice wake-up checks are skipped while none is.
     sleeping: usize,
+    /// When each sleeping or throttled VM wakes (ns since the epoch, VM),
+    /// earliest first: a wake costs O(log N), never a scan of every VM. An
+    /// entry whose VM no longer waits for that time is dropped when met.
+    wakes: std::collections::BinaryHeap<std::cmp::Reverse<(u64, VmId)>>,
     /// How VMs move out.
     migration: crate::migration::MigrationSettings,
     /// VMs moving out now: the per-slice migration work is skipped while none is.

@@ -157,6 +157,7 @@ impl Core {
         let mut in_guest = 0;
         let mut exits = 0;
         let mut injected = 0;
+        let mut falls_asleep = None;
         let end = loop {
             let deliver = !stepping && self.slots[vm].state == VmState::Running;
             let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver);
@@ -194,7 +195,9 @@ impl Core {
                     break SliceEnd::Halt;
                 }
                 Step::Sleeping { until_ns } => {
-                    self.set_state(vm, VmState::Sleeping { until_ns: until_ns.saturating_sub(self.epoch_ns) });
+                    // It falls asleep once the slice is charged to it: the
+                    // time it ran is its own, and it takes that into its sleep.
+                    falls_asleep = Some(until_ns.saturating_sub(self.epoch_ns));
                     break SliceEnd::Sleep;
                 }
                 Step::Crashed { kind, registers } => {
@@ -244,7 +247,7 @@ impl Core {
             slot.stolen_ns += share.stolen_ns;
             slot.stolen_unpaid_ns += share.stolen_ns;
         }
-        if !stepping && self.slots[vm].state == VmState::Running {
+        if !stepping && self.slots[vm].state == VmState::Running && falls_asleep.is_none() {
             self.throttle_after_slice(vm, wall_end - wall_start, wall_end);
         }
         let slot = &mut self.slots[vm];
@@ -259,6 +262,9 @@ impl Core {
         if !stepping {
             let gave_up = matches!(end, SliceEnd::Yield | SliceEnd::Halt | SliceEnd::Sleep | SliceEnd::Crash);
             self.planner.charge(vm, charged, gave_up);
+        }
+        if let Some(until_ns) = falls_asleep {
+            self.set_state(vm, VmState::Sleeping { until_ns });
         }
         let record = SliceRecord {
             vm,
@@ -357,25 +363,38 @@ impl Core {
     /// Sleeping VMs whose tick has come due run again.
     fn wake_sleepers(&mut self, now_ns: u64) {
         let since_epoch = now_ns.saturating_sub(self.epoch_ns);
-        for vm in 0..self.slots.len() {
-            if matches!(self.slots[vm].state,
-                VmState::Sleeping { until_ns } | VmState::Throttled { until_ns } if until_ns <= since_epoch)
-            {
+        while let Some(&std::cmp::Reverse((until_ns, vm))) = self.wakes.peek() {
+            if until_ns > since_epoch {
+                break;
+            }
+            self.wakes.pop();
+            if self.waits_until(vm, until_ns) {
                 self.set_state(vm, VmState::Running);
             }
         }
     }
 
+    /// Whether `vm` sleeps (or is throttled) until `until_ns` still: an entry
+    /// of the wake heap whose VM was woken, paused or put to sleep again since
+    /// is stale.
+    fn waits_until(&self, vm: VmId, until_ns: u64) -> bool {
+        matches!(self.slots[vm].state,
+            VmState::Sleeping { until_ns: until } | VmState::Throttled { until_ns: until } if until == until_ns)
+    }
+
     /// When the first sleeping VM wakes (monotonic ns), if any sleeps.
-    fn earliest_wake_ns(&self) -> Option<u64> {
+    fn earliest_wake_ns(&mut self) -> Option<u64> {
         if self.sleeping == 0 {
+            self.wakes.clear();
             return None;
         }
-        let wakes = self.slots.iter().filter_map(|slot| match slot.state {
-            VmState::Sleeping { until_ns } | VmState::Throttled { until_ns } => Some(self.epoch_ns + until_ns),
-            _ => None,
-        });
-        wakes.min()
+        while let Some(&std::cmp::Reverse((until_ns, vm))) = self.wakes.peek() {
+            if self.waits_until(vm, until_ns) {
+                return Some(self.epoch_ns + until_ns);
+            }
+            self.wakes.pop();
+        }
+        None
     }
 
     /// Nothing can run: wait for a command (a resume, a restart or a quit),
