@@ -95,6 +95,28 @@ impl From<ScenarioError> for Failure {
     }
 }
 
+/// A thread that starts without the memory for its signal stack panics in
+/// std ("failed to allocate an alternative stack"): the process is out of
+/// memory, not at fault, so it says that, as a host error (status 1), and
+/// names the limit. Other panics go on to the usual hook. The terminal UI's
+/// hook, installed later, restores the terminal before this one runs.
+fn install_out_of_memory_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|message| message.starts_with("failed to allocate an alternative stack")) {
+            // No formatting: there may be no memory for it.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"matrix-tui: cannot start a thread: the process is out of memory (see ulimit -v)\n",
+            );
+            std::process::exit(1);
+        }
+        previous(info);
+    }));
+}
+
 /// Runs the program with these arguments; returns the exit status.
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     // First, before any other thread exists: every thread inherits the mask.
@@ -103,6 +125,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         return ExitCode::from(1);
     }
     raise_open_file_limit();
+    install_out_of_memory_hook();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         // Help and version go to stdout as clap writes them; an error
