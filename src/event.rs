@@ -266,6 +266,8 @@ pub struct TakenSnapshot {
     pub took_ns: u64,
     /// In how many steps its memory was copied (the other VMs ran between).
     pub steps: u32,
+    /// The longest of those steps, ns (what its neighbours waited at most for it).
+    pub longest_step_ns: u64,
 }
 
 impl TakenSnapshot {

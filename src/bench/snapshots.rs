@@ -1,14 +1,18 @@
 //! What a snapshot costs: saving a running ticker (the core's pause),
 //! encoding and writing the file, reading and checking it, and restoring
-//! the machine, for a small and a large guest memory.
+//! the machine, for a small and a large guest memory; and what saving a
+//! large, much-written VM costs the VM beside it and the process's memory.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::measure::BenchError;
-use crate::sched::VmRuntime;
+use crate::config::{RunConfig, VmConfig};
+use crate::event::{Command, Event};
+use crate::record::SliceRecord;
+use crate::sched::{self, VmRuntime};
 use crate::snapshot::{self, Snapshot, SnapshotState, VmIdentity};
 use crate::stats::Percentiles;
 use crate::vm::{self, KickTarget, MachineSpec};
@@ -92,4 +96,135 @@ pub fn snapshot_costs(memory: u64, rounds: usize) -> Result<SnapshotCosts, Bench
         read_us: p(&read),
         restore_us: p(&restore),
     })
+}
+
+/// What saving a large, much-written VM costs its neighbour and the process.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeSaveCosts {
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Guest memory the VM had written before the save, MiB (the resident
+    /// growth of the process while it wrote).
+    pub written_mib: f64,
+    /// From the command to the core's answer (the copy in steps), ms.
+    pub save_ms: f64,
+    /// Steps the copy took.
+    pub steps: u32,
+    /// The longest step, ms (the core's part of a neighbour's wait).
+    pub longest_step_ms: f64,
+    /// The neighbour's longest wait between two of its slices during the save, ms.
+    pub neighbour_gap_during_ms: f64,
+    /// The same in the second before the command, ms (what the host gives anyway).
+    pub neighbour_gap_before_ms: f64,
+    /// The process's peak resident growth during the save over what was written.
+    pub rss_growth_over_written: f64,
+}
+
+/// Saves a `memory`-byte dirtier that wrote `written` bytes while a ticker
+/// runs beside it, watching the ticker's slices and the process's peak RSS.
+pub fn large_save_costs(memory: u64, written: u64) -> Result<LargeSaveCosts, BenchError> {
+    let tool = |what: &str, error: &dyn std::fmt::Display| BenchError::Tool(format!("{what}: {error}"));
+    let pages = written >> 12;
+    // Each unit writes 4,096 pages of the working set (1 MiB up), so the
+    // first pages/4,096 units touch every page once.
+    let mut dirtier = VmConfig::new("big", "dirtier", guests::resolve("dirtier").expect("built in"));
+    (dirtier.args, dirtier.memory_size) = (vec![4096, pages, 1_000_000, 1], memory);
+    let mut ticker = VmConfig::new("ticker", "ticker", guests::resolve("ticker").expect("built in"));
+    ticker.args = vec![50];
+    let mut config = RunConfig::new(vec![dirtier, ticker]);
+    config.live_records = true;
+    let rss_before_start = resident_bytes().ok_or_else(|| tool("RSS", &"no /proc/self/statm"))?;
+    let core = sched::spawn(vm::open_kvm()?, config)?;
+    let mut slices: Vec<SliceRecord> = Vec::new();
+    let keep = |event: Event, slices: &mut Vec<SliceRecord>| match event {
+        Event::Slices { records, .. } => {
+            slices.extend(records.into_iter().filter(|slice| slice.vm == 1));
+            None
+        }
+        Event::Snapshot { t_ns, result, .. } => Some((t_ns, result)),
+        _ => None,
+    };
+    // Written: the process grew by the pages the dirtier touched.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while resident_bytes().unwrap_or(0).saturating_sub(rss_before_start) < written * 95 / 100 {
+        if Instant::now() > deadline {
+            core.send(Command::Quit);
+            return Err(tool("dirtier", &"did not write its pages within 120 s"));
+        }
+        if let Ok(event) = core.events().recv_timeout(Duration::from_millis(50)) {
+            keep(event, &mut slices);
+        }
+    }
+    let written_bytes = resident_bytes().unwrap_or(0).saturating_sub(rss_before_start);
+    // One more second beside it, to see what the neighbour waits without a save.
+    let calm_until = Instant::now() + Duration::from_secs(1);
+    while let Ok(event) = core.events().recv_deadline(calm_until) {
+        keep(event, &mut slices);
+    }
+    reset_peak_resident();
+    let rss_before = resident_bytes().unwrap_or(0);
+    let asked_ns = core.started().elapsed().as_nanos() as u64;
+    let path = std::env::temp_dir().join(format!("matrix-tui-bench-large-{}.snap", std::process::id()));
+    core.send(Command::Snapshot { vm: 0, path });
+    let answer_deadline = Instant::now() + Duration::from_secs(60);
+    let (saved_ns, taken) = loop {
+        let event = core.events().recv_deadline(answer_deadline).map_err(|_| tool("save", &"no answer in 60 s"))?;
+        if let Some(answer) = keep(event, &mut slices) {
+            break answer;
+        }
+    };
+    let peak = peak_resident_bytes().unwrap_or(0);
+    let taken = taken.map_err(|why| tool("save", &why))?;
+    let (steps, longest_step_ms) = (taken.steps, taken.longest_step_ns as f64 / 1e6);
+    drop(taken);
+    // The slices of the save's last moments come in the next batches.
+    let tail_until = Instant::now() + Duration::from_millis(200);
+    while let Ok(event) = core.events().recv_deadline(tail_until) {
+        keep(event, &mut slices);
+    }
+    core.send(Command::Quit);
+    let _ = core.run_until(Some(Instant::now() + Duration::from_secs(10)), |_| {});
+    let calm_from = asked_ns.saturating_sub(1_000_000_000);
+    Ok(LargeSaveCosts {
+        memory_mib: memory >> 20,
+        written_mib: written_bytes as f64 / f64::from(1 << 20),
+        steps,
+        longest_step_ms,
+        save_ms: saved_ns.saturating_sub(asked_ns) as f64 / 1e6,
+        neighbour_gap_during_ms: longest_gap(&slices, asked_ns, saved_ns) as f64 / 1e6,
+        neighbour_gap_before_ms: longest_gap(&slices, calm_from, asked_ns) as f64 / 1e6,
+        rss_growth_over_written: peak.saturating_sub(rss_before) as f64 / written_bytes.max(1) as f64,
+    })
+}
+
+/// The longest time between one slice's end and the next one's start, for
+/// the gaps that overlap `from..to` (ns since the run started).
+fn longest_gap(slices: &[SliceRecord], from: u64, to: u64) -> u64 {
+    slices
+        .windows(2)
+        .filter(|pair| pair[1].start_ns > from && pair[0].end_ns < to)
+        .map(|pair| pair[1].start_ns.saturating_sub(pair[0].end_ns))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The process's resident memory now, from /proc/self/statm.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The process's peak resident memory since the last reset (VmHWM).
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Sets the peak resident memory back to the current (Linux's clear_refs 5);
+/// where that fails the peak is the whole process's, an overstatement.
+fn reset_peak_resident() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
