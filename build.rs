@@ -39,6 +39,10 @@ const GUESTS: &[(&str, &str)] = &[
         "dirtier",
         "writes N pages per unit over a working set of M pages, prints every K units: for live migration (args: N, M, K)",
     ),
+    (
+        "pair",
+        "its vCPUs take turns, woken by each other's IPIs, printing their turn counts (vcpus = 2; args: unit, turns)",
+    ),
     ("tasks", "a tiny kernel: tasks A and B switched by its own timer interrupt every 50 ms, each saying when it runs"),
 ];
 

@@ -50,6 +50,7 @@ pub const TIMED_UNITS: &[TimedUnit] = &[
     TimedUnit { guest: "neo", arg: 0, time: Duration::from_millis(1), when_missing: true },
     TimedUnit { guest: "morpheus", arg: 0, time: Duration::from_millis(1), when_missing: true },
     TimedUnit { guest: "dirtier", arg: 3, time: Duration::from_millis(1), when_missing: false },
+    TimedUnit { guest: "pair", arg: 0, time: Duration::from_millis(50), when_missing: true },
 ];
 
 /// Gives every VM of a built-in timed guest without an explicit unit
@@ -101,12 +102,13 @@ pub fn measure(kvm: &Kvm) -> Result<Calibration, SetupError> {
             args: vec![unit],
             layout: Default::default(),
             restore: None,
+            vcpus: 1,
         };
         let mut vm = VmRuntime::new(kvm, &spec, Default::default())?;
         let mut times = Vec::with_capacity(UNITS_TIMED + 1);
         // Time from the end of one unit's exit to the next exit, in KVM_RUN.
         while times.len() <= UNITS_TIMED && started.elapsed() < BUDGET {
-            let (step, span, _) = vm.step(&kick, 0, false);
+            let (step, span, _) = vm.step(&kick, 0, false, u64::MAX);
             match step {
                 Step::Io => times.push(span.exited_ns - span.entered_ns),
                 Step::Interrupted => continue,

@@ -65,6 +65,8 @@ pub struct VmConfig {
     /// A snapshot to restore instead of starting the image (a restart
     /// restores it again).
     pub snapshot: Option<Arc<crate::snapshot::Snapshot>>,
+    /// Its virtual CPUs (1 ..= [`crate::vm::MAX_VCPUS`]); they share its weight.
+    pub vcpus: u32,
 }
 
 impl VmConfig {
@@ -82,6 +84,7 @@ impl VmConfig {
             layout: crate::vm::GuestLayout::default(),
             ports: crate::hypercall::PortMap::default(),
             snapshot: None,
+            vcpus: 1,
         }
     }
 }

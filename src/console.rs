@@ -42,7 +42,16 @@ pub struct ConsoleOut {
     /// takes in a row found the guest's line no longer.
     held_at_len: usize,
     stale_takes: u8,
+    /// For a VM of several vCPUs, each one's unfinished line (empty for a
+    /// VM of one): two vCPUs' output never mixes within a line, and each
+    /// line goes out whole, led by its vCPU's label (`cpu1: `).
+    spoken: Vec<Vec<u8>>,
+    /// The vCPU whose exit is being handled.
+    speaker: usize,
 }
+
+/// The longest a vCPU's unfinished line is held before it goes out as it is.
+pub const SPOKEN_LINE_LIMIT: usize = 4096;
 
 impl ConsoleOut {
     /// A console whose earlier life is `history` (a restored snapshot's):
@@ -67,9 +76,66 @@ impl ConsoleOut {
         self.now_ns = now_ns;
     }
 
+    /// Keeps each of `vcpus` vCPUs' lines apart from here on (nothing
+    /// changes for a VM of one).
+    pub fn split_by_vcpu(&mut self, vcpus: usize) {
+        if vcpus > 1 {
+            self.spoken = vec![Vec::new(); vcpus];
+        }
+    }
+
+    /// Says which vCPU writes from now on.
+    pub fn set_speaker(&mut self, vcpu: usize) {
+        self.speaker = vcpu;
+    }
+
+    /// Ends every vCPU's unfinished line (its VM has ended).
+    pub fn end_spoken_lines(&mut self) {
+        for vcpu in 0..self.spoken.len() {
+            if !self.spoken[vcpu].is_empty() {
+                let mut line = std::mem::take(&mut self.spoken[vcpu]);
+                line.push(b'\n');
+                self.write_line_of(vcpu, &line);
+            }
+        }
+    }
+
     /// Appends guest output as it is (and, once the guest ends the line it
-    /// was in, the notes held back meanwhile).
+    /// was in, the notes held back meanwhile); a vCPU's of a VM of several
+    /// line by line, each led by its label.
     pub fn write(&mut self, bytes: &[u8]) {
+        if !self.spoken.is_empty() {
+            return self.write_spoken(bytes);
+        }
+        self.write_plain(bytes);
+    }
+
+    fn write_spoken(&mut self, bytes: &[u8]) {
+        let speaker = self.speaker.min(self.spoken.len() - 1);
+        let mut line = std::mem::take(&mut self.spoken[speaker]);
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&byte| byte == b'\n') {
+            line.extend_from_slice(&rest[..=newline]);
+            self.write_line_of(speaker, &line);
+            line.clear();
+            rest = &rest[newline + 1..];
+        }
+        line.extend_from_slice(rest);
+        if line.len() >= SPOKEN_LINE_LIMIT {
+            line.push(b'\n');
+            self.write_line_of(speaker, &line);
+            line.clear();
+        }
+        self.spoken[speaker] = line;
+    }
+
+    fn write_line_of(&mut self, vcpu: usize, line: &[u8]) {
+        let mut labelled = format!("cpu{vcpu}: ").into_bytes();
+        labelled.extend_from_slice(line);
+        self.write_plain(&labelled);
+    }
+
+    fn write_plain(&mut self, bytes: &[u8]) {
         if !self.held.is_empty() {
             if let Some(newline) = bytes.iter().position(|&byte| byte == b'\n') {
                 self.append(&bytes[..=newline]);
@@ -338,6 +404,34 @@ mod tests {
         assert_eq!(escape(b"\x1b[2J\x07\r\x08\x7f"), "\\x1b[2J\\x07\\x0d\\x08\\x7f");
         assert_eq!(escape("caf\u{e9} \u{9b}".as_bytes()), "caf\u{e9} \\u{009b}");
         assert_eq!(escape(b"bad \xff\xfe utf8"), "bad \\xff\\xfe utf8");
+    }
+
+    #[test]
+    fn each_vcpus_lines_go_out_whole_and_labelled() {
+        let mut out = ConsoleOut::default();
+        out.split_by_vcpu(2);
+        out.set_speaker(0);
+        out.write(b"pi");
+        out.set_speaker(1);
+        out.write(b"po");
+        out.set_speaker(0);
+        out.write(b"ng\nnext ");
+        out.set_speaker(1);
+        out.write(b"ng\n");
+        out.set_speaker(0);
+        out.write(&[b'x'; SPOKEN_LINE_LIMIT]);
+        let spoken = only(&take(&mut out)).bytes.to_vec();
+        let long = format!("cpu0: next {}\n", "x".repeat(SPOKEN_LINE_LIMIT));
+        assert_eq!(String::from_utf8(spoken).unwrap(), format!("cpu0: ping\ncpu1: pong\n{long}"));
+        out.set_speaker(1);
+        out.write(b"unfinished");
+        out.end_spoken_lines();
+        assert_eq!(only(&take(&mut out)).bytes, b"cpu1: unfinished\n");
+        // A VM of one vCPU writes as it always did.
+        let mut one = ConsoleOut::default();
+        one.split_by_vcpu(1);
+        one.write(b"plain");
+        assert_eq!(only(&take(&mut one)).bytes, b"plain");
     }
 
     #[test]

@@ -406,6 +406,19 @@ pub struct VmSample {
     pub cpu_ns: u64,
     /// Nanoseconds the scheduler charged it (KVM_RUN time up to each deadline).
     pub charged_ns: u64,
+    /// Its vCPUs, for a VM of several (empty for a VM of one).
+    pub vcpus: Vec<VcpuSample>,
+}
+
+/// One vCPU's figures at a moment (cumulative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuSample {
+    /// `run`, `sleep` (until its timer), `wait` (for a sibling's IPI) or `halt`.
+    pub state: &'static str,
+    /// Guest exits it made so far.
+    pub exits: u64,
+    /// Its part of its VM's charged time so far.
+    pub charged_ns: u64,
 }
 
 /// What the core tells the front ends.

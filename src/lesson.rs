@@ -59,6 +59,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("modes", include_str!("../assets/lessons/modes.toml")),
     ("interrupts", include_str!("../assets/lessons/interrupts.toml")),
     ("migration", include_str!("../assets/lessons/migration.toml")),
+    ("smp", include_str!("../assets/lessons/smp.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -560,7 +561,8 @@ mod tests {
                 "your-guest",
                 "modes",
                 "interrupts",
-                "migration"
+                "migration",
+                "smp"
             ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));

@@ -152,6 +152,8 @@ pub struct ExitRecord {
     pub t_ns: u64,
     /// The VM.
     pub vm: VmId,
+    /// Its vCPU that made the exit (or took the interrupt).
+    pub vcpu: u16,
     /// This VM's exit count with this exit (what HC_numExits would say).
     pub number: u64,
     /// What kind of exit.
@@ -200,6 +202,12 @@ impl ExitRecord {
                     Some(Hypercall::GvaToHvaRequest) => format!("{head} HC_gvaToHva({arg}){result}"),
                     Some(Hypercall::GvaToHvaResult) => format!("{head} HC_gvaToHva() read{result}"),
                     Some(Hypercall::TimerStart) => format!("{head} HC_timerStart({} us)", self.value),
+                    Some(Hypercall::Ipi) => {
+                        let (vcpu, vector) = (self.value & 0xffff, (self.value >> 16) & 0xff);
+                        let refused = if call.refused { " refused" } else { "" };
+                        format!("{head} HC_ipi(vCPU {vcpu}, vector 0x{vector:x}){refused}")
+                    }
+                    Some(Hypercall::YieldTo) => format!("{head} HC_yieldTo(vCPU {})", self.value),
                     Some(Hypercall::NumExitsByType) => match call.result {
                         Some(address) => format!("{head} HC_numExitsByType() = 0x{address:x}{text}"),
                         None => format!("{head} HC_numExitsByType()"),
@@ -212,6 +220,9 @@ impl ExitRecord {
                 }
             }
             ExitKind::Mmio => format!("mmio 0x{:x}", self.address),
+            ExitKind::Interrupt if call.hypercall == Some(Hypercall::Ipi) => {
+                format!("interrupt 0x{:x} injected (IPI)", self.value)
+            }
             ExitKind::Interrupt => format!("interrupt 0x{:x} injected (timer tick)", self.value),
             _ => kind.to_string(),
         }
@@ -274,6 +285,9 @@ impl SliceEnd {
 pub struct SliceRecord {
     /// The VM.
     pub vm: VmId,
+    /// The vCPU it started with (a slice passes to a sibling when its vCPU
+    /// sleeps, halts or yields to it; the exits say which ran).
+    pub vcpu: u16,
     /// When the core started it.
     pub start_ns: u64,
     /// When it ended (back on the core, after the last exit's handling).
@@ -297,6 +311,7 @@ mod tests {
         ExitRecord {
             t_ns: 0,
             vm: 0,
+            vcpu: 0,
             number: 1,
             kind,
             port,
@@ -337,6 +352,16 @@ mod tests {
                 "io_in 0xee HC_gvaToHva() read = 77",
             ),
             (io(ExitKind::IoOut, 0xef, 0, call(Hypercall::Yield, None, b"")), "io_out 0xef HC_yield()"),
+            (io(ExitKind::IoIn, 0xf2, 0, call(Hypercall::VcpuId, Some(3), b"")), "io_in 0xf2 HC_vcpuId() = 3"),
+            (
+                io(ExitKind::IoOut, 0xf4, 0x0040_0001, call(Hypercall::Ipi, None, b"")),
+                "io_out 0xf4 HC_ipi(vCPU 1, vector 0x40)",
+            ),
+            (
+                io(ExitKind::IoOut, 0xf4, 0x0010_0001, CallRecord { refused: true, ..call(Hypercall::Ipi, None, b"") }),
+                "io_out 0xf4 HC_ipi(vCPU 1, vector 0x10) refused",
+            ),
+            (io(ExitKind::IoOut, 0xf5, 2, call(Hypercall::YieldTo, None, b"")), "io_out 0xf5 HC_yieldTo(vCPU 2)"),
             (
                 io(ExitKind::IoOut, 0x80, 0x42, CallRecord { refused: true, ..Default::default() }),
                 "io_out 0x80 not a hypercall (4-byte out)",
@@ -347,6 +372,10 @@ mod tests {
         }
         let hlt = ExitRecord { kind: ExitKind::Hlt, ..cases_base() };
         assert_eq!(hlt.describe(), "hlt");
+        let tick = ExitRecord { kind: ExitKind::Interrupt, value: 0x20, ..cases_base() };
+        assert_eq!(tick.describe(), "interrupt 0x20 injected (timer tick)");
+        let ipi = ExitRecord { call: call(Hypercall::Ipi, None, b""), value: 0x40, ..tick };
+        assert_eq!(ipi.describe(), "interrupt 0x40 injected (IPI)");
         assert_eq!(
             ExitRecord { kind: ExitKind::Mmio, address: 0x4000_0000, ..cases_base() }.describe(),
             "mmio 0x40000000"

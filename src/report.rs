@@ -135,6 +135,30 @@ pub struct VmReport {
     /// Its live migration, if it moved out or came in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationReport>,
+    /// Each of its vCPUs (the figures above are their sums).
+    pub vcpus: Vec<VcpuReport>,
+}
+
+/// One vCPU of a VM at the end of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VcpuReport {
+    /// Its index in its VM.
+    pub index: usize,
+    /// `runnable`, `sleeping` (until its timer's tick), `waiting` (in hlt
+    /// for a sibling's interrupt) or `halted`.
+    pub state: &'static str,
+    /// Guest exits it made.
+    pub exits: u64,
+    /// Nanoseconds inside KVM_RUN.
+    pub cpu_ns: u64,
+    /// Its part of its VM's charged time.
+    pub charged_ns: u64,
+    /// Its fraction of the run's time in guests (as the VM's `share`).
+    pub share: f64,
+    /// Its timer's ticks injected.
+    pub injected: u64,
+    /// Interrupts its siblings raised on it (HC_ipi).
+    pub ipis: u64,
 }
 
 /// A VM's live migration, as the side that reports it saw it.

@@ -18,6 +18,7 @@
 //! entry = 0x10000      # where it starts (default: load, or the ELF entry)
 //! ports = { "0x10" = "print32bit" } # more ports that make hypercalls
 //! show_ports = false   # true: other ports' accesses as plain lines
+//! vcpus = 1            # 1 ..= 64 virtual CPUs, sharing the VM's weight
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
@@ -92,6 +93,8 @@ pub struct ScenarioVm {
     pub entry: Option<u64>,
     /// Its mapped ports and `show_ports`.
     pub ports: PortMap,
+    /// Its virtual CPUs.
+    pub vcpus: u32,
 }
 
 impl ScenarioVm {
@@ -110,7 +113,17 @@ impl ScenarioVm {
             load: None,
             entry: None,
             ports: PortMap::default(),
+            vcpus: 1,
         }
+    }
+}
+
+/// A VM's vCPU count, checked: 1 to [`crate::vm::MAX_VCPUS`].
+pub fn check_vcpus(count: i64) -> Result<u32, String> {
+    let most = crate::vm::MAX_VCPUS;
+    match u32::try_from(count) {
+        Ok(count) if (1..=most).contains(&count) => Ok(count),
+        _ => Err(format!("{count} vCPUs: a VM has 1 to {most}")),
     }
 }
 
@@ -161,6 +174,15 @@ struct VmSpec {
     ports: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     #[serde(default)]
     show_ports: bool,
+    vcpus: Option<Spanned<CountSpec>>,
+}
+
+/// A count as written: a number, or anything else (said to be no number).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CountSpec {
+    Number(i64),
+    Other(toml::Value),
 }
 
 /// A number written as a TOML integer (`0x10000`) or a string (`"2M"`, `"0x10000"`).
@@ -311,6 +333,14 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
                 ports.map(port, call).map_err(|message| at(map.span(), "ports", message))?;
             }
         }
+        let vcpus = match &vm.vcpus {
+            Some(count) => match count.get_ref() {
+                CountSpec::Number(number) => check_vcpus(*number),
+                CountSpec::Other(other) => Err(format!("{other} is not a number of vCPUs: give 1 to 64")),
+            }
+            .map_err(|message| at(count.span(), "vcpus", message))?,
+            None => 1,
+        };
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
         vms.push(ScenarioVm {
             name: name.clone(),
@@ -325,6 +355,7 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             load,
             entry,
             ports,
+            vcpus,
         });
     }
     Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
@@ -393,6 +424,21 @@ mod tests {
         assert_eq!((scenario.vms[1].weight, scenario.vms[1].memory), (1.0, 2 << 20));
         assert!(scenario.vms[1].paused, "paused = true starts the VM paused");
         assert!(!scenario.vms[1].weight_given);
+    }
+
+    #[test]
+    fn vcpus_are_1_to_64_and_a_number() {
+        let four = parse_str("[[vm]]\nname = \"a\"\nguest = \"pair\"\nvcpus = 4\n").unwrap();
+        assert_eq!(four.vms[0].vcpus, 4);
+        assert_eq!(parse_str("[[vm]]\nname = \"a\"\nguest = \"spin\"\n").unwrap().vms[0].vcpus, 1);
+        for (text, says) in [("0", "0 vCPUs: a VM has 1 to 64"), ("65", "65 vCPUs"), ("-1", "-1 vCPUs")] {
+            let error = parse_str(&format!("[[vm]]\nname = \"a\"\nguest = \"pair\"\nvcpus = {text}\n")).unwrap_err();
+            assert_eq!((error.line, error.key.as_str()), (4, "vcpus"), "{error}");
+            assert!(error.message.contains(says), "{error}");
+        }
+        let word = parse_str("[[vm]]\nname = \"a\"\nguest = \"pair\"\nvcpus = \"two\"\n").unwrap_err();
+        assert_eq!((word.line, word.key.as_str()), (4, "vcpus"), "{word}");
+        assert!(word.message.contains("\"two\" is not a number of vCPUs"), "{word}");
     }
 
     #[test]

@@ -229,6 +229,7 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
                     kind: "exit",
                     t_ns: exit.t_ns,
                     vm: name(exit.vm),
+                    vcpu: exit.vcpu,
                     n: exit.number,
                     exit: exit.kind,
                     port: io.then_some(exit.port),
@@ -255,6 +256,7 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
             &SliceLine {
                 kind: "slice",
                 vm: name(slice.vm),
+                vcpu: slice.vcpu,
                 start_ns: slice.start_ns,
                 end_ns: slice.end_ns,
                 charged_ns: slice.charged_ns,
@@ -289,6 +291,9 @@ struct ExitLine<'a> {
     kind: &'static str,
     t_ns: u64,
     vm: &'a str,
+    /// Only for vCPUs past the first: older traces stay as they were.
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    vcpu: u16,
     n: u64,
     #[serde(rename = "kind")]
     exit: ExitKind,
@@ -328,6 +333,8 @@ struct SliceLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     vm: &'a str,
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    vcpu: u16,
     start_ns: u64,
     end_ns: u64,
     charged_ns: u64,
@@ -342,6 +349,10 @@ fn is_zero(value: &u32) -> bool {
     *value == 0
 }
 
+fn is_zero_u16(value: &u16) -> bool {
+    *value == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +363,7 @@ mod tests {
         TraceRecord::Exit(ExitRecord {
             t_ns,
             vm: 0,
+            vcpu: 0,
             number: 1,
             kind: ExitKind::IoOut,
             port: 0xe9,
@@ -372,6 +384,7 @@ mod tests {
         out.push(b'\n');
         let slice = SliceRecord {
             vm: 0,
+            vcpu: 0,
             start_ns: 1,
             end_ns: 9,
             charged_ns: 7,

@@ -94,6 +94,10 @@ fn quick_bench_reports_every_figure() {
         assert!((0.0..=100.0).contains(&number(&report, &[key, "share_error_rel_pct_charged"])), "{key}");
     }
     assert!(number(&report, &["console_flood", "bytes_per_s"]) > 0.0);
+    // The large save: it took steps, and its written pages are what the process grew by.
+    assert!(number(&report, &["large_save", "steps"]) > 1.0);
+    assert!(number(&report, &["large_save", "written_mib"]) > 200.0);
+    assert!(number(&report, &["large_save", "rss_growth_over_written"]) > 0.5);
     let ui = number(&report, &["ui_cpu_pct", "pct"]);
     assert!(ui > 0.0 && ui < 100.0, "the UI thread used {ui} % of a core");
     let targets = report["targets"].as_object().unwrap();
@@ -111,6 +115,7 @@ fn quick_bench_reports_every_figure() {
         "scale",
         "scale_1024",
         "console_flood",
+        "large_save",
     ] {
         assert!(report[key]["params"].is_object(), "{key} has no params");
     }

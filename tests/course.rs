@@ -44,6 +44,7 @@ fn the_hello_guest_halts_with_42_in_eax_and_at_0x400_in_every_mode() {
             args: Vec::new(),
             layout: GuestLayout { mode, ..builtin.layout },
             restore: None,
+            vcpus: 1,
         };
         let mut runtime = match VmRuntime::new(&kvm, &spec, Default::default()) {
             Err(SetupError::ModeUnsupported { mode: "paged32", asked_cr0, kept_cr0 }) => {
@@ -53,7 +54,7 @@ fn the_hello_guest_halts_with_42_in_eax_and_at_0x400_in_every_mode() {
             other => other.unwrap_or_else(|error| panic!("{guest} in {mode:?}: {error}")),
         };
         let registers = loop {
-            match runtime.step(&kick, 0, false).0 {
+            match runtime.step(&kick, 0, false, u64::MAX).0 {
                 Step::Halted { registers } => break registers,
                 Step::Io | Step::Interrupted => {}
                 other => panic!("{guest} in {mode:?} ended with {other:?}"),
@@ -238,6 +239,7 @@ fn a_guest_given_arguments_may_not_cover_them() {
         args: vec![7],
         layout: GuestLayout { mode: CpuMode::Long, load: Some(0), entry: None },
         restore: None,
+        vcpus: 1,
     };
     let error = vm::Machine::new(&kvm, &spec).err().expect("refused");
     assert!(error.to_string().contains("over the guest arguments' block (0x500..0x600)"), "{error}");
@@ -254,6 +256,7 @@ fn the_setup_flowchart_matches_the_long_mode_code_and_the_table_every_mode() {
         args: Vec::new(),
         layout: builtin.layout,
         restore: None,
+        vcpus: 1,
     };
     let machine = vm::Machine::new(&common::kvm(), &spec).unwrap();
     for step in &machine.setup {

@@ -8,7 +8,7 @@
 mod common;
 
 use matrix_tui::console::ConsoleOut;
-use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VmIo};
+use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VcpuIdentity, VmIo};
 use matrix_tui::stats::VmCounters;
 use matrix_tui::vm::{CpuMode, PortAccess, memory};
 use vm_memory::{Bytes, GuestAddress};
@@ -39,7 +39,19 @@ impl Translate for RandomTables {
     }
 }
 
-const CALLS: &[&str] = &["print8bit", "print32bit", "numExits", "printStr", "numExitsByType", "gvaToHva", "yield"];
+const CALLS: &[&str] = &[
+    "print8bit",
+    "print32bit",
+    "numExits",
+    "printStr",
+    "numExitsByType",
+    "gvaToHva",
+    "yield",
+    "vcpuId",
+    "vcpuCount",
+    "ipi",
+    "yieldTo",
+];
 
 /// The shared generator, with a taste for values at the edges.
 trait EdgeValues {
@@ -66,6 +78,7 @@ fn random_port_accesses_never_upset_the_handlers() {
     let memory = memory::allocate(MEMORY).unwrap();
     let mut counters = VmCounters::default();
     let mut state = HypercallState::default();
+    let mut gva_result = None;
     let mut console = ConsoleOut::default();
     let mut tables = RandomTables { mapped_below: MEMORY, remaps: Vec::new(), ds_base: 0 };
     let mut mode = CpuMode::Long;
@@ -85,16 +98,25 @@ fn random_port_accesses_never_upset_the_handlers() {
             ports = PortMap::default();
             ports.show_unknown = rng.next() % 2 == 0;
             for _ in 0..rng.next() % 4 {
-                let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
+                let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 14) as u16 } else { rng.next() as u16 };
                 ports.remap(port, CALLS[(rng.next() % CALLS.len() as u64) as usize]).unwrap();
             }
         }
-        let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 9) as u16 } else { rng.next() as u16 };
+        let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 14) as u16 } else { rng.next() as u16 };
         let size = [1u8, 2, 4, 0, 3, 8][(rng.next() % 6) as usize];
         let count = if rng.next() % 8 == 0 { (rng.next() % 64) as u32 } else { 1 };
         let access = PortAccess { size, count };
         let unknown_before = counters.exits.unknown_port;
-        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console, mode, ports: &ports };
+        let vcpu = VcpuIdentity { index: (rng.next() % 4) as u32, count: 4 };
+        let mut io = VmIo {
+            counters: &mut counters,
+            state: &mut state,
+            console: &mut console,
+            mode,
+            ports: &ports,
+            vcpu,
+            gva_result: &mut gva_result,
+        };
         if rng.next() % 2 == 0 {
             io.counters.exits.io_out += 1;
             let view = GuestView { memory: &memory, memory_size: MEMORY, translator: &tables };

@@ -16,7 +16,7 @@ fn part1_is_byte_exact_with_the_real_host_address_and_leaves_42() {
     let _attached = kick.attach();
     let mut steps = 0;
     loop {
-        match vm.step(&kick, 0, false).0 {
+        match vm.step(&kick, 0, false, u64::MAX).0 {
             Step::Halted { .. } => break,
             Step::Io | Step::Interrupted => {}
             other => panic!("part1 did {other:?}"),

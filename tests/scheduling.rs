@@ -210,7 +210,7 @@ fn a_stale_timer_kick_does_not_cut_the_next_slice() {
     let mut stale_interrupts = 0;
     let mut charged = 0;
     loop {
-        let (step, span, _) = vm.step(&kick, 0, false);
+        let (step, span, _) = vm.step(&kick, 0, false, u64::MAX);
         charged += span.charged_until(deadline);
         assert_eq!(step, Step::Interrupted, "spin only stops for signals");
         if span.exited_ns >= deadline {
@@ -263,7 +263,7 @@ fn a_kick_after_the_vm_is_gone_is_harmless() {
         kick.set_deadline(monotonic_ns() + 2_000_000);
         let mut timer = quantum_timer::create(TimerKind::Posix, &kick).unwrap();
         timer.arm(monotonic_ns() + 2_000_000, 0);
-        while vm.step(&kick, 0, false).0 != Step::Interrupted {}
+        while vm.step(&kick, 0, false, u64::MAX).0 != Step::Interrupted {}
         drop(vm);
         // Due kicks and requests now arrive with no vCPU behind them.
         kick.set_deadline(0);

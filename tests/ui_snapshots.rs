@@ -42,6 +42,7 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
                     },
                     cpu_ns: cpu,
                     charged_ns: cpu,
+                    vcpus: Vec::new(),
                 }
             })
             .collect::<Vec<_>>()
@@ -125,6 +126,7 @@ fn print8(number: u64, byte: u8) -> ExitRecord {
     ExitRecord {
         t_ns: 2_000_000_000 + number * 500_000_000,
         vm: 0,
+        vcpu: 0,
         number,
         kind: ExitKind::IoOut,
         port: 0xe9,
@@ -178,6 +180,7 @@ fn timeline_app() -> App {
     let slices = (0..100u64)
         .map(|i| SliceRecord {
             vm: pattern[i as usize % 10],
+            vcpu: 0,
             start_ns: start + i * 200_000,
             end_ns: start + (i + 1) * 200_000,
             charged_ns: 195_000,
@@ -256,4 +259,42 @@ fn halted() -> VmState {
     let registers =
         matrix_tui::vm::RegisterDump { rax: 42, rip: 0x10031, rsp: 0x20_0000, efer: 0x500, ..Default::default() };
     VmState::Halted { registers, t_ns: 0 }
+}
+
+/// A pair of four vCPUs beside a ticker: two more samples, a second apart,
+/// with the vCPUs' states, charged time and exits.
+fn vcpus_app() -> App {
+    let mut app = app(&["pair", "ticker"], &[50.0, 50.0], &[]);
+    let vcpus = |second: u64| {
+        let states = ["run", "wait", "sleep", "halt"];
+        let shares = [300_000_000, 150_000_000, 50_000_000, 0];
+        let rates = [1200, 40, 10, 0];
+        (0..4)
+            .map(|index| matrix_tui::event::VcpuSample {
+                state: states[index],
+                exits: rates[index] * second,
+                charged_ns: shares[index] * second,
+            })
+            .collect::<Vec<_>>()
+    };
+    for second in 9..=10 {
+        let sample = |vm: usize| VmSample {
+            counters: VmCounters::default(),
+            cpu_ns: second * 500_000_000,
+            charged_ns: second * 500_000_000,
+            vcpus: if vm == 0 { vcpus(second) } else { Vec::new() },
+        };
+        app.apply(Event::Sample { elapsed_ns: second * 1_000_000_000, vms: vec![sample(0), sample(1)] });
+    }
+    app
+}
+
+#[test]
+fn a_vm_of_four_vcpus_at_80x24() {
+    insta::assert_snapshot!(render(&vcpus_app(), 80, 24).backend());
+}
+
+#[test]
+fn a_vm_of_four_vcpus_at_160x48() {
+    insta::assert_snapshot!(render(&vcpus_app(), 160, 48).backend());
 }

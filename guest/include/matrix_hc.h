@@ -14,6 +14,11 @@
  *     __attribute__((interrupt)) void tick(struct mh_interrupt_frame *f) { ... }
  *     mh_idt_set(MATRIX_TIMER_VECTOR, tick); HC_timerStart(10000); mh_interrupts_on();
  * mh_sleep_us(us) waits in hlt for one tick: the VM is not run meanwhile.
+ *
+ * Several vCPUs (vcpus = N): every vCPU runs main on a stack of its own;
+ * mh_vcpu_id(), mh_vcpu_count(), HC_ipi(vcpu, vector) and HC_yieldTo(vcpu)
+ * are below, and guest/examples/c/smp.c uses them. Each vCPU loads the IDT
+ * itself (mh_idt_set does) before a sibling may interrupt it.
  */
 #ifndef MATRIX_HC_H
 #define MATRIX_HC_H
@@ -30,6 +35,10 @@
 #define HC_PORT_YIELD 0xEF
 #define HC_PORT_TIMER_START 0xF0
 #define HC_PORT_TIMER_STOP 0xF1
+#define HC_PORT_VCPU_ID 0xF2
+#define HC_PORT_VCPU_COUNT 0xF3
+#define HC_PORT_IPI 0xF4
+#define HC_PORT_YIELD_TO 0xF5
 
 /* The vector the virtual timer interrupts on. */
 #define MATRIX_TIMER_VECTOR 0x20
@@ -86,6 +95,22 @@ static inline void HC_timerStart(uint32_t period_us) { matrix_outl(HC_PORT_TIMER
 
 /* HC_timerStop: no more ticks. */
 static inline void HC_timerStop(void) { matrix_outb(HC_PORT_TIMER_STOP, 0); }
+
+/* Several vCPUs: each starts at _start with a stack of its own (16 KiB below
+ * the previous one's) and runs main. mh_vcpu_id tells them apart (so does
+ * CPUID: leaf 1's EBX bits 31-24 hold the same index, its initial APIC id). */
+static inline uint32_t mh_vcpu_id(void) { return matrix_inl(HC_PORT_VCPU_ID); }
+static inline uint32_t mh_vcpu_count(void) { return matrix_inl(HC_PORT_VCPU_COUNT); }
+
+/* HC_ipi: raises vector (32 to 255) on vCPU vcpu of this VM, waking it if it
+ * waits in hlt; refused with a console note for a vCPU that does not exist
+ * or has halted, or a vector below 32. */
+static inline void HC_ipi(uint32_t vcpu, uint8_t vector) {
+    matrix_outl(HC_PORT_IPI, (vcpu & 0xffff) | ((uint32_t)vector << 16));
+}
+
+/* HC_yieldTo: the rest of this vCPU's slice to vCPU vcpu, if it can run. */
+static inline void HC_yieldTo(uint32_t vcpu) { matrix_outl(HC_PORT_YIELD_TO, vcpu); }
 
 /* What the CPU pushes for an interrupt, as GCC's interrupt functions take it. */
 struct mh_interrupt_frame {

@@ -13,7 +13,7 @@
 
 use core::arch::{asm, naked_asm};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// The vector the virtual timer interrupts on.
 pub const TIMER_VECTOR: u8 = 0x20;
@@ -42,12 +42,15 @@ const MISSING: Gate =
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[Gate; 256]>);
 
-// SAFETY: the guest has one vCPU, and the table is written only by
-// `set_entry`, with interrupts off.
+// SAFETY: the table is written only by `set_entry`, with interrupts off,
+// and each gate before any vCPU is told to take its vector (a guest of
+// several vCPUs sets its gates on one of them before it starts the others'
+// work, see `crate::smp`).
 unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([MISSING; 256]));
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// The timer's gate: 0 not written, 1 being written, 2 written.
+static INSTALLED: AtomicU8 = AtomicU8::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static HANDLER: AtomicUsize = AtomicUsize::new(0);
 
@@ -57,13 +60,28 @@ pub fn ticks() -> u64 {
 }
 
 /// Loads the IDT with the timer's gate (the code selector is the
-/// hypervisor's 0x8). Every other vector stays empty: an exception still
-/// ends the VM as a triple fault.
+/// hypervisor's 0x8) on this vCPU: the first vCPU to call it writes the
+/// gate, every vCPU loads the table (each CPU has its own IDT register).
+/// Every other vector stays empty: an exception still ends the VM as a
+/// triple fault.
 pub fn init() {
-    if INSTALLED.swap(true, Ordering::Relaxed) {
-        return;
+    match INSTALLED.compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire) {
+        Ok(_) => set_entry(TIMER_VECTOR, timer_stub),
+        Err(_) => {
+            // A sibling writes the gate: wait until it is whole.
+            while INSTALLED.load(Ordering::Acquire) != 2 {
+                core::hint::spin_loop();
+            }
+            load();
+        }
     }
-    set_entry(TIMER_VECTOR, timer_stub);
+}
+
+/// Loads the IDT register of this vCPU with the table.
+pub fn load() {
+    let pointer = IdtPointer { limit: (256 * 16 - 1) as u16, base: IDT.0.get() as u64 };
+    // SAFETY: the pointer describes the static table above, which lives forever.
+    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
 }
 
 /// Points `vector` at `entry`, an interrupt entry of the guest's own: a
@@ -71,7 +89,6 @@ pub fn init() {
 /// kernel's task switch, say). It replaces the SDK's timer entry if
 /// `vector` is [`TIMER_VECTOR`].
 pub fn set_entry(vector: u8, entry: extern "C" fn()) {
-    INSTALLED.store(true, Ordering::Relaxed);
     let address = entry as *const () as u64;
     let gate = Gate {
         offset_low: address as u16,
@@ -84,12 +101,14 @@ pub fn set_entry(vector: u8, entry: extern "C" fn()) {
         reserved: 0,
     };
     interrupts_off();
-    // SAFETY: interrupts are off while the gate is written, and the guest has
-    // one vCPU (see `Idt`).
+    // SAFETY: interrupts are off while the gate is written, and no vCPU
+    // takes this vector before it is written (see `Idt`).
     unsafe { (*IDT.0.get())[usize::from(vector)] = gate };
-    let pointer = IdtPointer { limit: (256 * 16 - 1) as u16, base: IDT.0.get() as u64 };
-    // SAFETY: the pointer describes the static table above, which lives forever.
-    unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    load();
+    if vector == TIMER_VECTOR {
+        // The guest's own timer entry: `init` leaves it as it is.
+        INSTALLED.store(2, Ordering::Release);
+    }
 }
 
 #[repr(C, packed)]

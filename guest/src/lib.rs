@@ -4,7 +4,8 @@
 //!
 //! A guest is a `#![no_std] #![no_main]` binary that says `matrix_guest::entry!(main);`
 //! and gets a `fn main()` run in 64-bit long mode with a stack at the top of memory.
-//! When `main` returns the guest halts, which ends the VM normally.
+//! When `main` returns the guest halts, which ends the VM normally. A VM of
+//! several vCPUs runs `main` on each, each on a stack of its own ([`smp`]).
 //!
 //! ```ignore
 //! #![no_std]
@@ -27,6 +28,7 @@ pub mod hc;
 pub mod interrupts;
 pub mod io;
 mod mem;
+pub mod smp;
 pub mod work;
 
 pub use console::Console;

@@ -83,6 +83,7 @@ pub fn hypercall_round_trip(hammer_arg: u64, exits_per_call: u64, calls: usize) 
         args: vec![hammer_arg],
         layout: Default::default(),
         restore: None,
+        vcpus: 1,
     };
     round_trip(&spec, PortMap::default(), exits_per_call, calls)
 }
@@ -102,10 +103,10 @@ fn round_trip(
     let mut times = Vec::with_capacity(exits + 1);
     // Warm up (first entry, page faults) before timing.
     for _ in 0..100 {
-        runtime.step(&kick, 0, false);
+        runtime.step(&kick, 0, false, u64::MAX);
     }
     while times.len() <= exits {
-        let (step, span, _) = runtime.step(&kick, 0, false);
+        let (step, span, _) = runtime.step(&kick, 0, false, u64::MAX);
         if step == Step::Io {
             times.push(span.exited_ns);
         }
@@ -133,6 +134,7 @@ pub fn real_vs_long_round_trip(calls: usize, rounds: usize) -> Result<(NsPercent
         args: Vec::new(),
         layout: counter.layout,
         restore: None,
+        vcpus: 1,
     };
     let mut ports = PortMap::default();
     ports.map(0x10, "print32bit").expect("a known hypercall");
@@ -166,6 +168,7 @@ pub fn setup_by_mode(vms: usize) -> Result<BTreeMap<String, Value>, BenchError> 
             args: Vec::new(),
             layout: GuestLayout { mode, ..builtin.layout },
             restore: None,
+            vcpus: 1,
         };
         let mut totals = Vec::with_capacity(vms);
         let mut refused = None;

@@ -5,6 +5,7 @@
 pub mod measure;
 pub mod migration;
 pub mod snapshots;
+pub mod vcpus;
 pub mod windows;
 
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ pub const MEASUREMENTS: &[&str] = &[
     "snapshots",
     "large-save",
     "migration",
+    "vcpus",
     "preempt",
     "baseline",
     "share",
@@ -141,6 +143,32 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
             json!({ "link": "a Unix socket, no bandwidth cap", "downtime_limit_ms": 5, "warm_ms": 300, "runs": runs,
                     "downtime": "the receiver's first slice minus the sender's last, one monotonic clock",
                     "goal_downtime_us": { "neo": 1000 } }),
+        );
+    }
+    if options.wants("vcpus") {
+        progress("several vCPUs: an IPI against a timer tick, 4 vCPUs' exit round trip against 1's, 256 VMs of 4");
+        let ipi = vcpus::ipi_to_first_exit(options.pick(Duration::from_secs(1), Duration::from_secs(3)))?;
+        let (_, tick) = measure::timer_delivery(10_000, options.pick(100, 300), 0)?;
+        let (calls, rounds) = options.pick((10_000, 2), (30_000, 5));
+        let (one, four, ratio) = vcpus::round_trips(calls, rounds)?;
+        let scale = vcpus::scale(256, 4, 50, options.pick(Duration::from_secs(2), Duration::from_secs(5)))?;
+        report["vcpus"] = with_params(
+            json!({
+                "ipi_to_first_exit_us": ipi,
+                "tick_due_to_handler_exit_us": tick,
+                "ipi_over_tick_p50": ipi.p50 / tick.p50,
+                "exit_roundtrip_1_vcpu_ns": one,
+                "exit_roundtrip_4_vcpus_ns": four,
+                "roundtrip_ratio_p50": ratio,
+                "scale": scale,
+            }),
+            json!({ "ipi": "pair with 2 vCPUs and a turn of 1 iteration: each HC_ipi exit to its target's next exit \
+                             (on one core: the sender's hlt exit, the switch, the injection, the handler, the target's print)",
+                    "tick": "the tick probe's due time to its handler's first exit, 10 ms period, in the same run",
+                    "roundtrip": "hammer print8bit, the VM's turn passed to its next vCPU every 64 exits; medians of \
+                                  alternating rounds", "calls": calls, "rounds": rounds,
+                    "scale": "256 VMs of ticker (unit 50 iterations) with 4 vCPUs each",
+                    "goals": { "roundtrip_ratio_p50": 1.05, "scale_outside_kvm_run_pct": 3, "scale_startup_ms": 4000 } }),
         );
     }
     if options.wants("hypercalls") {
@@ -306,6 +334,9 @@ fn targets(report: &Value) -> Value {
         ("scale_1024_outside_kvm_run_pct", &["scale_1024", "outside_kvm_run_pct"], 3.0),
         ("large_save_neighbour_gap_ms", &["large_save", "neighbour_gap_during_ms"], 10.0),
         ("large_save_rss_growth_over_written", &["large_save", "rss_growth_over_written"], 1.2),
+        ("vcpus_roundtrip_ratio_p50", &["vcpus", "roundtrip_ratio_p50"], 1.05),
+        ("vcpus_1024_outside_kvm_run_pct", &["vcpus", "scale", "outside_kvm_run_pct"], 3.0),
+        ("vcpus_1024_startup_ms", &["vcpus", "scale", "startup_ms"], 4000.0),
         ("flood_rss_growth_mib", &["console_flood", "rss_growth_mib"], 5.0),
         ("ui_cpu_pct", &["ui_cpu_pct", "pct"], 2.0),
     ];
@@ -442,6 +473,21 @@ pub fn table(report: &Value) -> String {
                 ),
             );
         }
+    }
+    if report["vcpus"].is_object() {
+        let figure = &report["vcpus"];
+        row(&mut out, "IPI to its target's first exit", p(&figure["ipi_to_first_exit_us"], "us"));
+        row(&mut out, "  a timer tick to its handler's exit", p(&figure["tick_due_to_handler_exit_us"], "us"));
+        row(&mut out, "exit round trip, 4 vCPUs / 1 (p50)", format!("{:.3}", num(&figure["roundtrip_ratio_p50"])));
+        row(
+            &mut out,
+            "256 VMs of 4 vCPUs",
+            format!(
+                "start-up {:.0} ms; {:.2} % outside KVM_RUN",
+                num(&figure["scale"]["startup_ms"]),
+                num(&figure["scale"]["outside_kvm_run_pct"])
+            ),
+        );
     }
     if report["interrupts"].is_object() {
         let figure = &report["interrupts"];

@@ -45,12 +45,13 @@ pub fn snapshot_costs(memory: u64, rounds: usize) -> Result<SnapshotCosts, Bench
         args: vec![50],
         layout: builtin.layout,
         restore: None,
+        vcpus: 1,
     };
     let mut runtime = VmRuntime::new(&kvm, &spec, Default::default())?;
     let kick = KickTarget::new();
     let _attached = kick.attach();
     for _ in 0..200 {
-        runtime.step(&kick, 0, false);
+        runtime.step(&kick, 0, false, u64::MAX);
     }
     let path = std::env::temp_dir().join(format!("matrix-tui-bench-{}.snap", std::process::id()));
     let (mut save, mut write, mut read, mut restore) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -83,7 +84,7 @@ pub fn snapshot_costs(memory: u64, rounds: usize) -> Result<SnapshotCosts, Bench
         drop(restored);
         // The next round saves a ticker that has moved on.
         for _ in 0..20 {
-            runtime.step(&kick, 0, false);
+            runtime.step(&kick, 0, false, u64::MAX);
         }
     }
     let _ = std::fs::remove_file(&path);

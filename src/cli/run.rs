@@ -27,7 +27,7 @@ use crate::{calibration, control, guests, ui, vm};
 
 use super::run_args::{
     VmArg, parse_address_arg, parse_args_arg, parse_gdb_arg, parse_mode_arg, parse_ports_arg, parse_quantum,
-    parse_vm_arg,
+    parse_vcpus_arg, parse_vm_arg,
 };
 use super::{Failure, OUTPUT_LOST, out_of_threads};
 use crate::hypercall::PortMap;
@@ -103,6 +103,11 @@ pub(super) struct RunArgs {
     /// numExitsByType, gvaToHva or yield).
     #[arg(long = "ports", value_name = "NAME=PORT:CALL,...", value_parser = parse_ports_arg)]
     pub(super) ports: Vec<(String, PortMap)>,
+
+    /// Give VM NAME N virtual CPUs (1 to 64; they share its weight); repeat
+    /// for more VMs [default: the scenario's, else 1].
+    #[arg(long = "vcpus", value_name = "NAME=N", value_parser = parse_vcpus_arg)]
+    pub(super) vcpus: Vec<(String, u32)>,
 
     /// Show VM NAME's accesses to ports that make no hypercall as plain
     /// lines (`out 0x10 ← 7`) instead of errors; repeat for more.
@@ -223,6 +228,7 @@ impl Default for RunArgs {
             entries: Vec::new(),
             ports: Vec::new(),
             show_ports: Vec::new(),
+            vcpus: Vec::new(),
             trace: None,
             paused: Vec::new(),
             gdb: Vec::new(),
@@ -356,11 +362,22 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     for name in &args.show_ports {
         named(&mut vms, "--show-ports", name)?.ports.show_unknown = true;
     }
+    for (name, count) in &args.vcpus {
+        named_image(&mut vms, "--vcpus", name)?.vcpus = *count;
+    }
     for (at, (name, address)) in args.gdb.iter().enumerate() {
         if args.gdb[..at].iter().any(|(earlier, _)| earlier == name) {
             return Err(Failure::Usage(anyhow!("--gdb names VM '{name}' twice; a VM has one gdb server")));
         }
         named(&mut vms, "--gdb", name)?.gdb = Some(address.clone());
+    }
+    if let Some(vm) = vms.iter().find(|vm| vm.gdb.is_some() && vm.vcpus > 1) {
+        return Err(Failure::Usage(anyhow!(
+            "VM '{}' has {} vCPUs, and its gdb server serves VMs of one; give it one vCPU to debug it, or leave its \
+             gdb out",
+            escape_input(&vm.name),
+            vm.vcpus
+        )));
     }
     let snapshots: Vec<Option<Arc<Snapshot>>> = vms.iter_mut().map(take_snapshot_settings).collect::<Result<_, _>>()?;
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
@@ -394,6 +411,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         config.paused = vm.paused;
         config.gdb = vm.gdb;
         config.snapshot = snapshot;
+        config.vcpus = vm.vcpus;
         configs.push(config);
     }
     let config = RunConfig {

@@ -75,6 +75,13 @@ pub(super) fn parse_args_arg(text: &str) -> Result<(String, Vec<u64>), String> {
     Ok((name.to_string(), values))
 }
 
+/// `NAME=N`: VM NAME's vCPU count, 1 to 64.
+pub(super) fn parse_vcpus_arg(text: &str) -> Result<(String, u32), String> {
+    let (name, count) = text.split_once('=').ok_or("expected NAME=N, such as pair=2")?;
+    let count: i64 = count.trim().parse().map_err(|_| format!("'{}' is not a number of vCPUs", escape_input(count)))?;
+    Ok((name.to_string(), crate::scenario::check_vcpus(count)?))
+}
+
 pub(super) fn parse_gdb_arg(text: &str) -> Result<(String, ListenAddress), String> {
     let (name, address) = text.split_once('=').ok_or("expected NAME=ADDR, such as neo=127.0.0.1:1234")?;
     Ok((name.to_string(), ListenAddress::parse(address)?))

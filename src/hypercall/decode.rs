@@ -21,6 +21,14 @@ pub const PORT_YIELD: u16 = 0xEF;
 pub const PORT_TIMER_START: u16 = 0xF0;
 /// HC_timerStop(): the virtual timer stops.
 pub const PORT_TIMER_STOP: u16 = 0xF1;
+/// HC_vcpuId() -> u32: the calling vCPU's index.
+pub const PORT_VCPU_ID: u16 = 0xF2;
+/// HC_vcpuCount() -> u32: how many vCPUs the VM has.
+pub const PORT_VCPU_COUNT: u16 = 0xF3;
+/// HC_ipi(vcpu | vector << 16): an interrupt on another vCPU of the VM.
+pub const PORT_IPI: u16 = 0xF4;
+/// HC_yieldTo(vcpu): the rest of the slice to that vCPU of the VM.
+pub const PORT_YIELD_TO: u16 = 0xF5;
 
 /// Whether the guest wrote (`out`) or read (`in`) the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +71,19 @@ pub enum Hypercall {
     TimerStart,
     /// Stop the virtual timer.
     TimerStop,
+    /// Return the calling vCPU's index.
+    VcpuId,
+    /// Return the VM's vCPU count.
+    VcpuCount,
+    /// Raise an interrupt on a vCPU of the VM.
+    Ipi,
+    /// Give the rest of the slice to a vCPU of the VM.
+    YieldTo,
 }
 
 impl Hypercall {
     /// Every hypercall, in port order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::Print8,
         Self::Print32,
         Self::NumExits,
@@ -78,6 +94,10 @@ impl Hypercall {
         Self::Yield,
         Self::TimerStart,
         Self::TimerStop,
+        Self::VcpuId,
+        Self::VcpuCount,
+        Self::Ipi,
+        Self::YieldTo,
     ];
 
     /// Its name in the guest ABI (`HC_print8bit`, ...).
@@ -135,6 +155,10 @@ const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_YIELD, Direction::Out, 1, Hypercall::Yield, "HC_yield"),
     (PORT_TIMER_START, Direction::Out, 4, Hypercall::TimerStart, "HC_timerStart"),
     (PORT_TIMER_STOP, Direction::Out, 1, Hypercall::TimerStop, "HC_timerStop"),
+    (PORT_VCPU_ID, Direction::In, 4, Hypercall::VcpuId, "HC_vcpuId"),
+    (PORT_VCPU_COUNT, Direction::In, 4, Hypercall::VcpuCount, "HC_vcpuCount"),
+    (PORT_IPI, Direction::Out, 4, Hypercall::Ipi, "HC_ipi"),
+    (PORT_YIELD_TO, Direction::Out, 4, Hypercall::YieldTo, "HC_yieldTo"),
 ];
 
 /// The hypercall the ABI puts on `port` in `direction`, with its name.
@@ -179,6 +203,10 @@ mod tests {
             (0xEF, Out, 1, Hypercall::Yield),
             (0xF0, Out, 4, Hypercall::TimerStart),
             (0xF1, Out, 1, Hypercall::TimerStop),
+            (0xF2, In, 4, Hypercall::VcpuId),
+            (0xF3, In, 4, Hypercall::VcpuCount),
+            (0xF4, Out, 4, Hypercall::Ipi),
+            (0xF5, Out, 4, Hypercall::YieldTo),
         ];
         for (port, direction, size, call) in cases {
             assert_eq!(decode(port, direction, one(size)), Ok(call), "port 0x{port:x}");

@@ -32,6 +32,31 @@ pub enum Outcome {
     TimerStart(u32),
     /// Stop it (HC_timerStop).
     TimerStop,
+    /// Raise `vector` on vCPU `vcpu` of the VM (HC_ipi; checked by the caller,
+    /// which knows the vCPUs).
+    Ipi {
+        /// The target vCPU's index.
+        vcpu: u32,
+        /// The interrupt vector.
+        vector: u8,
+    },
+    /// Give the rest of the slice to vCPU `vcpu` of the VM (HC_yieldTo).
+    YieldTo(u32),
+}
+
+/// Which vCPU made the exit, and how many the VM has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuIdentity {
+    /// Its index (0 is the bootstrap vCPU).
+    pub index: u32,
+    /// The VM's vCPUs.
+    pub count: u32,
+}
+
+impl Default for VcpuIdentity {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
 }
 
 /// Hypercall state that lives between exits.
@@ -39,10 +64,9 @@ pub enum Outcome {
 pub struct HypercallState {
     /// Where the mailbox lies in this VM (0x1000 unless the image covers it).
     mailbox: u64,
-    /// Calls of HC_numExitsByType so far: picks the next mailbox slot.
+    /// Calls of HC_numExitsByType so far: picks the next mailbox slot (one
+    /// count for all of a VM's vCPUs, so that two never share a slot).
     mailbox_calls: u64,
-    /// The result of the last HC_gvaToHva `out`, for its `in`.
-    gva_result: Option<u32>,
 }
 
 impl Default for HypercallState {
@@ -54,17 +78,19 @@ impl Default for HypercallState {
 impl HypercallState {
     /// The state of a VM whose mailbox lies at `mailbox`.
     pub fn with_mailbox(mailbox: u64) -> Self {
-        Self { mailbox, mailbox_calls: 0, gva_result: None }
+        Self { mailbox, mailbox_calls: 0 }
     }
 
-    /// What a snapshot keeps (the mailbox's place follows from the machine).
-    pub fn progress(&self) -> HypercallProgress {
-        HypercallProgress { mailbox_calls: self.mailbox_calls, gva_result: self.gva_result }
+    /// What a snapshot keeps (the mailbox's place follows from the machine),
+    /// with the saved vCPU's HC_gvaToHva result.
+    pub fn progress(&self, gva_result: Option<u32>) -> HypercallProgress {
+        HypercallProgress { mailbox_calls: self.mailbox_calls, gva_result }
     }
 
-    /// A restored VM's state: its mailbox at `mailbox`, its calls as saved.
+    /// A restored VM's state: its mailbox at `mailbox`, its calls as saved
+    /// (the gvaToHva result goes back to its vCPU).
     pub fn resumed(mailbox: u64, progress: HypercallProgress) -> Self {
-        Self { mailbox, mailbox_calls: progress.mailbox_calls, gva_result: progress.gva_result }
+        Self { mailbox, mailbox_calls: progress.mailbox_calls }
     }
 }
 
@@ -90,6 +116,10 @@ pub struct VmIo<'a> {
     pub mode: CpuMode,
     /// Its mapped ports.
     pub ports: &'a PortMap,
+    /// The vCPU that made the exit.
+    pub vcpu: VcpuIdentity,
+    /// That vCPU's HC_gvaToHva result waiting for its `in` (each vCPU has its own).
+    pub gva_result: &'a mut Option<u32>,
 }
 
 /// Handles an `out` of `value` to `port`; says what to do next and what
@@ -138,13 +168,22 @@ pub fn handle_out<T: Translate + ?Sized>(
                     0
                 }
             };
-            io.state.gva_result = Some(result);
+            *io.gva_result = Some(result);
             record.result = Some(result);
         }
         Hypercall::Yield => return (Outcome::Yield, record),
         Hypercall::TimerStart => return (Outcome::TimerStart(value), record),
         Hypercall::TimerStop => return (Outcome::TimerStop, record),
-        Hypercall::NumExits | Hypercall::NumExitsByType | Hypercall::GvaToHvaResult => {
+        Hypercall::Ipi => {
+            let (vcpu, vector) = (value & 0xffff, (value >> 16) as u8);
+            return (Outcome::Ipi { vcpu, vector }, record);
+        }
+        Hypercall::YieldTo => return (Outcome::YieldTo(value), record),
+        Hypercall::NumExits
+        | Hypercall::NumExitsByType
+        | Hypercall::GvaToHvaResult
+        | Hypercall::VcpuId
+        | Hypercall::VcpuCount => {
             unreachable!("decode returns only `out` hypercalls for an out")
         }
     }
@@ -210,14 +249,18 @@ pub fn handle_in(
             record.text = Snippet::new(text.trim_end_matches('\0').as_bytes());
             address
         }
-        Hypercall::GvaToHvaResult => io.state.gva_result.take().unwrap_or(0),
+        Hypercall::GvaToHvaResult => io.gva_result.take().unwrap_or(0),
+        Hypercall::VcpuId => io.vcpu.index,
+        Hypercall::VcpuCount => io.vcpu.count,
         Hypercall::Print8
         | Hypercall::Print32
         | Hypercall::PrintStr
         | Hypercall::GvaToHvaRequest
         | Hypercall::Yield
         | Hypercall::TimerStart
-        | Hypercall::TimerStop => unreachable!("decode returns only `in` hypercalls for an in"),
+        | Hypercall::TimerStop
+        | Hypercall::Ipi
+        | Hypercall::YieldTo => unreachable!("decode returns only `in` hypercalls for an in"),
     };
     data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
     record.result = Some(value);
@@ -288,6 +331,8 @@ mod tests {
         console: ConsoleOut,
         mode: CpuMode,
         ports: PortMap,
+        vcpu: VcpuIdentity,
+        gva_result: Option<u32>,
     }
 
     impl Rig {
@@ -300,6 +345,8 @@ mod tests {
                 console: ConsoleOut::default(),
                 mode: CpuMode::Long,
                 ports: PortMap::default(),
+                vcpu: VcpuIdentity::default(),
+                gva_result: None,
             }
         }
 
@@ -310,6 +357,8 @@ mod tests {
                 console: &mut self.console,
                 mode: self.mode,
                 ports: &self.ports,
+                vcpu: self.vcpu,
+                gva_result: &mut self.gva_result,
             }
         }
 
@@ -487,6 +536,20 @@ mod tests {
         let mut rig = Rig::new();
         assert_eq!(rig.out(0xEF, 1, 0).0, Outcome::Yield);
         assert_eq!(rig.out(0xE9, 1, 0).0, Outcome::Continue);
+    }
+
+    #[test]
+    fn a_vcpu_learns_who_it_is_and_names_its_siblings() {
+        let mut rig = Rig::new();
+        rig.vcpu = VcpuIdentity { index: 2, count: 4 };
+        assert_eq!(rig.inp(0xF2, 4), 2);
+        assert_eq!(rig.inp(0xF3, 4), 4);
+        assert_eq!(rig.out(0xF4, 4, 0x0041_0003).0, Outcome::Ipi { vcpu: 3, vector: 0x41 });
+        assert_eq!(rig.out(0xF5, 4, 1).0, Outcome::YieldTo(1));
+        // Each vCPU's gvaToHva result is its own: the rig's stands for this vCPU's.
+        rig.out(0xEE, 4, 0x400);
+        assert!(rig.gva_result.is_some());
+        assert_eq!(rig.counters.exits.unknown_port, 0);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! course's own hypervisors printed them, instead of as errors.
 
 use super::decode::{
-    self, Direction, Hypercall, Misuse, PORT_GVA_TO_HVA, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR,
-    PORT_PRINT8, PORT_PRINT32, PORT_TIMER_START, PORT_TIMER_STOP, PORT_YIELD,
+    self, Direction, Hypercall, Misuse, PORT_GVA_TO_HVA, PORT_IPI, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE,
+    PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32, PORT_TIMER_START, PORT_TIMER_STOP, PORT_VCPU_COUNT, PORT_VCPU_ID,
+    PORT_YIELD, PORT_YIELD_TO,
 };
 use crate::vm::PortAccess;
 
@@ -21,6 +22,10 @@ const CALLS: &[(&str, u16)] = &[
     ("yield", PORT_YIELD),
     ("timerStart", PORT_TIMER_START),
     ("timerStop", PORT_TIMER_STOP),
+    ("vcpuId", PORT_VCPU_ID),
+    ("vcpuCount", PORT_VCPU_COUNT),
+    ("ipi", PORT_IPI),
+    ("yieldTo", PORT_YIELD_TO),
 ];
 
 /// Most ports one VM may map.
@@ -177,7 +182,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown hypercall 'print64bit': give one of print8bit, print32bit, numExits, printStr, \
-             numExitsByType, gvaToHva, yield, timerStart, timerStop"
+             numExitsByType, gvaToHva, yield, timerStart, timerStop, vcpuId, vcpuCount, ipi, yieldTo"
         );
     }
 

@@ -10,6 +10,8 @@ pub mod deadlines;
 pub mod policy;
 /// Time the host took the CPU away from the core thread.
 pub mod stolen;
+/// One vCPU of a VM as the scheduler keeps it.
+pub mod vcpu_runtime;
 /// A VM's virtual timer and its ticks.
 pub mod virtual_timer;
 /// One VM: stepping it and handling its exits.

@@ -1,12 +1,14 @@
-//! One VM at run time: its machine, counters, hypercall state and console, and
-//! [`VmRuntime::step`], which runs it once and handles the exit. The core
-//! decides *when* to step which VM; this module decides what an exit means.
+//! One VM at run time: its machine, counters, hypercall state, console and
+//! vCPUs, and [`VmRuntime::step`], which runs one of its vCPUs once and
+//! handles the exit. The core decides *when* to step which VM; this module
+//! decides which of its vCPUs runs and what an exit means.
 
 use kvm_ioctls::Kvm;
 
+use super::vcpu_runtime::{self, VcpuRuntime, VcpuState};
 use super::virtual_timer::{TIMER_VECTOR, VirtualTimer};
 use crate::console::ConsoleOut;
-use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VmIo};
+use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VcpuIdentity, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::snapshot::format::Pages;
 use crate::snapshot::{RuntimeState, Snapshot};
@@ -25,6 +27,9 @@ pub enum Step {
     Io,
     /// The guest asked to give up its slice (HC_yield).
     Yielded,
+    /// The vCPU that ran stopped (asleep, halted, or it yielded to a
+    /// sibling) and another vCPU of the VM takes the rest of the slice.
+    Switched,
     /// The guest halted.
     Halted {
         /// Registers at the halt (a course's checker reads eax).
@@ -35,10 +40,12 @@ pub enum Step {
         /// When the tick comes due (monotonic ns).
         until_ns: u64,
     },
-    /// The VM crashed.
+    /// The VM crashed (one vCPU's crash ends its whole VM).
     Crashed {
         /// Why.
         kind: CrashKind,
+        /// What people read: why, naming the vCPU in a VM of several.
+        reason: String,
         /// Registers at the crash.
         registers: RegisterDump,
     },
@@ -73,13 +80,16 @@ pub struct VmRuntime {
     pub counters: VmCounters,
     /// Its console output.
     pub console: ConsoleOut,
-    /// Nanoseconds spent inside KVM_RUN.
+    /// Nanoseconds spent inside KVM_RUN (all its vCPUs).
     pub cpu_ns: u64,
     hypercalls: HypercallState,
     ports: PortMap,
-    /// The virtual timer the guest programs (HC_timerStart).
-    pub timer: VirtualTimer,
-    /// The record of the tick injected before the last entry, if one was.
+    /// Its vCPUs as the scheduler keeps them, by index (the machine's
+    /// `vcpus` of the same index run them).
+    pub vcpus: Vec<VcpuRuntime>,
+    /// The vCPU that runs in the slice under way.
+    current: usize,
+    /// The record of the interrupt injected before the last entry, if one was.
     pub injection: Option<ExitRecord>,
 }
 
@@ -89,6 +99,7 @@ impl VmRuntime {
     pub fn new(kvm: &Kvm, spec: &MachineSpec, ports: PortMap) -> Result<Self, SetupError> {
         let machine = Machine::new(kvm, spec)?;
         let mut console = ConsoleOut::default();
+        console.split_by_vcpu(machine.vcpus.len());
         if machine.area.shift != 0 {
             let (image, area) = (&machine.image.span, machine.area);
             let structures = machine.mode.structures();
@@ -145,22 +156,32 @@ impl VmRuntime {
     }
 
     fn around(machine: Machine, ports: PortMap) -> Self {
+        let mut console = ConsoleOut::default();
+        console.split_by_vcpu(machine.vcpus.len());
         Self {
             hypercalls: HypercallState::with_mailbox(machine.area.start(Structure::Mailbox)),
+            vcpus: machine.vcpus.iter().map(|_| VcpuRuntime::default()).collect(),
+            current: 0,
             machine,
             counters: VmCounters::default(),
-            console: ConsoleOut::default(),
+            console,
             cpu_ns: 0,
             ports,
-            timer: VirtualTimer::default(),
             injection: None,
         }
+    }
+
+    /// The bootstrap vCPU's timer (a snapshot's and a migration's: they
+    /// take VMs of one vCPU).
+    fn boot_timer(&mut self) -> &mut VirtualTimer {
+        &mut self.vcpus[0].timer
     }
 
     /// Takes the counters, hypercall state, timer and console `saved` kept,
     /// its machine already restored; `source` says from what, for people.
     fn resume(&mut self, source: &str, saved: &RuntimeState, now_ns: u64) {
         let mut console = ConsoleOut::with_history(saved.console.as_bytes());
+        console.split_by_vcpu(self.vcpus.len());
         console.note(format_args!(
             "restored from {source} after {} exits (its TSC, not saved, reads this host's: it may have jumped)",
             saved.counters.exits.total()
@@ -186,7 +207,9 @@ impl VmRuntime {
         self.hypercalls = HypercallState::resumed(self.machine.area.start(Structure::Mailbox), saved.hypercalls);
         self.counters = saved.counters;
         self.cpu_ns = saved.cpu_ns;
-        self.timer = VirtualTimer::restore(&saved.timer, now_ns);
+        *self.boot_timer() = VirtualTimer::restore(&saved.timer, now_ns);
+        self.vcpus[0].gva_result = saved.hypercalls.gva_result;
+        self.vcpus[0].state = VcpuState::Runnable;
         self.injection = None;
     }
 
@@ -215,8 +238,8 @@ impl VmRuntime {
         let machine = self.machine.save_state(kvm)?;
         let runtime = RuntimeState {
             counters: self.counters(),
-            hypercalls: self.hypercalls.progress(),
-            timer: self.timer.save(now_ns),
+            hypercalls: self.hypercalls.progress(self.vcpus[0].gva_result),
+            timer: self.vcpus[0].timer.save(now_ns),
             sleeping,
             console: String::from_utf8_lossy(self.console.history()).into_owned(),
             cpu_ns: self.cpu_ns,
@@ -224,29 +247,78 @@ impl VmRuntime {
         Ok((machine, runtime))
     }
 
-    /// Runs the vCPU once (until its next exit) and handles that exit;
-    /// returns what it came to, when it ran and, for a guest exit, its
+    /// Starts a slice of this VM at `now_ns` (monotonic): wakes the vCPUs
+    /// whose timer is due, and gives the slice to the runnable one that has
+    /// had the least of the VM's time. A VM of one vCPU has nothing to choose.
+    pub fn begin_slice(&mut self, now_ns: u64) {
+        if self.vcpus.len() == 1 {
+            return;
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.wake_if_due(now_ns);
+        }
+        if let Some(next) = vcpu_runtime::pick(&self.vcpus) {
+            self.current = next;
+        }
+    }
+
+    /// The vCPU that runs now (or ran last).
+    pub fn current_vcpu(&self) -> usize {
+        self.current
+    }
+
+    /// Ends a slice: its charge is split over the vCPUs that ran in it.
+    pub fn end_slice(&mut self, charged_ns: u64) {
+        vcpu_runtime::settle_slice(&mut self.vcpus, charged_ns);
+    }
+
+    /// Runs the current vCPU once (until its next exit) and handles that
+    /// exit; returns what it came to, when it ran and, for a guest exit, its
     /// record (times in ns since `epoch_ns`, the start of the run; the
-    /// record's `vm` is left 0 for the caller to fill in).
+    /// record's `vm` is left 0 for the caller to fill in). The time it ran,
+    /// up to `deadline_ns`, is counted as that vCPU's part of the slice.
     ///
-    /// With `deliver`, a timer tick that is due goes in first if the guest
-    /// can take it (else KVM is asked to exit when it can); a stepped,
-    /// paused or debugger-held VM is run without `deliver`.
-    pub fn step(&mut self, kick: &KickTarget, epoch_ns: u64, deliver: bool) -> (Step, RunSpan, Option<ExitRecord>) {
-        // A stopped timer has nothing pending (stopping drops the tick).
-        if deliver && self.timer.running() {
-            self.deliver_tick(monotonic_ns(), epoch_ns);
+    /// With `deliver`, an interrupt that is due (a timer tick, or one a
+    /// sibling raised) goes in first if the guest can take it (else KVM is
+    /// asked to exit when it can); a stepped, paused or debugger-held VM is
+    /// run without `deliver`.
+    pub fn step(
+        &mut self,
+        kick: &KickTarget,
+        epoch_ns: u64,
+        deliver: bool,
+        deadline_ns: u64,
+    ) -> (Step, RunSpan, Option<ExitRecord>) {
+        let index = self.current;
+        if self.vcpus.len() == 1 {
+            // A VM of one vCPU runs whenever it is stepped, as it always
+            // did: woken, resumed or stepped from its sleep, it goes on past
+            // its hlt (its wait loop absorbs an early wake).
+            self.vcpus[0].state = VcpuState::Runnable;
+        } else if !self.vcpus[index].runnable() {
+            // Woken for a sibling that is not due after all: nothing runs.
+            let now_ns = monotonic_ns();
+            let span = RunSpan { entered_ns: now_ns, exited_ns: now_ns };
+            return (self.after_stop(now_ns).unwrap_or(Step::Switched), span, None);
+        }
+        if deliver {
+            self.deliver_interrupt(index, monotonic_ns(), epoch_ns);
         }
         let entered_ns = monotonic_ns();
-        let (exit, rip) = self.machine.vcpu.run(kick);
+        let (exit, rip) = self.machine.vcpus[index].run(kick);
         let exited_ns = monotonic_ns();
         self.cpu_ns += exited_ns - entered_ns;
         let span = RunSpan { entered_ns, exited_ns };
+        let vcpu = &mut self.vcpus[index];
+        vcpu.cpu_ns += exited_ns - entered_ns;
+        vcpu.slice_ns += span.charged_until(deadline_ns);
         let t_ns = exited_ns.saturating_sub(epoch_ns);
         self.console.set_clock(t_ns);
+        self.console.set_speaker(index);
         let mut record = ExitRecord {
             t_ns,
             vm: 0,
+            vcpu: index as u16,
             number: 0,
             kind: ExitKind::Other,
             port: 0,
@@ -257,12 +329,15 @@ impl VmRuntime {
             rip,
             handling_ns: 0,
         };
+        let vcpus = self.vcpus.len();
         let mut io = VmIo {
             counters: &mut self.counters,
             state: &mut self.hypercalls,
             console: &mut self.console,
             mode: self.machine.mode,
             ports: &self.ports,
+            vcpu: VcpuIdentity { index: index as u32, count: vcpus as u32 },
+            gva_result: &mut self.vcpus[index].gva_result,
         };
         let step = match exit {
             Exit::Out { port, access, value } => {
@@ -270,7 +345,7 @@ impl VmRuntime {
                 let view = GuestView {
                     memory: &self.machine.memory,
                     memory_size: self.machine.memory_size(),
-                    translator: &self.machine.vcpu,
+                    translator: &self.machine.vcpus[index],
                 };
                 let (outcome, call) = hypercall::handle_out(&view, &mut io, port, access, value);
                 (record.kind, record.port, record.size, record.value, record.call) =
@@ -279,7 +354,7 @@ impl VmRuntime {
                     Outcome::Continue => Step::Io,
                     Outcome::Yield => Step::Yielded,
                     Outcome::TimerStart(period_us) => {
-                        let started = self.timer.start(exited_ns, period_us);
+                        let started = self.vcpus[index].timer.start(exited_ns, period_us);
                         if let Some(asked) = started.raised_from {
                             self.console.note(format_args!(
                                 "HC_timerStart({asked} us): raised to {} us, the shortest period",
@@ -289,9 +364,17 @@ impl VmRuntime {
                         Step::Io
                     }
                     Outcome::TimerStop => {
-                        self.timer.stop();
+                        self.vcpus[index].timer.stop();
                         Step::Io
                     }
+                    Outcome::Ipi { vcpu, vector } => {
+                        if !self.raise_ipi(index, vcpu, vector) {
+                            self.counters.faults += 1;
+                            record.call.refused = true;
+                        }
+                        Step::Io
+                    }
+                    Outcome::YieldTo(vcpu) => self.yield_to(index, vcpu),
                 }
             }
             Exit::In { port, access, data } => {
@@ -311,20 +394,10 @@ impl VmRuntime {
                 (record.kind, record.address) = (ExitKind::Mmio, address);
                 Step::Io
             }
-            Exit::Hlt { interrupts_on: true } if self.timer.running() => {
-                io.counters.exits.hlt += 1;
-                record.kind = ExitKind::Hlt;
-                let until_ns =
-                    if self.timer.poll(exited_ns) { exited_ns } else { self.timer.next_due_ns().unwrap_or(exited_ns) };
-                Step::Sleeping { until_ns }
-            }
             Exit::Hlt { interrupts_on } => {
                 io.counters.exits.hlt += 1;
                 record.kind = ExitKind::Hlt;
-                if interrupts_on {
-                    io.console.note(format_args!("hlt with interrupts on and no timer running: nothing can wake it"));
-                }
-                Step::Halted { registers: self.machine.vcpu.registers() }
+                self.hlt(index, interrupts_on, exited_ns)
             }
             Exit::Crash(kind) => {
                 record.kind = match kind {
@@ -337,51 +410,194 @@ impl VmRuntime {
                     CrashKind::TripleFault => io.counters.exits.shutdown += 1,
                     _ => io.counters.exits.other += 1,
                 }
-                let registers = self.machine.vcpu.registers();
+                let registers = self.machine.vcpus[index].registers();
+                let reason = match vcpus {
+                    1 => kind.to_string(),
+                    _ => format!("vCPU {index}: {kind}"),
+                };
                 self.console.note(format_args!(
-                    "VM crashed: {kind}; rip=0x{:x} rsp=0x{:x} cr2=0x{:x}",
+                    "VM crashed: {reason}; rip=0x{:x} rsp=0x{:x} cr2=0x{:x}",
                     registers.rip, registers.rsp, registers.cr2
                 ));
-                Step::Crashed { kind, registers }
+                self.console.end_spoken_lines();
+                Step::Crashed { kind, reason, registers }
             }
             Exit::Interrupted => return (Step::Interrupted, span, None),
             Exit::Debug(exit) => return (Step::Debug(exit), span, None),
         };
+        self.vcpus[index].exits += 1;
         record.number = self.counters.exits.total();
         record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;
         (step, span, Some(record))
     }
 
-    /// Injects the pending timer tick if the guest can take it now; else
-    /// asks KVM to exit as soon as it can (the tick goes in then).
-    fn deliver_tick(&mut self, now_ns: u64, epoch_ns: u64) {
-        let vcpu = &mut self.machine.vcpu;
-        if !self.timer.poll(now_ns) {
-            return;
+    /// vCPU `index` executed `hlt`: with interrupts on it sleeps until its
+    /// timer's tick or a sibling's interrupt, as long as one of those could
+    /// come; with them off it has halted for good. Then a sibling that can
+    /// run takes the slice, or the VM sleeps or halts.
+    fn hlt(&mut self, index: usize, interrupts_on: bool, now_ns: u64) -> Step {
+        let vcpus = self.vcpus.len();
+        let vcpu = &mut self.vcpus[index];
+        let timed = vcpu.timer.running();
+        vcpu.state = match (interrupts_on, timed) {
+            (true, true) => {
+                let until_ns =
+                    if vcpu.timer.poll(now_ns) { now_ns } else { vcpu.timer.next_due_ns().unwrap_or(now_ns) };
+                VcpuState::Sleeping { until_ns: Some(until_ns) }
+            }
+            // A sibling's IPI already waiting wakes it at once.
+            (true, false) if vcpu.pending.any() => VcpuState::Runnable,
+            (true, false) if vcpus > 1 => VcpuState::Sleeping { until_ns: None },
+            (true, false) => {
+                self.console.note(format_args!("hlt with interrupts on and no timer running: nothing can wake it"));
+                VcpuState::Halted
+            }
+            (false, _) => VcpuState::Halted,
+        };
+        if self.vcpus[index].runnable() {
+            return Step::Io;
         }
-        if vcpu.can_take_interrupt() && vcpu.inject(TIMER_VECTOR).is_ok() {
-            self.timer.injected();
-            vcpu.request_interrupt_window(false);
-            self.injection = Some(ExitRecord {
-                t_ns: now_ns.saturating_sub(epoch_ns),
-                vm: 0,
-                number: self.counters.exits.total(),
-                kind: ExitKind::Interrupt,
-                port: 0,
-                size: 0,
-                value: u32::from(TIMER_VECTOR),
-                address: 0,
-                call: CallRecord::default(),
-                rip: 0,
-                handling_ns: 0,
-            });
-        } else {
-            vcpu.request_interrupt_window(true);
-        }
+        self.after_stop(now_ns).unwrap_or(Step::Switched)
     }
 
-    /// Every counter of the VM, its timer's ticks injected and coalesced included.
+    /// After the current vCPU stopped: a sibling that can run takes over
+    /// (None), else the VM sleeps until its earliest timer, else (nothing
+    /// could wake any of them) it has halted.
+    fn after_stop(&mut self, now_ns: u64) -> Option<Step> {
+        for vcpu in &mut self.vcpus {
+            vcpu.wake_if_due(now_ns);
+        }
+        if let Some(next) = vcpu_runtime::pick(&self.vcpus) {
+            self.current = next;
+            return None;
+        }
+        if vcpu_runtime::can_wake(&self.vcpus) {
+            let until_ns = self
+                .vcpus
+                .iter()
+                .filter_map(|vcpu| match vcpu.state {
+                    VcpuState::Sleeping { until_ns } => until_ns,
+                    _ => None,
+                })
+                .min()
+                .expect("one sleeps with a timer");
+            return Some(Step::Sleeping { until_ns });
+        }
+        let waiting = self.vcpus.iter().filter(|vcpu| matches!(vcpu.state, VcpuState::Sleeping { .. })).count();
+        if waiting > 0 {
+            self.console.note(format_args!(
+                "{waiting} of its vCPUs wait in hlt for an interrupt and no sibling runs to send one: the VM has halted"
+            ));
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.state = VcpuState::Halted;
+        }
+        self.console.end_spoken_lines();
+        Some(Step::Halted { registers: self.machine.vcpus[self.current].registers() })
+    }
+
+    /// HC_ipi from vCPU `from`: `vector` raised on vCPU `to` of this VM,
+    /// waking it if it sleeps; false (with a console note) when it cannot be.
+    fn raise_ipi(&mut self, from: usize, to: u32, vector: u8) -> bool {
+        let count = self.vcpus.len();
+        let refused = match self.vcpus.get(to as usize) {
+            _ if vector < 32 => {
+                Some(format!("vector {vector} is below 32 (the exceptions'); give a vector from 32 to 255"))
+            }
+            None => Some(format!("the VM has {count} vCPUs (0 to {})", count - 1)),
+            Some(target) if target.state == VcpuState::Halted => Some(format!("vCPU {to} has halted")),
+            Some(_) => None,
+        };
+        if let Some(why) = refused {
+            self.console.note(format_args!("HC_ipi(vCPU {to}, vector {vector}) from vCPU {from} refused: {why}"));
+            return false;
+        }
+        let target = &mut self.vcpus[to as usize];
+        target.ipis += 1;
+        if !target.pending.raise(vector) {
+            target.ipis_coalesced += 1;
+        }
+        if matches!(target.state, VcpuState::Sleeping { .. }) {
+            target.state = VcpuState::Runnable;
+        }
+        true
+    }
+
+    /// HC_yieldTo from vCPU `from`: the rest of the slice to vCPU `to` if it
+    /// can run; else the caller runs on (a console note says why).
+    fn yield_to(&mut self, from: usize, to: u32) -> Step {
+        let why = match self.vcpus.get(to as usize) {
+            None => format!("the VM has {} vCPUs", self.vcpus.len()),
+            Some(_) if to as usize == from => "it is the caller".to_string(),
+            Some(target) if target.runnable() => {
+                self.current = to as usize;
+                return Step::Switched;
+            }
+            Some(target) if target.state == VcpuState::Halted => format!("vCPU {to} has halted"),
+            // Asleep: it has nothing to do until its interrupt, so the caller goes on.
+            Some(_) => return Step::Io,
+        };
+        self.console.note(format_args!("HC_yieldTo({to}) from vCPU {from} ignored: {why}; the caller runs on"));
+        Step::Io
+    }
+
+    /// Injects vCPU `index`'s highest waiting interrupt (a sibling's IPI,
+    /// else its timer's tick) if it can take one now; else asks KVM to exit
+    /// as soon as it can (the interrupt goes in then).
+    fn deliver_interrupt(&mut self, index: usize, now_ns: u64, epoch_ns: u64) {
+        let state = &mut self.vcpus[index];
+        let tick = state.timer.running() && state.timer.poll(now_ns);
+        if !tick && !state.pending.any() {
+            return;
+        }
+        let vcpu = &mut self.machine.vcpus[index];
+        if !vcpu.can_take_interrupt() {
+            vcpu.request_interrupt_window(true);
+            return;
+        }
+        let (vector, from_timer) = match state.pending.take_highest() {
+            Some(vector) if !tick || vector > TIMER_VECTOR => (vector, false),
+            Some(vector) => {
+                // The tick goes first; the IPI waits for the next entry.
+                state.pending.raise(vector);
+                (TIMER_VECTOR, true)
+            }
+            None => (TIMER_VECTOR, true),
+        };
+        if vcpu.inject(vector).is_err() {
+            if !from_timer {
+                state.pending.raise(vector);
+            }
+            vcpu.request_interrupt_window(true);
+            return;
+        }
+        if from_timer {
+            state.timer.injected();
+        }
+        // One more waiting: KVM exits again as soon as the guest can take it.
+        vcpu.request_interrupt_window(state.pending.any());
+        self.injection = Some(ExitRecord {
+            t_ns: now_ns.saturating_sub(epoch_ns),
+            vm: 0,
+            vcpu: index as u16,
+            number: self.counters.exits.total(),
+            kind: ExitKind::Interrupt,
+            port: 0,
+            size: 0,
+            value: u32::from(vector),
+            address: 0,
+            // An IPI's injection names the hypercall that raised it.
+            call: CallRecord { hypercall: (!from_timer).then_some(hypercall::Hypercall::Ipi), ..Default::default() },
+            rip: 0,
+            handling_ns: 0,
+        });
+    }
+
+    /// Every counter of the VM, its vCPUs' timer ticks injected and
+    /// coalesced included.
     pub fn counters(&self) -> VmCounters {
-        VmCounters { injected: self.timer.injected, coalesced: self.timer.coalesced, ..self.counters }
+        let injected = self.vcpus.iter().map(|vcpu| vcpu.timer.injected).sum();
+        let coalesced = self.vcpus.iter().map(|vcpu| vcpu.timer.coalesced).sum();
+        VmCounters { injected, coalesced, ..self.counters }
     }
 }

@@ -291,6 +291,9 @@ impl App {
         }
         for (view, sample) in self.vms.iter_mut().zip(&samples) {
             view.counters = sample.counters;
+            if !sample.vcpus.is_empty() {
+                view.take_vcpus(elapsed_ns, &sample.vcpus);
+            }
         }
         self.window.push(elapsed_ns, samples);
         let Some(figures) = self.window.figures() else { return };
@@ -661,6 +664,7 @@ mod tests {
                     },
                     cpu_ns,
                     charged_ns: cpu_ns,
+                    vcpus: Vec::new(),
                 })
                 .collect::<Vec<_>>()
         };
@@ -679,6 +683,7 @@ mod tests {
         let mut app = app();
         let slice = SliceRecord {
             vm: 0,
+            vcpu: 0,
             start_ns: 0,
             end_ns: 10,
             charged_ns: 10,

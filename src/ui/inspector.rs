@@ -145,7 +145,11 @@ impl Widget for InspectorView<'_> {
                     "{:>10} {:>7}  {:<decoded$.decoded$} {:>9} {:>6.1}us",
                     format_seconds(exit.t_ns),
                     exit.number,
-                    exit.describe(),
+                    if view.vcpus.is_empty() {
+                        exit.describe()
+                    } else {
+                        format!("cpu{} {}", exit.vcpu, exit.describe())
+                    },
                     format!("{:#x}", exit.rip),
                     f64::from(exit.handling_ns) / 1000.0
                 ),

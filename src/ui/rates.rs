@@ -86,6 +86,7 @@ mod tests {
             counters: VmCounters { exits: ExitCounts { io_out, ..Default::default() }, ..Default::default() },
             cpu_ns,
             charged_ns: cpu_ns,
+            vcpus: Vec::new(),
         }
     }
 

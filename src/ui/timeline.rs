@@ -231,7 +231,16 @@ mod tests {
     use super::*;
 
     fn slice(vm: usize, start_us: u64, end_us: u64, end: SliceEnd) -> SliceRecord {
-        SliceRecord { vm, start_ns: start_us * 1000, end_ns: end_us * 1000, charged_ns: 0, end, exits: 0, injected: 0 }
+        SliceRecord {
+            vm,
+            vcpu: 0,
+            start_ns: start_us * 1000,
+            end_ns: end_us * 1000,
+            charged_ns: 0,
+            end,
+            exits: 0,
+            injected: 0,
+        }
     }
 
     fn render(timeline: &Timeline, names: &[&str], now_us: u64, width: u16, height: u16) -> Vec<String> {

@@ -267,10 +267,27 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     // console stays in view.
     let compact = inner.height < 3 + counter_table_height(inner.width) + 3;
     let (spark_height, table_height) = if compact { (0, 5) } else { (2, counter_table_height(inner.width)) };
-    let [gauge, spark, counters, console] = Layout::vertical([
+    // A short pane gives its vCPUs fewer rows, and their exit rates go
+    // first when the cells would not fit them.
+    let most_rows = if compact {
+        1
+    } else if inner.height < 30 {
+        2
+    } else {
+        MAX_VCPU_ROWS
+    };
+    let mut cells = vcpu_cells(view, true);
+    let mut per_row = cells_per_row(&cells, inner.width);
+    if cells.len().div_ceil(per_row) > usize::from(most_rows) {
+        cells = vcpu_cells(view, false);
+        per_row = cells_per_row(&cells, inner.width);
+    }
+    let vcpu_height = (cells.len().div_ceil(per_row) as u16).min(most_rows);
+    let [gauge, spark, counters, vcpus, console] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(spark_height),
         Constraint::Length(table_height),
+        Constraint::Length(vcpu_height),
         Constraint::Min(1),
     ])
     .areas(inner);
@@ -282,7 +299,51 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     let visible = &history[history.len().saturating_sub(usize::from(spark.width))..];
     frame.render_widget(Sparkline::default().data(visible).max(1000).style(Style::default().fg(Color::Blue)), spark);
     frame.render_widget(counter_table(view, counters.width, compact), counters);
+    frame.render_widget(vcpu_rows(&cells, per_row), vcpus);
     frame.render_widget(console_paragraph(view, console.width, console.height), console);
+}
+
+/// Rows of vCPU cells a pane shows at most (its console keeps the rest).
+const MAX_VCPU_ROWS: u16 = 4;
+
+/// A VM's vCPUs, a cell each: `cpu1 run 48% 120/s` (its state, its share
+/// of the CPU and its exit rate over the last sample), with its colour.
+fn vcpu_cells(view: &VmView, with_rates: bool) -> Vec<(String, Color)> {
+    view.vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, vcpu)| {
+            let color = match vcpu.state {
+                "run" => Color::Green,
+                "sleep" | "wait" => Color::Blue,
+                _ => Color::DarkGray,
+            };
+            let mut cell = format!("cpu{index} {} {:.0}%", vcpu.state, vcpu.share * 100.0);
+            if with_rates {
+                cell.push_str(&format!(" {}/s", compact(vcpu.exits_per_s.round() as u64)));
+            }
+            (cell, color)
+        })
+        .collect()
+}
+
+/// How many cells fit a row of `width` columns, each as wide as the widest and a gap.
+fn cells_per_row(cells: &[(String, Color)], width: u16) -> usize {
+    let widest = cells.iter().map(|(text, _)| text.chars().count()).max().unwrap_or(1) + 2;
+    (usize::from(width) / widest).max(1)
+}
+
+/// The cells, `per_row` a row, in aligned columns.
+fn vcpu_rows(cells: &[(String, Color)], per_row: usize) -> Paragraph<'static> {
+    let widest = cells.iter().map(|(text, _)| text.chars().count()).max().unwrap_or(0) + 2;
+    let rows = cells.chunks(per_row).map(|row| {
+        Line::from(
+            row.iter()
+                .map(|(text, color)| Span::styled(format!("{text:<widest$}"), Style::default().fg(*color)))
+                .collect::<Vec<_>>(),
+        )
+    });
+    Paragraph::new(rows.collect::<Vec<_>>())
 }
 
 /// The kvm_stat-like counters, total and per second: two columns in a wide

@@ -65,9 +65,45 @@ pub struct VmView {
     pub last_note: Option<(String, u64)>,
     /// The run's clock as the UI last heard it (ns since the start).
     pub(super) clock_ns: u64,
+    /// Its vCPUs as the last two samples show them (empty for a VM of one).
+    pub vcpus: Vec<VcpuLine>,
+    /// The vCPUs' last sample and when it came, to take differences from.
+    vcpus_before: (u64, Vec<crate::event::VcpuSample>),
+}
+
+/// One vCPU of a VM of several, as its pane shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VcpuLine {
+    /// `run`, `sleep`, `wait` or `halt`.
+    pub state: &'static str,
+    /// Its charged time over the time between the last two samples.
+    pub share: f64,
+    /// Its exits per second over the same time.
+    pub exits_per_s: f64,
 }
 
 impl VmView {
+    /// Takes a sample of its vCPUs at `elapsed_ns`: their states now, their
+    /// shares and exit rates since the sample before.
+    pub(super) fn take_vcpus(&mut self, elapsed_ns: u64, now: &[crate::event::VcpuSample]) {
+        let (before_ns, before) = &self.vcpus_before;
+        let span = elapsed_ns.saturating_sub(*before_ns) as f64;
+        self.vcpus = now
+            .iter()
+            .enumerate()
+            .map(|(index, vcpu)| {
+                let earlier = before.get(index).filter(|_| before.len() == now.len() && span > 0.0);
+                let (share, exits_per_s) = earlier.map_or((0.0, 0.0), |earlier| {
+                    let charged = vcpu.charged_ns.saturating_sub(earlier.charged_ns) as f64;
+                    let exits = vcpu.exits.saturating_sub(earlier.exits) as f64;
+                    (charged / span, exits * 1e9 / span)
+                });
+                VcpuLine { state: vcpu.state, share, exits_per_s }
+            })
+            .collect();
+        self.vcpus_before = (elapsed_ns, now.to_vec());
+    }
+
     pub(super) fn new(name: String) -> Self {
         Self {
             name,
@@ -94,6 +130,8 @@ impl VmView {
             move_rounds: Default::default(),
             last_note: None,
             clock_ns: 0,
+            vcpus: Vec::new(),
+            vcpus_before: (0, Vec::new()),
         }
     }
 

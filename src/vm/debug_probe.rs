@@ -65,6 +65,7 @@ fn run_probe(kvm: &Kvm, code: &[u8], control: u32, debugreg: [u64; 8]) -> Result
         args: Vec::new(),
         layout: Default::default(),
         restore: None,
+        vcpus: 1,
     };
     let mut machine = Machine::new(kvm, &spec)?;
     let debug = kvm_guest_debug {
@@ -72,7 +73,7 @@ fn run_probe(kvm: &Kvm, code: &[u8], control: u32, debugreg: [u64; 8]) -> Result
         arch: kvm_guest_debug_arch { debugreg },
         ..Default::default()
     };
-    let fd = machine.vcpu.fd_mut();
+    let fd = machine.boot_vcpu_mut().fd_mut();
     if fd.set_guest_debug(&debug).is_err() {
         return Ok(ProbeExit::Other);
     }

@@ -1,4 +1,4 @@
-//! One guest: a KVM VM with one vCPU in its CPU mode, its memory and its image.
+//! One guest: a KVM VM with its vCPUs in its CPU mode, its memory and its image.
 //! The VM's and vCPU's setup and KVM_RUN are here (the saved state, the
 //! dirty log and the debug probe have modules of their own beside it);
 //! [`Vcpu::run`] turns what KVM_RUN returns into our own [`Exit`], so
@@ -33,16 +33,22 @@ pub enum SetupError {
     /// The image leaves the hypervisor's structures no room.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// A vCPU count out of range, or more stacks than the memory holds.
+    #[error(
+        "a VM has 1 to {MAX_VCPUS} vCPUs, each with a 16 KiB stack in the top half of its memory; {0} vCPUs do not \
+         fit: give fewer, or more memory"
+    )]
+    Vcpus(u32),
     /// Too many guest arguments.
     #[error("a guest takes at most {MAX_GUEST_ARGS} arguments, got {0}")]
     TooManyArgs(usize),
     /// The host could not map guest memory.
     #[error("{0}")]
     Memory(std::io::Error),
-    /// The process may open no more files (each VM holds a VM and a vCPU fd).
+    /// The process may open no more files (each VM holds a VM fd and one per vCPU).
     #[error(
-        "KVM refused {what}: this process may open no more files (each VM holds two); \
-         raise the limit (`ulimit -n`, at most `ulimit -Hn`) or run fewer VMs"
+        "KVM refused {what}: this process may open no more files (each VM holds one and one per vCPU); \
+         raise the limit (`ulimit -n`, at most `ulimit -Hn`) or run fewer VMs or vCPUs"
     )]
     OutOfFiles {
         /// The step that failed.
@@ -101,7 +107,20 @@ pub struct MachineSpec {
     /// A saved machine to bring back instead (the image, arguments and
     /// layout are then those it was made with, already in its memory).
     pub restore: Option<Arc<super::saved::SavedMachine>>,
+    /// Its virtual CPUs, 1 to [`MAX_VCPUS`].
+    pub vcpus: u32,
 }
+
+/// The most vCPUs a VM may have.
+pub const MAX_VCPUS: u32 = 64;
+
+/// Each vCPU after the first starts with its stack this much below the
+/// previous one's (in real mode, below the previous one's in the segment,
+/// [`REAL_MODE_STACK_BYTES`] apart): 64 vCPUs' stacks take the top MiB of
+/// the smallest memory, leaving the image and a guest's data below.
+pub const VCPU_STACK_BYTES: u64 = 16 * 1024;
+/// Stacks of real-mode vCPUs share their 64 KiB segment.
+pub const REAL_MODE_STACK_BYTES: u64 = 1024;
 
 /// A port access width and count, as the vCPU made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,12 +262,13 @@ pub struct Vcpu {
     can_take_interrupt: bool,
 }
 
-/// A guest ready to run: the VM, its vCPU and its memory.
+/// A guest ready to run: the VM, its vCPUs and its memory.
 ///
 /// Fields drop in order: the vCPU and VM fds close before guest memory is unmapped.
 pub struct Machine {
-    /// The vCPU (run it with [`Vcpu::run`]).
-    pub vcpu: Vcpu,
+    /// Its vCPUs, by index (run each with [`Vcpu::run`]); the first is the
+    /// bootstrap vCPU, the one a snapshot, a migration and gdb serve.
+    pub vcpus: Vec<Vcpu>,
     pub(super) _vm: VmFd,
     /// Guest memory.
     pub memory: GuestMemory,
@@ -318,35 +338,41 @@ impl Machine {
         write_args(&memory, area.start(Structure::Args), &spec.args);
         timer.done(mode.tables_step(), "memory writes");
 
-        let (vm, fd) = create_vm(kvm, &memory, memory_size, &mut timer)?;
-        let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
-        let sregs = mode.special_registers(sregs, area, image.entry);
-        setup_ioctl("to set the CPU mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
-        if mode == CpuMode::Paged32 {
-            // Some KVMs drop CR0.PG outside long mode without an error; the
-            // guest would triple-fault at its first instruction.
-            let kept = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
-            if kept.cr0 != sregs.cr0 {
-                return Err(SetupError::ModeUnsupported {
-                    mode: mode.name(),
-                    asked_cr0: sregs.cr0,
-                    kept_cr0: kept.cr0,
-                });
+        let vcpus = check_vcpus(spec.vcpus, memory_size)?;
+        let (vm, fds) = create_vm(kvm, &memory, memory_size, vcpus, &mut timer)?;
+        for (index, fd) in fds.iter().enumerate() {
+            let sregs = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
+            let sregs = mode.special_registers(sregs, area, image.entry);
+            setup_ioctl("to set the CPU mode (KVM_SET_SREGS)", || fd.set_sregs(&sregs))?;
+            if mode == CpuMode::Paged32 {
+                // Some KVMs drop CR0.PG outside long mode without an error; the
+                // guest would triple-fault at its first instruction.
+                let kept = setup_ioctl("to read special registers (KVM_GET_SREGS)", || fd.get_sregs())?;
+                if kept.cr0 != sregs.cr0 {
+                    return Err(SetupError::ModeUnsupported {
+                        mode: mode.name(),
+                        asked_cr0: sregs.cr0,
+                        kept_cr0: kept.cr0,
+                    });
+                }
             }
+            if index == 0 {
+                timer.done(mode.setup_step(), "KVM_GET_SREGS, KVM_SET_SREGS");
+            }
+            let regs = stacked(mode.initial_registers(image.entry, memory_size), mode, index as u64);
+            setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
         }
-        timer.done(mode.setup_step(), "KVM_GET_SREGS, KVM_SET_SREGS");
-        let regs = mode.initial_registers(image.entry, memory_size);
-        setup_ioctl("to set registers (KVM_SET_REGS)", || fd.set_regs(&regs))?;
         timer.done(
-            if mode == CpuMode::Real {
-                "ip at the entry, sp 0 (top of the segment)"
-            } else {
-                "rip at the entry, rsp at the top"
+            match (mode, vcpus) {
+                (CpuMode::Real, 1) => "ip at the entry, sp 0 (top of the segment)",
+                (_, 1) => "rip at the entry, rsp at the top",
+                (CpuMode::Real, _) => "each vCPU: ip at the entry, sp 1 KiB below the previous one's",
+                _ => "each vCPU: rip at the entry, rsp 16 KiB below the previous one's",
             },
             "KVM_SET_REGS",
         );
         Ok(Self {
-            vcpu: Vcpu::new(kvm, fd),
+            vcpus: fds.into_iter().map(|fd| Vcpu::new(kvm, fd)).collect(),
             _vm: vm,
             memory,
             memory_size,
@@ -356,6 +382,17 @@ impl Machine {
             setup: timer.steps,
             restore_notes: Default::default(),
         })
+    }
+
+    /// The bootstrap vCPU (index 0): the one a snapshot, a migration and
+    /// gdb serve, which take VMs of one vCPU.
+    pub fn boot_vcpu(&self) -> &Vcpu {
+        &self.vcpus[0]
+    }
+
+    /// The bootstrap vCPU, to change.
+    pub fn boot_vcpu_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[0]
     }
 
     /// Its mode, where its image lies and where it starts, in a line:
@@ -389,14 +426,52 @@ impl Machine {
     }
 }
 
-/// Creates the VM over `memory` and its vCPU with the host's CPUID: the
-/// steps every machine shares, new or restored.
+/// Checks a VM's vCPU count against [`MAX_VCPUS`] and the stacks its
+/// memory must hold (half of it at most).
+fn check_vcpus(vcpus: u32, memory_size: u64) -> Result<u32, SetupError> {
+    if !(1..=MAX_VCPUS).contains(&vcpus) || u64::from(vcpus) * VCPU_STACK_BYTES > memory_size / 2 {
+        return Err(SetupError::Vcpus(vcpus));
+    }
+    Ok(vcpus)
+}
+
+/// `regs` (vCPU 0's) for vCPU `index`: its stack below its elders'.
+fn stacked(mut regs: kvm_bindings::kvm_regs, mode: CpuMode, index: u64) -> kvm_bindings::kvm_regs {
+    regs.rsp = match mode {
+        // SP 0 is the top of the segment: the first push lands at 0xFFFE.
+        CpuMode::Real => (0x1_0000 - index * REAL_MODE_STACK_BYTES) & 0xffff,
+        _ => regs.rsp - index * VCPU_STACK_BYTES,
+    };
+    regs
+}
+
+/// What CPUID tells vCPU `index` of itself: `entries` with its initial
+/// APIC id (leaf 1, EBX bits 31-24) and x2APIC id (leaves 0xB and 0x1F,
+/// EDX) set to its index, the way hardware tells a CPU who it is.
+pub fn cpuid_for_vcpu(entries: &[kvm_bindings::kvm_cpuid_entry2], index: u32) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+    entries
+        .iter()
+        .map(|entry| {
+            let mut entry = *entry;
+            match entry.function {
+                1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (index << 24),
+                0xb | 0x1f => entry.edx = index,
+                _ => {}
+            }
+            entry
+        })
+        .collect()
+}
+
+/// Creates the VM over `memory` and its `vcpus` vCPUs, each with the host's
+/// CPUID telling it its index: the steps every machine shares, new or restored.
 pub(super) fn create_vm(
     kvm: &Kvm,
     memory: &GuestMemory,
     memory_size: u64,
+    vcpus: u32,
     timer: &mut SetupTimer,
-) -> Result<(VmFd, VcpuFd), SetupError> {
+) -> Result<(VmFd, Vec<VcpuFd>), SetupError> {
     let vm = setup_ioctl("to create a VM (KVM_CREATE_VM)", || kvm.create_vm())?;
     timer.done("create the VM", "KVM_CREATE_VM");
     let region = memory.iter().next().expect("one region");
@@ -414,16 +489,34 @@ pub(super) fn create_vm(
         unsafe { vm.set_user_memory_region(slot) }
     })?;
     timer.done("register guest memory as slot 0", "KVM_SET_USER_MEMORY_REGION");
-    let fd = setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(0))?;
-    timer.done("create the vCPU, map kvm_run", "KVM_CREATE_VCPU");
+    let mut fds = Vec::with_capacity(vcpus as usize);
+    for index in 0..vcpus {
+        fds.push(setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || vm.create_vcpu(u64::from(index)))?);
+    }
+    timer.done(
+        if vcpus == 1 { "create the vCPU, map kvm_run" } else { "create the vCPUs, map each kvm_run" },
+        "KVM_CREATE_VCPU",
+    );
     let cpuid = supported_cpuid(kvm)?;
-    setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
+    for (index, fd) in fds.iter().enumerate() {
+        if index == 0 {
+            // vCPU 0's APIC id is 0 in the host's list already.
+            setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
+        } else {
+            let own = cpuid_for_vcpu(cpuid.as_slice(), index as u32);
+            let own = CpuId::from_entries(&own).expect("no more entries than the host's list");
+            setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&own))?;
+        }
+    }
     if GIVEN.get().is_none() {
-        let given = setup_ioctl("to read CPUID (KVM_GET_CPUID2)", || fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        let given = setup_ioctl("to read CPUID (KVM_GET_CPUID2)", || fds[0].get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
         let _ = GIVEN.set(given.as_slice().to_vec());
     }
-    timer.done("give it the host's CPUID", "KVM_SET_CPUID2");
-    Ok((vm, fd))
+    timer.done(
+        if vcpus == 1 { "give it the host's CPUID" } else { "give each the host's CPUID and its APIC id" },
+        "KVM_SET_CPUID2",
+    );
+    Ok((vm, fds))
 }
 
 static SUPPORTED: OnceLock<CpuId> = OnceLock::new();

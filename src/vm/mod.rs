@@ -41,7 +41,10 @@ pub use cpu_mode::CpuMode;
 pub use cpu_state::CpuState;
 pub use kick::KickTarget;
 pub use loader::GuestLayout;
-pub use machine::{CrashKind, Exit, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu};
+pub use machine::{
+    CrashKind, Exit, MAX_VCPUS, Machine, MachineSpec, PortAccess, RegisterDump, SetupError, SetupStep, Vcpu,
+    cpuid_for_vcpu,
+};
 pub use memory::GuestMemory;
 pub use quantum_timer::QuantumTimer;
 pub use saved::{MachineState, SavedMachine};

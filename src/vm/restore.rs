@@ -32,8 +32,8 @@ impl Machine {
 
     /// [`Self::save`] without the memory.
     pub fn save_state(&mut self, kvm: &Kvm) -> Result<MachineState, VcpuStateError> {
-        self.vcpu.complete_pending_exit();
-        let vcpu = VcpuState::save(self.vcpu.fd(), msr_indices(kvm))?;
+        self.boot_vcpu_mut().complete_pending_exit();
+        let vcpu = VcpuState::save(self.boot_vcpu().fd(), msr_indices(kvm))?;
         let image = &self.image;
         let state = MachineState {
             mode: self.mode,
@@ -113,9 +113,9 @@ impl Machine {
         let mut timer = SetupTimer::default();
         let memory = memory::allocate(memory_size).map_err(SetupError::Memory)?;
         timer.done("allocate guest memory", "mmap");
-        let (vm, fd) = create_vm(kvm, &memory, memory_size, &mut timer)?;
+        let (vm, fds) = create_vm(kvm, &memory, memory_size, 1, &mut timer)?;
         Ok(Self {
-            vcpu: Vcpu::new(kvm, fd),
+            vcpus: fds.into_iter().map(|fd| Vcpu::new(kvm, fd)).collect(),
             _vm: vm,
             memory,
             memory_size,
@@ -137,7 +137,7 @@ impl Machine {
             ))));
         }
         let mut timer = SetupTimer::default();
-        self.restore_notes = state.vcpu.restore(self.vcpu.fd(), super::machine::given_cpuid())?;
+        self.restore_notes = state.vcpu.restore(self.boot_vcpu().fd(), super::machine::given_cpuid())?;
         timer.done(
             "restore the vCPU's state",
             "KVM_SET_CPUID2, _TSC_KHZ, _MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",

@@ -70,6 +70,7 @@ pub fn runtime(guest: &str, args: &[u64]) -> matrix_tui::sched::VmRuntime {
         args: args.to_vec(),
         layout: builtin.layout,
         restore: None,
+        vcpus: 1,
     };
     matrix_tui::sched::VmRuntime::new(&kvm(), &spec, Default::default()).expect("the VM sets up")
 }

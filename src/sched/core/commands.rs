@@ -208,7 +208,7 @@ impl Core {
                 self.set_state(vm, state);
             }
             Err(error) => {
-                let registers = slot.runtime.machine.vcpu.registers();
+                let registers = slot.runtime.machine.boot_vcpu().registers();
                 slot.runtime.console.set_clock(monotonic_ns().saturating_sub(self.epoch_ns));
                 slot.runtime.console.note(format_args!("restart failed: {error}"));
                 self.set_state(vm, VmState::Crashed { reason: format!("restart failed: {error}"), registers });

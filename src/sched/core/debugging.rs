@@ -11,7 +11,7 @@ const HLT: u8 = 0xF4;
 /// `vm`'s memory seen through its page tables.
 pub(super) fn view(runtime: &VmRuntime) -> GuestView<'_, Vcpu> {
     let machine = &runtime.machine;
-    GuestView { memory: &machine.memory, memory_size: machine.memory_size(), translator: &machine.vcpu }
+    GuestView { memory: &machine.memory, memory_size: machine.memory_size(), translator: machine.boot_vcpu() }
 }
 
 impl Core {
@@ -55,11 +55,13 @@ impl Core {
             DebugRequest::Detach { reason } => self.detach(vm, reason),
             DebugRequest::Refused { peer } => self.debugger_status(vm, DebuggerStatus::Refused { peer }),
             DebugRequest::ReadRegisters => {
-                let state = runtime.machine.vcpu.cpu_state().map(Box::new).map_err(|error| error.to_string());
+                let state =
+                    runtime.machine.boot_vcpu_mut().cpu_state().map(Box::new).map_err(|error| error.to_string());
                 debug.reply(DebugReply::Registers(state));
             }
             DebugRequest::WriteRegisters(state) => {
-                let done = runtime.machine.vcpu.set_cpu_state(&state).map(|()| true).map_err(|e| e.to_string());
+                let done =
+                    runtime.machine.boot_vcpu_mut().set_cpu_state(&state).map(|()| true).map_err(|e| e.to_string());
                 debug.reply(DebugReply::Done(done));
             }
             DebugRequest::ReadMemory { address, length } => {
@@ -136,7 +138,7 @@ impl Core {
                 "detached; the VM goes on".to_string()
             }
             Some(why) => {
-                self.slots[vm].runtime.machine.vcpu.complete_pending_exit();
+                self.slots[vm].runtime.machine.boot_vcpu_mut().complete_pending_exit();
                 self.set_state(vm, VmState::Gdb { stop: DebugStop::Waiting });
                 format!("left: {why}; the VM waits for the next debugger")
             }
@@ -154,7 +156,7 @@ impl Core {
         if settings == debug.applied {
             return;
         }
-        match slot.runtime.machine.vcpu.set_guest_debug(&settings) {
+        match slot.runtime.machine.boot_vcpu_mut().set_guest_debug(&settings) {
             Ok(()) => debug.applied = settings,
             Err(error) => slot.runtime.console.note(format_args!("gdb: KVM_SET_GUEST_DEBUG failed: {error}")),
         }
@@ -171,7 +173,7 @@ impl Core {
     pub(super) fn stop_for_debugger(&mut self, vm: VmId, stop: DebugStop) {
         let slot = &mut self.slots[vm];
         // An `in` completes only on the next entry: do it now, so that gdb sees its value.
-        slot.runtime.machine.vcpu.complete_pending_exit();
+        slot.runtime.machine.boot_vcpu_mut().complete_pending_exit();
         self.answer_debugger(vm, DebugReply::Stopped(stop));
         if stop != DebugStop::Step {
             // Steps go unannounced: gdb's `next` is hundreds of them.
@@ -211,7 +213,7 @@ impl Core {
     /// and tells gdb.
     pub(super) fn halt_for_debugger(&mut self, vm: VmId) {
         self.slots[vm].runtime.counters.exits.hlt += 1;
-        let registers = self.slots[vm].runtime.machine.vcpu.registers();
+        let registers = self.slots[vm].runtime.machine.boot_vcpu().registers();
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
         self.set_state(vm, VmState::Halted { registers, t_ns });
         self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
@@ -224,7 +226,7 @@ impl Core {
             self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Interrupt));
             return;
         }
-        let rip = self.slots[vm].runtime.machine.vcpu.registers().rip;
+        let rip = self.slots[vm].runtime.machine.boot_vcpu().registers().rip;
         if self.halts_next(vm, rip) {
             self.halt_for_debugger(vm);
             return;

@@ -83,6 +83,8 @@ impl Core {
             Some("it is already moving".to_string())
         } else if slot.debug.as_ref().is_some_and(|debug| debug.peer.is_some()) {
             Some("gdb is attached to it".to_string())
+        } else if slot.runtime.vcpus.len() > 1 {
+            Some(format!("it has {} vCPUs, and a migration moves VMs of one", slot.runtime.vcpus.len()))
         } else {
             None
         };
@@ -492,7 +494,7 @@ impl Core {
         let slot = &mut self.slots[vm];
         let before = slot.state.clone();
         // Its exit in progress is completed now, so memory and registers agree.
-        slot.runtime.machine.vcpu.complete_pending_exit();
+        slot.runtime.machine.boot_vcpu_mut().complete_pending_exit();
         // A VM that was not running (asleep, paused) lost no time before the pause.
         let last_slice_ns = match before {
             VmState::Running | VmState::Throttled { .. } => slot.last_slice_ns,

@@ -218,6 +218,7 @@ fn machine_spec(config: &VmConfig) -> MachineSpec {
         args: config.args.clone(),
         layout: config.layout,
         restore: config.snapshot.as_ref().map(|snapshot| Arc::clone(&snapshot.machine)),
+        vcpus: config.vcpus,
     }
 }
 

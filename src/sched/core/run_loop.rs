@@ -158,9 +158,11 @@ impl Core {
         let mut exits = 0;
         let mut injected = 0;
         let mut falls_asleep = None;
+        self.slots[vm].runtime.begin_slice(wall_start);
+        let first_vcpu = self.slots[vm].runtime.current_vcpu() as u16;
         let end = loop {
             let deliver = !stepping && self.slots[vm].state == VmState::Running;
-            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver);
+            let (step, span, record) = self.slots[vm].runtime.step(&self.kick, self.epoch_ns, deliver, deadline);
             if let Some(mut injection) = self.slots[vm].runtime.injection.take() {
                 injection.vm = vm;
                 injected += 1;
@@ -187,6 +189,9 @@ impl Core {
                 Step::Io if slice.length_ns.is_none() => break SliceEnd::IoSwitch,
                 Step::Io if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
                 Step::Io => continue,
+                Step::Switched if stepping => break SliceEnd::Step,
+                Step::Switched if span.exited_ns >= deadline => break SliceEnd::ExitAfterDeadline,
+                Step::Switched => continue,
                 Step::Yielded => break SliceEnd::Yield,
                 Step::Halted { registers } => {
                     let t_ns = span.exited_ns.saturating_sub(self.epoch_ns);
@@ -200,8 +205,8 @@ impl Core {
                     falls_asleep = Some(until_ns.saturating_sub(self.epoch_ns));
                     break SliceEnd::Sleep;
                 }
-                Step::Crashed { kind, registers } => {
-                    self.set_state(vm, VmState::Crashed { reason: kind.to_string(), registers });
+                Step::Crashed { reason, registers, .. } => {
+                    self.set_state(vm, VmState::Crashed { reason, registers });
                     self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Crashed));
                     break SliceEnd::Crash;
                 }
@@ -256,6 +261,7 @@ impl Core {
         slot.stolen_unpaid_ns -= repaid;
         let charged = in_guest - repaid;
         slot.charged_ns += charged;
+        slot.runtime.end_slice(charged);
         if let Some(timings) = &mut slot.timings {
             timings.slices.push(TimedSlice { start_ns: wall_start, end_ns: wall_end, charged_ns: charged });
         }
@@ -268,6 +274,7 @@ impl Core {
         }
         let record = SliceRecord {
             vm,
+            vcpu: first_vcpu,
             start_ns: wall_start.saturating_sub(self.epoch_ns),
             end_ns: wall_end.saturating_sub(self.epoch_ns),
             charged_ns: charged,
@@ -320,7 +327,7 @@ impl Core {
         }
         let slot = &mut self.slots[vm];
         if slot.state.is_finished() {
-            let registers = slot.runtime.machine.vcpu.registers();
+            let registers = slot.runtime.machine.boot_vcpu().registers();
             let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
             self.outbox.push_back(Event::Stepped { vm, t_ns, result: StepResult::Finished, registers });
             return;
@@ -339,7 +346,9 @@ impl Core {
             return;
         }
         let slot = &mut self.slots[vm];
-        let vcpu = &mut slot.runtime.machine.vcpu;
+        // The vCPU that made the exit (its sibling may have the VM's turn now).
+        let stepped = slot.last_exit.filter(|_| exited).map_or(slot.runtime.current_vcpu(), |exit| exit.vcpu.into());
+        let vcpu = &mut slot.runtime.machine.vcpus[stepped];
         if !slot.state.is_finished() {
             vcpu.complete_pending_exit();
         }

@@ -2,6 +2,8 @@
 //! report when the run ends.
 
 use super::*;
+use crate::report::VcpuReport;
+use crate::sched::vcpu_runtime::{VcpuRuntime, VcpuState};
 
 impl Core {
     /// Sends the counters when a sample is due at `now_ns` (monotonic).
@@ -17,6 +19,7 @@ impl Core {
                 counters: slot.runtime.counters(),
                 cpu_ns: slot.runtime.cpu_ns,
                 charged_ns: slot.charged_ns,
+                vcpus: vcpu_samples(&slot.runtime.vcpus),
             })
             .collect();
         // A sample the front end has no room for is simply skipped: the next
@@ -97,6 +100,7 @@ impl Core {
                     console_cut_bytes,
                     console_dropped: slot.console_dropped,
                     migration: slot.migration_report.clone(),
+                    vcpus: vcpu_reports(&slot.runtime.vcpus, total_cpu),
                 }
             })
             .collect();
@@ -118,4 +122,47 @@ impl Core {
             timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
         }
     }
+}
+
+/// What the report says of each of a VM's vCPUs.
+fn vcpu_reports(vcpus: &[VcpuRuntime], total_cpu: u64) -> Vec<VcpuReport> {
+    vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, vcpu)| VcpuReport {
+            index,
+            state: match vcpu.state {
+                VcpuState::Runnable => "runnable",
+                VcpuState::Sleeping { until_ns: Some(_) } => "sleeping",
+                VcpuState::Sleeping { until_ns: None } => "waiting",
+                VcpuState::Halted => "halted",
+            },
+            exits: vcpu.exits,
+            cpu_ns: vcpu.cpu_ns,
+            charged_ns: vcpu.charged_ns,
+            share: ratio(vcpu.cpu_ns as f64, total_cpu as f64),
+            injected: vcpu.timer.injected,
+            ipis: vcpu.ipis,
+        })
+        .collect()
+}
+
+/// What the front ends are told of a VM's vCPUs: nothing for a VM of one.
+fn vcpu_samples(vcpus: &[VcpuRuntime]) -> Vec<crate::event::VcpuSample> {
+    if vcpus.len() == 1 {
+        return Vec::new();
+    }
+    vcpus
+        .iter()
+        .map(|vcpu| crate::event::VcpuSample {
+            state: match vcpu.state {
+                VcpuState::Runnable => "run",
+                VcpuState::Sleeping { until_ns: Some(_) } => "sleep",
+                VcpuState::Sleeping { until_ns: None } => "wait",
+                VcpuState::Halted => "halt",
+            },
+            exits: vcpu.exits,
+            charged_ns: vcpu.charged_ns,
+        })
+        .collect()
 }

@@ -1,0 +1,237 @@
+//! VMs with several vCPUs, on real KVM: every vCPU starts at the entry with
+//! its own stack and identity, siblings wake each other with IPIs, hlt ends
+//! a vCPU or puts it to sleep as the rules say, a crash ends the whole VM
+//! naming its vCPU, bad IPIs and yields are refused with a note, and a VM's
+//! weight is shared by its vCPUs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{builtin, matrix, report, run, run_config, vm};
+use matrix_tui::config::{Policy, RunConfig, VmConfig};
+use matrix_tui::report::VmReport;
+
+/// A VM of `vcpus` vCPUs running the flat long-mode `code` (at 0x10000).
+fn flat(name: &str, code: &[u8], vcpus: u32) -> VmConfig {
+    let mut vm = VmConfig::new(name, "flat", Arc::from(code));
+    vm.vcpus = vcpus;
+    vm
+}
+
+/// Every line of a VM's console that vCPU `index` printed, without its label.
+fn lines_of(report: &VmReport, index: usize) -> Vec<String> {
+    let label = format!("cpu{index}: ");
+    report.console.lines().filter_map(|line| line.strip_prefix(&label)).map(str::to_string).collect()
+}
+
+#[test]
+fn each_vcpu_starts_at_the_entry_with_its_own_stack_and_apic_id() {
+    // cpuid(1).ebx >> 24 (the initial APIC id), then rsp, each printed; hlt.
+    let code = [
+        0xB8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+        0x0F, 0xA2, // cpuid
+        0xC1, 0xEB, 0x18, // shr ebx, 24
+        0x89, 0xD8, // mov eax, ebx
+        0xE7, 0xEA, // out 0xEA, eax (HC_print32bit)
+        0x89, 0xE0, // mov eax, esp
+        0xE7, 0xEA, // out 0xEA, eax
+        0xE5, 0xF2, // in eax, 0xF2 (HC_vcpuId)
+        0xE7, 0xEA, // out 0xEA, eax
+        0xE5, 0xF3, // in eax, 0xF3 (HC_vcpuCount)
+        0xE7, 0xEA, // out 0xEA, eax
+        0xF4, // hlt
+    ];
+    let outcome = run(vec![flat("who", &code, 3)], Policy::Fair, Duration::from_secs(20));
+    let who = &outcome.report.vms[0];
+    assert_eq!(who.state, "halted", "{}", who.console);
+    for index in 0..3 {
+        let top = (2 << 20) - index * 16 * 1024;
+        let expected = [index.to_string(), top.to_string(), index.to_string(), "3".to_string()];
+        assert_eq!(lines_of(who, index), expected, "vCPU {index}:\n{}", who.console);
+    }
+    assert_eq!(who.vcpus.len(), 3);
+    assert!(who.vcpus.iter().all(|vcpu| vcpu.state == "halted" && vcpu.exits == 7), "{:?}", who.vcpus);
+    assert_eq!(who.vcpus.iter().map(|vcpu| vcpu.exits).sum::<u64>(), who.exits.total);
+}
+
+#[test]
+fn pair_takes_turns_woken_by_ipis() {
+    let mut pair = builtin("pair", "pair");
+    (pair.vcpus, pair.args) = (3, vec![2_000, 4]);
+    let outcome = run(vec![pair], Policy::Fair, Duration::from_secs(30));
+    let pair = &outcome.report.vms[0];
+    assert_eq!(pair.state, "halted", "{}", pair.console);
+    // Turns in order: cpu0 1, cpu1 1, cpu2 1, cpu0 2, ...
+    let expected: Vec<String> =
+        (1..=4).flat_map(|turn| (0..3).map(move |index| format!("cpu{index}: {turn}"))).collect();
+    let printed: Vec<&str> = pair.console.lines().filter(|line| line.starts_with("cpu")).collect();
+    assert_eq!(printed, expected);
+    // Each hand-over but the very last is an IPI to a vCPU asleep in hlt.
+    assert_eq!(pair.vcpus.iter().map(|vcpu| vcpu.ipis).sum::<u64>(), 4 * 3 - 1);
+    assert_eq!(pair.faults, 0);
+}
+
+#[test]
+fn bad_ipis_and_yields_are_refused_with_a_note_and_the_vm_runs_on() {
+    let code = [
+        0xB8, 0x01, 0x00, 0x10, 0x00, // mov eax, 0x00100001: vCPU 1, vector 0x10 (below 32)
+        0xE7, 0xF4, // out 0xF4, eax (HC_ipi)
+        0xB8, 0x09, 0x00, 0x40, 0x00, // mov eax, 0x00400009: vCPU 9, vector 0x40
+        0xE7, 0xF4, // out 0xF4, eax
+        0xE5, 0xF2, // in eax, 0xF2 (own index)
+        0xE7, 0xF5, // out 0xF5, eax (HC_yieldTo itself)
+        0xB8, 0x07, 0x00, 0x00, 0x00, // mov eax, 7
+        0xE7, 0xF5, // out 0xF5, eax (HC_yieldTo vCPU 7)
+        0xB8, 0x2A, 0x00, 0x00, 0x00, // mov eax, 42
+        0xE7, 0xEA, // out 0xEA, eax
+        0xF4, // hlt
+    ];
+    let mut neighbour = builtin("t", "ticker");
+    neighbour.args = vec![200];
+    let mut config = RunConfig::new(vec![flat("bad", &code, 2), neighbour]);
+    config.policy = Policy::Fair;
+    let outcome = run_config(config, Duration::from_millis(1500));
+    let bad = &outcome.report.vms[0];
+    assert_eq!(bad.state, "halted", "{}", bad.console);
+    assert_eq!(bad.faults, 4, "two refused IPIs on each vCPU:\n{}", bad.console);
+    for index in 0..2 {
+        assert_eq!(lines_of(bad, index), ["42"], "each vCPU ran on to its end:\n{}", bad.console);
+        for says in [
+            format!("HC_ipi(vCPU 1, vector 16) from vCPU {index} refused: vector 16 is below 32"),
+            format!("HC_ipi(vCPU 9, vector 64) from vCPU {index} refused: the VM has 2 vCPUs (0 to 1)"),
+            format!("HC_yieldTo({index}) from vCPU {index} ignored: it is the caller"),
+            format!("HC_yieldTo(7) from vCPU {index} ignored: the VM has 2 vCPUs"),
+        ] {
+            assert!(bad.console.contains(&says), "missing {says:?} in:\n{}", bad.console);
+        }
+    }
+    let ticker = &outcome.report.vms[1];
+    assert!(ticker.exits.total > 0 && ticker.crash_reason.is_none(), "the neighbour runs on");
+}
+
+#[test]
+fn vcpus_that_all_wait_for_an_interrupt_nobody_can_send_end_the_vm() {
+    let code = [0xFB, 0xF4, 0xEB, 0xFC]; // sti; hlt; jmp back
+    let outcome = run(vec![flat("waits", &code, 2)], Policy::Fair, Duration::from_secs(10));
+    let waits = &outcome.report.vms[0];
+    assert_eq!(waits.state, "halted", "{}", waits.console);
+    assert!(
+        waits.console.contains("2 of its vCPUs wait in hlt for an interrupt and no sibling runs to send one"),
+        "{}",
+        waits.console
+    );
+}
+
+#[test]
+fn one_vcpus_crash_ends_the_whole_vm_and_names_the_vcpu() {
+    let code = [
+        0xE5, 0xF2, // in eax, 0xF2
+        0x85, 0xC0, // test eax, eax
+        0x74, 0x02, // jz +2 (vCPU 0 halts)
+        0x0F, 0x0B, // ud2 (no IDT: a triple fault)
+        0xF4, // hlt
+    ];
+    let outcome = run(vec![flat("dies", &code, 2)], Policy::Fair, Duration::from_secs(10));
+    let dies = &outcome.report.vms[0];
+    assert_eq!(dies.state, "crashed");
+    assert_eq!(dies.crash_reason.as_deref(), Some("vCPU 1: triple fault (KVM_EXIT_SHUTDOWN)"));
+}
+
+#[test]
+fn a_vms_weight_is_shared_by_its_vcpus() {
+    // Four spinning vCPUs beside one, equal weights: the VMs get the CPU
+    // evenly (charged time, what the policy steers), and the four share theirs.
+    let mut four = builtin("four", "spin");
+    four.vcpus = 4;
+    let one = builtin("one", "spin");
+    let mut config = RunConfig::new(vec![four, one]);
+    config.policy = Policy::Fair;
+    let outcome = run_config(config, Duration::from_millis(1500));
+    let (four, one) = (&outcome.report.vms[0], &outcome.report.vms[1]);
+    let ratio = four.charged_ns as f64 / one.charged_ns as f64;
+    assert!((0.8..1.25).contains(&ratio), "four vCPUs {} ns against one {} ns", four.charged_ns, one.charged_ns);
+    let parts: Vec<u64> = four.vcpus.iter().map(|vcpu| vcpu.charged_ns).collect();
+    assert_eq!(parts.iter().sum::<u64>(), four.charged_ns, "the vCPUs' parts add up to the VM's charge");
+    let quarter = four.charged_ns as f64 / 4.0;
+    assert!(parts.iter().all(|&part| (part as f64 - quarter).abs() < quarter * 0.5), "{parts:?}");
+}
+
+#[test]
+fn vcpus_out_of_range_or_not_a_number_are_refused_with_status_2() {
+    for (given, says) in [
+        ("p=0", "0 vCPUs: a VM has 1 to 64"),
+        ("p=65", "65 vCPUs: a VM has 1 to 64"),
+        ("p=two", "'two' is not a number of vCPUs"),
+        ("q=2", "--vcpus names VM 'q', which is not in this run"),
+    ] {
+        let output = matrix(&["run", "--headless", "--vm", "p=pair", "--vcpus", given, "--duration", "1s"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--vcpus {given}: {stderr}");
+        assert!(stderr.contains(says), "--vcpus {given}: {stderr}");
+    }
+    let output = matrix(&["run", "--headless", "--vm", "p=pair", "--vcpus", "p=2", "--gdb", "p=127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("VM 'p' has 2 vCPUs, and its gdb server serves VMs of one"), "{stderr}");
+}
+
+#[test]
+fn the_report_lists_every_vcpu_and_the_console_says_who_printed() {
+    let output = matrix(&[
+        "run",
+        "--headless",
+        "--json",
+        "--vm",
+        "p=pair",
+        "--vcpus",
+        "p=2",
+        "--args",
+        "p=1000,2",
+        "--vm",
+        "t=ticker",
+        "--duration",
+        "2s",
+    ]);
+    let report = report(&output);
+    let pair = vm(&report, "p");
+    let vcpus = pair["vcpus"].as_array().expect("a vcpus list");
+    assert_eq!(vcpus.len(), 2);
+    for (index, vcpu) in vcpus.iter().enumerate() {
+        assert_eq!(vcpu["index"], index);
+        for key in ["state", "exits", "cpu_ns", "charged_ns", "share", "injected", "ipis"] {
+            assert!(!vcpu[key].is_null(), "vcpus[{index}] has {key}: {vcpu}");
+        }
+    }
+    assert_eq!(vm(&report, "t")["vcpus"].as_array().map(Vec::len), Some(1), "a VM of one vCPU lists it too");
+    let console = pair["console"].as_str().unwrap();
+    assert!(console.contains("cpu0: 1\ncpu1: 1\ncpu0: 2\ncpu1: 2\n"), "{console}");
+}
+
+#[test]
+fn the_c_smp_example_adds_on_every_vcpu_and_wakes_the_first_with_an_ipi() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_example("c", dir.path());
+    let image = dir.path().join("smp.elf");
+    let output = matrix(&[
+        "run",
+        "--headless",
+        "--json",
+        "--vm",
+        &format!("smp={}", image.display()),
+        "--vcpus",
+        "smp=4",
+        "--args",
+        "smp=250",
+    ]);
+    let report = report(&output);
+    let smp = vm(&report, "smp");
+    assert_eq!(smp["state"], "halted");
+    let console = smp["console"].as_str().unwrap();
+    for index in 1..4 {
+        assert!(console.contains(&format!("cpu{index}: done\n")), "{console}");
+    }
+    assert!(console.ends_with("cpu0: total: 1000\n") || console.contains("cpu0: total: 1000\n"), "{console}");
+    assert_eq!(smp["vcpus"][0]["ipis"], 1, "the last to finish woke vCPU 0");
+}
