@@ -139,14 +139,13 @@ pub fn scale(vms: usize, vcpus: u32, unit: u64, duration: Duration) -> Result<Vc
     let started = Instant::now();
     let core = sched::spawn(vm::open_kvm()?, RunConfig::new(configs))?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let report = core.run_until(Some(Instant::now() + duration), |_| {});
-    Ok(VcpuScale {
-        vms,
-        vcpus_each: vcpus,
-        startup_ms,
-        outside_kvm_run_pct: report.outside_kvm_run_pct,
-        rss_mib: super::measure::rss_kib() as f64 / 1024.0,
-    })
+    let deadline = Instant::now() + duration;
+    while core.events().recv_deadline(deadline).is_ok() {}
+    // Read while every VM is still there.
+    let rss_mib = super::measure::rss_kib() as f64 / 1024.0;
+    core.send(crate::event::Command::Quit);
+    let report = core.run_until(None, |_| {});
+    Ok(VcpuScale { vms, vcpus_each: vcpus, startup_ms, outside_kvm_run_pct: report.outside_kvm_run_pct, rss_mib })
 }
 
 #[cfg(test)]
