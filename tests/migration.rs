@@ -76,6 +76,42 @@ fn a_ticker_moves_with_no_gap_and_no_repeat_and_both_sides_run_on() {
 }
 
 #[test]
+fn a_vm_of_two_vcpus_moves_with_both_and_they_take_turns_on_from_where_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut to, socket) = receiver(dir.path());
+    let mut from = Controlled::start(&["--vm", "p=pair", "--vcpus", "p=2", "--args", "p=2000", "--duration", "60s"]);
+    from.until("p| cpu1: 5");
+    from.send(&format!("migrate p {socket}"));
+    from.until("p| [matrix] migrated to");
+    // The last turn printed here, whichever vCPU took it.
+    let turns = |lines: &[String]| -> Vec<(String, u64)> {
+        lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("p| ")?.split_once(": "))
+            .filter_map(|(vcpu, count)| Some((vcpu.to_string(), count.parse().ok()?)))
+            .collect()
+    };
+    let here = turns(&from.seen);
+    let (last_vcpu, last_count) = here.last().cloned().unwrap();
+    to.until("p| [matrix] running here;");
+    let mut there = Vec::new();
+    while there.len() < 6 {
+        let line = to.next();
+        there.extend(turns(&[line]));
+    }
+    // The next turn is the other vCPU's, then they alternate on.
+    let mut expected = Vec::new();
+    let (mut vcpu, mut count) = (last_vcpu, last_count);
+    for _ in 0..6 {
+        (vcpu, count) = if vcpu == "cpu0" { ("cpu1".to_string(), count) } else { ("cpu0".to_string(), count + 1) };
+        expected.push((vcpu.clone(), count));
+    }
+    assert_eq!(there, expected, "after {here:?}");
+    assert_eq!(from.quit().0, 0);
+    assert_eq!(to.quit().0, 0);
+}
+
+#[test]
 fn a_dirtier_that_cannot_converge_stops_at_the_round_cap_or_is_throttled_as_asked() {
     let dir = tempfile::tempdir().unwrap();
     let (mut to, socket) = receiver(dir.path());

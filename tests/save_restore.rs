@@ -90,6 +90,57 @@ fn a_ticker_restored_counts_on_from_its_snapshot_with_no_gap_and_no_repeat_besid
     assert!(guest_lines(&stdout, "n").len() > 5, "its neighbour runs too");
 }
 
+/// Each vCPU's counts in lines `cpuN: COUNT` of a VM of several vCPUs, by vCPU.
+fn counts_by_vcpu(lines: &[String]) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut counts = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for line in lines {
+        if let Some((vcpu, count)) = line.split_once(": ").filter(|(vcpu, _)| vcpu.starts_with("cpu")) {
+            if let Ok(count) = count.parse() {
+                counts.entry(vcpu.to_string()).or_default().push(count);
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_vm_of_two_vcpus_restored_goes_on_with_both_taking_turns_with_no_gap_and_no_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.snap");
+    let mut run1 = Controlled::start(&["--vm", "p=pair", "--vcpus", "p=2", "--args", "p=2000", "--duration", "60s"]);
+    run1.until("p| cpu1: 20");
+    run1.send(&format!("snapshot p {}", file.display()));
+    run1.until(" written: ");
+    assert_eq!(run1.quit().0, 0);
+
+    let saved = show_json(&file);
+    assert_eq!(saved["machine"]["siblings"].as_array().map(Vec::len), Some(1), "vCPU 1 is kept beside vCPU 0");
+    assert_eq!(saved["runtime"]["vcpus"].as_array().map(Vec::len), Some(2));
+    let (_, shown, _) = run(&["snapshot", "show", file.to_str().unwrap()]);
+    assert!(shown.contains("file format 2.1") && shown.contains("vCPUs: 2 ("), "{shown}");
+    let console: Vec<String> = saved["runtime"]["console"].as_str().unwrap().lines().map(str::to_string).collect();
+    let before = counts_by_vcpu(&console);
+
+    let guest = format!("q=snapshot:{}", file.display());
+    let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
+    assert_eq!(status, 0, "{stderr}");
+    let after = counts_by_vcpu(&guest_lines(&stdout, "q"));
+    for vcpu in ["cpu0", "cpu1"] {
+        let last = *before[vcpu].last().unwrap();
+        let counts = &after[vcpu];
+        assert!(counts.len() > 2, "{vcpu} took turns after the restore: {stdout}");
+        let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
+        assert_eq!(counts, &expected, "{vcpu}: no gap, no repeat after {last}");
+    }
+    // They still alternate: the turn was handed over in the saved memory and IPIs.
+    let order: Vec<String> =
+        guest_lines(&stdout, "q").iter().filter(|line| line.starts_with("cpu")).take(6).cloned().collect();
+    assert!(order.windows(2).all(|pair| pair[0][..4] != pair[1][..4]), "{order:?}");
+    // Its vCPUs cannot be given again: the snapshot brings them.
+    let (status, _, stderr) = run(&["run", "--headless", "--vm", &guest, "--vcpus", "q=4", "--duration", "1s"]);
+    assert_eq!(status, 2, "{stderr}");
+}
+
 #[test]
 fn a_sleeper_restored_keeps_its_timer_and_a_restart_restores_it_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +282,8 @@ fn every_golden_file_of_every_format_version_restores_and_counts_on() {
     // tests/golden keeps, byte for byte (as base64 text), a file of every
     // format version this project wrote: each is `snapshot t FILE` of a
     // ticker with a unit of 20,000 iterations (`--args t=20000`), written on
-    // 2026-12-07 by the build of its day. Every later build must read them.
+    // 2026-12-07 by the build of its day (2.1's with `--vcpus t=2`: that
+    // version added the vCPUs past the first). Every later build must read them.
     use base64::Engine as _;
     use matrix_tui::snapshot::format::{FORMAT_MAJOR, FORMAT_MINOR};
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -252,14 +304,23 @@ fn every_golden_file_of_every_format_version_restores_and_counts_on() {
         versions.push(version);
         let state = show_json(&golden);
         let saved = state["runtime"]["console"].as_str().expect("the console is kept");
-        let last: u64 = saved.lines().last().and_then(|line| line.parse().ok()).expect("its last count");
         let guest = format!("t=snapshot:{}", golden.display());
         let (status, stdout, stderr) = run(&["run", "--headless", "--vm", &guest, "--duration", "1s"]);
         assert_eq!(status, 0, "{name}: {stderr}");
-        let counts: Vec<u64> = guest_lines(&stdout, "t").iter().filter_map(|line| line.parse().ok()).collect();
-        assert!(counts.len() > 3, "{name} counted on: {stdout}");
-        let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
-        assert_eq!(counts, expected, "{name}: no gap, no repeat after {last}");
+        // A ticker of one vCPU prints bare counts; of several, each vCPU's
+        // own as `cpuN: COUNT`: each counts on from its last.
+        let label = |lines: Vec<String>| {
+            lines.into_iter().map(|line| if line.starts_with("cpu") { line } else { format!("cpu0: {line}") }).collect()
+        };
+        let saved_lines: Vec<String> = label(saved.lines().map(str::to_string).collect());
+        let (before, after) = (counts_by_vcpu(&saved_lines), counts_by_vcpu(&label(guest_lines(&stdout, "t"))));
+        assert!(!before.is_empty() && before.keys().eq(after.keys()), "{name}: {before:?} then {after:?}");
+        for (vcpu, counts) in &after {
+            let last = *before[vcpu].last().unwrap();
+            assert!(counts.len() > 3, "{name} {vcpu} counted on: {stdout}");
+            let expected: Vec<u64> = (last + 1..).take(counts.len()).collect();
+            assert_eq!(counts, &expected, "{name} {vcpu}: no gap, no repeat after {last}");
+        }
     }
     versions.sort();
     let current = format!("{FORMAT_MAJOR}.{FORMAT_MINOR}");

@@ -281,6 +281,14 @@ fn take_snapshot_settings(vm: &mut ScenarioVm) -> Result<Option<Arc<Snapshot>>, 
     let snapshot = snapshot::file::read(std::path::Path::new(file))
         .map_err(|error| Failure::Usage(anyhow!("VM '{}': {error}", escape_input(&vm.name))))?;
     let machine = &snapshot.machine.state;
+    if vm.vcpus != 1 && vm.vcpus != machine.vcpu_count() {
+        return Err(Failure::Usage(anyhow!(
+            "VM '{}' is restored from a snapshot of {} vCPUs, which brings them with it; leave its vcpus out",
+            escape_input(&vm.name),
+            machine.vcpu_count()
+        )));
+    }
+    vm.vcpus = machine.vcpu_count();
     vm.memory = machine.memory_size;
     vm.mode = Some(machine.mode);
     if !vm.weight_given {

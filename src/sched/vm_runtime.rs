@@ -11,7 +11,7 @@ use crate::console::ConsoleOut;
 use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VcpuIdentity, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::snapshot::format::Pages;
-use crate::snapshot::{RuntimeState, Snapshot};
+use crate::snapshot::{RuntimeState, SavedVcpu, SavedVcpuState, Snapshot};
 use crate::stats::VmCounters;
 use crate::vm::MachineState;
 use crate::vm::guest_debug::DebugExit;
@@ -207,9 +207,16 @@ impl VmRuntime {
         self.hypercalls = HypercallState::resumed(self.machine.area.start(Structure::Mailbox), saved.hypercalls);
         self.counters = saved.counters;
         self.cpu_ns = saved.cpu_ns;
+        // A migration's machine gained its vCPUs past the first just now.
+        self.vcpus.resize_with(self.machine.vcpus.len(), VcpuRuntime::default);
+        self.console.split_by_vcpu(self.vcpus.len());
         *self.boot_timer() = VirtualTimer::restore(&saved.timer, now_ns);
         self.vcpus[0].gva_result = saved.hypercalls.gva_result;
         self.vcpus[0].state = VcpuState::Runnable;
+        for (vcpu, kept) in self.vcpus.iter_mut().zip(&saved.vcpus) {
+            *vcpu = restored_vcpu(kept, now_ns);
+        }
+        self.current = 0;
         self.injection = None;
     }
 
@@ -243,6 +250,11 @@ impl VmRuntime {
             sleeping,
             console: String::from_utf8_lossy(self.console.history()).into_owned(),
             cpu_ns: self.cpu_ns,
+            vcpus: if self.vcpus.len() == 1 {
+                Vec::new()
+            } else {
+                self.vcpus.iter().map(|vcpu| saved_vcpu(vcpu, now_ns)).collect()
+            },
         };
         Ok((machine, runtime))
     }
@@ -599,5 +611,54 @@ impl VmRuntime {
         let injected = self.vcpus.iter().map(|vcpu| vcpu.timer.injected).sum();
         let coalesced = self.vcpus.iter().map(|vcpu| vcpu.timer.coalesced).sum();
         VmCounters { injected, coalesced, ..self.counters }
+    }
+}
+
+/// What a snapshot keeps of a vCPU of a VM of several at `now_ns`.
+fn saved_vcpu(vcpu: &VcpuRuntime, now_ns: u64) -> SavedVcpu {
+    let mut waiting = vcpu.pending;
+    SavedVcpu {
+        state: match vcpu.state {
+            VcpuState::Runnable => SavedVcpuState::Runnable,
+            VcpuState::Sleeping { until_ns: Some(_) } => SavedVcpuState::Sleeping,
+            VcpuState::Sleeping { until_ns: None } => SavedVcpuState::Waiting,
+            VcpuState::Halted => SavedVcpuState::Halted,
+        },
+        timer: vcpu.timer.save(now_ns),
+        pending: std::iter::from_fn(|| waiting.take_highest()).collect(),
+        gva_result: vcpu.gva_result,
+        cpu_ns: vcpu.cpu_ns,
+        charged_ns: vcpu.charged_ns,
+        exits: vcpu.exits,
+        ipis: vcpu.ipis,
+        ipis_coalesced: vcpu.ipis_coalesced,
+    }
+}
+
+/// A vCPU of a VM of several as `kept` says, its timer's next tick as far
+/// from `now_ns` as it was from the save.
+fn restored_vcpu(kept: &SavedVcpu, now_ns: u64) -> VcpuRuntime {
+    let timer = VirtualTimer::restore(&kept.timer, now_ns);
+    let state = match kept.state {
+        SavedVcpuState::Runnable => VcpuState::Runnable,
+        SavedVcpuState::Sleeping => VcpuState::Sleeping { until_ns: Some(timer.next_due_ns().unwrap_or(now_ns)) },
+        SavedVcpuState::Waiting => VcpuState::Sleeping { until_ns: None },
+        SavedVcpuState::Halted => VcpuState::Halted,
+    };
+    let mut pending = vcpu_runtime::Vectors::default();
+    for &vector in &kept.pending {
+        pending.raise(vector);
+    }
+    VcpuRuntime {
+        state,
+        timer,
+        pending,
+        cpu_ns: kept.cpu_ns,
+        charged_ns: kept.charged_ns,
+        slice_ns: 0,
+        exits: kept.exits,
+        ipis: kept.ipis,
+        ipis_coalesced: kept.ipis_coalesced,
+        gva_result: kept.gva_result,
     }
 }

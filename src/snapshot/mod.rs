@@ -12,4 +12,4 @@ pub mod schema;
 pub mod state;
 pub mod vcpu_record;
 
-pub use state::{RuntimeState, Snapshot, SnapshotState, VmIdentity};
+pub use state::{RuntimeState, SavedVcpu, SavedVcpuState, Snapshot, SnapshotState, VmIdentity};

@@ -34,4 +34,43 @@ pub struct RuntimeState {
     pub console: String,
     /// Nanoseconds it had spent inside KVM_RUN.
     pub cpu_ns: u64,
+    /// For a VM of several vCPUs, each one's own state (empty for a VM of
+    /// one, whose timer and sleep are above).
+    pub vcpus: Vec<SavedVcpu>,
+}
+
+/// One vCPU of a VM of several, as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedVcpu {
+    /// Whether it could run.
+    pub state: SavedVcpuState,
+    /// Its virtual timer.
+    pub timer: TimerState,
+    /// Vectors raised on it, not yet injected.
+    pub pending: Vec<u8>,
+    /// Its HC_gvaToHva result waiting for the `in`.
+    pub gva_result: Option<u32>,
+    /// Its time inside KVM_RUN.
+    pub cpu_ns: u64,
+    /// Its part of the VM's charged time.
+    pub charged_ns: u64,
+    /// Exits it made.
+    pub exits: u64,
+    /// IPIs raised on it.
+    pub ipis: u64,
+    /// Of those, folded into one waiting.
+    pub ipis_coalesced: u64,
+}
+
+/// Whether a saved vCPU could run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedVcpuState {
+    /// It could.
+    Runnable,
+    /// In `hlt`, until its timer's tick.
+    Sleeping,
+    /// In `hlt`, for a sibling's IPI.
+    Waiting,
+    /// For good.
+    Halted,
 }

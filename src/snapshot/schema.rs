@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::identity::VmIdentity;
-use super::running::{RuntimeState, SnapshotState};
+use super::running::{RuntimeState, SavedVcpu, SavedVcpuState, SnapshotState};
 use super::vcpu_record::VcpuState;
 use crate::hypercall::HypercallProgress;
 use crate::sched::virtual_timer::TimerState;
@@ -42,8 +42,11 @@ pub struct FileMachine {
     pub structures_shift: u64,
     /// Where its image was loaded.
     pub image: FileImage,
-    /// The vCPU.
+    /// The vCPU (the first, for a VM of several).
     pub vcpu: VcpuState,
+    /// The vCPUs past the first (format 2.1; absent for a VM of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub siblings: Vec<VcpuState>,
 }
 
 /// A CPU mode's name in files.
@@ -91,6 +94,39 @@ pub struct FileRuntime {
     pub console: String,
     /// Nanoseconds it had spent inside KVM_RUN.
     pub cpu_ns: u64,
+    /// For a VM of several vCPUs, each one's own state, the first's
+    /// included (format 2.1; absent for a VM of one, whose timer and
+    /// sleep are the fields above).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpus: Vec<FileVcpu>,
+}
+
+/// One vCPU of a VM of several, as matrix-tui kept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct FileVcpu {
+    /// `runnable`, `sleeping` (until its timer), `waiting` (for an IPI) or `halted`.
+    pub state: FileVcpuState,
+    pub timer: FileTimer,
+    /// Vectors its siblings raised on it, not yet injected.
+    pub pending: Vec<u8>,
+    pub gva_result: Option<u32>,
+    pub cpu_ns: u64,
+    pub charged_ns: u64,
+    pub exits: u64,
+    pub ipis: u64,
+    pub ipis_coalesced: u64,
+}
+
+/// Whether a vCPU could run, in files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum FileVcpuState {
+    Runnable,
+    Sleeping,
+    Waiting,
+    Halted,
 }
 
 /// The VM's counters.
@@ -153,7 +189,7 @@ impl From<FileState> for SnapshotState {
 
 impl From<&MachineState> for FileMachine {
     fn from(machine: &MachineState) -> Self {
-        let MachineState { mode, memory_size, structures_shift, image, vcpu } = machine;
+        let MachineState { mode, memory_size, structures_shift, image, vcpu, siblings } = machine;
         let mode = match mode {
             CpuMode::Real => FileCpuMode::Real,
             CpuMode::Protected => FileCpuMode::Protected,
@@ -166,13 +202,14 @@ impl From<&MachineState> for FileMachine {
         };
         let ImageState { start, end, entry, .. } = *image;
         let image = FileImage { kind, start, end, entry };
-        Self { mode, memory_size: *memory_size, structures_shift: *structures_shift, image, vcpu: vcpu.clone() }
+        let (memory_size, structures_shift) = (*memory_size, *structures_shift);
+        Self { mode, memory_size, structures_shift, image, vcpu: vcpu.clone(), siblings: siblings.clone() }
     }
 }
 
 impl From<FileMachine> for MachineState {
     fn from(file: FileMachine) -> Self {
-        let FileMachine { mode, memory_size, structures_shift, image, vcpu } = file;
+        let FileMachine { mode, memory_size, structures_shift, image, vcpu, siblings } = file;
         let mode = match mode {
             FileCpuMode::Real => CpuMode::Real,
             FileCpuMode::Protected => CpuMode::Protected,
@@ -184,45 +221,86 @@ impl From<FileMachine> for MachineState {
             FileImageKind::Flat => ImageKind::Flat,
         };
         let FileImage { start, end, entry, .. } = image;
-        Self { mode, memory_size, structures_shift, image: ImageState { kind, start, end, entry }, vcpu }
+        Self { mode, memory_size, structures_shift, image: ImageState { kind, start, end, entry }, vcpu, siblings }
     }
 }
 
 impl From<&RuntimeState> for FileRuntime {
     fn from(runtime: &RuntimeState) -> Self {
-        let RuntimeState { counters, hypercalls, timer, sleeping, console, cpu_ns } = runtime;
+        let RuntimeState { counters, hypercalls, timer, sleeping, console, cpu_ns, vcpus } = runtime;
         let VmCounters { exits, preemptions, faults, injected, coalesced } = *counters;
         let ExitCounts { io_in, io_out, hlt, mmio, unknown_port, shutdown, other } = exits;
         let exits = FileExits { io_in, io_out, hlt, mmio, unknown_port, shutdown, other };
         let HypercallProgress { mailbox_calls, gva_result } = *hypercalls;
-        let TimerState { period_us, due_in_ns, pending, injected: ticks, coalesced: folded } = *timer;
         Self {
             counters: FileCounters { exits, preemptions, faults, injected, coalesced },
             hypercalls: FileHypercalls { mailbox_calls, gva_result },
-            timer: FileTimer { period_us, due_in_ns, pending, injected: ticks, coalesced: folded },
+            timer: (*timer).into(),
             sleeping: *sleeping,
             console: console.clone(),
             cpu_ns: *cpu_ns,
+            vcpus: vcpus.iter().map(FileVcpu::from).collect(),
         }
     }
 }
 
 impl From<FileRuntime> for RuntimeState {
     fn from(file: FileRuntime) -> Self {
-        let FileRuntime { counters, hypercalls, timer, sleeping, console, cpu_ns } = file;
+        let FileRuntime { counters, hypercalls, timer, sleeping, console, cpu_ns, vcpus } = file;
         let FileCounters { exits, preemptions, faults, injected, coalesced } = counters;
         let FileExits { io_in, io_out, hlt, mmio, unknown_port, shutdown, other } = exits;
         let exits = ExitCounts { io_in, io_out, hlt, mmio, unknown_port, shutdown, other };
         let FileHypercalls { mailbox_calls, gva_result } = hypercalls;
-        let FileTimer { period_us, due_in_ns, pending, injected: ticks, coalesced: folded } = timer;
         Self {
             counters: VmCounters { exits, preemptions, faults, injected, coalesced },
             hypercalls: HypercallProgress { mailbox_calls, gva_result },
-            timer: TimerState { period_us, due_in_ns, pending, injected: ticks, coalesced: folded },
+            timer: timer.into(),
             sleeping,
             console,
             cpu_ns,
+            vcpus: vcpus.into_iter().map(SavedVcpu::from).collect(),
         }
+    }
+}
+
+impl From<TimerState> for FileTimer {
+    fn from(timer: TimerState) -> Self {
+        let TimerState { period_us, due_in_ns, pending, injected, coalesced } = timer;
+        Self { period_us, due_in_ns, pending, injected, coalesced }
+    }
+}
+
+impl From<FileTimer> for TimerState {
+    fn from(file: FileTimer) -> Self {
+        let FileTimer { period_us, due_in_ns, pending, injected, coalesced } = file;
+        Self { period_us, due_in_ns, pending, injected, coalesced }
+    }
+}
+
+impl From<&SavedVcpu> for FileVcpu {
+    fn from(vcpu: &SavedVcpu) -> Self {
+        let SavedVcpu { state, timer, pending, gva_result, cpu_ns, charged_ns, exits, ipis, ipis_coalesced } =
+            vcpu.clone();
+        let state = match state {
+            SavedVcpuState::Runnable => FileVcpuState::Runnable,
+            SavedVcpuState::Sleeping => FileVcpuState::Sleeping,
+            SavedVcpuState::Waiting => FileVcpuState::Waiting,
+            SavedVcpuState::Halted => FileVcpuState::Halted,
+        };
+        Self { state, timer: timer.into(), pending, gva_result, cpu_ns, charged_ns, exits, ipis, ipis_coalesced }
+    }
+}
+
+impl From<FileVcpu> for SavedVcpu {
+    fn from(file: FileVcpu) -> Self {
+        let FileVcpu { state, timer, pending, gva_result, cpu_ns, charged_ns, exits, ipis, ipis_coalesced } = file;
+        let state = match state {
+            FileVcpuState::Runnable => SavedVcpuState::Runnable,
+            FileVcpuState::Sleeping => SavedVcpuState::Sleeping,
+            FileVcpuState::Waiting => SavedVcpuState::Waiting,
+            FileVcpuState::Halted => SavedVcpuState::Halted,
+        };
+        Self { state, timer: timer.into(), pending, gva_result, cpu_ns, charged_ns, exits, ipis, ipis_coalesced }
     }
 }
 

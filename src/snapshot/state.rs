@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::format::{self, FormatError};
 pub use super::identity::VmIdentity;
-pub use super::running::{RuntimeState, SnapshotState};
+pub use super::running::{RuntimeState, SavedVcpu, SavedVcpuState, SnapshotState};
 use crate::config::check_weight;
 use crate::vm::SavedMachine;
 use crate::vm::layout::{MAX_MEMORY, SystemArea};
@@ -68,6 +68,11 @@ impl Snapshot {
         }
         crate::vm::memory::check_size(memory_size).map_err(|error| SnapshotError::Unfit(error.to_string()))?;
         state.machine.vcpu.check().map_err(|error| SnapshotError::Unfit(error.to_string()))?;
+        crate::vm::saved::check_siblings(&state.machine).map_err(SnapshotError::Unfit)?;
+        let (vcpus, kept) = (state.machine.vcpu_count() as usize, state.runtime.vcpus.len());
+        if vcpus > 1 && kept != vcpus {
+            return Err(SnapshotError::Unfit(format!("it has {vcpus} vCPUs but keeps the state of {kept}")));
+        }
         Ok(state)
     }
 
@@ -112,10 +117,22 @@ pub fn describe(snapshot: &Snapshot) -> String {
         }
         None => "not running".to_string(),
     };
+    let vcpus = match machine.vcpu_count() {
+        1 => String::new(),
+        count => {
+            let states: Vec<String> = runtime
+                .vcpus
+                .iter()
+                .enumerate()
+                .map(|(index, vcpu)| format!("{index} {}", saved_state_name(vcpu.state)))
+                .collect();
+            format!("vCPUs: {count} ({}); vCPU 0's registers:\n", states.join(", "))
+        }
+    };
     format!(
         "VM '{}' (guest {}, weight {}) in {} mode, file format {}.{}\n\
          memory: {} KiB, {} pages stored (the other {} were zero)\n\
-         rip=0x{:x} rsp=0x{:x} rflags=0x{:x} rax=0x{:x}\n\
+         {vcpus}rip=0x{:x} rsp=0x{:x} rflags=0x{:x} rax=0x{:x}\n\
          cr0=0x{:x} cr3=0x{:x} cr4=0x{:x} efer=0x{:x} cs=0x{:x}\n\
          {} MSRs, mp_state {}\n\
          exits: {} ({} in, {} out, {} hlt), preemptions {}\n\
@@ -150,4 +167,13 @@ pub fn describe(snapshot: &Snapshot) -> String {
         runtime.timer.coalesced,
         if runtime.sleeping { "; asleep in hlt" } else { "" },
     )
+}
+
+fn saved_state_name(state: super::running::SavedVcpuState) -> &'static str {
+    match state {
+        super::running::SavedVcpuState::Runnable => "runnable",
+        super::running::SavedVcpuState::Sleeping => "sleeping",
+        super::running::SavedVcpuState::Waiting => "waiting",
+        super::running::SavedVcpuState::Halted => "halted",
+    }
 }

@@ -83,7 +83,10 @@ pub enum SetupError {
 
 /// Runs one setup ioctl. VMs are also created on the core thread (restarts),
 /// where kick signals arrive and interrupt ioctls with EINTR: those are retried.
-fn setup_ioctl<T>(what: &'static str, mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>) -> Result<T, SetupError> {
+pub(super) fn setup_ioctl<T>(
+    what: &'static str,
+    mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>,
+) -> Result<T, SetupError> {
     loop {
         match call() {
             Err(error) if error.errno() == libc::EINTR => continue,
@@ -560,6 +563,14 @@ impl Vcpu {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
         Self { fd, syncs_registers, can_take_interrupt: false }
+    }
+
+    /// A vCPU of the same VM made later (`fd`), set up as this one was.
+    pub(super) fn sibling(&self, mut fd: VcpuFd) -> Self {
+        if self.syncs_registers {
+            fd.set_sync_valid_reg(SyncReg::Register);
+        }
+        Self { fd, syncs_registers: self.syncs_registers, can_take_interrupt: false }
     }
 
     /// Its fd, for saving and restoring its state.

@@ -32,8 +32,13 @@ impl Machine {
 
     /// [`Self::save`] without the memory.
     pub fn save_state(&mut self, kvm: &Kvm) -> Result<MachineState, VcpuStateError> {
-        self.boot_vcpu_mut().complete_pending_exit();
-        let vcpu = VcpuState::save(self.boot_vcpu().fd(), msr_indices(kvm))?;
+        let msrs = msr_indices(kvm);
+        let mut saved = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &mut self.vcpus {
+            vcpu.complete_pending_exit();
+            saved.push(VcpuState::save(vcpu.fd(), msrs)?);
+        }
+        let vcpu = saved.remove(0);
         let image = &self.image;
         let state = MachineState {
             mode: self.mode,
@@ -41,6 +46,7 @@ impl Machine {
             structures_shift: self.area.shift,
             image: ImageState { kind: image.kind, start: image.span.start, end: image.span.end, entry: image.entry },
             vcpu,
+            siblings: saved,
         };
         Ok(state)
     }
@@ -137,9 +143,20 @@ impl Machine {
             ))));
         }
         let mut timer = SetupTimer::default();
+        // A machine made blank has one vCPU: the saved one's siblings are made here.
+        while self.vcpus.len() < state.vcpu_count() as usize {
+            let index = self.vcpus.len() as u64;
+            let fd = super::machine::setup_ioctl("to create a vCPU (KVM_CREATE_VCPU)", || self._vm.create_vcpu(index))?;
+            let sibling = self.boot_vcpu().sibling(fd);
+            self.vcpus.push(sibling);
+        }
         self.restore_notes = state.vcpu.restore(self.boot_vcpu().fd(), super::machine::given_cpuid())?;
+        for (index, sibling) in state.siblings.iter().enumerate() {
+            // Each keeps its saved CPUID (its APIC id with it); the notes are the first's.
+            sibling.restore(self.vcpus[index + 1].fd(), &[])?;
+        }
         timer.done(
-            "restore the vCPU's state",
+            if state.siblings.is_empty() { "restore the vCPU's state" } else { "restore each vCPU's state" },
             "KVM_SET_CPUID2, _TSC_KHZ, _MP_STATE, _REGS, _SREGS, _XSAVE, _XCRS, _DEBUGREGS, _MSRS, _VCPU_EVENTS",
         );
         self.setup.extend(timer.steps);

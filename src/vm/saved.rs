@@ -20,8 +20,17 @@ pub struct MachineState {
     pub structures_shift: u64,
     /// Where its image was loaded.
     pub image: ImageState,
-    /// The vCPU.
+    /// The bootstrap vCPU (index 0).
     pub vcpu: VcpuState,
+    /// The vCPUs past the first, by index from 1 (empty for a VM of one).
+    pub siblings: Vec<VcpuState>,
+}
+
+impl MachineState {
+    /// How many vCPUs the machine has.
+    pub fn vcpu_count(&self) -> u32 {
+        1 + self.siblings.len() as u32
+    }
 }
 
 /// Where an image lies and where it was entered.
@@ -57,6 +66,19 @@ impl SavedMachine {
         }
         memory::check_size(state.memory_size).map_err(|error| error.to_string())?;
         state.vcpu.check().map_err(|error| error.to_string())?;
+        check_siblings(&state)?;
         Ok(Arc::new(Self { state, memory }))
     }
+}
+
+/// Checks the vCPUs past the first: no more than a VM may have, each a
+/// vCPU's state.
+pub fn check_siblings(state: &MachineState) -> Result<(), String> {
+    if state.vcpu_count() > super::MAX_VCPUS {
+        return Err(format!("it has {} vCPUs; a VM has at most {}", state.vcpu_count(), super::MAX_VCPUS));
+    }
+    for (index, sibling) in state.siblings.iter().enumerate() {
+        sibling.check().map_err(|error| format!("vCPU {}: {error}", index + 1))?;
+    }
+    Ok(())
 }

@@ -83,8 +83,6 @@ impl Core {
             Some("it is already moving".to_string())
         } else if slot.debug.as_ref().is_some_and(|debug| debug.peer.is_some()) {
             Some("gdb is attached to it".to_string())
-        } else if slot.runtime.vcpus.len() > 1 {
-            Some(format!("it has {} vCPUs, and a migration moves VMs of one", slot.runtime.vcpus.len()))
         } else {
             None
         };

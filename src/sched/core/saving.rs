@@ -48,10 +48,6 @@ impl Core {
             let why = format!("it has {}: restart it first", slot.state.name());
             return self.snapshot_done(vm, path, Err(why));
         }
-        if slot.runtime.vcpus.len() > 1 {
-            let why = format!("it has {} vCPUs, and a snapshot holds VMs of one", slot.runtime.vcpus.len());
-            return self.snapshot_done(vm, path, Err(why));
-        }
         let sleeping = matches!(slot.state, VmState::Sleeping { .. });
         // gdb's int3s are the host's, not the guest's: saved without them
         // (put back when the copy is whole).
