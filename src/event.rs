@@ -39,10 +39,17 @@ impl StepResult {
     /// The step in one line, as `--control` prints it after `NAME| `:
     /// `[step] exit N: <the decoded exit> rip=0x...`.
     pub fn describe(&self) -> String {
+        self.describe_on(None)
+    }
+
+    /// The same, naming the vCPU stepped in a VM of several:
+    /// `[step] cpu1 exit N: ...`.
+    pub fn describe_on(&self, vcpu: Option<u16>) -> String {
+        let on = vcpu.map(|vcpu| format!(" cpu{vcpu}")).unwrap_or_default();
         match self {
-            Self::Exit(exit) => format!("[step] exit {}: {} rip=0x{:x}", exit.number, exit.describe(), exit.rip),
+            Self::Exit(exit) => format!("[step]{on} exit {}: {} rip=0x{:x}", exit.number, exit.describe(), exit.rip),
             Self::Preempted { ran_ns, rip } => {
-                format!("[step] no exit: preempted after {:.3} ms rip=0x{rip:x}", *ran_ns as f64 / 1e6)
+                format!("[step]{on} no exit: preempted after {:.3} ms rip=0x{rip:x}", *ran_ns as f64 / 1e6)
             }
             Self::Finished => "[step] the VM has ended; restart it to step it".to_string(),
         }
@@ -465,6 +472,8 @@ pub enum Event {
         result: StepResult,
         /// Its registers after the step (the exit completed).
         registers: RegisterDump,
+        /// The vCPU it stepped, for a VM of several.
+        vcpu: Option<u16>,
     },
     /// The answer to [`Command::Snapshot`]: the VM's state and memory for
     /// the front end to write to `path`, or why it could not be saved.

@@ -220,7 +220,7 @@ pub fn run(
                 Ok(())
             }
             Event::Notice { t_ns, text } => printer.notice(t_ns, &text),
-            Event::Stepped { vm, t_ns, result, .. } => printer.note(vm, t_ns, &result.describe()),
+            Event::Stepped { vm, t_ns, result, vcpu, .. } => printer.note(vm, t_ns, &result.describe_on(vcpu)),
             Event::Snapshot { vm, t_ns, path, result } => {
                 let written = result.and_then(|taken| taken.write(&path));
                 let line = written.unwrap_or_else(|error| {

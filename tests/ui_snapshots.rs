@@ -156,7 +156,7 @@ fn stepped_app() -> App {
         efer: 0x500,
         ..Default::default()
     };
-    app.apply(Event::Stepped { vm: 0, t_ns: exits[2].t_ns, result: StepResult::Exit(exits[2]), registers });
+    app.apply(Event::Stepped { vm: 0, t_ns: exits[2].t_ns, result: StepResult::Exit(exits[2]), registers, vcpu: None });
     app.act(Action::ToggleInspector);
     app
 }

@@ -235,3 +235,29 @@ fn the_c_smp_example_adds_on_every_vcpu_and_wakes_the_first_with_an_ipi() {
     assert!(console.ends_with("cpu0: total: 1000\n") || console.contains("cpu0: total: 1000\n"), "{console}");
     assert_eq!(smp["vcpus"][0]["ipis"], 1, "the last to finish woke vCPU 0");
 }
+
+#[test]
+fn a_step_runs_one_vcpu_to_its_exit_and_says_which() {
+    use matrix_tui::event::{Command, Event, StepResult};
+    let mut pair = builtin("p", "pair");
+    (pair.vcpus, pair.args, pair.paused) = (2, vec![500], true);
+    let core = common::start(RunConfig::new(vec![pair]));
+    let mut events = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        core.send(Command::Step(0));
+        let (vcpu, result) = common::wait_for(&core, &mut events, |event| match event {
+            Event::Stepped { vcpu, result, .. } => Some((*vcpu, result.clone())),
+            _ => None,
+        });
+        let vcpu = vcpu.expect("a VM of two vCPUs names the one stepped");
+        if let StepResult::Exit(exit) = &result {
+            assert_eq!(exit.vcpu, vcpu, "the exit is the stepped vCPU's");
+            assert!(result.describe_on(Some(vcpu)).starts_with(&format!("[step] cpu{vcpu} exit ")));
+        }
+        seen.push(vcpu);
+    }
+    common::quit(core, events);
+    // Stepping goes where the VM's turn goes: both vCPUs were stepped.
+    assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
+}

@@ -329,7 +329,8 @@ impl Core {
         if slot.state.is_finished() {
             let registers = slot.runtime.machine.boot_vcpu().registers();
             let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
-            self.outbox.push_back(Event::Stepped { vm, t_ns, result: StepResult::Finished, registers });
+            let result = StepResult::Finished;
+            self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers, vcpu: None });
             return;
         }
         let length = self.planner.quantum_ns().max(STEP_LIMIT.as_nanos() as u64);
@@ -348,6 +349,7 @@ impl Core {
         let slot = &mut self.slots[vm];
         // The vCPU that made the exit (its sibling may have the VM's turn now).
         let stepped = slot.last_exit.filter(|_| exited).map_or(slot.runtime.current_vcpu(), |exit| exit.vcpu.into());
+        let slot_vcpus = slot.runtime.vcpus.len();
         let vcpu = &mut slot.runtime.machine.vcpus[stepped];
         if !slot.state.is_finished() {
             vcpu.complete_pending_exit();
@@ -366,7 +368,8 @@ impl Core {
         };
         // What the step printed goes out with it, not at the next round of flushes.
         self.queue_console(vm);
-        self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers });
+        let vcpu = (slot_vcpus > 1).then_some(stepped as u16);
+        self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers, vcpu });
     }
 
     /// Sleeping VMs whose tick has come due run again.
