@@ -247,7 +247,7 @@ fn a_step_runs_one_vcpu_to_its_exit_and_says_which() {
     for _ in 0..12 {
         core.send(Command::Step(0));
         let (vcpu, result) = common::wait_for(&core, &mut events, |event| match event {
-            Event::Stepped { vcpu, result, .. } => Some((*vcpu, result.clone())),
+            Event::Stepped { vcpu, result, .. } => Some((*vcpu, *result)),
             _ => None,
         });
         let vcpu = vcpu.expect("a VM of two vCPUs names the one stepped");
