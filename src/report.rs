@@ -159,6 +159,8 @@ pub struct VcpuReport {
     pub injected: u64,
     /// Interrupts its siblings raised on it (HC_ipi).
     pub ipis: u64,
+    /// Of those, raised while the same vector still waited to go in: folded into it.
+    pub ipis_coalesced: u64,
 }
 
 /// A VM's live migration, as the side that reports it saw it.

@@ -1,6 +1,7 @@
 //! The schedule timeline (`t`): who held the CPU over the last W of wall
-//! time, a row per VM (one shared row when they do not fit), with a row of
-//! marks for how slices ended. Fed by the core's slice records; `<` and `>`
+//! time, a row per VM (one shared row when they do not fit; a VM of several
+//! vCPUs drawn with the digit of the vCPU that held each cell), with a row
+//! of marks for how slices ended. Fed by the core's slice records; `<` and `>`
 //! zoom W from 2 ms to 10 s.
 
 use std::collections::VecDeque;
@@ -136,8 +137,11 @@ impl Widget for TimelineView<'_> {
         let cells = usize::from(inner.width - label_width);
         let cell_ns = (window / cells as u64).max(1);
         let start = self.now_ns.saturating_sub(cell_ns * cells as u64);
-        // held[vm][cell]: ns of the cell the VM held; marks[cell]: strongest end.
+        // held[vm][cell]: ns of the cell the VM held; marks[cell]: strongest end;
+        // vcpus[vm][cell]: the vCPU whose slice held most of it, and how long.
         let mut held = vec![vec![0u64; cells]; vms];
+        let mut vcpus = vec![vec![(0u16, 0u64); cells]; vms];
+        let mut several = vec![false; vms];
         let mut marks: Vec<Option<(char, u8, usize)>> = vec![None; cells];
         for slice in self.timeline.slices.iter().filter(|slice| slice.end_ns > start && slice.start_ns < self.now_ns) {
             let (from, to) = (slice.start_ns.max(start), slice.end_ns.min(self.now_ns));
@@ -147,6 +151,15 @@ impl Widget for TimelineView<'_> {
                 let overlap = to.min(cell_start + cell_ns).saturating_sub(from.max(cell_start));
                 if let Some(row) = held.get_mut(slice.vm) {
                     row[cell as usize] += overlap;
+                    let top = &mut vcpus[slice.vm][cell as usize];
+                    if overlap > top.1 {
+                        *top = (slice.vcpu, overlap);
+                    }
+                }
+            }
+            if slice.vcpu > 0 {
+                if let Some(flag) = several.get_mut(slice.vm) {
+                    *flag = true;
                 }
             }
             if slice.injected > 0 && slice.start_ns >= start {
@@ -172,7 +185,11 @@ impl Widget for TimelineView<'_> {
             for (vm, name) in self.names.iter().enumerate().take(usize::from(inner.height) - 2) {
                 buf.set_stringn(x0, y, format!("{name:<9}"), 9, Style::default().fg(color(vm)));
                 for (cell, &ns) in held[vm].iter().enumerate() {
-                    let symbol = if ns * 2 >= cell_ns {
+                    let digit;
+                    let symbol = if ns > 0 && several[vm] {
+                        digit = tag(usize::from(vcpus[vm][cell].0)).to_string();
+                        digit.as_str()
+                    } else if ns * 2 >= cell_ns {
                         "█"
                     } else if ns > 0 {
                         "▌"
@@ -292,6 +309,18 @@ mod tests {
         let rows = render(&timeline, &["spin", "sleeper"], 2000, 32, 6);
         assert_eq!(rows[2], "│sleeper   ··█·········█··███··│");
         assert_eq!(rows[3], "│ends       kz         z  ^ z  │");
+    }
+
+    #[test]
+    fn a_vm_of_several_vcpus_shows_which_vcpu_held_each_cell() {
+        // pair's vCPU 0 holds 0-300 us, its vCPU 1 300-700, vCPU 0 again to 1000.
+        let mut timeline = Timeline::default();
+        timeline.zoom(-5);
+        let on = |vcpu: u16, from: u64, to: u64| SliceRecord { vcpu, ..slice(0, from, to, SliceEnd::Deadline) };
+        timeline.push(vec![on(0, 0, 300), on(1, 300, 700), on(0, 700, 1000), slice(1, 1000, 1200, SliceEnd::Yield)], 0);
+        let rows = render(&timeline, &["pair", "one"], 2000, 32, 6);
+        assert_eq!(rows[1], "│pair      0001111000··········│");
+        assert_eq!(rows[2], "│one       ··········██········│", "a VM of one vCPU keeps its bars");
     }
 
     #[test]

@@ -502,14 +502,11 @@ pub(super) fn create_vm(
     );
     let cpuid = supported_cpuid(kvm)?;
     for (index, fd) in fds.iter().enumerate() {
-        if index == 0 {
-            // vCPU 0's APIC id is 0 in the host's list already.
-            setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(cpuid))?;
-        } else {
-            let own = cpuid_for_vcpu(cpuid.as_slice(), index as u32);
-            let own = CpuId::from_entries(&own).expect("no more entries than the host's list");
-            setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&own))?;
-        }
+        // The host's list carries the APIC id of the host CPU that asked for
+        // it (0 or 1 here, as the thread ran): every vCPU is told its own.
+        let own = cpuid_for_vcpu(cpuid.as_slice(), index as u32);
+        let own = CpuId::from_entries(&own).expect("no more entries than the host's list");
+        setup_ioctl("to set CPUID (KVM_SET_CPUID2)", || fd.set_cpuid2(&own))?;
     }
     if GIVEN.get().is_none() {
         let given = setup_ioctl("to read CPUID (KVM_GET_CPUID2)", || fds[0].get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;

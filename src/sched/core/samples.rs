@@ -143,6 +143,7 @@ fn vcpu_reports(vcpus: &[VcpuRuntime], total_cpu: u64) -> Vec<VcpuReport> {
             share: ratio(vcpu.cpu_ns as f64, total_cpu as f64),
             injected: vcpu.timer.injected,
             ipis: vcpu.ipis,
+            ipis_coalesced: vcpu.ipis_coalesced,
         })
         .collect()
 }
