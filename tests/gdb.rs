@@ -311,3 +311,35 @@ fn gdb_breaks_in_a_timer_interrupt_handler() {
     run.wait_for("k| [matrix] gdb: stopped: breakpoint");
     run.wait_for("k| task B runs");
 }
+
+#[test]
+fn a_vm_of_two_vcpus_is_two_gdb_threads_stopped_together_while_a_ticker_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = export(dir.path(), "pair");
+    let socket = dir.path().join("p.gdb.sock");
+    let gdb_at = format!("p={}", socket.display());
+    let mut run = Run::start(
+        dir.path(),
+        &["--vm", "t=ticker", "--vm", "p=pair", "--vcpus", "p=2", "--args", "p=2000", "--gdb", &gdb_at],
+    );
+    run.wait_for("p| [matrix] gdb: waiting at the entry point");
+    let script = format!(
+        "set confirm off\nset pagination off\ntarget remote {}\ninfo threads\nthread 2\ninfo registers rsp\n\
+         stepi\ninfo registers rip\nthread 1\ninfo registers rip rsp\nbreak pair::main\ncontinue\ncontinue\n\
+         info threads\ndelete\ndetach\n",
+        socket.display()
+    );
+    let text = gdb(dir.path(), &script, &elf);
+    assert!(text.contains("Thread 1.1 (vCPU 0)") && text.contains("Thread 1.2 (vCPU 1)"), "{text}");
+    // Each thread has its vCPU's registers: vCPU 1's stack 16 KiB below vCPU 0's.
+    assert_eq!(values_of("rsp", &text), [0x1f_c000, 0x20_0000], "{text}");
+    // stepi on thread 2 moved vCPU 1 alone: vCPU 0 is still at the entry.
+    assert_eq!(rips(&text)[..2], [0x10004, 0x10000], "{text}");
+    // Both vCPUs run main; each stop says whose it was (all-stop: the other waits).
+    assert!(text.contains("Thread 1 hit Breakpoint 1, pair::main"), "{text}");
+    assert!(text.contains("Thread 2 hit Breakpoint 1, pair::main"), "{text}");
+    // It goes on after the detach, its vCPUs taking turns, the ticker beside it too.
+    run.wait_for("p| [matrix] gdb: debugger detached; the VM goes on");
+    let out = run.wait_for("p| cpu1: 3");
+    assert!(out.contains("\nt| "), "{out}");
+}

@@ -379,14 +379,6 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         }
         named(&mut vms, "--gdb", name)?.gdb = Some(address.clone());
     }
-    if let Some(vm) = vms.iter().find(|vm| vm.gdb.is_some() && vm.vcpus > 1) {
-        return Err(Failure::Usage(anyhow!(
-            "VM '{}' has {} vCPUs, and its gdb server serves VMs of one; give it one vCPU to debug it, or leave its \
-             gdb out",
-            escape_input(&vm.name),
-            vm.vcpus
-        )));
-    }
     let snapshots: Vec<Option<Arc<Snapshot>>> = vms.iter_mut().map(take_snapshot_settings).collect::<Result<_, _>>()?;
     let total: u64 = vms.iter().map(|vm| vm.memory).sum();
     if total > args.max_total_mem {

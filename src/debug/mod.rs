@@ -62,12 +62,23 @@ pub enum DebugRequest {
         /// Who.
         peer: String,
     },
-    /// Answered with `Registers`.
-    ReadRegisters,
+    /// vCPU `vcpu`'s registers (gdb's thread `vcpu + 1`); answered with `Registers`.
+    ReadRegisters {
+        /// Which vCPU.
+        vcpu: usize,
+    },
     /// Answered with `Done`.
-    WriteRegisters(Box<CpuState>),
-    /// Answered with `Memory`: the bytes up to the first unmapped address.
+    WriteRegisters {
+        /// Which vCPU.
+        vcpu: usize,
+        /// The registers gdb wrote.
+        state: Box<CpuState>,
+    },
+    /// Answered with `Memory`: the bytes up to the first unmapped address
+    /// (through vCPU `vcpu`'s page tables).
     ReadMemory {
+        /// Whose page tables translate it.
+        vcpu: usize,
         /// Guest virtual address.
         address: u64,
         /// How many bytes.
@@ -75,6 +86,8 @@ pub enum DebugRequest {
     },
     /// Answered with `Done`.
     WriteMemory {
+        /// Whose page tables translate it.
+        vcpu: usize,
         /// Guest virtual address.
         address: u64,
         /// What to write.
@@ -104,8 +117,12 @@ pub enum DebugRequest {
     /// Run until a breakpoint, a watchpoint, an interrupt or the end;
     /// answered with `Stopped` or `Ended` when that happens.
     Continue,
-    /// Run one instruction; answered with `Stopped` or `Ended`.
-    Step,
+    /// Run one instruction of vCPU `vcpu` (its siblings stay stopped);
+    /// answered with `Stopped` or `Ended`.
+    Step {
+        /// Which vCPU.
+        vcpu: usize,
+    },
     /// Stop a VM that was continued; answered with `Stopped` (unless it
     /// stopped or ended on its own first, whose answer is then the one).
     Interrupt,
@@ -122,8 +139,14 @@ pub enum DebugReply {
     Memory(Vec<u8>),
     /// Done; `Ok(false)` means it could not be had.
     Done(Result<bool, String>),
-    /// The VM stopped for the debugger.
-    Stopped(DebugStop),
+    /// The VM stopped for the debugger (all its vCPUs: all-stop), for this
+    /// reason on vCPU `vcpu`.
+    Stopped {
+        /// Why.
+        stop: DebugStop,
+        /// The vCPU that stopped it (gdb's thread `vcpu + 1`).
+        vcpu: usize,
+    },
     /// The VM ended.
     Ended(DebugEnd),
 }

@@ -3,7 +3,10 @@
 //! is refused) and runs each session; a reader thread per connection turns
 //! the socket into a channel, so that a session waiting for its VM to stop
 //! also hears gdb's Ctrl-C. Everything gdb asks goes to the core as a
-//! [`DebugRequest`]; nothing here touches KVM.
+//! [`DebugRequest`]; nothing here touches KVM. A VM of several vCPUs is a
+//! multi-threaded target: vCPU k is gdb's thread k + 1 (`info threads`,
+//! `thread N`), and a stop stops them all (all-stop); a VM of one is served
+//! single-threaded, as it always was.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -16,10 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
-use gdbstub::common::Signal;
+use gdbstub::common::{Signal, Tid};
 use gdbstub::conn::{Connection, ConnectionExt};
-use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason, run_blocking};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason, run_blocking};
 use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
+};
 use gdbstub::target::ext::base::singlethread::{
     SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep, SingleThreadSingleStepOps,
 };
@@ -27,6 +34,7 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
     SwBreakpointOps,
 };
+use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::{X86_64_SSE, X86_SSE};
 
@@ -126,14 +134,15 @@ impl Stream {
     }
 }
 
-/// Starts serving `listener` for one VM, in register layout `layout`:
-/// sessions send their requests with `send` and hear the core on `replies`.
-/// The thread lives as long as the process (it waits in accept).
+/// Starts serving `listener` for one VM of `vcpus` vCPUs, in register
+/// layout `layout`: sessions send their requests with `send` and hear the
+/// core on `replies`. The thread lives as long as the process (it waits in accept).
 pub fn start(
     listener: Listener,
     send: SendRequest,
     replies: Receiver<DebugReply>,
     layout: RegisterLayout,
+    vcpus: usize,
 ) -> std::io::Result<()> {
     let busy = Arc::new(AtomicBool::new(false));
     std::thread::Builder::new().name("matrix-gdb".into()).spawn(move || {
@@ -153,10 +162,11 @@ pub fn start(
             }
             let (send, replies, done) = (Arc::clone(&send), replies.clone(), Arc::clone(&busy));
             let spawned = std::thread::Builder::new().name("matrix-gdb-session".into()).spawn(move || {
+                let vm = ServedVm { send, replies, vcpus };
                 match layout {
-                    RegisterLayout::X86_64 => session::<X86_64_SSE>(stream, peer, &send, replies, false),
-                    RegisterLayout::I386 { real: true } => session::<I8086>(stream, peer, &send, replies, true),
-                    RegisterLayout::I386 { real: false } => session::<X86_SSE>(stream, peer, &send, replies, false),
+                    RegisterLayout::X86_64 => session::<X86_64_SSE>(stream, peer, vm, false),
+                    RegisterLayout::I386 { real: true } => session::<I8086>(stream, peer, vm, true),
+                    RegisterLayout::I386 { real: false } => session::<X86_SSE>(stream, peer, vm, false),
                 }
                 done.store(false, Ordering::Release);
             });
@@ -169,8 +179,16 @@ pub fn start(
     Ok(())
 }
 
+/// The VM a session serves: how to reach the core, and its vCPUs.
+struct ServedVm {
+    send: SendRequest,
+    replies: Receiver<DebugReply>,
+    vcpus: usize,
+}
+
 /// Serves one debugger until it detaches, kills the VM or goes away.
-fn session<L: Layout>(stream: Stream, peer: String, send: &SendRequest, replies: Receiver<DebugReply>, real: bool) {
+fn session<L: Layout>(stream: Stream, peer: String, vm: ServedVm, real: bool) {
+    let ServedVm { send, replies, vcpus } = vm;
     // Answers meant for an earlier session are of no use to this one.
     while replies.try_recv().is_ok() {}
     let Ok(mut reading) = stream.try_clone() else { return stream.shutdown() };
@@ -189,7 +207,7 @@ fn session<L: Layout>(stream: Stream, peer: String, send: &SendRequest, replies:
     if reader.is_err() {
         return stream.shutdown();
     }
-    let mut target = VmTarget::<L> { send: Arc::clone(send), replies, real, layout: PhantomData };
+    let mut target = VmTarget::<L> { send: Arc::clone(&send), replies, real, vcpus, step: None, layout: PhantomData };
     if target.ask(DebugRequest::Attach { peer }).is_err() {
         return stream.shutdown();
     }
@@ -278,7 +296,21 @@ struct VmTarget<L> {
     replies: Receiver<DebugReply>,
     /// A real-mode VM: its program counter is shown as CS base + IP.
     real: bool,
+    /// Its vCPUs: gdb's threads 1 to `vcpus` when there are several.
+    vcpus: usize,
+    /// The vCPU the next resume steps, if gdb asked for a step.
+    step: Option<usize>,
     layout: PhantomData<fn() -> L>,
+}
+
+/// gdb's thread for vCPU `vcpu`.
+fn thread_of(vcpu: usize) -> Tid {
+    Tid::new(vcpu + 1).expect("one past an index is not zero")
+}
+
+/// The vCPU of gdb's thread `tid`.
+fn vcpu_of(tid: Tid) -> usize {
+    tid.get() - 1
 }
 
 /// Why a session cannot go on.
@@ -299,22 +331,9 @@ impl<L: Layout> VmTarget<L> {
     }
 }
 
-impl<L: Layout> Target for VmTarget<L> {
-    type Arch = L;
-    type Error = Fatal;
-
-    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
-        BaseOps::SingleThread(self)
-    }
-
-    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
-        Some(self)
-    }
-}
-
-impl<L: Layout> SingleThreadBase for VmTarget<L> {
-    fn read_registers(&mut self, regs: &mut L::Registers) -> TargetResult<(), Self> {
-        match self.ask(DebugRequest::ReadRegisters).map_err(TargetError::Fatal)? {
+impl<L: Layout> VmTarget<L> {
+    fn registers(&mut self, vcpu: usize, regs: &mut L::Registers) -> TargetResult<(), Self> {
+        match self.ask(DebugRequest::ReadRegisters { vcpu }).map_err(TargetError::Fatal)? {
             DebugReply::Registers(Ok(state)) => {
                 *regs = L::to_gdb(&state, self.real);
                 Ok(())
@@ -323,15 +342,15 @@ impl<L: Layout> SingleThreadBase for VmTarget<L> {
         }
     }
 
-    fn write_registers(&mut self, regs: &L::Registers) -> TargetResult<(), Self> {
+    fn set_registers(&mut self, vcpu: usize, regs: &L::Registers) -> TargetResult<(), Self> {
         let state = Box::new(L::from_gdb(regs, self.real));
-        self.done(DebugRequest::WriteRegisters(state)).map(|_| ())
+        self.done(DebugRequest::WriteRegisters { vcpu, state }).map(|_| ())
     }
 
-    fn read_addrs(&mut self, start: L::Usize, data: &mut [u8]) -> TargetResult<usize, Self> {
+    fn read_memory(&mut self, vcpu: usize, start: L::Usize, data: &mut [u8]) -> TargetResult<usize, Self> {
         let length = data.len().min(MAX_READ);
         let address = L::widen(start);
-        match self.ask(DebugRequest::ReadMemory { address, length }).map_err(TargetError::Fatal)? {
+        match self.ask(DebugRequest::ReadMemory { vcpu, address, length }).map_err(TargetError::Fatal)? {
             DebugReply::Memory(bytes) if !bytes.is_empty() => {
                 data[..bytes.len()].copy_from_slice(&bytes);
                 Ok(bytes.len())
@@ -341,15 +360,132 @@ impl<L: Layout> SingleThreadBase for VmTarget<L> {
         }
     }
 
-    fn write_addrs(&mut self, start: L::Usize, data: &[u8]) -> TargetResult<(), Self> {
-        match self.done(DebugRequest::WriteMemory { address: L::widen(start), bytes: data.to_vec() })? {
+    fn write_memory(&mut self, vcpu: usize, start: L::Usize, data: &[u8]) -> TargetResult<(), Self> {
+        match self.done(DebugRequest::WriteMemory { vcpu, address: L::widen(start), bytes: data.to_vec() })? {
             true => Ok(()),
             false => Err(TargetError::NonFatal),
         }
     }
+}
+
+impl<L: Layout> Target for VmTarget<L> {
+    type Arch = L;
+    type Error = Fatal;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        if self.vcpus > 1 { BaseOps::MultiThread(self) } else { BaseOps::SingleThread(self) }
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl<L: Layout> SingleThreadBase for VmTarget<L> {
+    fn read_registers(&mut self, regs: &mut L::Registers) -> TargetResult<(), Self> {
+        self.registers(0, regs)
+    }
+
+    fn write_registers(&mut self, regs: &L::Registers) -> TargetResult<(), Self> {
+        self.set_registers(0, regs)
+    }
+
+    fn read_addrs(&mut self, start: L::Usize, data: &mut [u8]) -> TargetResult<usize, Self> {
+        self.read_memory(0, start, data)
+    }
+
+    fn write_addrs(&mut self, start: L::Usize, data: &[u8]) -> TargetResult<(), Self> {
+        self.write_memory(0, start, data)
+    }
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
         Some(self)
+    }
+}
+
+impl<L: Layout> MultiThreadBase for VmTarget<L> {
+    fn read_registers(&mut self, regs: &mut L::Registers, tid: Tid) -> TargetResult<(), Self> {
+        self.registers(vcpu_of(tid), regs)
+    }
+
+    fn write_registers(&mut self, regs: &L::Registers, tid: Tid) -> TargetResult<(), Self> {
+        self.set_registers(vcpu_of(tid), regs)
+    }
+
+    fn read_addrs(&mut self, start: L::Usize, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        self.read_memory(vcpu_of(tid), start, data)
+    }
+
+    fn write_addrs(&mut self, start: L::Usize, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        self.write_memory(vcpu_of(tid), start, data)
+    }
+
+    fn list_active_threads(&mut self, thread_is_active: &mut dyn FnMut(Tid)) -> Result<(), Self::Error> {
+        (0..self.vcpus).for_each(|vcpu| thread_is_active(thread_of(vcpu)));
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_thread_extra_info(&mut self) -> Option<ThreadExtraInfoOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl<L: Layout> ThreadExtraInfo for VmTarget<L> {
+    fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let text = format!("vCPU {}", vcpu_of(tid));
+        let length = text.len().min(buf.len());
+        buf[..length].copy_from_slice(&text.as_bytes()[..length]);
+        Ok(length)
+    }
+}
+
+impl<L: Layout> MultiThreadResume for VmTarget<L> {
+    // All-stop: a continue runs every vCPU; a step runs the stepped
+    // thread's vCPU alone (its siblings stay stopped), whatever gdb asked
+    // of the others.
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        let request = match self.step.take() {
+            Some(vcpu) => DebugRequest::Step { vcpu },
+            None => DebugRequest::Continue,
+        };
+        (self.send)(request);
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        self.step = None;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(&mut self, _tid: Tid, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl<L: Layout> MultiThreadSchedulerLocking for VmTarget<L> {
+    // gdb steps a thread over a breakpoint with the others held: a step
+    // here always holds them.
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+impl<L: Layout> MultiThreadSingleStep for VmTarget<L> {
+    fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.step = Some(vcpu_of(tid));
+        Ok(())
     }
 }
 
@@ -367,7 +503,7 @@ impl<L: Layout> SingleThreadResume for VmTarget<L> {
 
 impl<L: Layout> SingleThreadSingleStep for VmTarget<L> {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
-        (self.send)(DebugRequest::Step);
+        (self.send)(DebugRequest::Step { vcpu: 0 });
         Ok(())
     }
 }
@@ -444,7 +580,7 @@ struct Session<L>(PhantomData<fn() -> L>);
 impl<L: Layout> run_blocking::BlockingEventLoop for Session<L> {
     type Target = VmTarget<L>;
     type Connection = Wire;
-    type StopReason = SingleThreadStopReason<L::Usize>;
+    type StopReason = MultiThreadStopReason<L::Usize>;
 
     #[allow(clippy::type_complexity)]
     fn wait_for_stop_reason(
@@ -460,7 +596,10 @@ impl<L: Layout> run_blocking::BlockingEventLoop for Session<L> {
             select! {
                 recv(conn.incoming) -> bytes => conn.pending.extend(bytes.map_err(|_| Failed::Connection(gone()))?),
                 recv(target.replies) -> reply => match reply {
-                    Ok(DebugReply::Stopped(stop)) => return Ok(Event::TargetStopped(stop_reason::<L>(stop))),
+                    Ok(DebugReply::Stopped { stop, vcpu }) => {
+                        let on = (target.vcpus > 1).then(|| thread_of(vcpu));
+                        return Ok(Event::TargetStopped(stop_reason::<L>(stop, on)));
+                    }
                     Ok(DebugReply::Ended(end)) => return Ok(Event::TargetStopped(end_reason(end))),
                     // Late answers to something else: not what is waited for.
                     Ok(_) => {}
@@ -477,10 +616,20 @@ impl<L: Layout> run_blocking::BlockingEventLoop for Session<L> {
     }
 }
 
-fn stop_reason<L: Layout>(stop: DebugStop) -> SingleThreadStopReason<L::Usize> {
+/// What gdb hears of `stop`: on thread `on` for a VM of several vCPUs (the
+/// one that stopped; gdb switches to it), else as a single-threaded target's.
+fn stop_reason<L: Layout>(stop: DebugStop, on: Option<Tid>) -> MultiThreadStopReason<L::Usize> {
+    let tid = on.unwrap_or(Tid::new(1).expect("not zero"));
+    let signal = |signal| match on {
+        Some(tid) => MultiThreadStopReason::SignalWithThread { tid, signal },
+        None => MultiThreadStopReason::Signal(signal),
+    };
     match stop {
-        DebugStop::Breakpoint { .. } => SingleThreadStopReason::SwBreak(()),
-        DebugStop::Step => SingleThreadStopReason::DoneStep,
+        DebugStop::Breakpoint { .. } => MultiThreadStopReason::SwBreak(tid),
+        // A step's stop names its thread where there are several (a T
+        // packet): gdb would otherwise take the first thread for it.
+        DebugStop::Step if on.is_some() => signal(Signal::SIGTRAP),
+        DebugStop::Step => MultiThreadStopReason::DoneStep,
         DebugStop::Watchpoint { address, kind } => {
             use gdbstub::target::ext::breakpoints::WatchKind as Gdb;
             let kind = match kind {
@@ -488,22 +637,22 @@ fn stop_reason<L: Layout>(stop: DebugStop) -> SingleThreadStopReason<L::Usize> {
                 WatchKind::Read => Gdb::Read,
                 WatchKind::Access => Gdb::ReadWrite,
             };
-            SingleThreadStopReason::Watch { tid: (), kind, addr: L::narrow(address) }
+            MultiThreadStopReason::Watch { tid, kind, addr: L::narrow(address) }
         }
-        DebugStop::Interrupt => SingleThreadStopReason::Signal(Signal::SIGINT),
-        DebugStop::Crashed => SingleThreadStopReason::Signal(Signal::SIGSEGV),
+        DebugStop::Interrupt => signal(Signal::SIGINT),
+        DebugStop::Crashed => signal(Signal::SIGSEGV),
         // Stopped at the end, so that gdb can still look, or detach; the
         // next continue hears that it exited.
-        DebugStop::Halted => SingleThreadStopReason::Signal(Signal::SIGTRAP),
-        DebugStop::Waiting => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        DebugStop::Halted => signal(Signal::SIGTRAP),
+        DebugStop::Waiting => signal(Signal::SIGTRAP),
     }
 }
 
-fn end_reason<U>(end: DebugEnd) -> SingleThreadStopReason<U> {
+fn end_reason<U>(end: DebugEnd) -> MultiThreadStopReason<U> {
     match end {
-        DebugEnd::Halted => SingleThreadStopReason::Exited(0),
-        DebugEnd::Crashed => SingleThreadStopReason::Terminated(Signal::SIGSEGV),
-        DebugEnd::Killed => SingleThreadStopReason::Terminated(Signal::SIGKILL),
+        DebugEnd::Halted => MultiThreadStopReason::Exited(0),
+        DebugEnd::Crashed => MultiThreadStopReason::Terminated(Signal::SIGSEGV),
+        DebugEnd::Killed => MultiThreadStopReason::Terminated(Signal::SIGKILL),
     }
 }
 
@@ -526,9 +675,28 @@ mod tests {
 
     #[test]
     fn stops_are_told_to_gdb_as_signals_and_exits() {
-        assert_eq!(stop_reason::<X86_64_SSE>(DebugStop::Interrupt), SingleThreadStopReason::Signal(Signal::SIGINT));
-        assert_eq!(stop_reason::<X86_SSE>(DebugStop::Step), SingleThreadStopReason::DoneStep);
-        assert_eq!(end_reason::<u64>(DebugEnd::Halted), SingleThreadStopReason::Exited(0));
-        assert_eq!(end_reason::<u32>(DebugEnd::Killed), SingleThreadStopReason::Terminated(Signal::SIGKILL));
+        assert_eq!(
+            stop_reason::<X86_64_SSE>(DebugStop::Interrupt, None),
+            MultiThreadStopReason::Signal(Signal::SIGINT)
+        );
+        assert_eq!(stop_reason::<X86_SSE>(DebugStop::Step, None), MultiThreadStopReason::DoneStep);
+        assert_eq!(end_reason::<u64>(DebugEnd::Halted), MultiThreadStopReason::Exited(0));
+        assert_eq!(end_reason::<u32>(DebugEnd::Killed), MultiThreadStopReason::Terminated(Signal::SIGKILL));
+    }
+
+    #[test]
+    fn a_vm_of_several_vcpus_says_which_thread_stopped() {
+        let second = thread_of(1);
+        assert_eq!(vcpu_of(second), 1);
+        let at = DebugStop::Breakpoint { address: 0x1000 };
+        assert_eq!(stop_reason::<X86_64_SSE>(at, Some(second)), MultiThreadStopReason::SwBreak(second));
+        assert_eq!(
+            stop_reason::<X86_64_SSE>(DebugStop::Interrupt, Some(second)),
+            MultiThreadStopReason::SignalWithThread { tid: second, signal: Signal::SIGINT }
+        );
+        assert_eq!(
+            stop_reason::<X86_64_SSE>(DebugStop::Step, Some(second)),
+            MultiThreadStopReason::SignalWithThread { tid: second, signal: Signal::SIGTRAP }
+        );
     }
 }

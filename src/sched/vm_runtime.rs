@@ -89,6 +89,9 @@ pub struct VmRuntime {
     pub vcpus: Vec<VcpuRuntime>,
     /// The vCPU that runs in the slice under way.
     current: usize,
+    /// The next slice is `current`'s, whatever the VM would choose (gdb
+    /// stepping a thread).
+    pinned: bool,
     /// The record of the interrupt injected before the last entry, if one was.
     pub injection: Option<ExitRecord>,
 }
@@ -162,6 +165,7 @@ impl VmRuntime {
             hypercalls: HypercallState::with_mailbox(machine.area.start(Structure::Mailbox)),
             vcpus: machine.vcpus.iter().map(|_| VcpuRuntime::default()).collect(),
             current: 0,
+            pinned: false,
             machine,
             counters: VmCounters::default(),
             console,
@@ -263,7 +267,7 @@ impl VmRuntime {
     /// whose timer is due, and gives the slice to the runnable one that has
     /// had the least of the VM's time. A VM of one vCPU has nothing to choose.
     pub fn begin_slice(&mut self, now_ns: u64) {
-        if self.vcpus.len() == 1 {
+        if self.vcpus.len() == 1 || std::mem::take(&mut self.pinned) {
             return;
         }
         for vcpu in &mut self.vcpus {
@@ -277,6 +281,16 @@ impl VmRuntime {
     /// The vCPU that runs now (or ran last).
     pub fn current_vcpu(&self) -> usize {
         self.current
+    }
+
+    /// Gives the next slice to vCPU `index` (gdb steps that thread): it
+    /// runs even from a sleep in `hlt`, as a VM of one vCPU does when stepped.
+    pub fn pin_vcpu(&mut self, index: usize) {
+        self.current = index;
+        self.pinned = true;
+        if self.vcpus[index].state != VcpuState::Halted {
+            self.vcpus[index].state = VcpuState::Runnable;
+        }
     }
 
     /// Ends a slice: its charge is split over the vCPUs that ran in it.

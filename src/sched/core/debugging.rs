@@ -8,23 +8,51 @@ use crate::migration::ownership::Request;
 /// The `hlt` opcode.
 const HLT: u8 = 0xF4;
 
-/// `vm`'s memory seen through its page tables.
+/// `vm`'s memory seen through its first vCPU's page tables (breakpoints'
+/// and watchpoints' addresses: a guest's vCPUs share their tables).
 pub(super) fn view(runtime: &VmRuntime) -> GuestView<'_, Vcpu> {
+    view_on(runtime, 0)
+}
+
+/// `vm`'s memory seen through vCPU `vcpu`'s page tables.
+fn view_on(runtime: &VmRuntime, vcpu: usize) -> GuestView<'_, Vcpu> {
     let machine = &runtime.machine;
-    GuestView { memory: &machine.memory, memory_size: machine.memory_size(), translator: machine.boot_vcpu() }
+    GuestView { memory: &machine.memory, memory_size: machine.memory_size(), translator: &machine.vcpus[vcpu] }
 }
 
 impl Core {
     /// Serves one request of `vm`'s gdb server.
     pub(super) fn debug_request(&mut self, vm: VmId, request: DebugRequest) {
+        // gdb names threads the VM has (it lists them); a stale or made-up
+        // one is refused rather than trusted.
+        let vcpus = self.slots[vm].runtime.vcpus.len();
+        let asked = match &request {
+            DebugRequest::ReadRegisters { vcpu }
+            | DebugRequest::WriteRegisters { vcpu, .. }
+            | DebugRequest::ReadMemory { vcpu, .. }
+            | DebugRequest::WriteMemory { vcpu, .. }
+            | DebugRequest::Step { vcpu } => Some(*vcpu),
+            _ => None,
+        };
+        if asked.is_some_and(|vcpu| vcpu >= vcpus) {
+            let why = format!("the VM has {vcpus} vCPUs (gdb threads 1 to {vcpus})");
+            if let Some(debug) = self.slots[vm].debug.as_mut() {
+                debug.reply(match request {
+                    DebugRequest::ReadRegisters { .. } => DebugReply::Registers(Err(why)),
+                    DebugRequest::ReadMemory { .. } => DebugReply::Memory(Vec::new()),
+                    _ => DebugReply::Done(Err(why)),
+                });
+            }
+            return;
+        }
         // gdb may look at a VM that is moving, but neither run it nor change
         // it once it is paused for its move: its registers would be newer
         // than the memory the receiver got.
         let runs_or_changes = matches!(
             request,
             DebugRequest::Continue
-                | DebugRequest::Step
-                | DebugRequest::WriteRegisters(_)
+                | DebugRequest::Step { .. }
+                | DebugRequest::WriteRegisters { .. }
                 | DebugRequest::WriteMemory { .. }
                 | DebugRequest::Breakpoint { .. }
                 | DebugRequest::Watchpoint { .. }
@@ -32,9 +60,10 @@ impl Core {
         if runs_or_changes {
             if let Err(why) = crate::migration::ownership::decide(self.holding(vm), Request::GdbRun) {
                 self.note(vm, format_args!("gdb's request refused: {why}"));
+                let stopped = self.stop_reply(vm, DebugStop::Interrupt);
                 let reply = match request {
                     // gdb waits for a stop: it gets one at once, where the VM is.
-                    DebugRequest::Continue | DebugRequest::Step => DebugReply::Stopped(DebugStop::Interrupt),
+                    DebugRequest::Continue | DebugRequest::Step { .. } => stopped,
                     _ => DebugReply::Done(Err(why.to_string())),
                 };
                 if let Some(debug) = self.slots[vm].debug.as_mut() {
@@ -54,25 +83,23 @@ impl Core {
             }
             DebugRequest::Detach { reason } => self.detach(vm, reason),
             DebugRequest::Refused { peer } => self.debugger_status(vm, DebuggerStatus::Refused { peer }),
-            DebugRequest::ReadRegisters => {
-                let state =
-                    runtime.machine.boot_vcpu_mut().cpu_state().map(Box::new).map_err(|error| error.to_string());
+            DebugRequest::ReadRegisters { vcpu } => {
+                let state = runtime.machine.vcpus[vcpu].cpu_state().map(Box::new).map_err(|error| error.to_string());
                 debug.reply(DebugReply::Registers(state));
             }
-            DebugRequest::WriteRegisters(state) => {
-                let done =
-                    runtime.machine.boot_vcpu_mut().set_cpu_state(&state).map(|()| true).map_err(|e| e.to_string());
+            DebugRequest::WriteRegisters { vcpu, state } => {
+                let done = runtime.machine.vcpus[vcpu].set_cpu_state(&state).map(|()| true).map_err(|e| e.to_string());
                 debug.reply(DebugReply::Done(done));
             }
-            DebugRequest::ReadMemory { address, length } => {
+            DebugRequest::ReadMemory { vcpu, address, length } => {
                 let mut bytes = vec![0; length];
-                let read = view(runtime).read(address, &mut bytes);
+                let read = view_on(runtime, vcpu).read(address, &mut bytes);
                 bytes.truncate(read);
                 debug.unpatch(address, &mut bytes);
                 debug.reply(DebugReply::Memory(bytes));
             }
-            DebugRequest::WriteMemory { address, bytes } => {
-                let written = debug.write_memory(address, &bytes, &view(runtime)).map(|()| true);
+            DebugRequest::WriteMemory { vcpu, address, bytes } => {
+                let written = debug.write_memory(address, &bytes, &view_on(runtime, vcpu)).map(|()| true);
                 debug.reply(DebugReply::Done(written));
             }
             DebugRequest::Breakpoint { kind, address, insert } => {
@@ -83,7 +110,7 @@ impl Core {
                 let done = debug.watchpoint(kind, address, length, insert, &view(runtime));
                 debug.reply(DebugReply::Done(done));
             }
-            DebugRequest::Continue | DebugRequest::Step if slot.state.is_finished() => {
+            DebugRequest::Continue | DebugRequest::Step { .. } if slot.state.is_finished() => {
                 let end = match slot.state {
                     VmState::Halted { .. } => DebugEnd::Halted,
                     VmState::Killed => DebugEnd::Killed,
@@ -96,7 +123,9 @@ impl Core {
                 self.arm_debugger(vm, Some(Resume::Continue));
                 self.set_state(vm, VmState::Running);
             }
-            DebugRequest::Step => {
+            DebugRequest::Step { vcpu } => {
+                // Its turn, whatever the VM would have chosen: gdb picked the thread.
+                runtime.pin_vcpu(vcpu);
                 self.arm_debugger(vm, Some(Resume::Step));
                 self.gdb_steps.push_back(vm);
             }
@@ -138,7 +167,7 @@ impl Core {
                 "detached; the VM goes on".to_string()
             }
             Some(why) => {
-                self.slots[vm].runtime.machine.boot_vcpu_mut().complete_pending_exit();
+                self.slots[vm].runtime.machine.vcpus.iter_mut().for_each(Vcpu::complete_pending_exit);
                 self.set_state(vm, VmState::Gdb { stop: DebugStop::Waiting });
                 format!("left: {why}; the VM waits for the next debugger")
             }
@@ -156,7 +185,10 @@ impl Core {
         if settings == debug.applied {
             return;
         }
-        match slot.runtime.machine.boot_vcpu_mut().set_guest_debug(&settings) {
+        // Every vCPU: a breakpoint stops whichever reaches it. A step is
+        // only the pinned vCPU's to take (its siblings do not run meanwhile).
+        let applied = slot.runtime.machine.vcpus.iter_mut().try_for_each(|vcpu| vcpu.set_guest_debug(&settings));
+        match applied {
             Ok(()) => debug.applied = settings,
             Err(error) => slot.runtime.console.note(format_args!("gdb: KVM_SET_GUEST_DEBUG failed: {error}")),
         }
@@ -172,9 +204,11 @@ impl Core {
     /// Stops `vm` for its debugger and tells gdb why.
     pub(super) fn stop_for_debugger(&mut self, vm: VmId, stop: DebugStop) {
         let slot = &mut self.slots[vm];
-        // An `in` completes only on the next entry: do it now, so that gdb sees its value.
-        slot.runtime.machine.boot_vcpu_mut().complete_pending_exit();
-        self.answer_debugger(vm, DebugReply::Stopped(stop));
+        // An `in` completes only on the next entry: do it now, so that gdb
+        // sees its value (on every vCPU: all of them stop).
+        slot.runtime.machine.vcpus.iter_mut().for_each(Vcpu::complete_pending_exit);
+        let reply = self.stop_reply(vm, stop);
+        self.answer_debugger(vm, reply);
         if stop != DebugStop::Step {
             // Steps go unannounced: gdb's `next` is hundreds of them.
             self.debugger_status(vm, DebuggerStatus::Stopped(stop));
@@ -205,6 +239,11 @@ impl Core {
     /// a stepped hlt as a halt (kvm_pvm runs on past it), so the core halts
     /// the VM itself before it is stepped.
     pub(super) fn halts_next(&self, vm: VmId, pc: u64) -> bool {
+        // A VM of several vCPUs does not end with one vCPU's hlt: its step
+        // runs (on such a host, on past the hlt, as if an interrupt came).
+        if self.slots[vm].runtime.vcpus.len() > 1 {
+            return false;
+        }
         let mut instruction = [0];
         view(&self.slots[vm].runtime).read(pc, &mut instruction) == 1 && instruction[0] == HLT
     }
@@ -216,17 +255,25 @@ impl Core {
         let registers = self.slots[vm].runtime.machine.boot_vcpu().registers();
         let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
         self.set_state(vm, VmState::Halted { registers, t_ns });
-        self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+        let reply = self.stop_reply(vm, DebugStop::Halted);
+        self.answer_debugger(vm, reply);
+    }
+
+    /// gdb's answer for `vm` stopping with `stop`, on the vCPU that ran last.
+    pub(super) fn stop_reply(&self, vm: VmId, stop: DebugStop) -> DebugReply {
+        DebugReply::Stopped { stop, vcpu: self.slots[vm].runtime.current_vcpu() }
     }
 
     /// Runs one instruction of `vm` for gdb (charged to the VM, not to the
     /// policy) and tells gdb where it stopped.
     pub(super) fn gdb_step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
         if !crate::migration::ownership::may_run(self.holding(vm)) {
-            self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Interrupt));
+            let reply = self.stop_reply(vm, DebugStop::Interrupt);
+            self.answer_debugger(vm, reply);
             return;
         }
-        let rip = self.slots[vm].runtime.machine.boot_vcpu().registers().rip;
+        let runtime = &self.slots[vm].runtime;
+        let rip = runtime.machine.vcpus[runtime.current_vcpu()].registers().rip;
         if self.halts_next(vm, rip) {
             self.halt_for_debugger(vm);
             return;

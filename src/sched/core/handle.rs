@@ -324,7 +324,7 @@ fn serve_debuggers(
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
         let layout = RegisterLayout::for_mode(slot.config.layout.mode);
-        server::start(listener, send, reply_rx, layout)
+        server::start(listener, send, reply_rx, layout, slot.config.vcpus as usize)
             .map_err(|source| SpawnError::Thread { what: "gdb server", source })?;
         slot.debug = Some(Debugged::new(listening, reply_tx, strategy));
         slot.state = VmState::Gdb { stop: DebugStop::Waiting };

@@ -196,7 +196,8 @@ impl Core {
                 Step::Halted { registers } => {
                     let t_ns = span.exited_ns.saturating_sub(self.epoch_ns);
                     self.set_state(vm, VmState::Halted { registers, t_ns });
-                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Halted));
+                    let reply = self.stop_reply(vm, DebugStop::Halted);
+                    self.answer_debugger(vm, reply);
                     break SliceEnd::Halt;
                 }
                 Step::Sleeping { until_ns } => {
@@ -207,7 +208,8 @@ impl Core {
                 }
                 Step::Crashed { reason, registers, .. } => {
                     self.set_state(vm, VmState::Crashed { reason, registers });
-                    self.answer_debugger(vm, DebugReply::Stopped(DebugStop::Crashed));
+                    let reply = self.stop_reply(vm, DebugStop::Crashed);
+                    self.answer_debugger(vm, reply);
                     break SliceEnd::Crash;
                 }
                 Step::Debug(exit) => match self.debugger_exit(vm, exit) {
