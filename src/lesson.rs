@@ -32,6 +32,7 @@
 //! | `{ vm = "sleeper", injected = 5 }` | at least that many timer ticks were injected into it |
 //! | `{ file_guest_lines = 1 }` | a VM whose guest is loaded from a file printed that many lines |
 //! | `{ vm = "neo", says = "snapshot" }` | a line of its pane (a `[matrix]` line too) has that text |
+//! | `{ vm = "pair", vcpu = 1, vcpu_state = "waiting" }` | that vCPU is `runnable`, `sleeping`, `waiting` or `halted` |
 //! | `{ view = "timeline" }` | the `inspector` or `timeline` is open |
 //!
 //! Mistakes are reported as `file:line: key: what is wrong`, like scenarios.
@@ -164,6 +165,15 @@ pub enum Check {
     FileGuestLines {
         /// How many.
         at_least: u64,
+    },
+    /// A vCPU of a VM of several is in this state, as its pane's cell shows it.
+    VcpuState {
+        /// The VM.
+        vm: usize,
+        /// The vCPU's index.
+        vcpu: usize,
+        /// Its cell's word: `run`, `sleep`, `wait` or `halt`.
+        state: &'static str,
     },
     /// The VM's pane has a line with this text (a `[matrix]` line too).
     Says {
@@ -298,6 +308,8 @@ struct CheckSpec {
     migrated: Option<String>,
     selected: Option<bool>,
     timeline_span: Option<String>,
+    vcpu: Option<usize>,
+    vcpu_state: Option<String>,
 }
 
 /// The names of the built-in lessons with their titles, in course order.
@@ -426,9 +438,16 @@ fn check_of(
         spec.migrated.is_some(),
         spec.selected.is_some(),
         spec.timeline_span.is_some(),
+        spec.vcpu_state.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines, says, view, migrated, selected or timeline_span";
+                      injected, file_guest_lines, says, view, migrated, selected, timeline_span or vcpu_state";
+    if spec.vcpu.is_some() != spec.vcpu_state.is_some() {
+        return Err(error(
+            "vcpu",
+            "`vcpu` and `vcpu_state` go together: { vm = ..., vcpu = 1, vcpu_state = \"waiting\" }".into(),
+        ));
+    }
     match kinds.iter().filter(|&&set| set).count() {
         1 => {}
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
@@ -520,6 +539,25 @@ fn check_of(
         Check::FileGuestLines { at_least }
     } else if let Some(text) = &spec.says {
         Check::Says { vm: needs_vm("says")?, text: text.clone() }
+    } else if let (Some(vcpu), Some(state)) = (spec.vcpu, &spec.vcpu_state) {
+        let vm = needs_vm("vcpu_state")?;
+        let most = scenario.vms[vm].vcpus as usize;
+        if vcpu >= most {
+            return Err(error("vcpu", format!("VM '{}' has {most} vCPUs (0 to {})", scenario.vms[vm].name, most - 1)));
+        }
+        let state = match state.as_str() {
+            "runnable" => "run",
+            "sleeping" => "sleep",
+            "waiting" => "wait",
+            "halted" => "halt",
+            other => {
+                return Err(error(
+                    "vcpu_state",
+                    format!("'{other}' is not a vCPU's state; use runnable, sleeping, waiting or halted"),
+                ));
+            }
+        };
+        Check::VcpuState { vm, vcpu, state }
     } else {
         match spec.view.as_deref() {
             Some("inspector") => Check::ViewOpen(View::Inspector),
@@ -579,7 +617,8 @@ mod tests {
              [[step]]\ndo = \"Open it\"\ncheck = {{ view = \"timeline\" }}\n\
              [[step]]\ndo = \"See\"\ncheck = {{ hypercall = \"HC_printStr\" }}\n\
              [[step]]\ndo = \"Both\"\nchecks = [{{ vm = \"neo\", selected = true }}, {{ timeline_span = \"500ms\" }}]\n\
-             [[step]]\ndo = \"Move\"\ncheck = {{ vm = \"neo\", migrated = \"throttled_to_fit\" }}\n"
+             [[step]]\ndo = \"Move\"\ncheck = {{ vm = \"neo\", migrated = \"throttled_to_fit\" }}\n\
+             [[step]]\ndo = \"Wait\"\ncheck = {{ vm = \"neo\", vcpu = 0, vcpu_state = \"sleeping\" }}\n"
         ))
         .unwrap();
         assert_eq!(lesson.title, "T");
@@ -593,6 +632,7 @@ mod tests {
                 Check::HypercallSeen { vm: None, name: "HC_printStr" },
                 Check::All(vec![Check::Selected { vm: 0 }, Check::TimelineSpan { at_least_ns: 500_000_000 }]),
                 Check::Migrated { vm: 0, claim: MigrationClaim::ThrottledToFit },
+                Check::VcpuState { vm: 0, vcpu: 0, state: "sleep" },
             ]
         );
         assert_eq!(lesson.scenario.policy, Some(Policy::Io));
@@ -626,6 +666,19 @@ mod tests {
             ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", selected = false }\n", 10, "selected", "checks nothing"),
             ("[[step]]\ndo = \"x\"\ncheck = { timeline_span = \"soon\" }\n", 10, "timeline_span", ""),
             ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", migrated = \"yes\" }\n", 10, "migrated", "not a migration"),
+            ("[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", vcpu = 1 }\n", 10, "vcpu", "go together"),
+            (
+                "[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", vcpu = 1, vcpu_state = \"waiting\" }\n",
+                10,
+                "vcpu",
+                "has 1 vCPUs",
+            ),
+            (
+                "[[step]]\ndo = \"x\"\ncheck = { vm = \"neo\", vcpu = 0, vcpu_state = \"dozing\" }\n",
+                10,
+                "vcpu_state",
+                "not a vCPU",
+            ),
         ];
         for (steps, line, key, message) in cases {
             let error = parse_str(&format!("{HEAD}{steps}")).unwrap_err();

@@ -25,7 +25,8 @@ fn a_ticker_at_full_share_does_units_of_about_a_millisecond() {
     // run's second); allow for the host's swings.
     let units = report["vms"][0]["exits"]["total"].as_u64().unwrap() as f64;
     let charged_s = report["vms"][0]["charged_ns"].as_f64().unwrap() / 1e9;
-    assert!(charged_s > 0.1, "the ticker was charged {charged_s} s of 1 s");
+    // 20 units at least to judge them by (a host busy on both CPUs once gave it 0.03 s).
+    assert!(charged_s > 0.02, "the ticker was charged {charged_s} s of 1 s");
     let per_s = units / charged_s;
     assert!((300.0..=3000.0).contains(&per_s), "{units} units in {charged_s:.3} s of guest CPU");
 }

@@ -114,6 +114,9 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::FileGuestLines { at_least } => {
             file_vms.iter().any(|&index| vm(index).is_some_and(|view| view.lines_printed >= at_least))
         }
+        Check::VcpuState { vm: index, vcpu, state } => {
+            vm(index).is_some_and(|view| view.vcpus.get(vcpu).is_some_and(|line| line.state == state))
+        }
         Check::Says { vm: index, ref text } => {
             vm(index).is_some_and(|view| view.lines.iter().any(|line| line.contains(text.as_str())))
         }
