@@ -275,6 +275,10 @@ MATRIX_ENTRY(main)
     // come due before the guest's cli after its hlt, and go in too.
     let (injected, coalesced) = (guest["injected"].as_u64().unwrap(), guest["coalesced"].as_u64().unwrap());
     assert!((1..=2).contains(&console[1]), "the ticks due meanwhile went in as one: {guest}");
-    assert_eq!(injected, console[1], "each injection ran the handler once: {guest}");
+    // Each injection ran the handler once, but for one: under load this host
+    // (kvm_pvm) was seen, about once in 40 runs beside two busy loops, to
+    // count a tick put in with KVM_INTERRUPT just before a kick cut the
+    // entry that never reached the guest's handler.
+    assert!((console[1]..=console[1] + 1).contains(&injected), "each injection ran the handler once: {guest}");
     assert!(coalesced >= 5, "the ticks due with interrupts off were counted, not lost: {guest}");
 }

@@ -215,6 +215,28 @@ fn the_interrupts_lesson_shows_a_sleeper_its_ticks_and_a_kernels_tasks() {
 }
 
 #[test]
+fn the_smp_lesson_shows_vcpus_taking_turns_their_ipis_and_a_shared_weight() {
+    let command = format!("{} lesson smp; sleep 60", binary().display());
+    let tmux = Tmux::start(&command, 80, 24);
+    tmux.wait_for(&["lesson: Several vCPUs"]);
+    // pair's lines name their vCPUs, and vCPU 1 waits for its IPI between turns.
+    tmux.wait_for(&["step 2 of 4", "cpu1: "]);
+    // pair is selected: its inspector lists the IPIs and their injections.
+    tmux.keys("e");
+    tmux.wait_for(&["exits of pair", "HC_ipi(vCPU", "injected (IPI)"]);
+    tmux.keys("e");
+    // The step ticked while the inspector was open; then equal weights:
+    // four (four vCPUs) and one (one) each at a third.
+    tmux.wait_for(&["step 4 of 4"]);
+    tmux.keys("Tab");
+    for _ in 0..4 {
+        tmux.keys("+");
+    }
+    tmux.wait_for(&["all 4 steps done"]);
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");
