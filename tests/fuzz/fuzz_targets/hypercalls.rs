@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use matrix_tui::console::ConsoleOut;
-use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VmIo};
+use matrix_tui::hypercall::{self, GuestView, HypercallState, PortMap, Translate, VcpuIdentity, VmIo};
 use matrix_tui::stats::VmCounters;
 use matrix_tui::vm::{CpuMode, PortAccess, memory};
 use vm_memory::{Bytes, GuestAddress};
@@ -36,7 +36,19 @@ impl Translate for Tables {
     }
 }
 
-const CALLS: [&str; 7] = ["print8bit", "print32bit", "numExits", "printStr", "numExitsByType", "gvaToHva", "yield"];
+const CALLS: [&str; 11] = [
+    "print8bit",
+    "print32bit",
+    "numExits",
+    "printStr",
+    "numExitsByType",
+    "gvaToHva",
+    "yield",
+    "vcpuId",
+    "vcpuCount",
+    "ipi",
+    "yieldTo",
+];
 
 fn u64_at(data: &[u8], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
@@ -68,13 +80,26 @@ fuzz_target!(|data: &[u8]| {
     let mut counters = VmCounters::default();
     let mut state = HypercallState::default();
     let mut console = ConsoleOut::default();
+    let mut gva_result = None;
+    // Some of the VMs it stands for have several vCPUs: their lines are kept apart.
+    let vcpu = VcpuIdentity { index: u32::from(data[22] % 4), count: 4 };
+    console.split_by_vcpu(usize::from(data[23] % 2) * 4);
     for access in rest.chunks_exact(12) {
         let port = u16::from_le_bytes([access[0], access[1]]);
         let size = access[2] % 9;
         let count = u32::from(access[3] % 4).max(1);
         let value = u32::from_le_bytes([access[4], access[5], access[6], access[7]]);
         let access_shape = PortAccess { size, count };
-        let mut io = VmIo { counters: &mut counters, state: &mut state, console: &mut console, mode, ports: &ports };
+        console.set_speaker(vcpu.index as usize);
+        let mut io = VmIo {
+            counters: &mut counters,
+            state: &mut state,
+            console: &mut console,
+            mode,
+            ports: &ports,
+            vcpu,
+            gva_result: &mut gva_result,
+        };
         if access[8] & 1 == 0 {
             io.counters.exits.io_out += 1;
             let view = GuestView { memory: &memory, memory_size: MEMORY, translator: &tables };
