@@ -39,20 +39,6 @@ impl Translate for RandomTables {
     }
 }
 
-const CALLS: &[&str] = &[
-    "print8bit",
-    "print32bit",
-    "numExits",
-    "printStr",
-    "numExitsByType",
-    "gvaToHva",
-    "yield",
-    "vcpuId",
-    "vcpuCount",
-    "ipi",
-    "yieldTo",
-];
-
 /// The shared generator, with a taste for values at the edges.
 trait EdgeValues {
     fn value(&mut self) -> u64;
@@ -78,6 +64,7 @@ fn random_port_accesses_never_upset_the_handlers() {
     let memory = memory::allocate(MEMORY).unwrap();
     let mut counters = VmCounters::default();
     let mut state = HypercallState::default();
+    let calls: Vec<&str> = matrix_tui::hypercall::ports::mappable_calls().collect();
     let mut gva_result = None;
     let mut console = ConsoleOut::default();
     let mut tables = RandomTables { mapped_below: MEMORY, remaps: Vec::new(), ds_base: 0 };
@@ -99,7 +86,7 @@ fn random_port_accesses_never_upset_the_handlers() {
             ports.show_unknown = rng.next() % 2 == 0;
             for _ in 0..rng.next() % 4 {
                 let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 14) as u16 } else { rng.next() as u16 };
-                ports.remap(port, CALLS[(rng.next() % CALLS.len() as u64) as usize]).unwrap();
+                ports.remap(port, calls[(rng.next() % calls.len() as u64) as usize]).unwrap();
             }
         }
         let port = if rng.next() % 2 == 0 { 0xE8 + (rng.next() % 14) as u16 } else { rng.next() as u16 };

@@ -28,6 +28,11 @@ const CALLS: &[(&str, u16)] = &[
     ("yieldTo", PORT_YIELD_TO),
 ];
 
+/// The names of the hypercalls a port can be mapped to, in port order.
+pub fn mappable_calls() -> impl Iterator<Item = &'static str> {
+    CALLS.iter().map(|(name, _)| *name)
+}
+
 /// Most ports one VM may map.
 pub const MAX_MAPPED_PORTS: usize = 64;
 

@@ -36,20 +36,6 @@ impl Translate for Tables {
     }
 }
 
-const CALLS: [&str; 11] = [
-    "print8bit",
-    "print32bit",
-    "numExits",
-    "printStr",
-    "numExitsByType",
-    "gvaToHva",
-    "yield",
-    "vcpuId",
-    "vcpuCount",
-    "ipi",
-    "yieldTo",
-];
-
 fn u64_at(data: &[u8], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
     for (i, byte) in bytes.iter_mut().enumerate() {
@@ -73,7 +59,8 @@ fuzz_target!(|data: &[u8]| {
     let mode = CpuMode::ALL[usize::from(data[17] % 4)];
     let mut ports = PortMap::default();
     ports.show_unknown = data[18] & 1 == 1;
-    ports.map(u16::from_le_bytes([data[19], data[20]]), CALLS[usize::from(data[21]) % CALLS.len()]).unwrap();
+    let calls: Vec<&str> = matrix_tui::hypercall::ports::mappable_calls().collect();
+    ports.map(u16::from_le_bytes([data[19], data[20]]), calls[usize::from(data[21]) % calls.len()]).unwrap();
     let at = u64_at(data, 24) % (MEMORY - 4096);
     let rest = &data[32..];
     memory.write_slice(&rest[..rest.len().min(4096)], GuestAddress(at)).unwrap();
