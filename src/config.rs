@@ -147,6 +147,8 @@ pub struct RunConfig {
     pub migration: crate::migration::MigrationSettings,
     /// The secret this run's migrations prove (`--migrate-secret`).
     pub migrate_secret: Option<std::sync::Arc<crate::migration::secret::Secret>>,
+    /// Core threads, one per host CPU (`--cpus`; 1 is the single core).
+    pub cpus: usize,
 }
 
 impl RunConfig {
@@ -167,6 +169,7 @@ impl RunConfig {
             compensate: true,
             migration: Default::default(),
             migrate_secret: None,
+            cpus: 1,
         }
     }
 

@@ -160,6 +160,19 @@ impl ConsoleOut {
         &self.bytes[self.bytes.len().saturating_sub(HISTORY_BYTES)..]
     }
 
+    /// The history a snapshot keeps: [`Self::history`], then each vCPU's
+    /// unfinished line as a line of its own (the restored vCPU goes on with
+    /// it on a new line: split, not lost).
+    pub fn saved_history(&self) -> Vec<u8> {
+        let mut saved = self.history().to_vec();
+        for (vcpu, line) in self.spoken.iter().enumerate().filter(|(_, line)| !line.is_empty()) {
+            saved.extend_from_slice(format!("cpu{vcpu}: ").as_bytes());
+            saved.extend_from_slice(line);
+            saved.push(b'\n');
+        }
+        saved
+    }
+
     /// The last [`HISTORY_BYTES`] (at most) from the start of a line, for
     /// a report, with how many bytes written before it are left out.
     pub fn report_history(&self) -> (&[u8], u64) {
@@ -425,6 +438,9 @@ mod tests {
         assert_eq!(String::from_utf8(spoken).unwrap(), format!("cpu0: ping\ncpu1: pong\n{long}"));
         out.set_speaker(1);
         out.write(b"unfinished");
+        let saved = String::from_utf8(out.saved_history()).unwrap();
+        // A snapshot keeps the unfinished line, as a line of its own.
+        assert_eq!(saved, format!("cpu0: ping\ncpu1: pong\n{long}cpu1: unfinished\n"));
         out.end_spoken_lines();
         assert_eq!(only(&take(&mut out)).bytes, b"cpu1: unfinished\n");
         // A VM of one vCPU writes as it always did.

@@ -55,7 +55,11 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["pause", name] => Command::Pause(vm(name)?),
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
-        ["step", name] => Command::Step(vm(name)?),
+        ["step", name] => Command::Step { vm: vm(name)?, vcpu: None },
+        ["step", name, vcpu] => {
+            let vcpu = vcpu.parse().map_err(|_| format!("vCPU '{}' is not a number", escape_input(vcpu)))?;
+            Command::Step { vm: vm(name)?, vcpu: Some(vcpu) }
+        }
         ["auto-converge", "on"] => Command::SetAutoConverge(true),
         ["auto-converge", "off"] => Command::SetAutoConverge(false),
         // A VM called "cancel" can still be moved: `migrate cancel ADDR` has an address.
@@ -174,7 +178,8 @@ mod tests {
             ("pause neo", Command::Pause(0)),
             ("resume neo", Command::Resume(0)),
             ("  restart   morpheus ", Command::Restart(1)),
-            ("step neo", Command::Step(0)),
+            ("step neo", Command::Step { vm: 0, vcpu: None }),
+            ("step neo 1", Command::Step { vm: 0, vcpu: Some(1) }),
             (
                 "migrate neo 127.0.0.1:7000",
                 Command::MigrateTo { vm: 0, address: crate::debug::ListenAddress::Tcp("127.0.0.1:7000".into()) },

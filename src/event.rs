@@ -82,7 +82,14 @@ pub enum Command {
     /// Run a VM to its next guest exit, handle it, and pause the VM there
     /// (answered with [`Event::Stepped`]). A VM that does not exit within
     /// 20 ms (or a quantum, if longer) is paused when it is preempted.
-    Step(VmId),
+    /// `vcpu` names the vCPU to run (its siblings stay paused); `None` runs
+    /// the one whose turn it is.
+    Step {
+        /// The VM.
+        vm: VmId,
+        /// The vCPU to run, if one is chosen.
+        vcpu: Option<u16>,
+    },
     /// Save a VM to a snapshot file at `path` (answered with
     /// [`Event::Snapshot`]; the front end writes the file). The VM goes on.
     Snapshot {
@@ -109,6 +116,24 @@ pub enum Command {
     /// Throttle VMs that dirty faster than their migration sends, or not
     /// (for the migrations that start from now, and those under way).
     SetAutoConverge(bool),
+}
+
+impl Command {
+    /// The VM it is about, if it is about one (the others go to every core).
+    pub fn vm(&self) -> Option<VmId> {
+        match *self {
+            Self::SetWeight { vm, .. }
+            | Self::Pause(vm)
+            | Self::Resume(vm)
+            | Self::Restart(vm)
+            | Self::Step { vm, .. }
+            | Self::Snapshot { vm, .. }
+            | Self::MigrateTo { vm, .. }
+            | Self::CancelMigration(vm)
+            | Self::Adopt(vm) => Some(vm),
+            Self::Quit | Self::SetPolicy(_) | Self::SetQuantum(_) | Self::SetAutoConverge(_) => None,
+        }
+    }
 }
 
 /// What the core's helper threads tell it (a migration's link threads, the
@@ -318,6 +343,8 @@ pub struct Settings {
     pub timer: TimerKind,
     /// Every VM's weight, in VM order.
     pub weights: Vec<f64>,
+    /// The cores the VMs share (`--cpus`): weights are shares of them all.
+    pub cpus: usize,
 }
 
 /// Where a VM is in its life.
@@ -415,6 +442,8 @@ pub struct VmSample {
     pub charged_ns: u64,
     /// Its vCPUs, for a VM of several (empty for a VM of one).
     pub vcpus: Vec<VcpuSample>,
+    /// The core that runs it (0 with `--cpus 1`).
+    pub core: usize,
 }
 
 /// One vCPU's figures at a moment (cumulative).

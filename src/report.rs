@@ -45,6 +45,25 @@ pub struct RunReport {
     /// Per VM, when timed (`RunConfig::timings`): not part of the JSON.
     #[serde(skip)]
     pub timings: Vec<VmTimings>,
+    /// One entry per core (`--cpus`), in order.
+    pub cores: Vec<CoreReport>,
+}
+
+/// One core of the run (one thread on one host CPU).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CoreReport {
+    /// Its number, from 0.
+    pub index: usize,
+    /// The host CPU its thread was bound to (null with `--cpus 1`, whose
+    /// one core goes wherever the host puts it).
+    pub host_cpu: Option<usize>,
+    /// The VMs it ran, by name.
+    pub vms: Vec<String>,
+    /// Percent of the run's wall time this core spent outside KVM_RUN
+    /// (idle, or scheduling).
+    pub outside_kvm_run_pct: f64,
+    /// vCPUs moved onto or off it by balancing.
+    pub moves: u64,
 }
 
 /// What became of a run's exit trace.
@@ -88,7 +107,7 @@ pub struct TimedSlice {
 }
 
 /// One VM at the end of the run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VmReport {
     /// Its name.
     pub name: String,
@@ -218,7 +237,7 @@ pub struct RoundReport {
 }
 
 /// Exit counts with their total.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ExitReport {
     /// All guest-caused exits.
     pub total: u64,

@@ -4,6 +4,7 @@
 //! policy = "fair"      # io | rr | fair
 //! quantum = "1ms"      # 100us ..= 1s
 //! timer = "posix"      # posix | timerfd
+//! cpus = 1             # cores, one per host CPU; weights are shares of all
 //!
 //! [[vm]]
 //! name = "neo"
@@ -62,6 +63,8 @@ pub struct Scenario {
     pub timer: Option<TimerKind>,
     /// How long to run, if set.
     pub duration: Option<Duration>,
+    /// The cores, if set (`cpus = 2`; checked against the host's at the start).
+    pub cpus: Option<u32>,
     /// The VMs, in file order.
     pub vms: Vec<ScenarioVm>,
 }
@@ -153,6 +156,7 @@ pub(crate) struct FileSpec {
     quantum: Option<Spanned<String>>,
     timer: Option<TimerKind>,
     duration: Option<Spanned<String>>,
+    cpus: Option<Spanned<CountSpec>>,
     #[serde(default)]
     vm: Vec<Spanned<VmSpec>>,
 }
@@ -243,6 +247,9 @@ pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) 
     })
 }
 
+/// The most cores a scenario may ask for (the host's CPUs bound it further).
+pub const MAX_CPUS: u32 = 1024;
+
 /// The built-in default scenario.
 pub fn default_scenario() -> Scenario {
     parse(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, Path::new("")).expect("the built-in scenario is valid")
@@ -269,6 +276,17 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
     };
     let duration = match &spec.duration {
         Some(text) => Some(parse_duration(text.get_ref()).map_err(|m| at(text.span(), "duration", m))?),
+        None => None,
+    };
+    let cpus = match &spec.cpus {
+        Some(count) => Some(
+            match count.get_ref() {
+                CountSpec::Number(number) if (1..=i64::from(MAX_CPUS)).contains(number) => Ok(*number as u32),
+                CountSpec::Number(number) => Err(format!("{number} cores: give 1 or more, at most this host's CPUs")),
+                CountSpec::Other(other) => Err(format!("{other} is not a number of cores: give 1 or more")),
+            }
+            .map_err(|message| at(count.span(), "cpus", message))?,
+        ),
         None => None,
     };
     if spec.vm.len() > MAX_VMS {
@@ -358,7 +376,7 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             vcpus,
         });
     }
-    Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, vms })
+    Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, cpus, vms })
 }
 
 /// Checks a VM name: 1-32 letters, digits, '-', '_' or '.'.

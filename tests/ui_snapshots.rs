@@ -43,6 +43,7 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
                     cpu_ns: cpu,
                     charged_ns: cpu,
                     vcpus: Vec::new(),
+                    core: 0,
                 }
             })
             .collect::<Vec<_>>()
@@ -77,6 +78,30 @@ fn render(app: &App, width: u16, height: u16) -> Terminal<TestBackend> {
 fn two_vms_at_80x24() {
     let app = app(&["neo", "morpheus"], &[70.0, 30.0], &[]);
     insta::assert_snapshot!(render(&app, 80, 24).backend());
+}
+
+#[test]
+fn three_vms_on_two_cores_at_160x48_show_their_core_and_the_machines_targets() {
+    let mut app = app(&["a", "b", "c"], &[2.0, 1.0, 1.0], &[]);
+    let mut settings = initial_settings(Policy::Fair, Duration::from_millis(1), TimerKind::Posix, vec![2.0, 1.0, 1.0]);
+    settings.cpus = 2;
+    app.apply(Event::Settings(settings));
+    let sample = |core: usize, cpu_ns: u64| VmSample {
+        counters: VmCounters::default(),
+        cpu_ns,
+        charged_ns: cpu_ns,
+        vcpus: Vec::new(),
+        core,
+    };
+    app.apply(Event::Sample {
+        elapsed_ns: 9_000_000_000,
+        vms: vec![sample(0, 9_000_000_000), sample(1, 4_500_000_000), sample(1, 4_500_000_000)],
+    });
+    let screen = render(&app, 160, 48);
+    let text = format!("{:?}", screen.backend());
+    assert!(text.contains(" a running · core0 · w2 → 50% "), "{text}");
+    assert!(text.contains(" c running · core1 · w1 → 25% "), "{text}");
+    insta::assert_snapshot!(screen.backend());
 }
 
 #[test]
@@ -283,6 +308,7 @@ fn vcpus_app() -> App {
             cpu_ns: second * 500_000_000,
             charged_ns: second * 500_000_000,
             vcpus: if vm == 0 { vcpus(second) } else { Vec::new() },
+            core: 0,
         };
         app.apply(Event::Sample { elapsed_ns: second * 1_000_000_000, vms: vec![sample(0), sample(1)] });
     }

@@ -57,20 +57,22 @@ fn each_vcpu_starts_at_the_entry_with_its_own_stack_and_apic_id() {
 }
 
 #[test]
-fn pair_takes_turns_woken_by_ipis() {
-    let mut pair = builtin("pair", "pair");
-    (pair.vcpus, pair.args) = (3, vec![2_000, 4]);
-    let outcome = run(vec![pair], Policy::Fair, Duration::from_secs(30));
-    let pair = &outcome.report.vms[0];
-    assert_eq!(pair.state, "halted", "{}", pair.console);
-    // Turns in order: cpu0 1, cpu1 1, cpu2 1, cpu0 2, ...
-    let expected: Vec<String> =
-        (1..=4).flat_map(|turn| (0..3).map(move |index| format!("cpu{index}: {turn}"))).collect();
-    let printed: Vec<&str> = pair.console.lines().filter(|line| line.starts_with("cpu")).collect();
-    assert_eq!(printed, expected);
-    // Each hand-over but the very last is an IPI to a vCPU asleep in hlt.
-    assert_eq!(pair.vcpus.iter().map(|vcpu| vcpu.ipis).sum::<u64>(), 4 * 3 - 1);
-    assert_eq!(pair.faults, 0);
+fn pair_takes_turns_woken_by_ipis_under_every_policy() {
+    for policy in [Policy::Io, Policy::Rr, Policy::Fair] {
+        let mut pair = builtin("pair", "pair");
+        (pair.vcpus, pair.args) = (3, vec![2_000, 4]);
+        let outcome = run(vec![pair], policy, Duration::from_secs(30));
+        let pair = &outcome.report.vms[0];
+        assert_eq!(pair.state, "halted", "{policy:?}: {}", pair.console);
+        // Turns in order: cpu0 1, cpu1 1, cpu2 1, cpu0 2, ...
+        let expected: Vec<String> =
+            (1..=4).flat_map(|turn| (0..3).map(move |index| format!("cpu{index}: {turn}"))).collect();
+        let printed: Vec<&str> = pair.console.lines().filter(|line| line.starts_with("cpu")).collect();
+        assert_eq!(printed, expected, "{policy:?}");
+        // Each hand-over but the very last is an IPI to a vCPU asleep in hlt.
+        assert_eq!(pair.vcpus.iter().map(|vcpu| vcpu.ipis).sum::<u64>(), 4 * 3 - 1, "{policy:?}");
+        assert_eq!(pair.faults, 0, "{policy:?}");
+    }
 }
 
 #[test]
@@ -142,20 +144,24 @@ fn one_vcpus_crash_ends_the_whole_vm_and_names_the_vcpu() {
 #[test]
 fn a_vms_weight_is_shared_by_its_vcpus() {
     // Four spinning vCPUs beside one, equal weights: the VMs get the CPU
-    // evenly (charged time, what the policy steers), and the four share theirs.
-    let mut four = builtin("four", "spin");
-    four.vcpus = 4;
-    let one = builtin("one", "spin");
-    let mut config = RunConfig::new(vec![four, one]);
-    config.policy = Policy::Fair;
-    let outcome = run_config(config, Duration::from_millis(1500));
-    let (four, one) = (&outcome.report.vms[0], &outcome.report.vms[1]);
-    let ratio = four.charged_ns as f64 / one.charged_ns as f64;
-    assert!((0.8..1.25).contains(&ratio), "four vCPUs {} ns against one {} ns", four.charged_ns, one.charged_ns);
-    let parts: Vec<u64> = four.vcpus.iter().map(|vcpu| vcpu.charged_ns).collect();
-    assert_eq!(parts.iter().sum::<u64>(), four.charged_ns, "the vCPUs' parts add up to the VM's charge");
-    let quarter = four.charged_ns as f64 / 4.0;
-    assert!(parts.iter().all(|&part| (part as f64 - quarter).abs() < quarter * 0.5), "{parts:?}");
+    // evenly (charged time, what the policy steers; rr's turns are per VM
+    // too), and the four share theirs.
+    for policy in [Policy::Fair, Policy::Rr] {
+        let mut four = builtin("four", "spin");
+        four.vcpus = 4;
+        let one = builtin("one", "spin");
+        let mut config = RunConfig::new(vec![four, one]);
+        config.policy = policy;
+        let outcome = run_config(config, Duration::from_millis(1500));
+        let (four, one) = (&outcome.report.vms[0], &outcome.report.vms[1]);
+        let ratio = four.charged_ns as f64 / one.charged_ns as f64;
+        let why = format!("{policy:?}: four vCPUs {} ns against one {} ns", four.charged_ns, one.charged_ns);
+        assert!((0.8..1.25).contains(&ratio), "{why}");
+        let parts: Vec<u64> = four.vcpus.iter().map(|vcpu| vcpu.charged_ns).collect();
+        assert_eq!(parts.iter().sum::<u64>(), four.charged_ns, "the vCPUs' parts add up to the VM's charge");
+        let quarter = four.charged_ns as f64 / 4.0;
+        assert!(parts.iter().all(|&part| (part as f64 - quarter).abs() < quarter * 0.5), "{policy:?}: {parts:?}");
+    }
 }
 
 #[test]
@@ -206,32 +212,50 @@ fn the_report_lists_every_vcpu_and_the_console_says_who_printed() {
 }
 
 #[test]
-fn the_c_smp_example_adds_on_every_vcpu_and_wakes_the_first_with_an_ipi() {
+fn the_c_smp_example_adds_on_every_vcpu_and_wakes_its_siblings_with_ipis() {
     let dir = tempfile::tempdir().unwrap();
     common::make_example("c", dir.path());
     let image = dir.path().join("smp.elf");
-    let output = matrix(&[
-        "run",
-        "--headless",
-        "--json",
-        "--vm",
-        &format!("smp={}", image.display()),
-        "--vcpus",
-        "smp=4",
-        "--args",
-        "smp=250",
-    ]);
-    let report = report(&output);
-    let smp = vm(&report, "smp");
-    assert_eq!(smp["state"], "halted");
-    let console = smp["console"].as_str().unwrap();
-    for index in 1..4 {
-        assert!(console.contains(&format!("cpu{index}: done\n")), "{console}");
+    for vcpus in [2, 4] {
+        let output = matrix(&[
+            "run",
+            "--headless",
+            "--json",
+            "--policy",
+            "fair",
+            "--duration",
+            "1s",
+            "--vm",
+            &format!("smp={}", image.display()),
+            "--vcpus",
+            &format!("smp={vcpus}"),
+            "--args",
+            "smp=2000",
+            "--vm",
+            "spinner=spin",
+        ]);
+        let report = report(&output);
+        let smp = vm(&report, "smp");
+        assert_eq!(smp["state"], "halted", "{smp}");
+        let console = smp["console"].as_str().unwrap();
+        for index in 1..vcpus {
+            assert!(console.contains(&format!("cpu{index}: done\n")), "{console}");
+        }
+        // Not one add lost.
+        assert!(console.contains(&format!("cpu0: total: {}\n", 2000 * vcpus)), "{console}");
+        let rows = smp["vcpus"].as_array().unwrap();
+        assert_eq!(rows.len(), vcpus, "a row per vCPU");
+        // vCPU 0 wakes each sibling once; it is woken at most once itself (it
+        // waits only if it finished before the others).
+        for row in &rows[1..] {
+            assert_eq!(row["ipis"], 1, "{rows:?}");
+        }
+        assert!(rows[0]["ipis"].as_u64() <= Some(1), "{rows:?}");
+        // The neighbour keeps its share: half while smp runs, all after.
+        let spinner = vm(&report, "spinner")["charged_ns"].as_f64().unwrap();
+        let smp_charged = smp["charged_ns"].as_f64().unwrap();
+        assert!(spinner >= smp_charged * 0.8, "spinner {spinner} ns, smp {smp_charged} ns");
     }
-    assert!(console.contains("cpu0: total: 1000\n"), "{console}");
-    // vCPU 0 waits for the IPI only if it finished before the others (its
-    // adds may span several slices): it is woken at most once.
-    assert!(smp["vcpus"][0]["ipis"].as_u64() <= Some(1), "{}", smp["vcpus"]);
 }
 
 #[test]
@@ -243,7 +267,7 @@ fn a_step_runs_one_vcpu_to_its_exit_and_says_which() {
     let mut events = Vec::new();
     let mut seen = Vec::new();
     for _ in 0..12 {
-        core.send(Command::Step(0));
+        core.send(Command::Step { vm: 0, vcpu: None });
         let (vcpu, result) = common::wait_for(&core, &mut events, |event| match event {
             Event::Stepped { vcpu, result, .. } => Some((*vcpu, *result)),
             _ => None,
@@ -258,6 +282,32 @@ fn a_step_runs_one_vcpu_to_its_exit_and_says_which() {
     common::quit(core, events);
     // Stepping goes where the VM's turn goes: both vCPUs were stepped.
     assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
+}
+
+#[test]
+fn a_step_of_a_chosen_vcpu_runs_that_vcpu_alone() {
+    use matrix_tui::event::{Command, Event};
+    let mut pair = builtin("p", "pair");
+    (pair.vcpus, pair.args, pair.paused) = (2, vec![500], true);
+    let core = common::start(RunConfig::new(vec![pair]));
+    let mut events = Vec::new();
+    for _ in 0..6 {
+        core.send(Command::Step { vm: 0, vcpu: Some(1) });
+        let vcpu = common::wait_for(&core, &mut events, |event| match event {
+            Event::Stepped { vcpu, .. } => Some(*vcpu),
+            _ => None,
+        });
+        assert_eq!(vcpu, Some(1), "the chosen vCPU is the one stepped, every time");
+    }
+    // No such vCPU: refused with the reason; the VM stays paused.
+    core.send(Command::Step { vm: 0, vcpu: Some(2) });
+    let report = common::quit(core, events).report;
+    let console = &report.vms[0].console;
+    assert!(console.contains("step refused: no vCPU 2 (it has 2 vCPUs, 0 to 1)"), "{console}");
+    assert_eq!(report.vms[0].state, "paused");
+    let vcpus = &report.vms[0].vcpus;
+    assert_eq!(vcpus[0].exits, 0, "vCPU 0 never ran: {vcpus:?}");
+    assert!(vcpus[1].exits >= 6, "{vcpus:?}");
 }
 
 #[test]

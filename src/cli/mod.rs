@@ -82,8 +82,12 @@ impl From<SpawnError> for Failure {
             | SpawnError::Timer { .. }
             | SpawnError::Thread { .. }
             | SpawnError::Seccomp(_)
-            | SpawnError::DebugProbe(_) => Failure::Host(error.into()),
-            SpawnError::Trace { .. } | SpawnError::Gdb { .. } => Failure::Usage(error.into()),
+            | SpawnError::DebugProbe(_)
+            | SpawnError::Kvm { .. }
+            | SpawnError::CoreEnded { .. } => Failure::Host(error.into()),
+            SpawnError::Trace { .. } | SpawnError::Gdb { .. } | SpawnError::NotOnCores { .. } => {
+                Failure::Usage(error.into())
+            }
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
     }

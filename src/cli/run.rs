@@ -104,6 +104,12 @@ pub(super) struct RunArgs {
     #[arg(long = "ports", value_name = "NAME=PORT:CALL,...", value_parser = parse_ports_arg)]
     pub(super) ports: Vec<(String, PortMap)>,
 
+    /// Run the VMs on N cores, one thread per host CPU (at most the CPUs this
+    /// process may use); weights are shares of all N [default: the
+    /// scenario's, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(super) cpus: Option<u32>,
+
     /// Give VM NAME N virtual CPUs (1 to 64; they share its weight); repeat
     /// for more VMs [default: the scenario's, else 1].
     #[arg(long = "vcpus", value_name = "NAME=N", value_parser = parse_vcpus_arg)]
@@ -229,6 +235,7 @@ impl Default for RunArgs {
             ports: Vec::new(),
             show_ports: Vec::new(),
             vcpus: Vec::new(),
+            cpus: None,
             trace: None,
             paused: Vec::new(),
             gdb: Vec::new(),
@@ -309,7 +316,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         Some(path) => scenario::load(path)?,
         None if args.lesson.is_some() => args.lesson.as_ref().expect("checked").scenario.clone(),
         None if args.vms.is_empty() && args.incoming.is_none() => scenario::default_scenario(),
-        None => Scenario { policy: None, quantum: None, timer: None, duration: None, vms: Vec::new() },
+        None => Scenario { policy: None, quantum: None, timer: None, duration: None, cpus: None, vms: Vec::new() },
     };
     let mut vms = scenario.vms;
     for arg in &args.vms {
@@ -442,8 +449,27 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             })?)),
             None => None,
         },
+        cpus: cores(args.cpus.or(scenario.cpus).unwrap_or(1), args.incoming.is_some())?,
     };
     Ok((config, args.duration.or(scenario.duration)))
+}
+
+/// The cores asked for, if this host has the CPUs for them and the run
+/// can use them.
+fn cores(asked: u32, incoming: bool) -> Result<usize, Failure> {
+    let host = crate::os::affinity::allowed_count();
+    if asked as usize > host {
+        let plural = if host == 1 { "" } else { "s" };
+        return Err(Failure::Usage(anyhow!(
+            "--cpus {asked}: this process may run on {host} CPU{plural} here; give at most {host}"
+        )));
+    }
+    if asked > 1 && incoming {
+        return Err(Failure::Usage(anyhow!(
+            "--incoming takes VMs in on one core only for now; leave --cpus out (or give 1) on the receiving side"
+        )));
+    }
+    Ok(asked as usize)
 }
 
 pub(super) fn run(args: RunArgs) -> Result<ExitCode, Failure> {

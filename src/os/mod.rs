@@ -2,6 +2,7 @@
 //! user names, writers that never hold up a run's end, and listeners that
 //! back off when accept fails.
 
+pub mod affinity;
 pub mod backoff;
 pub mod files;
 pub mod line_file;

@@ -8,6 +8,8 @@ pub mod core;
 pub mod deadlines;
 /// Which VM runs next, and for how long.
 pub mod policy;
+/// The machine's shares over several cores, and where VMs start.
+pub mod shares;
 /// Time the host took the CPU away from the core thread.
 pub mod stolen;
 /// One vCPU of a VM as the scheduler keeps it.

@@ -252,7 +252,7 @@ impl VmRuntime {
             hypercalls: self.hypercalls.progress(self.vcpus[0].gva_result),
             timer: self.vcpus[0].timer.save(now_ns),
             sleeping,
-            console: String::from_utf8_lossy(self.console.history()).into_owned(),
+            console: String::from_utf8_lossy(&self.console.saved_history()).into_owned(),
             cpu_ns: self.cpu_ns,
             vcpus: if self.vcpus.len() == 1 {
                 Vec::new()

@@ -2,6 +2,7 @@
 //! and the commands the user's actions turn into. No terminal in here, so it is
 //! tested as plain state.
 
+use crate::sched::shares::machine_shares;
 use std::time::Duration;
 
 use super::inspector::Inspector;
@@ -61,6 +62,9 @@ pub enum Action {
     CycleFilter,
     /// Run the selected VM to its next exit and pause it there.
     Step,
+    /// Choose which vCPU of the selected VM `s` runs: the next one, or
+    /// whichever's turn it is after the last.
+    ChooseStepVcpu,
     /// Save the selected VM to the next free NAME-N.snap here.
     Snapshot,
     /// Move the selected VM to the `--migrate-to` address.
@@ -144,13 +148,20 @@ impl App {
         if self.vms.get(vm)?.state != VmState::Running {
             return None;
         }
-        let runnable = || self.vms.iter().enumerate().filter(|(_, view)| view.state == VmState::Running);
+        // rr's turns are equal weights; either way, weights are shares of
+        // all the cores, a core per vCPU at most.
+        let weight = |other: usize| match self.settings.policy {
+            Policy::Rr => 1.0,
+            _ => self.weight(other),
+        };
+        let weights: Vec<f64> = (self.vms.iter().enumerate())
+            .map(|(other, view)| if view.state == VmState::Running { weight(other) } else { 0.0 })
+            .collect();
+        let vcpus: Vec<u32> = self.vms.iter().map(|view| view.vcpus.len().max(1) as u32).collect();
         match self.settings.policy {
             Policy::Io => None,
-            Policy::Rr => Some(1.0 / runnable().count() as f64),
-            Policy::Fair => {
-                let total: f64 = runnable().map(|(other, _)| self.weight(other)).sum();
-                (total > 0.0).then(|| self.weight(vm) / total)
+            Policy::Rr | Policy::Fair => {
+                machine_shares(&weights, &vcpus, self.settings.cpus).get(vm).copied().filter(|&share| share > 0.0)
             }
         }
     }
@@ -291,6 +302,7 @@ impl App {
         }
         for (view, sample) in self.vms.iter_mut().zip(&samples) {
             view.counters = sample.counters;
+            view.core = sample.core;
             if !sample.vcpus.is_empty() {
                 view.take_vcpus(elapsed_ns, &sample.vcpus);
             }
@@ -398,7 +410,17 @@ impl App {
             Action::Step => {
                 // Stepping is watched in the inspector: open it on this VM.
                 self.inspector.get_or_insert_with(Inspector::default).scroll = 0;
-                return vec![Command::Step(vm)];
+                return vec![Command::Step { vm, vcpu: self.vms[vm].step_vcpu }];
+            }
+            Action::ChooseStepVcpu => {
+                let view = &mut self.vms[vm];
+                let count = view.vcpus.len() as u16;
+                view.step_vcpu = match view.step_vcpu {
+                    _ if count < 2 => None,
+                    None => Some(0),
+                    Some(vcpu) if vcpu + 1 < count => Some(vcpu + 1),
+                    Some(_) => None,
+                };
             }
             Action::ToggleTimeline => self.timeline.shown = !self.timeline.shown,
             Action::ToggleLesson => {
@@ -499,7 +521,7 @@ pub const QUANTUM_LADDER: [Duration; 13] = [
 
 /// Settings for a UI that has not heard from the core yet.
 pub fn initial_settings(policy: Policy, quantum: Duration, timer: TimerKind, weights: Vec<f64>) -> Settings {
-    Settings { policy, quantum, timer, weights }
+    Settings { policy, quantum, timer, weights, cpus: 1 }
 }
 
 #[cfg(test)]
@@ -524,6 +546,23 @@ mod tests {
         app.act(Action::LessShare);
         assert!((app.target(1).unwrap() - 0.20).abs() < 1e-9);
         assert!((app.target(0).unwrap() - 0.80).abs() < 1e-9);
+    }
+
+    #[test]
+    fn v_chooses_each_vcpu_in_turn_and_s_steps_the_chosen_one() {
+        let mut app = app();
+        assert_eq!(app.act(Action::Step), [Command::Step { vm: 0, vcpu: None }]);
+        app.act(Action::ChooseStepVcpu);
+        assert_eq!(app.vms[0].step_vcpu, None, "a VM of one vCPU has nothing to choose");
+        let line = crate::ui::vm_view::VcpuLine { state: "run", share: 0.5, exits_per_s: 0.0 };
+        app.vms[0].vcpus = vec![line, line];
+        let mut stepped = Vec::new();
+        for _ in 0..3 {
+            app.act(Action::ChooseStepVcpu);
+            stepped.extend(app.act(Action::Step));
+        }
+        let expected = [Some(0), Some(1), None].map(|vcpu| Command::Step { vm: 0, vcpu });
+        assert_eq!(stepped, expected);
     }
 
     #[test]
@@ -665,6 +704,7 @@ mod tests {
                     cpu_ns,
                     charged_ns: cpu_ns,
                     vcpus: Vec::new(),
+                    core: 0,
                 })
                 .collect::<Vec<_>>()
         };

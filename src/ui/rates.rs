@@ -87,6 +87,7 @@ mod tests {
             cpu_ns,
             charged_ns: cpu_ns,
             vcpus: Vec::new(),
+            core: 0,
         }
     }
 

@@ -147,10 +147,11 @@ fn header_line(app: &App, width: u16) -> Line<'static> {
     let mut spans = vec![
         Span::styled(" matrix-tui ", Style::default().bold().reversed()),
         Span::raw(format!(
-            " {} · {} · {} timer · up {}:{:02} · {:.0} exits/s",
+            " {} · {} · {} timer{} · up {}:{:02} · {:.0} exits/s",
             settings.policy.name(),
             format_quantum(settings.quantum.as_micros() as u64),
             settings.timer.name(),
+            if settings.cpus > 1 { format!(" · {} cores", settings.cpus) } else { String::new() },
             seconds / 60,
             seconds % 60,
             // No VMs: no -0.
@@ -222,13 +223,18 @@ fn title(app: &App, vm: usize, width: u16) -> Line<'static> {
     if let Some(debugger) = &view.debugger {
         spans.push(Span::styled(debugger_mark(debugger), Style::default().fg(Color::Magenta)));
     }
-    let wordings = match app.target(vm) {
+    let mut wordings = match app.target(vm) {
         Some(target) => vec![format!(" · w{weight} → {:.0}% ", target * 100.0), format!(" → {:.0}% ", target * 100.0)],
         None if app.settings.policy == Policy::Io && view.state == VmState::Running => {
             vec![format!(" · w{weight} · io: no target "), format!(" · w{weight} · io "), " · io ".to_string()]
         }
         None => vec![format!(" · w{weight} ")],
     };
+    if app.settings.cpus > 1 {
+        // With several cores, which one runs it comes first, as room allows.
+        let on_core = wordings.iter().map(|wording| format!(" · core{}{wording}", view.core)).collect::<Vec<_>>();
+        wordings.splice(0..0, on_core);
+    }
     let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();
     let room = usize::from(width).saturating_sub(2 + used);
     if let Some(wording) = wordings.into_iter().find(|wording| wording.chars().count() <= room) {
@@ -318,7 +324,9 @@ fn vcpu_cells(view: &VmView, with_rates: bool) -> Vec<(String, Color)> {
                 "sleep" | "wait" => Color::Blue,
                 _ => Color::DarkGray,
             };
-            let mut cell = format!("cpu{index} {} {:.0}%", vcpu.state, vcpu.share * 100.0);
+            // `>` marks the vCPU that `s` steps.
+            let chosen = if view.step_vcpu == Some(index as u16) { ">" } else { "" };
+            let mut cell = format!("{chosen}cpu{index} {} {:.0}%", vcpu.state, vcpu.share * 100.0);
             if with_rates {
                 cell.push_str(&format!(" {}/s", compact(vcpu.exits_per_s.round() as u64)));
             }

@@ -44,6 +44,10 @@ pub struct VmView {
     pub last_step: Option<(StepResult, RegisterDump)>,
     /// Steps taken (`s`), whatever they came to.
     pub steps: u64,
+    /// The vCPU `s` runs (`v` chooses); `None`: whichever's turn it is.
+    pub step_vcpu: Option<u16>,
+    /// The core that runs it (shown with several).
+    pub core: usize,
     /// Lines the guest printed (not the hypervisor's `[matrix]` lines).
     pub lines_printed: u64,
     /// Exit kinds seen so far.
@@ -120,6 +124,8 @@ impl VmView {
             exits: VecDeque::new(),
             last_step: None,
             steps: 0,
+            step_vcpu: None,
+            core: 0,
             lines_printed: 0,
             seen_kinds: Vec::new(),
             seen_hypercalls: Vec::new(),

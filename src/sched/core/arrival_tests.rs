@@ -71,7 +71,7 @@ fn an_arriving_vm_runs_only_when_handed_over_and_an_orphan_only_when_adopted() {
     // nothing (a blank machine never runs); the Go after it runs it.
     let (arriving, memory) = prepare("arriving");
     wait_for(&core, &mut events, state_is(arriving, VmState::Arriving));
-    for command in [Command::Resume(arriving), Command::Step(arriving), Command::Restart(arriving)] {
+    for command in [Command::Resume(arriving), Command::Step { vm: arriving, vcpu: None }, Command::Restart(arriving)] {
         core.send(command);
     }
     go(arriving);

@@ -37,10 +37,10 @@ impl Core {
             }
             // Every path that could run, change or move a VM asks the
             // migration's ownership first (migration/ownership.rs).
-            Command::Pause(vm) if vm < self.slots.len() && self.refuses(vm, Request::Pause, "pause") => {}
-            Command::Resume(vm) if vm < self.slots.len() && self.refuses(vm, Request::Resume, "resume") => {}
-            Command::Step(vm) if vm < self.slots.len() && self.refuses(vm, Request::Step, "step") => {}
-            Command::Restart(vm) if vm < self.slots.len() && self.refuses(vm, Request::Restart, "restart") => {}
+            Command::Pause(vm) if self.slots.owns(vm) && self.refuses(vm, Request::Pause, "pause") => {}
+            Command::Resume(vm) if self.slots.owns(vm) && self.refuses(vm, Request::Resume, "resume") => {}
+            Command::Step { vm, .. } if self.slots.owns(vm) && self.refuses(vm, Request::Step, "step") => {}
+            Command::Restart(vm) if self.slots.owns(vm) && self.refuses(vm, Request::Restart, "restart") => {}
             Command::Pause(vm) => {
                 // A sleeping VM can be held too: its ticks wait, coalesced, until it resumes.
                 if self.slots.get(vm).is_some_and(|slot| {
@@ -62,23 +62,25 @@ impl Core {
                     self.set_state(vm, VmState::Running);
                 }
             }
-            Command::Restart(vm) if vm < self.slots.len() => self.restart(vm),
+            Command::Restart(vm) if self.slots.owns(vm) => self.restart(vm),
             Command::Restart(_) => {}
-            Command::Step(vm) if matches!(self.slots.get(vm).map(|slot| &slot.state), Some(VmState::Gdb { .. })) => {
+            Command::Step { vm, .. }
+                if matches!(self.slots.get(vm).map(|slot| &slot.state), Some(VmState::Gdb { .. })) =>
+            {
                 self.slots[vm]
                     .runtime
                     .console
                     .note(format_args!("this VM is stopped for gdb: step it from gdb (stepi)"));
             }
-            Command::Step(vm) if vm < self.slots.len() => self.step_requests.push_back(vm),
-            Command::Step(_) => {}
-            Command::CancelMigration(vm) if vm < self.slots.len() => {
+            Command::Step { vm, vcpu } if self.slots.owns(vm) => self.step_requests.push_back((vm, vcpu)),
+            Command::Step { .. } => {}
+            Command::CancelMigration(vm) if self.slots.owns(vm) => {
                 if !self.refuses(vm, Request::CancelMigration, "migrate cancel") {
                     self.sender_event(vm, crate::migration::handover::SenderEvent::Cancelled, "cancelled here");
                 }
             }
             Command::CancelMigration(_) => {}
-            Command::Adopt(vm) if vm < self.slots.len() => {
+            Command::Adopt(vm) if self.slots.owns(vm) => {
                 if !self.refuses(vm, Request::Adopt, "adopt") {
                     self.adopt(vm);
                 }
@@ -90,7 +92,7 @@ impl Core {
                 let text = format!("auto-converge {} for migrations", if on { "on" } else { "off" });
                 self.outbox.push_back(Event::Notice { t_ns, text });
             }
-            Command::Snapshot { vm, path } if vm < self.slots.len() => {
+            Command::Snapshot { vm, path } if self.slots.owns(vm) => {
                 if let Err(why) = ownership::decide(self.holding(vm), Request::Snapshot) {
                     let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                     self.outbox.push_back(Event::Snapshot { vm, t_ns, path, result: Err(why.to_string()) });
@@ -111,9 +113,9 @@ impl Core {
 
     fn apply_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Debug { vm, request } if vm < self.slots.len() => self.debug_request(vm, request),
+            Internal::Debug { vm, request } if self.slots.owns(vm) => self.debug_request(vm, request),
             Internal::Debug { .. } => {}
-            Internal::Migrate { vm, attempt, to, link } if vm < self.slots.len() => {
+            Internal::Migrate { vm, attempt, to, link } if self.slots.owns(vm) => {
                 if let Err(why) = ownership::decide(self.holding(vm), Request::Migrate) {
                     // Told to its own link only: the move under way is not touched.
                     self.note(vm, format_args!("migration to {to} not started: {why}"));
@@ -232,6 +234,7 @@ impl Core {
             quantum: Duration::from_nanos(self.planner.quantum_ns()),
             timer: self.timer_kind,
             weights: self.slots.iter().map(|slot| slot.config.weight).collect(),
+            cpus: self.cores,
         }
     }
 

@@ -56,6 +56,26 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
+    /// A part of a run that needs one core was asked for with several.
+    #[error("{what} is not available with --cpus over 1 yet; run with --cpus 1 for it")]
+    NotOnCores {
+        /// What was asked for.
+        what: &'static str,
+    },
+    /// /dev/kvm could not be opened again for another core.
+    #[error("cannot open /dev/kvm for core {core}: {source}; run with fewer --cpus")]
+    Kvm {
+        /// Which core.
+        core: usize,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// A core thread ended before it was ready.
+    #[error("core {core} ended while starting; see the error above, or run with --cpus 1")]
+    CoreEnded {
+        /// Which core.
+        core: usize,
+    },
     /// The quantum timer could not be created.
     #[error("cannot create the {kind} quantum timer: {source}; try --timer {other}", kind = .kind.name(), other = .other.name())]
     Timer {
@@ -77,12 +97,23 @@ fn trace_advice(error: &crate::os::files::FileError) -> &'static str {
     }
 }
 
-/// The front end's side of a running core.
-pub struct CoreHandle {
+/// One core thread as the front ends reach it.
+struct CoreLink {
     commands: Sender<Message>,
-    events: Receiver<Event>,
     kick: Arc<KickTarget>,
     thread: JoinHandle<()>,
+}
+
+/// The front end's side of a running core (or of `--cpus N` cores, seen as
+/// one run).
+pub struct CoreHandle {
+    cores: Vec<CoreLink>,
+    /// The core each VM runs on, by VM id.
+    placement: Arc<Vec<usize>>,
+    events: Receiver<Event>,
+    /// The thread that merges the cores' events into one stream (`--cpus`
+    /// over 1).
+    merger: Option<JoinHandle<()>>,
     started: Instant,
     trace_writer: Option<TraceWriter>,
     /// gdb servers' Unix sockets, removed when the run ends.
@@ -110,9 +141,15 @@ impl Commander {
 }
 
 impl CoreHandle {
-    /// A sender of helper threads' messages.
+    /// A sender of helper threads' messages to the first core (the one that
+    /// takes VMs in).
     pub(crate) fn commander(&self) -> Commander {
-        Commander { commands: self.commands.clone(), kick: Arc::clone(&self.kick) }
+        self.commander_of(0)
+    }
+
+    fn commander_of(&self, core: usize) -> Commander {
+        let link = &self.cores[core];
+        Commander { commands: link.commands.clone(), kick: Arc::clone(&link.kick) }
     }
 
     /// When the run started: the zero of timestamps, durations and `wall_ns`.
@@ -120,10 +157,26 @@ impl CoreHandle {
         self.started
     }
 
-    /// Sends a command and kicks the core out of KVM_RUN to read it. A
+    /// How many cores run the VMs.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Sends a command and kicks the core out of KVM_RUN to read it: a VM's
+    /// command to the core that runs it, the others to every core. A
     /// [`Command::MigrateTo`] starts its link thread here (the core thread
     /// may not touch sockets) and reaches the core as its internal `Migrate`.
     pub fn send(&self, command: Command) {
+        // A core holds its receiver until it finishes; after that there is
+        // nobody to tell, so a failed send needs no handling.
+        let Some(vm) = command.vm() else {
+            for link in &self.cores {
+                let _ = link.commands.send(Message::Command(command.clone()));
+                link.kick.request();
+            }
+            return;
+        };
+        let core = self.placement.get(vm).copied().unwrap_or(0);
         let message = match command {
             Command::MigrateTo { vm, address } => {
                 static NEXT_ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -131,8 +184,8 @@ impl CoreHandle {
                 let to = address.to_string();
                 let bandwidth = self.migration_bandwidth;
                 let secret = self.migrate_secret.clone();
-                match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, secret, self.commander())
-                {
+                let commander = self.commander_of(core);
+                match crate::migration::link::start_outgoing(vm, attempt, address, bandwidth, secret, commander) {
                     Ok(link) => {
                         Message::Internal(Internal::Migrate { vm, attempt, to, link: crate::event::Reply(link) })
                     }
@@ -143,10 +196,9 @@ impl CoreHandle {
             }
             command => Message::Command(command),
         };
-        // The core holds the receiver until it finishes; after that there is
-        // nobody to tell, so a failed send needs no handling.
-        let _ = self.commands.send(message);
-        self.kick.request();
+        let link = &self.cores[core];
+        let _ = link.commands.send(message);
+        link.kick.request();
     }
 
     /// The events the core sends, ending with [`Event::Finished`].
@@ -154,9 +206,9 @@ impl CoreHandle {
         &self.events
     }
 
-    /// Kernel thread id of the core thread (for /proc lookups).
+    /// Kernel thread id of the (first) core thread (for /proc lookups).
     pub fn core_tid(&self) -> libc::pid_t {
-        self.kick.tid()
+        self.cores[0].kick.tid()
     }
 
     /// Passes every event to `on_event` until the run finishes, asking it to
@@ -184,15 +236,22 @@ impl CoreHandle {
         }
     }
 
-    /// Waits for the core thread to end, and at most
+    /// Waits for the core threads to end, and at most
     /// [`trace::FINISH_LIMIT`] for the trace writer; puts what the trace
     /// file got into `report` (which [`Event::Finished`] brought).
     pub fn finish(self, report: &mut RunReport) {
         for path in &self.socket_paths {
             let _ = std::fs::remove_file(path);
         }
-        if let Err(panic) = self.thread.join() {
-            std::panic::resume_unwind(panic);
+        for link in self.cores {
+            if let Err(panic) = link.thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        if let Some(merger) = self.merger {
+            if let Err(panic) = merger.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
         if let (Some(writer), Some(trace)) = (self.trace_writer, &mut report.trace) {
             let end = writer.finish();
@@ -203,19 +262,25 @@ impl CoreHandle {
     }
 }
 
-/// Sets up every VM of `config` (on the calling thread, so that errors come back
-/// at once) and starts the core thread running them.
+/// Sets up every VM of `config` (on the calling thread, so that errors come
+/// back at once) and starts the core threads running them: one, or one per
+/// `config.cpus`, each VM on the core [`shares::place`] gives it.
 pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     // Asked here: the core thread may not open files.
     crate::vm::restore::host_may_swap();
+    let cores = config.cpus.max(1);
+    if cores > 1 && config.trace.is_some() {
+        return Err(SpawnError::NotOnCores { what: "--trace" });
+    }
     let migration_bandwidth = config.migration.bandwidth;
     let migrate_secret = config.migrate_secret.clone();
     let mut slots = Vec::with_capacity(config.vms.len());
-    for vm in config.vms {
-        let mut slot = Slot::new(&kvm, vm)?;
+    for vm in &config.vms {
+        let mut slot = Slot::new(&kvm, vm.clone())?;
         slot.timings = config.timings.then(VmTimings::default);
         slots.push(slot);
     }
+    let placement = Arc::new(placement(&config.vms, cores));
     let (trace, trace_writer) = match &config.trace {
         Some(path) => {
             let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
@@ -227,71 +292,119 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         }
         None => (None, None),
     };
-    let (command_tx, command_rx) = crossbeam_channel::unbounded();
+    let channels: Vec<_> = (0..cores).map(|_| (crossbeam_channel::unbounded(), KickTarget::new())).collect();
+    let reach: Vec<_> = channels.iter().map(|((commands, _), kick)| (commands.clone(), Arc::clone(kick))).collect();
+    let socket_paths = serve_debuggers(&kvm, &mut slots, &placement, &reach)?;
+    // One core sends straight to the front end; several through a merger.
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-    let kick = KickTarget::new();
-    let socket_paths = serve_debuggers(&kvm, &mut slots, &command_tx, &kick)?;
+    let (core_events, merger) = if cores == 1 {
+        (vec![event_tx], None)
+    } else {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..cores).map(|_| crossbeam_channel::bounded(EVENT_CAPACITY)).unzip();
+        let merge = super::merge::Merger::new(Arc::clone(&placement), cores);
+        let thread = std::thread::Builder::new()
+            .name("matrix-merge".into())
+            .spawn(move || merge.run(receivers, event_tx))
+            .map_err(|source| SpawnError::Thread { what: "event merger", source })?;
+        (senders, Some(thread))
+    };
     let started = Instant::now();
     let epoch_ns = monotonic_ns();
     let quantum = config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM);
-    let core = Core {
-        planner: Planner::new(config.policy, quantum.as_nanos() as u64, &candidates(&slots)),
-        kvm,
-        slots,
-        timer_kind: config.timer,
-        kick: Arc::clone(&kick),
-        commands: command_rx,
-        events: event_tx,
-        outbox: VecDeque::new(),
-        started,
-        epoch_ns,
-        live_records: config.live_records,
-        live_slices: Vec::new(),
-        live_slices_dropped: 0,
-        trace,
-        calibration: config.calibration,
-        step_requests: VecDeque::new(),
-        gdb_steps: VecDeque::new(),
-        last_sample_ns: epoch_ns,
-        last_console_flush_ns: epoch_ns,
-        last_records_flush_ns: epoch_ns,
-        stay_open: config.stay_open,
-        seccomp: config.seccomp,
-        compensation: Compensation::new(config.compensate),
-        quit: false,
-        overruns: LatencyLog::default(),
-        early_ends: LatencyLog::default(),
-        preempted_at: None,
-        // Started on the core thread: the CPU clock is the thread's.
-        stolen: StolenWindow::default(),
-        sleeping: 0,
-        wakes: Default::default(),
-        migration: config.migration,
-        migrating: 0,
-        saving: 0,
-        next_save_step_ns: 0,
-    };
-    let thread = std::thread::Builder::new()
-        .name("matrix-core".into())
-        .spawn(move || core.run(ready_tx))
-        .map_err(|source| SpawnError::Thread { what: "core", source })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            let _ = thread.join();
-            return Err(error);
+    let host_cpus = if cores > 1 { crate::os::affinity::allowed_cpus() } else { Vec::new() };
+    // Each core's VMs, by id; the others' are holes.
+    let mut per_core: Vec<Vec<Option<Slot>>> = (0..cores).map(|_| Vec::with_capacity(slots.len())).collect();
+    for (vm, slot) in slots.into_iter().enumerate() {
+        for own in &mut per_core {
+            own.push(None);
         }
-        Err(_) => match thread.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the core thread reports readiness before it returns"),
-        },
+        per_core[placement[vm]][vm] = Some(slot);
+    }
+    let mut trace = trace;
+    let mut links = Vec::with_capacity(cores);
+    let mut ready = Vec::with_capacity(cores);
+    let mut kvm = Some(kvm);
+    let links_in = per_core.into_iter().zip(channels).zip(core_events);
+    for (core, ((own, ((command_tx, command_rx), kick)), events)) in links_in.enumerate() {
+        let slots = Slots::of(own);
+        let kvm = match kvm.take() {
+            Some(kvm) => kvm,
+            None => Kvm::new().map_err(|source| SpawnError::Kvm { core, source })?,
+        };
+        let state = Core {
+            planner: Planner::new(config.policy, quantum.as_nanos() as u64, &candidates(&slots)),
+            kvm,
+            slots,
+            timer_kind: config.timer,
+            kick: Arc::clone(&kick),
+            commands: command_rx,
+            events,
+            outbox: VecDeque::new(),
+            started,
+            epoch_ns,
+            live_records: config.live_records,
+            live_slices: Vec::new(),
+            live_slices_dropped: 0,
+            trace: trace.take(),
+            calibration: config.calibration,
+            step_requests: VecDeque::new(),
+            gdb_steps: VecDeque::new(),
+            last_sample_ns: epoch_ns,
+            last_console_flush_ns: epoch_ns,
+            last_records_flush_ns: epoch_ns,
+            stay_open: config.stay_open,
+            seccomp: config.seccomp,
+            compensation: Compensation::new(config.compensate),
+            quit: false,
+            overruns: LatencyLog::default(),
+            early_ends: LatencyLog::default(),
+            preempted_at: None,
+            // Started on the core thread: the CPU clock is the thread's.
+            stolen: StolenWindow::default(),
+            sleeping: 0,
+            wakes: Default::default(),
+            migration: config.migration,
+            migrating: 0,
+            saving: 0,
+            next_save_step_ns: 0,
+            host_cpu: host_cpus.get(core).copied(),
+            index: core,
+            cores,
+        };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let name = if cores == 1 { "matrix-core".to_string() } else { format!("matrix-core-{core}") };
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || state.run(ready_tx))
+            .map_err(|source| SpawnError::Thread { what: "core", source })?;
+        links.push(CoreLink { commands: command_tx, kick, thread });
+        ready.push(ready_rx);
+    }
+    let mut failure = None;
+    for (core, ready_rx) in ready.into_iter().enumerate() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = failure.or(Some(error)),
+            Err(_) => failure = failure.or(Some(SpawnError::CoreEnded { core })),
+        }
+    }
+    if let Some(error) = failure {
+        // The cores that started stop with the run they cannot have.
+        for link in links {
+            let _ = link.commands.send(Message::Command(Command::Quit));
+            link.kick.request();
+            if let Err(panic) = link.thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        return Err(error);
     }
     Ok(CoreHandle {
-        commands: command_tx,
+        cores: links,
+        placement,
         events: event_rx,
-        kick,
-        thread,
+        merger,
         started,
         trace_writer,
         socket_paths,
@@ -300,14 +413,25 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     })
 }
 
+/// The core each VM starts on: all on one, or spread by their shares of
+/// the machine.
+fn placement(vms: &[VmConfig], cores: usize) -> Vec<usize> {
+    if cores == 1 {
+        return vec![0; vms.len()];
+    }
+    let weights: Vec<f64> = vms.iter().map(|vm| vm.weight).collect();
+    let vcpus: Vec<u32> = vms.iter().map(|vm| vm.vcpus).collect();
+    crate::sched::shares::place(&crate::sched::shares::machine_shares(&weights, &vcpus, cores), cores)
+}
+
 /// Starts a gdb server for each VM that asked for one (after probing what
 /// this host honours, once); those VMs wait at their entry point. Returns
 /// the Unix sockets to remove when the run ends.
 fn serve_debuggers(
     kvm: &Kvm,
     slots: &mut [Slot],
-    commands: &Sender<Message>,
-    kick: &Arc<KickTarget>,
+    placement: &[usize],
+    cores: &[(Sender<Message>, Arc<KickTarget>)],
 ) -> Result<Vec<std::path::PathBuf>, SpawnError> {
     let mut strategy = None;
     let mut socket_paths = Vec::new();
@@ -322,6 +446,7 @@ fn serve_debuggers(
         let listening = listener.address();
         socket_paths.extend(listener.socket_path());
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let (commands, kick) = &cores[placement[vm]];
         let send = server::request_sender(vm, commands.clone(), Arc::clone(kick));
         let layout = RegisterLayout::for_mode(slot.config.layout.mode);
         server::start(listener, send, reply_rx, layout, slot.config.vcpus as usize)

@@ -311,8 +311,9 @@ impl Core {
     pub(super) fn drive_migrations(&mut self, settings: &MigrationSettings) {
         let now_ns = monotonic_ns();
         for vm in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(vm) else { continue };
             // A moved VM's receiver has a while to say when it ran it.
-            if let Some(outgoing) = &self.slots[vm].outgoing {
+            if let Some(outgoing) = &slot.outgoing {
                 if outgoing.phase == Phase::Moved && now_ns.saturating_sub(outgoing.moved_ns) > STARTED_WAIT_NS {
                     self.slots[vm].outgoing = None;
                     self.migrating -= 1;
@@ -577,8 +578,7 @@ impl Core {
         config.paused = true;
         let slot = Slot::arriving(&self.kvm, config).map_err(|error| error.to_string())?;
         let memory = ArrivalMemory(slot.runtime.machine.memory.clone());
-        let vm = self.slots.len();
-        self.slots.push(slot);
+        let vm = self.slots.push(slot);
         self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
         self.outbox.push_back(Event::Added { vm, name });
         let memory_pages = memory_size / PAGE_SIZE as u64;
@@ -719,7 +719,7 @@ impl Core {
     /// out for `vm` now; true if it was refused.
     pub(super) fn refuses(&mut self, vm: VmId, request: Request, what: &str) -> bool {
         let Err(why) = ownership::decide(self.holding(vm), request) else { return false };
-        if vm < self.slots.len() {
+        if self.slots.owns(vm) {
             self.note(vm, format_args!("{what} refused: {why}"));
         }
         true

@@ -48,15 +48,18 @@ mod arrival_tests;
 mod commands;
 mod debugging;
 mod handle;
+mod merge;
 mod migrating;
 mod outbox;
 mod records;
 mod run_loop;
 mod samples;
 mod saving;
+mod slots;
 
 pub(crate) use self::handle::Commander;
 pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
+use self::slots::Slots;
 
 /// Events waiting in the channel before the core starts coalescing. A console
 /// event carries a round's output of every VM, usually under
@@ -196,8 +199,10 @@ impl Slot {
 }
 
 /// What the planner needs of every VM.
-fn candidates(slots: &[Slot]) -> Vec<Candidate> {
-    slots.iter().map(Slot::candidate).collect()
+fn candidates(slots: &Slots) -> Vec<Candidate> {
+    // Another core's VM never runs here.
+    let elsewhere = Candidate { weight: 1.0, runnable: false, keeps_lag: false };
+    slots.each().map(|slot| slot.map_or(elsewhere, Slot::candidate)).collect()
 }
 
 /// The VM as a snapshot (or a migration's state) names it.
@@ -224,7 +229,7 @@ fn machine_spec(config: &VmConfig) -> MachineSpec {
 
 struct Core {
     kvm: Kvm,
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Told of every change of a VM's weight or state (it is not asked
     /// again before every slice).
     planner: Planner,
@@ -247,7 +252,7 @@ struct Core {
     /// The exit trace and its path, when the run writes one.
     trace: Option<(TraceBuffer, String)>,
     /// VMs to step once each, in order.
-    step_requests: VecDeque<VmId>,
+    step_requests: VecDeque<(VmId, Option<u16>)>,
     /// VMs gdb asked to step an instruction each, in order.
     gdb_steps: VecDeque<VmId>,
     /// What the demo guests' units were sized by, for the report.
@@ -286,6 +291,12 @@ struct Core {
     /// When the next step of a save may run (monotonic ns): the other VMs
     /// get as long as the last step took.
     next_save_step_ns: u64,
+    /// The host CPU this core's thread is bound to (`--cpus` over 1).
+    host_cpu: Option<usize>,
+    /// Which core it is (0 with `--cpus 1`).
+    index: usize,
+    /// How many cores the run has.
+    cores: usize,
 }
 
 impl Core {}

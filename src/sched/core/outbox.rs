@@ -19,7 +19,9 @@ impl Core {
     pub(super) fn take_consoles(&mut self) -> ConsoleBatch {
         let mut batch = ConsoleBatch::default();
         for vm in 0..self.slots.len() {
-            self.take_console(vm, &mut batch);
+            if self.slots.owns(vm) {
+                self.take_console(vm, &mut batch);
+            }
         }
         batch
     }

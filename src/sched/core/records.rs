@@ -22,7 +22,7 @@ impl Core {
     /// The records kept for the front end, as events: each VM's exits, then
     /// the slices.
     pub(super) fn take_records(&mut self) -> Vec<Event> {
-        let mut events: Vec<Event> = (self.slots.iter_mut().enumerate())
+        let mut events: Vec<Event> = (self.slots.enumerate_mut())
             .filter(|(_, slot)| !slot.live_exits.is_empty())
             .map(|(vm, slot)| Event::Exits { vm, records: Vec::from(std::mem::take(&mut slot.live_exits)) })
             .collect();

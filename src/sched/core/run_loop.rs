@@ -22,6 +22,15 @@ impl Core {
         // of slack Linux gives a thread's timers by default.
         // SAFETY: PR_SET_TIMERSLACK takes a number and changes only this thread.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        if let Some(cpu) = self.host_cpu {
+            // A core that cannot stay on its CPU still runs: the host moves it.
+            if let Err(error) = crate::os::affinity::bind_current_thread(cpu) {
+                self.outbox.push_back(Event::Notice {
+                    t_ns: 0,
+                    text: format!("a core could not be bound to CPU {cpu}: {error}"),
+                });
+            }
+        }
         // Everything the thread opens it has opened: from here on it runs guests.
         if self.seccomp {
             if let Err(error) = seccomp::confine_current_thread() {
@@ -34,6 +43,9 @@ impl Core {
         self.stolen.start(ThreadClocks::now());
         self.outbox.push_back(Event::Settings(self.settings()));
         for vm in 0..self.slots.len() {
+            if !self.slots.owns(vm) {
+                continue;
+            }
             self.announce_setup(vm);
             if let Some(debug) = &self.slots[vm].debug {
                 let status = DebuggerStatus::Listening { address: debug.address.clone(), serving: debug.serving() };
@@ -63,8 +75,8 @@ impl Core {
                 self.deliver_outbox();
                 continue;
             }
-            if let Some(vm) = self.step_requests.pop_front() {
-                self.step(vm, &mut deadlines);
+            if let Some((vm, vcpu)) = self.step_requests.pop_front() {
+                self.step(vm, vcpu, &mut deadlines);
                 self.apply_commands();
                 self.deliver_outbox();
                 continue;
@@ -318,10 +330,10 @@ impl Core {
         }
     }
 
-    /// Steps `vm` once: runs it to its next exit (or for at most
-    /// [`STEP_LIMIT`] or a quantum), pauses it there, and tells the front end
-    /// what happened.
-    pub(super) fn step(&mut self, vm: VmId, deadlines: &mut Deadlines) {
+    /// Steps `vm` once: runs it (its vCPU `chosen`, or the one whose turn it
+    /// is) to its next exit (or for at most [`STEP_LIMIT`] or a quantum),
+    /// pauses it there, and tells the front end what happened.
+    pub(super) fn step(&mut self, vm: VmId, chosen: Option<u16>, deadlines: &mut Deadlines) {
         // Asked for before its move paused it: it may not run now.
         if !crate::migration::ownership::may_run(self.holding(vm)) {
             self.note(vm, format_args!("step refused: it is held for its move"));
@@ -335,6 +347,26 @@ impl Core {
             self.outbox.push_back(Event::Stepped { vm, t_ns, result, registers, vcpu: None });
             return;
         }
+        if let Some(vcpu) = chosen {
+            let runtime = &mut self.slots[vm].runtime;
+            let count = runtime.vcpus.len();
+            match runtime.vcpus.get(usize::from(vcpu)) {
+                None => {
+                    let plural = if count == 1 { "" } else { "s" };
+                    self.note(
+                        vm,
+                        format_args!("step refused: no vCPU {vcpu} (it has {count} vCPU{plural}, 0 to {})", count - 1),
+                    );
+                    return;
+                }
+                Some(runtime) if runtime.state == crate::sched::vcpu_runtime::VcpuState::Halted => {
+                    self.note(vm, format_args!("step refused: vCPU {vcpu} has halted for good"));
+                    return;
+                }
+                Some(_) if count > 1 => runtime.pin_vcpu(usize::from(vcpu)),
+                Some(_) => {}
+            }
+        }
         let length = self.planner.quantum_ns().max(STEP_LIMIT.as_nanos() as u64);
         let slice = Slice { vm, length_ns: Some(length) };
         let exits_before = self.slots[vm].runtime.counters.exits.total();
@@ -345,7 +377,7 @@ impl Core {
             // waits for the steps asked for before it).
             self.kick.take_request();
             self.apply_commands();
-            self.step_requests.push_front(vm);
+            self.step_requests.push_front((vm, chosen));
             return;
         }
         let slot = &mut self.slots[vm];

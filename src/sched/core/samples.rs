@@ -20,6 +20,7 @@ impl Core {
                 cpu_ns: slot.runtime.cpu_ns,
                 charged_ns: slot.charged_ns,
                 vcpus: vcpu_samples(&slot.runtime.vcpus),
+                core: self.index,
             })
             .collect();
         // A sample the front end has no room for is simply skipped: the next
@@ -38,7 +39,7 @@ impl Core {
         // A save under way is finished: the run's end does not lose it.
         self.finish_saves();
         // The last notes go out whole, even after a line a guest left unfinished.
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut() {
             slot.runtime.console.release_held_notes();
         }
         let batch = self.take_consoles();
@@ -105,12 +106,13 @@ impl Core {
             })
             .collect();
         let timed = self.planner.policy() != Policy::Io;
+        let outside_kvm_run_pct = 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64));
         RunReport {
             wall_ns,
             policy: self.planner.policy().name().into(),
             quantum_us: timed.then(|| self.planner.quantum_ns() / 1000),
             timer: timed.then(|| self.timer_kind.name().into()),
-            outside_kvm_run_pct: 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64)),
+            outside_kvm_run_pct,
             preempt_overrun_us: self.overruns.summary(),
             preempt_early_us: self.early_ends.summary(),
             deadlines_armed_ahead_pct,
@@ -120,6 +122,13 @@ impl Core {
             calibration: self.calibration,
             trace: None,
             timings: self.slots.iter().map(|slot| slot.timings.clone().unwrap_or_default()).collect(),
+            cores: vec![crate::report::CoreReport {
+                index: self.index,
+                host_cpu: self.host_cpu,
+                vms: self.slots.iter().map(|slot| slot.config.name.clone()).collect(),
+                outside_kvm_run_pct,
+                moves: 0,
+            }],
         }
     }
 }

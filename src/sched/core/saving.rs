@@ -98,7 +98,7 @@ impl Core {
             return;
         }
         for vm in 0..self.slots.len() {
-            if self.slots[vm].saving.is_some() {
+            if self.slots.get(vm).is_some_and(|slot| slot.saving.is_some()) {
                 self.save_step(vm);
             }
         }

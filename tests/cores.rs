@@ -1,0 +1,121 @@
+//! Several cores (`--cpus N`): one thread per host CPU, each running its own
+//! VMs; weights are shares of the whole machine; the front ends see one run.
+//! These hold on a 2-CPU host under load: they assert on placement, charged
+//! time within a core and counts, never on how much CPU the host gave.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{builtin, matrix, report, run_config, weighted};
+use matrix_tui::config::{Policy, RunConfig};
+use matrix_tui::event::{Command, Event};
+
+fn on_cores(vms: Vec<matrix_tui::config::VmConfig>, cpus: usize) -> RunConfig {
+    let mut config = RunConfig::new(vms);
+    config.cpus = cpus;
+    config
+}
+
+#[test]
+fn two_spinners_on_two_cores_run_one_on_each() {
+    let outcome = run_config(on_cores(vec![builtin("a", "spin"), builtin("b", "spin")], 2), Duration::from_millis(600));
+    let report = &outcome.report;
+    assert_eq!(report.cores.len(), 2);
+    assert_eq!(report.cores[0].vms, ["a"]);
+    assert_eq!(report.cores[1].vms, ["b"]);
+    assert_ne!(report.cores[0].host_cpu, report.cores[1].host_cpu, "each core on its own CPU");
+    for vm in &report.vms {
+        assert!(vm.charged_ns > 0, "{} ran", vm.name);
+        assert_eq!(vm.target_share, 0.5, "a core each");
+    }
+    // The front end saw one run: samples of both VMs, in VM order.
+    let sample = outcome.events.iter().rev().find_map(|event| match event {
+        Event::Sample { vms, .. } => Some(vms.len()),
+        _ => None,
+    });
+    assert_eq!(sample, Some(2));
+}
+
+#[test]
+fn two_one_one_on_two_cores_puts_the_heavy_vm_alone() {
+    let vms = vec![weighted("a", "spin", 2.0, &[]), weighted("b", "spin", 1.0, &[]), weighted("c", "spin", 1.0, &[])];
+    let outcome = run_config(on_cores(vms, 2), Duration::from_millis(800));
+    let report = &outcome.report;
+    let targets: Vec<f64> = report.vms.iter().map(|vm| vm.target_share).collect();
+    assert_eq!(targets, [0.5, 0.25, 0.25], "1 : 0.5 : 0.5 of a core");
+    assert_eq!(report.cores[0].vms, ["a"]);
+    assert_eq!(report.cores[1].vms, ["b", "c"]);
+    // b and c share their core by weight (what that core's policy steers).
+    let (b, c) = (report.vms[1].charged_ns as f64, report.vms[2].charged_ns as f64);
+    assert!((0.6..1.6).contains(&(b / c)), "b {b} ns, c {c} ns");
+}
+
+#[test]
+fn commands_reach_the_core_that_runs_the_vm() {
+    let mut config = on_cores(vec![builtin("a", "ticker"), builtin("b", "ticker")], 2);
+    config.policy = Policy::Fair;
+    let core = common::start(config);
+    assert_eq!(core.cores(), 2);
+    core.send(Command::Pause(1));
+    let mut events = Vec::new();
+    common::wait_for(&core, &mut events, |event| match event {
+        Event::State { vm: 1, state } if state.name() == "paused" => Some(()),
+        _ => None,
+    });
+    // Settings gather both cores' weights.
+    core.send(Command::SetWeight { vm: 1, weight: 5.0 });
+    let weights = common::wait_for(&core, &mut events, |event| match event {
+        Event::Settings(settings) if settings.weights.get(1) == Some(&5.0) => Some(settings.clone()),
+        _ => None,
+    });
+    assert_eq!((weights.weights.len(), weights.cpus), (2, 2));
+    let report = common::quit(core, events).report;
+    assert_eq!((report.vms[0].state.as_str(), report.vms[1].state.as_str()), ("running", "paused"));
+}
+
+#[test]
+fn one_core_is_the_single_core_run() {
+    let outcome = run_config(on_cores(vec![builtin("a", "ticker")], 1), Duration::from_millis(300));
+    let cores = &outcome.report.cores;
+    assert_eq!(cores.len(), 1);
+    assert_eq!((cores[0].host_cpu, cores[0].vms.as_slice()), (None, ["a".to_string()].as_slice()));
+}
+
+#[test]
+fn more_cores_than_cpus_or_none_are_refused_with_status_2() {
+    let too_many = matrix(&["run", "--headless", "--cpus", "1024", "--vm", "a=ticker"]);
+    assert_eq!(too_many.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&too_many.stderr);
+    assert!(stderr.contains("--cpus 1024: this process may run on") && stderr.contains("give at most"), "{stderr}");
+    let none = matrix(&["run", "--headless", "--cpus", "0", "--vm", "a=ticker"]);
+    assert_eq!(none.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cores.toml");
+    std::fs::write(&file, "cpus = \"two\"\n[[vm]]\nname = \"a\"\nguest = \"ticker\"\n").unwrap();
+    let word = matrix(&["run", "--headless", file.to_str().unwrap()]);
+    assert_eq!(word.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&word.stderr);
+    assert!(stderr.contains("cores.toml:1: cpus: \"two\" is not a number of cores"), "{stderr}");
+}
+
+#[test]
+fn a_scenario_asks_for_cores_and_the_json_report_has_a_row_per_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cores.toml");
+    std::fs::write(
+        &file,
+        "cpus = 2\nduration = \"400ms\"\n[[vm]]\nname = \"a\"\nguest = \"ticker\"\n[[vm]]\nname = \"b\"\nguest = \"ticker\"\n",
+    )
+    .unwrap();
+    let output = matrix(&["run", "--headless", "--json", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = report(&output);
+    let cores = report["cores"].as_array().unwrap();
+    assert_eq!(cores.len(), 2);
+    for (index, core) in cores.iter().enumerate() {
+        assert_eq!(core["index"], index);
+        assert_eq!(core["vms"].as_array().map(Vec::len), Some(1), "{core}");
+        assert!(core["outside_kvm_run_pct"].is_number() && core["moves"] == 0, "{core}");
+    }
+}
