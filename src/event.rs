@@ -238,6 +238,15 @@ pub(crate) enum Internal {
     },
     /// A line for the run's output that belongs to no VM.
     Notice(String),
+    /// Hand VM `vm` to core `to` (the balancer's decision, `--cpus` over 1).
+    MoveVm {
+        /// The VM.
+        vm: VmId,
+        /// The core it goes to.
+        to: usize,
+    },
+    /// A VM another core handed over waits in this core's arrivals.
+    VmArrived,
     /// What a VM's gdb server asks (see [`crate::debug`]); the answer goes
     /// to the server on the VM's own reply channel.
     Debug {
@@ -444,6 +453,14 @@ pub struct VmSample {
     pub vcpus: Vec<VcpuSample>,
     /// The core that runs it (0 with `--cpus 1`).
     pub core: usize,
+}
+
+impl VmSample {
+    /// What a core sends for a VM that another core runs (its `core` is
+    /// `usize::MAX`): the merger puts that core's in its place.
+    pub fn elsewhere() -> Self {
+        Self { counters: VmCounters::default(), cpu_ns: 0, charged_ns: 0, vcpus: Vec::new(), core: usize::MAX }
+    }
 }
 
 /// One vCPU's figures at a moment (cumulative).

@@ -57,8 +57,11 @@ pub struct CoreReport {
     /// The host CPU its thread was bound to (null with `--cpus 1`, whose
     /// one core goes wherever the host puts it).
     pub host_cpu: Option<usize>,
-    /// The VMs it ran, by name.
+    /// The VMs it ran at the end, by name.
     pub vms: Vec<String>,
+    /// Their ids, for putting the cores' reports together.
+    #[serde(skip)]
+    pub ids: Vec<usize>,
     /// Percent of the run's wall time this core spent outside KVM_RUN
     /// (idle, or scheduling).
     pub outside_kvm_run_pct: f64,

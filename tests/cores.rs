@@ -119,3 +119,36 @@ fn a_scenario_asks_for_cores_and_the_json_report_has_a_row_per_core() {
         assert!(core["outside_kvm_run_pct"].is_number() && core["moves"] == 0, "{core}");
     }
 }
+
+#[test]
+fn three_equal_vms_on_two_cores_take_turns_alone_and_share_evenly() {
+    // No placement gives each two thirds of a core: the balancer swaps the
+    // one furthest behind with the one furthest ahead.
+    let vms = vec![builtin("a", "spin"), builtin("b", "spin"), builtin("c", "spin")];
+    let outcome = run_config(on_cores(vms, 2), Duration::from_millis(2000));
+    let report = &outcome.report;
+    assert!(report.cores.iter().all(|core| core.moves > 0), "{:?}", report.cores);
+    let total: u64 = report.vms.iter().map(|vm| vm.charged_ns).sum();
+    for vm in &report.vms {
+        let share = vm.charged_ns as f64 / total as f64;
+        assert!((0.2..0.47).contains(&share), "{} had {share:.3} of the charged time", vm.name);
+    }
+}
+
+#[test]
+fn a_core_left_idle_takes_a_vm_from_the_busy_one() {
+    // a and c start on core 0, b on core 1; b pauses: one of a and c moves over.
+    let vms = vec![builtin("a", "spin"), builtin("b", "spin"), builtin("c", "spin")];
+    let core = common::start(on_cores(vms, 2));
+    core.send(Command::Pause(1));
+    let mut events = Vec::new();
+    // Samples name each VM's core: wait for a and c on different ones.
+    let cores = common::wait_for(&core, &mut events, |event| match event {
+        Event::Sample { vms, .. } if vms[0].core != vms[2].core => Some((vms[0].core, vms[2].core)),
+        _ => None,
+    });
+    let report = common::quit(core, events).report;
+    assert_ne!(cores.0, cores.1);
+    assert_eq!(report.vms[1].state, "paused");
+    assert!(report.cores.iter().map(|core| core.moves).sum::<u64>() >= 2, "{:?}", report.cores);
+}

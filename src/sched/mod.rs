@@ -1,5 +1,7 @@
 //! Scheduling many VMs on one thread.
 
+/// Moving VMs between cores to even their load and lag.
+pub mod balance;
 /// Kicks armed early by their measured latency.
 pub mod compensation;
 /// The core thread and its loop.

@@ -26,8 +26,21 @@ impl Core {
     }
 
     fn apply_command(&mut self, command: Command) {
+        // A VM that moved to another core: its commands follow it.
+        if let Some(vm) = command.vm().filter(|&vm| !self.slots.owns(vm)) {
+            let Err(Message::Command(command)) = self.pass_on(vm, Message::Command(command)) else { return };
+            return self.apply_known(command);
+        }
+        self.apply_known(command);
+    }
+
+    fn apply_known(&mut self, command: Command) {
         match command {
-            Command::Quit => self.quit = true,
+            Command::Quit => {
+                self.quit = true;
+                // No VM moves from here on: every core reports the VMs it has.
+                self.move_gate.close();
+            }
             Command::SetWeight { vm, weight } => {
                 if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
                     slot.config.weight = weight;
@@ -140,6 +153,8 @@ impl Core {
                 self.start_incoming(vm, last_slice_ns, paused, report)
             }
             Internal::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
+            Internal::MoveVm { vm, to } => self.move_vm(vm, to),
+            Internal::VmArrived => self.take_arrivals(),
             Internal::Notice(text) => {
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });
@@ -233,7 +248,8 @@ impl Core {
             policy: self.planner.policy(),
             quantum: Duration::from_nanos(self.planner.quantum_ns()),
             timer: self.timer_kind,
-            weights: self.slots.iter().map(|slot| slot.config.weight).collect(),
+            // Another core's VMs as NaN: the merger fills in theirs.
+            weights: self.slots.each().map(|slot| slot.map_or(f64::NAN, |slot| slot.config.weight)).collect(),
             cpus: self.cores,
         }
     }
@@ -244,6 +260,11 @@ impl Core {
         if state.is_finished() {
             self.queue_console(vm);
         }
+        let _ = match (self.slots[vm].state.is_finished(), state.is_finished()) {
+            (false, true) => self.move_gate.finished_one(),
+            (true, false) => self.move_gate.unfinished.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            _ => 0,
+        };
         // Sleeping and throttled VMs both wait for a time: the core wakes them.
         let sleeps = |state: &VmState| matches!(state, VmState::Sleeping { .. } | VmState::Throttled { .. });
         if sleeps(&self.slots[vm].state) != sleeps(&state) {

@@ -109,7 +109,7 @@ struct CoreLink {
 pub struct CoreHandle {
     cores: Vec<CoreLink>,
     /// The core each VM runs on, by VM id.
-    placement: Arc<Vec<usize>>,
+    placement: Arc<super::moving::Placement>,
     events: Receiver<Event>,
     /// The thread that merges the cores' events into one stream (`--cpus`
     /// over 1).
@@ -176,7 +176,7 @@ impl CoreHandle {
             }
             return;
         };
-        let core = self.placement.get(vm).copied().unwrap_or(0);
+        let core = self.placement.core_of(vm).min(self.cores.len() - 1);
         let message = match command {
             Command::MigrateTo { vm, address } => {
                 static NEXT_ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -280,7 +280,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         slot.timings = config.timings.then(VmTimings::default);
         slots.push(slot);
     }
-    let placement = Arc::new(placement(&config.vms, cores));
+    let placed = placement(&config.vms, cores);
     let (trace, trace_writer) = match &config.trace {
         Some(path) => {
             let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
@@ -294,7 +294,18 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     };
     let channels: Vec<_> = (0..cores).map(|_| (crossbeam_channel::unbounded(), KickTarget::new())).collect();
     let reach: Vec<_> = channels.iter().map(|((commands, _), kick)| (commands.clone(), Arc::clone(kick))).collect();
-    let socket_paths = serve_debuggers(&kvm, &mut slots, &placement, &reach)?;
+    let socket_paths = serve_debuggers(&kvm, &mut slots, &placed, &reach)?;
+    let (arrival_senders, arrival_receivers): (Vec<_>, Vec<_>) =
+        (0..cores).map(|_| crossbeam_channel::unbounded()).unzip();
+    let peers = || -> Vec<super::moving::Peer> {
+        (reach.iter().zip(&arrival_senders))
+            .map(|((commands, kick), arrivals)| super::moving::Peer {
+                commands: commands.clone(),
+                kick: Arc::clone(kick),
+                arrivals: arrivals.clone(),
+            })
+            .collect()
+    };
     // One core sends straight to the front end; several through a merger.
     let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
     let (core_events, merger) = if cores == 1 {
@@ -302,7 +313,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     } else {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| crossbeam_channel::bounded(EVENT_CAPACITY)).unzip();
-        let merge = super::merge::Merger::new(Arc::clone(&placement), cores);
+        let merge = super::merge::Merger::new(placed.len(), reach.clone(), config.policy);
         let thread = std::thread::Builder::new()
             .name("matrix-merge".into())
             .spawn(move || merge.run(receivers, event_tx))
@@ -319,14 +330,18 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         for own in &mut per_core {
             own.push(None);
         }
-        per_core[placement[vm]][vm] = Some(slot);
+        per_core[placed[vm]][vm] = Some(slot);
     }
+    let placement = Arc::new(super::moving::Placement::new(placed));
+    let move_gate = Arc::new(super::moving::MoveGate::default());
+    let unfinished = per_core.iter().flatten().flatten().filter(|slot| !slot.state.is_finished()).count();
+    move_gate.unfinished.store(unfinished, std::sync::atomic::Ordering::SeqCst);
     let mut trace = trace;
     let mut links = Vec::with_capacity(cores);
     let mut ready = Vec::with_capacity(cores);
     let mut kvm = Some(kvm);
-    let links_in = per_core.into_iter().zip(channels).zip(core_events);
-    for (core, ((own, ((command_tx, command_rx), kick)), events)) in links_in.enumerate() {
+    let links_in = per_core.into_iter().zip(channels).zip(core_events).zip(arrival_receivers);
+    for (core, (((own, ((command_tx, command_rx), kick)), events), arrivals)) in links_in.enumerate() {
         let slots = Slots::of(own);
         let kvm = match kvm.take() {
             Some(kvm) => kvm,
@@ -371,6 +386,12 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             host_cpu: host_cpus.get(core).copied(),
             index: core,
             cores,
+            peers: if cores > 1 { peers() } else { Vec::new() },
+            placement: Arc::clone(&placement),
+            arrivals,
+            moves: 0,
+            move_gate: Arc::clone(&move_gate),
+            kvm_run_ns: 0,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let name = if cores == 1 { "matrix-core".to_string() } else { format!("matrix-core-{core}") };

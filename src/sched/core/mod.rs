@@ -49,6 +49,7 @@ mod commands;
 mod debugging;
 mod handle;
 mod merge;
+mod moving;
 mod migrating;
 mod outbox;
 mod records;
@@ -297,6 +298,20 @@ struct Core {
     index: usize,
     /// How many cores the run has.
     cores: usize,
+    /// Every core (this one too), to hand VMs to and pass commands on to.
+    peers: Vec<moving::Peer>,
+    /// Which core runs each VM.
+    placement: Arc<moving::Placement>,
+    /// VMs other cores handed to this one, not taken in yet.
+    arrivals: Receiver<(VmId, Box<Slot>)>,
+    /// VMs moved onto or off this core.
+    moves: u64,
+    /// Whether VMs may still move (not once the run ends), and how many are
+    /// between two cores now.
+    move_gate: Arc<moving::MoveGate>,
+    /// Time this core spent inside KVM_RUN (its VMs' time, wherever they
+    /// ran before or after).
+    kvm_run_ns: u64,
 }
 
 impl Core {}

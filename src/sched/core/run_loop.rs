@@ -102,6 +102,8 @@ impl Core {
                     self.epoch_ns + record.end_ns
                 }
                 None if self.stay_open
+                    // With several cores, another core's VM may come here.
+                    || (self.cores > 1 && self.move_gate.any_unfinished())
                     || self.migrating > 0
                     || self.saving > 0
                     || !self.step_requests.is_empty()
@@ -142,6 +144,7 @@ impl Core {
     pub(super) fn run_slice(&mut self, slice: Slice, deadlines: &mut Deadlines, stepping: bool) -> SliceRecord {
         let vm = slice.vm;
         let wall_start = monotonic_ns();
+        let cpu_before = self.slots[vm].runtime.cpu_ns;
         if self.slots[vm].incoming.is_some() {
             self.first_slice_here(vm, wall_start);
         }
@@ -262,7 +265,8 @@ impl Core {
         let seen =
             WindowSlice { vm, start_ns: wall_start, end_ns: wall_end, deadline_ns: deadline, charged_ns: in_guest };
         for share in self.stolen.end_slice(seen, ThreadClocks::now) {
-            let slot = &mut self.slots[share.vm];
+            // A VM that moved to another core since its slice keeps what it was charged.
+            let Some(slot) = self.slots.get_mut(share.vm) else { continue };
             slot.stolen_ns += share.stolen_ns;
             slot.stolen_unpaid_ns += share.stolen_ns;
         }
@@ -297,6 +301,7 @@ impl Core {
             injected,
         };
         self.keep_slice(record);
+        self.kvm_run_ns += self.slots[vm].runtime.cpu_ns.saturating_sub(cpu_before);
         record
     }
 
@@ -334,6 +339,10 @@ impl Core {
     /// is) to its next exit (or for at most [`STEP_LIMIT`] or a quantum),
     /// pauses it there, and tells the front end what happened.
     pub(super) fn step(&mut self, vm: VmId, chosen: Option<u16>, deadlines: &mut Deadlines) {
+        if !self.slots.owns(vm) {
+            let _ = self.pass_on(vm, Message::Command(Command::Step { vm, vcpu: chosen }));
+            return;
+        }
         // Asked for before its move paused it: it may not run now.
         if !crate::migration::ownership::may_run(self.holding(vm)) {
             self.note(vm, format_args!("step refused: it is held for its move"));
@@ -424,8 +433,8 @@ impl Core {
     /// of the wake heap whose VM was woken, paused or put to sleep again since
     /// is stale.
     fn waits_until(&self, vm: VmId, until_ns: u64) -> bool {
-        matches!(self.slots[vm].state,
-            VmState::Sleeping { until_ns: until } | VmState::Throttled { until_ns: until } if until == until_ns)
+        matches!(self.slots.get(vm).map(|slot| &slot.state),
+            Some(VmState::Sleeping { until_ns: until } | VmState::Throttled { until_ns: until }) if *until == until_ns)
     }
 
     /// When the first sleeping VM wakes (monotonic ns), if any sleeps.

@@ -12,15 +12,20 @@ impl Core {
             return;
         }
         self.last_sample_ns = now_ns;
+        // Every VM's place, another core's VMs as stand-ins the merger
+        // replaces (with one core there are none).
         let vms = self
             .slots
-            .iter()
-            .map(|slot| VmSample {
-                counters: slot.runtime.counters(),
-                cpu_ns: slot.runtime.cpu_ns,
-                charged_ns: slot.charged_ns,
-                vcpus: vcpu_samples(&slot.runtime.vcpus),
-                core: self.index,
+            .each()
+            .map(|slot| match slot {
+                Some(slot) => VmSample {
+                    counters: slot.runtime.counters(),
+                    cpu_ns: slot.runtime.cpu_ns,
+                    charged_ns: slot.charged_ns,
+                    vcpus: vcpu_samples(&slot.runtime.vcpus),
+                    core: self.index,
+                },
+                None => VmSample::elsewhere(),
             })
             .collect();
         // A sample the front end has no room for is simply skipped: the next
@@ -31,6 +36,8 @@ impl Core {
     /// Delivers what is left and the final report, then returns (the thread
     /// ends). `armed_ahead_pct` goes into the report as it is.
     pub(super) fn finish(mut self, armed_ahead_pct: Option<f64>) {
+        // VMs on their way here are this core's to report.
+        self.take_last_arrivals();
         let wall_ns = self.started.elapsed().as_nanos() as u64;
         // Waiting is fine now: the run is over and the front end is reading.
         for event in std::mem::take(&mut self.outbox) {
@@ -106,7 +113,7 @@ impl Core {
             })
             .collect();
         let timed = self.planner.policy() != Policy::Io;
-        let outside_kvm_run_pct = 100.0 * (1.0 - ratio(total_cpu as f64, wall_ns as f64));
+        let outside_kvm_run_pct = 100.0 * (1.0 - ratio(self.kvm_run_ns as f64, wall_ns as f64));
         RunReport {
             wall_ns,
             policy: self.planner.policy().name().into(),
@@ -126,8 +133,9 @@ impl Core {
                 index: self.index,
                 host_cpu: self.host_cpu,
                 vms: self.slots.iter().map(|slot| slot.config.name.clone()).collect(),
+                ids: (0..self.slots.len()).filter(|&vm| self.slots.owns(vm)).collect(),
                 outside_kvm_run_pct,
-                moves: 0,
+                moves: self.moves,
             }],
         }
     }

@@ -58,6 +58,19 @@ impl Slots {
         self.slots.iter().map(Option::as_ref)
     }
 
+    /// Takes VM `vm` off this core (it moves to another).
+    pub(super) fn take(&mut self, vm: VmId) -> Option<Slot> {
+        self.slots.get_mut(vm).and_then(Option::take)
+    }
+
+    /// Puts VM `vm`, handed over by another core, on this one.
+    pub(super) fn put(&mut self, vm: VmId, slot: Slot) {
+        if vm >= self.slots.len() {
+            self.slots.resize_with(vm + 1, || None);
+        }
+        self.slots[vm] = Some(slot);
+    }
+
     /// Adds a VM on this core under the next id; returns the id.
     pub(super) fn push(&mut self, slot: Slot) -> VmId {
         self.slots.push(Some(slot));
@@ -68,13 +81,21 @@ impl Slots {
 impl Index<VmId> for Slots {
     type Output = Slot;
 
+    #[track_caller]
     fn index(&self, vm: VmId) -> &Slot {
-        self.get(vm).unwrap_or_else(|| panic!("VM {vm} does not run on this core"))
+        match self.get(vm) {
+            Some(slot) => slot,
+            None => panic!("VM {vm} does not run on this core"),
+        }
     }
 }
 
 impl IndexMut<VmId> for Slots {
+    #[track_caller]
     fn index_mut(&mut self, vm: VmId) -> &mut Slot {
-        self.get_mut(vm).unwrap_or_else(|| panic!("VM {vm} does not run on this core"))
+        match self.get_mut(vm) {
+            Some(slot) => slot,
+            None => panic!("VM {vm} does not run on this core"),
+        }
     }
 }
