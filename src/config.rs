@@ -67,6 +67,8 @@ pub struct VmConfig {
     pub snapshot: Option<Arc<crate::snapshot::Snapshot>>,
     /// Its virtual CPUs (1 ..= [`crate::vm::MAX_VCPUS`]); they share its weight.
     pub vcpus: u32,
+    /// The cores it may run on (`--cpus` over 1; empty: any).
+    pub pin: Vec<usize>,
 }
 
 impl VmConfig {
@@ -85,6 +87,7 @@ impl VmConfig {
             ports: crate::hypercall::PortMap::default(),
             snapshot: None,
             vcpus: 1,
+            pin: Vec::new(),
         }
     }
 }

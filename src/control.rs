@@ -56,6 +56,14 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
         ["step", name] => Command::Step { vm: vm(name)?, vcpu: None },
+        ["pin", name, cores] => {
+            let cores: Vec<i64> = cores
+                .split(',')
+                .map(|core| core.parse().map_err(|_| format!("core '{}' is not a number", escape_input(core))))
+                .collect::<Result<_, _>>()?;
+            Command::Pin { vm: vm(name)?, cores: crate::scenario::check_pin(&cores)? }
+        }
+        ["unpin", name] => Command::Pin { vm: vm(name)?, cores: Vec::new() },
         ["step", name, vcpu] => {
             let vcpu = vcpu.parse().map_err(|_| format!("vCPU '{}' is not a number", escape_input(vcpu)))?;
             Command::Step { vm: vm(name)?, vcpu: Some(vcpu) }
@@ -180,6 +188,8 @@ mod tests {
             ("  restart   morpheus ", Command::Restart(1)),
             ("step neo", Command::Step { vm: 0, vcpu: None }),
             ("step neo 1", Command::Step { vm: 0, vcpu: Some(1) }),
+            ("pin neo 1,0", Command::Pin { vm: 0, cores: vec![0, 1] }),
+            ("unpin neo", Command::Pin { vm: 0, cores: Vec::new() }),
             (
                 "migrate neo 127.0.0.1:7000",
                 Command::MigrateTo { vm: 0, address: crate::debug::ListenAddress::Tcp("127.0.0.1:7000".into()) },

@@ -116,6 +116,13 @@ pub enum Command {
     /// Throttle VMs that dirty faster than their migration sends, or not
     /// (for the migrations that start from now, and those under way).
     SetAutoConverge(bool),
+    /// Keep a VM on these cores (`--cpus` over 1); empty: any core.
+    Pin {
+        /// The VM.
+        vm: VmId,
+        /// The cores it may run on, from 0.
+        cores: Vec<usize>,
+    },
 }
 
 impl Command {
@@ -130,7 +137,8 @@ impl Command {
             | Self::Snapshot { vm, .. }
             | Self::MigrateTo { vm, .. }
             | Self::CancelMigration(vm)
-            | Self::Adopt(vm) => Some(vm),
+            | Self::Adopt(vm)
+            | Self::Pin { vm, .. } => Some(vm),
             Self::Quit | Self::SetPolicy(_) | Self::SetQuantum(_) | Self::SetAutoConverge(_) => None,
         }
     }
@@ -453,13 +461,22 @@ pub struct VmSample {
     pub vcpus: Vec<VcpuSample>,
     /// The core that runs it (0 with `--cpus 1`).
     pub core: usize,
+    /// The cores it is pinned to (empty: any).
+    pub pin: Vec<usize>,
 }
 
 impl VmSample {
     /// What a core sends for a VM that another core runs (its `core` is
     /// `usize::MAX`): the merger puts that core's in its place.
     pub fn elsewhere() -> Self {
-        Self { counters: VmCounters::default(), cpu_ns: 0, charged_ns: 0, vcpus: Vec::new(), core: usize::MAX }
+        Self {
+            counters: VmCounters::default(),
+            cpu_ns: 0,
+            charged_ns: 0,
+            vcpus: Vec::new(),
+            core: usize::MAX,
+            pin: Vec::new(),
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! ports = { "0x10" = "print32bit" } # more ports that make hypercalls
 //! show_ports = false   # true: other ports' accesses as plain lines
 //! vcpus = 1            # 1 ..= 64 virtual CPUs, sharing the VM's weight
+//! pin = [0]            # the cores it may run on (with cpus = N; default any)
 //! ```
 //!
 //! Every mistake is reported with the file, line and key: unknown keys, weights
@@ -98,6 +99,8 @@ pub struct ScenarioVm {
     pub ports: PortMap,
     /// Its virtual CPUs.
     pub vcpus: u32,
+    /// The cores it may run on (`pin = [0, 1]`; empty: any).
+    pub pin: Vec<usize>,
 }
 
 impl ScenarioVm {
@@ -117,8 +120,30 @@ impl ScenarioVm {
             entry: None,
             ports: PortMap::default(),
             vcpus: 1,
+            pin: Vec::new(),
         }
     }
+}
+
+/// The cores a VM is pinned to, checked: numbers from 0, each once, at
+/// least one (whether the run has them is checked when it starts).
+pub fn check_pin(cores: &[i64]) -> Result<Vec<usize>, String> {
+    if cores.is_empty() {
+        return Err("an empty pin allows no core: give at least one (cores count from 0), or leave pin out".into());
+    }
+    let mut checked = Vec::with_capacity(cores.len());
+    for &core in cores {
+        let core = usize::try_from(core).map_err(|_| format!("{core} is not a core: cores count from 0"))?;
+        if core >= MAX_CPUS as usize {
+            return Err(format!("{core} is not a core: a run has at most {MAX_CPUS}"));
+        }
+        if checked.contains(&core) {
+            return Err(format!("core {core} is named twice"));
+        }
+        checked.push(core);
+    }
+    checked.sort_unstable();
+    Ok(checked)
 }
 
 /// A VM's vCPU count, checked: 1 to [`crate::vm::MAX_VCPUS`].
@@ -179,6 +204,7 @@ struct VmSpec {
     #[serde(default)]
     show_ports: bool,
     vcpus: Option<Spanned<CountSpec>>,
+    pin: Option<Spanned<Vec<i64>>>,
 }
 
 /// A count as written: a number, or anything else (said to be no number).
@@ -359,6 +385,10 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             .map_err(|message| at(count.span(), "vcpus", message))?,
             None => 1,
         };
+        let pin = match &vm.pin {
+            Some(cores) => check_pin(cores.get_ref()).map_err(|message| at(cores.span(), "pin", message))?,
+            None => Vec::new(),
+        };
         let guest = resolve_guest_path(vm.guest.get_ref(), base);
         vms.push(ScenarioVm {
             name: name.clone(),
@@ -374,6 +404,7 @@ pub(crate) fn from_spec(spec: &FileSpec, text: &str, file: &str, base: &Path) ->
             entry,
             ports,
             vcpus,
+            pin,
         });
     }
     Ok(Scenario { policy: spec.policy, quantum, timer: spec.timer, duration, cpus, vms })

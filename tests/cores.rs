@@ -152,3 +152,68 @@ fn a_core_left_idle_takes_a_vm_from_the_busy_one() {
     assert_eq!(report.vms[1].state, "paused");
     assert!(report.cores.iter().map(|core| core.moves).sum::<u64>() >= 2, "{:?}", report.cores);
 }
+
+/// The next sample in which `holds` holds for its VMs.
+fn sample_where(
+    core: &matrix_tui::sched::CoreHandle,
+    events: &mut Vec<Event>,
+    holds: impl Fn(&[matrix_tui::event::VmSample]) -> bool,
+) -> Vec<matrix_tui::event::VmSample> {
+    common::wait_for(core, events, |event| match event {
+        Event::Sample { vms, .. } if holds(vms) => Some(vms.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn pinned_vms_share_their_core_and_spread_again_when_unpinned() {
+    let mut a = builtin("a", "spin");
+    let mut b = builtin("b", "spin");
+    (a.pin, b.pin) = (vec![0], vec![0]);
+    let core = common::start(on_cores(vec![a, b], 2));
+    let mut events = Vec::new();
+    let pinned = sample_where(&core, &mut events, |vms| vms.iter().all(|vm| vm.core == 0));
+    assert!(pinned.iter().all(|vm| vm.pin == [0]));
+    // Pinned, they stay together however uneven the load: a few more samples.
+    for _ in 0..3 {
+        sample_where(&core, &mut events, |_| true);
+    }
+    sample_where(&core, &mut events, |vms| vms.iter().all(|vm| vm.core == 0));
+    core.send(Command::Pin { vm: 1, cores: Vec::new() });
+    let spread = sample_where(&core, &mut events, |vms| vms[0].core != vms[1].core);
+    assert_eq!((spread[0].core, spread[1].pin.len()), (0, 0));
+    common::quit(core, events);
+}
+
+#[test]
+fn a_pin_command_moves_the_vm_at_once_and_a_core_that_does_not_exist_is_refused() {
+    let core = common::start(on_cores(vec![builtin("a", "spin"), builtin("b", "spin")], 2));
+    let mut events = Vec::new();
+    core.send(Command::Pin { vm: 1, cores: vec![0] });
+    sample_where(&core, &mut events, |vms| vms[1].core == 0 && vms[1].pin == [0]);
+    core.send(Command::Pin { vm: 0, cores: vec![5] });
+    let report = common::quit(core, events).report;
+    assert!(
+        report.vms[0].console.contains("pin refused: no core 5 (the run has cores 0 to 1)"),
+        "{}",
+        report.vms[0].console
+    );
+    assert!(report.cores[0].vms.contains(&"b".to_string()), "b stays where it is pinned: {:?}", report.cores);
+}
+
+#[test]
+fn pins_to_cores_the_run_does_not_have_are_refused_with_status_2() {
+    let output = matrix(&["run", "--headless", "--cpus", "2", "--vm", "a=ticker", "--pin", "a=2"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("VM 'a' is pinned to core 2, but the run has cores 0 to 1"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    for (pin, why) in [("[]", "an empty pin allows no core"), ("[-1]", "-1 is not a core"), ("[1, 1]", "named twice")] {
+        let file = dir.path().join("pin.toml");
+        std::fs::write(&file, format!("cpus = 2\n[[vm]]\nname = \"a\"\nguest = \"ticker\"\npin = {pin}\n")).unwrap();
+        let output = matrix(&["run", "--headless", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{pin}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("pin.toml:5: pin:") && stderr.contains(why), "{pin}: {stderr}");
+    }
+}

@@ -44,6 +44,7 @@ fn app(names: &[&str], weights: &[f64], states: &[(usize, VmState)]) -> App {
                     charged_ns: cpu,
                     vcpus: Vec::new(),
                     core: 0,
+                    pin: Vec::new(),
                 }
             })
             .collect::<Vec<_>>()
@@ -92,6 +93,7 @@ fn three_vms_on_two_cores_at_160x48_show_their_core_and_the_machines_targets() {
         charged_ns: cpu_ns,
         vcpus: Vec::new(),
         core,
+        pin: if core == 0 { vec![0] } else { Vec::new() },
     };
     app.apply(Event::Sample {
         elapsed_ns: 9_000_000_000,
@@ -99,7 +101,7 @@ fn three_vms_on_two_cores_at_160x48_show_their_core_and_the_machines_targets() {
     });
     let screen = render(&app, 160, 48);
     let text = format!("{:?}", screen.backend());
-    assert!(text.contains(" a running · core0 · w2 → 50% "), "{text}");
+    assert!(text.contains(" a running · core0 pinned · w2 → 50% "), "{text}");
     assert!(text.contains(" c running · core1 · w1 → 25% "), "{text}");
     insta::assert_snapshot!(screen.backend());
 }
@@ -309,6 +311,7 @@ fn vcpus_app() -> App {
             charged_ns: second * 500_000_000,
             vcpus: if vm == 0 { vcpus(second) } else { Vec::new() },
             core: 0,
+            pin: Vec::new(),
         };
         app.apply(Event::Sample { elapsed_ns: second * 1_000_000_000, vms: vec![sample(0), sample(1)] });
     }

@@ -59,7 +59,7 @@ pub const HYPERCALLS: &[(&str, u64, u64)] = &[
     ("gvaToHva", 5, 2),
 ];
 
-fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
+pub(super) fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
     let mut vm = VmConfig::new(name, guest, guests::resolve(guest).expect("built-in guest"));
     vm.weight = weight;
     vm.args = args.to_vec();
@@ -68,7 +68,7 @@ fn builtin(name: &str, guest: &str, weight: f64, args: &[u64]) -> VmConfig {
 
 /// Runs `config` for `duration`, discarding console output, and
 /// returns the report.
-fn run_for(config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
+pub(super) fn run_for(config: RunConfig, duration: Duration) -> Result<RunReport, BenchError> {
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let deadline = core.started() + duration;
     Ok(core.run_until(Some(deadline), |_| {}))

@@ -2,6 +2,7 @@
 //! claims about speed and fairness, as percentiles and ratios with the
 //! parameters of each figure, and checks them against the targets.
 
+pub mod cores;
 pub mod measure;
 pub mod migration;
 pub mod snapshots;
@@ -25,6 +26,7 @@ pub const MEASUREMENTS: &[&str] = &[
     "large-save",
     "migration",
     "vcpus",
+    "cores",
     "preempt",
     "baseline",
     "share",
@@ -170,6 +172,26 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
                     "scale": "256 VMs of ticker (unit 50 iterations) with 4 vCPUs each",
                     "goals": { "roundtrip_ratio_p50": 1.05, "scale_outside_kvm_run_pct": 3, "scale_startup_ms": 4000 } }),
         );
+    }
+    if options.wants("cores") {
+        let host = crate::os::affinity::allowed_count();
+        if host < 2 {
+            report["cores"] = json!({ "skipped": format!("this process may run on {host} CPU; two are needed") });
+        } else {
+            progress("two cores: two tickers' work against one core's; 70/30 and 2:1:1 against Linux CFS");
+            let seconds = Duration::from_secs(options.pick(2, 5));
+            let work = cores::work_ratio(50, seconds)?;
+            let seventy = cores::share_comparison(&[70.0, 30.0], 50, seconds)?;
+            let two_one_one = cores::share_comparison(&[2.0, 1.0, 1.0], 50, seconds)?;
+            report["cores"] = with_params(
+                json!({ "work": work, "share_70_30": seventy, "share_2_1_1": two_one_one }),
+                json!({ "guests": "ticker, unit 50 iterations, --cpus 2; CFS: one thread per VM in a plain KVM_RUN \
+                                   loop at nice levels whose CFS weights (1.25x a step) give the same ratios, bound to \
+                                   the same two CPUs, run after ours", "seconds": seconds.as_secs(),
+                        "error": "per window, the largest |work share - machine target| over the VMs, from 300 ms \
+                                  after the first unit", "goals": { "work_ratio": 1.9, "mean_error_over_cfs": 1.2 } }),
+            );
+        }
     }
     if options.wants("hypercalls") {
         progress("each hypercall's round trip");
@@ -488,6 +510,26 @@ pub fn table(report: &Value) -> String {
                 num(&figure["scale"]["outside_kvm_run_pct"])
             ),
         );
+    }
+    if report["cores"]["work"].is_object() {
+        let figure = &report["cores"];
+        row(&mut out, "two cores' work over one's", format!("{:.2}", num(&figure["work"]["ratio"])));
+        for (label, key) in
+            [("  70/30 on 2 cores, mean error", "share_70_30"), ("  2:1:1 on 2 cores, mean error", "share_2_1_1")]
+        {
+            let share = &figure[key];
+            row(
+                &mut out,
+                label,
+                format!(
+                    "100 ms {:.1} pp (CFS {:.1}); 1 s {:.1} pp (CFS {:.1})",
+                    num(&share["ours_pp"]["w100ms"]["mean"]),
+                    num(&share["cfs_pp"]["w100ms"]["mean"]),
+                    num(&share["ours_pp"]["w1s"]["mean"]),
+                    num(&share["cfs_pp"]["w1s"]["mean"])
+                ),
+            );
+        }
     }
     if report["interrupts"].is_object() {
         let figure = &report["interrupts"];

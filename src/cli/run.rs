@@ -26,8 +26,8 @@ use crate::units::{parse_duration, parse_size};
 use crate::{calibration, control, guests, ui, vm};
 
 use super::run_args::{
-    VmArg, parse_address_arg, parse_args_arg, parse_gdb_arg, parse_mode_arg, parse_ports_arg, parse_quantum,
-    parse_vcpus_arg, parse_vm_arg,
+    VmArg, parse_address_arg, parse_args_arg, parse_gdb_arg, parse_mode_arg, parse_pin_arg, parse_ports_arg,
+    parse_quantum, parse_vcpus_arg, parse_vm_arg,
 };
 use super::{Failure, OUTPUT_LOST, out_of_threads};
 use crate::hypercall::PortMap;
@@ -109,6 +109,11 @@ pub(super) struct RunArgs {
     /// scenario's, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(super) cpus: Option<u32>,
+
+    /// Keep VM NAME on these cores (with --cpus; numbered from 0); repeat
+    /// for more VMs [default: the scenario's, else any core].
+    #[arg(long = "pin", value_name = "NAME=CORE,...", value_parser = parse_pin_arg)]
+    pub(super) pins: Vec<(String, Vec<usize>)>,
 
     /// Give VM NAME N virtual CPUs (1 to 64; they share its weight); repeat
     /// for more VMs [default: the scenario's, else 1].
@@ -235,6 +240,7 @@ impl Default for RunArgs {
             ports: Vec::new(),
             show_ports: Vec::new(),
             vcpus: Vec::new(),
+            pins: Vec::new(),
             cpus: None,
             trace: None,
             paused: Vec::new(),
@@ -380,6 +386,9 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
     for (name, count) in &args.vcpus {
         named_image(&mut vms, "--vcpus", name)?.vcpus = *count;
     }
+    for (name, cores) in &args.pins {
+        named(&mut vms, "--pin", name)?.pin = cores.clone();
+    }
     for (at, (name, address)) in args.gdb.iter().enumerate() {
         if args.gdb[..at].iter().any(|(earlier, _)| earlier == name) {
             return Err(Failure::Usage(anyhow!("--gdb names VM '{name}' twice; a VM has one gdb server")));
@@ -419,6 +428,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         config.gdb = vm.gdb;
         config.snapshot = snapshot;
         config.vcpus = vm.vcpus;
+        config.pin = vm.pin;
         configs.push(config);
     }
     let config = RunConfig {
@@ -451,6 +461,15 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         },
         cpus: cores(args.cpus.or(scenario.cpus).unwrap_or(1), args.incoming.is_some())?,
     };
+    for vm in &config.vms {
+        if let Some(&core) = vm.pin.iter().find(|&&core| core >= config.cpus) {
+            let cores = if config.cpus == 1 { "core 0".to_string() } else { format!("cores 0 to {}", config.cpus - 1) };
+            return Err(Failure::Usage(anyhow!(
+                "VM '{}' is pinned to core {core}, but the run has {cores}; give more --cpus or pin it lower",
+                vm.name
+            )));
+        }
+    }
     Ok((config, args.duration.or(scenario.duration)))
 }
 

@@ -22,10 +22,18 @@ pub fn allowed_count() -> usize {
 
 /// Binds the calling thread to host CPU `cpu`.
 pub fn bind_current_thread(cpu: usize) -> std::io::Result<()> {
+    bind_current_thread_to(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` only (each below `CPU_SETSIZE`,
+/// as [`allowed_cpus`] gives them).
+pub fn bind_current_thread_to(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: as in allowed_cpus.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes a bit of the set; `cpu` comes from allowed_cpus (below CPU_SETSIZE).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET writes a bit of the set; `cpu` is below CPU_SETSIZE (see above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: pid 0 is the calling thread; the set is ours and sized as passed.
     let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }

@@ -8,11 +8,12 @@
 //! 2. Load: when one VM's move from the busiest core to the least busy one
 //!    lowers the busier of the two by more than [`LOAD_SLACK`], it moves (a
 //!    core's load is the targets of its VMs, in cores).
-//! 3. Lag: when the loads are even but no placement gives every target (three
-//!    equal VMs on two cores), the VM furthest behind its target on a core
-//!    with more than a core's worth swaps cores with the one furthest ahead
-//!    elsewhere, once the gap between them passes [`LAG_LIMIT_NS`]: the
-//!    share comes from rotating, and the limit bounds the moves.
+//! 3. Lag: when the loads are as even as whole VMs allow but the VMs do not
+//!    get their targets (three equal VMs on two cores, or a host CPU that
+//!    another process shares), the VM furthest behind its target swaps cores
+//!    with the one furthest ahead elsewhere, if the swap keeps the loads as
+//!    even, once the gap between them passes [`LAG_LIMIT_NS`]: the share
+//!    comes from rotating, and the limit bounds the moves.
 
 /// A load difference smaller than this (in cores) is not worth a move.
 pub const LOAD_SLACK: f64 = 0.05;
@@ -84,11 +85,11 @@ pub fn plan(vms: &[VmLoad], cores: usize) -> Vec<(usize, usize)> {
     if let Some((index, to, _)) = best {
         return vec![(index, to)];
     }
-    // 3. Lag: behind on an oversubscribed core, ahead elsewhere.
+    // 3. Lag: the furthest behind swaps with the furthest ahead elsewhere.
     let behind = vms
         .iter()
         .enumerate()
-        .filter(|(_, vm)| vm.target > 0.0 && load[vm.core] > 1.0 + LOAD_SLACK)
+        .filter(|(_, vm)| vm.target > 0.0)
         .max_by(|a, b| a.1.lag_ns.cmp(&b.1.lag_ns).then(b.0.cmp(&a.0)));
     let Some((slow, slow_vm)) = behind else { return Vec::new() };
     let ahead = vms
@@ -145,6 +146,14 @@ mod tests {
         // Three equal VMs: 2/3 each; a core alone and two together either way.
         let third = 2.0 / 3.0;
         assert!(plan(&[vm(0, third, -5), vm(1, third, 2), vm(1, third, 3)], 2).is_empty());
+    }
+
+    #[test]
+    fn vms_alone_on_their_cores_swap_when_one_falls_behind_but_not_into_an_imbalance() {
+        // A host CPU shared with another process: the VM on it falls behind.
+        assert_eq!(plan(&[vm(0, 1.0, -8), vm(1, 1.0, 8)], 2), [(1, 0), (0, 1)]);
+        // 2:1:1: swapping the heavy VM with a light one would crowd a core.
+        assert!(plan(&[vm(0, 1.0, 30), vm(1, 0.5, -15), vm(1, 0.5, -15)], 2).is_empty());
     }
 
     #[test]

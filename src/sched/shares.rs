@@ -41,10 +41,11 @@ pub fn machine_shares(weights: &[f64], vcpus: &[u32], cores: usize) -> Vec<f64> 
 }
 
 /// Which of `cores` cores each VM starts on: the largest targets first,
-/// each onto the core with the least target so far (longest processing
-/// time first), so that each core's VMs can have the shares the machine's
-/// weights give them. `shares` are [`machine_shares`]'s.
-pub fn place(shares: &[f64], cores: usize) -> Vec<usize> {
+/// each onto the core with the least target so far among those it may use
+/// (longest processing time first), so that each core's VMs can have the
+/// shares the machine's weights give them. `shares` are [`machine_shares`]'s;
+/// `allowed[vm]` the cores a VM is pinned to (empty or absent: any).
+pub fn place(shares: &[f64], cores: usize, allowed: &[Vec<usize>]) -> Vec<usize> {
     let cores = cores.max(1);
     let mut order: Vec<usize> = (0..shares.len()).collect();
     order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]).then(a.cmp(&b)));
@@ -53,7 +54,9 @@ pub fn place(shares: &[f64], cores: usize) -> Vec<usize> {
     let mut placed = vec![0; shares.len()];
     for vm in order {
         // Least loaded; among equals, the one with fewer VMs, then the first.
+        let pinned = allowed.get(vm).filter(|pins| pins.iter().any(|&core| core < cores));
         let core = (0..cores)
+            .filter(|core| pinned.is_none_or(|pins| pins.contains(core)))
             .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(count[a].cmp(&count[b])).then(a.cmp(&b)))
             .unwrap_or(0);
         load[core] += shares[vm];
@@ -80,7 +83,7 @@ mod tests {
     fn two_one_one_on_two_cores_gives_a_core_and_two_halves() {
         let shares = machine_shares(&[2.0, 1.0, 1.0], &[1, 1, 1], 2);
         assert!(close(&shares, &[0.5, 0.25, 0.25]), "{shares:?}");
-        assert_eq!(place(&shares, 2), [0, 1, 1]);
+        assert_eq!(place(&shares, 2, &[]), [0, 1, 1]);
     }
 
     #[test]
@@ -103,10 +106,17 @@ mod tests {
 
     #[test]
     fn placing_spreads_the_load_and_is_stable() {
-        assert_eq!(place(&[0.5, 0.5], 2), [0, 1]);
-        assert_eq!(place(&[0.25; 4], 2), [0, 1, 0, 1]);
-        assert_eq!(place(&[0.3, 0.3, 0.3], 1), [0, 0, 0]);
+        assert_eq!(place(&[0.5, 0.5], 2, &[]), [0, 1]);
+        assert_eq!(place(&[0.25; 4], 2, &[]), [0, 1, 0, 1]);
+        assert_eq!(place(&[0.3, 0.3, 0.3], 1, &[]), [0, 0, 0]);
         // A big one alone, the small ones together.
-        assert_eq!(place(&[0.1, 0.5, 0.2, 0.2], 2), [1, 0, 1, 1]);
+        assert_eq!(place(&[0.1, 0.5, 0.2, 0.2], 2, &[]), [1, 0, 1, 1]);
+    }
+
+    #[test]
+    fn pinned_vms_start_on_their_cores() {
+        // Two pinned to core 0 share it; the third goes where there is room.
+        assert_eq!(place(&[0.5, 0.5, 0.5], 2, &[vec![0], vec![0], vec![]]), [0, 0, 1]);
+        assert_eq!(place(&[0.5, 0.5], 2, &[vec![1], vec![1]]), [1, 1]);
     }
 }

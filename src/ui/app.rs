@@ -62,6 +62,8 @@ pub enum Action {
     CycleFilter,
     /// Run the selected VM to its next exit and pause it there.
     Step,
+    /// Pin the selected VM to the next core (with several), then unpin it.
+    CyclePin,
     /// Choose which vCPU of the selected VM `s` runs: the next one, or
     /// whichever's turn it is after the last.
     ChooseStepVcpu,
@@ -303,6 +305,7 @@ impl App {
         for (view, sample) in self.vms.iter_mut().zip(&samples) {
             view.counters = sample.counters;
             view.core = sample.core;
+            view.pin.clone_from(&sample.pin);
             if !sample.vcpus.is_empty() {
                 view.take_vcpus(elapsed_ns, &sample.vcpus);
             }
@@ -411,6 +414,17 @@ impl App {
                 // Stepping is watched in the inspector: open it on this VM.
                 self.inspector.get_or_insert_with(Inspector::default).scroll = 0;
                 return vec![Command::Step { vm, vcpu: self.vms[vm].step_vcpu }];
+            }
+            Action::CyclePin => {
+                // Unpinned, then each core in turn, then unpinned again.
+                let view = &self.vms[vm];
+                let cores = match view.pin.as_slice() {
+                    _ if self.settings.cpus < 2 => return Vec::new(),
+                    [] => vec![0],
+                    [core] if core + 1 < self.settings.cpus => vec![core + 1],
+                    _ => Vec::new(),
+                };
+                return vec![Command::Pin { vm, cores }];
             }
             Action::ChooseStepVcpu => {
                 let view = &mut self.vms[vm];
@@ -566,6 +580,20 @@ mod tests {
     }
 
     #[test]
+    fn o_pins_the_selected_vm_to_each_core_in_turn_then_unpins_it() {
+        let mut app = app();
+        assert!(app.act(Action::CyclePin).is_empty(), "one core: nothing to pin to");
+        app.settings.cpus = 2;
+        let mut asked = Vec::new();
+        for pin in [vec![], vec![0], vec![1]] {
+            app.vms[0].pin = pin;
+            asked.extend(app.act(Action::CyclePin));
+        }
+        let expected = [vec![0], vec![1], vec![]].map(|cores| Command::Pin { vm: 0, cores });
+        assert_eq!(asked, expected);
+    }
+
+    #[test]
     fn targets_stay_between_one_and_ninety_nine_percent() {
         let mut app = app();
         for _ in 0..30 {
@@ -705,6 +733,7 @@ mod tests {
                     charged_ns: cpu_ns,
                     vcpus: Vec::new(),
                     core: 0,
+                    pin: Vec::new(),
                 })
                 .collect::<Vec<_>>()
         };

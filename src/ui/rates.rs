@@ -88,6 +88,7 @@ mod tests {
             charged_ns: cpu_ns,
             vcpus: Vec::new(),
             core: 0,
+            pin: Vec::new(),
         }
     }
 

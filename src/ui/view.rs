@@ -232,7 +232,9 @@ fn title(app: &App, vm: usize, width: u16) -> Line<'static> {
     };
     if app.settings.cpus > 1 {
         // With several cores, which one runs it comes first, as room allows.
-        let on_core = wordings.iter().map(|wording| format!(" · core{}{wording}", view.core)).collect::<Vec<_>>();
+        let pinned = if view.pin.is_empty() { "" } else { " pinned" };
+        let on_core =
+            wordings.iter().map(|wording| format!(" · core{}{pinned}{wording}", view.core)).collect::<Vec<_>>();
         wordings.splice(0..0, on_core);
     }
     let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();

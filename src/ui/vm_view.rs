@@ -48,6 +48,8 @@ pub struct VmView {
     pub step_vcpu: Option<u16>,
     /// The core that runs it (shown with several).
     pub core: usize,
+    /// The cores it is pinned to (empty: any).
+    pub pin: Vec<usize>,
     /// Lines the guest printed (not the hypervisor's `[matrix]` lines).
     pub lines_printed: u64,
     /// Exit kinds seen so far.
@@ -126,6 +128,7 @@ impl VmView {
             steps: 0,
             step_vcpu: None,
             core: 0,
+            pin: Vec::new(),
             lines_printed: 0,
             seen_kinds: Vec::new(),
             seen_hypercalls: Vec::new(),

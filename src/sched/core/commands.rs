@@ -93,6 +93,8 @@ impl Core {
                 }
             }
             Command::CancelMigration(_) => {}
+            Command::Pin { vm, cores } if self.slots.owns(vm) => self.pin(vm, cores),
+            Command::Pin { .. } => {}
             Command::Adopt(vm) if self.slots.owns(vm) => {
                 if !self.refuses(vm, Request::Adopt, "adopt") {
                     self.adopt(vm);

@@ -173,7 +173,7 @@ impl Merger {
                 core: vms[vm].core,
                 target: targets[vm],
                 lag_ns: self.lag_ns[vm] as i64,
-                allowed: Vec::new(),
+                allowed: vms[vm].pin.clone(),
             })
             .collect();
         for (vm, to) in balance::plan(&loads, self.cores) {
@@ -255,7 +255,14 @@ mod tests {
     use crate::stats::VmCounters;
 
     fn sample(core: usize, cpu_ns: u64) -> VmSample {
-        VmSample { counters: VmCounters::default(), cpu_ns, charged_ns: cpu_ns, vcpus: Vec::new(), core }
+        VmSample {
+            counters: VmCounters::default(),
+            cpu_ns,
+            charged_ns: cpu_ns,
+            vcpus: Vec::new(),
+            core,
+            pin: Vec::new(),
+        }
     }
 
     fn merger(vms: usize) -> Merger {

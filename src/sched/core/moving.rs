@@ -40,6 +40,8 @@ pub(super) struct MoveGate {
     closed: std::sync::atomic::AtomicBool,
     in_flight: AtomicUsize,
     pub(super) unfinished: AtomicUsize,
+    /// Cores that have reached the run's end.
+    finishing: AtomicUsize,
 }
 
 impl MoveGate {
@@ -123,6 +125,21 @@ impl Core {
         peer.kick.request();
     }
 
+    /// Keeps `vm` on `cores` (empty: any): one it may not run on now moves
+    /// at once to the first it may (the balancer may move it on later).
+    pub(super) fn pin(&mut self, vm: VmId, cores: Vec<usize>) {
+        if let Some(&core) = cores.iter().find(|&&core| core >= self.cores) {
+            let have = if self.cores == 1 { "core 0".to_string() } else { format!("cores 0 to {}", self.cores - 1) };
+            self.note(vm, format_args!("pin refused: no core {core} (the run has {have})"));
+            return;
+        }
+        self.slots[vm].config.pin = cores;
+        let pin = &self.slots[vm].config.pin;
+        if let Some(&to) = pin.first().filter(|_| !pin.contains(&self.index)) {
+            self.move_vm(vm, to);
+        }
+    }
+
     /// Takes in the VMs other cores handed over.
     pub(super) fn take_arrivals(&mut self) {
         while let Ok((vm, slot)) = self.arrivals.try_recv() {
@@ -132,21 +149,34 @@ impl Core {
         }
     }
 
-    /// At the run's end: waits (a second at most) for the moves under way,
-    /// taking in those that come here. The gate is closed, so no more start.
+    /// At the run's end: waits (a second at most) until every core has
+    /// reached it and no move is under way, taking in the VMs that come here
+    /// and applying what other cores passed on (a command sent before the
+    /// quit still applies). The gate is closed, so no move starts.
     pub(super) fn take_last_arrivals(&mut self) {
         self.move_gate.close();
+        if self.peers.len() < 2 {
+            return;
+        }
+        self.move_gate.finishing.fetch_add(1, Ordering::SeqCst);
         let give_up = Instant::now() + Duration::from_secs(1);
         loop {
             self.take_arrivals();
-            if !self.move_gate.busy() || Instant::now() > give_up {
-                return;
+            while let Ok(message) = self.commands.try_recv() {
+                self.apply(message);
+            }
+            let all_here = self.move_gate.finishing.load(Ordering::SeqCst) >= self.peers.len();
+            if (all_here && !self.move_gate.busy()) || Instant::now() > give_up {
+                break;
             }
             if let Ok((vm, slot)) = self.arrivals.recv_timeout(Duration::from_millis(1)) {
                 self.moves += 1;
                 self.take_in(vm, *slot);
                 self.move_gate.done();
             }
+        }
+        while let Ok(message) = self.commands.try_recv() {
+            self.apply(message);
         }
     }
 

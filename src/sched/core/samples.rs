@@ -24,6 +24,7 @@ impl Core {
                     charged_ns: slot.charged_ns,
                     vcpus: vcpu_samples(&slot.runtime.vcpus),
                     core: self.index,
+                    pin: slot.config.pin.clone(),
                 },
                 None => VmSample::elsewhere(),
             })

@@ -1,0 +1,165 @@
+//! Several cores (`--cpus 2`): the guest work of two tickers on two cores
+//! against one, and the machine's shares by guest work in windows (70/30
+//! and 2:1:1) against Linux CFS running the same guests as one KVM thread
+//! per VM at nice levels that give the same weights, on the same two CPUs,
+//! in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::measure::{BenchError, builtin, run_for};
+use super::windows::{self, ErrorStats, Spread};
+use crate::config::RunConfig;
+use crate::hypercall::PortMap;
+use crate::sched::shares::machine_shares;
+use crate::sched::{Step, VmRuntime};
+use crate::vm::{self, KickTarget, MachineSpec};
+
+/// The windows the shares are judged in.
+const WINDOWS: &[(&str, u64)] = &[("w100ms", 100_000_000), ("w1s", 1_000_000_000)];
+/// Each step of weight is 1.25x CFS's (its nice-to-weight table).
+const NICE_STEP: f64 = 1.25;
+
+/// Two tickers on two cores against one.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoreWork {
+    /// Units of guest work both did on one core.
+    pub units_one_core: usize,
+    /// On two.
+    pub units_two_cores: usize,
+    /// Two over one.
+    pub ratio: f64,
+}
+
+/// Two `ticker`s (unit `unit` iterations) for `duration` on one core, then on two.
+pub fn work_ratio(unit: u64, duration: Duration) -> Result<CoreWork, BenchError> {
+    let units = |cpus: usize| -> Result<usize, BenchError> {
+        let vms = vec![builtin("a", "ticker", 1.0, &[unit]), builtin("b", "ticker", 1.0, &[unit])];
+        let mut config = RunConfig::new(vms);
+        (config.cpus, config.timings) = (cpus, true);
+        Ok(run_for(config, duration)?.timings.iter().map(|trace| trace.io_exit_ns.len()).sum())
+    };
+    let (one, two) = (units(1)?, units(2)?);
+    Ok(CoreWork { units_one_core: one, units_two_cores: two, ratio: two as f64 / one.max(1) as f64 })
+}
+
+/// One set of weights on two cores, ours against CFS's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareComparison {
+    /// What the weights give each VM of the machine.
+    pub targets: Vec<f64>,
+    /// The nice levels CFS ran them at.
+    pub nice: Vec<i32>,
+    /// Our error by guest work, per window (percentage points).
+    pub ours_pp: BTreeMap<String, ErrorStats>,
+    /// CFS's.
+    pub cfs_pp: BTreeMap<String, ErrorStats>,
+    /// Our mean error over CFS's, per window.
+    pub mean_error_over_cfs: BTreeMap<String, f64>,
+    /// Each VM's share of all the work, ours and CFS's.
+    pub overall_ours: Vec<f64>,
+    /// CFS's.
+    pub overall_cfs: Vec<f64>,
+}
+
+/// `weights` (tickers of `unit` iterations) for `duration` on two cores,
+/// then as CFS threads on the same two CPUs.
+pub fn share_comparison(weights: &[f64], unit: u64, duration: Duration) -> Result<ShareComparison, BenchError> {
+    let vcpus = vec![1; weights.len()];
+    let targets = machine_shares(weights, &vcpus, 2);
+    let vms = (weights.iter().enumerate()).map(|(vm, &weight)| builtin(&format!("t{vm}"), "ticker", weight, &[unit]));
+    let mut config = RunConfig::new(vms.collect());
+    (config.cpus, config.timings) = (2, true);
+    let ours: Vec<Vec<u64>> = run_for(config, duration)?.timings.into_iter().map(|trace| trace.io_exit_ns).collect();
+    let heaviest = weights.iter().copied().fold(0.0, f64::max);
+    let nice: Vec<i32> = weights
+        .iter()
+        .map(|&weight| ((heaviest / weight).ln() / NICE_STEP.ln()).round().clamp(0.0, 19.0) as i32)
+        .collect();
+    let cpus: Vec<usize> = crate::os::affinity::allowed_cpus().into_iter().take(2).collect();
+    let cfs = cfs_run(unit, &nice, &cpus, duration)?;
+    let (ours_pp, overall_ours) = errors(&ours, &targets);
+    let (cfs_pp, overall_cfs) = errors(&cfs, &targets);
+    let mean_error_over_cfs =
+        (ours_pp.iter()).map(|(window, stats)| (window.clone(), stats.mean / cfs_pp[window].mean.max(1e-9))).collect();
+    Ok(ShareComparison { targets, nice, ours_pp, cfs_pp, mean_error_over_cfs, overall_ours, overall_cfs })
+}
+
+/// The error of each window's split of the units from `targets`, and each
+/// VM's share of all of them; from 300 ms after the first unit to the last.
+fn errors(units: &[Vec<u64>], targets: &[f64]) -> (BTreeMap<String, ErrorStats>, Vec<f64>) {
+    let first = units.iter().filter_map(|times| times.first()).min().copied().unwrap_or(0);
+    let last = units.iter().filter_map(|times| times.last()).max().copied().unwrap_or(0);
+    let series: Vec<Vec<Spread>> =
+        units.iter().map(|times| times.iter().map(|&at| Spread::at(at, 1.0)).collect()).collect();
+    let stats = WINDOWS
+        .iter()
+        .map(|&(name, window)| {
+            let shares = windows::window_shares(&series, first + 300_000_000, last, window);
+            (name.to_string(), windows::absolute_error_pp(&shares, targets))
+        })
+        .collect();
+    let total: usize = units.iter().map(Vec::len).sum();
+    (stats, units.iter().map(|times| times.len() as f64 / total.max(1) as f64).collect())
+}
+
+/// The tickers as Linux runs them: one thread per VM in a plain KVM_RUN
+/// loop, each at its nice level, all on `cpus`; the time of every I/O exit.
+fn cfs_run(unit: u64, nice: &[i32], cpus: &[usize], duration: Duration) -> Result<Vec<Vec<u64>>, BenchError> {
+    let kvm = vm::open_kvm()?;
+    let spec = MachineSpec {
+        image: Arc::from(crate::guests::builtin("ticker").expect("built in").image),
+        memory_size: vm::layout::DEFAULT_MEMORY,
+        args: vec![unit],
+        layout: Default::default(),
+        restore: None,
+        vcpus: 1,
+    };
+    let runtimes: Vec<VmRuntime> =
+        nice.iter().map(|_| VmRuntime::new(&kvm, &spec, PortMap::default())).collect::<Result<_, _>>()?;
+    let end = Instant::now() + duration;
+    let threads: Vec<_> = runtimes
+        .into_iter()
+        .zip(nice.to_vec())
+        .map(|(mut runtime, nice)| {
+            let cpus = cpus.to_vec();
+            std::thread::spawn(move || -> Result<Vec<u64>, String> {
+                crate::os::affinity::bind_current_thread_to(&cpus).map_err(|error| error.to_string())?;
+                // SAFETY: gettid has no preconditions; setpriority with a
+                // thread's id changes that thread's nice level only (raising
+                // it needs no privilege).
+                let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+                if set != 0 {
+                    return Err(format!("setpriority: {}", std::io::Error::last_os_error()));
+                }
+                let kick = KickTarget::new();
+                let _attached = kick.attach();
+                let mut times = Vec::new();
+                while Instant::now() < end {
+                    let (step, span, _) = runtime.step(&kick, 0, false, u64::MAX);
+                    match step {
+                        Step::Io => times.push(span.exited_ns),
+                        Step::Halted { .. } | Step::Crashed { .. } => break,
+                        _ => {}
+                    }
+                    if runtime.console.pending_len() > 64 * 1024 {
+                        runtime.console.discard_pending();
+                    }
+                }
+                Ok(times)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| {
+            thread
+                .join()
+                .map_err(|_| BenchError::Tool("a CFS thread panicked".into()))?
+                .map_err(|why| BenchError::Tool(format!("a CFS thread could not start: {why}")))
+        })
+        .collect()
+}
