@@ -33,6 +33,8 @@
 //! | `{ file_guest_lines = 1 }` | a VM whose guest is loaded from a file printed that many lines |
 //! | `{ vm = "neo", says = "snapshot" }` | a line of its pane (a `[matrix]` line too) has that text |
 //! | `{ vm = "pair", vcpu = 1, vcpu_state = "waiting" }` | that vCPU is `runnable`, `sleeping`, `waiting` or `halted` |
+//! | `{ vm = "a", core = 1 }` | the VM runs on that core (`cpus = N`) |
+//! | `{ vm = "a", pinned = false }` | the VM is pinned to cores (`true`) or may run on any (`false`) |
 //! | `{ view = "timeline" }` | the `inspector` or `timeline` is open |
 //!
 //! Mistakes are reported as `file:line: key: what is wrong`, like scenarios.
@@ -61,6 +63,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("interrupts", include_str!("../assets/lessons/interrupts.toml")),
     ("migration", include_str!("../assets/lessons/migration.toml")),
     ("smp", include_str!("../assets/lessons/smp.toml")),
+    ("cores", include_str!("../assets/lessons/cores.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -165,6 +168,20 @@ pub enum Check {
     FileGuestLines {
         /// How many.
         at_least: u64,
+    },
+    /// The VM runs on this core.
+    OnCore {
+        /// The VM.
+        vm: usize,
+        /// The core.
+        core: usize,
+    },
+    /// The VM is pinned to cores, or not.
+    Pinned {
+        /// The VM.
+        vm: usize,
+        /// Pinned (true) or free (false).
+        pinned: bool,
     },
     /// A vCPU of a VM of several is in this state, as its pane's cell shows it.
     VcpuState {
@@ -310,6 +327,8 @@ struct CheckSpec {
     timeline_span: Option<String>,
     vcpu: Option<usize>,
     vcpu_state: Option<String>,
+    core: Option<usize>,
+    pinned: Option<bool>,
 }
 
 /// The names of the built-in lessons with their titles, in course order.
@@ -439,9 +458,12 @@ fn check_of(
         spec.selected.is_some(),
         spec.timeline_span.is_some(),
         spec.vcpu_state.is_some(),
+        spec.core.is_some(),
+        spec.pinned.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines, says, view, migrated, selected, timeline_span or vcpu_state";
+                      injected, file_guest_lines, says, view, migrated, selected, timeline_span, vcpu_state, core \
+                      or pinned";
     if spec.vcpu.is_some() != spec.vcpu_state.is_some() {
         return Err(error(
             "vcpu",
@@ -558,6 +580,17 @@ fn check_of(
             }
         };
         Check::VcpuState { vm, vcpu, state }
+    } else if let Some(core) = spec.core {
+        let cores = scenario.cpus.unwrap_or(1) as usize;
+        if core >= cores {
+            return Err(error(
+                "core",
+                format!("the scenario has {cores} core(s) (cpus = {cores}); cores count from 0"),
+            ));
+        }
+        Check::OnCore { vm: needs_vm("core")?, core }
+    } else if let Some(pinned) = spec.pinned {
+        Check::Pinned { vm: needs_vm("pinned")?, pinned }
     } else {
         match spec.view.as_deref() {
             Some("inspector") => Check::ViewOpen(View::Inspector),
@@ -600,7 +633,8 @@ mod tests {
                 "modes",
                 "interrupts",
                 "migration",
-                "smp"
+                "smp",
+                "cores"
             ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));

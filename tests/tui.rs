@@ -237,6 +237,29 @@ fn the_smp_lesson_shows_vcpus_taking_turns_their_ipis_and_a_shared_weight() {
 }
 
 #[test]
+fn the_cores_lesson_pins_two_vms_to_one_core_and_lets_them_spread() {
+    let command = format!("{} lesson cores; sleep 60", binary().display());
+    let tmux = Tmux::start(&command, 80, 24);
+    tmux.wait_for(&["lesson: Several cores"]);
+    // Both pinned to core 0, then b pinned to core 1: it moves at once.
+    tmux.wait_for(&["step 2 of 4"]);
+    tmux.keys("Tab");
+    tmux.keys("o");
+    tmux.wait_for(&["b running · core1 pinned"]);
+    tmux.wait_for(&["step 3 of 4"]);
+    // b unpinned stays where the load is even.
+    tmux.keys("o");
+    tmux.wait_for(&["step 4 of 4"]);
+    // a: pinned to core 1 (sharing it with b), then unpinned: they spread again.
+    tmux.keys("Tab");
+    tmux.keys("o");
+    tmux.wait_for(&["a running · core1 pinned"]);
+    tmux.keys("o");
+    tmux.wait_for(&["all 4 steps done"]);
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");

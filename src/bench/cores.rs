@@ -68,8 +68,7 @@ pub struct ShareComparison {
 /// `weights` (tickers of `unit` iterations) for `duration` on two cores,
 /// then as CFS threads on the same two CPUs.
 pub fn share_comparison(weights: &[f64], unit: u64, duration: Duration) -> Result<ShareComparison, BenchError> {
-    let vcpus = vec![1; weights.len()];
-    let targets = machine_shares(weights, &vcpus, 2);
+    let targets = machine_shares(weights, 2);
     let vms = (weights.iter().enumerate()).map(|(vm, &weight)| builtin(&format!("t{vm}"), "ticker", weight, &[unit]));
     let mut config = RunConfig::new(vms.collect());
     (config.cpus, config.timings) = (2, true);

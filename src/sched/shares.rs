@@ -2,18 +2,17 @@
 //! arithmetic, the way Linux CFS shares CPUs by weight.
 //!
 //! Weights are shares of all the cores together, but a VM cannot use more
-//! cores than it has vCPUs: what its weight would give beyond that goes to
-//! the others, in proportion to their weights (water-filling). Two VMs
-//! weighted 3:1 on two cores get a core each; three weighted 2:1:1 get one
-//! core and half a core each.
+//! than one core (a VM runs on one core at a time, its vCPUs taking turns
+//! there): what its weight would give beyond that goes to the others, in
+//! proportion to their weights (water-filling). Two VMs weighted 3:1 on two
+//! cores get a core each; three weighted 2:1:1 get one core and half a core
+//! each.
 
 /// What each VM's weight gets of the whole machine (fractions that add up
 /// to 1, or to less when the VMs together cannot use every core): `weights`
-/// of the VMs that can run (0 for those that cannot), `vcpus` each has, on
-/// `cores` cores.
-pub fn machine_shares(weights: &[f64], vcpus: &[u32], cores: usize) -> Vec<f64> {
-    let cores = cores.max(1) as f64;
-    let cap = |vm: usize| f64::from(vcpus.get(vm).copied().unwrap_or(1).max(1)) / cores;
+/// of the VMs that can run (0 for those that cannot), on `cores` cores.
+pub fn machine_shares(weights: &[f64], cores: usize) -> Vec<f64> {
+    let cap = |_vm: usize| 1.0 / cores.max(1) as f64;
     let mut shares = vec![0.0; weights.len()];
     let mut open: Vec<usize> = (0..weights.len()).filter(|&vm| weights[vm] > 0.0).collect();
     let mut left = 1.0;
@@ -76,12 +75,12 @@ mod tests {
 
     #[test]
     fn one_core_shares_by_weight() {
-        assert!(close(&machine_shares(&[70.0, 30.0], &[1, 1], 1), &[0.7, 0.3]));
+        assert!(close(&machine_shares(&[70.0, 30.0], 1), &[0.7, 0.3]));
     }
 
     #[test]
     fn two_one_one_on_two_cores_gives_a_core_and_two_halves() {
-        let shares = machine_shares(&[2.0, 1.0, 1.0], &[1, 1, 1], 2);
+        let shares = machine_shares(&[2.0, 1.0, 1.0], 2);
         assert!(close(&shares, &[0.5, 0.25, 0.25]), "{shares:?}");
         assert_eq!(place(&shares, 2, &[]), [0, 1, 1]);
     }
@@ -89,19 +88,17 @@ mod tests {
     #[test]
     fn what_a_weight_cannot_use_goes_to_the_others() {
         // 3:1 on two cores: a vCPU never gets more than a core.
-        assert!(close(&machine_shares(&[3.0, 1.0], &[1, 1], 2), &[0.5, 0.5]));
+        assert!(close(&machine_shares(&[3.0, 1.0], 2), &[0.5, 0.5]));
         // 70/30 too.
-        assert!(close(&machine_shares(&[70.0, 30.0], &[1, 1], 2), &[0.5, 0.5]));
-        // A VM of two vCPUs may have both cores' worth.
-        assert!(close(&machine_shares(&[3.0, 1.0], &[2, 1], 2), &[0.75, 0.25]));
+        assert!(close(&machine_shares(&[70.0, 30.0], 2), &[0.5, 0.5]));
         // 10:1:1 on 4 cores: the first capped at a core, the others at one each too.
-        assert!(close(&machine_shares(&[10.0, 1.0, 1.0], &[1, 1, 1], 4), &[0.25, 0.25, 0.25]));
+        assert!(close(&machine_shares(&[10.0, 1.0, 1.0], 4), &[0.25, 0.25, 0.25]));
     }
 
     #[test]
     fn vms_that_cannot_run_get_nothing() {
-        assert!(close(&machine_shares(&[2.0, 0.0, 1.0], &[1, 1, 1], 2), &[0.5, 0.0, 0.5]));
-        assert!(close(&machine_shares(&[0.0, 0.0], &[1, 1], 2), &[0.0, 0.0]));
+        assert!(close(&machine_shares(&[2.0, 0.0, 1.0], 2), &[0.5, 0.0, 0.5]));
+        assert!(close(&machine_shares(&[0.0, 0.0], 2), &[0.0, 0.0]));
     }
 
     #[test]

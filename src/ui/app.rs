@@ -151,7 +151,7 @@ impl App {
             return None;
         }
         // rr's turns are equal weights; either way, weights are shares of
-        // all the cores, a core per vCPU at most.
+        // all the cores, a core per VM at most.
         let weight = |other: usize| match self.settings.policy {
             Policy::Rr => 1.0,
             _ => self.weight(other),
@@ -159,11 +159,10 @@ impl App {
         let weights: Vec<f64> = (self.vms.iter().enumerate())
             .map(|(other, view)| if view.state == VmState::Running { weight(other) } else { 0.0 })
             .collect();
-        let vcpus: Vec<u32> = self.vms.iter().map(|view| view.vcpus.len().max(1) as u32).collect();
         match self.settings.policy {
             Policy::Io => None,
             Policy::Rr | Policy::Fair => {
-                machine_shares(&weights, &vcpus, self.settings.cpus).get(vm).copied().filter(|&share| share > 0.0)
+                machine_shares(&weights, self.settings.cpus).get(vm).copied().filter(|&share| share > 0.0)
             }
         }
     }

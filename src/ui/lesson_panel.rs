@@ -117,6 +117,8 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::VcpuState { vm: index, vcpu, state } => {
             vm(index).is_some_and(|view| view.vcpus.get(vcpu).is_some_and(|line| line.state == state))
         }
+        Check::OnCore { vm: index, core } => vm(index).is_some_and(|view| view.core == core),
+        Check::Pinned { vm: index, pinned } => vm(index).is_some_and(|view| view.pin.is_empty() != pinned),
         Check::Says { vm: index, ref text } => {
             vm(index).is_some_and(|view| view.lines.iter().any(|line| line.contains(text.as_str())))
         }

@@ -441,9 +441,8 @@ fn placement(vms: &[VmConfig], cores: usize) -> Vec<usize> {
         return vec![0; vms.len()];
     }
     let weights: Vec<f64> = vms.iter().map(|vm| vm.weight).collect();
-    let vcpus: Vec<u32> = vms.iter().map(|vm| vm.vcpus).collect();
     let pins: Vec<Vec<usize>> = vms.iter().map(|vm| vm.pin.clone()).collect();
-    crate::sched::shares::place(&crate::sched::shares::machine_shares(&weights, &vcpus, cores), cores, &pins)
+    crate::sched::shares::place(&crate::sched::shares::machine_shares(&weights, cores), cores, &pins)
 }
 
 /// Starts a gdb server for each VM that asked for one (after probing what

@@ -150,8 +150,7 @@ impl Merger {
                 (true, Policy::Fair) => self.weights[vm],
             })
             .collect();
-        let vcpus: Vec<u32> = vms.iter().map(|vm| vm.vcpus.len().max(1) as u32).collect();
-        machine_shares(&weights, &vcpus, self.cores).into_iter().map(|share| share * self.cores as f64).collect()
+        machine_shares(&weights, self.cores).into_iter().map(|share| share * self.cores as f64).collect()
     }
 
     /// Updates each VM's lag from a merged sample, and asks for the moves
@@ -231,13 +230,12 @@ impl Merger {
 
 /// Each VM's shares of the whole machine: of all the VMs' time (`share`,
 /// `charged_share`, each vCPU's `share`) and what its weight gives it
-/// whatever the policy (`target_share`, capped at a core per vCPU).
+/// whatever the policy (`target_share`, capped at a core).
 fn share_the_machine(vms: &mut [VmReport], cores: usize) {
     let total_cpu: u64 = vms.iter().map(|vm| vm.cpu_ns).sum();
     let total_charged: u64 = vms.iter().map(|vm| vm.charged_ns).sum();
     let weights: Vec<f64> = vms.iter().map(|vm| vm.weight).collect();
-    let vcpus: Vec<u32> = vms.iter().map(|vm| vm.vcpus.len().max(1) as u32).collect();
-    let targets = machine_shares(&weights, &vcpus, cores);
+    let targets = machine_shares(&weights, cores);
     let ratio = |part: u64, whole: u64| if whole > 0 { part as f64 / whole as f64 } else { 0.0 };
     for (vm, target) in vms.iter_mut().zip(targets) {
         vm.share = ratio(vm.cpu_ns, total_cpu);
