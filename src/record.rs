@@ -301,6 +301,8 @@ pub struct SliceRecord {
     /// Timer ticks injected into the VM in it (a sleeper's wake-up starts
     /// with one).
     pub injected: u32,
+    /// The core that ran it (0 with `--cpus 1`).
+    pub core: u16,
 }
 
 #[cfg(test)]

@@ -391,6 +391,7 @@ mod tests {
             end: SliceEnd::IoSwitch,
             exits: 1,
             injected: 0,
+            core: 0,
         };
         write_record(&mut out, &names, &TraceRecord::Slice(slice)).unwrap();
         let text = String::from_utf8(out).unwrap();

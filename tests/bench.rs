@@ -98,6 +98,19 @@ fn quick_bench_reports_every_figure() {
     assert!(number(&report, &["large_save", "steps"]) > 1.0);
     assert!(number(&report, &["large_save", "written_mib"]) > 200.0);
     assert!(number(&report, &["large_save", "rss_growth_over_written"]) > 0.5);
+    // Two cores where the host has two CPUs: both runs did work, and each
+    // share comparison has ours and CFS's errors for every window.
+    if report["cores"]["skipped"].is_null() {
+        assert!(number(&report, &["cores", "work", "units_one_core"]) > 0.0);
+        assert!(number(&report, &["cores", "work", "ratio"]) > 0.0);
+        for key in ["share_70_30", "share_2_1_1"] {
+            for window in ["w100ms", "w1s"] {
+                assert!(number(&report, &["cores", key, "ours_pp", window, "windows"]) > 0.0, "{key} {window}");
+                assert!(number(&report, &["cores", key, "cfs_pp", window, "windows"]) > 0.0, "{key} {window}");
+            }
+        }
+        assert!(report["cores"]["params"].is_object());
+    }
     let ui = number(&report, &["ui_cpu_pct", "pct"]);
     assert!(ui > 0.0 && ui < 100.0, "the UI thread used {ui} % of a core");
     let targets = report["targets"].as_object().unwrap();

@@ -214,6 +214,7 @@ fn timeline_app() -> App {
             end: SliceEnd::Deadline,
             exits: 0,
             injected: 0,
+            core: 0,
         })
         .collect();
     app.apply(Event::Slices { records: slices, dropped: 0 });

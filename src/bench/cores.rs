@@ -162,3 +162,66 @@ fn cfs_run(unit: u64, nice: &[i32], cpus: &[usize], duration: Duration) -> Resul
         })
         .collect()
 }
+
+/// How long after an unpin the VM first runs on the core left idle: two
+/// spinners on two cores, both pinned to core 0, one unpinned (the balancer
+/// moves it at its next merged sample, five a second), `cycles` times.
+pub fn unpin_to_spread(cycles: usize) -> Result<crate::stats::Percentiles, BenchError> {
+    use crate::event::{Command, Event};
+    let (mut a, mut b) = (builtin("a", "spin", 1.0, &[]), builtin("b", "spin", 1.0, &[]));
+    (a.pin, b.pin) = (vec![0], vec![0]);
+    let mut config = RunConfig::new(vec![a, b]);
+    (config.cpus, config.live_records) = (2, true);
+    let core = crate::sched::spawn(vm::open_kvm()?, config)?;
+    let give_up = || Instant::now() + Duration::from_secs(5);
+    // The first slice (ns since the run started) that `wanted` takes.
+    let first_slice = |wanted: &dyn Fn(&crate::record::SliceRecord) -> bool| -> Result<u64, BenchError> {
+        let deadline = give_up();
+        loop {
+            let event = core.events().recv_deadline(deadline).map_err(|_| BenchError::Tool("no such slice".into()))?;
+            if let Event::Slices { records, .. } = event {
+                if let Some(slice) = records.iter().find(|slice| wanted(slice)) {
+                    return Ok(slice.start_ns);
+                }
+            }
+        }
+    };
+    let mut latencies = Vec::with_capacity(cycles);
+    for _ in 0..cycles {
+        core.send(Command::Pin { vm: 1, cores: vec![0] });
+        let pinned_ns = core.started().elapsed().as_nanos() as u64;
+        first_slice(&|slice| slice.vm == 1 && slice.core == 0 && slice.start_ns >= pinned_ns)?;
+        let unpinned_ns = core.started().elapsed().as_nanos() as u64;
+        core.send(Command::Pin { vm: 1, cores: Vec::new() });
+        let moved_ns = first_slice(&|slice| slice.vm == 1 && slice.core == 1 && slice.start_ns >= unpinned_ns)?;
+        latencies.push(moved_ns - unpinned_ns);
+    }
+    core.send(Command::Quit);
+    core.run_until(None, |_| {});
+    crate::stats::Percentiles::of_ns(&latencies).ok_or_else(|| BenchError::Tool("no cycle".into()))
+}
+
+/// `vms` tickers (unit `unit` iterations) on two cores for `duration`: each
+/// core's wall time outside KVM_RUN, and the start-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoreScale {
+    /// VMs.
+    pub vms: usize,
+    /// Setting them up and starting the cores.
+    pub startup_ms: f64,
+    /// Each core's time outside KVM_RUN, percent of the run's wall time.
+    pub outside_kvm_run_pct: Vec<f64>,
+}
+
+/// Many tickers on two cores.
+pub fn scale(vms: usize, unit: u64, duration: Duration) -> Result<CoreScale, BenchError> {
+    let configs = (0..vms).map(|vm| builtin(&format!("t{vm}"), "ticker", 1.0, &[unit])).collect();
+    let mut config = RunConfig::new(configs);
+    config.cpus = 2;
+    let started = Instant::now();
+    let core = crate::sched::spawn(vm::open_kvm()?, config)?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let report = core.run_until(Some(Instant::now() + duration), |_| {});
+    let outside_kvm_run_pct = report.cores.iter().map(|core| core.outside_kvm_run_pct).collect();
+    Ok(CoreScale { vms, startup_ms, outside_kvm_run_pct })
+}

@@ -183,13 +183,19 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
             let work = cores::work_ratio(50, seconds)?;
             let seventy = cores::share_comparison(&[70.0, 30.0], 50, seconds)?;
             let two_one_one = cores::share_comparison(&[2.0, 1.0, 1.0], 50, seconds)?;
+            let unpin = cores::unpin_to_spread(options.pick(5, 10))?;
+            let scale = cores::scale(1024, 50, seconds)?;
             report["cores"] = with_params(
-                json!({ "work": work, "share_70_30": seventy, "share_2_1_1": two_one_one }),
+                json!({ "work": work, "share_70_30": seventy, "share_2_1_1": two_one_one,
+                        "unpin_to_other_core_us": unpin, "scale": scale }),
                 json!({ "guests": "ticker, unit 50 iterations, --cpus 2; CFS: one thread per VM in a plain KVM_RUN \
                                    loop at nice levels whose CFS weights (1.25x a step) give the same ratios, bound to \
                                    the same two CPUs, run after ours", "seconds": seconds.as_secs(),
                         "error": "per window, the largest |work share - machine target| over the VMs, from 300 ms \
-                                  after the first unit", "goals": { "work_ratio": 1.9, "mean_error_over_cfs": 1.2 } }),
+                                  after the first unit",
+                        "unpin": "two spinners pinned to core 0, one unpinned: to its first slice on core 1",
+                        "scale": "1,024 tickers (unit 50 iterations), fair, two cores",
+                        "goals": { "work_ratio": 1.9, "mean_error_over_cfs": 1.2, "scale_outside_kvm_run_pct": 3 } }),
             );
         }
     }
@@ -514,6 +520,16 @@ pub fn table(report: &Value) -> String {
     if report["cores"]["work"].is_object() {
         let figure = &report["cores"];
         row(&mut out, "two cores' work over one's", format!("{:.2}", num(&figure["work"]["ratio"])));
+        let unpin = &figure["unpin_to_other_core_us"];
+        row(
+            &mut out,
+            "  an unpin to the other core",
+            format!("p50 {:.0} ms, max {:.0} ms", num(&unpin["p50"]) / 1000.0, num(&unpin["max"]) / 1000.0),
+        );
+        let outside: Vec<String> = (figure["scale"]["outside_kvm_run_pct"].as_array().into_iter().flatten())
+            .map(|pct| format!("{:.2} %", num(pct)))
+            .collect();
+        row(&mut out, "  1,024 tickers on 2 cores, outside KVM_RUN", outside.join(" / "));
         for (label, key) in
             [("  70/30 on 2 cores, mean error", "share_70_30"), ("  2:1:1 on 2 cores, mean error", "share_2_1_1")]
         {

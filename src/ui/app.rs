@@ -758,6 +758,7 @@ mod tests {
             end: SliceEnd::Deadline,
             exits: 0,
             injected: 0,
+            core: 0,
         };
         assert!(!app.apply(Event::Slices { records: vec![slice], dropped: 0 }), "the timeline is hidden");
         assert!(!app.apply(Event::Exits { vm: 0, records: Vec::new() }), "the inspector is closed");

@@ -42,12 +42,15 @@ pub struct Timeline {
     zoom: usize,
     /// Whether it is on screen.
     pub shown: bool,
+    /// The end of each core's newest slice: cores send theirs apart, each
+    /// up to a flush behind the others.
+    newest_by_core: Vec<u64>,
 }
 
 impl Default for Timeline {
     fn default() -> Self {
         // 10 ms: the fair 70/30 pattern of 0.2 ms units at a glance.
-        Self { slices: VecDeque::new(), dropped: 0, zoom: 2, shown: false }
+        Self { slices: VecDeque::new(), dropped: 0, zoom: 2, shown: false, newest_by_core: Vec::new() }
     }
 }
 
@@ -55,8 +58,15 @@ impl Timeline {
     /// Takes in slices (oldest first), forgetting what lies beyond the widest window.
     pub fn push(&mut self, slices: Vec<SliceRecord>, dropped: u64) {
         self.dropped += dropped;
+        for slice in &slices {
+            let core = usize::from(slice.core);
+            if core >= self.newest_by_core.len() {
+                self.newest_by_core.resize(core + 1, 0);
+            }
+            self.newest_by_core[core] = self.newest_by_core[core].max(slice.end_ns);
+        }
         self.slices.extend(slices);
-        let newest = self.slices.back().map_or(0, |slice| slice.end_ns);
+        let newest = self.newest_by_core.iter().copied().max().unwrap_or(0);
         let horizon = newest.saturating_sub(ZOOMS_NS[ZOOMS_NS.len() - 1]);
         while self.slices.front().is_some_and(|slice| slice.end_ns < horizon) || self.slices.len() > KEPT {
             self.slices.pop_front();
@@ -73,9 +83,14 @@ impl Timeline {
         self.zoom = self.zoom.saturating_add_signed(by).min(ZOOMS_NS.len() - 1);
     }
 
-    /// The end time of the newest slice (0 before any).
+    /// Up to when every core's slices are known (0 before any): the
+    /// newest slice's end with one core; with several, the earliest of the
+    /// cores' newest, leaving out a core that has run nothing for a second
+    /// (it has no VM to run) so that it does not hold the others back.
     pub fn newest_ns(&self) -> u64 {
-        self.slices.back().map_or(0, |slice| slice.end_ns)
+        let newest = self.newest_by_core.iter().copied().max().unwrap_or(0);
+        let live = newest.saturating_sub(1_000_000_000);
+        self.newest_by_core.iter().copied().filter(|&end| end >= live).min().unwrap_or(0)
     }
 }
 
@@ -87,6 +102,8 @@ pub struct TimelineView<'a> {
     pub names: &'a [String],
     /// The right edge (core time, ns).
     pub now_ns: u64,
+    /// The run's cores: with several, a row per core shows which VM held it.
+    pub cores: usize,
 }
 
 /// The weight of the mark for a slice that had a timer tick injected.
@@ -108,9 +125,11 @@ fn mark(end: SliceEnd) -> (char, u8) {
     }
 }
 
-/// Rows the timeline needs for `vms` VMs drawn a row each (border, marks, axis).
-pub fn height_for(vms: usize) -> u16 {
-    vms.min(8) as u16 + 4
+/// Rows the timeline needs for `vms` VMs drawn a row each, or for a row
+/// per core when `cores` is more than one (border, marks, axis).
+pub fn height_for(vms: usize, cores: usize) -> u16 {
+    let rows = if cores > 1 { cores } else { vms };
+    rows.min(8) as u16 + 4
 }
 
 /// How to draw a VM's name in the shared row.
@@ -132,14 +151,17 @@ impl Widget for TimelineView<'_> {
             return;
         }
         let vms = self.names.len();
-        let per_vm = usize::from(inner.height) >= vms + 2;
-        let label_width: u16 = if per_vm { 10 } else { 3 };
+        let per_core = self.cores > 1;
+        let per_vm = !per_core && usize::from(inner.height) >= vms + 2;
+        let label_width: u16 = if per_vm || per_core { 10 } else { 3 };
         let cells = usize::from(inner.width - label_width);
         let cell_ns = (window / cells as u64).max(1);
         let start = self.now_ns.saturating_sub(cell_ns * cells as u64);
         // held[vm][cell]: ns of the cell the VM held; marks[cell]: strongest end;
         // vcpus[vm][cell]: the vCPU whose slice held most of it, and how long.
         let mut held = vec![vec![0u64; cells]; vms];
+        // on_core[core][cell]: ns each VM held of it there.
+        let mut on_core = vec![vec![Vec::<(usize, u64)>::new(); cells]; if per_core { self.cores } else { 0 }];
         let mut vcpus = vec![vec![(0u16, 0u64); cells]; vms];
         let mut several = vec![false; vms];
         let mut marks: Vec<Option<(char, u8, usize)>> = vec![None; cells];
@@ -149,6 +171,12 @@ impl Widget for TimelineView<'_> {
             for cell in first..=last.min(cells as u64 - 1) {
                 let cell_start = start + cell * cell_ns;
                 let overlap = to.min(cell_start + cell_ns).saturating_sub(from.max(cell_start));
+                if let Some(cell) = on_core.get_mut(usize::from(slice.core)).map(|row| &mut row[cell as usize]) {
+                    match cell.iter_mut().find(|(vm, _)| *vm == slice.vm) {
+                        Some((_, ns)) => *ns += overlap,
+                        None => cell.push((slice.vm, overlap)),
+                    }
+                }
                 if let Some(row) = held.get_mut(slice.vm) {
                     row[cell as usize] += overlap;
                     let top = &mut vcpus[slice.vm][cell as usize];
@@ -181,7 +209,20 @@ impl Widget for TimelineView<'_> {
         let dim = Style::default().fg(Color::DarkGray);
         let (x0, mut y) = (inner.x, inner.y);
         let color = |vm: usize| COLORS[vm % COLORS.len()];
-        if per_vm {
+        if per_core {
+            for (core, row) in on_core.iter().enumerate().take(usize::from(inner.height) - 2) {
+                buf.set_stringn(x0, y, format!("core{core}"), 9, dim);
+                for (cell, held) in row.iter().enumerate() {
+                    let holder = held.iter().max_by_key(|(_, ns)| *ns).map(|(vm, _)| *vm);
+                    let (symbol, style) = match holder {
+                        Some(vm) => (tag(vm).to_string(), Style::default().fg(Color::Black).bg(color(vm))),
+                        None => ("·".to_string(), dim),
+                    };
+                    buf[(x0 + label_width + cell as u16, y)].set_symbol(&symbol).set_style(style);
+                }
+                y += 1;
+            }
+        } else if per_vm {
             for (vm, name) in self.names.iter().enumerate().take(usize::from(inner.height) - 2) {
                 buf.set_stringn(x0, y, format!("{name:<9}"), 9, Style::default().fg(color(vm)));
                 for (cell, &ns) in held[vm].iter().enumerate() {
@@ -229,6 +270,7 @@ impl Widget for TimelineView<'_> {
         let right_x = (inner.x + inner.width).saturating_sub(right.len() as u16);
         buf.set_stringn(right_x, y, &right, right.len(), dim);
         if !per_vm {
+            // A shared row or a row per core: tags stand for names.
             let legend: String =
                 self.names.iter().enumerate().map(|(vm, name)| format!("{}={name} ", tag(vm))).collect();
             let legend_x = x0 + label_width + left.len() as u16 + 2;
@@ -257,14 +299,26 @@ mod tests {
             end,
             exits: 0,
             injected: 0,
+            core: 0,
         }
     }
 
     fn render(timeline: &Timeline, names: &[&str], now_us: u64, width: u16, height: u16) -> Vec<String> {
+        render_on(timeline, names, now_us, width, height, 1)
+    }
+
+    fn render_on(
+        timeline: &Timeline,
+        names: &[&str],
+        now_us: u64,
+        width: u16,
+        height: u16,
+        cores: usize,
+    ) -> Vec<String> {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let area = Rect::new(0, 0, width, height);
         let mut buf = Buffer::empty(area);
-        TimelineView { timeline, names: &names, now_ns: now_us * 1000 }.render(area, &mut buf);
+        TimelineView { timeline, names: &names, now_ns: now_us * 1000, cores }.render(area, &mut buf);
         (0..height).map(|y| (0..width).map(|x| buf[(x, y)].symbol().to_string()).collect()).collect()
     }
 
@@ -332,6 +386,29 @@ mod tests {
         let rows = render(&timeline, &["a", "b", "c"], 2000, 25, 5);
         assert_eq!(rows[1], "│cpu01201201201201201201│");
         assert_eq!(rows[2], "│endiiiiiiiiiiiiiiiiiiii│");
+    }
+
+    #[test]
+    fn with_several_cores_each_core_has_a_row_of_the_vms_it_ran() {
+        let mut timeline = Timeline::default();
+        timeline.zoom(-5);
+        // a on core 0 throughout; b and c take turns on core 1, then a moves there.
+        let on =
+            |vm: usize, core: u16, from: u64| SliceRecord { core, ..slice(vm, from, from + 100, SliceEnd::Deadline) };
+        let mut slices: Vec<SliceRecord> = (0..20).map(|i| on(0, 0, i * 100)).collect();
+        slices.extend((0..20).map(|i| on(1 + (i as usize % 2), 1, i * 100)));
+        slices.sort_by_key(|slice| slice.start_ns);
+        timeline.push(slices, 0);
+        let rows = render_on(&timeline, &["a", "b", "c"], 2000, 32, 6, 2);
+        assert_eq!(rows[1], "│core0     00000000000000000000│");
+        assert_eq!(rows[2], "│core1     12121212121212121212│", "{rows:#?}");
+        assert!(rows[4].contains("0=a 1=b"), "{}", rows[4]);
+        // Core 1's newest slice is older: the edge waits for it.
+        let mut late = Timeline::default();
+        late.push(vec![on(0, 0, 900)], 0);
+        late.push(vec![on(1, 1, 500)], 0);
+        assert_eq!(late.newest_ns(), 600_000);
+        assert_eq!(height_for(3, 2), 6);
     }
 
     #[test]

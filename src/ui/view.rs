@@ -59,12 +59,13 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Vec<Rect> {
         None => body,
     };
     let body = if app.timeline.shown {
-        let height = timeline::height_for(app.vms.len()).min(body.height / 2);
+        let height = timeline::height_for(app.vms.len(), app.settings.cpus).min(body.height / 2);
         let [rest, strip] = Layout::vertical([Constraint::Min(0), Constraint::Length(height)]).areas(body);
         let names: Vec<String> = app.vms.iter().map(|view| view.name.clone()).collect();
         // The right edge is the end of the newest slice: what is known to have run.
         let now_ns = app.timeline.newest_ns();
-        frame.render_widget(TimelineView { timeline: &app.timeline, names: &names, now_ns }, strip);
+        let cores = app.settings.cpus;
+        frame.render_widget(TimelineView { timeline: &app.timeline, names: &names, now_ns, cores }, strip);
         rest
     } else {
         body

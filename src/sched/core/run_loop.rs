@@ -299,6 +299,7 @@ impl Core {
             end,
             exits,
             injected,
+            core: self.index as u16,
         };
         self.keep_slice(record);
         self.kvm_run_ns += self.slots[vm].runtime.cpu_ns.saturating_sub(cpu_before);
