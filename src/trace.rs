@@ -43,6 +43,17 @@ pub enum TraceRecord {
     Exit(ExitRecord),
     /// A slice.
     Slice(SliceRecord),
+    /// A VM moved from one core to another (`--cpus` over 1).
+    Moved {
+        /// The VM.
+        vm: usize,
+        /// When (ns since the run started).
+        t_ns: u64,
+        /// The core it left.
+        from: u16,
+        /// The core it went to.
+        to: u16,
+    },
     /// A pre-copy round of a VM moving out ended.
     Round {
         /// The VM.
@@ -76,6 +87,12 @@ pub struct TraceBuffer {
 }
 
 impl TraceBuffer {
+    /// Another core's end of the same trace (the writer waits for each
+    /// end's finish).
+    pub fn sibling(&self) -> Self {
+        Self { batch: Vec::with_capacity(BATCH), sender: self.sender.clone(), counts: TraceCounts::default() }
+    }
+
     /// Adds a record; sends the batch when it is full.
     pub fn push(&mut self, record: TraceRecord) {
         self.batch.push(record);
@@ -170,13 +187,16 @@ pub enum StartError {
 
 /// Opens `path` (a file, or an existing FIFO with its reader) and starts
 /// the writer for a run of VMs called `names`.
-pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWriter), StartError> {
+/// With `cores` over 1, the trace has `cores` ends (one per core, made with
+/// [`TraceBuffer::sibling`]): each core's records come in its own batches,
+/// slices say their core, and the end line comes when every core has finished.
+pub fn start(path: &Path, names: Vec<String>, cores: usize) -> Result<(TraceBuffer, TraceWriter), StartError> {
     let file = files::open_stream(path).map_err(StartError::File)?;
     let (sender, receiver) = crossbeam_channel::bounded(BATCHES_IN_FLIGHT);
     let progress = Arc::new(Progress::default());
     let theirs = Arc::clone(&progress);
     let thread = WriterThread::spawn("matrix-trace", move || {
-        if let Err(error) = write_all(LineFile::new(file), &names, &receiver, &theirs.written) {
+        if let Err(error) = write_all(LineFile::new(file), &names, cores.max(1), &receiver, &theirs.written) {
             *theirs.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
         }
     })
@@ -190,25 +210,33 @@ pub fn start(path: &Path, names: Vec<String>) -> Result<(TraceBuffer, TraceWrite
 fn write_all(
     mut out: LineFile,
     names: &[String],
+    cores: usize,
     receiver: &Receiver<Message>,
     written: &AtomicU64,
 ) -> std::io::Result<()> {
     out.line(|out| {
-        serde_json::to_writer(out, &Start { kind: "start", vms: names, clock: "ns since the run started" })
-            .map_err(Into::into)
+        let start =
+            Start { kind: "start", vms: names, clock: "ns since the run started", cores: (cores > 1).then_some(cores) };
+        serde_json::to_writer(out, &start).map_err(Into::into)
     })?;
+    let (mut ends, mut all_records, mut all_dropped) = (0, 0, 0);
     for message in receiver {
         match message {
             Message::Records(records) => {
                 for record in records {
-                    out.line(|line| write_record(line, names, &record))?;
+                    out.line(|line| write_record(line, names, cores, &record))?;
                 }
                 // The start line is not a record.
                 out.flush()?;
                 written.store(out.written_lines().saturating_sub(1), Ordering::Relaxed);
             }
             Message::End { records, dropped } => {
-                out.line(|out| serde_json::to_writer(out, &End { kind: "end", records, dropped }).map_err(Into::into))?;
+                (ends, all_records, all_dropped) = (ends + 1, all_records + records, all_dropped + dropped);
+                if ends < cores {
+                    continue;
+                }
+                let end = End { kind: "end", records: all_records, dropped: all_dropped };
+                out.line(|out| serde_json::to_writer(out, &end).map_err(Into::into))?;
                 break;
             }
         }
@@ -217,7 +245,8 @@ fn write_all(
 }
 
 /// Writes one record as JSON (without its newline).
-pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord) -> std::io::Result<()> {
+/// One record as a JSON line; `cores` over 1 adds each slice's core.
+pub fn write_record(out: &mut impl Write, names: &[String], cores: usize, record: &TraceRecord) -> std::io::Result<()> {
     let name = |vm: usize| names.get(vm).map_or("?", String::as_str);
     match record {
         TraceRecord::Exit(exit) => {
@@ -247,6 +276,11 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
             )
             .map_err(std::io::Error::from)
         }
+        TraceRecord::Moved { vm, t_ns, from, to } => serde_json::to_writer(
+            &mut *out,
+            &MovedLine { kind: "moved", vm: name(*vm), t_ns: *t_ns, from: *from, to: *to },
+        )
+        .map_err(std::io::Error::from),
         TraceRecord::Round { vm, t_ns, round } => {
             serde_json::to_writer(&mut *out, &RoundLine { kind: "round", vm: name(*vm), t_ns: *t_ns, round: *round })
                 .map_err(std::io::Error::from)
@@ -263,6 +297,7 @@ pub fn write_record(out: &mut impl Write, names: &[String], record: &TraceRecord
                 end: slice.end,
                 exits: slice.exits,
                 injected: slice.injected,
+                core: (cores > 1).then_some(slice.core),
             },
         )
         .map_err(std::io::Error::from),
@@ -275,6 +310,9 @@ struct Start<'a> {
     kind: &'static str,
     vms: &'a [String],
     clock: &'static str,
+    /// Only with several cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cores: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -343,6 +381,19 @@ struct SliceLine<'a> {
     /// Only on slices that had a tick injected: older traces stay as they were.
     #[serde(skip_serializing_if = "is_zero")]
     injected: u32,
+    /// Only with several cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct MovedLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vm: &'a str,
+    t_ns: u64,
+    from: u16,
+    to: u16,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -380,7 +431,7 @@ mod tests {
     fn records_are_json_lines() {
         let mut out = Vec::new();
         let names = vec!["part1".to_string()];
-        write_record(&mut out, &names, &exit(5)).unwrap();
+        write_record(&mut out, &names, 1, &exit(5)).unwrap();
         out.push(b'\n');
         let slice = SliceRecord {
             vm: 0,
@@ -393,7 +444,7 @@ mod tests {
             injected: 0,
             core: 0,
         };
-        write_record(&mut out, &names, &TraceRecord::Slice(slice)).unwrap();
+        write_record(&mut out, &names, 1, &TraceRecord::Slice(slice)).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
         assert_eq!(lines[0]["type"], "exit");
@@ -425,7 +476,7 @@ mod tests {
     fn the_file_starts_and_ends_with_a_summary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trace.jsonl");
-        let (mut buffer, writer) = start(&path, vec!["a".into()]).unwrap();
+        let (mut buffer, writer) = start(&path, vec!["a".into()], 1).unwrap();
         buffer.push(exit(1));
         buffer.flush();
         buffer.push(exit(2));

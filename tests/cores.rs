@@ -217,3 +217,44 @@ fn pins_to_cores_the_run_does_not_have_are_refused_with_status_2() {
         assert!(stderr.contains("pin.toml:5: pin:") && stderr.contains(why), "{pin}: {stderr}");
     }
 }
+
+#[test]
+fn a_trace_of_several_cores_has_each_cores_slices_every_move_and_one_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("cores.jsonl");
+    let output = matrix(&[
+        "run",
+        "--headless",
+        "--json",
+        "--duration",
+        "1500ms",
+        "--cpus",
+        "2",
+        "--vm",
+        "a=spin",
+        "--vm",
+        "b=spin",
+        "--vm",
+        "c=spin",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&trace).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines[0]["cores"], 2);
+    let of = |kind: &'static str| lines.iter().filter(move |line| line["type"] == kind);
+    for core in [0, 1] {
+        assert!(of("slice").any(|slice| slice["core"] == core), "no slice of core {core}");
+    }
+    // Three equal VMs on two cores take turns alone: moves, each naming its cores.
+    let moves: Vec<&serde_json::Value> = of("moved").collect();
+    assert!(!moves.is_empty());
+    assert!(moves.iter().all(|moved| moved["from"] != moved["to"] && moved["t_ns"].is_u64()), "{moves:?}");
+    let ends: Vec<&serde_json::Value> = of("end").collect();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(lines.last().unwrap()["type"], "end");
+    let records = ends[0]["records"].as_u64().unwrap();
+    assert_eq!(records as usize, lines.len() - 2, "every record handed over is in the file");
+    assert_eq!(report(&output)["trace"]["written"], records);
+}

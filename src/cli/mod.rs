@@ -85,9 +85,7 @@ impl From<SpawnError> for Failure {
             | SpawnError::DebugProbe(_)
             | SpawnError::Kvm { .. }
             | SpawnError::CoreEnded { .. } => Failure::Host(error.into()),
-            SpawnError::Trace { .. } | SpawnError::Gdb { .. } | SpawnError::NotOnCores { .. } => {
-                Failure::Usage(error.into())
-            }
+            SpawnError::Trace { .. } | SpawnError::Gdb { .. } => Failure::Usage(error.into()),
             SpawnError::Vm(_) => Failure::Usage(error.into()),
         }
     }

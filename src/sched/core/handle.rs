@@ -56,12 +56,6 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
-    /// A part of a run that needs one core was asked for with several.
-    #[error("{what} is not available with --cpus over 1 yet; run with --cpus 1 for it")]
-    NotOnCores {
-        /// What was asked for.
-        what: &'static str,
-    },
     /// /dev/kvm could not be opened again for another core.
     #[error("cannot open /dev/kvm for core {core}: {source}; run with fewer --cpus")]
     Kvm {
@@ -269,9 +263,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     // Asked here: the core thread may not open files.
     crate::vm::restore::host_may_swap();
     let cores = config.cpus.max(1);
-    if cores > 1 && config.trace.is_some() {
-        return Err(SpawnError::NotOnCores { what: "--trace" });
-    }
     let migration_bandwidth = config.migration.bandwidth;
     let migrate_secret = config.migrate_secret.clone();
     let mut slots = Vec::with_capacity(config.vms.len());
@@ -284,7 +275,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let (trace, trace_writer) = match &config.trace {
         Some(path) => {
             let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
-            let (buffer, writer) = trace::start(path, names).map_err(|error| match error {
+            let (buffer, writer) = trace::start(path, names, cores).map_err(|error| match error {
                 trace::StartError::File(source) => SpawnError::Trace { path: path.display().to_string(), source },
                 trace::StartError::Thread(source) => SpawnError::Thread { what: "trace writer", source },
             })?;
@@ -336,7 +327,6 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let move_gate = Arc::new(super::moving::MoveGate::default());
     let unfinished = per_core.iter().flatten().flatten().filter(|slot| !slot.state.is_finished()).count();
     move_gate.unfinished.store(unfinished, std::sync::atomic::Ordering::SeqCst);
-    let mut trace = trace;
     let mut links = Vec::with_capacity(cores);
     let mut ready = Vec::with_capacity(cores);
     let mut kvm = Some(kvm);
@@ -361,7 +351,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             live_records: config.live_records,
             live_slices: Vec::new(),
             live_slices_dropped: 0,
-            trace: trace.take(),
+            // Each core its own end of the one trace.
+            trace: trace.as_ref().map(|(buffer, path): &(TraceBuffer, String)| (buffer.sibling(), path.clone())),
             calibration: config.calibration,
             step_requests: VecDeque::new(),
             gdb_steps: VecDeque::new(),

@@ -215,7 +215,14 @@ impl Merger {
         let timings = Self::interleave(timing_parts);
         share_the_machine(&mut vms, self.cores);
         let total_cpu: u64 = vms.iter().map(|vm| vm.cpu_ns).sum();
+        // One trace, written by every core: its counts are theirs together.
+        let trace = reports.iter().filter_map(|report| report.trace.clone()).reduce(|mut all, core| {
+            all.records += core.records;
+            all.dropped += core.dropped;
+            all
+        });
         let mut first = reports.into_iter().next().expect("at least one core");
+        first.trace = trace;
         first.wall_ns = wall_ns;
         first.outside_kvm_run_pct =
             100.0 * (1.0 - total_cpu as f64 / (wall_ns as f64 * self.cores as f64).max(1.0)).max(0.0);

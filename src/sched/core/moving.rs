@@ -123,6 +123,10 @@ impl Core {
         self.placement.set(vm, to);
         let _ = peer.commands.send(Message::Internal(Internal::VmArrived));
         peer.kick.request();
+        if let Some((trace, _)) = &mut self.trace {
+            let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
+            trace.push(TraceRecord::Moved { vm, t_ns, from: self.index as u16, to: to as u16 });
+        }
     }
 
     /// Keeps `vm` on `cores` (empty: any): one it may not run on now moves
