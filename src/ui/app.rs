@@ -102,6 +102,9 @@ pub struct App {
     pub elapsed_ns: u64,
     /// Guest exits per second over all VMs.
     pub exits_per_s: f64,
+    /// With several cores, each core's charged time over the last second
+    /// (1.0: all of it), by the core each VM is on now.
+    pub core_use: Vec<f64>,
     /// The user asked to quit.
     pub quitting: bool,
     /// The exit inspector, when it is open (`e`).
@@ -131,6 +134,7 @@ impl App {
             help: false,
             elapsed_ns: 0,
             exits_per_s: 0.0,
+            core_use: Vec::new(),
             quitting: false,
             inspector: None,
             timeline: Timeline::default(),
@@ -311,7 +315,7 @@ impl App {
         }
         self.window.push(elapsed_ns, samples);
         let Some(figures) = self.window.figures() else { return };
-        for (view, figures) in self.vms.iter_mut().zip(figures) {
+        for (view, figures) in self.vms.iter_mut().zip(&figures) {
             view.rates = figures.rates;
             view.share = figures.share;
             if view.share_history.len() == SHARE_HISTORY {
@@ -320,6 +324,13 @@ impl App {
             view.share_history.push_back((view.share * 1000.0).round() as u64);
         }
         self.exits_per_s = self.vms.iter().map(|view| view.rates.exits.total() as f64).sum();
+        // Each core's use: its VMs' charged time over the window, by the core each is on now.
+        self.core_use = vec![0.0; self.settings.cpus];
+        for (view, figures) in self.vms.iter().zip(&figures) {
+            if let Some(used) = self.core_use.get_mut(view.core) {
+                *used += figures.cores_used;
+            }
+        }
     }
 
     /// Carries out a user action; returns the commands for the core.

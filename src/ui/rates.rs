@@ -25,6 +25,9 @@ pub struct WindowFigures {
     /// policy steers by, so that it converges on the target (KVM_RUN time
     /// also holds each slice's run past its deadline, which goes uncharged).
     pub share: f64,
+    /// The cores' worth of charged time it had over the window (1.0: a
+    /// whole core): the header adds these up by core.
+    pub cores_used: f64,
 }
 
 impl RateWindow {
@@ -51,6 +54,7 @@ impl RateWindow {
                 .map(|((a, b), cpu)| WindowFigures {
                     rates: per_second(&a.counters, &b.counters, seconds),
                     share: if total_cpu > 0 { cpu as f64 / total_cpu as f64 } else { 0.0 },
+                    cores_used: cpu as f64 / (seconds * 1e9),
                 })
                 .collect(),
         )

@@ -142,6 +142,17 @@ fn state_color(state: &VmState) -> Color {
     }
 }
 
+/// With several cores: how busy each is (" · cores 98% 51%"), else nothing.
+fn cores_in_use(app: &App) -> String {
+    if app.settings.cpus < 2 {
+        return String::new();
+    }
+    let busy: Vec<String> = (0..app.settings.cpus)
+        .map(|core| format!("{:.0}%", 100.0 * app.core_use.get(core).copied().unwrap_or(0.0).min(1.0)))
+        .collect();
+    format!(" · cores {}", busy.join(" "))
+}
+
 fn header_line(app: &App, width: u16) -> Line<'static> {
     let settings = &app.settings;
     let seconds = app.elapsed_ns / 1_000_000_000;
@@ -152,7 +163,7 @@ fn header_line(app: &App, width: u16) -> Line<'static> {
             settings.policy.name(),
             format_quantum(settings.quantum.as_micros() as u64),
             settings.timer.name(),
-            if settings.cpus > 1 { format!(" · {} cores", settings.cpus) } else { String::new() },
+            cores_in_use(app),
             seconds / 60,
             seconds % 60,
             // No VMs: no -0.
