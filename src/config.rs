@@ -152,6 +152,10 @@ pub struct RunConfig {
     pub migrate_secret: Option<std::sync::Arc<crate::migration::secret::Secret>>,
     /// Core threads, one per host CPU (`--cpus`; 1 is the single core).
     pub cpus: usize,
+    /// Under `fair`, a sleeper that wakes owed time runs next, before the VM
+    /// whose slice its wake cut short (`--wake-preempt`); otherwise it waits
+    /// for its turn by virtual deadline.
+    pub wake_preempt: bool,
 }
 
 impl RunConfig {
@@ -173,6 +177,7 @@ impl RunConfig {
             migration: Default::default(),
             migrate_secret: None,
             cpus: 1,
+            wake_preempt: false,
         }
     }
 

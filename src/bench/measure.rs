@@ -663,11 +663,21 @@ fn tick_probe_image(period_us: u32) -> Vec<u8> {
 /// (HC_timerStart's exit plus k periods, as the C program times its LAPIC)
 /// to its injection, and to the handler's first exit.
 pub fn timer_delivery(period_us: u64, ticks: u64, spinners: usize) -> Result<(Percentiles, Percentiles), BenchError> {
+    timer_delivery_with(period_us, ticks, spinners, false)
+}
+
+/// [`timer_delivery`], with wake-up preemption on or off.
+pub fn timer_delivery_with(
+    period_us: u64,
+    ticks: u64,
+    spinners: usize,
+    wake_preempt: bool,
+) -> Result<(Percentiles, Percentiles), BenchError> {
     let image: Arc<[u8]> = Arc::from(tick_probe_image(period_us as u32));
     let mut vms = vec![VmConfig::new("probe", "tick probe", image)];
     vms.extend((0..spinners).map(|i| builtin(&format!("p{i}"), "spin", 1.0, &[])));
     let mut config = RunConfig::new(vms);
-    config.live_records = true;
+    (config.live_records, config.wake_preempt) = (true, wake_preempt);
     let core = sched::spawn(vm::open_kvm()?, config)?;
     let deadline = core.started() + Duration::from_micros(period_us * (ticks + 3));
     let mut exits = Vec::new();

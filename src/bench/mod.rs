@@ -91,6 +91,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
         let (_, handled) = measure::timer_delivery(period_us, ticks, 0)?;
         let lapic = measure::c_lapic_delivery(period_us, ticks)?;
         let (late, _) = measure::timer_delivery(period_us, ticks, 2)?;
+        let (late_preempting, _) = measure::timer_delivery_with(period_us, ticks, 2, true)?;
         let (cpu_pct, outside_pct) =
             measure::sleepers_cost(256, options.pick(Duration::from_secs(2), Duration::from_secs(5)))?;
         report["interrupts"] = with_params(
@@ -99,6 +100,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
                 "c_lapic_to_handler_us": lapic.map(|(p50, p99)| json!({ "p50": p50, "p99": p99 })),
                 "ratio_p99": lapic.map(|(_, p99)| handled.p99 / p99),
                 "wake_lateness_beside_2_spinners_us": late,
+                "wake_lateness_beside_2_spinners_preempting_us": late_preempting,
                 "sleepers_256_cpu_pct": cpu_pct,
                 "sleepers_256_outside_kvm_run_pct": outside_pct,
             }),
@@ -560,6 +562,7 @@ pub fn table(report: &Value) -> String {
             row(&mut out, "  ours / C (p99)", format!("{:.2}", num(&figure["ratio_p99"])));
         }
         row(&mut out, "tick due to injection, 2 spinners", p(&figure["wake_lateness_beside_2_spinners_us"], "us"));
+        row(&mut out, "  the same, --wake-preempt", p(&figure["wake_lateness_beside_2_spinners_preempting_us"], "us"));
         row(
             &mut out,
             "256 sleepers (10 ms timers)",

@@ -110,6 +110,12 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(super) cpus: Option<u32>,
 
+    /// Under fair, a VM that wakes from its timer sleep owed time runs at
+    /// once, before the VM whose slice the wake cut short (wake-up
+    /// preemption); without it, it waits for its turn by virtual deadline.
+    #[arg(long)]
+    pub(super) wake_preempt: bool,
+
     /// Keep VM NAME on these cores (with --cpus; numbered from 0); repeat
     /// for more VMs [default: the scenario's, else any core].
     #[arg(long = "pin", value_name = "NAME=CORE,...", value_parser = parse_pin_arg)]
@@ -242,6 +248,7 @@ impl Default for RunArgs {
             vcpus: Vec::new(),
             pins: Vec::new(),
             cpus: None,
+            wake_preempt: false,
             trace: None,
             paused: Vec::new(),
             gdb: Vec::new(),
@@ -460,6 +467,7 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
             None => None,
         },
         cpus: cores(args.cpus.or(scenario.cpus).unwrap_or(1), args.incoming.is_some())?,
+        wake_preempt: args.wake_preempt,
     };
     for vm in &config.vms {
         if let Some(&core) = vm.pin.iter().find(|&&core| core >= config.cpus) {

@@ -80,6 +80,9 @@ pub struct Planner {
     gave_back: Option<usize>,
     /// Where round robin goes on from (`io`, `rr`).
     next: usize,
+    /// A sleeper that just woke with lag to spare, to run next (`fair`
+    /// with wake-up preemption).
+    woken: Option<usize>,
 }
 
 impl Planner {
@@ -92,6 +95,7 @@ impl Planner {
             fair: FairQueue::new(vms.len(), quantum_ns),
             gave_back: None,
             next: 0,
+            woken: None,
         };
         for (vm, &candidate) in vms.iter().enumerate() {
             planner.set_candidate(vm, candidate);
@@ -136,12 +140,22 @@ impl Planner {
             Policy::Io => self.next_in_turn().map(|vm| Slice { vm, length_ns: None }),
             Policy::Rr => self.next_in_turn().map(|vm| Slice { vm, length_ns: Some(self.quantum_ns) }),
             Policy::Fair => {
-                let vm = self.fair.pick(self.gave_back.take());
+                // A sleeper that woke owed time goes first (wake-up preemption).
+                let woken = self.woken.take().filter(|&vm| self.runnable.contains(&vm) && self.fair.lag_ns(vm) > 0.0);
+                let vm = woken.or_else(|| self.fair.pick(self.gave_back.take()));
                 vm.map(|vm| Slice { vm, length_ns: Some(self.fair.unit_ns()) })
             }
         }?;
         self.next = slice.vm + 1;
         Some(slice)
+    }
+
+    /// `vm` woke from a sleep: under `fair`, if it is owed time, it runs
+    /// next, before the VM whose slice its wake cut short (wake-up
+    /// preemption, `--wake-preempt`).
+    pub fn woke(&mut self, vm: usize) {
+        // Of several waking together, the one due first.
+        self.woken.get_or_insert(vm);
     }
 
     /// The first runnable VM from `next` on, round the end.
@@ -229,6 +243,33 @@ mod tests {
             planner.charge(slice.vm, 200_000, false);
         }
         assert_eq!(order, [0, 1, 0, 0, 1, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_sleeper_that_wakes_owed_time_runs_next_only_when_told_it_woke() {
+        // Two heavy VMs and a light one: by deadline an owed heavy one goes
+        // first even when the light one is owed too; told that the light one
+        // just woke owed time, the planner runs it first.
+        let run = |told: bool| {
+            // B ran; A (heavy) and C (light, the sleeper) are both owed time.
+            let mut planner = Planner::new(Policy::Fair, MS, &candidates(&[10.0, 10.0, 1.0]));
+            planner.charge(1, 200_000, false);
+            let asleep = Candidate { weight: 1.0, runnable: false, keeps_lag: true };
+            planner.set_candidate(2, asleep);
+            planner.set_candidate(2, Candidate { runnable: true, ..asleep });
+            assert!(planner.fair.lag_ns(0) > 0.0 && planner.fair.lag_ns(2) > 0.0, "both are owed time");
+            if told {
+                planner.woke(2);
+            }
+            planner.next_slice().unwrap().vm
+        };
+        assert_eq!(run(false), 0, "by deadline the heavy VM goes first");
+        assert_eq!(run(true), 2, "told it woke owed time: it goes first");
+        // Told of a VM that is owed nothing: the deadlines decide.
+        let mut even = Planner::new(Policy::Fair, MS, &candidates(&[1.0, 1.0]));
+        even.charge(1, 500_000, false);
+        even.woke(1);
+        assert_eq!(even.next_slice().unwrap().vm, 0, "VM 1 is ahead: it waits");
     }
 
     #[test]

@@ -377,6 +377,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             host_cpu: host_cpus.get(core).copied(),
             index: core,
             cores,
+            wake_preempt: config.wake_preempt,
             peers: if cores > 1 { peers() } else { Vec::new() },
             placement: Arc::clone(&placement),
             arrivals,

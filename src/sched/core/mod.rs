@@ -298,6 +298,8 @@ struct Core {
     index: usize,
     /// How many cores the run has.
     cores: usize,
+    /// A sleeper that wakes owed time runs next (`--wake-preempt`).
+    wake_preempt: bool,
     /// Every core (this one too), to hand VMs to and pass commands on to.
     peers: Vec<moving::Peer>,
     /// Which core runs each VM.

@@ -425,7 +425,11 @@ impl Core {
             }
             self.wakes.pop();
             if self.waits_until(vm, until_ns) {
+                let slept = matches!(self.slots[vm].state, VmState::Sleeping { .. });
                 self.set_state(vm, VmState::Running);
+                if slept && self.wake_preempt {
+                    self.planner.woke(vm);
+                }
             }
         }
     }

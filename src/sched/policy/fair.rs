@@ -270,7 +270,6 @@ impl FairQueue {
     }
 
     /// `vm`'s lag in ns (0 when it cannot run).
-    #[cfg(test)]
     pub fn lag_ns(&self, vm: usize) -> f64 {
         self.weights[vm].map_or(0.0, |weight| weight * (self.virtual_now - self.virtual_ns[vm]))
     }
