@@ -43,6 +43,11 @@ const GUESTS: &[(&str, &str)] = &[
         "pair",
         "its vCPUs take turns, woken by each other's IPIs, printing their turn counts (vcpus = 2; args: unit, turns)",
     ),
+    (
+        "locks",
+        "its vCPUs contend on one spinlock; prints critical sections a second and the part spent spinning (args: \
+         critical, outside, lock: 0 test-and-set, 1 ticket, 2 paravirtual)",
+    ),
     ("tasks", "a tiny kernel: tasks A and B switched by its own timer interrupt every 50 ms, each saying when it runs"),
 ];
 

@@ -51,6 +51,8 @@ pub const TIMED_UNITS: &[TimedUnit] = &[
     TimedUnit { guest: "morpheus", arg: 0, time: Duration::from_millis(1), when_missing: true },
     TimedUnit { guest: "dirtier", arg: 3, time: Duration::from_millis(1), when_missing: false },
     TimedUnit { guest: "pair", arg: 0, time: Duration::from_millis(50), when_missing: true },
+    TimedUnit { guest: "locks", arg: 0, time: Duration::from_micros(20), when_missing: true },
+    TimedUnit { guest: "locks", arg: 1, time: Duration::from_micros(60), when_missing: true },
 ];
 
 /// Gives every VM of a built-in timed guest without an explicit unit
@@ -60,32 +62,35 @@ pub const TIMED_UNITS: &[TimedUnit] = &[
 pub fn size_units(calibration: &Calibration, vms: &mut [VmConfig]) -> bool {
     let mut sized = false;
     for vm in vms.iter_mut() {
-        let Some(timed) = unit_wanted(vm) else { continue };
-        let unit = calibration.iterations_for(timed.time);
-        match vm.args.get_mut(timed.arg) {
-            Some(arg) => *arg = unit,
-            // Only a missing argument 0 is sized (see TIMED_UNITS): it goes first.
-            None => vm.args.push(unit),
+        // A guest's timed arguments in order: a missing one is pushed, so
+        // the next missing one is next in line.
+        for timed in TIMED_UNITS.iter().filter(|timed| timed.guest == vm.guest) {
+            if !unit_wanted(vm, timed) {
+                continue;
+            }
+            let unit = calibration.iterations_for(timed.time);
+            match vm.args.get_mut(timed.arg) {
+                Some(arg) => *arg = unit,
+                None => vm.args.push(unit),
+            }
+            sized = true;
         }
-        sized = true;
     }
     sized
 }
 
-/// `vm`'s timed unit, if it is a timed built-in guest without an explicit
-/// unit.
-fn unit_wanted(vm: &VmConfig) -> Option<TimedUnit> {
-    let timed = TIMED_UNITS.iter().find(|timed| timed.guest == vm.guest)?;
-    let wanted = match vm.args.get(timed.arg) {
+/// Whether `vm`'s argument `timed` is to be sized: it is 0, or it is
+/// missing and the next (only missing arguments in order are sized).
+fn unit_wanted(vm: &VmConfig, timed: &TimedUnit) -> bool {
+    match vm.args.get(timed.arg) {
         Some(&unit) => unit == 0,
         None => timed.when_missing && vm.args.len() == timed.arg,
-    };
-    wanted.then_some(*timed)
+    }
 }
 
 /// Whether any VM would take a calibrated unit (so calibrating is worth it).
 pub fn wanted(vms: &[VmConfig]) -> bool {
-    vms.iter().any(|vm| unit_wanted(vm).is_some())
+    vms.iter().any(|vm| TIMED_UNITS.iter().any(|timed| timed.guest == vm.guest && unit_wanted(vm, timed)))
 }
 
 /// Measures this machine (at most [`BUDGET`], plus one VM's setup).

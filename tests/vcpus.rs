@@ -359,3 +359,30 @@ fn a_directed_yield_hands_the_rest_of_the_slice_to_the_sibling() {
     assert_eq!(printed, ["cpu1: 200", "cpu0: 100"], "{}", yields.console);
     assert_eq!(yields.faults, 0);
 }
+
+#[test]
+fn locks_counts_its_critical_sections_and_spins_only_when_vcpus_contend() {
+    // Alone, a vCPU never waits for the lock: 0 % spinning, whatever the lock.
+    for (vcpus, kind) in [(1, 1), (4, 0), (4, 1), (4, 2)] {
+        let mut locks = builtin("l", "locks");
+        (locks.vcpus, locks.args) = (vcpus, vec![20, 60, kind]);
+        let outcome = run(vec![locks], Policy::Fair, Duration::from_millis(1600));
+        // A VM of one vCPU prints unlabelled lines.
+        let report = &outcome.report.vms[0];
+        let lines = if vcpus == 1 { report.console.lines().map(str::to_string).collect() } else { lines_of(report, 0) };
+        let name = ["test-and-set", "ticket", "paravirtual ticket"][kind as usize];
+        assert_eq!(lines[0], format!("lock: {name}"), "{lines:?}");
+        let second: Vec<u64> = lines[1]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|word| !word.is_empty())
+            .map(|number| number.parse().unwrap())
+            .collect();
+        let [sections, spinning] = second[..] else { panic!("{lines:?}") };
+        assert!(sections > 0, "{lines:?}");
+        if vcpus == 1 {
+            assert_eq!(spinning, 0, "{lines:?}");
+        } else {
+            assert!(spinning <= 100, "{lines:?}");
+        }
+    }
+}
