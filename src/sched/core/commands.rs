@@ -155,6 +155,10 @@ impl Core {
                 self.start_incoming(vm, last_slice_ns, paused, report)
             }
             Internal::IncomingOrphaned { vm, why, dropped } => self.incoming_ended(vm, &why, dropped),
+            // The balancer saw it here a sample ago: if it has moved since, the ask follows it.
+            Internal::MoveVm { vm, to } if !self.slots.owns(vm) => {
+                let _ = self.pass_on(vm, Message::Internal(Internal::MoveVm { vm, to }));
+            }
             Internal::MoveVm { vm, to } => self.move_vm(vm, to),
             Internal::VmArrived => self.take_arrivals(),
             Internal::Notice(text) => {
