@@ -247,8 +247,17 @@ fn a_flooding_guest_with_a_stalled_front_end_keeps_memory_flat() {
             _ => None,
         })
         .sum();
+    // The channel holds 128 console events (a flush every 10 ms, some 5 KiB
+    // each from chatty here) before the core's backlog (256 KiB a VM) must
+    // fill: a flood past 1 MiB in the stall has to be cut by dropping (an
+    // idle host gives chatty about 1.5 MiB in it). A host too busy to give
+    // chatty that much proves nothing either way about dropping; the
+    // memory bound above holds regardless.
     let report = &outcome.report.vms[0];
-    assert!(dropped + report.console_dropped > 0, "the flood was bounded by dropping");
+    let printed = report.console_cut_bytes + report.console.len() as u64 + report.console_dropped + dropped;
+    if printed > 1 << 20 {
+        assert!(dropped + report.console_dropped > 0, "the flood ({printed} bytes) was bounded by dropping");
+    }
     assert!(outcome.report.vms[1].exits.total > 100, "the ticker kept running beside the flood");
 }
 
