@@ -239,7 +239,8 @@ fn the_smp_lesson_shows_vcpus_taking_turns_their_ipis_and_a_shared_weight() {
 #[test]
 fn the_cores_lesson_pins_two_vms_to_one_core_and_lets_them_spread() {
     let command = format!("{} lesson cores; sleep 60", binary().display());
-    let tmux = Tmux::start(&command, 80, 24);
+    // Its two cores spin two CPUs: no other terminal runs beside it.
+    let tmux = Tmux::start_alone(&command, 80, 24);
     tmux.wait_for(&["lesson: Several cores"]);
     // Both pinned to core 0, then b pinned to core 1: it moves at once.
     tmux.wait_for(&["step 2 of 4"]);

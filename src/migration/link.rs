@@ -113,11 +113,12 @@ pub(crate) fn start_outgoing(
         let mut allowed_at = Duration::ZERO;
         for frame in frames_rx {
             if let (Some(rate), Frame::Pages { .. }) = (bandwidth, &frame) {
-                // Paced: a frame goes out when the bytes before it have had their time.
-                let due = allowed_at.saturating_sub(started.elapsed());
-                std::thread::sleep(due);
+                // Paced: a frame goes out once its own bytes have had their
+                // time, the first one too, so that a move of one frame cannot
+                // outrun the cap (nor measure the link as faster than it is).
                 let bytes = frame.encode().len() as u64;
                 allowed_at = allowed_at.max(started.elapsed()) + Duration::from_nanos(bytes * 1_000_000_000 / rate);
+                std::thread::sleep(allowed_at.saturating_sub(started.elapsed()));
             }
             let last = matches!(frame, Frame::Go { .. } | Frame::Abandon(_));
             if let Err(error) = write_frame(&mut writer, &frame) {

@@ -6,22 +6,49 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// How long a screen may take to show what a test waits for: generous, since
 /// a busy machine (another process on a CPU) slows the start of a run.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Held by every terminal of this test binary: shared by most, taken
+/// alone by a run that keeps more CPUs busy than the host may have to spare
+/// (several cores spinning), so that beside another process on a CPU the
+/// terminals running at once never starve each other's UI threads.
+static CPUS: RwLock<()> = RwLock::new(());
+
+/// A terminal's hold on [`CPUS`], released after its server is killed.
+enum CpuHold {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
 /// A terminal of a given size running one command, on its own tmux server.
 pub struct Tmux {
     server: String,
+    _cpus: CpuHold,
 }
 
 impl Tmux {
     /// Starts `command` in a terminal of `width` x `height`, on a server
     /// named uniquely ([`unique_name`]).
     pub fn start(command: &str, width: u16, height: u16) -> Self {
-        let tmux = Self { server: unique_name("mtui") };
+        // A test that failed while holding it poisons nothing of ours.
+        let hold = CpuHold::Shared(CPUS.read().unwrap_or_else(PoisonError::into_inner));
+        Self::start_holding(command, width, height, hold)
+    }
+
+    /// Starts `command` as [`Tmux::start`] does, but with no other terminal
+    /// of this test binary running beside it: for a run of several busy cores.
+    pub fn start_alone(command: &str, width: u16, height: u16) -> Self {
+        let hold = CpuHold::Alone(CPUS.write().unwrap_or_else(PoisonError::into_inner));
+        Self::start_holding(command, width, height, hold)
+    }
+
+    fn start_holding(command: &str, width: u16, height: u16, hold: CpuHold) -> Self {
+        let tmux = Self { server: unique_name("mtui"), _cpus: hold };
         let output = tmux
             .command()
             .args(["new-session", "-d", "-s", "main", "-x", &width.to_string(), "-y", &height.to_string(), command])
