@@ -489,6 +489,11 @@ pub struct VcpuSample {
     pub exits: u64,
     /// Its part of its VM's charged time so far.
     pub charged_ns: u64,
+    /// Loop iterations it spent spinning for a lock and on anything else,
+    /// as its lock record says (zero for a guest that shares none).
+    pub lock_spins: u64,
+    /// See `lock_spins`.
+    pub lock_work: u64,
 }
 
 /// What the core tells the front ends.

@@ -64,6 +64,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("migration", include_str!("../assets/lessons/migration.toml")),
     ("smp", include_str!("../assets/lessons/smp.toml")),
     ("cores", include_str!("../assets/lessons/cores.toml")),
+    ("locks", include_str!("../assets/lessons/locks.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -220,6 +221,31 @@ pub enum Check {
     },
     /// The view is open.
     ViewOpen(View),
+    /// The part of the VM's loop iterations spent spinning for a lock (its
+    /// lock records, over the rates' window) is at least this many percent.
+    SpinAtLeast {
+        /// The VM.
+        vm: usize,
+        /// Percent.
+        percent: f64,
+    },
+    /// ... at most this many percent.
+    SpinAtMost {
+        /// The VM.
+        vm: usize,
+        /// Percent.
+        percent: f64,
+    },
+    /// The VM does at least `times` the critical sections a second of VM
+    /// `other` (both from their lock records, over the rates' window).
+    SectionsOver {
+        /// The VM.
+        vm: usize,
+        /// The VM it is compared with.
+        other: usize,
+        /// The ratio.
+        times: f64,
+    },
 }
 
 /// What a migration's rounds show (a `migrated` check).
@@ -329,6 +355,10 @@ struct CheckSpec {
     vcpu_state: Option<String>,
     core: Option<usize>,
     pinned: Option<bool>,
+    spin_at_least: Option<f64>,
+    spin_at_most: Option<f64>,
+    sections_over: Option<Spanned<String>>,
+    times: Option<f64>,
 }
 
 /// The names of the built-in lessons with their titles, in course order.
@@ -460,10 +490,19 @@ fn check_of(
         spec.vcpu_state.is_some(),
         spec.core.is_some(),
         spec.pinned.is_some(),
+        spec.spin_at_least.is_some(),
+        spec.spin_at_most.is_some(),
+        spec.sections_over.is_some(),
     ];
     let vocabulary = "policy, preempted, share_within, target_at_least, state, exit, hypercall, steps, lines, \
-                      injected, file_guest_lines, says, view, migrated, selected, timeline_span, vcpu_state, core \
-                      or pinned";
+                      injected, file_guest_lines, says, view, migrated, selected, timeline_span, vcpu_state, core, \
+                      pinned, spin_at_least, spin_at_most or sections_over";
+    if spec.sections_over.is_some() != spec.times.is_some() {
+        return Err(error(
+            "times",
+            "`sections_over` and `times` go together: { vm = \"pv\", sections_over = \"ticket\", times = 1.5 }".into(),
+        ));
+    }
     if spec.vcpu.is_some() != spec.vcpu_state.is_some() {
         return Err(error(
             "vcpu",
@@ -483,6 +522,13 @@ fn check_of(
         None => None,
     };
     let needs_vm = |what: &str| vm.ok_or_else(|| error("vm", format!("a `{what}` check needs the VM it is about")));
+    let percentage = |key: &str, percent: f64| {
+        if (0.0..=100.0).contains(&percent) {
+            Ok(percent)
+        } else {
+            Err(error(key, format!("{percent} is not a percentage")))
+        }
+    };
     Ok(if let Some(policy) = spec.policy {
         Check::Policy(policy)
     } else if let Some(at_least) = spec.preempted {
@@ -591,6 +637,18 @@ fn check_of(
         Check::OnCore { vm: needs_vm("core")?, core }
     } else if let Some(pinned) = spec.pinned {
         Check::Pinned { vm: needs_vm("pinned")?, pinned }
+    } else if let Some(percent) = spec.spin_at_least {
+        Check::SpinAtLeast { vm: needs_vm("spin_at_least")?, percent: percentage("spin_at_least", percent)? }
+    } else if let Some(percent) = spec.spin_at_most {
+        Check::SpinAtMost { vm: needs_vm("spin_at_most")?, percent: percentage("spin_at_most", percent)? }
+    } else if let (Some(other), Some(times)) = (&spec.sections_over, spec.times) {
+        let named = scenario.vms.iter().position(|vm| &vm.name == other.get_ref());
+        let other = named
+            .ok_or_else(|| error("sections_over", format!("no VM of the scenario is called '{}'", other.get_ref())))?;
+        if !(times.is_finite() && times > 0.0) {
+            return Err(error("times", format!("{times} is not a ratio above 0")));
+        }
+        Check::SectionsOver { vm: needs_vm("sections_over")?, other, times }
     } else {
         match spec.view.as_deref() {
             Some("inspector") => Check::ViewOpen(View::Inspector),
@@ -634,7 +692,8 @@ mod tests {
                 "interrupts",
                 "migration",
                 "smp",
-                "cores"
+                "cores",
+                "locks"
             ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));

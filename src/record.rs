@@ -208,6 +208,8 @@ impl ExitRecord {
                         format!("{head} HC_ipi(vCPU {vcpu}, vector 0x{vector:x}){refused}")
                     }
                     Some(Hypercall::YieldTo) => format!("{head} HC_yieldTo(vCPU {})", self.value),
+                    Some(Hypercall::LockWatch) if call.refused => format!("{head} HC_lockWatch({arg}) refused"),
+                    Some(Hypercall::LockWatch) => format!("{head} HC_lockWatch({arg})"),
                     Some(Hypercall::NumExitsByType) => match call.result {
                         Some(address) => format!("{head} HC_numExitsByType() = 0x{address:x}{text}"),
                         None => format!("{head} HC_numExitsByType()"),
@@ -303,6 +305,10 @@ pub struct SliceRecord {
     pub injected: u32,
     /// The core that ran it (0 with `--cpus 1`).
     pub core: u16,
+    /// The part of the guest's loop iterations in it spent spinning for a
+    /// lock, in percent, as its lock records count them (None for a guest
+    /// that shares none, or that counted nothing in it).
+    pub spin_pct: Option<u8>,
 }
 
 #[cfg(test)]

@@ -147,6 +147,9 @@ pub struct VmReport {
     pub injected: u64,
     /// Ticks that came due while one was pending, folded into it.
     pub coalesced: u64,
+    /// Its locking, for a guest that shares its lock records (HC_lockWatch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::stats::LockCounts>,
     /// Console output (the last 64 KiB at most, from the start of a line),
     /// as text.
     pub console: String,
@@ -183,6 +186,18 @@ pub struct VcpuReport {
     pub ipis: u64,
     /// Of those, raised while the same vector still waited to go in: folded into it.
     pub ipis_coalesced: u64,
+    /// What its lock record says, for a guest that shares its records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<VcpuLockReport>,
+}
+
+/// One vCPU's lock record at the end, as the guest counted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VcpuLockReport {
+    /// Critical sections it did.
+    pub sections: u64,
+    /// The part of its loop iterations spent spinning, in percent.
+    pub spin_pct: Option<f64>,
 }
 
 /// A VM's live migration, as the side that reports it saw it.

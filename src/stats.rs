@@ -44,11 +44,51 @@ pub struct VmCounters {
     pub injected: u64,
     /// Ticks that came due while one was still pending, folded into it.
     pub coalesced: u64,
+    /// What its lock records say (all zero for a guest that names none).
+    pub lock: LockCounts,
+}
+
+/// A VM's locking, for a guest that shares its lock records
+/// (HC_lockWatch): how often a quantum ended on a vCPU that held a lock or
+/// waited for one (the hypervisor's counts), and the sums of its vCPUs'
+/// records (the guest's own counts, read from its memory).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LockCounts {
+    /// Quanta that ended while their vCPU's record said it held a lock.
+    pub holder_preempted: u64,
+    /// Quanta that ended while their vCPU's record said it waited for one.
+    pub waiter_preempted: u64,
+    /// Critical sections done, as the guest counts them.
+    pub sections: u64,
+    /// Loop iterations spent spinning for a lock, as the guest counts them.
+    pub spins: u64,
+    /// Loop iterations spent on anything else, as the guest counts them.
+    pub work: u64,
+}
+
+impl LockCounts {
+    /// The part of the guest's loop iterations spent spinning, in percent,
+    /// from `before` to these counts; None when it counted none.
+    pub fn spin_pct_since(&self, before: &Self) -> Option<f64> {
+        let spins = self.spins.saturating_sub(before.spins);
+        let all = spins + self.work.saturating_sub(before.work);
+        (all > 0).then(|| spins as f64 * 100.0 / all as f64)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spin_part_is_of_the_iterations_counted_in_between() {
+        let before = LockCounts { spins: 100, work: 100, ..Default::default() };
+        let after = LockCounts { spins: 130, work: 190, ..Default::default() };
+        assert_eq!(after.spin_pct_since(&before), Some(25.0));
+        assert_eq!(before.spin_pct_since(&before), None);
+        // A guest's counts that went back (a restart, a hostile guest) count as none.
+        assert_eq!(before.spin_pct_since(&after), None);
+    }
 
     #[test]
     fn total_counts_unknown_ports_once() {

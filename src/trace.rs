@@ -54,6 +54,18 @@ pub enum TraceRecord {
         /// The core it went to.
         to: u16,
     },
+    /// A quantum ended on a vCPU whose lock record said it held a lock or
+    /// waited for one (the guest shares its lock records).
+    LockPreempted {
+        /// The VM.
+        vm: usize,
+        /// The vCPU.
+        vcpu: u16,
+        /// When (ns since the run started).
+        t_ns: u64,
+        /// True for a holder, false for a waiter.
+        holder: bool,
+    },
     /// A pre-copy round of a VM moving out ended.
     Round {
         /// The VM.
@@ -281,6 +293,16 @@ pub fn write_record(out: &mut impl Write, names: &[String], cores: usize, record
             &MovedLine { kind: "moved", vm: name(*vm), t_ns: *t_ns, from: *from, to: *to },
         )
         .map_err(std::io::Error::from),
+        TraceRecord::LockPreempted { vm, vcpu, t_ns, holder } => serde_json::to_writer(
+            &mut *out,
+            &LockLine {
+                kind: if *holder { "holder_preempted" } else { "waiter_preempted" },
+                vm: name(*vm),
+                vcpu: *vcpu,
+                t_ns: *t_ns,
+            },
+        )
+        .map_err(std::io::Error::from),
         TraceRecord::Round { vm, t_ns, round } => {
             serde_json::to_writer(&mut *out, &RoundLine { kind: "round", vm: name(*vm), t_ns: *t_ns, round: *round })
                 .map_err(std::io::Error::from)
@@ -298,6 +320,7 @@ pub fn write_record(out: &mut impl Write, names: &[String], cores: usize, record
                 exits: slice.exits,
                 injected: slice.injected,
                 core: (cores > 1).then_some(slice.core),
+                spin_pct: slice.spin_pct,
             },
         )
         .map_err(std::io::Error::from),
@@ -357,6 +380,15 @@ struct ExitLine<'a> {
 }
 
 #[derive(Serialize)]
+struct LockLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    vm: &'a str,
+    vcpu: u16,
+    t_ns: u64,
+}
+
+#[derive(Serialize)]
 struct RoundLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -384,6 +416,9 @@ struct SliceLine<'a> {
     /// Only with several cores.
     #[serde(skip_serializing_if = "Option::is_none")]
     core: Option<u16>,
+    /// Only for a guest that shares its lock records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spin_pct: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -443,6 +478,7 @@ mod tests {
             exits: 1,
             injected: 0,
             core: 0,
+            spin_pct: None,
         };
         write_record(&mut out, &names, 1, &TraceRecord::Slice(slice)).unwrap();
         let text = String::from_utf8(out).unwrap();

@@ -261,6 +261,20 @@ fn the_cores_lesson_pins_two_vms_to_one_core_and_lets_them_spread() {
 }
 
 #[test]
+fn the_locks_lesson_shows_a_ticket_lock_spin_and_a_paravirtual_one_win_its_time_back() {
+    let command = format!("{} lesson locks; sleep 60", binary().display());
+    let tmux = Tmux::start(&command, 100, 30);
+    tmux.wait_for(&["lesson: Lock-holder preemption"]);
+    // Each step ticks on its own measure: ticket's spin, pv's critical sections over ticket's.
+    tmux.wait_for(&["step 3 of 3"]);
+    let screen = tmux.wait_for(&["lock ", "spin "]);
+    assert!(screen.contains("waiter"), "{screen}");
+    tmux.keys("t");
+    tmux.wait_for(&["all 3 steps done"]);
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");

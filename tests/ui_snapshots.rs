@@ -215,6 +215,7 @@ fn timeline_app() -> App {
             exits: 0,
             injected: 0,
             core: 0,
+            spin_pct: None,
         })
         .collect();
     app.apply(Event::Slices { records: slices, dropped: 0 });
@@ -302,6 +303,8 @@ fn vcpus_app() -> App {
                 state: states[index],
                 exits: rates[index] * second,
                 charged_ns: shares[index] * second,
+                lock_spins: 0,
+                lock_work: 0,
             })
             .collect::<Vec<_>>()
     };
@@ -317,6 +320,51 @@ fn vcpus_app() -> App {
         app.apply(Event::Sample { elapsed_ns: second * 1_000_000_000, vms: vec![sample(0), sample(1)] });
     }
     app
+}
+
+/// A ticket lock's four vCPUs beside a paravirtual lock's, two samples a
+/// second apart: their lock records (critical sections, spun and worked
+/// iterations) and the quanta that ended on a holder or a waiter.
+fn locks_app() -> App {
+    let mut app = app(&["ticket", "pv"], &[50.0, 50.0], &[]);
+    // (sections, spins, work) a second, and quanta ended on a holder and a waiter a second.
+    let per_second = [(170, 23_000, 6_000, 0, 280), (1_030, 8_000, 46_000, 18, 160)];
+    for second in 9..=10u64 {
+        let sample = |vm: usize| {
+            let (sections, spins, work, holder, waiter) = per_second[vm];
+            let lock = matrix_tui::stats::LockCounts {
+                holder_preempted: holder * second,
+                waiter_preempted: waiter * second,
+                sections: sections * second,
+                spins: spins * second,
+                work: work * second,
+            };
+            let vcpus = (0..4)
+                .map(|index| matrix_tui::event::VcpuSample {
+                    state: "run",
+                    exits: 0,
+                    charged_ns: 125_000_000 * second,
+                    lock_spins: spins * second / 4 + index * 1_000 * second,
+                    lock_work: work * second / 4,
+                })
+                .collect();
+            VmSample {
+                counters: VmCounters { lock, ..VmCounters::default() },
+                cpu_ns: second * 500_000_000,
+                charged_ns: second * 500_000_000,
+                vcpus,
+                core: 0,
+                pin: Vec::new(),
+            }
+        };
+        app.apply(Event::Sample { elapsed_ns: second * 1_000_000_000, vms: vec![sample(0), sample(1)] });
+    }
+    app
+}
+
+#[test]
+fn a_ticket_lock_beside_a_paravirtual_one_at_100x30() {
+    insta::assert_snapshot!(render(&locks_app(), 100, 30).backend());
 }
 
 #[test]

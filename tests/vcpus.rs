@@ -363,14 +363,15 @@ fn a_directed_yield_hands_the_rest_of_the_slice_to_the_sibling() {
 #[test]
 fn locks_counts_its_critical_sections_and_spins_only_when_vcpus_contend() {
     // Alone, a vCPU never waits for the lock: 0 % spinning, whatever the lock.
-    for (vcpus, kind) in [(1, 1), (4, 0), (4, 1), (4, 2)] {
+    for (vcpus, kind) in [(1, 1), (4, 0), (4, 1), (4, 2), (4, 3)] {
         let mut locks = builtin("l", "locks");
         (locks.vcpus, locks.args) = (vcpus, vec![20, 60, kind]);
         let outcome = run(vec![locks], Policy::Fair, Duration::from_millis(1600));
         // A VM of one vCPU prints unlabelled lines.
         let report = &outcome.report.vms[0];
         let lines = if vcpus == 1 { report.console.lines().map(str::to_string).collect() } else { lines_of(report, 0) };
-        let name = ["test-and-set", "ticket", "paravirtual ticket"][kind as usize];
+        let name =
+            ["test-and-set", "ticket", "paravirtual ticket, yielding", "paravirtual ticket, halting"][kind as usize];
         assert_eq!(lines[0], format!("lock: {name}"), "{lines:?}");
         let second: Vec<u64> = lines[1]
             .split(|c: char| !c.is_ascii_digit())
@@ -384,5 +385,42 @@ fn locks_counts_its_critical_sections_and_spins_only_when_vcpus_contend() {
         } else {
             assert!(spinning <= 100, "{lines:?}");
         }
+        // Its lock records agree with what it printed: the report sums them.
+        let lock = report.lock.expect("locks shares its lock records");
+        let by_vcpu: u64 = report.vcpus.iter().map(|vcpu| vcpu.lock.expect("a record per vCPU").sections).sum();
+        assert_eq!(lock.sections, by_vcpu);
+        assert!(lock.sections >= sections, "{lock:?} {lines:?}");
     }
+}
+
+#[test]
+fn a_quantum_that_ends_on_a_lock_waiter_or_holder_is_counted_and_traced_as_the_guests_record_says() {
+    // A ticket lock of 4 vCPUs on one core at a 5 ms quantum: the vCPU whose
+    // quantum ends is nearly always spinning for a ticket behind one that is
+    // not running. The counts are the hypervisor's; the records the guest's.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("locks.jsonl");
+    let mut locks = builtin("ticket", "locks");
+    (locks.vcpus, locks.args) = (4, vec![0, 0, 1]);
+    let mut config = RunConfig::new(vec![locks]).with_policy(Policy::Fair);
+    config.quantum = Duration::from_millis(5);
+    config.trace = Some(trace.clone());
+    let outcome = run_config(config, Duration::from_millis(1500));
+    let vm = &outcome.report.vms[0];
+    let lock = vm.lock.expect("locks shares its lock records");
+    assert!(lock.waiter_preempted > 0, "{lock:?}");
+    assert!(lock.holder_preempted + lock.waiter_preempted <= vm.preemptions, "{lock:?}, {} quanta", vm.preemptions);
+    assert!(lock.spins > 0 && lock.work > 0 && lock.sections > 0, "{lock:?}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|record| record["type"].as_str().map(str::to_string))
+        .collect();
+    let count = |kind: &str| kinds.iter().filter(|seen| *seen == kind).count() as u64;
+    assert_eq!(count("waiter_preempted"), lock.waiter_preempted);
+    assert_eq!(count("holder_preempted"), lock.holder_preempted);
+    // A ticker shares no records: no lock figures at all.
+    let outcome = run(vec![builtin("t", "ticker")], Policy::Fair, Duration::from_millis(300));
+    assert_eq!(outcome.report.vms[0].lock, None);
 }

@@ -39,6 +39,7 @@
 #define HC_PORT_VCPU_COUNT 0xF3
 #define HC_PORT_IPI 0xF4
 #define HC_PORT_YIELD_TO 0xF5
+#define HC_PORT_LOCK_WATCH 0xF6
 
 /* The vector the virtual timer interrupts on. */
 #define MATRIX_TIMER_VECTOR 0x20
@@ -111,6 +112,27 @@ static inline void HC_ipi(uint32_t vcpu, uint8_t vector) {
 
 /* HC_yieldTo: the rest of this vCPU's slice to vCPU vcpu, if it can run. */
 static inline void HC_yieldTo(uint32_t vcpu) { matrix_outl(HC_PORT_YIELD_TO, vcpu); }
+
+/* Lock records (HC_lockWatch): one per vCPU, in one 4 KiB page, which the
+ * hypervisor reads without an exit when a vCPU's quantum ends (holding a
+ * lock or waiting for one: counted and traced) and when it shows the VM.
+ * Each vCPU writes only its own record. */
+#define MH_LOCK_NEITHER 0
+#define MH_LOCK_HOLDS 1
+#define MH_LOCK_WAITS 2
+struct mh_lock_record {
+    volatile uint32_t state;     /* MH_LOCK_* */
+    uint32_t reserved;           /* zero */
+    volatile uint64_t sections;  /* critical sections done */
+    volatile uint64_t spins;     /* loop iterations spent spinning for a lock */
+    volatile uint64_t work;      /* loop iterations spent on anything else */
+} __attribute__((aligned(32)));
+
+/* HC_lockWatch: names the table (a record per vCPU, 32-byte aligned, within
+ * one page; 0 stops); a table that is not is refused with a console note. */
+static inline void HC_lockWatch(struct mh_lock_record *records) {
+    matrix_outl(HC_PORT_LOCK_WATCH, (uint32_t)(uintptr_t)records);
+}
 
 /* What the CPU pushes for an interrupt, as GCC's interrupt functions take it. */
 struct mh_interrupt_frame {

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod hc;
 pub mod interrupts;
 pub mod io;
+pub mod lock_records;
 mod mem;
 pub mod smp;
 pub mod work;

@@ -29,6 +29,8 @@ pub const PORT_VCPU_COUNT: u16 = 0xF3;
 pub const PORT_IPI: u16 = 0xF4;
 /// HC_yieldTo(vcpu): the rest of the slice to that vCPU of the VM.
 pub const PORT_YIELD_TO: u16 = 0xF5;
+/// HC_lockWatch(address): the guest's lock records, read without an exit.
+pub const PORT_LOCK_WATCH: u16 = 0xF6;
 
 /// Whether the guest wrote (`out`) or read (`in`) the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +81,13 @@ pub enum Hypercall {
     Ipi,
     /// Give the rest of the slice to a vCPU of the VM.
     YieldTo,
+    /// Name the table of the guest's lock records.
+    LockWatch,
 }
 
 impl Hypercall {
     /// Every hypercall, in port order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Print8,
         Self::Print32,
         Self::NumExits,
@@ -98,6 +102,7 @@ impl Hypercall {
         Self::VcpuCount,
         Self::Ipi,
         Self::YieldTo,
+        Self::LockWatch,
     ];
 
     /// Its name in the guest ABI (`HC_print8bit`, ...).
@@ -159,6 +164,7 @@ const TABLE: &[(u16, Direction, u8, Hypercall, &str)] = &[
     (PORT_VCPU_COUNT, Direction::In, 4, Hypercall::VcpuCount, "HC_vcpuCount"),
     (PORT_IPI, Direction::Out, 4, Hypercall::Ipi, "HC_ipi"),
     (PORT_YIELD_TO, Direction::Out, 4, Hypercall::YieldTo, "HC_yieldTo"),
+    (PORT_LOCK_WATCH, Direction::Out, 4, Hypercall::LockWatch, "HC_lockWatch"),
 ];
 
 /// The hypercall the ABI puts on `port` in `direction`, with its name.
@@ -207,6 +213,7 @@ mod tests {
             (0xF3, In, 4, Hypercall::VcpuCount),
             (0xF4, Out, 4, Hypercall::Ipi),
             (0xF5, Out, 4, Hypercall::YieldTo),
+            (0xF6, Out, 4, Hypercall::LockWatch),
         ];
         for (port, direction, size, call) in cases {
             assert_eq!(decode(port, direction, one(size)), Ok(call), "port 0x{port:x}");

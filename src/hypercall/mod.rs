@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod guest;
+pub mod lock_records;
 pub mod ports;
 
 use vm_memory::{Bytes, GuestAddress};
@@ -67,6 +68,9 @@ pub struct HypercallState {
     /// Calls of HC_numExitsByType so far: picks the next mailbox slot (one
     /// count for all of a VM's vCPUs, so that two never share a slot).
     mailbox_calls: u64,
+    /// Where the guest's lock records lie (guest physical), once it named
+    /// them with HC_lockWatch.
+    pub lock_records: Option<u64>,
 }
 
 impl Default for HypercallState {
@@ -78,19 +82,19 @@ impl Default for HypercallState {
 impl HypercallState {
     /// The state of a VM whose mailbox lies at `mailbox`.
     pub fn with_mailbox(mailbox: u64) -> Self {
-        Self { mailbox, mailbox_calls: 0 }
+        Self { mailbox, mailbox_calls: 0, lock_records: None }
     }
 
     /// What a snapshot keeps (the mailbox's place follows from the machine),
     /// with the saved vCPU's HC_gvaToHva result.
     pub fn progress(&self, gva_result: Option<u32>) -> HypercallProgress {
-        HypercallProgress { mailbox_calls: self.mailbox_calls, gva_result }
+        HypercallProgress { mailbox_calls: self.mailbox_calls, gva_result, lock_records: self.lock_records }
     }
 
     /// A restored VM's state: its mailbox at `mailbox`, its calls as saved
     /// (the gvaToHva result goes back to its vCPU).
     pub fn resumed(mailbox: u64, progress: HypercallProgress) -> Self {
-        Self { mailbox, mailbox_calls: progress.mailbox_calls }
+        Self { mailbox, mailbox_calls: progress.mailbox_calls, lock_records: progress.lock_records }
     }
 }
 
@@ -102,6 +106,8 @@ pub struct HypercallProgress {
     pub mailbox_calls: u64,
     /// An HC_gvaToHva result waiting for its `in`.
     pub gva_result: Option<u32>,
+    /// Where the guest's lock records lie (HC_lockWatch), if it named them.
+    pub lock_records: Option<u64>,
 }
 
 /// The per-VM things a hypercall may change, and the VM settings it follows.
@@ -179,6 +185,15 @@ pub fn handle_out<T: Translate + ?Sized>(
             return (Outcome::Ipi { vcpu, vector }, record);
         }
         Hypercall::YieldTo => return (Outcome::YieldTo(value), record),
+        Hypercall::LockWatch => match lock_records::place(guest, io.mode, value, io.vcpu.count) {
+            Ok(table) => io.state.lock_records = table,
+            Err(error) => {
+                io.counters.faults += 1;
+                io.console
+                    .note(format_args!("HC_lockWatch(0x{value:x}) refused: {error}; its lock records are not read"));
+                record.refused = true;
+            }
+        },
         Hypercall::NumExits
         | Hypercall::NumExitsByType
         | Hypercall::GvaToHvaResult
@@ -260,7 +275,8 @@ pub fn handle_in(
         | Hypercall::TimerStart
         | Hypercall::TimerStop
         | Hypercall::Ipi
-        | Hypercall::YieldTo => unreachable!("decode returns only `in` hypercalls for an in"),
+        | Hypercall::YieldTo
+        | Hypercall::LockWatch => unreachable!("decode returns only `in` hypercalls for an in"),
     };
     data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
     record.result = Some(value);
@@ -399,6 +415,22 @@ mod tests {
         rig.out(0xEC, 4, 0x9000);
         assert_eq!(rig.console(), "H4294967295\n0\n1000000\nstr\n");
         assert_eq!(rig.counters.faults, 0);
+    }
+
+    #[test]
+    fn lock_watch_keeps_a_table_in_one_page_and_refuses_any_other_with_a_fault_and_a_note() {
+        let mut rig = Rig::new();
+        rig.vcpu = VcpuIdentity { index: 0, count: 4 };
+        let (outcome, record) = rig.out(0xF6, 4, 0x9000);
+        assert_eq!((outcome, record.refused), (Outcome::Continue, false));
+        assert_eq!(rig.state.lock_records, Some(0x9000));
+        let (_, record) = rig.out(0xF6, 4, 0x9fc0);
+        assert!(record.refused);
+        assert_eq!(rig.state.lock_records, Some(0x9000), "a refused table leaves the last one");
+        assert_eq!(rig.counters.faults, 1);
+        assert!(rig.console().contains("HC_lockWatch(0x9fc0) refused: 4 records of 32 bytes"), "a note says why");
+        rig.out(0xF6, 4, 0);
+        assert_eq!(rig.state.lock_records, None, "0 stops it");
     }
 
     #[test]

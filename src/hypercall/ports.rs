@@ -4,9 +4,9 @@
 //! course's own hypervisors printed them, instead of as errors.
 
 use super::decode::{
-    self, Direction, Hypercall, Misuse, PORT_GVA_TO_HVA, PORT_IPI, PORT_NUM_EXITS, PORT_NUM_EXITS_BY_TYPE,
-    PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32, PORT_TIMER_START, PORT_TIMER_STOP, PORT_VCPU_COUNT, PORT_VCPU_ID,
-    PORT_YIELD, PORT_YIELD_TO,
+    self, Direction, Hypercall, Misuse, PORT_GVA_TO_HVA, PORT_IPI, PORT_LOCK_WATCH, PORT_NUM_EXITS,
+    PORT_NUM_EXITS_BY_TYPE, PORT_PRINT_STR, PORT_PRINT8, PORT_PRINT32, PORT_TIMER_START, PORT_TIMER_STOP,
+    PORT_VCPU_COUNT, PORT_VCPU_ID, PORT_YIELD, PORT_YIELD_TO,
 };
 use crate::vm::PortAccess;
 
@@ -26,6 +26,7 @@ const CALLS: &[(&str, u16)] = &[
     ("vcpuCount", PORT_VCPU_COUNT),
     ("ipi", PORT_IPI),
     ("yieldTo", PORT_YIELD_TO),
+    ("lockWatch", PORT_LOCK_WATCH),
 ];
 
 /// The names of the hypercalls a port can be mapped to, in port order.
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown hypercall 'print64bit': give one of print8bit, print32bit, numExits, printStr, \
-             numExitsByType, gvaToHva, yield, timerStart, timerStop, vcpuId, vcpuCount, ipi, yieldTo"
+             numExitsByType, gvaToHva, yield, timerStart, timerStop, vcpuId, vcpuCount, ipi, yieldTo, lockWatch"
         );
     }
 

@@ -3,6 +3,8 @@
 //! handles the exit. The core decides *when* to step which VM; this module
 //! decides which of its vCPUs runs and what an exit means.
 
+mod locks;
+
 use kvm_ioctls::Kvm;
 
 use super::vcpu_runtime::{self, VcpuRuntime, VcpuState};
@@ -466,13 +468,13 @@ impl VmRuntime {
         let vcpu = &mut self.vcpus[index];
         let timed = vcpu.timer.running();
         vcpu.state = match (interrupts_on, timed) {
+            // A sibling's IPI already waiting wakes it at once, timer or not.
+            (true, _) if vcpu.pending.any() => VcpuState::Runnable,
             (true, true) => {
                 let until_ns =
                     if vcpu.timer.poll(now_ns) { now_ns } else { vcpu.timer.next_due_ns().unwrap_or(now_ns) };
                 VcpuState::Sleeping { until_ns: Some(until_ns) }
             }
-            // A sibling's IPI already waiting wakes it at once.
-            (true, false) if vcpu.pending.any() => VcpuState::Runnable,
             (true, false) if vcpus > 1 => VcpuState::Sleeping { until_ns: None },
             (true, false) => {
                 self.console.note(format_args!("hlt with interrupts on and no timer running: nothing can wake it"));
@@ -624,7 +626,10 @@ impl VmRuntime {
     pub fn counters(&self) -> VmCounters {
         let injected = self.vcpus.iter().map(|vcpu| vcpu.timer.injected).sum();
         let coalesced = self.vcpus.iter().map(|vcpu| vcpu.timer.coalesced).sum();
-        VmCounters { injected, coalesced, ..self.counters }
+        let mut lock = self.lock_sums().unwrap_or_default();
+        (lock.holder_preempted, lock.waiter_preempted) =
+            (self.counters.lock.holder_preempted, self.counters.lock.waiter_preempted);
+        VmCounters { injected, coalesced, lock, ..self.counters }
     }
 }
 

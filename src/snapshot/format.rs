@@ -6,7 +6,8 @@
 //! ```text
 //! magic        8 bytes   "MTXSNAP\0"
 //! major        u16 LE    FORMAT_MAJOR (2; version 1 files wrote a u32 1 here)
-//! minor        u16 LE    FORMAT_MINOR (1; 2.1 added the vCPUs past the first)
+//! minor        u16 LE    FORMAT_MINOR (2; 2.1 added the vCPUs past the first,
+//!                        2.2 where the guest's lock records lie)
 //! flags        u32 LE    0
 //! state_len    u64 LE    bytes of the JSON state
 //! memory_size  u64 LE    guest memory in bytes (a multiple of 4 KiB)
@@ -20,7 +21,8 @@
 //! The version rule: a reader reads every file of its own major version
 //! whose minor is not newer than its own (a minor only adds to the one
 //! before it: 2.1 added the vCPUs past the first, absent for a VM of one,
-//! so a 2.0 file reads as a 2.1 one; an older reader refuses a newer minor,
+//! so a 2.0 file reads as a 2.1 one, and 2.2 the place of the guest's lock
+//! records, absent where it named none; an older reader refuses a newer minor,
 //! whose additions it would drop), and every older major it knows: version
 //! 1 differs from 2.0 only in its checksum.
 
@@ -30,7 +32,7 @@ pub const MAGIC: &[u8; 8] = b"MTXSNAP\0";
 /// is read only if this build knows it (1 and 2).
 pub const FORMAT_MAJOR: u16 = 2;
 /// The minor version this build writes; it reads any minor up to it.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Bytes of the header.
 pub const HEADER_SIZE: usize = 8 + 4 + 4 + 8 * 4;
 /// Bytes of a memory page.
@@ -381,7 +383,7 @@ mod tests {
         let file = encode("{}", &Pages::from_memory(&memory()));
         assert_eq!(decode(b"ELF".to_vec(), 1 << 30), Err(FormatError::BadMagic));
         for (bytes, found, why) in [
-            ([2, 0, 2, 0], (2, 2), "written by a later matrix-tui"),
+            ([2, 0, 3, 0], (2, 3), "written by a later matrix-tui"),
             ([3, 0, 0, 0], (3, 0), "written by a later matrix-tui"),
             ([0, 0, 0, 0], (0, 0), "not a version any matrix-tui wrote"),
             ([1, 0, 1, 0], (1, 1), "not a version any matrix-tui wrote"),
@@ -392,7 +394,7 @@ mod tests {
             assert_eq!(error, FormatError::WrongVersion { found });
             assert!(error.to_string().contains(why), "{error}");
         }
-        // An older minor of this major reads: 2.1 only added to 2.0.
+        // An older minor of this major reads: 2.1 and 2.2 only added to 2.0.
         let mut older = file.clone();
         older[8..12].copy_from_slice(&[2, 0, 0, 0]);
         assert_eq!(decode(older, 1 << 30).map(|decoded| decoded.version), Ok((2, 0)));

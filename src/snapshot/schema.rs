@@ -15,7 +15,7 @@ use super::running::{RuntimeState, SavedVcpu, SavedVcpuState, SnapshotState};
 use super::vcpu_record::VcpuState;
 use crate::hypercall::HypercallProgress;
 use crate::sched::virtual_timer::TimerState;
-use crate::stats::{ExitCounts, VmCounters};
+use crate::stats::{ExitCounts, LockCounts, VmCounters};
 use crate::vm::cpu_mode::CpuMode;
 use crate::vm::loader::ImageKind;
 use crate::vm::saved::{ImageState, MachineState};
@@ -138,6 +138,16 @@ pub struct FileCounters {
     pub faults: u64,
     pub injected: u64,
     pub coalesced: u64,
+    /// Quanta that ended on a lock's holder (format 2.2; absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holder_preempted: u64,
+    /// Quanta that ended on a lock's waiter (format 2.2; absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiter_preempted: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// Guest-caused exits by type.
@@ -159,6 +169,9 @@ pub struct FileExits {
 pub struct FileHypercalls {
     pub mailbox_calls: u64,
     pub gva_result: Option<u32>,
+    /// Where the guest's lock records lie (format 2.2; absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_records: Option<u64>,
 }
 
 /// The virtual timer: its period while it ran, and when its next tick was
@@ -228,13 +241,23 @@ impl From<FileMachine> for MachineState {
 impl From<&RuntimeState> for FileRuntime {
     fn from(runtime: &RuntimeState) -> Self {
         let RuntimeState { counters, hypercalls, timer, sleeping, console, cpu_ns, vcpus } = runtime;
-        let VmCounters { exits, preemptions, faults, injected, coalesced } = *counters;
+        // The guest's own lock counts live in its memory, which the file keeps.
+        let VmCounters { exits, preemptions, faults, injected, coalesced, lock } = *counters;
+        let LockCounts { holder_preempted, waiter_preempted, .. } = lock;
         let ExitCounts { io_in, io_out, hlt, mmio, unknown_port, shutdown, other } = exits;
         let exits = FileExits { io_in, io_out, hlt, mmio, unknown_port, shutdown, other };
-        let HypercallProgress { mailbox_calls, gva_result } = *hypercalls;
+        let HypercallProgress { mailbox_calls, gva_result, lock_records } = *hypercalls;
         Self {
-            counters: FileCounters { exits, preemptions, faults, injected, coalesced },
-            hypercalls: FileHypercalls { mailbox_calls, gva_result },
+            counters: FileCounters {
+                exits,
+                preemptions,
+                faults,
+                injected,
+                coalesced,
+                holder_preempted,
+                waiter_preempted,
+            },
+            hypercalls: FileHypercalls { mailbox_calls, gva_result, lock_records },
             timer: (*timer).into(),
             sleeping: *sleeping,
             console: console.clone(),
@@ -247,13 +270,15 @@ impl From<&RuntimeState> for FileRuntime {
 impl From<FileRuntime> for RuntimeState {
     fn from(file: FileRuntime) -> Self {
         let FileRuntime { counters, hypercalls, timer, sleeping, console, cpu_ns, vcpus } = file;
-        let FileCounters { exits, preemptions, faults, injected, coalesced } = counters;
+        let FileCounters { exits, preemptions, faults, injected, coalesced, holder_preempted, waiter_preempted } =
+            counters;
+        let lock = LockCounts { holder_preempted, waiter_preempted, ..Default::default() };
         let FileExits { io_in, io_out, hlt, mmio, unknown_port, shutdown, other } = exits;
         let exits = ExitCounts { io_in, io_out, hlt, mmio, unknown_port, shutdown, other };
-        let FileHypercalls { mailbox_calls, gva_result } = hypercalls;
+        let FileHypercalls { mailbox_calls, gva_result, lock_records } = hypercalls;
         Self {
-            counters: VmCounters { exits, preemptions, faults, injected, coalesced },
-            hypercalls: HypercallProgress { mailbox_calls, gva_result },
+            counters: VmCounters { exits, preemptions, faults, injected, coalesced, lock },
+            hypercalls: HypercallProgress { mailbox_calls, gva_result, lock_records },
             timer: timer.into(),
             sleeping,
             console,

@@ -578,7 +578,7 @@ mod tests {
         assert_eq!(app.act(Action::Step), [Command::Step { vm: 0, vcpu: None }]);
         app.act(Action::ChooseStepVcpu);
         assert_eq!(app.vms[0].step_vcpu, None, "a VM of one vCPU has nothing to choose");
-        let line = crate::ui::vm_view::VcpuLine { state: "run", share: 0.5, exits_per_s: 0.0 };
+        let line = crate::ui::vm_view::VcpuLine { state: "run", share: 0.5, exits_per_s: 0.0, spin_pct: None };
         app.vms[0].vcpus = vec![line, line];
         let mut stepped = Vec::new();
         for _ in 0..3 {
@@ -770,6 +770,7 @@ mod tests {
             exits: 0,
             injected: 0,
             core: 0,
+            spin_pct: None,
         };
         assert!(!app.apply(Event::Slices { records: vec![slice], dropped: 0 }), "the timeline is hidden");
         assert!(!app.apply(Event::Exits { vm: 0, records: Vec::new() }), "the inspector is closed");

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::event::VmSample;
-use crate::stats::{ExitCounts, VmCounters};
+use crate::stats::{ExitCounts, LockCounts, VmCounters};
 
 /// The shortest span rates and shares are taken over, once the run is that old.
 pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
@@ -78,6 +78,13 @@ fn per_second(before: &VmCounters, after: &VmCounters, seconds: f64) -> VmCounte
         faults: rate(before.faults, after.faults),
         injected: rate(before.injected, after.injected),
         coalesced: rate(before.coalesced, after.coalesced),
+        lock: LockCounts {
+            holder_preempted: rate(before.lock.holder_preempted, after.lock.holder_preempted),
+            waiter_preempted: rate(before.lock.waiter_preempted, after.lock.waiter_preempted),
+            sections: rate(before.lock.sections, after.lock.sections),
+            spins: rate(before.lock.spins, after.lock.spins),
+            work: rate(before.lock.work, after.lock.work),
+        },
     }
 }
 

@@ -125,6 +125,20 @@ fn mark(end: SliceEnd) -> (char, u8) {
     }
 }
 
+/// A slice whose guest spent at least this part of its loop iterations
+/// spinning for a lock (its lock records say) is drawn in [`SPIN_COLOR`].
+const SPINNING_PCT: u8 = 50;
+
+/// The colour of a spinning slice's cells.
+const SPIN_COLOR: Color = Color::LightRed;
+
+/// A cell `vm` held in a shared row or a core's row: its tag on its colour,
+/// or on [`SPIN_COLOR`] when it spun there.
+fn held_style(vm: usize, spinning: bool) -> Style {
+    let background = if spinning { SPIN_COLOR } else { COLORS[vm % COLORS.len()] };
+    Style::default().fg(Color::Black).bg(background)
+}
+
 /// Rows the timeline needs for `vms` VMs drawn a row each, or for a row
 /// per core when `cores` is more than one (border, marks, axis).
 pub fn height_for(vms: usize, cores: usize) -> u16 {
@@ -140,8 +154,10 @@ fn tag(vm: usize) -> char {
 impl Widget for TimelineView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let window = self.timeline.window_ns();
+        let spin_key =
+            if self.timeline.slices.iter().any(|slice| slice.spin_pct.is_some()) { "light red: spinning " } else { "" };
         let title = format!(
-            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep ^ tick H halt X crash s step ",
+            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep ^ tick H halt X crash s step {spin_key}",
             format_span(window)
         );
         let block = Block::default().borders(Borders::ALL).border_type(BorderType::Rounded).title(title);
@@ -162,7 +178,7 @@ impl Widget for TimelineView<'_> {
         let mut held = vec![vec![0u64; cells]; vms];
         // on_core[core][cell]: ns each VM held of it there.
         let mut on_core = vec![vec![Vec::<(usize, u64)>::new(); cells]; if per_core { self.cores } else { 0 }];
-        let mut vcpus = vec![vec![(0u16, 0u64); cells]; vms];
+        let mut vcpus = vec![vec![(0u16, 0u64, false); cells]; vms];
         let mut several = vec![false; vms];
         let mut marks: Vec<Option<(char, u8, usize)>> = vec![None; cells];
         for slice in self.timeline.slices.iter().filter(|slice| slice.end_ns > start && slice.start_ns < self.now_ns) {
@@ -181,7 +197,7 @@ impl Widget for TimelineView<'_> {
                     row[cell as usize] += overlap;
                     let top = &mut vcpus[slice.vm][cell as usize];
                     if overlap > top.1 {
-                        *top = (slice.vcpu, overlap);
+                        *top = (slice.vcpu, overlap, slice.spin_pct.is_some_and(|pct| pct >= SPINNING_PCT));
                     }
                 }
             }
@@ -215,7 +231,7 @@ impl Widget for TimelineView<'_> {
                 for (cell, held) in row.iter().enumerate() {
                     let holder = held.iter().max_by_key(|(_, ns)| *ns).map(|(vm, _)| *vm);
                     let (symbol, style) = match holder {
-                        Some(vm) => (tag(vm).to_string(), Style::default().fg(Color::Black).bg(color(vm))),
+                        Some(vm) => (tag(vm).to_string(), held_style(vm, vcpus[vm][cell].2)),
                         None => ("·".to_string(), dim),
                     };
                     buf[(x0 + label_width + cell as u16, y)].set_symbol(&symbol).set_style(style);
@@ -237,7 +253,11 @@ impl Widget for TimelineView<'_> {
                     } else {
                         "·"
                     };
-                    let style = if ns > 0 { Style::default().fg(color(vm)) } else { dim };
+                    let style = match ns {
+                        0 => dim,
+                        _ if vcpus[vm][cell].2 => Style::default().fg(Color::Black).bg(SPIN_COLOR),
+                        _ => Style::default().fg(color(vm)),
+                    };
                     buf[(x0 + label_width + cell as u16, y)].set_symbol(symbol).set_style(style);
                 }
                 y += 1;
@@ -247,7 +267,7 @@ impl Widget for TimelineView<'_> {
             for cell in 0..cells {
                 let holder = (0..vms).filter(|&vm| held[vm][cell] > 0).max_by_key(|&vm| held[vm][cell]);
                 let (symbol, style) = match holder {
-                    Some(vm) => (tag(vm).to_string(), Style::default().fg(Color::Black).bg(color(vm))),
+                    Some(vm) => (tag(vm).to_string(), held_style(vm, vcpus[vm][cell].2)),
                     None => ("·".to_string(), dim),
                 };
                 buf[(x0 + label_width + cell as u16, y)].set_symbol(&symbol).set_style(style);
@@ -300,6 +320,7 @@ mod tests {
             exits: 0,
             injected: 0,
             core: 0,
+            spin_pct: None,
         }
     }
 
@@ -363,6 +384,25 @@ mod tests {
         let rows = render(&timeline, &["spin", "sleeper"], 2000, 32, 6);
         assert_eq!(rows[2], "│sleeper   ··█·········█··███··│");
         assert_eq!(rows[3], "│ends       kz         z  ^ z  │");
+    }
+
+    #[test]
+    fn slices_that_mostly_spun_for_a_lock_are_drawn_in_the_spin_colour_and_the_title_says_so() {
+        let mut timeline = Timeline::default();
+        timeline.zoom(-5);
+        let spun =
+            |pct: u8, from: u64, to: u64| SliceRecord { spin_pct: Some(pct), ..slice(0, from, to, SliceEnd::Deadline) };
+        timeline.push(vec![spun(80, 0, 300), spun(10, 300, 600), slice(1, 600, 900, SliceEnd::Deadline)], 0);
+        let names = ["ticket".to_string(), "one".to_string()];
+        let area = Rect::new(0, 0, 120, 6);
+        let mut buf = Buffer::empty(area);
+        TimelineView { timeline: &timeline, names: &names, now_ns: 2_000_000, cores: 1 }.render(area, &mut buf);
+        // 2 ms over 110 cells: the first cells spun, the next did not, `one` never reports.
+        assert_eq!(buf[(11, 1)].bg, SPIN_COLOR);
+        assert_ne!(buf[(30, 1)].bg, SPIN_COLOR);
+        assert_ne!(buf[(45, 2)].bg, SPIN_COLOR);
+        let title: String = (0..120).map(|x| buf[(x, 0)].symbol().to_string()).collect();
+        assert!(title.contains("light red: spinning"), "{title}");
     }
 
     #[test]

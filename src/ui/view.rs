@@ -303,14 +303,19 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
         per_row = cells_per_row(&cells, inner.width);
     }
     let vcpu_height = (cells.len().div_ceil(per_row) as u16).min(most_rows);
-    let [gauge, spark, counters, vcpus, console] = Layout::vertical([
+    let lock = lock_line(view, inner.width);
+    let [gauge, spark, counters, lock_row, vcpus, console] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(spark_height),
         Constraint::Length(table_height),
+        Constraint::Length(u16::from(lock.is_some())),
         Constraint::Length(vcpu_height),
         Constraint::Min(1),
     ])
     .areas(inner);
+    if let Some(lock) = lock {
+        frame.render_widget(lock, lock_row);
+    }
     frame.render_widget(
         ShareGauge { share: view.share, target: app.target(vm), color: state_color(&view.state) },
         gauge,
@@ -321,6 +326,27 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     frame.render_widget(counter_table(view, counters.width, compact), counters);
     frame.render_widget(vcpu_rows(&cells, per_row), vcpus);
     frame.render_widget(console_paragraph(view, console.width, console.height), console);
+}
+
+/// For a guest that shares its lock records: its critical sections a
+/// second and the part of its loop iterations spent spinning (over the
+/// rates' window, from the guest's own counts), and how many quanta ended
+/// on a lock's holder and on a waiter (the hypervisor's counts).
+fn lock_line(view: &VmView, width: u16) -> Option<Paragraph<'static>> {
+    let (total, rate) = (&view.counters.lock, &view.rates.lock);
+    if *total == crate::stats::LockCounts::default() {
+        return None;
+    }
+    let spin = rate.spin_pct_since(&crate::stats::LockCounts::default());
+    let spin = spin.map_or(String::new(), |pct| format!(" · spin {pct:.0}%"));
+    let (holder, waiter) = (compact(total.holder_preempted), compact(total.waiter_preempted));
+    let sections = compact(rate.sections);
+    let mut text = format!("lock {sections}/s{spin} · preempted holding {holder}, waiting {waiter}");
+    if text.chars().count() > usize::from(width) {
+        let spin = spin.replace(" · ", " ");
+        text = format!("lock {sections}/s{spin} holder {holder} waiter {waiter}");
+    }
+    Some(Paragraph::new(Line::from(Span::styled(text, Style::default().fg(Color::Yellow)))))
 }
 
 /// Rows of vCPU cells a pane shows at most (its console keeps the rest).
@@ -343,6 +369,9 @@ fn vcpu_cells(view: &VmView, with_rates: bool) -> Vec<(String, Color)> {
             let mut cell = format!("{chosen}cpu{index} {} {:.0}%", vcpu.state, vcpu.share * 100.0);
             if with_rates {
                 cell.push_str(&format!(" {}/s", compact(vcpu.exits_per_s.round() as u64)));
+            }
+            if let Some(spin) = vcpu.spin_pct {
+                cell.push_str(&format!(" spin {spin:.0}%"));
             }
             (cell, color)
         })

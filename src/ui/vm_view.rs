@@ -8,7 +8,7 @@ use crate::console::{LineBuffer, escape};
 use crate::debug::DebuggerStatus;
 use crate::event::{LIVE_EXITS, StepResult, VmState};
 use crate::record::{ExitKind, ExitRecord};
-use crate::stats::VmCounters;
+use crate::stats::{LockCounts, VmCounters};
 use crate::vm::{RegisterDump, SetupStep};
 
 /// Console lines kept per VM.
@@ -86,6 +86,9 @@ pub struct VcpuLine {
     pub share: f64,
     /// Its exits per second over the same time.
     pub exits_per_s: f64,
+    /// The part of its loop iterations spent spinning over the same time,
+    /// in percent, as its lock record says (None for a guest that shares none).
+    pub spin_pct: Option<f64>,
 }
 
 impl VmView {
@@ -99,12 +102,17 @@ impl VmView {
             .enumerate()
             .map(|(index, vcpu)| {
                 let earlier = before.get(index).filter(|_| before.len() == now.len() && span > 0.0);
-                let (share, exits_per_s) = earlier.map_or((0.0, 0.0), |earlier| {
+                let (share, exits_per_s, spin_pct) = earlier.map_or((0.0, 0.0, None), |earlier| {
                     let charged = vcpu.charged_ns.saturating_sub(earlier.charged_ns) as f64;
                     let exits = vcpu.exits.saturating_sub(earlier.exits) as f64;
-                    (charged / span, exits * 1e9 / span)
+                    let counts = |sample: &crate::event::VcpuSample| LockCounts {
+                        spins: sample.lock_spins,
+                        work: sample.lock_work,
+                        ..Default::default()
+                    };
+                    (charged / span, exits * 1e9 / span, counts(vcpu).spin_pct_since(&counts(earlier)))
                 });
-                VcpuLine { state: vcpu.state, share, exits_per_s }
+                VcpuLine { state: vcpu.state, share, exits_per_s, spin_pct }
             })
             .collect();
         self.vcpus_before = (elapsed_ns, now.to_vec());

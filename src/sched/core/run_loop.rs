@@ -2,6 +2,7 @@
 //! deadline, stolen time), stepping, and idling when nothing can run.
 
 use super::*;
+use crate::hypercall::lock_records::LockState;
 
 impl Core {
     pub(super) fn run(mut self, ready: Sender<Result<(), SpawnError>>) {
@@ -174,6 +175,7 @@ impl Core {
         let mut injected = 0;
         let mut falls_asleep = None;
         self.slots[vm].runtime.begin_slice(wall_start);
+        let locks_before = self.slots[vm].runtime.lock_sums();
         let first_vcpu = self.slots[vm].runtime.current_vcpu() as u16;
         let end = loop {
             let deliver = !stepping && self.slots[vm].state == VmState::Running;
@@ -262,6 +264,13 @@ impl Core {
         };
         self.kick.set_deadline(u64::MAX);
         let wall_end = monotonic_ns();
+        if matches!(end, SliceEnd::Deadline | SliceEnd::ExitAfterDeadline) {
+            self.lock_after_quantum(vm, wall_end);
+        }
+        let spin_pct = locks_before.and_then(|before| {
+            let after = self.slots[vm].runtime.lock_sums()?;
+            after.spin_pct_since(&before).map(|pct| pct.round() as u8)
+        });
         let seen =
             WindowSlice { vm, start_ns: wall_start, end_ns: wall_end, deadline_ns: deadline, charged_ns: in_guest };
         for share in self.stolen.end_slice(seen, ThreadClocks::now) {
@@ -300,10 +309,27 @@ impl Core {
             exits,
             injected,
             core: self.index as u16,
+            spin_pct,
         };
         self.keep_slice(record);
         self.kvm_run_ns += self.slots[vm].runtime.cpu_ns.saturating_sub(cpu_before);
         record
+    }
+
+    /// The quantum of `vm`'s running vCPU ended at `now_ns`: a trace record
+    /// if the guest's lock record says that vCPU held a lock or waited.
+    fn lock_after_quantum(&mut self, vm: VmId, now_ns: u64) {
+        let runtime = &mut self.slots[vm].runtime;
+        let vcpu = runtime.current_vcpu() as u16;
+        let holder = match runtime.quantum_ended() {
+            LockState::Holds => true,
+            LockState::Waits => false,
+            LockState::Neither => return,
+        };
+        if let Some((trace, _)) = &mut self.trace {
+            let t_ns = now_ns.saturating_sub(self.epoch_ns);
+            trace.push(TraceRecord::LockPreempted { vm, vcpu, t_ns, holder });
+        }
     }
 
     /// Keeps an exit for the front end and the trace.

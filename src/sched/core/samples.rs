@@ -2,8 +2,10 @@
 //! report when the run ends.
 
 use super::*;
-use crate::report::VcpuReport;
-use crate::sched::vcpu_runtime::{VcpuRuntime, VcpuState};
+use crate::report::{VcpuLockReport, VcpuReport};
+use crate::sched::vcpu_runtime::VcpuState;
+use crate::sched::vm_runtime::VmRuntime;
+use crate::stats::LockCounts;
 
 impl Core {
     /// Sends the counters when a sample is due at `now_ns` (monotonic).
@@ -22,7 +24,7 @@ impl Core {
                     counters: slot.runtime.counters(),
                     cpu_ns: slot.runtime.cpu_ns,
                     charged_ns: slot.charged_ns,
-                    vcpus: vcpu_samples(&slot.runtime.vcpus),
+                    vcpus: vcpu_samples(&slot.runtime),
                     core: self.index,
                     pin: slot.config.pin.clone(),
                 },
@@ -105,11 +107,12 @@ impl Core {
                     faults: counters.faults,
                     injected: counters.injected,
                     coalesced: counters.coalesced,
+                    lock: slot.runtime.lock_sums().map(|_| counters.lock),
                     console: String::from_utf8_lossy(console).into_owned(),
                     console_cut_bytes,
                     console_dropped: slot.console_dropped,
                     migration: slot.migration_report.clone(),
-                    vcpus: vcpu_reports(&slot.runtime.vcpus, total_cpu),
+                    vcpus: vcpu_reports(&slot.runtime, total_cpu),
                 }
             })
             .collect();
@@ -143,8 +146,10 @@ impl Core {
 }
 
 /// What the report says of each of a VM's vCPUs.
-fn vcpu_reports(vcpus: &[VcpuRuntime], total_cpu: u64) -> Vec<VcpuReport> {
-    vcpus
+fn vcpu_reports(runtime: &VmRuntime, total_cpu: u64) -> Vec<VcpuReport> {
+    let records = runtime.lock_records();
+    runtime
+        .vcpus
         .iter()
         .enumerate()
         .map(|(index, vcpu)| VcpuReport {
@@ -162,18 +167,26 @@ fn vcpu_reports(vcpus: &[VcpuRuntime], total_cpu: u64) -> Vec<VcpuReport> {
             injected: vcpu.timer.injected,
             ipis: vcpu.ipis,
             ipis_coalesced: vcpu.ipis_coalesced,
+            lock: records.as_ref().map(|records| {
+                let record = records[index];
+                let counts = LockCounts { spins: record.spins, work: record.work, ..Default::default() };
+                VcpuLockReport { sections: record.sections, spin_pct: counts.spin_pct_since(&LockCounts::default()) }
+            }),
         })
         .collect()
 }
 
 /// What the front ends are told of a VM's vCPUs: nothing for a VM of one.
-fn vcpu_samples(vcpus: &[VcpuRuntime]) -> Vec<crate::event::VcpuSample> {
-    if vcpus.len() == 1 {
+fn vcpu_samples(runtime: &VmRuntime) -> Vec<crate::event::VcpuSample> {
+    if runtime.vcpus.len() == 1 {
         return Vec::new();
     }
-    vcpus
+    let records = runtime.lock_records();
+    runtime
+        .vcpus
         .iter()
-        .map(|vcpu| crate::event::VcpuSample {
+        .enumerate()
+        .map(|(index, vcpu)| crate::event::VcpuSample {
             state: match vcpu.state {
                 VcpuState::Runnable => "run",
                 VcpuState::Sleeping { until_ns: Some(_) } => "sleep",
@@ -182,6 +195,8 @@ fn vcpu_samples(vcpus: &[VcpuRuntime]) -> Vec<crate::event::VcpuSample> {
             },
             exits: vcpu.exits,
             charged_ns: vcpu.charged_ns,
+            lock_spins: records.as_ref().map_or(0, |records| records[index].spins),
+            lock_work: records.as_ref().map_or(0, |records| records[index].work),
         })
         .collect()
 }
