@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::controlled::{Controlled, guest_lines, run};
+use matrix_tui::snapshot::format::{FORMAT_MAJOR, FORMAT_MINOR};
 use serde_json::Value;
 
 fn show_json(path: &Path) -> Value {
@@ -117,7 +118,8 @@ fn a_vm_of_two_vcpus_restored_goes_on_with_both_taking_turns_with_no_gap_and_no_
     assert_eq!(saved["machine"]["siblings"].as_array().map(Vec::len), Some(1), "vCPU 1 is kept beside vCPU 0");
     assert_eq!(saved["runtime"]["vcpus"].as_array().map(Vec::len), Some(2));
     let (_, shown, _) = run(&["snapshot", "show", file.to_str().unwrap()]);
-    assert!(shown.contains("file format 2.1") && shown.contains("vCPUs: 2 ("), "{shown}");
+    let version = format!("file format {FORMAT_MAJOR}.{FORMAT_MINOR}");
+    assert!(shown.contains(&version) && shown.contains("vCPUs: 2 ("), "{shown}");
     let console: Vec<String> = saved["runtime"]["console"].as_str().unwrap().lines().map(str::to_string).collect();
     let before = counts_by_vcpu(&console);
 
@@ -285,7 +287,6 @@ fn every_golden_file_of_every_format_version_restores_and_counts_on() {
     // 2026-12-07 by the build of its day (2.1's with `--vcpus t=2`: that
     // version added the vCPUs past the first). Every later build must read them.
     use base64::Engine as _;
-    use matrix_tui::snapshot::format::{FORMAT_MAJOR, FORMAT_MINOR};
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let dir = tempfile::tempdir().unwrap();
     let mut versions = Vec::new();

@@ -212,6 +212,46 @@ fn the_report_lists_every_vcpu_and_the_console_says_who_printed() {
 }
 
 #[test]
+fn a_c_ticket_lock_that_yields_to_the_served_vcpu_does_at_least_twice_the_work_of_one_that_spins_blindly() {
+    // Written against the header alone; both run side by side at equal
+    // weights on one core, 4 vCPUs each, at a 5 ms quantum. The work is the
+    // guests' own count of critical sections, from their lock records.
+    let dir = tempfile::tempdir().unwrap();
+    common::make_example("c", dir.path());
+    let image = dir.path().join("ticket.elf").display().to_string();
+    let output = matrix(&[
+        "run",
+        "--json",
+        "--policy",
+        "fair",
+        "--quantum",
+        "5ms",
+        "--duration",
+        "2s",
+        "--vm",
+        &format!("blind={image}"),
+        "--vcpus",
+        "blind=4",
+        "--args",
+        "blind=0",
+        "--vm",
+        &format!("yields={image}"),
+        "--vcpus",
+        "yields=4",
+        "--args",
+        "yields=1",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = report(&output);
+    let lock = |name: &str| vm(&report, name)["lock"].clone();
+    let (blind, yields) = (lock("blind"), lock("yields"));
+    let sections = |lock: &serde_json::Value| lock["sections"].as_u64().unwrap();
+    assert!(sections(&blind) > 0, "{blind}");
+    assert!(sections(&yields) >= 2 * sections(&blind), "blind {blind}, yields {yields}");
+    assert!(blind["waiter_preempted"].as_u64().unwrap() > 0, "{blind}");
+}
+
+#[test]
 fn the_c_smp_example_adds_on_every_vcpu_and_wakes_its_siblings_with_ipis() {
     let dir = tempfile::tempdir().unwrap();
     common::make_example("c", dir.path());

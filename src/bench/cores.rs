@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::measure::{BenchError, builtin, run_for};
+use super::measure::{BenchError, builtin, run_for, settled_span};
 use super::windows::{self, ErrorStats, Spread};
 use crate::config::RunConfig;
 use crate::hypercall::PortMap;
@@ -90,14 +90,13 @@ pub fn share_comparison(weights: &[f64], unit: u64, duration: Duration) -> Resul
 /// The error of each window's split of the units from `targets`, and each
 /// VM's share of all of them; from 300 ms after the first unit to the last.
 fn errors(units: &[Vec<u64>], targets: &[f64]) -> (BTreeMap<String, ErrorStats>, Vec<f64>) {
-    let first = units.iter().filter_map(|times| times.first()).min().copied().unwrap_or(0);
-    let last = units.iter().filter_map(|times| times.last()).max().copied().unwrap_or(0);
+    let (from, last) = settled_span(units.iter().map(Vec::as_slice));
     let series: Vec<Vec<Spread>> =
         units.iter().map(|times| times.iter().map(|&at| Spread::at(at, 1.0)).collect()).collect();
     let stats = WINDOWS
         .iter()
         .map(|&(name, window)| {
-            let shares = windows::window_shares(&series, first + 300_000_000, last, window);
+            let shares = windows::window_shares(&series, from, last, window);
             (name.to_string(), windows::absolute_error_pp(&shares, targets))
         })
         .collect();

@@ -267,8 +267,14 @@ pub fn share_errors(
 
 /// From 300 ms after the first unit of work (start-up settled) to the last one.
 fn settled_range(timings: &[VmTimings]) -> (u64, u64) {
-    let first = timings.iter().filter_map(|t| t.io_exit_ns.first()).min().copied().unwrap_or(0);
-    let last = timings.iter().filter_map(|t| t.io_exit_ns.last()).max().copied().unwrap_or(0);
+    settled_span(timings.iter().map(|trace| trace.io_exit_ns.as_slice()))
+}
+
+/// From 300 ms after the first unit of work any VM finished to the last
+/// one's end, given each VM's unit end times in order.
+pub(super) fn settled_span<'a>(units: impl Iterator<Item = &'a [u64]> + Clone) -> (u64, u64) {
+    let first = units.clone().filter_map(|times| times.first()).min().copied().unwrap_or(0);
+    let last = units.filter_map(|times| times.last()).max().copied().unwrap_or(0);
     (first + 300_000_000, last)
 }
 

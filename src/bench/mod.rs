@@ -3,12 +3,14 @@
 //! parameters of each figure, and checks them against the targets.
 
 pub mod cores;
+pub mod locks;
 pub mod measure;
 pub mod migration;
 pub mod snapshots;
 pub mod vcpus;
 pub mod windows;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -27,6 +29,7 @@ pub const MEASUREMENTS: &[&str] = &[
     "migration",
     "vcpus",
     "cores",
+    "locks",
     "preempt",
     "baseline",
     "share",
@@ -63,7 +66,8 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
     let mut report = json!({ "machine": machine(), "quick": options.quick });
     // The bench sizes its guests' units in iterations, fixed (each figure's
     // params say which); this says what they are in time here.
-    report["calibration"] = json!(crate::calibration::measure(&crate::vm::open_kvm()?)?);
+    let calibration = crate::calibration::measure(&crate::vm::open_kvm()?)?;
+    report["calibration"] = json!(calibration);
     let quantum = Duration::from_millis(1);
 
     if options.wants("exit") {
@@ -200,6 +204,26 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
                         "goals": { "work_ratio": 1.9, "mean_error_over_cfs": 1.2, "scale_outside_kvm_run_pct": 3 } }),
             );
         }
+    }
+    if options.wants("locks") {
+        progress("locks: critical sections a second of four spinlocks, 2 and 4 vCPUs on one core, 2 beside a spinner");
+        let duration = Duration::from_secs(options.pick(2, 4));
+        let quantum = Duration::from_millis(5);
+        let one_core = locks::one_core(&calibration, quantum, duration)?;
+        let over_ticket: BTreeMap<String, BTreeMap<String, f64>> =
+            one_core.iter().map(|(vcpus, row)| (vcpus.clone(), locks::over_ticket(row))).collect();
+        let mut two_cores = BTreeMap::new();
+        for (name, kind) in locks::LOCKS {
+            two_cores.insert(name, locks::run_lock(&calibration, 2, kind, quantum, duration, Some(2))?);
+        }
+        report["locks"] = with_params(
+            json!({ "one_core": one_core, "over_ticket": over_ticket, "two_cores_beside_spinner": two_cores }),
+            json!({ "guest": "locks (critical section 20 us, outside 60 us of guest CPU here), fair, one VM",
+                    "quantum_ms": 5, "seconds": duration.as_secs(),
+                    "sections": "the guest's own count (its lock records) over the run's wall time",
+                    "two_cores": "a VM of 2 vCPUs beside a spin VM, --cpus 2: a VM runs on one core at a time",
+                    "goals": { "pv_over_ticket_4_vcpus": 3 } }),
+        );
     }
     if options.wants("hypercalls") {
         progress("each hypercall's round trip");
@@ -548,6 +572,36 @@ pub fn table(report: &Value) -> String {
                 ),
             );
         }
+    }
+    if report["locks"]["one_core"].is_object() {
+        let figure = &report["locks"];
+        for vcpus in [2, 4] {
+            let runs = &figure["one_core"][format!("vcpus_{vcpus}")];
+            let ratios = &figure["over_ticket"][format!("vcpus_{vcpus}")];
+            row(
+                &mut out,
+                &format!("locks, {vcpus} vCPUs on one core"),
+                format!(
+                    "ticket {:.0}/s; over it: test-and-set {:.1}x, pv yield {:.1}x, pv halt {:.1}x",
+                    num(&runs["ticket"]["sections_per_s"]),
+                    num(&ratios["test_and_set"]),
+                    num(&ratios["pv_yield"]),
+                    num(&ratios["pv_halt"])
+                ),
+            );
+        }
+        let beside = &figure["two_cores_beside_spinner"];
+        row(
+            &mut out,
+            "  2 vCPUs beside a spinner, 2 cores",
+            format!(
+                "ticket {:.0}/s, test-and-set {:.0}/s, pv yield {:.0}/s, pv halt {:.0}/s",
+                num(&beside["ticket"]["sections_per_s"]),
+                num(&beside["test_and_set"]["sections_per_s"]),
+                num(&beside["pv_yield"]["sections_per_s"]),
+                num(&beside["pv_halt"]["sections_per_s"])
+            ),
+        );
     }
     if report["interrupts"].is_object() {
         let figure = &report["interrupts"];

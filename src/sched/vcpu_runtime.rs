@@ -26,6 +26,28 @@ pub enum VcpuState {
     Halted,
 }
 
+impl VcpuState {
+    /// Its name in the report: `runnable`, `sleeping` (until its timer's
+    /// tick), `waiting` (in hlt for a sibling's interrupt) or `halted`.
+    pub fn name(self) -> &'static str {
+        self.words().0
+    }
+
+    /// Its word in a pane's vCPU cell: `run`, `sleep`, `wait` or `halt`.
+    pub fn cell_word(self) -> &'static str {
+        self.words().1
+    }
+
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Runnable => ("runnable", "run"),
+            Self::Sleeping { until_ns: Some(_) } => ("sleeping", "sleep"),
+            Self::Sleeping { until_ns: None } => ("waiting", "wait"),
+            Self::Halted => ("halted", "halt"),
+        }
+    }
+}
+
 /// The vectors raised on a vCPU and not yet injected, a bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Vectors([u64; 4]);

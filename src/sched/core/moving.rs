@@ -147,10 +147,15 @@ impl Core {
     /// Takes in the VMs other cores handed over.
     pub(super) fn take_arrivals(&mut self) {
         while let Ok((vm, slot)) = self.arrivals.try_recv() {
-            self.moves += 1;
-            self.take_in(vm, *slot);
-            self.move_gate.done();
+            self.arrived(vm, *slot);
         }
+    }
+
+    /// `vm` arrived from another core: it is this core's now, and its move is done.
+    fn arrived(&mut self, vm: VmId, slot: Slot) {
+        self.moves += 1;
+        self.take_in(vm, slot);
+        self.move_gate.done();
     }
 
     /// At the run's end: waits (a second at most) until every core has
@@ -174,9 +179,7 @@ impl Core {
                 break;
             }
             if let Ok((vm, slot)) = self.arrivals.recv_timeout(Duration::from_millis(1)) {
-                self.moves += 1;
-                self.take_in(vm, *slot);
-                self.move_gate.done();
+                self.arrived(vm, *slot);
             }
         }
         while let Ok(message) = self.commands.try_recv() {
@@ -200,8 +203,8 @@ impl Core {
     }
 
     /// Passes `message` about `vm`, which is not here, to the core that
-    /// runs it now; true if it went (false: it is here after all, or it is
-    /// no VM of this run).
+    /// runs it now; the message back if it is here after all (or on its way
+    /// here), or is no VM of this run, for this core to handle.
     pub(super) fn pass_on(&mut self, vm: VmId, message: Message) -> Result<(), Message> {
         if self.peers.len() < 2 || vm >= self.slots.len() {
             return Err(message);

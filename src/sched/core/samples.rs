@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::report::{VcpuLockReport, VcpuReport};
-use crate::sched::vcpu_runtime::VcpuState;
 use crate::sched::vm_runtime::VmRuntime;
 use crate::stats::LockCounts;
 
@@ -154,12 +153,7 @@ fn vcpu_reports(runtime: &VmRuntime, total_cpu: u64) -> Vec<VcpuReport> {
         .enumerate()
         .map(|(index, vcpu)| VcpuReport {
             index,
-            state: match vcpu.state {
-                VcpuState::Runnable => "runnable",
-                VcpuState::Sleeping { until_ns: Some(_) } => "sleeping",
-                VcpuState::Sleeping { until_ns: None } => "waiting",
-                VcpuState::Halted => "halted",
-            },
+            state: vcpu.state.name(),
             exits: vcpu.exits,
             cpu_ns: vcpu.cpu_ns,
             charged_ns: vcpu.charged_ns,
@@ -187,12 +181,7 @@ fn vcpu_samples(runtime: &VmRuntime) -> Vec<crate::event::VcpuSample> {
         .iter()
         .enumerate()
         .map(|(index, vcpu)| crate::event::VcpuSample {
-            state: match vcpu.state {
-                VcpuState::Runnable => "run",
-                VcpuState::Sleeping { until_ns: Some(_) } => "sleep",
-                VcpuState::Sleeping { until_ns: None } => "wait",
-                VcpuState::Halted => "halt",
-            },
+            state: vcpu.state.cell_word(),
             exits: vcpu.exits,
             charged_ns: vcpu.charged_ns,
             lock_spins: records.as_ref().map_or(0, |records| records[index].spins),
