@@ -434,6 +434,26 @@ fn locks_counts_its_critical_sections_and_spins_only_when_vcpus_contend() {
 }
 
 #[test]
+fn a_halting_paravirtual_lock_wakes_its_waiters_from_hlt_and_does_more_than_twice_a_ticket_locks_work() {
+    // Its waiters sleep in hlt and the unlocker wakes the next with an IPI;
+    // vCPU 0 also runs its timer, and an IPI raised while it was still
+    // on its way into hlt must wake it at once, not at its next tick (a
+    // second away): else the lock waits on it and does less than the ticket lock.
+    let sections = |kind: u64| {
+        let mut locks = builtin("l", "locks");
+        (locks.vcpus, locks.args) = (4, vec![20, 60, kind]);
+        let mut config = RunConfig::new(vec![locks]).with_policy(Policy::Fair);
+        config.quantum = Duration::from_millis(5);
+        let outcome = run_config(config, Duration::from_millis(1500));
+        let vm = &outcome.report.vms[0];
+        (vm.lock.expect("records").sections, vm.exits.counts.hlt)
+    };
+    let ((ticket, _), (halting, hlts)) = (sections(1), sections(3));
+    assert!(hlts > 0, "its waiters slept in hlt");
+    assert!(halting >= 2 * ticket, "halting {halting} against ticket {ticket} critical sections");
+}
+
+#[test]
 fn a_quantum_that_ends_on_a_lock_waiter_or_holder_is_counted_and_traced_as_the_guests_record_says() {
     // A ticket lock of 4 vCPUs on one core at a 5 ms quantum: the vCPU whose
     // quantum ends is nearly always spinning for a ticket behind one that is

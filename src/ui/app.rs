@@ -121,6 +121,8 @@ pub struct App {
     /// status and stderr say so at the end, as headless).
     pub failed_snapshots: Vec<String>,
     window: RateWindow,
+    /// The time the rates and shares span (see [`RateWindow::span_ns`]).
+    pub rates_span_ns: u64,
 }
 
 impl App {
@@ -143,6 +145,7 @@ impl App {
             auto_converge: false,
             failed_snapshots: Vec::new(),
             window: RateWindow::default(),
+            rates_span_ns: 0,
         }
     }
 
@@ -192,6 +195,7 @@ impl App {
             timeline_shown: self.timeline.shown,
             timeline_window_ns: self.timeline.window_ns(),
             selected: self.selected,
+            rates_span_ns: self.rates_span_ns,
         };
         let ticked = lesson.advance(&state);
         self.lesson = Some(lesson);
@@ -314,6 +318,7 @@ impl App {
             }
         }
         self.window.push(elapsed_ns, samples);
+        self.rates_span_ns = self.window.span_ns();
         let Some(figures) = self.window.figures() else { return };
         for (view, figures) in self.vms.iter_mut().zip(&figures) {
             view.rates = figures.rates;

@@ -9,6 +9,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Widget};
 
+use super::rates::RATE_WINDOW_NS;
 use super::vm_view::VmView;
 use crate::config::Policy;
 use crate::event::VmState;
@@ -66,6 +67,8 @@ pub struct LessonState<'a> {
     pub timeline_window_ns: u64,
     /// The selected VM.
     pub selected: usize,
+    /// The time the VMs' rates and shares span.
+    pub rates_span_ns: u64,
 }
 
 impl LessonState<'_> {
@@ -83,6 +86,15 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::TimelineSpan { at_least_ns } => app.timeline_shown && app.timeline_window_ns >= at_least_ns,
         Check::Policy(policy) => app.policy == policy,
         Check::Preempted { vm: index, at_least } => vm(index).is_some_and(|v| v.counters.preemptions >= at_least),
+        // A check on rates or shares waits for a full window of them.
+        Check::ShareWithin { .. }
+        | Check::SpinAtLeast { .. }
+        | Check::SpinAtMost { .. }
+        | Check::SectionsOver { .. }
+            if app.rates_span_ns < RATE_WINDOW_NS =>
+        {
+            false
+        }
         Check::ShareWithin { vm: index, points } => match (vm(index), app.target(index)) {
             (Some(view), Some(target)) => (view.share - target).abs() * 100.0 <= points,
             _ => false,
@@ -240,6 +252,36 @@ pub(crate) mod tests {
         )
         .unwrap();
         LessonProgress::new(lesson, vec![])
+    }
+
+    #[test]
+    fn checks_on_rates_hold_only_once_the_rates_span_a_full_window() {
+        let mut ticket = VmView::new("ticket".into());
+        let mut pv = VmView::new("pv".into());
+        ticket.rates.lock = crate::stats::LockCounts { sections: 100, spins: 800, work: 200, ..Default::default() };
+        pv.rates.lock = crate::stats::LockCounts { sections: 700, spins: 100, work: 900, ..Default::default() };
+        let vms = [ticket, pv];
+        let state = |rates_span_ns: u64| LessonState {
+            vms: &vms,
+            policy: Policy::Fair,
+            targets: vec![Some(0.5), Some(0.5)],
+            inspector_open: false,
+            timeline_shown: false,
+            timeline_window_ns: 0,
+            selected: 0,
+            rates_span_ns,
+        };
+        let checks = [
+            Check::SpinAtLeast { vm: 0, percent: 75.0 },
+            Check::SpinAtMost { vm: 1, percent: 15.0 },
+            Check::SectionsOver { vm: 1, other: 0, times: 7.0 },
+        ];
+        for check in &checks {
+            assert!(!holds(check, &state(RATE_WINDOW_NS / 5), &[]), "{check:?} over 200 ms");
+            assert!(holds(check, &state(RATE_WINDOW_NS), &[]), "{check:?} over a second");
+        }
+        assert!(!holds(&Check::SectionsOver { vm: 1, other: 0, times: 7.5 }, &state(RATE_WINDOW_NS), &[]));
+        assert!(!holds(&Check::SpinAtLeast { vm: 1, percent: 11.0 }, &state(RATE_WINDOW_NS), &[]));
     }
 
     #[test]

@@ -40,6 +40,14 @@ impl RateWindow {
         }
     }
 
+    /// The time the figures span: a full [`RATE_WINDOW_NS`] once the run is that old.
+    pub fn span_ns(&self) -> u64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some((from, _)), Some((to, _))) => to.saturating_sub(*from),
+            _ => 0,
+        }
+    }
+
     /// Each VM's rates and share between the oldest and newest sample kept
     /// (None until there are two).
     pub fn figures(&self) -> Option<Vec<WindowFigures>> {
