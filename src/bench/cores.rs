@@ -162,42 +162,84 @@ fn cfs_run(unit: u64, nice: &[i32], cpus: &[usize], duration: Duration) -> Resul
         .collect()
 }
 
-/// How long after an unpin the VM first runs on the core left idle: two
-/// spinners on two cores, both pinned to core 0, one unpinned (the balancer
-/// moves it at its next merged sample, five a second), `cycles` times.
-pub fn unpin_to_spread(cycles: usize) -> Result<crate::stats::Percentiles, BenchError> {
+/// What follows an unpin, over a number of cycles.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unpinned {
+    /// To the unpinned VM's first slice on the core left idle.
+    pub to_other_core_us: crate::stats::Percentiles,
+    /// To the end of the first 100 ms window from which both VMs' shares
+    /// of the machine stay within 1 point of where they end up (`None`
+    /// where a cycle never settled within its 1.5 s).
+    pub shares_settle_us: Option<crate::stats::Percentiles>,
+    /// Cycles that never settled.
+    pub unsettled: usize,
+}
+
+/// After an unpin: two spinners on two cores, both pinned to core 0, one
+/// unpinned (the balancer moves it at its next merged sample, five a
+/// second), `cycles` times: when it first runs on the core left idle, and
+/// when the shares settle.
+pub fn unpin_to_spread(cycles: usize) -> Result<Unpinned, BenchError> {
+    use super::settle::{Held, Judge, settle_ns};
     use crate::event::{Command, Event};
+    use crate::record::SliceRecord;
+    const FOLLOW_NS: u64 = 1_500_000_000;
     let (mut a, mut b) = (builtin("a", "spin", 1.0, &[]), builtin("b", "spin", 1.0, &[]));
     (a.pin, b.pin) = (vec![0], vec![0]);
     let mut config = RunConfig::new(vec![a, b]);
     (config.cpus, config.live_records) = (2, true);
     let core = crate::sched::spawn(vm::open_kvm()?, config)?;
-    let give_up = || Instant::now() + Duration::from_secs(5);
-    // The first slice (ns since the run started) that `wanted` takes.
-    let first_slice = |wanted: &dyn Fn(&crate::record::SliceRecord) -> bool| -> Result<u64, BenchError> {
-        let deadline = give_up();
+    let elapsed = || core.started().elapsed().as_nanos() as u64;
+    // Slices (ns since the run started) until `done` holds of those seen.
+    let slices_until = |done: &dyn Fn(&[SliceRecord]) -> bool, seen: &mut Vec<SliceRecord>| -> Result<(), BenchError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let event = core.events().recv_deadline(deadline).map_err(|_| BenchError::Tool("no such slice".into()))?;
             if let Event::Slices { records, .. } = event {
-                if let Some(slice) = records.iter().find(|slice| wanted(slice)) {
-                    return Ok(slice.start_ns);
+                seen.extend_from_slice(&records);
+                if done(seen) {
+                    return Ok(());
                 }
             }
         }
     };
-    let mut latencies = Vec::with_capacity(cycles);
+    let judge = Judge { window_ns: 100_000_000, step_ns: 10_000_000, tolerance: 0.01, final_ns: 500_000_000 };
+    let (mut to_other, mut settle, mut unsettled) = (Vec::with_capacity(cycles), Vec::new(), 0);
     for _ in 0..cycles {
         core.send(Command::Pin { vm: 1, cores: vec![0] });
-        let pinned_ns = core.started().elapsed().as_nanos() as u64;
-        first_slice(&|slice| slice.vm == 1 && slice.core == 0 && slice.start_ns >= pinned_ns)?;
-        let unpinned_ns = core.started().elapsed().as_nanos() as u64;
+        let pinned_ns = elapsed();
+        let mut seen = Vec::new();
+        let back_on_0 = |slice: &SliceRecord| slice.vm == 1 && slice.core == 0 && slice.start_ns >= pinned_ns;
+        slices_until(&|seen| seen.iter().any(back_on_0), &mut seen)?;
+        let unpinned_ns = elapsed();
         core.send(Command::Pin { vm: 1, cores: Vec::new() });
-        let moved_ns = first_slice(&|slice| slice.vm == 1 && slice.core == 1 && slice.start_ns >= unpinned_ns)?;
-        latencies.push(moved_ns - unpinned_ns);
+        let mut after = Vec::new();
+        // Each core's slices come in batches of their own: until both VMs' reach the end.
+        let past_end = |seen: &[SliceRecord]| {
+            (0..2).all(|vm| seen.iter().any(|slice| slice.vm == vm && slice.end_ns >= unpinned_ns + FOLLOW_NS))
+        };
+        slices_until(&past_end, &mut after)?;
+        let moved = after.iter().find(|slice| slice.vm == 1 && slice.core == 1 && slice.start_ns >= unpinned_ns);
+        let moved_ns = moved.ok_or_else(|| BenchError::Tool("the unpinned VM never ran on core 1".into()))?.start_ns;
+        to_other.push(moved_ns - unpinned_ns);
+        let held: Vec<Held> = seen
+            .iter()
+            .chain(&after)
+            .map(|slice| Held { vm: slice.vm, start_ns: slice.start_ns, end_ns: slice.end_ns })
+            .collect();
+        match settle_ns(&held, 2, 2, unpinned_ns, unpinned_ns + FOLLOW_NS, judge) {
+            Some(ns) => settle.push(ns),
+            None => unsettled += 1,
+        }
     }
     core.send(Command::Quit);
     core.run_until(None, |_| {});
-    crate::stats::Percentiles::of_ns(&latencies).ok_or_else(|| BenchError::Tool("no cycle".into()))
+    Ok(Unpinned {
+        to_other_core_us: crate::stats::Percentiles::of_ns(&to_other)
+            .ok_or_else(|| BenchError::Tool("no cycle".into()))?,
+        shares_settle_us: crate::stats::Percentiles::of_ns(&settle),
+        unsettled,
+    })
 }
 
 /// `vms` tickers (unit `unit` iterations) on two cores for `duration`: each
