@@ -95,9 +95,11 @@ fn three_vms_on_two_cores_at_160x48_show_their_core_and_the_machines_targets() {
         core,
         pin: if core == 0 { vec![0] } else { Vec::new() },
     };
+    // A second more on two cores: a has core 0, b and c share core 1 (8 s
+    // on one core before, at 2:1:1).
     app.apply(Event::Sample {
         elapsed_ns: 9_000_000_000,
-        vms: vec![sample(0, 9_000_000_000), sample(1, 4_500_000_000), sample(1, 4_500_000_000)],
+        vms: vec![sample(0, 5_000_000_000), sample(1, 2_500_000_000), sample(1, 2_500_000_000)],
     });
     let screen = render(&app, 160, 48);
     let text = format!("{:?}", screen.backend());

@@ -2,7 +2,7 @@
 //! and the commands the user's actions turn into. No terminal in here, so it is
 //! tested as plain state.
 
-use crate::sched::shares::machine_shares;
+use crate::sched::shares::pinned_machine_shares;
 use std::time::Duration;
 
 use super::inspector::Inspector;
@@ -169,7 +169,12 @@ impl App {
         match self.settings.policy {
             Policy::Io => None,
             Policy::Rr | Policy::Fair => {
-                machine_shares(&weights, self.settings.cpus).get(vm).copied().filter(|&share| share > 0.0)
+                // Of the guests' time, as the bars are: where pins or too few
+                // VMs leave a core idle, what the others have is all of it.
+                let pins: Vec<Vec<usize>> = self.vms.iter().map(|view| view.pin.clone()).collect();
+                let shares = pinned_machine_shares(&weights, self.settings.cpus, &pins);
+                let used: f64 = shares.iter().sum();
+                shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
             }
         }
     }
@@ -575,6 +580,24 @@ mod tests {
         app.act(Action::LessShare);
         assert!((app.target(1).unwrap() - 0.20).abs() < 1e-9);
         assert!((app.target(0).unwrap() - 0.80).abs() < 1e-9);
+    }
+
+    #[test]
+    fn with_several_cores_targets_follow_pins_as_shares_of_the_guests_time() {
+        let mut settings =
+            initial_settings(Policy::Fair, Duration::from_millis(1), TimerKind::Posix, vec![1.0, 1.0, 1.0]);
+        settings.cpus = 2;
+        let mut app = App::new(vec!["a".into(), "b".into(), "c".into()], settings);
+        let targets = |app: &App| (0..3).map(|vm| app.target(vm).unwrap()).collect::<Vec<f64>>();
+        let close = |got: Vec<f64>, want: [f64; 3]| got.iter().zip(want).all(|(got, want)| (got - want).abs() < 1e-9);
+        // Three on two cores: two thirds of a core each, a third of the guests' time.
+        assert!(close(targets(&app), [1.0 / 3.0; 3]), "{:?}", targets(&app));
+        // a and b pinned to core 0 share it; c has core 1.
+        (app.vms[0].pin, app.vms[1].pin) = (vec![0], vec![0]);
+        assert!(close(targets(&app), [0.25, 0.25, 0.5]), "{:?}", targets(&app));
+        // c pinned there too: core 1 idles, and each has a third of what runs.
+        app.vms[2].pin = vec![0];
+        assert!(close(targets(&app), [1.0 / 3.0; 3]), "{:?}", targets(&app));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::Policy;
 use crate::event::{Event, Internal, Message, Settings, VmId, VmSample, VmState};
 use crate::report::{CoreReport, RunReport, VmReport, VmTimings};
 use crate::sched::balance::{self, VmLoad};
-use crate::sched::shares::machine_shares;
+use crate::sched::shares::{machine_shares, pinned_machine_shares};
 use crate::vm::KickTarget;
 
 /// The most a VM's lag (ahead or behind) counts, as EEVDF bounds lag: a VM
@@ -150,7 +150,8 @@ impl Merger {
                 (true, Policy::Fair) => self.weights[vm],
             })
             .collect();
-        machine_shares(&weights, self.cores).into_iter().map(|share| share * self.cores as f64).collect()
+        let pins: Vec<Vec<usize>> = vms.iter().map(|vm| vm.pin.clone()).collect();
+        pinned_machine_shares(&weights, self.cores, &pins).into_iter().map(|share| share * self.cores as f64).collect()
     }
 
     /// Updates each VM's lag from a merged sample, and asks for the moves
