@@ -56,13 +56,7 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
         ["resume", name] => Command::Resume(vm(name)?),
         ["restart", name] => Command::Restart(vm(name)?),
         ["step", name] => Command::Step { vm: vm(name)?, vcpu: None },
-        ["pin", name, cores] => {
-            let cores: Vec<i64> = cores
-                .split(',')
-                .map(|core| core.parse().map_err(|_| format!("core '{}' is not a number", escape_input(core))))
-                .collect::<Result<_, _>>()?;
-            Command::Pin { vm: vm(name)?, cores: crate::scenario::check_pin(&cores)? }
-        }
+        ["pin", name, cores] => Command::Pin { vm: vm(name)?, cores: crate::scenario::parse_pin(cores)? },
         ["unpin", name] => Command::Pin { vm: vm(name)?, cores: Vec::new() },
         ["step", name, vcpu] => {
             let vcpu = vcpu.parse().map_err(|_| format!("vCPU '{}' is not a number", escape_input(vcpu)))?;

@@ -514,13 +514,14 @@ fn check_of(
         0 => return Err(error("check", format!("says nothing to check; give one of {vocabulary}"))),
         _ => return Err(error("check", format!("checks one thing; give only one of {vocabulary}"))),
     }
-    let vm = match &spec.vm {
-        Some(name) => Some(scenario.vms.iter().position(|vm| &vm.name == name.get_ref()).ok_or_else(|| {
+    // A VM named under `key`, by its index.
+    let named = |key: &str, name: &Spanned<String>| {
+        scenario.vms.iter().position(|vm| &vm.name == name.get_ref()).ok_or_else(|| {
             let names: Vec<&str> = scenario.vms.iter().map(|vm| vm.name.as_str()).collect();
-            error("vm", format!("no VM of the scenario is called '{}' (VMs: {})", name.get_ref(), names.join(", ")))
-        })?),
-        None => None,
+            error(key, format!("no VM of the scenario is called '{}' (VMs: {})", name.get_ref(), names.join(", ")))
+        })
     };
+    let vm = spec.vm.as_ref().map(|name| named("vm", name)).transpose()?;
     let needs_vm = |what: &str| vm.ok_or_else(|| error("vm", format!("a `{what}` check needs the VM it is about")));
     let percentage = |key: &str, percent: f64| {
         if (0.0..=100.0).contains(&percent) {
@@ -642,9 +643,7 @@ fn check_of(
     } else if let Some(percent) = spec.spin_at_most {
         Check::SpinAtMost { vm: needs_vm("spin_at_most")?, percent: percentage("spin_at_most", percent)? }
     } else if let (Some(other), Some(times)) = (&spec.sections_over, spec.times) {
-        let named = scenario.vms.iter().position(|vm| &vm.name == other.get_ref());
-        let other = named
-            .ok_or_else(|| error("sections_over", format!("no VM of the scenario is called '{}'", other.get_ref())))?;
+        let other = named("sections_over", other)?;
         if !(times.is_finite() && times > 0.0) {
             return Err(error("times", format!("{times} is not a ratio above 0")));
         }

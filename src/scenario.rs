@@ -146,6 +146,18 @@ pub fn check_pin(cores: &[i64]) -> Result<Vec<usize>, String> {
     Ok(checked)
 }
 
+/// A pin written as a list, `0,1` (`--pin NAME=0,1`, `pin NAME 0,1`), checked as [`check_pin`].
+pub fn parse_pin(text: &str) -> Result<Vec<usize>, String> {
+    let cores: Vec<i64> = text
+        .split(',')
+        .map(|core| {
+            let core = core.trim();
+            core.parse().map_err(|_| format!("'{}' is not a core number", crate::console::escape_input(core)))
+        })
+        .collect::<Result<_, _>>()?;
+    check_pin(&cores)
+}
+
 /// A VM's vCPU count, checked: 1 to [`crate::vm::MAX_VCPUS`].
 pub fn check_vcpus(count: i64) -> Result<u32, String> {
     let most = crate::vm::MAX_VCPUS;
@@ -445,6 +457,15 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Scenario, ScenarioError> {
         parse(text, "test.toml", Path::new("/scenarios"))
+    }
+
+    #[test]
+    fn a_written_pin_is_a_checked_list_of_cores() {
+        assert_eq!(parse_pin("1,0"), Ok(vec![0, 1]));
+        assert_eq!(parse_pin(" 2 "), Ok(vec![2]));
+        assert_eq!(parse_pin("0,x"), Err("'x' is not a core number".to_string()));
+        assert_eq!(parse_pin("1,1"), Err("core 1 is named twice".to_string()));
+        assert!(parse_pin("-1").unwrap_err().contains("cores count from 0"));
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub struct LockCounts {
 }
 
 impl LockCounts {
+    /// The part of these loop iterations spent spinning, in percent; None
+    /// when there are none (for counts over a window, as rates are).
+    pub fn spin_pct(&self) -> Option<f64> {
+        self.spin_pct_since(&Self::default())
+    }
+
     /// The part of the guest's loop iterations spent spinning, in percent,
     /// from `before` to these counts; None when it counted none.
     pub fn spin_pct_since(&self, before: &Self) -> Option<f64> {
@@ -86,6 +92,7 @@ mod tests {
         let after = LockCounts { spins: 130, work: 190, ..Default::default() };
         assert_eq!(after.spin_pct_since(&before), Some(25.0));
         assert_eq!(before.spin_pct_since(&before), None);
+        assert_eq!(after.spin_pct(), Some(130.0 * 100.0 / 320.0));
         // A guest's counts that went back (a restart, a hostile guest) count as none.
         assert_eq!(before.spin_pct_since(&after), None);
     }

@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use super::measure::{BenchError, builtin, run_for};
 use crate::calibration;
-use crate::config::Calibration;
-use crate::config::{Policy, RunConfig};
+use crate::config::{Calibration, Policy, RunConfig};
 
 /// The locks, by the `locks` guest's argument 2, as the report names them.
 pub const LOCKS: [(&str, u64); 4] = [("test_and_set", 0), ("ticket", 1), ("pv_yield", 2), ("pv_halt", 3)];
@@ -54,7 +53,7 @@ pub fn run_lock(
     let seconds = report.wall_ns as f64 / 1e9;
     Ok(LockRun {
         sections_per_s: lock.sections as f64 / seconds.max(1e-9),
-        spin_pct: lock.spin_pct_since(&Default::default()),
+        spin_pct: lock.spin_pct(),
         holder_preempted: lock.holder_preempted,
         waiter_preempted: lock.waiter_preempted,
     })

@@ -84,11 +84,7 @@ pub(super) fn parse_vcpus_arg(text: &str) -> Result<(String, u32), String> {
 
 pub(super) fn parse_pin_arg(text: &str) -> Result<(String, Vec<usize>), String> {
     let (name, cores) = text.split_once('=').ok_or("expected NAME=CORE,..., such as neo=0")?;
-    let cores: Vec<i64> = cores
-        .split(',')
-        .map(|core| core.trim().parse().map_err(|_| format!("'{}' is not a core number", escape_input(core))))
-        .collect::<Result<_, _>>()?;
-    Ok((name.to_string(), crate::scenario::check_pin(&cores)?))
+    Ok((name.to_string(), crate::scenario::parse_pin(cores)?))
 }
 
 pub(super) fn parse_gdb_arg(text: &str) -> Result<(String, ListenAddress), String> {

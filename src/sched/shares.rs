@@ -79,13 +79,14 @@ pub fn pinned_machine_shares(weights: &[f64], cores: usize, allowed: &[Vec<usize
     let at = |cores_of: &[f64], open: &[bool], level: f64| -> Vec<f64> {
         (0..weights.len()).map(|vm| if open[vm] { (weights[vm] * level).min(1.0) } else { cores_of[vm] }).collect()
     };
-    let fits = |amounts: &[f64]| {
+    let totals = |amounts: &[f64]| {
         let mut totals = vec![0.0; groups.len()];
         for (vm, &amount) in amounts.iter().enumerate() {
             totals[group_of[vm]] += amount;
         }
-        fits_cores(&totals, &groups, cores)
+        totals
     };
+    let fits = |amounts: &[f64]| fits_cores(&totals(amounts), &groups, cores);
     let mut level = 0.0_f64;
     while open.iter().any(|&o| o) {
         // The level at which every open VM has a core: the most there is.
@@ -101,16 +102,19 @@ pub fn pinned_machine_shares(weights: &[f64], cores: usize, allowed: &[Vec<usize
         }
         level = low;
         let amounts = at(&cores_of, &open, level);
-        // Who stops here: a VM at a core, and every VM of a group that
-        // cannot have more.
+        // Who stops here: every VM of a group that cannot have more (one
+        // flow a group: they share its cores), and a VM at a core.
+        let reached = totals(&amounts);
+        let full: Vec<bool> = (0..groups.len())
+            .map(|group| {
+                let mut more = reached.clone();
+                more[group] += 1e-6;
+                (0..weights.len()).any(|vm| open[vm] && group_of[vm] == group) && !fits_cores(&more, &groups, cores)
+            })
+            .collect();
         let mut stopped = false;
         for vm in 0..weights.len() {
-            if !open[vm] {
-                continue;
-            }
-            let mut more = amounts.clone();
-            more[vm] += 1e-6;
-            if amounts[vm] >= 1.0 - 1e-9 || !fits(&more) {
+            if open[vm] && (amounts[vm] >= 1.0 - 1e-9 || full[group_of[vm]]) {
                 (cores_of[vm], open[vm], stopped) = (amounts[vm], false, true);
             }
         }

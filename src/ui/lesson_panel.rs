@@ -137,8 +137,12 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::Migrated { vm: index, claim } => {
             vm(index).is_some_and(|view| matches!(view.state, VmState::Moved { .. }) && view.move_rounds.shows(claim))
         }
-        Check::SpinAtLeast { vm: index, percent } => vm(index).and_then(spin_pct).is_some_and(|spin| spin >= percent),
-        Check::SpinAtMost { vm: index, percent } => vm(index).and_then(spin_pct).is_some_and(|spin| spin <= percent),
+        Check::SpinAtLeast { vm: index, percent } => {
+            vm(index).and_then(|view| view.rates.lock.spin_pct()).is_some_and(|spin| spin >= percent)
+        }
+        Check::SpinAtMost { vm: index, percent } => {
+            vm(index).and_then(|view| view.rates.lock.spin_pct()).is_some_and(|spin| spin <= percent)
+        }
         Check::SectionsOver { vm: index, other, times } => match (vm(index), vm(other)) {
             (Some(view), Some(other)) => {
                 let (mine, theirs) = (view.rates.lock.sections, other.rates.lock.sections);
@@ -149,12 +153,6 @@ pub fn holds(check: &Check, app: &LessonState<'_>, file_vms: &[usize]) -> bool {
         Check::ViewOpen(View::Inspector) => app.inspector_open,
         Check::ViewOpen(View::Timeline) => app.timeline_shown,
     }
-}
-
-/// The part of `view`'s loop iterations spent spinning over the rates'
-/// window, from its lock records; None before it counted any.
-fn spin_pct(view: &VmView) -> Option<f64> {
-    view.rates.lock.spin_pct_since(&crate::stats::LockCounts::default())
 }
 
 /// The panel for a lesson's progress.

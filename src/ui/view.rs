@@ -337,14 +337,12 @@ fn lock_line(view: &VmView, width: u16) -> Option<Paragraph<'static>> {
     if *total == crate::stats::LockCounts::default() {
         return None;
     }
-    let spin = rate.spin_pct_since(&crate::stats::LockCounts::default());
-    let spin = spin.map_or(String::new(), |pct| format!(" · spin {pct:.0}%"));
+    let spin = |separator: &str| rate.spin_pct().map_or(String::new(), |pct| format!("{separator}spin {pct:.0}%"));
     let (holder, waiter) = (compact(total.holder_preempted), compact(total.waiter_preempted));
     let sections = compact(rate.sections);
-    let mut text = format!("lock {sections}/s{spin} · preempted holding {holder}, waiting {waiter}");
+    let mut text = format!("lock {sections}/s{} · preempted holding {holder}, waiting {waiter}", spin(" · "));
     if text.chars().count() > usize::from(width) {
-        let spin = spin.replace(" · ", " ");
-        text = format!("lock {sections}/s{spin} holder {holder} waiter {waiter}");
+        text = format!("lock {sections}/s{} holder {holder} waiter {waiter}", spin(" "));
     }
     Some(Paragraph::new(Line::from(Span::styled(text, Style::default().fg(Color::Yellow)))))
 }

@@ -164,7 +164,7 @@ fn vcpu_reports(runtime: &VmRuntime, total_cpu: u64) -> Vec<VcpuReport> {
             lock: records.as_ref().map(|records| {
                 let record = records[index];
                 let counts = LockCounts { spins: record.spins, work: record.work, ..Default::default() };
-                VcpuLockReport { sections: record.sections, spin_pct: counts.spin_pct_since(&LockCounts::default()) }
+                VcpuLockReport { sections: record.sections, spin_pct: counts.spin_pct() }
             }),
         })
         .collect()
