@@ -154,10 +154,14 @@ fn tag(vm: usize) -> char {
 impl Widget for TimelineView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let window = self.timeline.window_ns();
-        let spin_key =
-            if self.timeline.slices.iter().any(|slice| slice.spin_pct.is_some()) { "light red: spinning " } else { "" };
+        // The spin colour's key comes early, where a narrow title still shows it.
+        let spin_key = if self.timeline.slices.iter().any(|slice| slice.spin_pct.is_some()) {
+            "light red: spinning · "
+        } else {
+            ""
+        };
         let title = format!(
-            " timeline · last {} · </> zoom · k kick i I/O switch y yield z sleep ^ tick H halt X crash s step {spin_key}",
+            " timeline · last {} · {spin_key}</> zoom · k kick i I/O switch y yield z sleep ^ tick H halt X crash s step ",
             format_span(window)
         );
         let block = Block::default().borders(Borders::ALL).border_type(BorderType::Rounded).title(title);

@@ -340,10 +340,14 @@ fn lock_line(view: &VmView, width: u16) -> Option<Paragraph<'static>> {
     let spin = |separator: &str| rate.spin_pct().map_or(String::new(), |pct| format!("{separator}spin {pct:.0}%"));
     let (holder, waiter) = (compact(total.holder_preempted), compact(total.waiter_preempted));
     let sections = compact(rate.sections);
-    let mut text = format!("lock {sections}/s{} · preempted holding {holder}, waiting {waiter}", spin(" · "));
-    if text.chars().count() > usize::from(width) {
-        text = format!("lock {sections}/s{} holder {holder} waiter {waiter}", spin(" "));
-    }
+    // The longest that fits; a count is left out whole, never cut to fewer digits.
+    let forms = [
+        format!("lock {sections}/s{} · preempted holding {holder}, waiting {waiter}", spin(" · ")),
+        format!("lock {sections}/s{} holder {holder} waiter {waiter}", spin(" ")),
+        format!("lock {sections}/s{}", spin(" ")),
+    ];
+    let fits = forms.iter().find(|form| form.chars().count() <= usize::from(width));
+    let text = fits.unwrap_or(&forms[2]).clone();
     Some(Paragraph::new(Line::from(Span::styled(text, Style::default().fg(Color::Yellow)))))
 }
 
