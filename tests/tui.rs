@@ -389,7 +389,9 @@ fn the_migration_lesson_saves_neo_and_moves_it_to_a_receiver_round_by_round() {
         binary().display(),
         socket.display()
     );
-    let tmux = Tmux::start(&command, 160, 48);
+    // Its dirtiers' rounds are judged by the pages they dirty, which follow
+    // the CPU they get: no other terminal runs beside it.
+    let tmux = Tmux::start_alone(&command, 160, 48);
     tmux.wait_for(&["neo running", "dirtier paused", "→ First, in another terminal, start the receiver"]);
     tmux.keys("S");
     tmux.wait_for(&["[matrix] snapshot neo-1.snap written", "✓ First, in another terminal"]);
