@@ -8,6 +8,8 @@ pub mod compensation;
 pub mod core;
 /// Slice deadlines on one periodic timer.
 pub mod deadlines;
+/// Strict gang scheduling: the windows in which a VM's vCPUs run together.
+pub mod gang;
 /// Which VM runs next, and for how long.
 pub mod policy;
 /// The machine's shares over several cores, and where VMs start.

@@ -12,7 +12,13 @@
 /// to 1, or to less when the VMs together cannot use every core): `weights`
 /// of the VMs that can run (0 for those that cannot), on `cores` cores.
 pub fn machine_shares(weights: &[f64], cores: usize) -> Vec<f64> {
-    let cap = |_vm: usize| 1.0 / cores.max(1) as f64;
+    capped_shares(weights, &vec![1.0 / cores.max(1) as f64; weights.len()])
+}
+
+/// The same weighted water-filling with each VM's own cap (`caps[vm]`, a
+/// fraction of the machine): a VM whose vCPUs all run at once (`gang`) can
+/// use as many cores as it has vCPUs.
+pub fn capped_shares(weights: &[f64], caps: &[f64]) -> Vec<f64> {
     let mut shares = vec![0.0; weights.len()];
     let mut open: Vec<usize> = (0..weights.len()).filter(|&vm| weights[vm] > 0.0).collect();
     let mut left = 1.0;
@@ -23,7 +29,7 @@ pub fn machine_shares(weights: &[f64], cores: usize) -> Vec<f64> {
         if total <= 0.0 || left <= 0.0 {
             break;
         }
-        let capped: Vec<usize> = open.iter().copied().filter(|&vm| left * weights[vm] / total > cap(vm)).collect();
+        let capped: Vec<usize> = open.iter().copied().filter(|&vm| left * weights[vm] / total > caps[vm]).collect();
         if capped.is_empty() {
             for &vm in &open {
                 shares[vm] = left * weights[vm] / total;
@@ -31,8 +37,8 @@ pub fn machine_shares(weights: &[f64], cores: usize) -> Vec<f64> {
             break;
         }
         for &vm in &capped {
-            shares[vm] = cap(vm);
-            left -= cap(vm);
+            shares[vm] = caps[vm];
+            left -= caps[vm];
         }
         open.retain(|vm| !capped.contains(vm));
     }

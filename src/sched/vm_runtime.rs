@@ -3,14 +3,17 @@
 //! handles the exit. The core decides *when* to step which VM; this module
 //! decides which of its vCPUs runs and what an exit means.
 
+mod exits;
 mod locks;
+
+pub use self::exits::{Gate, run_vcpu};
 
 use kvm_ioctls::Kvm;
 
 use super::vcpu_runtime::{self, VcpuRuntime, VcpuState};
 use super::virtual_timer::{TIMER_VECTOR, VirtualTimer};
 use crate::console::ConsoleOut;
-use crate::hypercall::{self, GuestView, HypercallState, Outcome, PortMap, VcpuIdentity, VmIo};
+use crate::hypercall::{self, HypercallState, PortMap};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::snapshot::format::Pages;
 use crate::snapshot::{RuntimeState, SavedVcpu, SavedVcpuState, Snapshot};
@@ -20,7 +23,7 @@ use crate::vm::guest_debug::DebugExit;
 use crate::vm::kick::monotonic_ns;
 use crate::vm::layout::Structure;
 use crate::vm::vcpu_state::VcpuStateError;
-use crate::vm::{CrashKind, Exit, KickTarget, Machine, MachineSpec, RegisterDump, SetupError};
+use crate::vm::{CrashKind, KickTarget, Machine, MachineSpec, RegisterDump, SetupError, Vcpu};
 
 /// What one step of a VM came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +58,14 @@ pub enum Step {
     Interrupted,
     /// A debug exit for the VM's debugger (not a guest exit: not counted).
     Debug(DebugExit),
+}
+
+/// How a VM's vCPU stopped when no sibling can take over.
+enum Stop {
+    /// Every vCPU sleeps until the earliest timer's tick (monotonic ns).
+    Sleep(u64),
+    /// None can ever run again.
+    Halt,
 }
 
 /// When one KVM_RUN entered and returned (monotonic ns).
@@ -327,143 +338,26 @@ impl VmRuntime {
             // Woken for a sibling that is not due after all: nothing runs.
             let now_ns = monotonic_ns();
             let span = RunSpan { entered_ns: now_ns, exited_ns: now_ns };
-            return (self.after_stop(now_ns).unwrap_or(Step::Switched), span, None);
+            let step = match self.after_stop(now_ns) {
+                None => Step::Switched,
+                Some(Stop::Sleep(until_ns)) => Step::Sleeping { until_ns },
+                Some(Stop::Halt) => Step::Halted { registers: self.machine.vcpus[self.current].registers() },
+            };
+            return (step, span, None);
         }
-        if deliver {
-            self.deliver_interrupt(index, monotonic_ns(), epoch_ns);
-        }
-        let entered_ns = monotonic_ns();
-        let (exit, rip) = self.machine.vcpus[index].run(kick);
-        let exited_ns = monotonic_ns();
-        self.cpu_ns += exited_ns - entered_ns;
-        let span = RunSpan { entered_ns, exited_ns };
-        let vcpu = &mut self.vcpus[index];
-        vcpu.cpu_ns += exited_ns - entered_ns;
-        vcpu.slice_ns += span.charged_until(deadline_ns);
-        let t_ns = exited_ns.saturating_sub(epoch_ns);
-        self.console.set_clock(t_ns);
-        self.console.set_speaker(index);
-        let mut record = ExitRecord {
-            t_ns,
-            vm: 0,
-            vcpu: index as u16,
-            number: 0,
-            kind: ExitKind::Other,
-            port: 0,
-            size: 0,
-            value: 0,
-            address: 0,
-            call: CallRecord::default(),
-            rip,
-            handling_ns: 0,
-        };
-        let vcpus = self.vcpus.len();
-        let mut io = VmIo {
-            counters: &mut self.counters,
-            state: &mut self.hypercalls,
-            console: &mut self.console,
-            mode: self.machine.mode,
-            ports: &self.ports,
-            vcpu: VcpuIdentity { index: index as u32, count: vcpus as u32 },
-            gva_result: &mut self.vcpus[index].gva_result,
-        };
-        let step = match exit {
-            Exit::Out { port, access, value } => {
-                io.counters.exits.io_out += 1;
-                let view = GuestView {
-                    memory: &self.machine.memory,
-                    memory_size: self.machine.memory_size(),
-                    translator: &self.machine.vcpus[index],
-                };
-                let (outcome, call) = hypercall::handle_out(&view, &mut io, port, access, value);
-                (record.kind, record.port, record.size, record.value, record.call) =
-                    (ExitKind::IoOut, port, access.size, value, call);
-                match outcome {
-                    Outcome::Continue => Step::Io,
-                    Outcome::Yield => Step::Yielded,
-                    Outcome::TimerStart(period_us) => {
-                        let started = self.vcpus[index].timer.start(exited_ns, period_us);
-                        if let Some(asked) = started.raised_from {
-                            self.console.note(format_args!(
-                                "HC_timerStart({asked} us): raised to {} us, the shortest period",
-                                started.period_us
-                            ));
-                        }
-                        Step::Io
-                    }
-                    Outcome::TimerStop => {
-                        self.vcpus[index].timer.stop();
-                        Step::Io
-                    }
-                    Outcome::Ipi { vcpu, vector } => {
-                        if !self.raise_ipi(index, vcpu, vector) {
-                            self.counters.faults += 1;
-                            record.call.refused = true;
-                        }
-                        Step::Io
-                    }
-                    Outcome::YieldTo(vcpu) => self.yield_to(index, vcpu),
-                }
-            }
-            Exit::In { port, access, data } => {
-                io.counters.exits.io_in += 1;
-                let call = hypercall::handle_in(&self.machine.memory, &mut io, port, access, data);
-                (record.kind, record.port, record.size, record.call) = (ExitKind::IoIn, port, access.size, call);
-                Step::Io
-            }
-            Exit::Mmio { address, write, data } => {
-                io.counters.exits.mmio += 1;
-                io.counters.faults += 1;
-                let what = if write { "write to" } else { "read from" };
-                if let Some(data) = data {
-                    data.fill(0xff);
-                }
-                io.console.note(format_args!("MMIO {what} 0x{address:x}, outside guest memory; ignored"));
-                (record.kind, record.address) = (ExitKind::Mmio, address);
-                Step::Io
-            }
-            Exit::Hlt { interrupts_on } => {
-                io.counters.exits.hlt += 1;
-                record.kind = ExitKind::Hlt;
-                self.hlt(index, interrupts_on, exited_ns)
-            }
-            Exit::Crash(kind) => {
-                record.kind = match kind {
-                    CrashKind::TripleFault => ExitKind::Shutdown,
-                    CrashKind::InternalError(_) => ExitKind::InternalError,
-                    CrashKind::FailedEntry(_) => ExitKind::FailEntry,
-                    CrashKind::UnexpectedExit(_) | CrashKind::RunFailed(_) => ExitKind::Other,
-                };
-                match kind {
-                    CrashKind::TripleFault => io.counters.exits.shutdown += 1,
-                    _ => io.counters.exits.other += 1,
-                }
-                let registers = self.machine.vcpus[index].registers();
-                let reason = match vcpus {
-                    1 => kind.to_string(),
-                    _ => format!("vCPU {index}: {kind}"),
-                };
-                self.console.note(format_args!(
-                    "VM crashed: {reason}; rip=0x{:x} rsp=0x{:x} cr2=0x{:x}",
-                    registers.rip, registers.rsp, registers.cr2
-                ));
-                self.console.end_spoken_lines();
-                Step::Crashed { kind, reason, registers }
-            }
-            Exit::Interrupted => return (Step::Interrupted, span, None),
-            Exit::Debug(exit) => return (Step::Debug(exit), span, None),
-        };
-        self.vcpus[index].exits += 1;
-        record.number = self.counters.exits.total();
-        record.handling_ns = monotonic_ns().saturating_sub(exited_ns).min(u64::from(u32::MAX)) as u32;
-        (step, span, Some(record))
+        // The vCPU runs outside the rest of the VM (as it does on a gang's
+        // core): its handlers take it beside the VM.
+        let mut vcpus = std::mem::take(&mut self.machine.vcpus);
+        let result = exits::run_vcpu(self, index, &mut vcpus[index], kick, epoch_ns, deliver, deadline_ns);
+        self.machine.vcpus = vcpus;
+        result
     }
 
     /// vCPU `index` executed `hlt`: with interrupts on it sleeps until its
     /// timer's tick or a sibling's interrupt, as long as one of those could
     /// come; with them off it has halted for good. Then a sibling that can
     /// run takes the slice, or the VM sleeps or halts.
-    fn hlt(&mut self, index: usize, interrupts_on: bool, now_ns: u64) -> Step {
+    fn hlt(&mut self, index: usize, halting: &Vcpu, interrupts_on: bool, now_ns: u64) -> Step {
         let vcpus = self.vcpus.len();
         let vcpu = &mut self.vcpus[index];
         let timed = vcpu.timer.running();
@@ -485,13 +379,17 @@ impl VmRuntime {
         if self.vcpus[index].runnable() {
             return Step::Io;
         }
-        self.after_stop(now_ns).unwrap_or(Step::Switched)
+        match self.after_stop(now_ns) {
+            None => Step::Switched,
+            Some(Stop::Sleep(until_ns)) => Step::Sleeping { until_ns },
+            Some(Stop::Halt) => Step::Halted { registers: halting.registers() },
+        }
     }
 
     /// After the current vCPU stopped: a sibling that can run takes over
     /// (None), else the VM sleeps until its earliest timer, else (nothing
     /// could wake any of them) it has halted.
-    fn after_stop(&mut self, now_ns: u64) -> Option<Step> {
+    fn after_stop(&mut self, now_ns: u64) -> Option<Stop> {
         for vcpu in &mut self.vcpus {
             vcpu.wake_if_due(now_ns);
         }
@@ -509,7 +407,7 @@ impl VmRuntime {
                 })
                 .min()
                 .expect("one sleeps with a timer");
-            return Some(Step::Sleeping { until_ns });
+            return Some(Stop::Sleep(until_ns));
         }
         let waiting = self.vcpus.iter().filter(|vcpu| matches!(vcpu.state, VcpuState::Sleeping { .. })).count();
         if waiting > 0 {
@@ -521,7 +419,7 @@ impl VmRuntime {
             vcpu.state = VcpuState::Halted;
         }
         self.console.end_spoken_lines();
-        Some(Step::Halted { registers: self.machine.vcpus[self.current].registers() })
+        Some(Stop::Halt)
     }
 
     /// HC_ipi from vCPU `from`: `vector` raised on vCPU `to` of this VM,
@@ -572,13 +470,12 @@ impl VmRuntime {
     /// Injects vCPU `index`'s highest waiting interrupt (a sibling's IPI,
     /// else its timer's tick) if it can take one now; else asks KVM to exit
     /// as soon as it can (the interrupt goes in then).
-    fn deliver_interrupt(&mut self, index: usize, now_ns: u64, epoch_ns: u64) {
+    fn deliver_interrupt(&mut self, index: usize, vcpu: &mut Vcpu, now_ns: u64, epoch_ns: u64) {
         let state = &mut self.vcpus[index];
         let tick = state.timer.running() && state.timer.poll(now_ns);
         if !tick && !state.pending.any() {
             return;
         }
-        let vcpu = &mut self.machine.vcpus[index];
         if !vcpu.can_take_interrupt() {
             vcpu.request_interrupt_window(true);
             return;
