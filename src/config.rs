@@ -17,6 +17,9 @@ pub enum Policy {
     /// Weighted fair: each quantum split by weight, measured time repaid.
     #[default]
     Fair,
+    /// Strict gang (co-scheduling): a VM of several vCPUs runs all of them
+    /// at once on as many cores, or none; VMs of one vCPU as under `fair`.
+    Gang,
 }
 
 impl Policy {
@@ -26,16 +29,24 @@ impl Policy {
             Self::Io => "io",
             Self::Rr => "rr",
             Self::Fair => "fair",
+            Self::Gang => "gang",
         }
     }
 
-    /// The next policy, for front ends that cycle through them.
+    /// The next policy, for front ends that cycle through them (`gang`,
+    /// which a run may refuse, is chosen by name only).
     pub fn next(self) -> Self {
         match self {
             Self::Io => Self::Rr,
             Self::Rr => Self::Fair,
-            Self::Fair => Self::Io,
+            Self::Fair | Self::Gang => Self::Io,
         }
+    }
+
+    /// Whether VMs of one vCPU share time by weight (`fair`, and `gang`
+    /// beside its windows).
+    pub fn weighs(self) -> bool {
+        matches!(self, Self::Fair | Self::Gang)
     }
 }
 

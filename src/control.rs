@@ -80,7 +80,8 @@ pub fn parse_line(line: &str, names: &[String]) -> Result<Option<Command>, Strin
             "io" => Policy::Io,
             "rr" => Policy::Rr,
             "fair" => Policy::Fair,
-            other => return Err(format!("unknown policy '{}'; use io, rr or fair", escape_input(other))),
+            "gang" => Policy::Gang,
+            other => return Err(format!("unknown policy '{}'; use io, rr, fair or gang", escape_input(other))),
         }),
         ["quantum", text] => {
             let quantum = parse_duration(text).map_err(|_| {

@@ -149,6 +149,8 @@ impl Command {
 /// end can claim a move's Go or hand the core a VM.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Internal {
+    /// Run a lane of another core's gang window (`--policy gang`).
+    GangLane(crate::sched::core::LaneCall),
     /// Move a running VM to another matrix-tui: the link thread writes the
     /// frames the core sends on `link` (see [`crate::migration`]).
     Migrate {

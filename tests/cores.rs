@@ -266,3 +266,68 @@ fn a_trace_of_several_cores_has_each_cores_slices_every_move_and_one_end() {
     assert_eq!(records as usize, lines.len() - 2, "every record handed over is in the file");
     assert_eq!(report.trace.as_ref().map(|trace| trace.written), Some(records));
 }
+
+/// A 2-vCPU ticket lock beside a spinner on two cores under `gang`.
+fn gang_beside_a_spinner() -> RunConfig {
+    let mut locks = weighted("l", "locks", 1.0, &[0, 0, 1]);
+    locks.vcpus = 2;
+    let mut config = on_cores(vec![locks, builtin("s", "spin")], 2);
+    config.policy = Policy::Gang;
+    config.quantum = Duration::from_millis(5);
+    config.live_records = true;
+    config
+}
+
+#[test]
+fn gang_runs_a_vms_vcpus_together_on_two_cores_and_never_one_alone() {
+    let outcome = run_config(gang_beside_a_spinner(), Duration::from_millis(1200));
+    let slices: Vec<matrix_tui::record::SliceRecord> = (outcome.events.iter())
+        .filter_map(|event| match event {
+            Event::Slices { records, .. } => Some(records.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let of = |vcpu: u16| slices.iter().filter(move |slice| slice.vm == 0 && slice.vcpu == vcpu);
+    let home = of(0).next().expect("vCPU 0 ran").core;
+    assert!(of(0).all(|slice| slice.core == home), "vCPU 0 runs on the VM's home core");
+    assert!(of(1).all(|slice| slice.core != home), "vCPU 1 on the other core");
+    // vCPU 1 runs only inside a window its sibling's home core holds open:
+    // each of its slices lies within one of vCPU 0's.
+    for lane in of(1) {
+        let within = of(0).any(|first| first.start_ns <= lane.start_ns && lane.end_ns <= first.end_ns);
+        assert!(within, "vCPU 1 ran {}..{} ns outside every window of vCPU 0", lane.start_ns, lane.end_ns);
+    }
+    assert!(of(1).count() > 0, "vCPU 1 was called to its core");
+    // The spinner runs between the windows.
+    assert!(slices.iter().any(|slice| slice.vm == 1), "the spinner ran");
+    let report = &outcome.report;
+    assert_eq!(report.policy, "gang");
+    assert!(report.vms.iter().all(|vm| vm.charged_ns > 0), "both VMs were charged");
+    // The lock's vCPUs took turns at the lock: the guest's own counts.
+    assert!(report.vms[0].lock.as_ref().is_some_and(|lock| lock.sections > 0));
+}
+
+#[test]
+fn gang_refuses_a_vm_with_more_vcpus_than_cores_with_status_2() {
+    let out =
+        matrix(&["run", "--headless", "--policy", "gang", "--vm", "p=pair", "--vcpus", "p=2", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("VM 'p' has 2 vCPUs, but the run has 1 core: --policy gang"), "{stderr}");
+    assert!(stderr.contains("give --cpus 2 or more"), "{stderr}");
+}
+
+#[test]
+fn switching_to_gang_with_too_wide_a_vm_is_refused_and_the_run_goes_on_fair() {
+    let mut pair = builtin("p", "pair");
+    pair.vcpus = 2;
+    let core = common::start(RunConfig::new(vec![pair]));
+    core.send(Command::SetPolicy(Policy::Gang));
+    let mut events = Vec::new();
+    sample_where(&core, &mut events, |_| true);
+    let report = common::quit(core, events).report;
+    assert_eq!(report.policy, "fair");
+    let console = &report.vms[0].console;
+    assert!(console.contains("policy gang refused: this VM has 2 vCPUs and the run 1 core"), "{console}");
+}

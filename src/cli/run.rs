@@ -470,6 +470,17 @@ fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<Duration>), Failure> 
         wake_preempt: args.wake_preempt,
     };
     for vm in &config.vms {
+        if config.policy == Policy::Gang && vm.vcpus as usize > config.cpus {
+            return Err(Failure::Usage(anyhow!(
+                "VM '{}' has {} vCPUs, but the run has {} core{}: --policy gang runs all of a VM's vCPUs at once, \
+                 each on its own core; give --cpus {} or more, fewer vCPUs, or another policy",
+                vm.name,
+                vm.vcpus,
+                config.cpus,
+                if config.cpus == 1 { "" } else { "s" },
+                vm.vcpus
+            )));
+        }
         if let Some(&core) = vm.pin.iter().find(|&&core| core >= config.cpus) {
             let cores = if config.cpus == 1 { "core 0".to_string() } else { format!("cores 0 to {}", config.cpus - 1) };
             return Err(Failure::Usage(anyhow!(

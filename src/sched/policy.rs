@@ -128,7 +128,7 @@ impl Planner {
         } else {
             self.runnable.remove(&vm);
         }
-        if self.policy == Policy::Fair {
+        if self.policy.weighs() {
             self.fair.set(vm, candidate.runnable.then_some(candidate.weight), candidate.keeps_lag);
             self.fair.set_bounds(self.quantum_ns, self.fair_unit_ns());
         }
@@ -139,7 +139,7 @@ impl Planner {
         let slice = match self.policy {
             Policy::Io => self.next_in_turn().map(|vm| Slice { vm, length_ns: None }),
             Policy::Rr => self.next_in_turn().map(|vm| Slice { vm, length_ns: Some(self.quantum_ns) }),
-            Policy::Fair => {
+            Policy::Fair | Policy::Gang => {
                 // A sleeper that woke owed time goes first (wake-up preemption).
                 let woken = self.woken.take().filter(|&vm| self.runnable.contains(&vm) && self.fair.lag_ns(vm) > 0.0);
                 let vm = woken.or_else(|| self.fair.pick(self.gave_back.take()));
@@ -170,7 +170,7 @@ impl Planner {
         match self.policy {
             Policy::Io => None,
             Policy::Rr => Some(self.quantum_ns),
-            Policy::Fair => Some(self.fair.unit_ns()),
+            Policy::Fair | Policy::Gang => Some(self.fair.unit_ns()),
         }
     }
 
@@ -187,7 +187,7 @@ impl Planner {
     /// when the VM ended its slice itself (a yield, a halt): another VM runs
     /// next, so that a guest yielding in a loop cannot keep the CPU.
     pub fn charge(&mut self, vm: usize, charged_ns: u64, gave_back: bool) {
-        if self.policy == Policy::Fair {
+        if self.policy.weighs() {
             self.gave_back = gave_back.then_some(vm);
             self.fair.charge(vm, charged_ns);
         }

@@ -176,6 +176,15 @@ impl App {
                 let used: f64 = shares.iter().sum();
                 shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
             }
+            Policy::Gang => {
+                // A VM whose vCPUs run together may use a core for each.
+                let cpus = self.settings.cpus.max(1);
+                let caps: Vec<f64> =
+                    self.vms.iter().map(|view| view.vcpus.len().clamp(1, cpus) as f64 / cpus as f64).collect();
+                let shares = crate::sched::shares::capped_shares(&weights, &caps);
+                let used: f64 = shares.iter().sum();
+                shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
+            }
         }
     }
 

@@ -44,7 +44,7 @@ impl Core {
             Command::SetWeight { vm, weight } => {
                 if let Some(slot) = self.slots.get_mut(vm).filter(|_| check_weight(weight).is_ok()) {
                     slot.config.weight = weight;
-                    self.planner.set_candidate(vm, slot.candidate());
+                    self.planner.set_candidate(vm, slot.candidate(self.planner.policy()));
                     self.outbox.push_back(Event::Settings(self.settings()));
                 }
             }
@@ -116,6 +116,21 @@ impl Core {
                 }
             }
             Command::Snapshot { .. } => {}
+            Command::SetPolicy(Policy::Gang) if self.gang.too_wide(self.cores).is_some() => {
+                let (vm, vcpus) = self.gang.too_wide(self.cores).expect("checked");
+                // Every core refuses alike; the VM's own core says why.
+                if self.slots.owns(vm) {
+                    let cores = self.cores;
+                    self.note(
+                        vm,
+                        format_args!(
+                            "policy gang refused: this VM has {vcpus} vCPUs and the run {cores} core{}; gang runs \
+                             all of a VM's vCPUs at once (start with --cpus {vcpus} or more)",
+                            if cores == 1 { "" } else { "s" }
+                        ),
+                    );
+                }
+            }
             Command::SetPolicy(policy) => self.set_planner(policy, self.planner.quantum_ns()),
             Command::SetQuantum(quantum) => {
                 let quantum = quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64;
@@ -161,6 +176,7 @@ impl Core {
             }
             Internal::MoveVm { vm, to } => self.move_vm(vm, to),
             Internal::VmArrived => self.take_arrivals(),
+            Internal::GangLane(call) => self.lane_calls.push_back(call),
             Internal::Notice(text) => {
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });
@@ -172,7 +188,7 @@ impl Core {
         if policy == self.planner.policy() {
             self.planner.set_quantum(quantum_ns);
         } else {
-            self.planner = Planner::new(policy, quantum_ns, &candidates(&self.slots));
+            self.planner = Planner::new(policy, quantum_ns, &candidates(&self.slots, policy));
         }
         self.outbox.push_back(Event::Settings(self.settings()));
     }
@@ -283,7 +299,7 @@ impl Core {
         let keeps_lag = matches!((&self.slots[vm].state, &state), (VmState::Running, VmState::Sleeping { .. }))
             || matches!((&self.slots[vm].state, &state), (VmState::Sleeping { .. }, VmState::Running));
         self.slots[vm].state = state.clone();
-        self.planner.set_candidate(vm, Candidate { keeps_lag, ..self.slots[vm].candidate() });
+        self.planner.set_candidate(vm, Candidate { keeps_lag, ..self.slots[vm].candidate(self.planner.policy()) });
         // A front end that does not read (a frozen display) must not make the
         // outbox grow with every sleep and wake: the newest of a VM's passing
         // states replaces one still queued. Ends, pauses and the like stay.

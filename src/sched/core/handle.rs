@@ -272,6 +272,15 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         slots.push(slot);
     }
     let placed = placement(&config.vms, cores);
+    let gang = Arc::new(super::gang::GangBoard::new(config.vms.iter().map(|vm| vm.vcpus as usize).collect()));
+    if config.policy == Policy::Gang {
+        let weights: Vec<f64> = slots
+            .iter()
+            .map(|slot| slot.candidate(Policy::Fair))
+            .map(|c| if c.runnable { c.weight } else { 0.0 })
+            .collect();
+        gang.replan(&weights, cores, config.quantum.clamp(MIN_QUANTUM, MAX_QUANTUM).as_nanos() as u64);
+    }
     let (trace, trace_writer) = match &config.trace {
         Some(path) => {
             let names = slots.iter().map(|slot| slot.config.name.clone()).collect();
@@ -304,7 +313,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     } else {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| crossbeam_channel::bounded(EVENT_CAPACITY)).unzip();
-        let merge = super::merge::Merger::new(placed.len(), reach.clone(), config.policy);
+        let merge = super::merge::Merger::new(placed.len(), reach.clone(), config.policy).with_gang(Arc::clone(&gang));
         let thread = std::thread::Builder::new()
             .name("matrix-merge".into())
             .spawn(move || merge.run(receivers, event_tx))
@@ -338,7 +347,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             None => Kvm::new().map_err(|source| SpawnError::Kvm { core, source })?,
         };
         let state = Core {
-            planner: Planner::new(config.policy, quantum.as_nanos() as u64, &candidates(&slots)),
+            planner: Planner::new(config.policy, quantum.as_nanos() as u64, &candidates(&slots, config.policy)),
             kvm,
             slots,
             timer_kind: config.timer,
@@ -384,6 +393,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             moves: 0,
             move_gate: Arc::clone(&move_gate),
             kvm_run_ns: 0,
+            gang: Arc::clone(&gang),
+            lane_calls: VecDeque::new(),
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let name = if cores == 1 { "matrix-core".to_string() } else { format!("matrix-core-{core}") };

@@ -43,6 +43,10 @@ pub(super) struct Merger {
     policy: Policy,
     /// The cores, to ask for moves.
     to_cores: Vec<(Sender<Message>, Arc<KickTarget>)>,
+    /// Gang windows, replanned as weights and states change.
+    gang: Option<Arc<super::gang::GangBoard>>,
+    /// The quantum the cores run with.
+    quantum_ns: u64,
 }
 
 impl Merger {
@@ -60,7 +64,22 @@ impl Merger {
             last: None,
             policy,
             to_cores,
+            gang: None,
+            quantum_ns: crate::config::DEFAULT_QUANTUM.as_nanos() as u64,
         }
+    }
+
+    /// Replans `gang`'s windows from what it sees.
+    pub(super) fn with_gang(self, gang: Arc<super::gang::GangBoard>) -> Self {
+        Self { gang: Some(gang), ..self }
+    }
+
+    /// Plans the gang windows for the VMs that can run now, by weight.
+    fn replan_gang(&self) {
+        let Some(gang) = self.gang.as_ref().filter(|_| self.policy == Policy::Gang) else { return };
+        let weights: Vec<f64> =
+            (0..self.weights.len()).map(|vm| if self.running[vm] { self.weights[vm] } else { 0.0 }).collect();
+        gang.replan(&weights, self.cores, self.quantum_ns);
     }
 
     /// Passes the events of `inputs` (one channel per core) on to `out`
@@ -106,11 +125,13 @@ impl Merger {
                     return Vec::new();
                 }
                 self.sampled.iter_mut().for_each(|sampled| *sampled = false);
+                self.replan_gang();
                 let vms = self.latest.iter().flatten().cloned().collect();
                 vec![Event::Sample { elapsed_ns, vms }]
             }
             Event::Settings(settings) => {
                 self.policy = settings.policy;
+                self.quantum_ns = settings.quantum.as_nanos() as u64;
                 for (vm, &weight) in settings.weights.iter().enumerate() {
                     if !weight.is_nan() && vm < self.weights.len() {
                         self.weights[vm] = weight;
@@ -120,6 +141,7 @@ impl Merger {
                 if self.settings.iter().any(Option::is_none) {
                     return Vec::new();
                 }
+                self.replan_gang();
                 vec![Event::Settings(Settings { weights: self.weights.clone(), ..settings })]
             }
             Event::State { vm, state } => {
@@ -147,7 +169,7 @@ impl Merger {
             .map(|vm| match (self.running[vm], self.policy) {
                 (false, _) | (_, Policy::Io) => 0.0,
                 (true, Policy::Rr) => 1.0,
-                (true, Policy::Fair) => self.weights[vm],
+                (true, Policy::Fair | Policy::Gang) => self.weights[vm],
             })
             .collect();
         let pins: Vec<Vec<usize>> = vms.iter().map(|vm| vm.pin.clone()).collect();
@@ -173,7 +195,12 @@ impl Merger {
                 core: vms[vm].core,
                 target: targets[vm],
                 lag_ns: self.lag_ns[vm] as i64,
-                allowed: vms[vm].pin.clone(),
+                // A gang VM spans its home core and the next ones: it stays home.
+                allowed: if self.policy == Policy::Gang && vms[vm].vcpus.len() > 1 {
+                    vec![vms[vm].core]
+                } else {
+                    vms[vm].pin.clone()
+                },
             })
             .collect();
         for (vm, to) in balance::plan(&loads, self.cores) {

@@ -579,7 +579,11 @@ impl Core {
         let slot = Slot::arriving(&self.kvm, config).map_err(|error| error.to_string())?;
         let memory = ArrivalMemory(slot.runtime.machine.memory.clone());
         let vm = self.slots.push(slot);
-        self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
+        self.planner = Planner::new(
+            self.planner.policy(),
+            self.planner.quantum_ns(),
+            &candidates(&self.slots, self.planner.policy()),
+        );
         self.outbox.push_back(Event::Added { vm, name });
         let memory_pages = memory_size / PAGE_SIZE as u64;
         self.slots[vm].migration_report =
@@ -631,7 +635,11 @@ impl Core {
             report.pages = pages;
         }
         let memory_pages = machine.memory_size / PAGE_SIZE as u64;
-        self.planner = Planner::new(self.planner.policy(), self.planner.quantum_ns(), &candidates(&self.slots));
+        self.planner = Planner::new(
+            self.planner.policy(),
+            self.planner.quantum_ns(),
+            &candidates(&self.slots, self.planner.policy()),
+        );
         self.note(
             vm,
             format_args!(

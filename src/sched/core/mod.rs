@@ -47,6 +47,7 @@ use crate::vm::{CpuMode, GuestLayout, KickTarget, MachineSpec, SetupError, Vcpu,
 mod arrival_tests;
 mod commands;
 mod debugging;
+mod gang;
 mod handle;
 mod merge;
 mod migrating;
@@ -58,6 +59,7 @@ mod samples;
 mod saving;
 mod slots;
 
+pub(crate) use self::gang::LaneCall;
 pub(crate) use self::handle::Commander;
 pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
 use self::slots::Slots;
@@ -193,17 +195,23 @@ impl Slot {
         }
     }
 
-    /// What the planner needs of it.
-    fn candidate(&self) -> Candidate {
-        Candidate { weight: self.config.weight, runnable: self.state == VmState::Running, keeps_lag: false }
+    /// What the planner needs of it under `policy`: a VM of several vCPUs
+    /// under `gang` runs in its windows, never by the planner.
+    fn candidate(&self, policy: Policy) -> Candidate {
+        let windowed = policy == Policy::Gang && self.runtime.vcpus.len() > 1;
+        Candidate {
+            weight: self.config.weight,
+            runnable: self.state == VmState::Running && !windowed,
+            keeps_lag: false,
+        }
     }
 }
 
-/// What the planner needs of every VM.
-fn candidates(slots: &Slots) -> Vec<Candidate> {
+/// What the planner needs of every VM under `policy`.
+fn candidates(slots: &Slots, policy: Policy) -> Vec<Candidate> {
     // Another core's VM never runs here.
     let elsewhere = Candidate { weight: 1.0, runnable: false, keeps_lag: false };
-    slots.each().map(|slot| slot.map_or(elsewhere, Slot::candidate)).collect()
+    slots.each().map(|slot| slot.map_or(elsewhere, |slot| slot.candidate(policy))).collect()
 }
 
 /// The VM as a snapshot (or a migration's state) names it.
@@ -314,6 +322,10 @@ struct Core {
     /// Time this core spent inside KVM_RUN (its VMs' time, wherever they
     /// ran before or after).
     kvm_run_ns: u64,
+    /// Gang windows, shared by every core.
+    gang: Arc<gang::GangBoard>,
+    /// Lanes of other cores' gang windows this core was called to run.
+    lane_calls: VecDeque<LaneCall>,
 }
 
 impl Core {}

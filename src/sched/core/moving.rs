@@ -199,7 +199,7 @@ impl Core {
         }
         // It starts here with no lag owed or forgiven: the planner places it
         // as it does a VM that wakes.
-        self.planner.set_candidate(vm, self.slots[vm].candidate());
+        self.planner.set_candidate(vm, self.slots[vm].candidate(self.planner.policy()));
     }
 
     /// Passes `message` about `vm`, which is not here, to the core that

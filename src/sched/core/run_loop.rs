@@ -66,6 +66,11 @@ impl Core {
                 let settings = self.migration;
                 self.drive_migrations(&settings);
             }
+            // Another core's gang window first: its VM's vCPUs run together.
+            if let Some(call) = self.lane_calls.pop_front() {
+                self.serve_lane(&call, &mut deadlines);
+                continue;
+            }
             if self.kick.take_request() {
                 self.apply_commands();
                 continue;
@@ -88,12 +93,24 @@ impl Core {
             if self.sleeping > 0 {
                 self.wake_sleepers(monotonic_ns());
             }
+            let (window, next_window) = self.gang_window(monotonic_ns());
+            if let Some((vm, end_ns)) = window {
+                self.run_gang_window(vm, end_ns, &mut deadlines);
+                let now_ns = monotonic_ns();
+                self.deliver_outbox();
+                self.flush_consoles_if_due(now_ns);
+                self.sample_if_due(now_ns);
+                continue;
+            }
             let now_ns = match self.planner.next_slice() {
                 Some(mut slice) => {
-                    // A sleeper wakes on time even while another VM runs.
-                    if let (Some(length), Some(wake)) = (slice.length_ns, self.earliest_wake_ns()) {
-                        let left = wake.saturating_sub(monotonic_ns()).max(MIN_QUANTUM.as_nanos() as u64);
-                        slice.length_ns = Some(length.min(left));
+                    // A sleeper wakes on time even while another VM runs,
+                    // and a gang window starts on time.
+                    for due in [self.earliest_wake_ns(), next_window].into_iter().flatten() {
+                        if let Some(length) = slice.length_ns {
+                            let left = due.saturating_sub(monotonic_ns()).max(MIN_QUANTUM.as_nanos() as u64);
+                            slice.length_ns = Some(length.min(left));
+                        }
                     }
                     let record = self.run_slice(slice, &mut deadlines, false);
                     if self.slots[slice.vm].runtime.console.pending_len() >= CONSOLE_FLUSH_BYTES {
@@ -103,6 +120,7 @@ impl Core {
                     self.epoch_ns + record.end_ns
                 }
                 None if self.stay_open
+                    || next_window.is_some()
                     // With several cores, another core's VM may come here.
                     || (self.cores > 1 && self.move_gate.any_unfinished())
                     || self.migrating > 0
@@ -119,7 +137,7 @@ impl Core {
                     }) =>
                 {
                     deadlines.disarm();
-                    self.idle();
+                    self.idle(next_window);
                     monotonic_ns()
                 }
                 None => break,
@@ -484,9 +502,14 @@ impl Core {
     }
 
     /// Nothing can run: wait for a command (a resume, a restart or a quit),
-    /// or until the first sleeper wakes: the thread sleeps too, it does not spin.
-    pub(super) fn idle(&mut self) {
-        let wait = match self.earliest_wake_ns() {
+    /// or until the first sleeper wakes or `next_window` (a gang window of
+    /// this core's) opens: the thread sleeps too, it does not spin.
+    pub(super) fn idle(&mut self, next_window: Option<u64>) {
+        let wake = match (self.earliest_wake_ns(), next_window) {
+            (Some(wake), Some(window)) => Some(wake.min(window)),
+            (wake, window) => wake.or(window),
+        };
+        let wait = match wake {
             // A save under way goes on as soon as its next step is due.
             _ if self.saving > 0 => Duration::from_nanos(self.next_save_step_ns.saturating_sub(monotonic_ns())),
             Some(wake) => Duration::from_nanos(wake.saturating_sub(monotonic_ns())).min(IDLE_WAIT),

@@ -30,9 +30,14 @@ impl VmRuntime {
     /// A quantum ended on the vCPU that ran last: counts it as a holder's or
     /// a waiter's preemption if its record says so, and returns what it said.
     pub fn quantum_ended(&mut self) -> LockState {
+        self.quantum_ended_on(self.current)
+    }
+
+    /// [`Self::quantum_ended`] for vCPU `vcpu` (under `gang` a window ends
+    /// on every vCPU of the VM at once).
+    pub fn quantum_ended_on(&mut self, vcpu: usize) -> LockState {
         let Some(table) = self.hypercalls.lock_records else { return LockState::Neither };
-        let state =
-            lock_records::read(&self.machine.memory, table, self.current).map_or(LockState::Neither, |r| r.state);
+        let state = lock_records::read(&self.machine.memory, table, vcpu).map_or(LockState::Neither, |r| r.state);
         match state {
             LockState::Holds => self.counters.lock.holder_preempted += 1,
             LockState::Waits => self.counters.lock.waiter_preempted += 1,
