@@ -33,13 +33,14 @@ impl Policy {
         }
     }
 
-    /// The next policy, for front ends that cycle through them (`gang`,
-    /// which a run may refuse, is chosen by name only).
+    /// The next policy, for front ends that cycle through them (they skip
+    /// `gang` where the run cannot take it).
     pub fn next(self) -> Self {
         match self {
             Self::Io => Self::Rr,
             Self::Rr => Self::Fair,
-            Self::Fair | Self::Gang => Self::Io,
+            Self::Fair => Self::Gang,
+            Self::Gang => Self::Io,
         }
     }
 

@@ -250,7 +250,7 @@ mod tests {
         assert!(parse_line("weight neo -1", &names()).unwrap_err().contains("from 1 to 10000"));
         assert!(parse_line("weight neo 1e308", &names()).unwrap_err().contains("from 1 to 10000"));
         assert!(parse_line("weight neo lots", &names()).unwrap_err().contains("not a number"));
-        assert!(parse_line("policy lottery", &names()).unwrap_err().contains("io, rr or fair"));
+        assert!(parse_line("policy lottery", &names()).unwrap_err().contains("io, rr, fair or gang"));
         assert!(parse_line("quantum 5s", &names()).unwrap_err().contains("between 100us and 1s"));
         assert!(parse_line("dance", &names()).unwrap_err().contains("commands: weight"));
     }

@@ -65,6 +65,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("smp", include_str!("../assets/lessons/smp.toml")),
     ("cores", include_str!("../assets/lessons/cores.toml")),
     ("locks", include_str!("../assets/lessons/locks.toml")),
+    ("gang", include_str!("../assets/lessons/gang.toml")),
 ];
 
 /// A VM state a check can ask for.
@@ -692,7 +693,8 @@ mod tests {
                 "migration",
                 "smp",
                 "cores",
-                "locks"
+                "locks",
+                "gang"
             ]
         );
         assert!(titles.iter().all(|(_, title)| !title.is_empty()));

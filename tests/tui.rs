@@ -275,6 +275,21 @@ fn the_locks_lesson_shows_a_ticket_lock_spin_and_a_paravirtual_one_win_its_time_
 }
 
 #[test]
+fn the_gang_lesson_shows_a_ticket_lock_spin_under_fair_and_stop_under_gang() {
+    let command = format!("{} lesson gang; sleep 60", binary().display());
+    // Its two cores spin: no other terminal of the binary beside it.
+    let tmux = Tmux::start_alone(&command, 100, 30);
+    tmux.wait_for(&["lesson: Co-scheduling"]);
+    tmux.wait_for(&["step 2 of 3"]);
+    // m cycles io, rr, fair, gang: from fair, once.
+    tmux.keys("m");
+    tmux.wait_for(&["step 3 of 3"]);
+    tmux.keys("t");
+    tmux.wait_for(&["all 3 steps done"]);
+    tmux.keys("q");
+}
+
+#[test]
 fn a_recording_is_asciicast_v2_replays_the_panes_marks_keys_and_ends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cast = dir.path().join("session.cast");

@@ -215,17 +215,23 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Val
         let one_core = locks::one_core(&calibration, quantum, duration)?;
         let over_ticket: BTreeMap<String, BTreeMap<String, f64>> =
             one_core.iter().map(|(vcpus, row)| (vcpus.clone(), locks::over_ticket(row))).collect();
-        let mut two_cores = BTreeMap::new();
-        for (name, kind) in locks::LOCKS {
-            two_cores.insert(name, locks::run_lock(&calibration, 2, kind, quantum, duration, Some(2))?);
-        }
+        let two_cores = locks::two_cores(&calibration, quantum, duration)?;
+        let over_dedicated: BTreeMap<&str, BTreeMap<String, f64>> = ["fair_beside_spinner", "gang_beside_spinner"]
+            .into_iter()
+            .map(|setting| (setting, locks::over_dedicated(&two_cores, setting)))
+            .collect();
         report["locks"] = with_params(
-            json!({ "one_core": one_core, "over_ticket": over_ticket, "two_cores_beside_spinner": two_cores }),
-            json!({ "guest": "locks (critical section 20 us, outside 60 us of guest CPU here), fair, one VM",
+            json!({ "one_core": one_core, "over_ticket": over_ticket, "two_cores": two_cores,
+                    "two_cores_over_dedicated": over_dedicated }),
+            json!({ "guest": "locks (critical section 20 us, outside 60 us of guest CPU here), one VM",
                     "quantum_ms": 5, "seconds": duration.as_secs(),
                     "sections": "the guest's own count (its lock records) over the run's wall time",
-                    "two_cores": "a VM of 2 vCPUs beside a spin VM, --cpus 2: a VM runs on one core at a time",
-                    "goals": { "pv_over_ticket_4_vcpus": 3 } }),
+                    "one_core": "fair, --cpus 1",
+                    "two_cores": "a VM of 2 vCPUs, --cpus 2: beside a spin VM under fair (the VM runs on one core at a \
+                                  time) and under gang (its two vCPUs at once in windows), and alone under gang \
+                                  (dedicated: each vCPU on a core of its own)",
+                    "over_dedicated": "critical sections per second of the VM's own CPU, over the dedicated run's",
+                    "goals": { "pv_over_ticket_4_vcpus": 3, "gang_over_dedicated": 0.9 } }),
         );
     }
     if options.wants("hypercalls") {
@@ -604,18 +610,22 @@ pub fn table(report: &Value) -> String {
                 ),
             );
         }
-        let beside = &figure["two_cores_beside_spinner"];
-        row(
-            &mut out,
-            "  2 vCPUs beside a spinner, 2 cores",
-            format!(
-                "ticket {:.0}/s, test-and-set {:.0}/s, pv yield {:.0}/s, pv halt {:.0}/s",
-                num(&beside["ticket"]["sections_per_s"]),
-                num(&beside["test_and_set"]["sections_per_s"]),
-                num(&beside["pv_yield"]["sections_per_s"]),
-                num(&beside["pv_halt"]["sections_per_s"])
-            ),
-        );
+        let over = &figure["two_cores_over_dedicated"];
+        for setting in ["fair", "gang"] {
+            let ratios = &over[format!("{setting}_beside_spinner")];
+            row(
+                &mut out,
+                &format!("  2 vCPUs beside a spinner, 2 cores, {setting}"),
+                format!(
+                    "of a dedicated run's sections per CPU second: ticket {:.2}x, test-and-set {:.2}x, pv yield \
+                     {:.2}x, pv halt {:.2}x",
+                    num(&ratios["ticket"]),
+                    num(&ratios["test_and_set"]),
+                    num(&ratios["pv_yield"]),
+                    num(&ratios["pv_halt"])
+                ),
+            );
+        }
     }
     if report["interrupts"].is_object() {
         let figure = &report["interrupts"];

@@ -50,28 +50,51 @@ pub struct GangPlan {
 /// A window shorter than this is not worth the switch of every core it takes.
 const MIN_WINDOW_NS: u64 = 100_000;
 
+/// Of each period, the part each VM of several vCPUs runs in under gang
+/// (0 for the others): its share of the machine by weight (capped at a
+/// core a vCPU) in cores, over its vCPUs, all of which run in its window;
+/// scaled down to fit one period when they ask for more.
+pub fn window_parts(weights: &[f64], vcpus: &[usize], cores: usize) -> Vec<f64> {
+    let cores = cores.max(1);
+    let caps: Vec<f64> = vcpus.iter().map(|&n| n.clamp(1, cores) as f64 / cores as f64).collect();
+    let shares = capped_shares(weights, &caps);
+    let gang = |vm: usize| vcpus[vm] > 1 && weights[vm] > 0.0;
+    let parts: Vec<f64> = (0..weights.len())
+        .map(|vm| if gang(vm) { shares[vm] * cores as f64 / vcpus[vm] as f64 } else { 0.0 })
+        .collect();
+    let total: f64 = parts.iter().sum();
+    let scale = if total > 1.0 { 1.0 / total } else { 1.0 };
+    parts.into_iter().map(|part| part * scale).collect()
+}
+
+/// What each VM gets under gang, in cores: a gang VM its window's part of
+/// the time on each of its vCPUs' cores; a VM of one vCPU a share by weight
+/// of the time outside the windows, at most that time on one core (a core
+/// a gang VM leaves idle in its window is not theirs to use: strict gang's
+/// fragmentation).
+pub fn gang_cores(weights: &[f64], vcpus: &[usize], cores: usize) -> Vec<f64> {
+    let cores = cores.max(1);
+    let parts = window_parts(weights, vcpus, cores);
+    let free = (1.0 - parts.iter().sum::<f64>()).max(0.0);
+    let single = |vm: usize| vcpus[vm] <= 1;
+    let single_weights: Vec<f64> = (0..weights.len()).map(|vm| if single(vm) { weights[vm] } else { 0.0 }).collect();
+    // Over the time outside windows, each single may use a core.
+    let single_shares = capped_shares(&single_weights, &vec![1.0 / cores as f64; weights.len()]);
+    (0..weights.len())
+        .map(|vm| if single(vm) { single_shares[vm] * cores as f64 * free } else { parts[vm] * vcpus[vm] as f64 })
+        .collect()
+}
+
 impl GangPlan {
     /// The plan for VMs of `vcpus` vCPUs each with `weights` (0 for a VM
     /// that cannot run) on `cores` cores: VMs of several vCPUs get windows
-    /// of a period of two quanta a gang VM.
+    /// ([`window_parts`]) of a period of two quanta a gang VM.
     pub fn new(weights: &[f64], vcpus: &[usize], cores: usize, quantum_ns: u64) -> Self {
-        let cores = cores.max(1);
-        let caps: Vec<f64> = vcpus.iter().map(|&n| n.clamp(1, cores) as f64 / cores as f64).collect();
-        let shares = capped_shares(weights, &caps);
-        // Of each period, the part each gang VM runs in: its cores' worth
-        // over its vCPUs, all of which run in its window.
-        let parts: Vec<f64> =
-            (0..weights.len())
-                .map(|vm| {
-                    if vcpus[vm] > 1 && weights[vm] > 0.0 { shares[vm] * cores as f64 / vcpus[vm] as f64 } else { 0.0 }
-                })
-                .collect();
+        let parts = window_parts(weights, vcpus, cores);
         let gangs = parts.iter().filter(|&&part| part > 0.0).count() as u64;
         if gangs == 0 {
             return Self { period_ns: 0, windows: vec![None; weights.len()] };
         }
-        let total: f64 = parts.iter().sum();
-        let scale = if total > 1.0 { 1.0 / total } else { 1.0 };
         let period_ns = 2 * quantum_ns.max(MIN_WINDOW_NS) * gangs;
         let mut offset_ns = 0;
         let windows = parts
@@ -80,8 +103,7 @@ impl GangPlan {
                 if part <= 0.0 {
                     return None;
                 }
-                let length_ns =
-                    ((part * scale * period_ns as f64) as u64).max(MIN_WINDOW_NS).min(period_ns - offset_ns);
+                let length_ns = ((part * period_ns as f64) as u64).max(MIN_WINDOW_NS).min(period_ns - offset_ns);
                 let window = Window { offset_ns, length_ns };
                 offset_ns += length_ns;
                 Some(window)
@@ -163,6 +185,18 @@ mod tests {
         assert_eq!(plan.at(0, epoch, epoch + 23 * MS), Some(WindowAt::Inside { end_ns: epoch + 25 * MS }));
         // Too little left of a window: the next one.
         assert_eq!(plan.at(0, epoch, epoch + 5 * MS - 10), Some(WindowAt::Before { start_ns: epoch + 10 * MS }));
+    }
+
+    #[test]
+    fn under_gang_a_pair_gets_a_core_and_a_spinner_beside_it_half_a_core() {
+        // The pair's window is half of each period on both cores; the
+        // spinner has only the other half, on one core.
+        let got = gang_cores(&[1.0, 1.0], &[2, 1], 2);
+        assert!((got[0] - 1.0).abs() < 1e-9 && (got[1] - 0.5).abs() < 1e-9, "{got:?}");
+        // Two singles share the time outside the window by weight, a core each at most.
+        let three = gang_cores(&[2.0, 1.0, 1.0], &[2, 1, 1], 2);
+        let sum_singles = three[1] + three[2];
+        assert!((three[0] - 1.0).abs() < 1e-9 && (sum_singles - 1.0).abs() < 1e-9, "{three:?}");
     }
 
     #[test]

@@ -177,13 +177,11 @@ impl App {
                 shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
             }
             Policy::Gang => {
-                // A VM whose vCPUs run together may use a core for each.
-                let cpus = self.settings.cpus.max(1);
-                let caps: Vec<f64> =
-                    self.vms.iter().map(|view| view.vcpus.len().clamp(1, cpus) as f64 / cpus as f64).collect();
-                let shares = crate::sched::shares::capped_shares(&weights, &caps);
-                let used: f64 = shares.iter().sum();
-                shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
+                // Gang VMs in their windows, the others in the time between.
+                let vcpus: Vec<usize> = self.vms.iter().map(|view| view.vcpus.len().max(1)).collect();
+                let cores = crate::sched::gang::gang_cores(&weights, &vcpus, self.settings.cpus);
+                let used: f64 = cores.iter().sum();
+                cores.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
             }
         }
     }
@@ -403,7 +401,16 @@ impl App {
                 let path = crate::snapshot::file::next_free_name(std::path::Path::new(""), &self.vms[vm].name);
                 return vec![Command::Snapshot { vm, path }];
             }
-            Action::CyclePolicy => return vec![Command::SetPolicy(self.settings.policy.next())],
+            Action::CyclePolicy => {
+                let cpus = self.settings.cpus;
+                // gang means nothing on one core, and refuses a VM wider than the cores.
+                let gang_fits = cpus > 1 && self.vms.iter().all(|view| view.vcpus.len() <= cpus);
+                let next = match self.settings.policy.next() {
+                    Policy::Gang if !gang_fits => Policy::Io,
+                    next => next,
+                };
+                return vec![Command::SetPolicy(next)];
+            }
             Action::ShorterQuantum => return self.step_quantum(false),
             Action::LongerQuantum => return self.step_quantum(true),
             Action::ToggleFreeze => self.frozen = !self.frozen,

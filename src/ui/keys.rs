@@ -13,7 +13,7 @@ pub const BINDINGS: &[(&str, &str, Action)] = &[
     ("-", "lower it by 5 points", Action::LessShare),
     ("p / o", "pause or resume the selected VM / pin it to a core", Action::TogglePause),
     ("r", "restart the selected VM (fresh memory, image reloaded)", Action::Restart),
-    ("m", "next policy: io, rr, fair", Action::CyclePolicy),
+    ("m", "next policy: io, rr, fair, gang", Action::CyclePolicy),
     ("[ / ]", "shorter / longer quantum (1-2-5)", Action::ShorterQuantum),
     ("space", "freeze the display (the VMs keep running)", Action::ToggleFreeze),
     ("c", "clear the selected console", Action::ClearConsole),

@@ -172,6 +172,10 @@ impl Merger {
                 (true, Policy::Fair | Policy::Gang) => self.weights[vm],
             })
             .collect();
+        if self.policy == Policy::Gang {
+            let vcpus: Vec<usize> = vms.iter().map(|vm| vm.vcpus.len().max(1)).collect();
+            return crate::sched::gang::gang_cores(&weights, &vcpus, self.cores);
+        }
         let pins: Vec<Vec<usize>> = vms.iter().map(|vm| vm.pin.clone()).collect();
         pinned_machine_shares(&weights, self.cores, &pins).into_iter().map(|share| share * self.cores as f64).collect()
     }
