@@ -149,8 +149,9 @@ impl Command {
 /// end can claim a move's Go or hand the core a VM.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Internal {
-    /// Run a lane of another core's gang window (`--policy gang`).
-    GangLane(crate::sched::core::LaneCall),
+    /// Another core's gang window calls this core to run a lane of it
+    /// (`--policy gang`): the call waits in this core's lane inbox.
+    GangCall,
     /// Move a running VM to another matrix-tui: the link thread writes the
     /// frames the core sends on `link` (see [`crate::migration`]).
     Migrate {

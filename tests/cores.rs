@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{builtin, matrix, report, run_config, weighted};
 use matrix_tui::config::{Policy, RunConfig};
-use matrix_tui::event::{Command, Event};
+use matrix_tui::event::{Command, Event, VmState};
 
 fn on_cores(vms: Vec<matrix_tui::config::VmConfig>, cpus: usize) -> RunConfig {
     let mut config = RunConfig::new(vms);
@@ -330,4 +330,33 @@ fn switching_to_gang_with_too_wide_a_vm_is_refused_and_the_run_goes_on_fair() {
     assert_eq!(report.policy, "fair");
     let console = &report.vms[0].console;
     assert!(console.contains("policy gang refused: this VM has 2 vCPUs and the run 1 core"), "{console}");
+}
+
+#[test]
+fn a_step_beside_two_gang_vms_ends_and_a_resume_after_it_holds() {
+    // a's home core is called to b's windows as a lane: a step there must
+    // not be cut short and restarted by each call (it once outlasted the
+    // resume sent after it, and paused a again).
+    let mut config = gang_beside_a_spinner();
+    let mut pair = builtin("b", "pair");
+    pair.vcpus = 2;
+    config.vms.insert(1, pair);
+    config.quantum = Duration::from_millis(2);
+    let core = common::start(config);
+    let mut events = Vec::new();
+    sample_where(&core, &mut events, |_| true);
+    core.send(Command::Step { vm: 0, vcpu: None });
+    common::wait_for(&core, &mut events, |event| matches!(event, Event::Stepped { vm: 0, .. }).then_some(()));
+    core.send(Command::Resume(0));
+    let running = |event: &Event| matches!(event, Event::State { vm: 0, state: VmState::Running });
+    common::wait_for(&core, &mut events, |event| running(event).then_some(()));
+    let resumed = events.len();
+    // Two samples later it still runs: nothing paused it again.
+    sample_where(&core, &mut events, |_| true);
+    sample_where(&core, &mut events, |_| true);
+    let later: Vec<&Event> =
+        events[resumed..].iter().filter(|event| matches!(event, Event::State { vm: 0, .. })).collect();
+    assert!(later.is_empty(), "a changed state after its resume: {later:?}");
+    let report = common::quit(core, events).report;
+    assert!(report.vms.iter().all(|vm| vm.charged_ns > 0), "every VM ran");
 }

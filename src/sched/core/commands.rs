@@ -176,7 +176,8 @@ impl Core {
             }
             Internal::MoveVm { vm, to } => self.move_vm(vm, to),
             Internal::VmArrived => self.take_arrivals(),
-            Internal::GangLane(call) => self.lane_calls.push_back(call),
+            // The run loop takes the call from the lane inbox next.
+            Internal::GangCall => {}
             Internal::Notice(text) => {
                 let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
                 self.outbox.push_back(Event::Notice { t_ns, text });

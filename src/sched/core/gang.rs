@@ -24,11 +24,26 @@ pub(crate) struct GangBoard {
     plan: Mutex<GangPlan>,
     /// Each VM's vCPUs, by id.
     vcpus: Vec<usize>,
+    /// Each core is stepping a VM (for `s` or gdb), which a lane's call
+    /// would cut short: a window that needs it is skipped.
+    stepping: Vec<AtomicBool>,
 }
 
 impl GangBoard {
-    pub(super) fn new(vcpus: Vec<usize>) -> Self {
-        Self { plan: Mutex::new(GangPlan::default()), vcpus }
+    pub(super) fn new(vcpus: Vec<usize>, cores: usize) -> Self {
+        let stepping = (0..cores).map(|_| AtomicBool::new(false)).collect();
+        Self { plan: Mutex::new(GangPlan::default()), vcpus, stepping }
+    }
+
+    /// Core `core` steps a VM (`true`) or has stopped (`false`).
+    pub(super) fn set_stepping(&self, core: usize, stepping: bool) {
+        if let Some(flag) = self.stepping.get(core) {
+            flag.store(stepping, Ordering::SeqCst);
+        }
+    }
+
+    fn stepping(&self, core: usize) -> bool {
+        self.stepping.get(core).is_some_and(|flag| flag.load(Ordering::SeqCst))
     }
 
     /// Plans the windows for `weights` (0: cannot run) on `cores` cores.
@@ -48,26 +63,13 @@ impl GangBoard {
 }
 
 /// A call to run a lane of a gang window.
-#[derive(Clone)]
-pub(crate) struct LaneCall {
-    pub(super) run: Arc<GangRun>,
-    pub(super) lane: usize,
-}
-
-impl std::fmt::Debug for LaneCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LaneCall {{ vm: {}, lane: {} }}", self.run.vm, self.lane)
-    }
-}
-
-impl PartialEq for LaneCall {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.run, &other.run) && self.lane == other.lane
-    }
+pub(super) struct LaneCall {
+    run: Arc<GangRun>,
+    lane: usize,
 }
 
 /// A gang VM lent out for one window.
-pub(crate) struct GangRun {
+pub(super) struct GangRun {
     vm: VmId,
     end_ns: u64,
     /// The VM, its vCPUs apart; `None` once its home took it back.
@@ -120,6 +122,10 @@ impl Core {
                 continue;
             }
             match self.gang.at(vm, self.epoch_ns, now_ns) {
+                // A window skipped (a lane's core was stepping) is over at its end.
+                Some(WindowAt::Inside { end_ns }) if self.gang_skipped == Some((vm, end_ns)) => {
+                    next = Some(next.map_or(end_ns, |n: u64| n.min(end_ns)));
+                }
                 Some(WindowAt::Inside { end_ns }) => return (Some((vm, end_ns)), None),
                 Some(WindowAt::Before { start_ns }) => next = Some(next.map_or(start_ns, |n: u64| n.min(start_ns))),
                 None => {}
@@ -143,9 +149,14 @@ impl Core {
     /// runs the first here, and takes it back when all have stopped.
     pub(super) fn run_gang_window(&mut self, vm: VmId, end_ns: u64, deadlines: &mut Deadlines) {
         let started_ns = monotonic_ns();
+        let lanes = lane_cores(self.index, self.slots[vm].runtime.vcpus.len(), self.cores);
+        // All of its vCPUs or none: not while a lane's core steps a VM.
+        if lanes.iter().any(|&core| core != self.index && self.gang.stepping(core)) {
+            self.gang_skipped = Some((vm, end_ns));
+            return;
+        }
         let mut slot = self.slots.take(vm).expect("a gang window of this core's VM");
         let vcpus = std::mem::take(&mut slot.runtime.machine.vcpus);
-        let lanes = lane_cores(self.index, vcpus.len(), self.cores);
         let run = Arc::new(GangRun {
             vm,
             end_ns,
@@ -160,8 +171,11 @@ impl Core {
         });
         for (lane, &core) in lanes.iter().enumerate().skip(1) {
             let call = LaneCall { run: Arc::clone(&run), lane };
-            let _ = self.peers[core].commands.send(Message::Internal(Internal::GangLane(call)));
-            self.peers[core].kick.request();
+            let peer = &self.peers[core];
+            let _ = peer.lanes.send(call);
+            // Wakes an idle core too; a running one's slice ends at the kick.
+            let _ = peer.commands.send(Message::Internal(Internal::GangCall));
+            peer.kick.request();
         }
         let record = self.run_lane(&run, 0, started_ns, deadlines);
         // The lanes still running stop now (at the window's end they have).

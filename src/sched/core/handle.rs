@@ -272,7 +272,7 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
         slots.push(slot);
     }
     let placed = placement(&config.vms, cores);
-    let gang = Arc::new(super::gang::GangBoard::new(config.vms.iter().map(|vm| vm.vcpus as usize).collect()));
+    let gang = Arc::new(super::gang::GangBoard::new(config.vms.iter().map(|vm| vm.vcpus as usize).collect(), cores));
     if config.policy == Policy::Gang {
         let weights: Vec<f64> = slots
             .iter()
@@ -297,12 +297,14 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let socket_paths = serve_debuggers(&kvm, &mut slots, &placed, &reach)?;
     let (arrival_senders, arrival_receivers): (Vec<_>, Vec<_>) =
         (0..cores).map(|_| crossbeam_channel::unbounded()).unzip();
+    let (lane_senders, lane_receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| crossbeam_channel::unbounded()).unzip();
     let peers = || -> Vec<super::moving::Peer> {
-        (reach.iter().zip(&arrival_senders))
-            .map(|((commands, kick), arrivals)| super::moving::Peer {
+        (reach.iter().zip(&arrival_senders).zip(&lane_senders))
+            .map(|(((commands, kick), arrivals), lanes)| super::moving::Peer {
                 commands: commands.clone(),
                 kick: Arc::clone(kick),
                 arrivals: arrivals.clone(),
+                lanes: lanes.clone(),
             })
             .collect()
     };
@@ -339,8 +341,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
     let mut links = Vec::with_capacity(cores);
     let mut ready = Vec::with_capacity(cores);
     let mut kvm = Some(kvm);
-    let links_in = per_core.into_iter().zip(channels).zip(core_events).zip(arrival_receivers);
-    for (core, (((own, ((command_tx, command_rx), kick)), events), arrivals)) in links_in.enumerate() {
+    let links_in = per_core.into_iter().zip(channels).zip(core_events).zip(arrival_receivers).zip(lane_receivers);
+    for (core, ((((own, ((command_tx, command_rx), kick)), events), arrivals), lane_calls)) in links_in.enumerate() {
         let slots = Slots::of(own);
         let kvm = match kvm.take() {
             Some(kvm) => kvm,
@@ -394,7 +396,8 @@ pub fn spawn(kvm: Kvm, config: RunConfig) -> Result<CoreHandle, SpawnError> {
             move_gate: Arc::clone(&move_gate),
             kvm_run_ns: 0,
             gang: Arc::clone(&gang),
-            lane_calls: VecDeque::new(),
+            lane_calls,
+            gang_skipped: None,
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let name = if cores == 1 { "matrix-core".to_string() } else { format!("matrix-core-{core}") };

@@ -59,7 +59,6 @@ mod samples;
 mod saving;
 mod slots;
 
-pub(crate) use self::gang::LaneCall;
 pub(crate) use self::handle::Commander;
 pub use self::handle::{CoreHandle, SpawnError, VmSetupError, spawn};
 use self::slots::Slots;
@@ -324,8 +323,10 @@ struct Core {
     kvm_run_ns: u64,
     /// Gang windows, shared by every core.
     gang: Arc<gang::GangBoard>,
-    /// Lanes of other cores' gang windows this core was called to run.
-    lane_calls: VecDeque<LaneCall>,
+    /// Lanes of other cores' gang windows this core is called to run.
+    lane_calls: Receiver<gang::LaneCall>,
+    /// The last gang window of its own it skipped (VM, end).
+    gang_skipped: Option<(VmId, u64)>,
 }
 
 impl Core {}

@@ -85,6 +85,8 @@ pub(super) struct Peer {
     pub(super) commands: Sender<Message>,
     pub(super) kick: Arc<KickTarget>,
     pub(super) arrivals: Sender<(VmId, Box<Slot>)>,
+    /// Its lane inbox (gang windows).
+    pub(super) lanes: Sender<super::gang::LaneCall>,
 }
 
 impl Core {

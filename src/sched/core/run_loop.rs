@@ -67,7 +67,7 @@ impl Core {
                 self.drive_migrations(&settings);
             }
             // Another core's gang window first: its VM's vCPUs run together.
-            if let Some(call) = self.lane_calls.pop_front() {
+            if let Ok(call) = self.lane_calls.try_recv() {
                 self.serve_lane(&call, &mut deadlines);
                 continue;
             }
@@ -76,13 +76,18 @@ impl Core {
                 continue;
             }
             if let Some(vm) = self.gdb_steps.pop_front() {
+                // No lane of a gang window cuts a step short (see gang.rs).
+                self.gang.set_stepping(self.index, true);
                 self.gdb_step(vm, &mut deadlines);
+                self.gang.set_stepping(self.index, false);
                 self.apply_commands();
                 self.deliver_outbox();
                 continue;
             }
             if let Some((vm, vcpu)) = self.step_requests.pop_front() {
+                self.gang.set_stepping(self.index, true);
                 self.step(vm, vcpu, &mut deadlines);
+                self.gang.set_stepping(self.index, false);
                 self.apply_commands();
                 self.deliver_outbox();
                 continue;
