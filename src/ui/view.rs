@@ -296,11 +296,15 @@ fn draw_pane(frame: &mut Frame<'_>, app: &App, vm: usize, area: Rect) {
     } else {
         MAX_VCPU_ROWS
     };
-    let mut cells = vcpu_cells(view, true);
-    let mut per_row = cells_per_row(&cells, inner.width);
-    if cells.len().div_ceil(per_row) > usize::from(most_rows) {
-        cells = vcpu_cells(view, false);
+    // The fullest cells that fit: exit rates go first, then each vCPU's
+    // spin (the lock row above has the VM's), rather than a vCPU.
+    let (mut cells, mut per_row) = (Vec::new(), 1);
+    for (rates, spin) in [(true, true), (false, true), (false, false)] {
+        cells = vcpu_cells(view, rates, spin);
         per_row = cells_per_row(&cells, inner.width);
+        if cells.len().div_ceil(per_row) <= usize::from(most_rows) {
+            break;
+        }
     }
     let vcpu_height = (cells.len().div_ceil(per_row) as u16).min(most_rows);
     let lock = lock_line(view, inner.width);
@@ -356,7 +360,7 @@ const MAX_VCPU_ROWS: u16 = 4;
 
 /// A VM's vCPUs, a cell each: `cpu1 run 48% 120/s` (its state, its share
 /// of the CPU and its exit rate over the last sample), with its colour.
-fn vcpu_cells(view: &VmView, with_rates: bool) -> Vec<(String, Color)> {
+fn vcpu_cells(view: &VmView, with_rates: bool, with_spin: bool) -> Vec<(String, Color)> {
     view.vcpus
         .iter()
         .enumerate()
@@ -372,7 +376,7 @@ fn vcpu_cells(view: &VmView, with_rates: bool) -> Vec<(String, Color)> {
             if with_rates {
                 cell.push_str(&format!(" {}/s", compact(vcpu.exits_per_s.round() as u64)));
             }
-            if let Some(spin) = vcpu.spin_pct {
+            if let Some(spin) = vcpu.spin_pct.filter(|_| with_spin) {
                 cell.push_str(&format!(" spin {spin:.0}%"));
             }
             (cell, color)
