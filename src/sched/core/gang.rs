@@ -237,12 +237,17 @@ impl Core {
             if now_ns >= run.end_ns || run.closed.load(Ordering::SeqCst) {
                 break;
             }
-            if let Some(wait_ns) = self.lane_waits(run, lane, now_ns) {
-                run.waiting.fetch_add(1, Ordering::SeqCst);
-                let guard = lock(&run.slot);
-                let _ = run.wake.wait_timeout(guard, Duration::from_nanos(wait_ns));
-                run.waiting.fetch_sub(1, Ordering::SeqCst);
-                continue;
+            {
+                // Checked and waited for under one hold of the lock, so a
+                // sibling's IPI cannot come between and go unseen.
+                let mut guard = lock(&run.slot);
+                let slot = guard.as_mut().expect("lent until every lane stops");
+                if let Some(wait_ns) = lane_waits(slot, lane, now_ns, run.end_ns) {
+                    run.waiting.fetch_add(1, Ordering::SeqCst);
+                    let _ = run.wake.wait_timeout(guard, Duration::from_nanos(wait_ns));
+                    run.waiting.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
             }
             let (step, span, record) = run_vcpu(&mut gate, lane, vcpu, &self.kick, self.epoch_ns, true, run.end_ns);
             in_guest += span.charged_until(run.end_ns);
@@ -323,22 +328,6 @@ impl Core {
         })
     }
 
-    /// How long lane `lane` waits before it looks again (its vCPU sleeps
-    /// or has halted), or None when its vCPU can run now.
-    fn lane_waits(&self, run: &GangRun, lane: usize, now_ns: u64) -> Option<u64> {
-        let mut guard = lock(&run.slot);
-        let vcpu = &mut guard.as_mut().expect("lent until every lane stops").runtime.vcpus[lane];
-        vcpu.wake_if_due(now_ns);
-        if vcpu.runnable() {
-            return None;
-        }
-        let until = match vcpu.state {
-            crate::sched::vcpu_runtime::VcpuState::Sleeping { until_ns: Some(until_ns) } => until_ns,
-            _ => run.end_ns,
-        };
-        Some(until.min(run.end_ns).saturating_sub(now_ns).max(1))
-    }
-
     /// Lane `lane`'s vCPU's own lock counts, if its guest shares them.
     fn lane_lock_record(&self, run: &GangRun, lane: usize) -> Option<crate::stats::LockCounts> {
         let guard = lock(&run.slot);
@@ -368,4 +357,20 @@ impl Core {
             trace.push(TraceRecord::LockPreempted { vm: run.vm, vcpu: lane as u16, t_ns, holder });
         }
     }
+}
+
+/// How long lane `lane` of `slot`'s VM waits before it looks again (its
+/// vCPU sleeps or has halted; at most until `end_ns`), or None when its
+/// vCPU can run now.
+fn lane_waits(slot: &mut Slot, lane: usize, now_ns: u64, end_ns: u64) -> Option<u64> {
+    let vcpu = &mut slot.runtime.vcpus[lane];
+    vcpu.wake_if_due(now_ns);
+    if vcpu.runnable() {
+        return None;
+    }
+    let until = match vcpu.state {
+        crate::sched::vcpu_runtime::VcpuState::Sleeping { until_ns: Some(until_ns) } => until_ns,
+        _ => end_ns,
+    };
+    Some(until.min(end_ns).saturating_sub(now_ns).max(1))
 }

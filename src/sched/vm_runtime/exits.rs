@@ -8,7 +8,7 @@ use super::{RunSpan, Step, VmRuntime};
 use crate::hypercall::{self, GuestView, Outcome, VcpuIdentity, VmIo};
 use crate::record::{CallRecord, ExitKind, ExitRecord};
 use crate::vm::kick::monotonic_ns;
-use crate::vm::{CrashKind, Exit, KickTarget, PortAccess, Vcpu};
+use crate::vm::{CrashKind, Exit, GuestMemory, KickTarget, PortAccess, Vcpu};
 
 /// The way to a VM while one of its vCPUs runs.
 pub trait Gate {
@@ -137,9 +137,11 @@ impl VmRuntime {
         (step, span, Some(record))
     }
 
-    /// An `in` of vCPU `index`: `data` gets what it reads.
-    fn on_in(&mut self, index: usize, port: u16, access: PortAccess, data: &mut [u8]) -> CallRecord {
-        let mut io = VmIo {
+    /// What vCPU `index`'s hypercalls are handled with, and the guest's
+    /// memory beside it.
+    fn io(&mut self, index: usize) -> (VmIo<'_>, &GuestMemory, u64) {
+        let memory_size = self.machine.memory_size();
+        let io = VmIo {
             counters: &mut self.counters,
             state: &mut self.hypercalls,
             console: &mut self.console,
@@ -148,7 +150,13 @@ impl VmRuntime {
             vcpu: VcpuIdentity { index: index as u32, count: self.vcpus.len() as u32 },
             gva_result: &mut self.vcpus[index].gva_result,
         };
-        hypercall::handle_in(&self.machine.memory, &mut io, port, access, data)
+        (io, &self.machine.memory, memory_size)
+    }
+
+    /// An `in` of vCPU `index`: `data` gets what it reads.
+    fn on_in(&mut self, index: usize, port: u16, access: PortAccess, data: &mut [u8]) -> CallRecord {
+        let (mut io, memory, _) = self.io(index);
+        hypercall::handle_in(memory, &mut io, port, access, data)
     }
 
     /// An `out` of vCPU `index` (`vcpu` translates the guest's addresses).
@@ -163,18 +171,9 @@ impl VmRuntime {
         value: u32,
         exited_ns: u64,
     ) -> Step {
-        let view =
-            GuestView { memory: &self.machine.memory, memory_size: self.machine.memory_size(), translator: vcpu };
         self.counters.exits.io_out += 1;
-        let mut io = VmIo {
-            counters: &mut self.counters,
-            state: &mut self.hypercalls,
-            console: &mut self.console,
-            mode: self.machine.mode,
-            ports: &self.ports,
-            vcpu: VcpuIdentity { index: index as u32, count: self.vcpus.len() as u32 },
-            gva_result: &mut self.vcpus[index].gva_result,
-        };
+        let (mut io, memory, memory_size) = self.io(index);
+        let view = GuestView { memory, memory_size, translator: vcpu };
         let (outcome, call) = hypercall::handle_out(&view, &mut io, port, access, value);
         (record.kind, record.port, record.size, record.value, record.call) =
             (ExitKind::IoOut, port, access.size, value, call);
