@@ -13,7 +13,7 @@
 //! adopt NAME             take an incoming VM whose sender went silent (it may
 //!                        still run there: only if it does not), paused
 //! auto-converge on|off   throttle migrating VMs that dirty faster than they are sent
-//! policy io|rr|fair      change the policy
+//! policy io|rr|fair|gang change the policy
 //! quantum DURATION       change the quantum (100us..1s)
 //! quit                   end the run
 //! ```
@@ -30,7 +30,7 @@ use crate::units::parse_duration;
 /// The commands, for error messages.
 pub const USAGE: &str = "weight NAME WEIGHT | pause NAME | resume NAME | restart NAME | step NAME | snapshot NAME FILE \
                          | migrate NAME ADDR | migrate cancel NAME | adopt NAME | auto-converge on|off \
-                         | policy io|rr|fair \
+                         | policy io|rr|fair|gang \
                          | quantum DURATION | quit";
 
 /// Parses one line; `Ok(None)` for a blank line or a `#` comment.

@@ -223,7 +223,7 @@ pub(super) struct RunArgs {
 
     /// Read commands from stdin while running, one per line: weight NAME W,
     /// pause NAME, resume NAME, restart NAME, step NAME, snapshot NAME FILE,
-    /// policy io|rr|fair, quantum 2ms, quit.
+    /// policy io|rr|fair|gang, quantum 2ms, quit.
     #[arg(long)]
     pub(super) control: bool,
 }
