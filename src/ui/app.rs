@@ -344,8 +344,17 @@ impl App {
         // Each core's use: its VMs' charged time over the window, by the core each is on now.
         self.core_use = vec![0.0; self.settings.cpus];
         for (view, figures) in self.vms.iter().zip(&figures) {
-            if let Some(used) = self.core_use.get_mut(view.core) {
-                *used += figures.cores_used;
+            // Under gang a VM of several vCPUs runs on each of its lanes' cores in its windows.
+            let lanes = match view.vcpus.len() {
+                vcpus if self.settings.policy == Policy::Gang && vcpus > 1 => {
+                    crate::sched::gang::lane_cores(view.core, vcpus, self.settings.cpus)
+                }
+                _ => vec![view.core],
+            };
+            for &core in &lanes {
+                if let Some(used) = self.core_use.get_mut(core) {
+                    *used += figures.cores_used / lanes.len() as f64;
+                }
             }
         }
     }
@@ -614,6 +623,26 @@ mod tests {
         // c pinned there too: core 1 idles, and each has a third of what runs.
         app.vms[2].pin = vec![0];
         assert!(close(targets(&app), [1.0 / 3.0; 3]), "{:?}", targets(&app));
+    }
+
+    #[test]
+    fn under_gang_a_pair_beside_a_spinner_has_a_core_and_m_skips_gang_where_it_cannot_run() {
+        let mut settings = initial_settings(Policy::Gang, Duration::from_millis(5), TimerKind::Posix, vec![1.0, 1.0]);
+        settings.cpus = 2;
+        let mut app = App::new(vec!["pair".into(), "spin".into()], settings);
+        let line = crate::ui::vm_view::VcpuLine { state: "run", share: 0.5, exits_per_s: 0.0, spin_pct: None };
+        app.vms[0].vcpus = vec![line, line];
+        // One core's worth against half a core: two thirds of the guests' time.
+        let (pair, spin) = (app.target(0).unwrap(), app.target(1).unwrap());
+        assert!((pair - 2.0 / 3.0).abs() < 1e-9 && (spin - 1.0 / 3.0).abs() < 1e-9, "{pair} {spin}");
+        app.settings.policy = Policy::Fair;
+        assert_eq!(app.act(Action::CyclePolicy), [Command::SetPolicy(Policy::Gang)]);
+        // One core, or a VM wider than the cores: gang is passed over.
+        app.settings.cpus = 1;
+        assert_eq!(app.act(Action::CyclePolicy), [Command::SetPolicy(Policy::Io)]);
+        app.settings.cpus = 2;
+        app.vms[0].vcpus = vec![line; 3];
+        assert_eq!(app.act(Action::CyclePolicy), [Command::SetPolicy(Policy::Io)]);
     }
 
     #[test]

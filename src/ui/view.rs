@@ -245,8 +245,15 @@ fn title(app: &App, vm: usize, width: u16) -> Line<'static> {
     if app.settings.cpus > 1 {
         // With several cores, which one runs it comes first, as room allows.
         let pinned = if view.pin.is_empty() { "" } else { " pinned" };
-        let on_core =
-            wordings.iter().map(|wording| format!(" · core{}{pinned}{wording}", view.core)).collect::<Vec<_>>();
+        // Under gang a VM of several vCPUs runs one on each of its lanes' cores.
+        let cores = match view.vcpus.len() {
+            vcpus if app.settings.policy == Policy::Gang && vcpus > 1 => {
+                let lanes = crate::sched::gang::lane_cores(view.core, vcpus, app.settings.cpus);
+                format!("cores {}", lanes.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+            }
+            _ => format!("core{}", view.core),
+        };
+        let on_core = wordings.iter().map(|wording| format!(" · {cores}{pinned}{wording}")).collect::<Vec<_>>();
         wordings.splice(0..0, on_core);
     }
     let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();
