@@ -62,6 +62,10 @@ pub struct CoreReport {
     /// Their ids, for putting the cores' reports together.
     #[serde(skip)]
     pub ids: Vec<usize>,
+    /// Percent of the run's wall time its thread was on a CPU: running
+    /// guests (its VMs', and under gang other cores' lanes) and scheduling;
+    /// the rest it was idle or the host ran something else.
+    pub busy_pct: f64,
     /// Percent of the run's wall time this core spent outside KVM_RUN
     /// (idle, or scheduling).
     pub outside_kvm_run_pct: f64,

@@ -125,6 +125,8 @@ fn a_scenario_asks_for_cores_and_the_json_report_has_a_row_per_core() {
     for (index, core) in cores.iter().enumerate() {
         assert_eq!(core["index"], index);
         assert!(core["outside_kvm_run_pct"].is_number() && core["moves"].is_u64(), "{core}");
+        let busy = core["busy_pct"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&busy), "{core}");
     }
     // Every VM is on one core at the end (where, the balancer decides).
     let on_cores: usize = cores.iter().map(|core| core["vms"].as_array().map_or(0, Vec::len)).sum();

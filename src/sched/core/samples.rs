@@ -137,6 +137,8 @@ impl Core {
                 host_cpu: self.host_cpu,
                 vms: self.slots.iter().map(|slot| slot.config.name.clone()).collect(),
                 ids: (0..self.slots.len()).filter(|&vm| self.slots.owns(vm)).collect(),
+                // Read on the core thread, at the run's end.
+                busy_pct: 100.0 * ratio(crate::vm::kick::thread_cpu_ns() as f64, wall_ns as f64).min(1.0),
                 outside_kvm_run_pct,
                 moves: self.moves,
             }],
