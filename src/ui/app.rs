@@ -166,23 +166,33 @@ impl App {
         let weights: Vec<f64> = (self.vms.iter().enumerate())
             .map(|(other, view)| if view.state == VmState::Running { weight(other) } else { 0.0 })
             .collect();
-        match self.settings.policy {
-            Policy::Io => None,
+        // Of the guests' time, as the bars are: where pins, too few VMs or
+        // gang's windows leave a core idle, what the others have is all of it.
+        let shares = match self.settings.policy {
+            Policy::Io => return None,
             Policy::Rr | Policy::Fair => {
-                // Of the guests' time, as the bars are: where pins or too few
-                // VMs leave a core idle, what the others have is all of it.
                 let pins: Vec<Vec<usize>> = self.vms.iter().map(|view| view.pin.clone()).collect();
-                let shares = pinned_machine_shares(&weights, self.settings.cpus, &pins);
-                let used: f64 = shares.iter().sum();
-                shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
+                pinned_machine_shares(&weights, self.settings.cpus, &pins)
             }
             Policy::Gang => {
                 // Gang VMs in their windows, the others in the time between.
                 let vcpus: Vec<usize> = self.vms.iter().map(|view| view.vcpus.len().max(1)).collect();
-                let cores = crate::sched::gang::gang_cores(&weights, &vcpus, self.settings.cpus);
-                let used: f64 = cores.iter().sum();
-                cores.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
+                crate::sched::gang::gang_cores(&weights, &vcpus, self.settings.cpus)
             }
+        };
+        let used: f64 = shares.iter().sum();
+        shares.get(vm).copied().filter(|&share| share > 0.0).map(|share| share / used)
+    }
+
+    /// The cores VM `vm` runs on: its own, or under gang, for a VM of
+    /// several vCPUs, each of its lanes' (in vCPU order).
+    pub fn cores_of(&self, vm: usize) -> Vec<usize> {
+        let view = &self.vms[vm];
+        match view.vcpus.len() {
+            vcpus if self.settings.policy == Policy::Gang && vcpus > 1 => {
+                crate::sched::gang::lane_cores(view.core, vcpus, self.settings.cpus)
+            }
+            _ => vec![view.core],
         }
     }
 
@@ -343,14 +353,9 @@ impl App {
         self.exits_per_s = self.vms.iter().map(|view| view.rates.exits.total() as f64).sum();
         // Each core's use: its VMs' charged time over the window, by the core each is on now.
         self.core_use = vec![0.0; self.settings.cpus];
-        for (view, figures) in self.vms.iter().zip(&figures) {
+        for (vm, figures) in figures.iter().enumerate() {
             // Under gang a VM of several vCPUs runs on each of its lanes' cores in its windows.
-            let lanes = match view.vcpus.len() {
-                vcpus if self.settings.policy == Policy::Gang && vcpus > 1 => {
-                    crate::sched::gang::lane_cores(view.core, vcpus, self.settings.cpus)
-                }
-                _ => vec![view.core],
-            };
+            let lanes = self.cores_of(vm);
             for &core in &lanes {
                 if let Some(used) = self.core_use.get_mut(core) {
                     *used += figures.cores_used / lanes.len() as f64;

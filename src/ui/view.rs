@@ -246,12 +246,9 @@ fn title(app: &App, vm: usize, width: u16) -> Line<'static> {
         // With several cores, which one runs it comes first, as room allows.
         let pinned = if view.pin.is_empty() { "" } else { " pinned" };
         // Under gang a VM of several vCPUs runs one on each of its lanes' cores.
-        let cores = match view.vcpus.len() {
-            vcpus if app.settings.policy == Policy::Gang && vcpus > 1 => {
-                let lanes = crate::sched::gang::lane_cores(view.core, vcpus, app.settings.cpus);
-                format!("cores {}", lanes.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
-            }
-            _ => format!("core{}", view.core),
+        let cores = match app.cores_of(vm).as_slice() {
+            [core] => format!("core{core}"),
+            lanes => format!("cores {}", lanes.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
         };
         let on_core = wordings.iter().map(|wording| format!(" · {cores}{pinned}{wording}")).collect::<Vec<_>>();
         wordings.splice(0..0, on_core);

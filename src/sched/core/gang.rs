@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use super::run_loop::keep_exit_of;
 use super::*;
-use crate::hypercall::lock_records::LockState;
 use crate::sched::gang::{GangPlan, WindowAt, lane_cores};
 use crate::sched::vm_runtime::{Gate, run_vcpu};
 
@@ -104,11 +104,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
-    /// Whether `vm` runs in gang windows now (rather than by the planner).
-    pub(super) fn in_gang(&self, slot: &Slot) -> bool {
-        self.planner.policy() == Policy::Gang && slot.runtime.vcpus.len() > 1
-    }
-
     /// The gang VM of this core whose window is open now, with its end;
     /// else when the next window of one starts.
     pub(super) fn gang_window(&self, now_ns: u64) -> (Option<(VmId, u64)>, Option<u64>) {
@@ -118,7 +113,8 @@ impl Core {
         let mut next = None;
         for (vm, slot) in self.slots.each().enumerate() {
             let Some(slot) = slot else { continue };
-            if !self.in_gang(slot) || !self.may_lend(vm, slot) {
+            // Nothing that ties it to this thread may be under way.
+            if !slot.in_gang(self.planner.policy()) || slot.state != VmState::Running || self.tied(vm) {
                 continue;
             }
             match self.gang.at(vm, self.epoch_ns, now_ns) {
@@ -132,17 +128,6 @@ impl Core {
             }
         }
         (None, next)
-    }
-
-    /// Whether `vm` may run its window: it runs, and nothing holds it
-    /// here (a debugger, a save, a move, a step).
-    fn may_lend(&self, vm: VmId, slot: &Slot) -> bool {
-        slot.state == VmState::Running
-            && slot.debug.is_none()
-            && slot.saving.is_none()
-            && slot.outgoing.is_none()
-            && slot.incoming.is_none()
-            && !self.step_requests.iter().any(|&(stepped, _)| stepped == vm)
     }
 
     /// Runs gang VM `vm`'s window until `end_ns`: lends it to its lanes,
@@ -260,16 +245,7 @@ impl Core {
                 } else {
                     exits += 1;
                 }
-                slot.last_exit = Some(record);
-                if self.live_records {
-                    if slot.live_exits.len() == LIVE_EXITS {
-                        slot.live_exits.pop_front();
-                    }
-                    slot.live_exits.push_back(record);
-                }
-                if let Some((trace, _)) = &mut self.trace {
-                    trace.push(TraceRecord::Exit(record));
-                }
+                keep_exit_of(slot, record, self.live_records, &mut self.trace);
             }
             // A sibling with an interrupt waiting takes it at its next entry.
             for (sibling, kick) in run.kicks.iter().enumerate() {
@@ -343,19 +319,11 @@ impl Core {
     /// The window ended on lane `lane`'s vCPU: a trace record if its lock
     /// record says it held the lock or waited for it.
     fn lane_quantum_ended(&mut self, run: &GangRun, lane: usize, now_ns: u64) {
-        let holder = {
-            let mut guard = lock(&run.slot);
-            let Some(slot) = guard.as_mut() else { return };
-            match slot.runtime.quantum_ended_on(lane) {
-                LockState::Holds => true,
-                LockState::Waits => false,
-                LockState::Neither => return,
-            }
+        let state = match lock(&run.slot).as_mut() {
+            Some(slot) => slot.runtime.quantum_ended_on(lane),
+            None => return,
         };
-        if let Some((trace, _)) = &mut self.trace {
-            let t_ns = now_ns.saturating_sub(self.epoch_ns);
-            trace.push(TraceRecord::LockPreempted { vm: run.vm, vcpu: lane as u16, t_ns, holder });
-        }
+        self.trace_lock_preempted(run.vm, lane, state, now_ns);
     }
 }
 

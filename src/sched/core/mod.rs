@@ -197,12 +197,14 @@ impl Slot {
     /// What the planner needs of it under `policy`: a VM of several vCPUs
     /// under `gang` runs in its windows, never by the planner.
     fn candidate(&self, policy: Policy) -> Candidate {
-        let windowed = policy == Policy::Gang && self.runtime.vcpus.len() > 1;
-        Candidate {
-            weight: self.config.weight,
-            runnable: self.state == VmState::Running && !windowed,
-            keeps_lag: false,
-        }
+        let runnable = self.state == VmState::Running && !self.in_gang(policy);
+        Candidate { weight: self.config.weight, runnable, keeps_lag: false }
+    }
+
+    /// Whether it runs in gang windows under `policy` (a VM of several
+    /// vCPUs under `gang`), not by the planner.
+    fn in_gang(&self, policy: Policy) -> bool {
+        policy == Policy::Gang && self.runtime.vcpus.len() > 1
     }
 }
 

@@ -94,16 +94,10 @@ impl Core {
     /// debugger, a save, a move to another host, steps asked for): the
     /// balancer asks again later.
     pub(super) fn move_vm(&mut self, vm: VmId, to: usize) {
-        let Some(slot) = self.slots.get(vm) else { return };
-        if to == self.index || to >= self.peers.len() {
+        if !self.slots.owns(vm) || to == self.index || to >= self.peers.len() {
             return;
         }
-        let tied = slot.debug.is_some()
-            || slot.outgoing.is_some()
-            || slot.saving.is_some()
-            || slot.incoming.is_some()
-            || self.step_requests.iter().any(|&(stepped, _)| stepped == vm);
-        if tied || !self.move_gate.enter() {
+        if self.tied(vm) || !self.move_gate.enter() {
             return;
         }
         // Its state changes so far go out before it leaves.
@@ -129,6 +123,17 @@ impl Core {
             let t_ns = monotonic_ns().saturating_sub(self.epoch_ns);
             trace.push(TraceRecord::Moved { vm, t_ns, from: self.index as u16, to: to as u16 });
         }
+    }
+
+    /// Whether something ties `vm` to this core and its one thread now: a
+    /// debugger, a save, a move to or from another host, steps asked for.
+    pub(super) fn tied(&self, vm: VmId) -> bool {
+        let slot = &self.slots[vm];
+        slot.debug.is_some()
+            || slot.outgoing.is_some()
+            || slot.saving.is_some()
+            || slot.incoming.is_some()
+            || self.step_requests.iter().any(|&(stepped, _)| stepped == vm)
     }
 
     /// Keeps `vm` on `cores` (empty: any): one it may not run on now moves

@@ -343,31 +343,28 @@ impl Core {
     /// if the guest's lock record says that vCPU held a lock or waited.
     fn lock_after_quantum(&mut self, vm: VmId, now_ns: u64) {
         let runtime = &mut self.slots[vm].runtime;
-        let vcpu = runtime.current_vcpu() as u16;
-        let holder = match runtime.quantum_ended() {
+        let vcpu = runtime.current_vcpu();
+        let state = runtime.quantum_ended();
+        self.trace_lock_preempted(vm, vcpu, state, now_ns);
+    }
+
+    /// A trace record of `vm`'s vCPU `vcpu` descheduled at `now_ns` while
+    /// its lock record said `state` (none if it neither held nor waited).
+    pub(super) fn trace_lock_preempted(&mut self, vm: VmId, vcpu: usize, state: LockState, now_ns: u64) {
+        let holder = match state {
             LockState::Holds => true,
             LockState::Waits => false,
             LockState::Neither => return,
         };
         if let Some((trace, _)) = &mut self.trace {
             let t_ns = now_ns.saturating_sub(self.epoch_ns);
-            trace.push(TraceRecord::LockPreempted { vm, vcpu, t_ns, holder });
+            trace.push(TraceRecord::LockPreempted { vm, vcpu: vcpu as u16, t_ns, holder });
         }
     }
 
     /// Keeps an exit for the front end and the trace.
     pub(super) fn keep_exit(&mut self, record: ExitRecord) {
-        self.slots[record.vm].last_exit = Some(record);
-        if self.live_records {
-            let live = &mut self.slots[record.vm].live_exits;
-            if live.len() == LIVE_EXITS {
-                live.pop_front();
-            }
-            live.push_back(record);
-        }
-        if let Some((trace, _)) = &mut self.trace {
-            trace.push(TraceRecord::Exit(record));
-        }
+        keep_exit_of(&mut self.slots[record.vm], record, self.live_records, &mut self.trace);
     }
 
     /// Keeps a slice for the front end and the trace.
@@ -541,4 +538,25 @@ fn injected_panic_at() -> Option<std::time::Instant> {
     }
     let ms: u64 = std::env::var("MATRIX_TUI_TEST_CORE_PANIC_MS").ok()?.parse().ok()?;
     Some(std::time::Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+/// Keeps `record`, an exit of `slot`'s VM, as its latest, for the front end
+/// (with `live_records`) and for the trace: on the core that owns the VM,
+/// or on a gang lane's core while the VM is lent to it.
+pub(super) fn keep_exit_of(
+    slot: &mut Slot,
+    record: ExitRecord,
+    live_records: bool,
+    trace: &mut Option<(TraceBuffer, String)>,
+) {
+    slot.last_exit = Some(record);
+    if live_records {
+        if slot.live_exits.len() == LIVE_EXITS {
+            slot.live_exits.pop_front();
+        }
+        slot.live_exits.push_back(record);
+    }
+    if let Some((trace, _)) = trace {
+        trace.push(TraceRecord::Exit(record));
+    }
 }
