@@ -98,7 +98,7 @@ impl Core {
             if self.sleeping > 0 {
                 self.wake_sleepers(monotonic_ns());
             }
-            let (window, next_window) = self.gang_window(monotonic_ns());
+            let (window, next_window) = self.gang_window();
             if let Some((vm, end_ns)) = window {
                 self.run_gang_window(vm, end_ns, &mut deadlines);
                 let now_ns = monotonic_ns();
